@@ -1,0 +1,41 @@
+//! Shared-memory segments for mproc: POSIX `shm_open` objects and anonymous `memfd`s, mapped
+//! with `mmap`, each starting with a versioned header that records what the segment holds.
+//!
+//! This is the base layer of mproc and the one crate that maps memory and turns raw pointers
+//! into references. The layers above (`mproc-sync`, `mproc-queue`, `mproc-array`,
+//! `mproc-pool`) place `#[repr(C)]` structures in a segment's payload and reach them through
+//! [`Segment::view`], which checks bounds and alignment.
+//!
+//! Opening checks everything a peer could get wrong — magic, format version, kind, element
+//! type, lengths — and reports each mismatch as a [`SegmentError`] variant.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use mproc_segment::{Kind, Segment, SegmentOptions};
+//!
+//! let name = format!("mproc-doc-lib-{}", std::process::id());
+//! let seg = Segment::create_for::<u64>(&name, Kind::ARRAY, 16)?;
+//! let counter: &AtomicU64 = seg.view(0)?;
+//! counter.fetch_add(1, Ordering::Relaxed);
+//!
+//! // In another process: the same name and type open it; a different type is refused.
+//! let again = Segment::open_for::<u64>(&name, Kind::ARRAY)?;
+//! assert_eq!(again.view::<AtomicU64>(0)?.load(Ordering::Relaxed), 1);
+//! assert!(Segment::open_for::<f64>(&name, Kind::ARRAY).is_err());
+//! # Ok::<(), mproc_segment::SegmentError>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod error;
+mod header;
+mod name;
+mod process;
+mod segment;
+mod view;
+
+pub use error::SegmentError;
+pub use header::{FORMAT_VERSION, HEADER_LEN, Header, Kind, MAGIC, TYPE_NAME_CAP, TypeTag};
+pub use name::{MAX_NAME_LEN, validate_name};
+pub use process::ProcessId;
+pub use segment::{DEFAULT_OPEN_TIMEOUT, Segment, SegmentOptions};
+pub use view::ShmSafe;

@@ -1,0 +1,113 @@
+//! Process identity that survives pid reuse: a pid plus the process's start time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+/// A process, identified by its pid and its start time (clock ticks after boot, field 22 of
+/// `/proc/PID/stat`), so that a recycled pid is not mistaken for the original process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcessId {
+    /// The process id.
+    pub pid: u32,
+    /// Start time in clock ticks since boot; 0 when it could not be read.
+    pub start_time: u64,
+}
+
+/// The current process's identity, cached: `CACHED_PID` is written (Release) after
+/// `CACHED_START`, and is compared with `getpid()` so a forked child recomputes its own.
+static CACHED_PID: AtomicU64 = AtomicU64::new(0);
+static CACHED_START: AtomicU64 = AtomicU64::new(0);
+
+impl ProcessId {
+    /// The calling process. Cheap after the first call in a process (one `getpid`).
+    pub fn current() -> ProcessId {
+        let pid = std::process::id();
+        if CACHED_PID.load(Ordering::Acquire) == u64::from(pid) {
+            return ProcessId {
+                pid,
+                start_time: CACHED_START.load(Ordering::Relaxed),
+            };
+        }
+        let id = ProcessId::of(pid).unwrap_or(ProcessId { pid, start_time: 0 });
+        CACHED_START.store(id.start_time, Ordering::Relaxed);
+        CACHED_PID.store(u64::from(pid), Ordering::Release);
+        id
+    }
+
+    /// The process with this pid now, if it exists.
+    pub fn of(pid: u32) -> Option<ProcessId> {
+        let start_time = read_start_time(pid)?;
+        Some(ProcessId { pid, start_time })
+    }
+
+    /// Whether this very process (same pid and start time) is still running. A zombie (exited
+    /// but not yet reaped) counts as dead.
+    pub fn is_alive(&self) -> bool {
+        if self.pid == 0 || self.pid > i32::MAX as u32 {
+            return false;
+        }
+        match kill(Pid::from_raw(self.pid as i32), None) {
+            Ok(()) | Err(Errno::EPERM) => {}
+            Err(_) => return false,
+        }
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => match parse_stat(&stat) {
+                Some((state, start)) => {
+                    state != 'Z'
+                        && state != 'X'
+                        && (self.start_time == 0 || start == self.start_time)
+                }
+                None => true,
+            },
+            // No procfs: the signal probe is all we have.
+            Err(_) => true,
+        }
+    }
+}
+
+fn read_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, start)| start)
+}
+
+/// Returns (state, starttime) from the text of `/proc/PID/stat`. The command name (field 2)
+/// may contain spaces and parentheses, so fields are counted after the last `)`.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 3 is the state; starttime is field 22, i.e. 19 fields further on.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_is_alive_and_stable() {
+        let me = ProcessId::current();
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.start_time > 0);
+        assert_eq!(ProcessId::current(), me);
+        assert!(me.is_alive());
+        let impostor = ProcessId {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(
+            !impostor.is_alive(),
+            "a different start time is a different process"
+        );
+    }
+
+    #[test]
+    fn parse_stat_handles_odd_names() {
+        let s = "42 (a) b) (c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 777 19 20";
+        assert_eq!(parse_stat(s), Some(('S', 777)));
+    }
+}

@@ -1,0 +1,709 @@
+//! `Segment`: one mapping of a POSIX shared-memory object or memfd, with its header.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use memmap2::{MmapOptions, MmapRaw};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{shm_open, shm_unlink};
+use nix::sys::stat::{Mode, fchmod, fstat};
+
+use crate::header::{
+    HEADER_LEN, HeaderFields, MAGIC, RawHeader, STATE_INITIALIZING, STATE_READY, payload_offset_for,
+};
+use crate::{FORMAT_VERSION, Header, Kind, ProcessId, SegmentError, ShmSafe, TypeTag};
+
+/// How long `open` waits, by default, for a creator that is still initialising.
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A mapped shared-memory segment: a POSIX shared-memory object (named, in `/dev/shm`), an
+/// anonymous `memfd`, or a foreign object opened with [`Segment::open_raw`].
+///
+/// The segment's payload is a run of bytes that every attached process sees at its own
+/// address; structures placed in it must hold offsets, never pointers.
+///
+/// **Ownership.** The process that created a named segment unlinks its name when the `Segment`
+/// is dropped (also while unwinding from a panic), unless [`persist`](Segment::persist) was
+/// called. Processes that opened it, and children that inherited it through `fork`, never
+/// unlink. An anonymous segment has no name; its memory is freed when the last process that
+/// maps it or holds its fd is gone.
+///
+/// ```
+/// use mproc_segment::Segment;
+/// let name = format!("mproc-doc-segment-{}", std::process::id());
+/// let a = Segment::create(&name, 4096)?;
+/// a.write_bytes(0, b"hello")?;
+/// let b = Segment::open(&name)?;          // another process would do the same
+/// let mut buf = [0u8; 5];
+/// b.read_bytes(0, &mut buf)?;
+/// assert_eq!(&buf, b"hello");
+/// drop(b);
+/// drop(a);                                // the creator unlinks the name
+/// assert!(Segment::open(&name).is_err());
+/// # Ok::<(), mproc_segment::SegmentError>(())
+/// ```
+#[derive(Debug)]
+pub struct Segment {
+    map: MmapRaw,
+    fd: OwnedFd,
+    /// The `shm_open` form of the name (`/name`), `None` for anonymous segments.
+    name: Option<String>,
+    /// `None` for foreign segments opened raw.
+    header: Option<Header>,
+    payload_offset: usize,
+    payload_len: usize,
+    /// The creator's pid while it is responsible for unlinking the name.
+    unlink_on_drop: Option<u32>,
+}
+
+/// How to create or open a segment: kind, element type, capacity, size, mode and timeout.
+///
+/// ```
+/// use mproc_segment::{Kind, SegmentOptions};
+/// let seg = SegmentOptions::new(Kind::ARRAY).element::<f64>().capacity(1000).anonymous()?;
+/// assert_eq!(seg.len(), 8000);
+/// assert_eq!(seg.payload_offset(), 256);
+/// # Ok::<(), mproc_segment::SegmentError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SegmentOptions {
+    kind: Kind,
+    element: TypeTag,
+    capacity: u64,
+    payload_len: Option<usize>,
+    mode: u32,
+    open_timeout: Duration,
+    check_type: bool,
+}
+
+impl SegmentOptions {
+    /// Options for a segment of `kind` holding bytes; refine with the other methods.
+    pub fn new(kind: Kind) -> SegmentOptions {
+        SegmentOptions {
+            kind,
+            element: TypeTag::bytes(),
+            capacity: 0,
+            payload_len: None,
+            mode: 0o600,
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
+            check_type: true,
+        }
+    }
+
+    /// Options that open any mproc segment, whatever its kind and element type.
+    pub fn any() -> SegmentOptions {
+        SegmentOptions {
+            check_type: false,
+            ..SegmentOptions::new(Kind::RAW)
+        }
+    }
+
+    /// The element type is `T`, fingerprinted by [`TypeTag::of`].
+    pub fn element<T>(self) -> Self {
+        self.type_tag(TypeTag::of::<T>())
+    }
+
+    /// The element type's fingerprint, for example [`TypeTag::named`].
+    pub fn type_tag(mut self, tag: TypeTag) -> Self {
+        self.element = tag;
+        self
+    }
+
+    /// Number of elements (recorded in the header; the payload defaults to
+    /// `capacity * size_of::<T>()` bytes).
+    pub fn capacity(mut self, capacity: u64) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Payload length in bytes, when it is not simply `capacity` elements.
+    pub fn payload_len(mut self, len: usize) -> Self {
+        self.payload_len = Some(len);
+        self
+    }
+
+    /// File mode of a named segment (default `0o600`: only this user may open it). The umask
+    /// does not apply: the mode is set exactly.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode & 0o777;
+        self
+    }
+
+    /// How long `open` waits for a creator still initialising (default 2 s).
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// Creates a named segment (exclusively: an existing name is
+    /// [`AlreadyExists`](SegmentError::AlreadyExists)).
+    pub fn create(&self, name: &str) -> Result<Segment, SegmentError> {
+        self.create_with(name, |_| Ok::<(), SegmentError>(()))
+    }
+
+    /// Creates a named segment and runs `init` on it before other processes may open it
+    /// (`open` waits until `init` returns). If `init` fails, the name is unlinked.
+    pub fn create_with<E: From<SegmentError>>(
+        &self,
+        name: &str,
+        init: impl FnOnce(&Segment) -> Result<(), E>,
+    ) -> Result<Segment, E> {
+        let (seg, guard) = self.create_unpublished(name)?;
+        Self::finish_create(seg, guard, init)
+    }
+
+    /// Makes the named object, reserves its space and writes the header (Initializing). The
+    /// guard unlinks the name unless `finish_create` succeeds.
+    fn create_unpublished(&self, name: &str) -> Result<(Segment, UnlinkGuard), SegmentError> {
+        let shm_name = crate::validate_name(name)?;
+        let (offset, payload_len, total) = self.sizes()?;
+        let fd = shm_open(
+            shm_name.as_str(),
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
+            Mode::from_bits_truncate(self.mode),
+        )
+        .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
+        // From here on, any failure must unlink the name we just made.
+        let guard = UnlinkGuard(Some(shm_name.clone()));
+        fchmod(&fd, Mode::from_bits_truncate(self.mode))
+            .map_err(|e| SegmentError::io("fchmod", e))?;
+        let seg = self.build(fd, Some(shm_name), offset, payload_len, total)?;
+        Ok((seg, guard))
+    }
+
+    fn finish_create<E: From<SegmentError>>(
+        mut seg: Segment,
+        mut guard: UnlinkGuard,
+        init: impl FnOnce(&Segment) -> Result<(), E>,
+    ) -> Result<Segment, E> {
+        init(&seg)?;
+        seg.publish();
+        seg.unlink_on_drop = Some(std::process::id());
+        guard.0 = None;
+        Ok(seg)
+    }
+
+    /// Creates an anonymous segment on `memfd_create`: nothing appears in `/dev/shm`; children
+    /// share it through `fork`, or through `exec` with [`Segment::inheritable_fd`].
+    pub fn anonymous(&self) -> Result<Segment, SegmentError> {
+        self.anonymous_with(|_| Ok::<(), SegmentError>(()))
+    }
+
+    /// Creates an anonymous segment and runs `init` on it before it is marked ready.
+    pub fn anonymous_with<E: From<SegmentError>>(
+        &self,
+        init: impl FnOnce(&Segment) -> Result<(), E>,
+    ) -> Result<Segment, E> {
+        let (offset, payload_len, total) = self.sizes()?;
+        let fd = memfd_create(c"mproc-anonymous", MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| SegmentError::io("memfd_create", e))?;
+        let seg = self.build(fd, None, offset, payload_len, total)?;
+        init(&seg)?;
+        seg.publish();
+        Ok(seg)
+    }
+
+    /// Opens a named segment, checking the kind and element type of these options (unless
+    /// they came from [`SegmentOptions::any`]).
+    pub fn open(&self, name: &str) -> Result<Segment, SegmentError> {
+        let shm_name = crate::validate_name(name)?;
+        let fd = shm_open(shm_name.as_str(), OFlag::O_RDWR, Mode::empty())
+            .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
+        self.attach(fd, Some(shm_name))
+    }
+
+    /// Attaches to a segment through its file descriptor (an anonymous segment inherited
+    /// across `exec`, or an fd received over a Unix socket), with the same checks as `open`.
+    pub fn from_fd(&self, fd: OwnedFd) -> Result<Segment, SegmentError> {
+        self.attach(fd, None)
+    }
+
+    /// Opens the named segment if it exists, or creates it (running `init`) if it does not.
+    /// Returns the segment and whether this call created it.
+    pub fn open_or_create_with<E: From<SegmentError>>(
+        &self,
+        name: &str,
+        init: impl FnOnce(&Segment) -> Result<(), E>,
+    ) -> Result<(Segment, bool), E> {
+        // Another process may unlink between our failed create and our open: retry a few times.
+        for _ in 0..8 {
+            match self.create_unpublished(name) {
+                Ok((seg, guard)) => {
+                    return Self::finish_create(seg, guard, init).map(|s| (s, true));
+                }
+                Err(SegmentError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match self.open(name) {
+                Ok(seg) => return Ok((seg, false)),
+                Err(SegmentError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(SegmentError::NotReady {
+            creator_dead: false,
+        }
+        .into())
+    }
+
+    /// Opens the named segment, or creates it if it does not exist.
+    pub fn open_or_create(&self, name: &str) -> Result<Segment, SegmentError> {
+        self.open_or_create_with(name, |_| Ok::<(), SegmentError>(()))
+            .map(|(seg, _)| seg)
+    }
+
+    /// (payload offset, payload length, total length), checked for overflow.
+    fn sizes(&self) -> Result<(usize, usize, usize), SegmentError> {
+        let align = self.element.align as usize;
+        if !align.is_power_of_two() || align > 4096 {
+            return Err(SegmentError::InvalidSize {
+                reason: "element alignment must be a power of two of at most 4096",
+            });
+        }
+        let payload_len = match self.payload_len {
+            Some(len) => len,
+            None => usize::try_from(self.capacity)
+                .ok()
+                .and_then(|c| c.checked_mul(self.element.size as usize))
+                .ok_or(SegmentError::InvalidSize {
+                    reason: "capacity * element size overflows",
+                })?,
+        };
+        if payload_len == 0 {
+            return Err(SegmentError::InvalidSize {
+                reason: "the payload must not be empty",
+            });
+        }
+        let offset = payload_offset_for(align);
+        let total = offset
+            .checked_add(payload_len)
+            .filter(|&t| t <= i64::MAX as usize)
+            .ok_or(SegmentError::InvalidSize {
+                reason: "segment length overflows",
+            })?;
+        Ok((offset, payload_len, total))
+    }
+
+    /// Reserves the space, maps it and writes the header (state Initializing).
+    fn build(
+        &self,
+        fd: OwnedFd,
+        name: Option<String>,
+        offset: usize,
+        payload_len: usize,
+        total: usize,
+    ) -> Result<Segment, SegmentError> {
+        // Reserve every page now so that a full /dev/shm fails here and not with SIGBUS later.
+        nix::fcntl::posix_fallocate(&fd, 0, total as libc::off_t).map_err(|e| match e {
+            Errno::ENOSPC | Errno::ENOMEM | Errno::EFBIG => SegmentError::OutOfSpace {
+                requested: total as u64,
+            },
+            e => SegmentError::io("posix_fallocate", e),
+        })?;
+        let map = MmapOptions::new()
+            .len(total)
+            .map_raw(fd.as_raw_fd())
+            .map_err(|e| SegmentError::io("mmap", io_errno(&e)))?;
+        let creator = ProcessId::current();
+        let header = Header {
+            version: FORMAT_VERSION,
+            kind: self.kind,
+            element: self.element.clone(),
+            capacity: self.capacity,
+            payload_offset: offset as u64,
+            payload_len: payload_len as u64,
+            total_len: total as u64,
+            creator,
+        };
+        let raw = map.as_mut_ptr().cast::<RawHeader>();
+        // SAFETY: the mapping is `total >= HEADER_LEN` bytes, page-aligned (so aligned for
+        // RawHeader), zero-filled by the kernel, and nobody else can read these fields until
+        // `publish` stores Ready: the magic is not yet set, so an opener keeps waiting.
+        unsafe {
+            (*raw).magic.store(MAGIC, Ordering::Relaxed);
+            (*raw).creator_pid.store(creator.pid, Ordering::Relaxed);
+            (*raw).state.store(STATE_INITIALIZING, Ordering::Relaxed);
+            std::ptr::write_volatile(&raw mut (*raw).fields, header.to_fields());
+        }
+        Ok(Segment {
+            map,
+            fd,
+            name,
+            header: Some(header),
+            payload_offset: offset,
+            payload_len,
+            unlink_on_drop: None,
+        })
+    }
+
+    /// Waits for Ready, snapshots and validates the header, and checks kind and type.
+    fn attach(&self, fd: OwnedFd, name: Option<String>) -> Result<Segment, SegmentError> {
+        let deadline = Instant::now() + self.open_timeout;
+        let mut wait = Wait::new(deadline);
+        // The creator extends the file with one fallocate: length 0 means "not yet".
+        let file_len = loop {
+            let len = fstat(&fd)
+                .map_err(|e| SegmentError::io("fstat", e))?
+                .st_size as u64;
+            if len > 0 {
+                break len;
+            }
+            if !wait.pause() {
+                return Err(SegmentError::NotReady {
+                    creator_dead: false,
+                });
+            }
+        };
+        if file_len < HEADER_LEN as u64 {
+            return Err(SegmentError::Truncated {
+                expected: HEADER_LEN as u64,
+                found: file_len,
+            });
+        }
+        let map_len = usize::try_from(file_len).map_err(|_| SegmentError::InvalidSize {
+            reason: "segment larger than the address space",
+        })?;
+        let map = MmapOptions::new()
+            .len(map_len)
+            .map_raw(fd.as_raw_fd())
+            .map_err(|e| SegmentError::io("mmap", io_errno(&e)))?;
+        let raw = map.as_ptr().cast::<RawHeader>();
+        // SAFETY: the mapping is at least HEADER_LEN bytes and page-aligned; the atomics are
+        // valid for any bit pattern and are only accessed atomically here.
+        let (magic_word, state_word, pid_word) =
+            unsafe { (&(*raw).magic, &(*raw).state, &(*raw).creator_pid) };
+        loop {
+            let magic = magic_word.load(Ordering::Relaxed);
+            if magic != 0 && magic != MAGIC {
+                return Err(SegmentError::NotMproc { found: magic });
+            }
+            // SYNC POINT: pairs with the Release store of Ready in `Segment::publish`; after it
+            // every header field and the creator's initialisation of the payload are visible.
+            if magic == MAGIC && state_word.load(Ordering::Acquire) == STATE_READY {
+                break;
+            }
+            let pid = pid_word.load(Ordering::Relaxed);
+            if magic == MAGIC && pid != 0 && ProcessId::of(pid).is_none() {
+                // Re-check once: it may have become ready just before exiting.
+                if state_word.load(Ordering::Acquire) == STATE_READY {
+                    break;
+                }
+                return Err(SegmentError::NotReady { creator_dead: true });
+            }
+            if !wait.pause() {
+                return Err(if magic == 0 {
+                    SegmentError::NotMproc { found: 0 }
+                } else {
+                    SegmentError::NotReady {
+                        creator_dead: false,
+                    }
+                });
+            }
+        }
+        // SAFETY: the fields lie inside the mapping; they were written before Ready (see the
+        // SYNC POINT above) and `HeaderFields` is plain integers, valid for any bit pattern. A
+        // volatile copy takes one snapshot that later writes by peers cannot change under us.
+        let fields: HeaderFields = unsafe { std::ptr::read_volatile(&raw const (*raw).fields) };
+        let header = Header::from_fields(&fields, pid_word.load(Ordering::Relaxed), file_len)?;
+        if self.check_type {
+            if header.kind != self.kind {
+                return Err(SegmentError::KindMismatch {
+                    expected: self.kind,
+                    found: header.kind,
+                });
+            }
+            let e = &self.element;
+            let f = &header.element;
+            if e.hash() != f.hash() || e.size != f.size || e.align != f.align {
+                return Err(SegmentError::TypeMismatch {
+                    expected: e.to_string(),
+                    found: f.to_string(),
+                });
+            }
+        }
+        Ok(Segment {
+            map,
+            fd,
+            name,
+            payload_offset: header.payload_offset as usize,
+            payload_len: header.payload_len as usize,
+            header: Some(header),
+            unlink_on_drop: None,
+        })
+    }
+}
+
+impl Segment {
+    /// Creates a named segment of `len` payload bytes, zero-filled, mode 0600.
+    pub fn create(name: &str, len: usize) -> Result<Segment, SegmentError> {
+        SegmentOptions::new(Kind::RAW).payload_len(len).create(name)
+    }
+
+    /// Opens an existing mproc segment by name, of any kind (see [`Segment::open_for`] for a
+    /// type-checked open and [`Segment::open_raw`] for segments not made by mproc).
+    pub fn open(name: &str) -> Result<Segment, SegmentError> {
+        SegmentOptions::any().open(name)
+    }
+
+    /// Opens the named raw segment, or creates it with `len` payload bytes.
+    pub fn open_or_create(name: &str, len: usize) -> Result<Segment, SegmentError> {
+        SegmentOptions::new(Kind::RAW)
+            .payload_len(len)
+            .open_or_create(name)
+    }
+
+    /// Creates an anonymous (memfd) segment of `len` payload bytes.
+    pub fn anonymous(len: usize) -> Result<Segment, SegmentError> {
+        SegmentOptions::new(Kind::RAW).payload_len(len).anonymous()
+    }
+
+    /// Creates a named segment of `kind` holding `capacity` elements of `T`, with the payload
+    /// aligned for `T`.
+    pub fn create_for<T>(name: &str, kind: Kind, capacity: u64) -> Result<Segment, SegmentError> {
+        SegmentOptions::new(kind)
+            .element::<T>()
+            .capacity(capacity)
+            .create(name)
+    }
+
+    /// Opens a named segment, requiring `kind` and element type `T`.
+    pub fn open_for<T>(name: &str, kind: Kind) -> Result<Segment, SegmentError> {
+        SegmentOptions::new(kind).element::<T>().open(name)
+    }
+
+    /// Opens a shared-memory object that mproc did not make (for example one made by Python's
+    /// `multiprocessing.shared_memory.SharedMemory`): no header, the payload is the whole file.
+    pub fn open_raw(name: &str) -> Result<Segment, SegmentError> {
+        let shm_name = crate::validate_name(name)?;
+        let fd = shm_open(shm_name.as_str(), OFlag::O_RDWR, Mode::empty())
+            .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
+        let len = fstat(&fd)
+            .map_err(|e| SegmentError::io("fstat", e))?
+            .st_size as u64;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l > 0)
+            .ok_or(SegmentError::Truncated {
+                expected: 1,
+                found: len,
+            })?;
+        let map = MmapOptions::new()
+            .len(len)
+            .map_raw(fd.as_raw_fd())
+            .map_err(|e| SegmentError::io("mmap", io_errno(&e)))?;
+        Ok(Segment {
+            map,
+            fd,
+            name: Some(shm_name),
+            header: None,
+            payload_offset: 0,
+            payload_len: len,
+            unlink_on_drop: None,
+        })
+    }
+
+    /// Removes a name from `/dev/shm`. Processes that have the segment mapped keep it until
+    /// they drop it.
+    pub fn unlink(name: &str) -> Result<(), SegmentError> {
+        let shm_name = crate::validate_name(name)?;
+        shm_unlink(shm_name.as_str())
+            .map_err(|e| SegmentError::from_open_errno("shm_unlink", name, e))
+    }
+
+    /// Keeps the name in `/dev/shm` after this (creating) handle is dropped; someone must then
+    /// [`unlink`](Segment::unlink) it.
+    pub fn persist(&mut self) {
+        self.unlink_on_drop = None;
+    }
+
+    /// The segment's name as given to `shm_open` (with its leading `/`), `None` if anonymous.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The validated header, `None` for a foreign segment opened with `open_raw`.
+    pub fn header(&self) -> Option<&Header> {
+        self.header.as_ref()
+    }
+
+    /// Length of the payload in bytes.
+    pub fn len(&self) -> usize {
+        self.payload_len
+    }
+
+    /// Whether the payload is empty (never true for segments mproc creates).
+    pub fn is_empty(&self) -> bool {
+        self.payload_len == 0
+    }
+
+    /// Offset of the payload from the start of the mapping (256 for mproc segments with
+    /// element alignment up to 256, 0 for raw ones).
+    pub fn payload_offset(&self) -> usize {
+        self.payload_offset
+    }
+
+    /// Pointer to the first payload byte, valid for [`len`](Segment::len) bytes while `self`
+    /// lives. Other processes may read and write this memory at any time.
+    pub fn as_ptr(&self) -> *mut u8 {
+        // `payload_offset <= map.len()` was checked when the segment was created or opened.
+        self.map.as_mut_ptr().wrapping_add(self.payload_offset)
+    }
+
+    /// A shared reference to the `S` at byte `offset` of the payload, after checking bounds
+    /// and alignment.
+    pub fn view<S: ShmSafe>(&self, offset: usize) -> Result<&S, SegmentError> {
+        let ptr = self.checked_ptr::<S>(offset, 1)?;
+        // SAFETY: `checked_ptr` proved the `S` lies inside the live mapping and is aligned;
+        // `S: ShmSafe` is valid for any bit pattern and only mutated atomically, so a shared
+        // reference to it is sound while other processes access it.
+        Ok(unsafe { &*ptr })
+    }
+
+    /// A shared slice of `count` values of `S` starting at byte `offset` of the payload.
+    pub fn view_slice<S: ShmSafe>(
+        &self,
+        offset: usize,
+        count: usize,
+    ) -> Result<&[S], SegmentError> {
+        let ptr = self.checked_ptr::<S>(offset, count)?;
+        // SAFETY: as in `view`, for `count` consecutive values, all inside the mapping.
+        Ok(unsafe { std::slice::from_raw_parts(ptr, count) })
+    }
+
+    fn checked_ptr<S>(&self, offset: usize, count: usize) -> Result<*const S, SegmentError> {
+        let size = std::mem::size_of::<S>();
+        let align = std::mem::align_of::<S>();
+        let len = size.checked_mul(count);
+        let fits = len
+            .and_then(|l| offset.checked_add(l))
+            .is_some_and(|end| end <= self.payload_len);
+        let ptr = self.as_ptr().wrapping_add(offset);
+        if !fits || (ptr as usize) % align != 0 {
+            return Err(SegmentError::OutOfBounds {
+                offset,
+                len: len.unwrap_or(usize::MAX),
+                align,
+                payload: self.payload_len,
+            });
+        }
+        Ok(ptr.cast())
+    }
+
+    /// Copies `buf.len()` payload bytes starting at `offset` into `buf`. Other processes may
+    /// write concurrently; the copy is then torn, but never out of bounds.
+    pub fn read_bytes(&self, offset: usize, buf: &mut [u8]) -> Result<(), SegmentError> {
+        let src = self.checked_ptr::<u8>(offset, buf.len())?;
+        // SAFETY: `src..src+len` lies inside the mapping (checked); `buf` is a distinct local
+        // buffer, so the ranges do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Copies `data` into the payload at `offset`.
+    pub fn write_bytes(&self, offset: usize, data: &[u8]) -> Result<(), SegmentError> {
+        let dst = self.checked_ptr::<u8>(offset, data.len())?.cast_mut();
+        // SAFETY: `dst..dst+len` lies inside the writable shared mapping (checked) and cannot
+        // overlap `data`, which no safe code can hold into a mapping mproc hands out.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        Ok(())
+    }
+
+    /// A duplicate of the segment's fd without close-on-exec, for handing an anonymous
+    /// segment to a child through `exec`: pass its number to the child (an argument or an
+    /// environment variable), spawn the child, then drop the returned fd. The child attaches
+    /// with [`SegmentOptions::from_fd`].
+    pub fn inheritable_fd(&self) -> Result<OwnedFd, SegmentError> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| SegmentError::io("dup", io_errno(&e)))?;
+        fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| SegmentError::io("fcntl", e))?;
+        Ok(fd)
+    }
+
+    /// Marks the segment ready: openers waiting in `attach` may now read the header.
+    fn publish(&self) {
+        let raw = self.map.as_ptr().cast::<RawHeader>();
+        // SAFETY: the mapping holds a RawHeader at offset 0 (written in `build`); `state` is
+        // atomic.
+        let state = unsafe { &(*raw).state };
+        // SYNC POINT: pairs with the Acquire load in `SegmentOptions::attach`.
+        state.store(STATE_READY, Ordering::Release);
+    }
+}
+
+impl AsFd for Segment {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let (Some(pid), Some(name)) = (self.unlink_on_drop, &self.name) else {
+            return;
+        };
+        // A forked child inherits this value but is not the creator.
+        if pid != std::process::id() {
+            return;
+        }
+        // Unlink only if the name still refers to our object: someone may have unlinked it and
+        // created a new segment of the same name since.
+        let ours = fstat(&self.fd).ok();
+        let theirs = shm_open(name.as_str(), OFlag::O_RDONLY, Mode::empty())
+            .ok()
+            .and_then(|fd| fstat(&fd).ok());
+        if let (Some(a), Some(b)) = (ours, theirs) {
+            if a.st_ino == b.st_ino && a.st_dev == b.st_dev {
+                let _ = shm_unlink(name.as_str());
+            }
+        }
+    }
+}
+
+/// Unlinks a half-made segment if creation fails before it is handed out.
+struct UnlinkGuard(Option<String>);
+
+impl Drop for UnlinkGuard {
+    fn drop(&mut self) {
+        if let Some(name) = self.0.take() {
+            let _ = shm_unlink(name.as_str());
+        }
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Bounded polling while a creator initialises: a few yields, then sleeps growing to 1 ms.
+/// Creation takes microseconds, so this only sleeps when a creator is slow or dead.
+struct Wait {
+    deadline: Instant,
+    round: u32,
+}
+
+impl Wait {
+    fn new(deadline: Instant) -> Wait {
+        Wait { deadline, round: 0 }
+    }
+
+    /// Waits a little; false once the deadline has passed.
+    fn pause(&mut self) -> bool {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        self.round += 1;
+        if self.round < 16 {
+            std::thread::yield_now();
+        } else {
+            let step = Duration::from_micros(50u64 << (self.round - 16).min(5));
+            std::thread::sleep(step.min(self.deadline - now));
+        }
+        true
+    }
+}

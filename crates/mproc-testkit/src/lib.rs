@@ -1,0 +1,244 @@
+//! Test support shared by mproc's crates: forked children that are always reaped and bounded
+//! by a deadline, and names that no other test (or test run) uses.
+//!
+//! Not part of mproc's public API.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{ForkResult, Pid, fork};
+
+/// The deadline a test child gets unless the test says otherwise.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Exit code of a child whose closure panicked.
+pub const PANIC_EXIT: i32 = 101;
+
+/// Held while forking, so two tests never fork at the same instant (the way nix's own tests
+/// serialise their forks).
+static FORK_LOCK: Mutex<()> = Mutex::new(());
+
+/// A name unique to this process, this call and this moment: `mproc-test-TAG-PID-N-NANOS`.
+pub fn unique_name(tag: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("mproc-test-{tag}-{}-{n}-{nanos}", std::process::id())
+}
+
+/// How a reaped child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It called `exit` / `_exit` with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signaled(i32),
+}
+
+/// The outcome of a reaped child, with its CPU usage.
+#[derive(Debug, Clone, Copy)]
+pub struct Reaped {
+    /// How it ended.
+    pub exit: Exit,
+    /// User + system CPU time it used.
+    pub cpu: Duration,
+}
+
+/// A forked child. Dropping it kills (SIGKILL) and reaps it if it has not been reaped, so a
+/// failing test never leaves a process behind.
+#[derive(Debug)]
+pub struct Child {
+    pid: Pid,
+    pidfd: OwnedFd,
+    reaped: bool,
+}
+
+/// Forks a child that runs `f` and exits with its return value (or [`PANIC_EXIT`] if it
+/// panics). The child never returns into the test harness.
+///
+/// The child should stay small: no printing, no locks another test thread could hold.
+pub fn fork_child(f: impl FnOnce() -> i32) -> Child {
+    let guard = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: the child only runs `f` and then `_exit`s; it never returns into the harness's
+    // threads, which do not exist in the child.
+    let result = unsafe { fork() }.expect("fork failed");
+    match result {
+        ForkResult::Child => {
+            let code = match catch_unwind(AssertUnwindSafe(f)) {
+                Ok(code) => code,
+                Err(_) => PANIC_EXIT,
+            };
+            // SAFETY: `_exit` ends the process without running the parent's atexit handlers or
+            // destructors (which belong to the parent).
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(guard);
+            Child::from_pid(child)
+        }
+    }
+}
+
+impl Child {
+    /// Adopts an already started child process (for example from `std::process::Command`,
+    /// whose `Child::id` gives the pid). It must be a child of this process.
+    pub fn from_pid(pid: Pid) -> Child {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        assert!(
+            fd >= 0,
+            "pidfd_open failed: {}",
+            std::io::Error::last_os_error()
+        );
+        Child {
+            pid,
+            // SAFETY: pidfd_open returned a fresh fd that nothing else owns.
+            pidfd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+            reaped: false,
+        }
+    }
+
+    /// Spawns `cmd` and adopts the process, so it is reaped (and killed on drop) like a
+    /// forked one.
+    // The std handle is dropped unreaped on purpose: the returned `Child` reaps it by pid.
+    #[allow(clippy::zombie_processes)]
+    pub fn spawn(cmd: &mut std::process::Command) -> std::io::Result<Child> {
+        let child = cmd.spawn()?;
+        Ok(Child::from_pid(Pid::from_raw(child.id() as i32)))
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: Signal) {
+        if !self.reaped {
+            let _ = kill(self.pid, sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the child to exit; reaps it and returns its outcome, or
+    /// `None` if it is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Reaped> {
+        assert!(!self.reaped, "child already reaped");
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                .unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, ms) {
+                Ok(n) if n > 0 => return Some(self.reap()),
+                Ok(_) if Instant::now() >= end => return None,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => panic!("poll on pidfd failed: {e}"),
+            }
+        }
+    }
+
+    /// Waits for the child; if it has not exited after `deadline`, kills it and panics (the
+    /// test fails instead of hanging).
+    pub fn wait_deadline(&mut self, deadline: Duration) -> Reaped {
+        match self.wait_timeout(deadline) {
+            Some(r) => r,
+            None => {
+                self.signal(Signal::SIGKILL);
+                let _ = self.reap();
+                panic!(
+                    "child {} still running after {deadline:?}; killed",
+                    self.pid
+                );
+            }
+        }
+    }
+
+    /// [`wait_deadline`](Child::wait_deadline) with [`DEFAULT_DEADLINE`].
+    pub fn wait(&mut self) -> Reaped {
+        self.wait_deadline(DEFAULT_DEADLINE)
+    }
+
+    /// Waits (bounded) and asserts the child exited with code 0.
+    pub fn assert_success(mut self) {
+        let r = self.wait();
+        assert_eq!(r.exit, Exit::Code(0), "child {} failed", self.pid);
+    }
+
+    fn reap(&mut self) -> Reaped {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: `status` and `usage` are valid for writes; the pid is our own child, so
+            // this never reaps another test's process.
+            let r = unsafe { libc::wait4(self.pid.as_raw(), &mut status, 0, &mut usage) };
+            if r == self.pid.as_raw() {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                panic!("wait4({}) failed: {err}", self.pid);
+            }
+        }
+        self.reaped = true;
+        let exit = if libc::WIFSIGNALED(status) {
+            Exit::Signaled(libc::WTERMSIG(status))
+        } else {
+            Exit::Code(libc::WEXITSTATUS(status))
+        };
+        let tv = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+        };
+        Reaped {
+            exit,
+            cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = kill(self.pid, Signal::SIGKILL);
+            let _ = self.reap();
+        }
+    }
+}
+
+/// Lists the entries of `/dev/shm` whose name contains `needle`.
+pub fn shm_entries(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(needle))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `f` on a watchdog thread's clock: if it has not returned after `deadline`, the whole
+/// test process aborts with a message, so a deadlocked test cannot stall CI.
+pub fn with_deadline<R>(deadline: Duration, f: impl FnOnce() -> R) -> R {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if rx.recv_timeout(deadline) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            eprintln!("test exceeded its deadline of {deadline:?}; aborting");
+            std::process::abort();
+        }
+    });
+    let r = f();
+    let _ = tx.send(());
+    let _ = watchdog.join();
+    r
+}

@@ -1,0 +1,24 @@
+//! # mproc
+//!
+//! Python's `multiprocessing` — shared memory, locks, queues, arrays, processes and pools —
+//! done right for Rust, over POSIX shared memory.
+//!
+//! This facade is the one dependency users add; it re-exports mproc's crates:
+//!
+//! - [`segment`] (`mproc-segment`): named and anonymous shared-memory segments with a
+//!   versioned, type-checked header.
+//!
+//! ```
+//! use mproc::segment::Segment;
+//! let seg = Segment::anonymous(4096)?;     // shared with children through fork
+//! seg.write_bytes(0, b"hi")?;
+//! # Ok::<(), mproc::segment::SegmentError>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub use mproc_segment as segment;
+
+/// The names most programs need, in one `use mproc::prelude::*;`.
+pub mod prelude {
+    pub use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
+}
