@@ -1,0 +1,223 @@
+//! `Barrier`: `parties` processes wait until all have arrived (Python's
+//! `multiprocessing.Barrier`).
+
+use std::time::{Duration, Instant};
+
+use crate::BarrierError;
+use crate::atomic::{AtomicU32, Ordering};
+use crate::park::Parking;
+
+/// The in-memory form of a barrier, `#[repr(C)]`, 24 bytes, 4-aligned.
+///
+/// Fields: `parties` (written once), `arrived` (parties in the current generation,
+/// `fetch_add` AcqRel), `generation` (bumped, SeqCst, when the last party arrives or the
+/// barrier breaks or resets), `broken` (1 once broken; set before the bump), `parking` (where
+/// parties sleep; see [`Parking`]).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct RawBarrier {
+    parties: AtomicU32,
+    arrived: AtomicU32,
+    generation: AtomicU32,
+    broken: AtomicU32,
+    parking: Parking,
+}
+
+impl RawBarrier {
+    /// A barrier for `parties` parties.
+    pub fn new(parties: u32) -> RawBarrier {
+        let b = RawBarrier::default();
+        b.init(parties);
+        b
+    }
+
+    /// Sets the number of parties (before others can see the barrier).
+    pub fn init(&self, parties: u32) {
+        self.parties.store(parties, Ordering::Relaxed);
+    }
+
+    /// Waits for all parties; returns this party's arrival index (0 for the first to arrive,
+    /// `parties - 1` for the last), or `Broken`.
+    pub fn wait(&self) -> Result<u32, BarrierError> {
+        self.wait_deadline(None)
+    }
+
+    /// As [`wait`](Self::wait), for at most `timeout`. On timeout the barrier breaks: this
+    /// party gets `Timeout`, every other waiting party `Broken`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<u32, BarrierError> {
+        self.wait_deadline(Some(Instant::now() + timeout))
+    }
+
+    fn wait_deadline(&self, deadline: Option<Instant>) -> Result<u32, BarrierError> {
+        // SYNC POINT: read the generation before arriving, so the bump by the last arrival
+        // (which happens after our fetch_add) is seen as a change.
+        let generation = self.generation.load(Ordering::SeqCst);
+        if self.broken.load(Ordering::SeqCst) != 0 {
+            return Err(BarrierError::Broken);
+        }
+        let parties = self.parties.load(Ordering::Relaxed).max(1);
+        let index = self.arrived.fetch_add(1, Ordering::AcqRel);
+        if index + 1 >= parties {
+            // Last to arrive: open the barrier for this generation and start the next.
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            self.parking.wake_all();
+            return if self.broken.load(Ordering::SeqCst) != 0 {
+                Err(BarrierError::Broken)
+            } else {
+                Ok(index)
+            };
+        }
+        let passed = self.parking.block_on(deadline, || {
+            (self.generation.load(Ordering::SeqCst) != generation).then_some(())
+        });
+        if passed.is_none() {
+            self.break_barrier();
+            return Err(BarrierError::Timeout);
+        }
+        if self.broken.load(Ordering::SeqCst) != 0 {
+            return Err(BarrierError::Broken);
+        }
+        Ok(index)
+    }
+
+    fn break_barrier(&self) {
+        self.broken.store(1, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.parking.wake_all();
+    }
+
+    /// Breaks the barrier on purpose: current and future waiters get `Broken` until `reset`.
+    pub fn abort(&self) {
+        self.break_barrier();
+    }
+
+    /// Whether the barrier is broken.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst) != 0
+    }
+
+    /// Returns the barrier to its initial state. Parties waiting right now get `Broken`.
+    pub fn reset(&self) {
+        self.broken.store(1, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.parking.wake_all();
+        self.arrived.store(0, Ordering::SeqCst);
+        self.broken.store(0, Ordering::SeqCst);
+    }
+
+    /// The number of parties.
+    pub fn parties(&self) -> u32 {
+        self.parties.load(Ordering::Relaxed)
+    }
+
+    /// How many parties are waiting now.
+    pub fn n_waiting(&self) -> u32 {
+        self.arrived.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(not(loom))]
+mod handle {
+    use std::time::Duration;
+
+    use mproc_segment::{Kind, Segment, SegmentError, ShmSafe};
+
+    use super::RawBarrier;
+    use crate::BarrierError;
+    use crate::placed::{Placed, Primitive};
+
+    // SAFETY: six atomics; any bit pattern is some (possibly nonsensical) state that the
+    // methods handle without memory unsafety.
+    unsafe impl ShmSafe for RawBarrier {}
+
+    impl Primitive for RawBarrier {
+        const KIND: Kind = Kind::BARRIER;
+        const TYPE_NAME: &'static str = "mproc_sync::Barrier/1";
+    }
+
+    fn init(parties: u32) -> impl FnOnce(&RawBarrier) -> Result<(), SegmentError> {
+        move |b| {
+            if parties == 0 {
+                return Err(SegmentError::InvalidSize {
+                    reason: "a barrier needs at least one party",
+                });
+            }
+            b.init(parties);
+            Ok(())
+        }
+    }
+
+    /// A barrier for a fixed number of processes (Python's `multiprocessing.Barrier`).
+    ///
+    /// A party that dies never arrives: use [`wait_timeout`](Barrier::wait_timeout) where that
+    /// can happen, so the others get `Timeout`/`Broken` instead of waiting forever.
+    ///
+    /// ```
+    /// use mproc_sync::Barrier;
+    /// let b = Barrier::new(1)?;
+    /// assert_eq!(b.wait(), Ok(0));      // one party: passes at once
+    /// # Ok::<(), mproc_segment::SegmentError>(())
+    /// ```
+    #[derive(Debug)]
+    pub struct Barrier(Placed<RawBarrier>);
+
+    impl Barrier {
+        /// A barrier for `parties` (>= 1) parties in a new anonymous segment.
+        pub fn new(parties: u32) -> Result<Barrier, SegmentError> {
+            Placed::anonymous(init(parties)).map(Barrier)
+        }
+
+        /// A barrier for `parties` (>= 1) parties in a new named segment.
+        pub fn create(name: &str, parties: u32) -> Result<Barrier, SegmentError> {
+            Placed::create(name, init(parties)).map(Barrier)
+        }
+
+        /// Opens a barrier created by another process.
+        pub fn open(name: &str) -> Result<Barrier, SegmentError> {
+            Placed::open(name).map(Barrier)
+        }
+
+        /// Waits until all parties have arrived; returns this party's arrival index.
+        pub fn wait(&self) -> Result<u32, BarrierError> {
+            self.0.get().wait()
+        }
+
+        /// Waits at most `timeout`; on timeout the barrier breaks for everyone.
+        pub fn wait_timeout(&self, timeout: Duration) -> Result<u32, BarrierError> {
+            self.0.get().wait_timeout(timeout)
+        }
+
+        /// Breaks the barrier: waiters get `Broken`.
+        pub fn abort(&self) {
+            self.0.get().abort()
+        }
+
+        /// Whether the barrier is broken.
+        pub fn is_broken(&self) -> bool {
+            self.0.get().is_broken()
+        }
+
+        /// Makes a broken barrier usable again (current waiters get `Broken`).
+        pub fn reset(&self) {
+            self.0.get().reset()
+        }
+
+        /// The number of parties.
+        pub fn parties(&self) -> u32 {
+            self.0.get().parties()
+        }
+
+        /// How many parties are waiting now.
+        pub fn n_waiting(&self) -> u32 {
+            self.0.get().n_waiting()
+        }
+
+        /// The segment the barrier lives in.
+        pub fn segment(&self) -> &Segment {
+            self.0.segment()
+        }
+    }
+}
+#[cfg(not(loom))]
+pub use handle::Barrier;

@@ -1,0 +1,176 @@
+//! `Condition`: a condition variable bundled with its robust lock (Python's
+//! `multiprocessing.Condition`).
+
+use std::time::{Duration, Instant};
+
+use mproc_segment::{Kind, Segment, SegmentError, ShmSafe};
+
+use crate::atomic::{AtomicU32, Ordering};
+use crate::lock::{LockGuard, RawLock};
+use crate::placed::{Placed, Primitive};
+use crate::{LockError, futex};
+
+/// The in-memory form of a condition, `#[repr(C)]`, 56 bytes, 8-aligned.
+///
+/// Fields: `lock` (the robust mutex waiters hold around their predicate), `seq` (the futex
+/// word: bumped by every notify, SeqCst), `waiters` (sleepers).
+#[repr(C)]
+#[derive(Debug)]
+pub struct RawCondition {
+    lock: RawLock,
+    seq: AtomicU32,
+    waiters: AtomicU32,
+}
+
+const _: () = assert!(std::mem::size_of::<RawCondition>() == 56);
+
+// SAFETY: a ShmSafe lock plus two atomics.
+unsafe impl ShmSafe for RawCondition {}
+
+impl Primitive for RawCondition {
+    const KIND: Kind = Kind::CONDITION;
+    const TYPE_NAME: &'static str = "mproc_sync::Condition/1";
+}
+
+/// A guarded wait result: the re-acquired guard, or the lock error that re-acquiring met.
+pub type WaitResult<'a, T> = Result<T, LockError<LockGuard<'a>>>;
+
+impl RawCondition {
+    /// Initialises the lock (before others can see the condition).
+    pub fn init(&self) -> Result<(), SegmentError> {
+        self.lock.init(false)
+    }
+
+    /// Atomically releases `guard`'s lock and sleeps until notified (or spuriously), then
+    /// re-acquires the lock. `guard` must come from this condition's [`lock`](Self::lock).
+    fn wait_deadline<'a>(
+        &'a self,
+        guard: LockGuard<'a>,
+        deadline: Option<Instant>,
+    ) -> WaitResult<'a, (LockGuard<'a>, bool)> {
+        debug_assert!(std::ptr::eq(guard.lock_ref(), &self.lock));
+        // SYNC POINT: read `seq` while still holding the lock; a notifier that changes the
+        // predicate under the lock and then bumps `seq` either runs before this read (and the
+        // caller saw its predicate change) or bumps after it, and the futex refuses to sleep.
+        let seen = self.seq.load(Ordering::SeqCst);
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        drop(guard);
+        let in_time = futex::wait(&self.seq, seen, deadline);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        let guard = self.lock.lock()?;
+        Ok((guard, !in_time))
+    }
+
+    /// Wakes one waiter (possibly more: waits may wake spuriously).
+    ///
+    /// SYNC POINT: the SeqCst bump of `seq` then the SeqCst read of `waiters`. A waiter this
+    /// read misses had read `seq` before the bump, so the kernel does not let it sleep.
+    pub fn notify_one(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            futex::wake(&self.seq, 1);
+        }
+    }
+
+    /// Wakes every waiter.
+    pub fn notify_all(&self) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            futex::wake_all(&self.seq);
+        }
+    }
+}
+
+/// A condition variable with its own robust lock, shared between processes.
+///
+/// Hold the lock (`lock()`), test a predicate, and `wait` while it is false; another process
+/// changes the state under the lock and calls `notify_one` / `notify_all`. Waits can wake
+/// spuriously: prefer [`wait_while`](Condition::wait_while).
+///
+/// ```
+/// use std::time::Duration;
+/// use mproc_sync::Condition;
+/// let cond = Condition::new()?;
+/// let guard = cond.lock().map_err(|e| e.to_string())?;
+/// let (guard, timed_out) = cond.wait_timeout(guard, Duration::from_millis(5)).map_err(|e| e.to_string())?;
+/// assert!(timed_out);
+/// drop(guard);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// If a process dies holding the lock, the next `lock` (or the re-acquisition inside a
+/// `wait`) reports [`LockError::OwnerDied`], as with [`Lock`](crate::Lock).
+#[derive(Debug)]
+pub struct Condition(Placed<RawCondition>);
+
+impl Condition {
+    /// A condition in a new anonymous segment.
+    pub fn new() -> Result<Condition, SegmentError> {
+        Placed::anonymous(RawCondition::init).map(Condition)
+    }
+
+    /// A condition in a new named segment.
+    pub fn create(name: &str) -> Result<Condition, SegmentError> {
+        Placed::create(name, RawCondition::init).map(Condition)
+    }
+
+    /// Opens a condition created by another process.
+    pub fn open(name: &str) -> Result<Condition, SegmentError> {
+        Placed::open(name).map(Condition)
+    }
+
+    /// Takes the condition's lock.
+    pub fn lock(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+        self.0.get().lock.lock()
+    }
+
+    /// Releases the lock, sleeps until notified, re-acquires the lock.
+    pub fn wait<'a>(&'a self, guard: LockGuard<'a>) -> WaitResult<'a, LockGuard<'a>> {
+        self.0.get().wait_deadline(guard, None).map(|(g, _)| g)
+    }
+
+    /// As [`wait`](Condition::wait), for at most `timeout`; the `bool` is `true` if the wait
+    /// timed out (the lock is held again either way).
+    pub fn wait_timeout<'a>(
+        &'a self,
+        guard: LockGuard<'a>,
+        timeout: Duration,
+    ) -> WaitResult<'a, (LockGuard<'a>, bool)> {
+        self.0
+            .get()
+            .wait_deadline(guard, Some(Instant::now() + timeout))
+    }
+
+    /// Waits while `condition()` is true (checked with the lock held), for at most `timeout`
+    /// if given. Returns the guard and whether the condition is still true (timed out).
+    pub fn wait_while<'a>(
+        &'a self,
+        mut guard: LockGuard<'a>,
+        timeout: Option<Duration>,
+        mut condition: impl FnMut() -> bool,
+    ) -> WaitResult<'a, (LockGuard<'a>, bool)> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        while condition() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok((guard, true));
+            }
+            guard = self.0.get().wait_deadline(guard, deadline)?.0;
+        }
+        Ok((guard, false))
+    }
+
+    /// Wakes one waiter.
+    pub fn notify_one(&self) {
+        self.0.get().notify_one()
+    }
+
+    /// Wakes all waiters.
+    pub fn notify_all(&self) {
+        self.0.get().notify_all()
+    }
+
+    /// The segment the condition lives in.
+    pub fn segment(&self) -> &Segment {
+        self.0.segment()
+    }
+}

@@ -1,0 +1,127 @@
+//! Futex wait and wake on a 32-bit word in shared memory.
+//!
+//! The operations are *shared* futexes (no `FUTEX_PRIVATE_FLAG`): the kernel keys them by the
+//! physical page, so a wake from one process reaches a waiter in another, whatever address
+//! each maps the segment at.
+//!
+//! The callers keep a waiter count next to each word so that a wake costs no system call when
+//! nobody sleeps (the Dekker pattern: the waiter increments the count, then re-reads the word;
+//! the waker changes the word, then reads the count — both SeqCst, so at least one of them sees
+//! the other).
+//!
+//! Under `--cfg loom` the kernel is replaced by a model with the same contract (the value check
+//! and the sleep are atomic with respect to wakes; spurious wake-ups are allowed), so loom can
+//! find lost wake-ups in the protocols built on top.
+
+use std::time::Instant;
+
+use crate::atomic::AtomicU32;
+
+/// Sleeps while `*word == expected`, until woken, until `deadline` (if any), or spuriously.
+///
+/// Returns `false` only if the deadline passed; `true` means "look again" (woken, value
+/// already different, interrupted, or spurious). Callers re-check their condition in a loop.
+pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
+    imp::wait(word, expected, deadline)
+}
+
+/// Wakes up to `n` processes or threads sleeping on `word`.
+pub fn wake(word: &AtomicU32, n: u32) {
+    imp::wake(word, n)
+}
+
+/// Wakes everyone sleeping on `word`.
+pub fn wake_all(word: &AtomicU32) {
+    imp::wake(word, i32::MAX as u32)
+}
+
+#[cfg(not(loom))]
+mod imp {
+    use super::*;
+
+    pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                Some(libc::timespec {
+                    tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+                    tv_nsec: left.subsec_nanos() as libc::c_long,
+                })
+            }
+        };
+        let ts_ptr = timeout
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `word` is a live, aligned 32-bit atomic for the duration of the call; the
+        // kernel only reads it. FUTEX_WAIT (shared) takes a relative timeout or null.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT,
+                expected,
+                ts_ptr,
+                std::ptr::null::<u32>(),
+                0u32,
+            )
+        };
+        if r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
+            return deadline.is_none_or(|d| Instant::now() < d);
+        }
+        true
+    }
+
+    pub fn wake(word: &AtomicU32, n: u32) {
+        // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is live and aligned.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAKE,
+                n.min(i32::MAX as u32),
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<u32>(),
+                0u32,
+            );
+        }
+    }
+}
+
+#[cfg(loom)]
+mod imp {
+    //! A model of the kernel's futex for loom: one global lock makes "check the value, then
+    //! sleep" atomic with respect to wakes, as the kernel's hash-bucket lock does. Every wake
+    //! wakes every sleeper (any word): futex users must tolerate spurious wake-ups anyway.
+    //! Deadlines are ignored (loom has no time): a sleeper nobody wakes is reported by loom as
+    //! a deadlock, which is exactly the lost wake-up we are looking for.
+    use super::*;
+    use crate::atomic::Ordering;
+    use loom::sync::{Condvar, Mutex};
+
+    loom::lazy_static! {
+        static ref KERNEL: (Mutex<u64>, Condvar) = (Mutex::new(0), Condvar::new());
+    }
+
+    pub fn wait(word: &AtomicU32, expected: u32, _deadline: Option<Instant>) -> bool {
+        let (lock, cv) = &*KERNEL;
+        let mut generation = lock.lock().unwrap();
+        if word.load(Ordering::SeqCst) != expected {
+            return true;
+        }
+        let start = *generation;
+        while *generation == start {
+            generation = cv.wait(generation).unwrap();
+        }
+        true
+    }
+
+    pub fn wake(_word: &AtomicU32, _n: u32) {
+        let (lock, cv) = &*KERNEL;
+        *lock.lock().unwrap() += 1;
+        cv.notify_all();
+    }
+}

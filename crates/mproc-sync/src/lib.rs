@@ -1,0 +1,64 @@
+//! Cross-process synchronisation in shared memory: futex waits, a robust [`Lock`], [`RLock`],
+//! [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`] and [`Barrier`] — Python's
+//! `multiprocessing` primitives, made robust.
+//!
+//! Every primitive is a `#[repr(C)]` structure (`RawLock`, `RawEvent`, ...) that can live
+//! inside any [`Segment`](mproc_segment::Segment), plus a handle type that owns a segment of
+//! its own (`new` for an anonymous one shared through `fork`, `create`/`open` by name).
+//!
+//! Blocking waits spin briefly, then sleep in the kernel on a shared futex; a waiter count
+//! next to each futex word means a `set`/`release`/`notify` costs no system call when nobody
+//! sleeps. A process blocked in a wait uses no CPU.
+//!
+//! **Robustness.** A process SIGKILLed while holding a [`Lock`] does not leave it locked: the
+//! next locker gets [`LockError::OwnerDied`] with the guard, and the lock keeps reporting the
+//! death until someone calls `make_consistent()`. Semaphore permits and barrier arrivals of a
+//! dead process are not recovered (as in Python); use the `*_timeout` waits where a peer may
+//! die.
+//!
+//! ```
+//! use mproc_sync::{Lock, LockError};
+//! let lock = Lock::new()?;
+//! match lock.lock() {
+//!     Ok(_guard) => { /* critical section */ }
+//!     Err(LockError::OwnerDied(guard)) => {
+//!         // check or repair the protected data, then:
+//!         guard.make_consistent();
+//!     }
+//!     Err(e) => return Err(e.to_string().into()),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod atomic;
+mod barrier;
+mod error;
+pub mod futex;
+pub mod park;
+mod event;
+mod semaphore;
+
+#[cfg(not(loom))]
+mod condition;
+#[cfg(not(loom))]
+mod lock;
+#[cfg(not(loom))]
+mod placed;
+
+pub use barrier::RawBarrier;
+pub use error::{BarrierError, LockError, SemaphoreError};
+pub use event::RawEvent;
+pub use park::Parking;
+pub use semaphore::RawSemaphore;
+
+#[cfg(not(loom))]
+pub use barrier::Barrier;
+#[cfg(not(loom))]
+pub use condition::{Condition, RawCondition, WaitResult};
+#[cfg(not(loom))]
+pub use event::Event;
+#[cfg(not(loom))]
+pub use lock::{Lock, LockGuard, RLock, RLockCell, RawGuard, RawLock};
+#[cfg(not(loom))]
+pub use semaphore::{BoundedCell, BoundedSemaphore, Semaphore};

@@ -1,0 +1,133 @@
+//! Spin briefly, then sleep on a futex: the one blocking protocol every primitive (and the
+//! queue) uses.
+
+use std::time::Instant;
+
+use crate::atomic::{AtomicU32, Ordering, fence};
+use crate::futex;
+
+/// Where waiters sleep: a wake-up sequence number (the futex word) and a count of sleepers.
+/// `#[repr(C)]`, 8 bytes, 4-aligned; all-zero is the initial state.
+///
+/// **Protocol** (SYNC POINT). The *state* a waiter waits for (a flag, a count, a queue slot)
+/// lives elsewhere; `seq` only says "something changed".
+///
+/// - A waker first changes the state with a SeqCst read-modify-write (or store), then reads
+///   `waiters` (SeqCst). If it is non-zero it bumps `seq` and calls `futex::wake`.
+/// - A waiter reads `seq`, increments `waiters` (SeqCst), fences, and polls the state once
+///   more; only if that fails does it sleep on the `seq` value it read.
+///
+/// Either the waker's read of `waiters` sees the waiter (then it bumps `seq`: if the waiter
+/// has not slept yet, the kernel sees `seq` differ and does not let it sleep), or the waiter's
+/// poll sees the waker's state change (the two SeqCst writes before two reads: Dekker). `seq`
+/// only grows, so unlike sleeping on the state word itself there is no ABA: a state that
+/// changed and changed back still wakes the waiter. When nobody waits, a waker pays one load.
+///
+/// A waiter killed while counted leaves `waiters` too high; wakers then make system calls
+/// nobody needed, which is harmless.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct Parking {
+    seq: AtomicU32,
+    waiters: AtomicU32,
+}
+
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<Parking>() == 8);
+
+impl Parking {
+    /// A parking place with nobody waiting.
+    pub fn new() -> Parking {
+        Parking::default()
+    }
+
+    /// Blocks until `poll` returns `Some`, or until `deadline` passes (then `None`).
+    ///
+    /// `poll` is tried a few times with exponential backoff (no system call) before the
+    /// caller sleeps in the kernel.
+    pub fn block_on<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut poll: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        if let Some(v) = spin(&mut poll) {
+            return Some(v);
+        }
+        loop {
+            let seen = self.seq.load(Ordering::SeqCst);
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            // The slow path is about to sleep anyway: a full fence makes the handshake hold
+            // even when `poll` uses weaker loads than SeqCst.
+            fence(Ordering::SeqCst);
+            if let Some(v) = poll() {
+                self.waiters.fetch_sub(1, Ordering::SeqCst);
+                return Some(v);
+            }
+            let in_time = futex::wait(&self.seq, seen, deadline);
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            if let Some(v) = poll() {
+                return Some(v);
+            }
+            if !in_time {
+                return None;
+            }
+        }
+    }
+
+    /// Wakes one sleeper, if any is counted. Call after changing the state (SeqCst).
+    pub fn wake_one(&self) {
+        if self.has_waiters() {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&self.seq, 1);
+        }
+    }
+
+    /// Wakes every sleeper, if any is counted. Call after changing the state (SeqCst).
+    pub fn wake_all(&self) {
+        if self.has_waiters() {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake_all(&self.seq);
+        }
+    }
+
+    fn has_waiters(&self) -> bool {
+        waker_fence();
+        self.waiters.load(Ordering::SeqCst) > 0
+    }
+
+    /// How many waiters are counted now (a snapshot; may include dead processes).
+    pub fn waiters(&self) -> u32 {
+        self.waiters.load(Ordering::Relaxed)
+    }
+}
+
+/// The waker's side of the handshake: its SeqCst state change followed by the SeqCst load of
+/// `waiters` is already ordered by the Rust/C++ memory model (both are in the single total
+/// order of SeqCst operations), so real builds emit nothing here and the uncontended
+/// `set`/`release`/`put` stays free of a fence. Loom models SeqCst accesses only as
+/// acquire/release, so under loom the same ordering is expressed as an explicit SeqCst fence,
+/// which loom does model.
+#[inline]
+fn waker_fence() {
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+}
+
+#[cfg(not(loom))]
+fn spin<T>(poll: &mut impl FnMut() -> Option<T>) -> Option<T> {
+    let backoff = crossbeam_utils::Backoff::new();
+    while !backoff.is_completed() {
+        if let Some(v) = poll() {
+            return Some(v);
+        }
+        backoff.snooze();
+    }
+    None
+}
+
+/// Under loom, spinning only multiplies the interleavings to explore; go straight to the
+/// futex protocol, which is what the models check.
+#[cfg(loom)]
+fn spin<T>(poll: &mut impl FnMut() -> Option<T>) -> Option<T> {
+    poll()
+}

@@ -1,0 +1,393 @@
+//! The primitives across real processes: counting, owner death, every timeout path, and that
+//! blocked waits sleep. Children are forked with deadlines and reaped; named segments use
+//! unique names and are unlinked by their creators.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mproc_segment::{Segment, SegmentError};
+use mproc_sync::{
+    Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, LockError, RLock, Semaphore,
+    SemaphoreError,
+};
+use mproc_testkit::{Child, Exit, fork_child, unique_name};
+use nix::sys::signal::Signal;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A pipe the child uses to say "I am there" (e.g. holding the lock).
+struct Signal1 {
+    r: std::os::fd::OwnedFd,
+    w: std::os::fd::OwnedFd,
+}
+impl Signal1 {
+    fn new() -> Self {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        Signal1 { r, w }
+    }
+    fn notify(&self) {
+        nix::unistd::write(&self.w, b"x").unwrap();
+    }
+    fn wait(&self) {
+        let mut b = [0u8];
+        assert_eq!(nix::unistd::read(&self.r, &mut b).unwrap(), 1);
+    }
+}
+
+#[test]
+fn two_processes_increment_under_the_lock_without_losing_updates() {
+    let lock = Lock::new().unwrap();
+    let mem = Segment::anonymous(64).unwrap();
+    let counter: &AtomicU64 = mem.view(0).unwrap();
+    let work = || {
+        for _ in 0..100_000 {
+            let _g = lock.lock().unwrap();
+            // A deliberately non-atomic read-modify-write: only the lock keeps it exact.
+            let v = counter.load(Ordering::Relaxed);
+            counter.store(v + 1, Ordering::Relaxed);
+        }
+        0
+    };
+    let a = fork_child(work);
+    let b = fork_child(work);
+    a.assert_success();
+    b.assert_success();
+    assert_eq!(counter.load(Ordering::Relaxed), 200_000);
+}
+
+/// A child takes the lock, tells the parent, then dies the way `die` says while holding it.
+fn owner_dies(lock: &Lock, die: fn() -> !) -> Child {
+    let held = Signal1::new();
+    let child = fork_child(|| {
+        let guard = lock.lock().unwrap();
+        std::mem::forget(guard);
+        held.notify();
+        die()
+    });
+    held.wait();
+    child
+}
+
+fn block_forever() -> ! {
+    loop {
+        nix::unistd::pause();
+    }
+}
+
+fn exit_holding() -> ! {
+    // SAFETY: ends the child at once, without unlocking anything.
+    unsafe { libc::_exit(0) }
+}
+
+fn check_recovery(lock: &Lock) {
+    match lock.lock_timeout(Duration::from_secs(10)) {
+        Err(LockError::OwnerDied(guard)) => {
+            assert!(lock.is_inconsistent());
+            // Until repaired, every acquisition reports the death.
+            drop(guard);
+            let again = lock.try_lock();
+            assert!(matches!(again, Err(LockError::OwnerDied(_))), "{again:?}");
+            again.unwrap_err().into_guard().unwrap().make_consistent();
+        }
+        other => panic!("expected OwnerDied, got {other:?}"),
+    }
+    assert!(!lock.is_inconsistent());
+    assert!(lock.lock().is_ok());
+    // A new process uses it normally too.
+    fork_child(|| match lock.lock_timeout(Duration::from_secs(10)) {
+        Ok(_g) => 0,
+        Err(_) => 1,
+    })
+    .assert_success();
+    assert!(lock.try_lock().is_ok());
+}
+
+#[test]
+fn a_sigkilled_owner_is_reported_and_the_lock_recovers() {
+    let lock = Lock::new().unwrap();
+    for _round in 0..25 {
+        let mut child = owner_dies(&lock, block_forever);
+        child.signal(Signal::SIGKILL);
+        assert_eq!(child.wait().exit, Exit::Signaled(libc::SIGKILL));
+        check_recovery(&lock);
+    }
+}
+
+#[test]
+fn an_owner_that_exits_holding_the_lock_is_reported() {
+    let lock = Lock::new().unwrap();
+    let mut child = owner_dies(&lock, exit_holding);
+    assert_eq!(child.wait().exit, Exit::Code(0));
+    check_recovery(&lock);
+}
+
+#[test]
+fn lock_timeout_and_try_lock_while_held_elsewhere() {
+    let name = unique_name("sync-lock-named");
+    let lock = Lock::create(&name).unwrap();
+    let held = Signal1::new();
+    let release = Signal1::new();
+    let child = fork_child(|| {
+        let lock = Lock::open(&name).unwrap();
+        let _g = lock.lock().unwrap();
+        held.notify();
+        release.wait();
+        0
+    });
+    held.wait();
+    assert!(matches!(lock.try_lock(), Err(LockError::WouldBlock)));
+    let start = Instant::now();
+    assert!(matches!(
+        lock.lock_timeout(Duration::from_millis(50)),
+        Err(LockError::Timeout)
+    ));
+    assert!(start.elapsed() >= Duration::from_millis(50));
+    release.notify();
+    child.assert_success();
+    assert!(lock.lock_timeout(LONG).is_ok());
+    // The wrong kind is refused.
+    assert!(matches!(
+        Event::open(&name),
+        Err(SegmentError::KindMismatch { .. })
+    ));
+}
+
+#[test]
+fn rlock_is_reentrant_and_refuses_a_non_owner_release() {
+    let r = RLock::new().unwrap();
+    r.acquire().unwrap();
+    r.acquire().unwrap();
+    // Another process can neither take it nor release it.
+    fork_child(|| {
+        let busy = matches!(r.try_acquire(), Err(LockError::WouldBlock));
+        let not_owner = matches!(r.release(), Err(LockError::NotOwner));
+        if busy && not_owner { 0 } else { 1 }
+    })
+    .assert_success();
+    // Nor can another thread of this process.
+    std::thread::scope(|s| {
+        s.spawn(|| assert!(matches!(r.release(), Err(LockError::NotOwner))));
+    });
+    r.release().unwrap();
+    r.release().unwrap();
+    assert!(matches!(r.release(), Err(LockError::NotOwner)));
+    fork_child(|| match r.acquire_timeout(LONG) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    })
+    .assert_success();
+}
+
+#[test]
+fn event_wakes_waiting_processes_and_times_out() {
+    let ev = Event::new().unwrap();
+    let waiters: Vec<Child> = (0..3)
+        .map(|_| fork_child(|| if ev.wait_timeout(LONG) { 0 } else { 1 }))
+        .collect();
+    ev.set();
+    for c in waiters {
+        c.assert_success();
+    }
+    ev.clear();
+    assert!(!ev.is_set());
+    fork_child(|| {
+        let start = Instant::now();
+        let timed_out = !ev.wait_timeout(Duration::from_millis(30));
+        if timed_out && start.elapsed() >= Duration::from_millis(30) { 0 } else { 1 }
+    })
+    .assert_success();
+}
+
+#[test]
+fn a_process_blocked_in_event_wait_uses_almost_no_cpu() {
+    let ev = Event::new().unwrap();
+    let started = Signal1::new();
+    let mut child = fork_child(|| {
+        started.notify();
+        ev.wait();
+        0
+    });
+    started.wait();
+    // The measured interval, not synchronisation: the child must sleep through it.
+    std::thread::sleep(Duration::from_secs(1));
+    ev.set();
+    let reaped = child.wait();
+    assert_eq!(reaped.exit, Exit::Code(0));
+    assert!(
+        reaped.cpu < Duration::from_millis(20),
+        "blocked waiter used {:?} of CPU",
+        reaped.cpu
+    );
+}
+
+#[test]
+fn semaphore_hands_out_permits_across_processes() {
+    let name = unique_name("sync-sem");
+    let sem = Semaphore::create(&name, 0).unwrap();
+    assert!(!sem.try_acquire());
+    assert!(!sem.acquire_timeout(Duration::from_millis(20)));
+    let n = name.clone();
+    let children: Vec<Child> = (0..3)
+        .map(|_| {
+            let n = n.clone();
+            fork_child(move || {
+                let sem = Semaphore::open(&n).unwrap();
+                if sem.acquire_timeout(LONG) { 0 } else { 1 }
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        sem.release();
+    }
+    for c in children {
+        c.assert_success();
+    }
+    assert_eq!(sem.value(), 0);
+    sem.release();
+    assert_eq!(sem.value(), 1);
+    // A bounded semaphore refuses to go above its bound, in any process.
+    let b = BoundedSemaphore::new(2).unwrap();
+    assert!(b.try_acquire());
+    fork_child(|| match (b.release(), b.release()) {
+        (Ok(()), Err(SemaphoreError::OverRelease { bound: 2 })) => 0,
+        _ => 1,
+    })
+    .assert_success();
+    assert_eq!(b.value(), 2);
+    assert!(BoundedSemaphore::new(0).is_err());
+    // Semaphore and BoundedSemaphore segments are not interchangeable.
+    assert!(matches!(
+        BoundedSemaphore::open(&name),
+        Err(SegmentError::TypeMismatch { .. })
+    ));
+}
+
+#[test]
+fn condition_notifies_a_waiting_process() {
+    let cond = Condition::new().unwrap();
+    let mem = Segment::anonymous(64).unwrap();
+    let flag: &AtomicU32 = mem.view(0).unwrap();
+    let waiting = Signal1::new();
+    let child = fork_child(|| {
+        let g = cond.lock().unwrap();
+        waiting.notify();
+        let (g, timed_out) = cond
+            .wait_while(g, Some(LONG), || flag.load(Ordering::Relaxed) == 0)
+            .unwrap();
+        drop(g);
+        if timed_out { 1 } else { 0 }
+    });
+    waiting.wait();
+    {
+        // The child holds the lock until it sleeps in wait_while, so this lock() returns
+        // only once it is waiting.
+        let _g = cond.lock().unwrap();
+        flag.store(1, Ordering::Relaxed);
+        cond.notify_all();
+    }
+    child.assert_success();
+
+    // Timeout paths.
+    let g = cond.lock().unwrap();
+    let (g, timed_out) = cond.wait_timeout(g, Duration::from_millis(20)).unwrap();
+    assert!(timed_out);
+    let (g, still) = cond
+        .wait_while(g, Some(Duration::from_millis(20)), || true)
+        .unwrap();
+    assert!(still);
+    drop(g);
+}
+
+#[test]
+fn condition_notify_one_wakes_one_of_many() {
+    let cond = Condition::new().unwrap();
+    let mem = Segment::anonymous(64).unwrap();
+    let tickets: &AtomicU32 = mem.view(0).unwrap();
+    let ready: &AtomicU32 = mem.view(4).unwrap();
+    let children: Vec<Child> = (0..3)
+        .map(|_| {
+            fork_child(|| {
+                let g = cond.lock().unwrap();
+                ready.fetch_add(1, Ordering::SeqCst);
+                let (g, timed_out) = cond
+                    .wait_while(g, Some(LONG), || tickets.load(Ordering::Relaxed) == 0)
+                    .unwrap();
+                tickets.fetch_sub(1, Ordering::Relaxed);
+                drop(g);
+                if timed_out { 1 } else { 0 }
+            })
+        })
+        .collect();
+    // Hand out three tickets one at a time, each with notify_one.
+    for _ in 0..3 {
+        let _g = cond.lock().unwrap();
+        tickets.fetch_add(1, Ordering::Relaxed);
+        cond.notify_one();
+    }
+    for c in children {
+        c.assert_success();
+    }
+    assert_eq!(tickets.load(Ordering::Relaxed), 0);
+    assert_eq!(ready.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn barrier_releases_all_parties_with_distinct_indices() {
+    let barrier = Barrier::new(4).unwrap();
+    let mem = Segment::anonymous(64).unwrap();
+    let seen: &[AtomicU32] = mem.view_slice(0, 4).unwrap();
+    for round in 0..3u32 {
+        let children: Vec<Child> = (0..3)
+            .map(|_| {
+                fork_child(|| match barrier.wait_timeout(LONG) {
+                    Ok(i) => {
+                        seen[i as usize].fetch_add(1, Ordering::SeqCst);
+                        0
+                    }
+                    Err(_) => 1,
+                })
+            })
+            .collect();
+        let mine = barrier.wait_timeout(LONG).unwrap();
+        seen[mine as usize].fetch_add(1, Ordering::SeqCst);
+        for c in children {
+            c.assert_success();
+        }
+        for s in seen {
+            assert_eq!(s.load(Ordering::SeqCst), round + 1, "each index once per round");
+        }
+    }
+    assert!(!barrier.is_broken());
+}
+
+#[test]
+fn a_barrier_timeout_breaks_it_for_everyone_until_reset() {
+    let barrier = Barrier::new(3).unwrap();
+    let arrived = Signal1::new();
+    let child = fork_child(|| {
+        arrived.notify();
+        match barrier.wait_timeout(LONG) {
+            Err(BarrierError::Broken) => 0,
+            _ => 1,
+        }
+    });
+    arrived.wait();
+    // Two of three parties: the parent's short wait times out and breaks the barrier, which
+    // releases the child with Broken.
+    assert_eq!(
+        barrier.wait_timeout(Duration::from_millis(50)),
+        Err(BarrierError::Timeout)
+    );
+    child.assert_success();
+    assert!(barrier.is_broken());
+    assert_eq!(barrier.wait(), Err(BarrierError::Broken));
+    barrier.reset();
+    assert!(!barrier.is_broken());
+    let kids: Vec<Child> = (0..2)
+        .map(|_| fork_child(|| if barrier.wait_timeout(LONG).is_ok() { 0 } else { 1 }))
+        .collect();
+    assert!(barrier.wait_timeout(LONG).is_ok());
+    for k in kids {
+        k.assert_success();
+    }
+}
