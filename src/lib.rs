@@ -7,6 +7,8 @@
 //!
 //! - [`segment`] (`mproc-segment`): named and anonymous shared-memory segments with a
 //!   versioned, type-checked header.
+//! - [`sync`] (`mproc-sync`): robust `Lock`, `RLock`, `Semaphore`, `Event`, `Condition`,
+//!   `Barrier`.
 //!
 //! ```
 //! use mproc::segment::Segment;
@@ -17,8 +19,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use mproc_segment as segment;
+pub use mproc_sync as sync;
 
 /// The names most programs need, in one `use mproc::prelude::*;`.
 pub mod prelude {
     pub use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
+    pub use mproc_sync::{
+        Barrier, BoundedSemaphore, Condition, Event, Lock, LockError, RLock, Semaphore,
+    };
 }

@@ -34,9 +34,9 @@
 pub mod atomic;
 mod barrier;
 mod error;
+mod event;
 pub mod futex;
 pub mod park;
-mod event;
 mod semaphore;
 
 #[cfg(not(loom))]

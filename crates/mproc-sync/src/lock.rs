@@ -68,7 +68,10 @@ impl RawLock {
         // SAFETY: attr is initialised by pthread_mutexattr_init before use and destroyed after;
         // the mutex memory is ours to initialise (no one else can see it before publication).
         unsafe {
-            os("pthread_mutexattr_init", libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
+            os(
+                "pthread_mutexattr_init",
+                libc::pthread_mutexattr_init(attr.as_mut_ptr()),
+            )?;
             let a = attr.as_mut_ptr();
             let result = (|| {
                 os(
@@ -84,14 +87,24 @@ impl RawLock {
                 } else {
                     libc::PTHREAD_MUTEX_NORMAL
                 };
-                os("pthread_mutexattr_settype", libc::pthread_mutexattr_settype(a, ty))?;
-                os("pthread_mutex_init", libc::pthread_mutex_init(self.mutex.get(), a))
+                os(
+                    "pthread_mutexattr_settype",
+                    libc::pthread_mutexattr_settype(a, ty),
+                )?;
+                os(
+                    "pthread_mutex_init",
+                    libc::pthread_mutex_init(self.mutex.get(), a),
+                )
             })();
             libc::pthread_mutexattr_destroy(a);
             result?;
         }
         self.inconsistent.store(0, Ordering::Relaxed);
-        let kind = if recursive { KIND_RECURSIVE } else { KIND_PLAIN };
+        let kind = if recursive {
+            KIND_RECURSIVE
+        } else {
+            KIND_PLAIN
+        };
         self.kind.store(kind, Ordering::Release);
         Ok(())
     }
@@ -139,7 +152,11 @@ impl RawLock {
     }
 
     /// Turns a pthread result into a guard, handling owner death.
-    fn acquired(&self, call: &'static str, r: libc::c_int) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
+    fn acquired(
+        &self,
+        call: &'static str,
+        r: libc::c_int,
+    ) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
         match r {
             0 => {
                 let guard = RawGuard::new(self);
@@ -298,7 +315,10 @@ impl Lock {
     }
 
     /// Blocks at most `timeout`; `Err(Timeout)` if the lock was not acquired in time.
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
+    pub fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
         self.0.get().lock_timeout(timeout)
     }
 
@@ -373,12 +393,22 @@ impl RLock {
     /// Acquires (blocking); call [`release`](RLock::release) once per successful acquire,
     /// `OwnerDied` included.
     pub fn acquire(&self) -> Result<(), LockError<()>> {
-        self.0.get().0.lock().map(std::mem::forget).map_err(|e| e.map(std::mem::forget))
+        self.0
+            .get()
+            .0
+            .lock()
+            .map(std::mem::forget)
+            .map_err(|e| e.map(std::mem::forget))
     }
 
     /// Acquires if free (or already held by this thread); `Err(WouldBlock)` otherwise.
     pub fn try_acquire(&self) -> Result<(), LockError<()>> {
-        self.0.get().0.try_lock().map(std::mem::forget).map_err(|e| e.map(std::mem::forget))
+        self.0
+            .get()
+            .0
+            .try_lock()
+            .map(std::mem::forget)
+            .map_err(|e| e.map(std::mem::forget))
     }
 
     /// Acquires, waiting at most `timeout`; `Err(Timeout)` otherwise.

@@ -46,7 +46,9 @@ impl<P: Primitive> Placed<P> {
     }
 
     /// An anonymous segment holding a `P` initialised by `init` (for sharing with children).
-    pub fn anonymous(init: impl FnOnce(&P) -> Result<(), SegmentError>) -> Result<Self, SegmentError> {
+    pub fn anonymous(
+        init: impl FnOnce(&P) -> Result<(), SegmentError>,
+    ) -> Result<Self, SegmentError> {
         let seg = Self::options().anonymous_with(|seg| init(seg.view::<P>(0)?))?;
         Self::wrap(seg)
     }

@@ -78,10 +78,12 @@ impl RawSemaphore {
                 if v >= bound {
                     return Err(SemaphoreError::OverRelease { bound });
                 }
-                match self
-                    .value
-                    .compare_exchange_weak(v, v + 1, Ordering::SeqCst, Ordering::Relaxed)
-                {
+                match self.value.compare_exchange_weak(
+                    v,
+                    v + 1,
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => break,
                     Err(now) => v = now,
                 }

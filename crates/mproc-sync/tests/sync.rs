@@ -193,7 +193,11 @@ fn event_wakes_waiting_processes_and_times_out() {
     fork_child(|| {
         let start = Instant::now();
         let timed_out = !ev.wait_timeout(Duration::from_millis(30));
-        if timed_out && start.elapsed() >= Duration::from_millis(30) { 0 } else { 1 }
+        if timed_out && start.elapsed() >= Duration::from_millis(30) {
+            0
+        } else {
+            1
+        }
     })
     .assert_success();
 }
@@ -354,7 +358,11 @@ fn barrier_releases_all_parties_with_distinct_indices() {
             c.assert_success();
         }
         for s in seen {
-            assert_eq!(s.load(Ordering::SeqCst), round + 1, "each index once per round");
+            assert_eq!(
+                s.load(Ordering::SeqCst),
+                round + 1,
+                "each index once per round"
+            );
         }
     }
     assert!(!barrier.is_broken());
@@ -384,7 +392,15 @@ fn a_barrier_timeout_breaks_it_for_everyone_until_reset() {
     barrier.reset();
     assert!(!barrier.is_broken());
     let kids: Vec<Child> = (0..2)
-        .map(|_| fork_child(|| if barrier.wait_timeout(LONG).is_ok() { 0 } else { 1 }))
+        .map(|_| {
+            fork_child(|| {
+                if barrier.wait_timeout(LONG).is_ok() {
+                    0
+                } else {
+                    1
+                }
+            })
+        })
         .collect();
     assert!(barrier.wait_timeout(LONG).is_ok());
     for k in kids {
