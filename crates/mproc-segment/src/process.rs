@@ -1,6 +1,7 @@
 //! Process identity that survives pid reuse: a pid plus the process's start time.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::sys::signal::kill;
@@ -21,10 +22,35 @@ pub struct ProcessId {
 static CACHED_PID: AtomicU64 = AtomicU64::new(0);
 static CACHED_START: AtomicU64 = AtomicU64::new(0);
 
+static PID: AtomicU32 = AtomicU32::new(0);
+static ATFORK: Once = Once::new();
+
+extern "C" fn forget_pid_in_child() {
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// The calling process's pid without a system call after the first use: cached, and
+/// forgotten in a forked child by a `pthread_atfork` handler. Hot paths (queue slot claims)
+/// use this; `std::process::id()` is a system call every time.
+pub fn current_pid() -> u32 {
+    let pid = PID.load(Ordering::Relaxed);
+    if pid != 0 {
+        return pid;
+    }
+    ATFORK.call_once(|| {
+        // SAFETY: registers a handler that only stores to an atomic, which is
+        // async-signal-safe and valid in the child after fork.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
+    });
+    let pid = std::process::id();
+    PID.store(pid, Ordering::Relaxed);
+    pid
+}
+
 impl ProcessId {
-    /// The calling process. Cheap after the first call in a process (one `getpid`).
+    /// The calling process. Cheap after the first call in a process.
     pub fn current() -> ProcessId {
-        let pid = std::process::id();
+        let pid = current_pid();
         if CACHED_PID.load(Ordering::Acquire) == u64::from(pid) {
             return ProcessId {
                 pid,
@@ -87,6 +113,24 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_pid_is_renewed_in_a_forked_child() {
+        assert_eq!(current_pid(), std::process::id());
+        // SAFETY: the child only calls getpid-like functions and _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = current_pid() == std::process::id()
+                    && ProcessId::current().pid == std::process::id();
+                // SAFETY: leave the child at once.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
 
     #[test]
     fn current_is_alive_and_stable() {

@@ -1,0 +1,67 @@
+//! Errors of the queues. Errors of `put` hand the value back.
+
+use mproc_segment::SegmentError;
+
+/// Why a `put` did not enqueue; carries the value back.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PutError<T> {
+    /// The queue is full (`try_put`).
+    #[error("queue is full")]
+    Full(T),
+    /// `put_timeout` gave up while the queue stayed full.
+    #[error("timed out waiting for room in the queue")]
+    Timeout(T),
+    /// The queue was closed; nothing more can be put.
+    #[error("queue is closed")]
+    Closed(T),
+    /// The value could not be encoded, or its out-of-line body could not be stored.
+    #[error("message could not be stored: {reason}")]
+    Message {
+        /// The value.
+        value: T,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl<T> PutError<T> {
+    /// The value that was not enqueued.
+    pub fn into_inner(self) -> T {
+        match self {
+            PutError::Full(v) | PutError::Timeout(v) | PutError::Closed(v) => v,
+            PutError::Message { value, .. } => value,
+        }
+    }
+}
+
+/// Why a `get` returned no value.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum GetError {
+    /// Nothing to take right now (`try_get`).
+    #[error("queue is empty")]
+    Empty,
+    /// `get_timeout` gave up while the queue stayed empty.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// The queue is closed and drained.
+    #[error("queue is closed and empty")]
+    Closed,
+    /// A message was taken but could not be decoded into the requested type, or its
+    /// out-of-line body could not be read. The message is consumed.
+    #[error("message could not be read: {reason}")]
+    Message {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Errors of [`JoinableQueue::task_done`](crate::JoinableQueue::task_done).
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+pub enum TaskDoneError {
+    /// `task_done` was called more times than items were put.
+    #[error("task_done() called more times than there were items")]
+    TooManyCalls,
+}
+
+/// Errors of creating or opening a queue.
+pub type OpenError = SegmentError;

@@ -1,0 +1,52 @@
+//! Lock-free bounded multi-producer multi-consumer queues in shared memory — Python's
+//! `multiprocessing.Queue`, at memory speed and robust to killed processes.
+//!
+//! - [`PodQueue<T: Pod>`](PodQueue): zero-copy slots of plain-old-data values.
+//! - [`Queue<T: Serialize + DeserializeOwned>`](Queue): any serde type, any size (postcard;
+//!   inline up to the slot size, out of line above it).
+//! - [`JoinableQueue<T>`](JoinableQueue): `task_done` / `join`.
+//!
+//! All three share one ring (Vyukov's bounded MPMC algorithm with per-slot claim words that
+//! name the claiming process): `put`/`get` are a CAS, a copy and a store, with no system call
+//! unless someone sleeps. Blocked callers spin briefly, then sleep on a futex.
+//!
+//! **What a SIGKILL can lose.** A producer killed inside `put` before it returned `Ok` loses
+//! only its own item (consumers skip its half-written slot). A consumer killed inside `get`
+//! after claiming an item loses that item. Nothing else is lost or duplicated, and nobody
+//! deadlocks: every item whose `put` returned `Ok` is delivered exactly once unless the
+//! consumer that took it died. (A killed process that was merely *waiting* loses nothing.)
+//!
+//! ```
+//! use mproc_queue::PodQueue;
+//! let q: PodQueue<[f32; 4]> = PodQueue::new(1024)?;
+//! q.put([1.0, 2.0, 3.0, 4.0]).unwrap();
+//! assert_eq!(q.get().unwrap()[3], 4.0);
+//! # Ok::<(), mproc_segment::SegmentError>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub(crate) use mproc_sync::atomic;
+
+mod error;
+mod ring;
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+#[cfg(not(loom))]
+mod joinable;
+#[cfg(not(loom))]
+mod message;
+#[cfg(not(loom))]
+mod pod;
+#[cfg(not(loom))]
+mod raw;
+
+pub use error::{GetError, OpenError, PutError, TaskDoneError};
+pub use ring::RingHeader;
+
+#[cfg(not(loom))]
+pub use joinable::JoinableQueue;
+#[cfg(not(loom))]
+pub use message::{DEFAULT_SLOT_SIZE, MIN_SLOT_SIZE, Queue, QueueOptions};
+#[cfg(not(loom))]
+pub use pod::PodQueue;

@@ -1,0 +1,210 @@
+//! `PodQueue<T: Pod>`: zero-copy slots of `T`.
+
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
+
+use crate::raw::{Layout, RawQueue};
+use crate::ring::{Pop, Push};
+use crate::{GetError, PutError};
+
+/// A bounded multi-producer multi-consumer queue of plain-old-data values in shared memory:
+/// each slot holds one `T`, copied in by `put` and out by `get` (no encoding).
+///
+/// Lock-free: `put` and `get` are a compare-and-swap, a copy and a store; no system call
+/// unless someone has to sleep or be woken. Capacity is rounded up to a power of two.
+///
+/// ```
+/// use mproc_queue::{GetError, PodQueue};
+/// let q: PodQueue<u64> = PodQueue::new(4)?;     // anonymous: children get it through fork
+/// q.put(7).unwrap();
+/// q.try_put(8).unwrap();
+/// assert_eq!(q.len(), 2);
+/// assert_eq!(q.get(), Ok(7));
+/// assert_eq!(q.try_get(), Ok(8));
+/// assert_eq!(q.try_get(), Err(GetError::Empty));
+/// # Ok::<(), mproc_segment::SegmentError>(())
+/// ```
+#[derive(Debug)]
+pub struct PodQueue<T> {
+    raw: RawQueue,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T: Pod> PodQueue<T> {
+    fn options(tag: TypeTag) -> SegmentOptions {
+        SegmentOptions::new(Kind::QUEUE).type_tag(tag)
+    }
+
+    fn layout(capacity: usize) -> Result<Layout, SegmentError> {
+        Layout::new(capacity, std::mem::size_of::<T>().max(1), std::mem::align_of::<T>())
+    }
+
+    /// A queue of at least `capacity` slots in a new anonymous segment.
+    pub fn new(capacity: usize) -> Result<PodQueue<T>, SegmentError> {
+        let raw = RawQueue::create(Self::options(TypeTag::of::<T>()), None, Self::layout(capacity)?)?;
+        Ok(PodQueue { raw, _t: PhantomData })
+    }
+
+    /// A queue of at least `capacity` slots in a new named segment, typed by
+    /// [`TypeTag::of`]`::<T>()`.
+    pub fn create(name: &str, capacity: usize) -> Result<PodQueue<T>, SegmentError> {
+        Self::create_tagged(name, capacity, TypeTag::of::<T>())
+    }
+
+    /// As [`create`](PodQueue::create), with an explicit type tag (for processes built
+    /// separately, see [`TypeTag::named`]).
+    pub fn create_tagged(name: &str, capacity: usize, tag: TypeTag) -> Result<PodQueue<T>, SegmentError> {
+        let raw = RawQueue::create(Self::options(tag), Some(name), Self::layout(capacity)?)?;
+        Ok(PodQueue { raw, _t: PhantomData })
+    }
+
+    /// Opens a queue created by another process; its element type must be `T`.
+    pub fn open(name: &str) -> Result<PodQueue<T>, SegmentError> {
+        Self::open_tagged(name, TypeTag::of::<T>())
+    }
+
+    /// Opens a queue created with [`create_tagged`](PodQueue::create_tagged).
+    pub fn open_tagged(name: &str, tag: TypeTag) -> Result<PodQueue<T>, SegmentError> {
+        let raw = RawQueue::open(Self::options(tag), name)?;
+        if raw.slot_size() != std::mem::size_of::<T>().max(1) {
+            return Err(SegmentError::CorruptHeader {
+                reason: "queue slot size differs from the element size",
+            });
+        }
+        Ok(PodQueue { raw, _t: PhantomData })
+    }
+
+    fn fill(value: &T) -> impl FnMut(&mut [u8]) + '_ {
+        move |slot| slot[..std::mem::size_of::<T>()].copy_from_slice(bytemuck::bytes_of(value))
+    }
+
+    fn take(slot: &[u8]) -> T {
+        bytemuck::pod_read_unaligned(&slot[..std::mem::size_of::<T>()])
+    }
+
+    fn put_result(r: Push, value: T, timed: bool) -> Result<(), PutError<T>> {
+        match r {
+            Push::Done => Ok(()),
+            Push::Closed => Err(PutError::Closed(value)),
+            Push::Full if timed => Err(PutError::Timeout(value)),
+            Push::Full => Err(PutError::Full(value)),
+        }
+    }
+
+    fn get_result(r: Pop<T>, timed: bool) -> Result<T, GetError> {
+        match r {
+            Pop::Item(v) => Ok(v),
+            Pop::Closed => Err(GetError::Closed),
+            Pop::Empty | Pop::InProgress if timed => Err(GetError::Timeout),
+            Pop::Empty | Pop::InProgress => Err(GetError::Empty),
+        }
+    }
+
+    /// Appends `value`, waiting while the queue is full. `Err(Closed)` once closed.
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        Self::put_result(self.raw.push_deadline(None, Self::fill(&value)), value, false)
+    }
+
+    /// Appends `value` if there is room now: `Err(Full)` otherwise.
+    pub fn try_put(&self, value: T) -> Result<(), PutError<T>> {
+        Self::put_result(self.raw.try_push(Self::fill(&value)), value, false)
+    }
+
+    /// Appends `value`, waiting at most `timeout` for room: `Err(Timeout)` otherwise.
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
+        let deadline = Some(Instant::now() + timeout);
+        Self::put_result(self.raw.push_deadline(deadline, Self::fill(&value)), value, true)
+    }
+
+    /// Appends every value of `values` in order, waiting for room as needed. On `Closed`,
+    /// returns how many were put before.
+    pub fn put_many(&self, values: &[T]) -> Result<(), (usize, PutError<T>)> {
+        for (i, v) in values.iter().enumerate() {
+            self.put(*v).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the oldest value, waiting while the queue is empty. `Err(Closed)` once closed
+    /// and drained.
+    pub fn get(&self) -> Result<T, GetError> {
+        Self::get_result(self.raw.pop_deadline(None, Self::take), false)
+    }
+
+    /// Takes the oldest value if there is one now: `Err(Empty)` otherwise.
+    pub fn try_get(&self) -> Result<T, GetError> {
+        Self::get_result(self.raw.try_pop(Self::take), false)
+    }
+
+    /// Takes the oldest value, waiting at most `timeout`: `Err(Timeout)` otherwise.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        let deadline = Some(Instant::now() + timeout);
+        Self::get_result(self.raw.pop_deadline(deadline, Self::take), true)
+    }
+
+    /// Waits for at least one value, then takes up to `max` without waiting further,
+    /// appending them to `out`. Returns how many were taken.
+    pub fn get_many(&self, out: &mut Vec<T>, max: usize) -> Result<usize, GetError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        out.push(self.get()?);
+        let mut n = 1;
+        while n < max {
+            match self.try_get() {
+                Ok(v) => {
+                    out.push(v);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Closes the queue: later `put`s fail with `Closed`; `get`s drain what is left, then
+    /// fail with `Closed`. Every blocked `put` and `get` wakes.
+    pub fn close(&self) {
+        self.raw.close()
+    }
+
+    /// Whether the queue has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.raw.is_closed()
+    }
+
+    /// How many values `get` could take now (exact when no `put`/`get` is in flight; never
+    /// counts a value that is still being written). O(len).
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether `get` would find nothing now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether every slot holds a value now.
+    pub fn is_full(&self) -> bool {
+        self.len() >= self.capacity()
+    }
+
+    /// The number of slots (the requested capacity rounded up to a power of two).
+    pub fn capacity(&self) -> usize {
+        self.raw.capacity()
+    }
+
+    /// The segment the queue lives in.
+    pub fn segment(&self) -> &Segment {
+        self.raw.segment()
+    }
+}
+
+impl<T> Drop for PodQueue<T> {
+    fn drop(&mut self) {
+        self.raw.detach();
+    }
+}

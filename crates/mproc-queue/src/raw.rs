@@ -1,0 +1,281 @@
+//! `RawQueue`: a ring laid out in a segment, shared by `PodQueue`, `Queue` and
+//! `JoinableQueue`.
+//!
+//! # Payload layout
+//! | offset | what |
+//! |---|---|
+//! | 0 | [`RingHeader`] (384 bytes, 128-aligned) |
+//! | 384 | `capacity` slot words (`AtomicU64`) |
+//! | `data_offset` | `capacity` slots of `stride` bytes (`slot_size` rounded up to the element alignment, at least 8) |
+
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use mproc_segment::{Segment, SegmentError, SegmentOptions, ShmSafe, current_pid};
+use mproc_sync::Parking;
+
+use crate::atomic::{AtomicU64, Ordering};
+use crate::ring::{Pop, Push, Ring, RingHeader, Slots};
+
+// SAFETY: RingHeader is #[repr(C)] atomics plus padding words that are never written; any bit
+// pattern is some (possibly nonsensical) ring state, which the ring's methods tolerate without
+// memory unsafety (positions index modulo the capacity).
+unsafe impl ShmSafe for RingHeader {}
+
+const HEADER_BYTES: usize = std::mem::size_of::<RingHeader>();
+
+/// How long a blocked `put`/`get` sleeps before looking again, so that a peer that died
+/// holding the slot it waits for (and so never wakes it) is noticed.
+const REPOLL: Duration = Duration::from_millis(200);
+
+/// The geometry of a ring in a payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    pub capacity: usize,
+    pub slot_size: usize,
+    pub stride: usize,
+    pub data_offset: usize,
+    pub payload_len: usize,
+}
+
+impl Layout {
+    /// Capacity rounded up to a power of two; slots aligned to `align` (at least 8).
+    pub fn new(capacity: usize, slot_size: usize, align: usize) -> Result<Layout, SegmentError> {
+        let bad = |reason| SegmentError::InvalidSize { reason };
+        if capacity == 0 {
+            return Err(bad("queue capacity must be at least 1"));
+        }
+        if capacity > 1 << 31 {
+            return Err(bad("queue capacity must be at most 2^31"));
+        }
+        if slot_size == 0 || slot_size > u32::MAX as usize {
+            return Err(bad("slot size must be between 1 and 2^32 - 1 bytes"));
+        }
+        let capacity = capacity.next_power_of_two();
+        let align = align.max(8);
+        let stride = slot_size.next_multiple_of(align);
+        let words_end = HEADER_BYTES + capacity * 8;
+        let data_offset = words_end.next_multiple_of(align);
+        let payload_len = capacity
+            .checked_mul(stride)
+            .and_then(|d| d.checked_add(data_offset))
+            .ok_or(bad("queue size overflows"))?;
+        Ok(Layout {
+            capacity,
+            slot_size,
+            stride,
+            data_offset,
+            payload_len,
+        })
+    }
+}
+
+/// A ring in a segment. Owns the segment; cheap to turn into a [`Ring`] per operation.
+#[derive(Debug)]
+pub(crate) struct RawQueue {
+    seg: Segment,
+    hdr: NonNull<RingHeader>,
+    words: NonNull<AtomicU64>,
+    data: NonNull<u8>,
+    layout: Layout,
+    shift: u32,
+}
+
+// SAFETY: all shared state is reached through atomics or through slots owned by the claim
+// protocol of `Ring`; the segment is Send + Sync.
+unsafe impl Send for RawQueue {}
+// SAFETY: as above.
+unsafe impl Sync for RawQueue {}
+
+/// Slots of a ring in shared memory.
+pub(crate) struct ShmSlots<'a> {
+    q: &'a RawQueue,
+}
+
+impl Slots for ShmSlots<'_> {
+    #[inline]
+    fn word(&self, idx: usize) -> &AtomicU64 {
+        // SAFETY: idx < capacity (masked by the ring), and the words array of `capacity`
+        // AtomicU64 was bounds-checked by `Segment::view_slice` in `RawQueue::wrap`.
+        unsafe { &*self.q.words.as_ptr().add(idx) }
+    }
+
+    #[inline]
+    unsafe fn with_mut<R>(&self, idx: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let l = &self.q.layout;
+        // SAFETY: the slot lies inside the payload (data_offset + capacity * stride ==
+        // payload_len, checked in `wrap`), and the caller holds it in state Writing, so no
+        // other process reads or writes these bytes until it is published.
+        let slot = unsafe {
+            std::slice::from_raw_parts_mut(self.q.data.as_ptr().add(idx * l.stride), l.slot_size)
+        };
+        f(slot)
+    }
+
+    #[inline]
+    unsafe fn with<R>(&self, idx: usize, f: impl FnOnce(&[u8]) -> R) -> R {
+        let l = &self.q.layout;
+        // SAFETY: as in `with_mut`; the caller holds the slot in state Reading, so nobody
+        // writes it until it is freed.
+        let slot = unsafe {
+            std::slice::from_raw_parts(self.q.data.as_ptr().add(idx * l.stride), l.slot_size)
+        };
+        f(slot)
+    }
+
+    fn is_alive(&self, pid: u32) -> bool {
+        mproc_segment::ProcessId { pid, start_time: 0 }.is_alive()
+    }
+}
+
+impl RawQueue {
+    /// Creates (named) or makes (anonymous, `name == None`) a ring segment.
+    pub fn create(
+        options: SegmentOptions,
+        name: Option<&str>,
+        layout: Layout,
+    ) -> Result<RawQueue, SegmentError> {
+        let options = options
+            .capacity(layout.capacity as u64)
+            .payload_len(layout.payload_len);
+        let init = |seg: &Segment| {
+            let hdr: &RingHeader = seg.view(0)?;
+            hdr.capacity.store(layout.capacity as u64, Ordering::Relaxed);
+            hdr.slot_size.store(layout.slot_size as u64, Ordering::Relaxed);
+            hdr.attached.store(1, Ordering::Relaxed);
+            Ok::<(), SegmentError>(())
+        };
+        let seg = match name {
+            Some(name) => options.create_with(name, init)?,
+            None => options.anonymous_with(init)?,
+        };
+        Self::wrap(seg, layout.slot_size)
+    }
+
+    /// Opens a named ring segment; `options` carry the expected kind and element type.
+    pub fn open(options: SegmentOptions, name: &str) -> Result<RawQueue, SegmentError> {
+        let seg = options.open(name)?;
+        let hdr: &RingHeader = seg.view(0)?;
+        let slot_size = hdr.slot_size.load(Ordering::Relaxed) as usize;
+        let q = Self::wrap(seg, slot_size)?;
+        q.header().attached.fetch_add(1, Ordering::SeqCst);
+        Ok(q)
+    }
+
+    /// Validates the geometry recorded in the segment against its real length. The slot
+    /// alignment is the element alignment recorded in the segment header.
+    fn wrap(seg: Segment, slot_size: usize) -> Result<RawQueue, SegmentError> {
+        let corrupt = |reason| SegmentError::CorruptHeader { reason };
+        let hdr: &RingHeader = seg.view(0)?;
+        let capacity = hdr.capacity.load(Ordering::Relaxed);
+        let header = seg.header().ok_or(corrupt("queue segment without a header"))?;
+        let (header_cap, align) = (header.capacity, header.element.align as usize);
+        if capacity != header_cap || !capacity.is_power_of_two() {
+            return Err(corrupt("queue capacity disagrees with the segment header"));
+        }
+        let layout = Layout::new(capacity as usize, slot_size, align)?;
+        if layout.capacity as u64 != capacity || layout.payload_len > seg.len() {
+            return Err(corrupt("queue slots do not fit the segment"));
+        }
+        let hdr = NonNull::from(hdr);
+        let words = NonNull::from(&seg.view_slice::<AtomicU64>(HEADER_BYTES, layout.capacity)?[0]);
+        let data = NonNull::new(seg.as_ptr().wrapping_add(layout.data_offset))
+            .ok_or(corrupt("null payload"))?;
+        Ok(RawQueue {
+            seg,
+            hdr,
+            words,
+            data,
+            layout,
+            shift: capacity.trailing_zeros(),
+        })
+    }
+
+    pub fn header(&self) -> &RingHeader {
+        // SAFETY: checked view of the segment we own; ShmSafe.
+        unsafe { self.hdr.as_ref() }
+    }
+
+    #[inline]
+    pub fn ring(&self) -> Ring<'_, ShmSlots<'_>> {
+        Ring {
+            hdr: self.header(),
+            slots: ShmSlots { q: self },
+            mask: self.layout.capacity as u64 - 1,
+            shift: self.shift,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.layout.capacity
+    }
+
+    pub fn slot_size(&self) -> usize {
+        self.layout.slot_size
+    }
+
+    pub fn segment(&self) -> &Segment {
+        &self.seg
+    }
+
+    pub fn try_push(&self, fill: impl FnMut(&mut [u8])) -> Push {
+        self.ring().try_push(current_pid(), fill)
+    }
+
+    pub fn try_pop<R>(&self, take: impl FnMut(&[u8]) -> R) -> Pop<R> {
+        self.ring().try_pop(current_pid(), take)
+    }
+
+    /// Pushes, waiting for room until `deadline` (forever if `None`).
+    pub fn push_deadline(&self, deadline: Option<Instant>, mut fill: impl FnMut(&mut [u8])) -> Push {
+        let hdr = self.header();
+        block(&hdr.not_full, deadline, || match self.try_push(&mut fill) {
+            Push::Full => None,
+            done => Some(done),
+        })
+        .unwrap_or(Push::Full)
+    }
+
+    /// Pops, waiting for a message until `deadline` (forever if `None`). `Pop::Empty` means
+    /// the deadline passed.
+    pub fn pop_deadline<R>(&self, deadline: Option<Instant>, mut take: impl FnMut(&[u8]) -> R) -> Pop<R> {
+        let hdr = self.header();
+        block(&hdr.not_empty, deadline, || match self.try_pop(&mut take) {
+            Pop::Empty | Pop::InProgress => None,
+            done => Some(done),
+        })
+        .unwrap_or(Pop::Empty)
+    }
+
+    pub fn close(&self) {
+        self.ring().close()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.header().closed.load(Ordering::SeqCst) != 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.ring().len()
+    }
+
+    /// Decrements the attach count; true if this was the last handle.
+    pub fn detach(&self) -> bool {
+        self.header().attached.fetch_sub(1, Ordering::SeqCst) == 1
+    }
+}
+
+/// Parks on `parking` until `poll` succeeds or `deadline` passes, re-polling every
+/// [`REPOLL`] so that a dead peer's slot is eventually noticed even though it never wakes us.
+fn block<T>(parking: &Parking, deadline: Option<Instant>, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    loop {
+        let chunk = Instant::now() + REPOLL;
+        let until = deadline.map_or(chunk, |d| d.min(chunk));
+        if let Some(v) = parking.block_on(Some(until), &mut poll) {
+            return Some(v);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+    }
+}

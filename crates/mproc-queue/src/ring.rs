@@ -1,0 +1,308 @@
+//! The ring: a bounded multi-producer multi-consumer queue of fixed-size byte slots, after
+//! Dmitry Vyukov's bounded MPMC queue, made crash-aware.
+//!
+//! # Slots
+//! Each slot has one 64-bit state word: `lap << 32 | state << 30 | pid`, where `lap` is the
+//! position divided by the capacity (truncated to 32 bits), `state` is one of
+//! Empty / Writing / Full / Reading, and `pid` is the process that claimed the slot
+//! (Writing/Reading). Position `pos` lives in slot `pos % capacity` and is meant for lap
+//! `pos / capacity`. A zero-filled ring is a valid empty ring (every slot Empty at lap 0).
+//!
+//! - A producer at position `pos` (the tail) claims the slot by a CAS
+//!   `Empty(lap) -> Writing(lap, me)`, *then* advances the tail (anyone who sees the slot
+//!   claimed helps advance it), copies the message in, and publishes `Full(lap)`.
+//! - A consumer at `pos` (the head) claims `Full(lap) -> Reading(lap, me)`, advances the head
+//!   (again with helping), copies the message out and frees the slot as `Empty(lap + 1)`.
+//!
+//! Because the claim and the claimer's pid are one atomic write, a process killed at any
+//! instruction leaves either an unclaimed slot or a slot naming it:
+//! - `Writing(lap, dead)`: the producer died before publishing; its `put` never returned `Ok`.
+//!   Consumers skip the slot (mark it `Empty(lap + 1)`).
+//! - `Reading(lap, dead)`: the consumer died while copying out; its item is lost with it (it
+//!   had been taken). Producers reclaim the slot (`Empty(lap + 1)`).
+//!
+//! A live but stopped peer (SIGSTOP) holds up the queue at its slot until it continues.
+//! A dead peer whose pid has been reused by a new process before anyone looked is taken for
+//! alive: the slot then waits for that process to exit. Pid reuse within that window is rare
+//! (Linux cycles through `pid_max`, default 4 million, before reusing).
+//!
+//! # Memory ordering (SYNC POINTs)
+//! - Publish: the producer's data copy, then `Full` stored SeqCst (Release would do for the
+//!   data; SeqCst also orders it before the waker's read of the consumer waiter count, see
+//!   `mproc_sync::Parking`). Pairs with the consumer's Acquire load/CAS of the slot word.
+//! - Free: the consumer's copy out, then `Empty(lap+1)` stored SeqCst; pairs with the next
+//!   lap producer's Acquire load/CAS, so it cannot overwrite data still being read.
+//! - Close: `closed` stored SeqCst; producers re-check it after claiming (see `try_push`).
+
+use crate::atomic::{AtomicU32, AtomicU64, Ordering};
+use mproc_sync::Parking;
+
+const STATE_SHIFT: u32 = 30;
+const PID_MASK: u64 = (1 << STATE_SHIFT) - 1;
+
+/// The state of a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    Empty,
+    Writing,
+    Full,
+    Reading,
+}
+
+#[inline]
+pub(crate) fn encode(lap: u32, state: State, pid: u32) -> u64 {
+    let s = match state {
+        State::Empty => 0u64,
+        State::Writing => 1,
+        State::Full => 2,
+        State::Reading => 3,
+    };
+    (u64::from(lap) << 32) | (s << STATE_SHIFT) | (u64::from(pid) & PID_MASK)
+}
+
+#[inline]
+pub(crate) fn decode(word: u64) -> (u32, State, u32) {
+    let state = match (word >> STATE_SHIFT) & 3 {
+        0 => State::Empty,
+        1 => State::Writing,
+        2 => State::Full,
+        _ => State::Reading,
+    };
+    ((word >> 32) as u32, state, (word & PID_MASK) as u32)
+}
+
+/// The shared control block of a ring, `#[repr(C)]`. `head` and `tail` sit on their own
+/// 128-byte lines (two cache lines: adjacent-line prefetch) so producers and consumers do not
+/// false-share.
+///
+/// Fields: `head` / `tail` (positions, only grow; advanced by CAS, with helping),
+/// `closed` (0/1, SeqCst), `not_empty` (consumers sleep here; producers wake),
+/// `not_full` (producers sleep here; consumers wake), `unfinished` (JoinableQueue: items put
+/// and not yet `task_done`), `all_done` (joiners sleep here), `attached` (handles open on the
+/// queue, for reclaiming undelivered out-of-line messages), `capacity` / `slot_size` (written
+/// once at creation).
+#[repr(C, align(128))]
+#[derive(Debug, Default)]
+pub struct RingHeader {
+    pub(crate) head: AtomicU64,
+    _pad0: [u64; 15],
+    pub(crate) tail: AtomicU64,
+    _pad1: [u64; 15],
+    pub(crate) closed: AtomicU32,
+    pub(crate) attached: AtomicU32,
+    pub(crate) capacity: AtomicU64,
+    pub(crate) slot_size: AtomicU64,
+    pub(crate) unfinished: AtomicU64,
+    pub(crate) not_empty: Parking,
+    pub(crate) not_full: Parking,
+    pub(crate) all_done: Parking,
+}
+
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<RingHeader>() == 384);
+
+/// Where the slots' words and bytes live (a segment, or a loom model), and how to ask whether
+/// a process is alive.
+pub(crate) trait Slots {
+    fn word(&self, idx: usize) -> &AtomicU64;
+
+    /// Runs `f` on slot `idx`'s bytes for writing.
+    ///
+    /// # Safety
+    /// The caller must hold the slot in state Writing (claimed by this process).
+    unsafe fn with_mut<R>(&self, idx: usize, f: impl FnOnce(&mut [u8]) -> R) -> R;
+
+    /// Runs `f` on slot `idx`'s bytes for reading.
+    ///
+    /// # Safety
+    /// The caller must hold the slot in state Reading (claimed by this process), or own the
+    /// whole ring (no other process attached).
+    unsafe fn with<R>(&self, idx: usize, f: impl FnOnce(&[u8]) -> R) -> R;
+
+    fn is_alive(&self, pid: u32) -> bool;
+}
+
+/// Outcome of a non-blocking push.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Push {
+    Done,
+    Full,
+    Closed,
+}
+
+/// Outcome of a non-blocking pop.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pop<R> {
+    Item(R),
+    /// Nothing claimed at the head.
+    Empty,
+    /// A live producer is writing the head slot.
+    InProgress,
+    /// Empty, and the queue was closed before we looked.
+    Closed,
+}
+
+/// A ring: the control block plus its slots.
+pub(crate) struct Ring<'a, S> {
+    pub hdr: &'a RingHeader,
+    pub slots: S,
+    pub mask: u64,
+    pub shift: u32,
+}
+
+impl<S: Slots> Ring<'_, S> {
+    #[inline]
+    fn lap(&self, pos: u64) -> u32 {
+        (pos >> self.shift) as u32
+    }
+
+    #[inline]
+    fn help_advance(counter: &AtomicU64, pos: u64) {
+        let _ = counter.compare_exchange(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed);
+    }
+
+    /// Tries to append one message, written into the slot by `fill`.
+    pub fn try_push(&self, me: u32, mut fill: impl FnMut(&mut [u8])) -> Push {
+        let hdr = self.hdr;
+        loop {
+            if hdr.closed.load(Ordering::SeqCst) != 0 {
+                return Push::Closed;
+            }
+            let pos = hdr.tail.load(Ordering::SeqCst);
+            let idx = (pos & self.mask) as usize;
+            let lap = self.lap(pos);
+            let word = self.slots.word(idx);
+            let w = word.load(Ordering::Acquire);
+            let (wlap, state, pid) = decode(w);
+            if wlap == lap && state == State::Empty {
+                let claim = encode(lap, State::Writing, me);
+                if word
+                    .compare_exchange(w, claim, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                Self::help_advance(&hdr.tail, pos);
+                // A close that consumers may already have acted on ("empty and closed") must
+                // not be followed by an item they will never read: re-check after claiming.
+                if hdr.closed.load(Ordering::SeqCst) != 0 {
+                    word.store(encode(lap.wrapping_add(1), State::Empty, 0), Ordering::SeqCst);
+                    hdr.not_empty.wake_all();
+                    return Push::Closed;
+                }
+                // SAFETY: we hold the slot in state Writing (our CAS above).
+                unsafe { self.slots.with_mut(idx, &mut fill) };
+                // SYNC POINT: publish; pairs with the consumer's Acquire CAS of the word.
+                word.store(encode(lap, State::Full, 0), Ordering::SeqCst);
+                hdr.not_empty.wake_one();
+                return Push::Done;
+            }
+            if wlap == lap || (wlap == lap.wrapping_add(1) && state == State::Empty) {
+                // Someone else claimed this position: help move the tail on.
+                Self::help_advance(&hdr.tail, pos);
+                continue;
+            }
+            if wlap == lap.wrapping_sub(1) {
+                // The previous lap's message still occupies the slot.
+                if state == State::Reading && !self.slots.is_alive(pid) {
+                    // Its reader died while copying it out: reclaim the slot.
+                    let free = encode(lap, State::Empty, 0);
+                    let _ = word.compare_exchange(w, free, Ordering::SeqCst, Ordering::Relaxed);
+                    continue;
+                }
+                if hdr.tail.load(Ordering::SeqCst) == pos {
+                    return Push::Full;
+                }
+            }
+            // Our view was stale; look again.
+        }
+    }
+
+    /// Tries to take one message, read out of the slot by `take`.
+    pub fn try_pop<R>(&self, me: u32, mut take: impl FnMut(&[u8]) -> R) -> Pop<R> {
+        let hdr = self.hdr;
+        loop {
+            // SYNC POINT: read `closed` before concluding "empty" (see `try_push`).
+            let closed = hdr.closed.load(Ordering::SeqCst) != 0;
+            let pos = hdr.head.load(Ordering::SeqCst);
+            let idx = (pos & self.mask) as usize;
+            let lap = self.lap(pos);
+            let word = self.slots.word(idx);
+            let w = word.load(Ordering::Acquire);
+            let (wlap, state, pid) = decode(w);
+            if wlap == lap {
+                match state {
+                    State::Full => {
+                        let claim = encode(lap, State::Reading, me);
+                        if word
+                            .compare_exchange(w, claim, Ordering::SeqCst, Ordering::Relaxed)
+                            .is_err()
+                        {
+                            continue;
+                        }
+                        Self::help_advance(&hdr.head, pos);
+                        // SAFETY: we hold the slot in state Reading (our CAS above).
+                        let r = unsafe { self.slots.with(idx, &mut take) };
+                        // SYNC POINT: free the slot; pairs with the next producer's Acquire.
+                        word.store(encode(lap.wrapping_add(1), State::Empty, 0), Ordering::SeqCst);
+                        hdr.not_full.wake_one();
+                        return Pop::Item(r);
+                    }
+                    State::Reading => {
+                        Self::help_advance(&hdr.head, pos);
+                        continue;
+                    }
+                    State::Writing => {
+                        if self.slots.is_alive(pid) {
+                            return Pop::InProgress;
+                        }
+                        // The producer died before publishing: skip its slot.
+                        let skip = encode(lap.wrapping_add(1), State::Empty, 0);
+                        if word
+                            .compare_exchange(w, skip, Ordering::SeqCst, Ordering::Relaxed)
+                            .is_ok()
+                        {
+                            Self::help_advance(&hdr.head, pos);
+                            hdr.not_full.wake_one();
+                        }
+                        continue;
+                    }
+                    State::Empty => {
+                        if hdr.tail.load(Ordering::SeqCst) <= pos {
+                            return if closed { Pop::Closed } else { Pop::Empty };
+                        }
+                        continue;
+                    }
+                }
+            }
+            if wlap == lap.wrapping_add(1) {
+                // Taken (or skipped) by someone else: help move the head on.
+                Self::help_advance(&hdr.head, pos);
+                continue;
+            }
+            if wlap == lap.wrapping_sub(1) && hdr.tail.load(Ordering::SeqCst) <= pos {
+                // The slot still holds the previous lap (its reader is slow): nothing new.
+                return if closed { Pop::Closed } else { Pop::Empty };
+            }
+        }
+    }
+
+    /// Marks the queue closed and wakes everyone.
+    pub fn close(&self) {
+        self.hdr.closed.store(1, Ordering::SeqCst);
+        self.hdr.not_empty.wake_all();
+        self.hdr.not_full.wake_all();
+    }
+
+    /// Number of messages that `get` could take now (published, not yet taken).
+    pub fn len(&self) -> usize {
+        let head = self.hdr.head.load(Ordering::SeqCst);
+        let tail = self.hdr.tail.load(Ordering::SeqCst);
+        (head..tail.max(head))
+            .filter(|&pos| {
+                let (wlap, state, _) = decode(self.slots.word((pos & self.mask) as usize).load(Ordering::Acquire));
+                wlap == self.lap(pos) && state == State::Full
+            })
+            .count()
+    }
+}
