@@ -56,7 +56,10 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     }
 
     /// A named joinable queue with these options.
-    pub fn create_with(name: &str, options: QueueOptions) -> Result<JoinableQueue<T>, SegmentError> {
+    pub fn create_with(
+        name: &str,
+        options: QueueOptions,
+    ) -> Result<JoinableQueue<T>, SegmentError> {
         Ok(JoinableQueue {
             queue: Queue::from_raw(options.raw::<T>(FLAVOUR, Some(name))?),
         })
@@ -159,7 +162,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     fn join_deadline(&self, deadline: Option<Instant>) -> bool {
         let hdr = self.queue.raw().header();
         hdr.all_done
-            .block_on(deadline, || (hdr.unfinished.load(Ordering::SeqCst) == 0).then_some(()))
+            .block_on(deadline, || {
+                (hdr.unfinished.load(Ordering::SeqCst) == 0).then_some(())
+            })
             .is_some()
     }
 

@@ -28,9 +28,9 @@
 pub(crate) use mproc_sync::atomic;
 
 mod error;
-mod ring;
 #[cfg(all(test, loom))]
 mod loom_tests;
+mod ring;
 
 #[cfg(not(loom))]
 mod joinable;

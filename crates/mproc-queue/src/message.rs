@@ -87,13 +87,20 @@ impl QueueOptions {
         SegmentOptions::new(Kind::QUEUE).type_tag(TypeTag::named::<T>(format!("{flavour}:{name}")))
     }
 
-    pub(crate) fn raw<T>(&self, flavour: &str, name: Option<&str>) -> Result<RawQueue, SegmentError> {
+    pub(crate) fn raw<T>(
+        &self,
+        flavour: &str,
+        name: Option<&str>,
+    ) -> Result<RawQueue, SegmentError> {
         let layout = Layout::new(self.capacity, self.slot_size, 8)?;
         RawQueue::create(self.segment_options::<T>(flavour), name, layout)
     }
 
     /// Creates a named queue.
-    pub fn create<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<Queue<T>, SegmentError> {
+    pub fn create<T: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Queue<T>, SegmentError> {
         Ok(Queue::from_raw(self.raw::<T>(FLAVOUR, Some(name))?))
     }
 
@@ -103,8 +110,14 @@ impl QueueOptions {
     }
 
     /// Opens a named queue, checking the message type.
-    pub fn open<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<Queue<T>, SegmentError> {
-        Ok(Queue::from_raw(RawQueue::open(self.segment_options::<T>(FLAVOUR), name)?))
+    pub fn open<T: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Queue<T>, SegmentError> {
+        Ok(Queue::from_raw(RawQueue::open(
+            self.segment_options::<T>(FLAVOUR),
+            name,
+        )?))
     }
 }
 
@@ -196,7 +209,10 @@ impl Body {
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     pub(crate) fn from_raw(raw: RawQueue) -> Queue<T> {
-        Queue { raw, _t: PhantomData }
+        Queue {
+            raw,
+            _t: PhantomData,
+        }
     }
 
     pub(crate) fn raw(&self) -> &RawQueue {
@@ -220,7 +236,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Encodes `value` (into its slot or, if larger, into a body segment) and pushes it with
     /// `push`; the body segment is removed again if the push fails.
-    fn put_with(&self, value: T, push: impl FnOnce(&mut dyn FnMut(&mut [u8])) -> Push, timed: bool) -> Result<(), PutError<T>> {
+    fn put_with(
+        &self,
+        value: T,
+        push: impl FnOnce(&mut dyn FnMut(&mut [u8])) -> Push,
+        timed: bool,
+    ) -> Result<(), PutError<T>> {
         let bytes = match postcard::to_allocvec(&value) {
             Ok(b) => b,
             Err(e) => {
@@ -311,7 +332,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Appends every value in order, waiting for room as needed. On an error, returns how
     /// many were put before it, and the error with the value that failed.
-    pub fn put_many(&self, values: impl IntoIterator<Item = T>) -> Result<(), (usize, PutError<T>)> {
+    pub fn put_many(
+        &self,
+        values: impl IntoIterator<Item = T>,
+    ) -> Result<(), (usize, PutError<T>)> {
         for (i, v) in values.into_iter().enumerate() {
             self.put(v).map_err(|e| (i, e))?;
         }

@@ -39,13 +39,24 @@ impl<T: Pod> PodQueue<T> {
     }
 
     fn layout(capacity: usize) -> Result<Layout, SegmentError> {
-        Layout::new(capacity, std::mem::size_of::<T>().max(1), std::mem::align_of::<T>())
+        Layout::new(
+            capacity,
+            std::mem::size_of::<T>().max(1),
+            std::mem::align_of::<T>(),
+        )
     }
 
     /// A queue of at least `capacity` slots in a new anonymous segment.
     pub fn new(capacity: usize) -> Result<PodQueue<T>, SegmentError> {
-        let raw = RawQueue::create(Self::options(TypeTag::of::<T>()), None, Self::layout(capacity)?)?;
-        Ok(PodQueue { raw, _t: PhantomData })
+        let raw = RawQueue::create(
+            Self::options(TypeTag::of::<T>()),
+            None,
+            Self::layout(capacity)?,
+        )?;
+        Ok(PodQueue {
+            raw,
+            _t: PhantomData,
+        })
     }
 
     /// A queue of at least `capacity` slots in a new named segment, typed by
@@ -56,9 +67,16 @@ impl<T: Pod> PodQueue<T> {
 
     /// As [`create`](PodQueue::create), with an explicit type tag (for processes built
     /// separately, see [`TypeTag::named`]).
-    pub fn create_tagged(name: &str, capacity: usize, tag: TypeTag) -> Result<PodQueue<T>, SegmentError> {
+    pub fn create_tagged(
+        name: &str,
+        capacity: usize,
+        tag: TypeTag,
+    ) -> Result<PodQueue<T>, SegmentError> {
         let raw = RawQueue::create(Self::options(tag), Some(name), Self::layout(capacity)?)?;
-        Ok(PodQueue { raw, _t: PhantomData })
+        Ok(PodQueue {
+            raw,
+            _t: PhantomData,
+        })
     }
 
     /// Opens a queue created by another process; its element type must be `T`.
@@ -74,7 +92,10 @@ impl<T: Pod> PodQueue<T> {
                 reason: "queue slot size differs from the element size",
             });
         }
-        Ok(PodQueue { raw, _t: PhantomData })
+        Ok(PodQueue {
+            raw,
+            _t: PhantomData,
+        })
     }
 
     fn fill(value: &T) -> impl FnMut(&mut [u8]) + '_ {
@@ -105,7 +126,11 @@ impl<T: Pod> PodQueue<T> {
 
     /// Appends `value`, waiting while the queue is full. `Err(Closed)` once closed.
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {
-        Self::put_result(self.raw.push_deadline(None, Self::fill(&value)), value, false)
+        Self::put_result(
+            self.raw.push_deadline(None, Self::fill(&value)),
+            value,
+            false,
+        )
     }
 
     /// Appends `value` if there is room now: `Err(Full)` otherwise.
@@ -116,7 +141,11 @@ impl<T: Pod> PodQueue<T> {
     /// Appends `value`, waiting at most `timeout` for room: `Err(Timeout)` otherwise.
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
         let deadline = Some(Instant::now() + timeout);
-        Self::put_result(self.raw.push_deadline(deadline, Self::fill(&value)), value, true)
+        Self::put_result(
+            self.raw.push_deadline(deadline, Self::fill(&value)),
+            value,
+            true,
+        )
     }
 
     /// Appends every value of `values` in order, waiting for room as needed. On `Closed`,

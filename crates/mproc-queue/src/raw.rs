@@ -140,8 +140,10 @@ impl RawQueue {
             .payload_len(layout.payload_len);
         let init = |seg: &Segment| {
             let hdr: &RingHeader = seg.view(0)?;
-            hdr.capacity.store(layout.capacity as u64, Ordering::Relaxed);
-            hdr.slot_size.store(layout.slot_size as u64, Ordering::Relaxed);
+            hdr.capacity
+                .store(layout.capacity as u64, Ordering::Relaxed);
+            hdr.slot_size
+                .store(layout.slot_size as u64, Ordering::Relaxed);
             hdr.attached.store(1, Ordering::Relaxed);
             Ok::<(), SegmentError>(())
         };
@@ -168,7 +170,9 @@ impl RawQueue {
         let corrupt = |reason| SegmentError::CorruptHeader { reason };
         let hdr: &RingHeader = seg.view(0)?;
         let capacity = hdr.capacity.load(Ordering::Relaxed);
-        let header = seg.header().ok_or(corrupt("queue segment without a header"))?;
+        let header = seg
+            .header()
+            .ok_or(corrupt("queue segment without a header"))?;
         let (header_cap, align) = (header.capacity, header.element.align as usize);
         if capacity != header_cap || !capacity.is_power_of_two() {
             return Err(corrupt("queue capacity disagrees with the segment header"));
@@ -227,7 +231,11 @@ impl RawQueue {
     }
 
     /// Pushes, waiting for room until `deadline` (forever if `None`).
-    pub fn push_deadline(&self, deadline: Option<Instant>, mut fill: impl FnMut(&mut [u8])) -> Push {
+    pub fn push_deadline(
+        &self,
+        deadline: Option<Instant>,
+        mut fill: impl FnMut(&mut [u8]),
+    ) -> Push {
         let hdr = self.header();
         block(&hdr.not_full, deadline, || match self.try_push(&mut fill) {
             Push::Full => None,
@@ -238,7 +246,11 @@ impl RawQueue {
 
     /// Pops, waiting for a message until `deadline` (forever if `None`). `Pop::Empty` means
     /// the deadline passed.
-    pub fn pop_deadline<R>(&self, deadline: Option<Instant>, mut take: impl FnMut(&[u8]) -> R) -> Pop<R> {
+    pub fn pop_deadline<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut take: impl FnMut(&[u8]) -> R,
+    ) -> Pop<R> {
         let hdr = self.header();
         block(&hdr.not_empty, deadline, || match self.try_pop(&mut take) {
             Pop::Empty | Pop::InProgress => None,
@@ -267,7 +279,11 @@ impl RawQueue {
 
 /// Parks on `parking` until `poll` succeeds or `deadline` passes, re-polling every
 /// [`REPOLL`] so that a dead peer's slot is eventually noticed even though it never wakes us.
-fn block<T>(parking: &Parking, deadline: Option<Instant>, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+fn block<T>(
+    parking: &Parking,
+    deadline: Option<Instant>,
+    mut poll: impl FnMut() -> Option<T>,
+) -> Option<T> {
     loop {
         let chunk = Instant::now() + REPOLL;
         let until = deadline.map_or(chunk, |d| d.min(chunk));

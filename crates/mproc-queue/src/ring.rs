@@ -186,7 +186,10 @@ impl<S: Slots> Ring<'_, S> {
                 // A close that consumers may already have acted on ("empty and closed") must
                 // not be followed by an item they will never read: re-check after claiming.
                 if hdr.closed.load(Ordering::SeqCst) != 0 {
-                    word.store(encode(lap.wrapping_add(1), State::Empty, 0), Ordering::SeqCst);
+                    word.store(
+                        encode(lap.wrapping_add(1), State::Empty, 0),
+                        Ordering::SeqCst,
+                    );
                     hdr.not_empty.wake_all();
                     return Push::Closed;
                 }
@@ -244,7 +247,10 @@ impl<S: Slots> Ring<'_, S> {
                         // SAFETY: we hold the slot in state Reading (our CAS above).
                         let r = unsafe { self.slots.with(idx, &mut take) };
                         // SYNC POINT: free the slot; pairs with the next producer's Acquire.
-                        word.store(encode(lap.wrapping_add(1), State::Empty, 0), Ordering::SeqCst);
+                        word.store(
+                            encode(lap.wrapping_add(1), State::Empty, 0),
+                            Ordering::SeqCst,
+                        );
                         hdr.not_full.wake_one();
                         return Pop::Item(r);
                     }
@@ -295,12 +301,17 @@ impl<S: Slots> Ring<'_, S> {
     }
 
     /// Number of messages that `get` could take now (published, not yet taken).
+    #[cfg_attr(loom, allow(dead_code))]
     pub fn len(&self) -> usize {
         let head = self.hdr.head.load(Ordering::SeqCst);
         let tail = self.hdr.tail.load(Ordering::SeqCst);
         (head..tail.max(head))
             .filter(|&pos| {
-                let (wlap, state, _) = decode(self.slots.word((pos & self.mask) as usize).load(Ordering::Acquire));
+                let (wlap, state, _) = decode(
+                    self.slots
+                        .word((pos & self.mask) as usize)
+                        .load(Ordering::Acquire),
+                );
                 wlap == self.lap(pos) && state == State::Full
             })
             .count()

@@ -1,0 +1,305 @@
+//! Queues across real processes: a many-process stress run, blocking and timeouts,
+//! close/drain, JoinableQueue, a 64 MiB message, wrong-type opens.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use mproc_queue::{GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions};
+use mproc_segment::{Segment, SegmentError};
+use mproc_testkit::{Child, fork_child, shm_entries, unique_name};
+use serde::{Deserialize, Serialize};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[test]
+fn four_producers_three_consumers_deliver_a_million_items_exactly_once_in_order() {
+    const PRODUCERS: u64 = 4;
+    const PER_PRODUCER: u64 = 250_000;
+    let total = (PRODUCERS * PER_PRODUCER) as usize;
+    let q: PodQueue<u64> = PodQueue::new(4096).unwrap();
+    // One counter per item, in shared memory: how many times it was received.
+    let seen_mem = Segment::anonymous(total).unwrap();
+    let seen: &[AtomicU8] = seen_mem.view_slice(0, total).unwrap();
+
+    let producers: Vec<Child> = (0..PRODUCERS)
+        .map(|p| {
+            let q = &q;
+            fork_child(move || {
+                for i in 0..PER_PRODUCER {
+                    if q.put(p << 32 | i).is_err() {
+                        return 1;
+                    }
+                }
+                0
+            })
+        })
+        .collect();
+    let consumers: Vec<Child> = (0..3)
+        .map(|_| {
+            fork_child(|| {
+                let mut last = [None::<u64>; PRODUCERS as usize];
+                loop {
+                    match q.get() {
+                        Ok(item) => {
+                            let (p, i) = ((item >> 32) as usize, item & 0xffff_ffff);
+                            if p >= PRODUCERS as usize || i >= PER_PRODUCER {
+                                return 2;
+                            }
+                            // Each producer's items arrive in order at any one consumer.
+                            if last[p].is_some_and(|l| l >= i) {
+                                return 3;
+                            }
+                            last[p] = Some(i);
+                            seen[p * PER_PRODUCER as usize + i as usize]
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(GetError::Closed) => return 0,
+                        Err(_) => return 4,
+                    }
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.assert_success();
+    }
+    q.close();
+    for c in consumers {
+        c.assert_success();
+    }
+    let wrong: Vec<usize> = (0..total)
+        .filter(|&i| seen[i].load(Ordering::Relaxed) != 1)
+        .take(10)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "items not received exactly once: {wrong:?}"
+    );
+    assert!(q.is_empty());
+}
+
+#[test]
+fn full_empty_timeout_and_close_paths() {
+    let q: PodQueue<u32> = PodQueue::new(4).unwrap();
+    assert_eq!(q.capacity(), 4);
+    for i in 0..4 {
+        q.try_put(i).unwrap();
+    }
+    assert!(q.is_full());
+    assert_eq!(q.try_put(9), Err(PutError::Full(9)));
+    let start = Instant::now();
+    assert_eq!(
+        q.put_timeout(9, Duration::from_millis(30)),
+        Err(PutError::Timeout(9))
+    );
+    assert!(start.elapsed() >= Duration::from_millis(30));
+    assert_eq!(q.len(), 4);
+    let mut out = Vec::new();
+    assert_eq!(q.get_many(&mut out, 10), Ok(4));
+    assert_eq!(out, vec![0, 1, 2, 3]);
+    assert_eq!(q.try_get(), Err(GetError::Empty));
+    assert_eq!(
+        q.get_timeout(Duration::from_millis(30)),
+        Err(GetError::Timeout)
+    );
+
+    // Close: puts fail with the value back, gets drain then report Closed.
+    q.put_many(&[5, 6]).unwrap();
+    q.close();
+    assert_eq!(q.put(7), Err(PutError::Closed(7)));
+    assert_eq!(q.get(), Ok(5));
+    assert_eq!(q.get(), Ok(6));
+    assert_eq!(q.get(), Err(GetError::Closed));
+    assert_eq!(q.try_get(), Err(GetError::Closed));
+}
+
+#[test]
+fn blocked_get_and_put_wake_across_processes() {
+    let q: PodQueue<u64> = PodQueue::new(1).unwrap();
+    // A consumer blocks on the empty queue; a put from the parent wakes it.
+    let consumer = fork_child(|| match q.get_timeout(LONG) {
+        Ok(42) => 0,
+        _ => 1,
+    });
+    q.put(42).unwrap();
+    consumer.assert_success();
+    // A producer blocks on the full queue; a get from the parent makes room.
+    q.put(1).unwrap();
+    let producer = fork_child(|| match q.put_timeout(2, LONG) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    });
+    assert_eq!(q.get_timeout(LONG), Ok(1));
+    assert_eq!(q.get_timeout(LONG), Ok(2));
+    producer.assert_success();
+    // A consumer blocked on an empty queue is released by close.
+    let waiter = fork_child(|| match q.get() {
+        Err(GetError::Closed) => 0,
+        _ => 1,
+    });
+    q.close();
+    waiter.assert_success();
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+struct Job {
+    id: u64,
+    name: String,
+    weights: Vec<f32>,
+}
+
+#[test]
+fn named_serde_queue_between_processes_inline_and_out_of_line() {
+    let name = unique_name("queue-serde");
+    let q: Queue<Job> = QueueOptions::new().capacity(8).create(&name).unwrap();
+    let child = fork_child(|| {
+        let q: Queue<Job> = Queue::open(&name).unwrap();
+        for id in 0..20u64 {
+            // Alternate small (inline) and large (out-of-line) messages.
+            let weights = vec![id as f32; if id % 2 == 0 { 2 } else { 5000 }];
+            let job = Job {
+                id,
+                name: format!("job-{id}"),
+                weights,
+            };
+            if q.put_timeout(job, LONG).is_err() {
+                return 1;
+            }
+        }
+        0
+    });
+    let writer = format!("mproc-msg-{}-", child.pid());
+    for id in 0..20u64 {
+        let job = q.get_timeout(LONG).unwrap();
+        assert_eq!(job.id, id);
+        assert_eq!(job.name, format!("job-{id}"));
+        assert_eq!(job.weights.len(), if id % 2 == 0 { 2 } else { 5000 });
+    }
+    child.assert_success();
+    // Every out-of-line body the child wrote was unlinked by the reader.
+    assert!(
+        shm_entries(&writer).is_empty(),
+        "{:?}",
+        shm_entries(&writer)
+    );
+}
+
+#[test]
+fn a_64_mib_message_round_trips_and_leaves_nothing_behind() {
+    let q: Queue<Vec<u8>> = Queue::new(2).unwrap();
+    let child = fork_child(|| {
+        let big: Vec<u8> = (0..64 << 20).map(|i: usize| (i % 251) as u8).collect();
+        match q.put_timeout(big, LONG) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        }
+    });
+    let got = q.get_timeout(LONG).unwrap();
+    child.assert_success();
+    assert_eq!(got.len(), 64 << 20);
+    assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+}
+
+#[test]
+fn undelivered_out_of_line_bodies_are_reclaimed_with_the_last_handle() {
+    let q: Queue<Vec<u8>> = Queue::new(4).unwrap();
+    // Bodies are named after their writer's pid; in this test binary only this test writes
+    // bodies from the parent process.
+    let mine = format!("mproc-msg-{}-", std::process::id());
+    q.put(vec![7u8; 10_000]).unwrap();
+    q.put(vec![8u8; 10_000]).unwrap();
+    assert_eq!(shm_entries(&mine).len(), 2);
+    drop(q);
+    assert!(shm_entries(&mine).is_empty());
+}
+
+#[test]
+fn joinable_queue_join_waits_for_task_done_in_another_process() {
+    let q: JoinableQueue<u32> = JoinableQueue::new(64).unwrap();
+    for i in 0..50 {
+        q.put(i).unwrap();
+    }
+    assert_eq!(q.unfinished_tasks(), 50);
+    assert!(!q.join_timeout(Duration::from_millis(10)));
+    let worker = fork_child(|| {
+        for _ in 0..50 {
+            if q.get_timeout(LONG).is_err() || q.task_done().is_err() {
+                return 1;
+            }
+        }
+        0
+    });
+    assert!(q.join_timeout(LONG));
+    worker.assert_success();
+    assert_eq!(q.unfinished_tasks(), 0);
+    assert!(q.task_done().is_err());
+}
+
+#[test]
+fn opening_with_the_wrong_type_is_refused() {
+    let name = unique_name("queue-types");
+    let _q: PodQueue<u64> = PodQueue::create(&name, 8).unwrap();
+    assert!(matches!(
+        PodQueue::<u32>::open(&name),
+        Err(SegmentError::TypeMismatch { .. })
+    ));
+    assert!(matches!(
+        PodQueue::<i64>::open(&name),
+        Err(SegmentError::TypeMismatch { .. })
+    ));
+    assert!(matches!(
+        Queue::<u64>::open(&name),
+        Err(SegmentError::TypeMismatch { .. })
+    ));
+    assert!(PodQueue::<u64>::open(&name).is_ok());
+
+    let jname = unique_name("queue-joinable");
+    let _j: Queue<String> = Queue::create(&jname, 8).unwrap();
+    assert!(matches!(
+        JoinableQueue::<String>::open(&jname),
+        Err(SegmentError::TypeMismatch { .. })
+    ));
+    assert!(matches!(
+        mproc_sync::Lock::open(&jname),
+        Err(SegmentError::KindMismatch { .. })
+    ));
+}
+
+#[test]
+fn an_idle_blocked_consumer_uses_almost_no_cpu() {
+    let q: PodQueue<u64> = PodQueue::new(4).unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let mut child = fork_child(|| {
+        nix::unistd::write(&w, b"x").unwrap();
+        match q.get() {
+            Ok(1) => 0,
+            _ => 1,
+        }
+    });
+    let mut b = [0u8];
+    nix::unistd::read(&r, &mut b).unwrap();
+    // The measured interval: the consumer must sleep through it.
+    std::thread::sleep(Duration::from_secs(1));
+    q.put(1).unwrap();
+    let reaped = child.wait();
+    assert_eq!(reaped.exit, mproc_testkit::Exit::Code(0));
+    assert!(
+        reaped.cpu < Duration::from_millis(50),
+        "idle consumer used {:?}",
+        reaped.cpu
+    );
+}
+
+#[test]
+fn items_are_distinct_values_not_aliases() {
+    // A sanity check of zero-copy slots: values survive the slot being reused many times.
+    let q: PodQueue<[u64; 3]> = PodQueue::new(2).unwrap();
+    let mut seen = HashSet::new();
+    for i in 0..1000u64 {
+        q.put([i, i * 2, i * 3]).unwrap();
+        let v = q.get().unwrap();
+        assert_eq!(v, [i, i * 2, i * 3]);
+        assert!(seen.insert(v[0]));
+    }
+}
