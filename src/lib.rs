@@ -9,6 +9,8 @@
 //!   versioned, type-checked header.
 //! - [`sync`] (`mproc-sync`): robust `Lock`, `RLock`, `Semaphore`, `Event`, `Condition`,
 //!   `Barrier`.
+//! - [`queue`] (`mproc-queue`): lock-free `PodQueue`, `Queue` (any serde type, any size),
+//!   `JoinableQueue`.
 //!
 //! ```
 //! use mproc::segment::Segment;
@@ -18,11 +20,13 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub use mproc_queue as queue;
 pub use mproc_segment as segment;
 pub use mproc_sync as sync;
 
 /// The names most programs need, in one `use mproc::prelude::*;`.
 pub mod prelude {
+    pub use mproc_queue::{GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions};
     pub use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
     pub use mproc_sync::{
         Barrier, BoundedSemaphore, Condition, Event, Lock, LockError, RLock, Semaphore,
