@@ -181,7 +181,7 @@ impl SegmentOptions {
     ) -> Result<Segment, E> {
         init(&seg)?;
         seg.publish();
-        seg.unlink_on_drop = Some(std::process::id());
+        seg.unlink_on_drop = Some(crate::current_pid());
         guard.0 = None;
         Ok(seg)
     }
@@ -647,17 +647,17 @@ impl Drop for Segment {
             return;
         };
         // A forked child inherits this value but is not the creator.
-        if pid != std::process::id() {
+        if pid != crate::current_pid() {
             return;
         }
         // Unlink only if the name still refers to our object: someone may have unlinked it and
-        // created a new segment of the same name since.
+        // created a new segment of the same name since. (glibc keeps POSIX shared memory in
+        // /dev/shm; one stat of that path is cheaper than shm_open + fstat + close.)
         let ours = fstat(&self.fd).ok();
-        let theirs = shm_open(name.as_str(), OFlag::O_RDONLY, Mode::empty())
-            .ok()
-            .and_then(|fd| fstat(&fd).ok());
+        let theirs = std::fs::metadata(format!("/dev/shm{name}")).ok();
         if let (Some(a), Some(b)) = (ours, theirs) {
-            if a.st_ino == b.st_ino && a.st_dev == b.st_dev {
+            use std::os::unix::fs::MetadataExt;
+            if a.st_ino == b.ino() && a.st_dev == b.dev() {
                 let _ = shm_unlink(name.as_str());
             }
         }
