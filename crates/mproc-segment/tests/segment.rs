@@ -485,3 +485,23 @@ fn payload_is_aligned_for_over_aligned_elements() {
     assert_eq!(seg.as_ptr() as usize % 512, 0);
     assert_eq!(seg.len(), 1024);
 }
+
+#[test]
+fn an_fd_that_cannot_be_mapped_shared_is_an_io_error_with_its_errno() {
+    // A read-only fd of a regular file big enough for a header: mapping it read-write and
+    // shared fails in mmap with EACCES, which must come back as Io { call, errno }.
+    let path = std::env::temp_dir().join(unique_name("seg-readonly-file"));
+    std::fs::write(&path, vec![0u8; 4096]).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let err = SegmentOptions::any()
+        .from_fd(OwnedFd::from(file))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SegmentError::Io {
+            call: "mmap",
+            errno: nix::errno::Errno::EACCES
+        }
+    );
+}

@@ -1,0 +1,55 @@
+//! The facade as a user sees it: one dependency, `mproc::prelude`, and the layers working
+//! together across real processes — a named queue of jobs, a robust lock around shared
+//! results, an event to start everyone at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use mproc::prelude::*;
+use mproc_testkit::{fork_child, unique_name};
+
+#[test]
+fn workers_take_jobs_from_a_named_queue_and_sum_under_a_lock() {
+    let jobs_name = unique_name("facade-jobs");
+    let jobs: Queue<u64> = Queue::create(&jobs_name, 64).unwrap();
+    let lock = Lock::new().unwrap();
+    let start = Event::new().unwrap();
+    let results = Segment::anonymous(64).unwrap();
+    let sum: &AtomicU64 = results.view(0).unwrap();
+
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            fork_child(|| {
+                let jobs: Queue<u64> = match Queue::open(&jobs_name) {
+                    Ok(q) => q,
+                    Err(_) => return 1,
+                };
+                if !start.wait_timeout(Duration::from_secs(60)) {
+                    return 2;
+                }
+                loop {
+                    match jobs.get_timeout(Duration::from_secs(60)) {
+                        Ok(n) => {
+                            let _g = lock.lock().unwrap();
+                            // Non-atomic on purpose: the lock keeps it exact.
+                            let v = sum.load(Ordering::Relaxed);
+                            sum.store(v + n * n, Ordering::Relaxed);
+                        }
+                        Err(GetError::Closed) => return 0,
+                        Err(_) => return 3,
+                    }
+                }
+            })
+        })
+        .collect();
+    start.set();
+    for n in 1..=1000u64 {
+        jobs.put(n).unwrap();
+    }
+    jobs.close();
+    for w in workers {
+        w.assert_success();
+    }
+    let expected: u64 = (1..=1000u64).map(|n| n * n).sum();
+    assert_eq!(sum.load(Ordering::Relaxed), expected);
+}
