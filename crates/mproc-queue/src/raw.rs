@@ -222,12 +222,14 @@ impl RawQueue {
         &self.seg
     }
 
+    /// A non-blocking push (`try_put`): checks whether peers holding slots are alive.
     pub fn try_push(&self, fill: impl FnMut(&mut [u8])) -> Push {
-        self.ring().try_push(current_pid(), fill)
+        self.ring().try_push(current_pid(), true, fill)
     }
 
+    /// A non-blocking pop (`try_get`): checks whether peers holding slots are alive.
     pub fn try_pop<R>(&self, take: impl FnMut(&[u8]) -> R) -> Pop<R> {
-        self.ring().try_pop(current_pid(), take)
+        self.ring().try_pop(current_pid(), true, take)
     }
 
     /// Pushes, waiting for room until `deadline` (forever if `None`).
@@ -237,9 +239,12 @@ impl RawQueue {
         mut fill: impl FnMut(&mut [u8]),
     ) -> Push {
         let hdr = self.header();
-        block(&hdr.not_full, deadline, || match self.try_push(&mut fill) {
-            Push::Full => None,
-            done => Some(done),
+        let me = current_pid();
+        block(&hdr.not_full, deadline, |check| {
+            match self.ring().try_push(me, check, &mut fill) {
+                Push::Full => None,
+                done => Some(done),
+            }
         })
         .unwrap_or(Push::Full)
     }
@@ -252,9 +257,12 @@ impl RawQueue {
         mut take: impl FnMut(&[u8]) -> R,
     ) -> Pop<R> {
         let hdr = self.header();
-        block(&hdr.not_empty, deadline, || match self.try_pop(&mut take) {
-            Pop::Empty | Pop::InProgress => None,
-            done => Some(done),
+        let me = current_pid();
+        block(&hdr.not_empty, deadline, |check| {
+            match self.ring().try_pop(me, check, &mut take) {
+                Pop::Empty | Pop::InProgress => None,
+                done => Some(done),
+            }
         })
         .unwrap_or(Pop::Empty)
     }
@@ -279,19 +287,24 @@ impl RawQueue {
 
 /// Parks on `parking` until `poll` succeeds or `deadline` passes, re-polling every
 /// [`REPOLL`] so that a dead peer's slot is eventually noticed even though it never wakes us.
+/// `poll(check_peers)` is asked to test peers' liveness only after the first [`REPOLL`] of
+/// waiting: a live peer in the middle of its copy is the common case and costs nothing to
+/// wait for, while a liveness test is a system call and a /proc read.
 fn block<T>(
     parking: &Parking,
     deadline: Option<Instant>,
-    mut poll: impl FnMut() -> Option<T>,
+    mut poll: impl FnMut(bool) -> Option<T>,
 ) -> Option<T> {
+    let mut check_peers = false;
     loop {
         let chunk = Instant::now() + REPOLL;
         let until = deadline.map_or(chunk, |d| d.min(chunk));
-        if let Some(v) = parking.block_on(Some(until), &mut poll) {
+        if let Some(v) = parking.block_on(Some(until), || poll(check_peers)) {
             return Some(v);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return None;
         }
+        check_peers = true;
     }
 }

@@ -162,7 +162,11 @@ impl<S: Slots> Ring<'_, S> {
     }
 
     /// Tries to append one message, written into the slot by `fill`.
-    pub fn try_push(&self, me: u32, mut fill: impl FnMut(&mut [u8])) -> Push {
+    ///
+    /// With `check_peers`, a slot held by a reader is tested for the reader's death (a
+    /// system call and a /proc read); without, such a slot just counts as full. Blocking
+    /// callers skip the check until they have waited a while, so the hot path stays cheap.
+    pub fn try_push(&self, me: u32, check_peers: bool, mut fill: impl FnMut(&mut [u8])) -> Push {
         let hdr = self.hdr;
         loop {
             if hdr.closed.load(Ordering::SeqCst) != 0 {
@@ -207,7 +211,7 @@ impl<S: Slots> Ring<'_, S> {
             }
             if wlap == lap.wrapping_sub(1) {
                 // The previous lap's message still occupies the slot.
-                if state == State::Reading && !self.slots.is_alive(pid) {
+                if check_peers && state == State::Reading && !self.slots.is_alive(pid) {
                     // Its reader died while copying it out: reclaim the slot.
                     let free = encode(lap, State::Empty, 0);
                     let _ = word.compare_exchange(w, free, Ordering::SeqCst, Ordering::Relaxed);
@@ -221,8 +225,14 @@ impl<S: Slots> Ring<'_, S> {
         }
     }
 
-    /// Tries to take one message, read out of the slot by `take`.
-    pub fn try_pop<R>(&self, me: u32, mut take: impl FnMut(&[u8]) -> R) -> Pop<R> {
+    /// Tries to take one message, read out of the slot by `take`. `check_peers` as in
+    /// [`try_push`](Self::try_push), for a slot a producer is still writing.
+    pub fn try_pop<R>(
+        &self,
+        me: u32,
+        check_peers: bool,
+        mut take: impl FnMut(&[u8]) -> R,
+    ) -> Pop<R> {
         let hdr = self.hdr;
         loop {
             // SYNC POINT: read `closed` before concluding "empty" (see `try_push`).
@@ -259,7 +269,7 @@ impl<S: Slots> Ring<'_, S> {
                         continue;
                     }
                     State::Writing => {
-                        if self.slots.is_alive(pid) {
+                        if !check_peers || self.slots.is_alive(pid) {
                             return Pop::InProgress;
                         }
                         // The producer died before publishing: skip its slot.
