@@ -65,3 +65,31 @@ pub enum TaskDoneError {
 
 /// Errors of creating or opening a queue.
 pub type OpenError = SegmentError;
+
+/// The body of `get_many`: waits for one value with `get`, then takes up to `max - 1` more with
+/// `try_get` without waiting. A value that cannot be read (`GetError::Message`) is reported;
+/// `Empty`, `Closed` and `Timeout` just end the batch.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn get_batch<T>(
+    out: &mut Vec<T>,
+    max: usize,
+    get: impl FnOnce() -> Result<T, GetError>,
+    mut try_get: impl FnMut() -> Result<T, GetError>,
+) -> Result<usize, GetError> {
+    if max == 0 {
+        return Ok(0);
+    }
+    out.push(get()?);
+    let mut n = 1;
+    while n < max {
+        match try_get() {
+            Ok(v) => {
+                out.push(v);
+                n += 1;
+            }
+            Err(e @ GetError::Message { .. }) => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(n)
+}

@@ -177,21 +177,7 @@ impl<T: Pod> PodQueue<T> {
     /// Waits for at least one value, then takes up to `max` without waiting further,
     /// appending them to `out`. Returns how many were taken.
     pub fn get_many(&self, out: &mut Vec<T>, max: usize) -> Result<usize, GetError> {
-        if max == 0 {
-            return Ok(0);
-        }
-        out.push(self.get()?);
-        let mut n = 1;
-        while n < max {
-            match self.try_get() {
-                Ok(v) => {
-                    out.push(v);
-                    n += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        Ok(n)
+        crate::error::get_batch(out, max, || self.get(), || self.try_get())
     }
 
     /// Closes the queue: later `put`s fail with `Closed`; `get`s drain what is left, then
