@@ -27,6 +27,11 @@ pub const DEFAULT_SLOT_SIZE: usize = 128;
 pub const MIN_SLOT_SIZE: usize = 64;
 
 const PREFIX: usize = 8;
+
+thread_local! {
+    /// Per-thread buffer that small messages are encoded into before being copied to a slot.
+    static ENCODE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 const INLINE: u32 = 0;
 const OUT_OF_LINE: u32 = 1;
 
@@ -145,26 +150,47 @@ pub struct Queue<T> {
     _t: PhantomData<fn(T) -> T>,
 }
 
-/// A message as copied out of its slot.
-enum Taken {
-    Inline(Vec<u8>),
+/// A message as taken out of its slot.
+enum Taken<T> {
+    /// Inline: decoded in place while the slot was held (`Err` holds postcard's complaint).
+    Decoded(Result<T, String>),
+    /// Out of line: the name of the body segment.
     OutOfLine(String),
     Corrupt,
 }
 
-fn take(slot: &[u8]) -> Taken {
-    let len = u32::from_ne_bytes([slot[0], slot[1], slot[2], slot[3]]) as usize;
-    let kind = u32::from_ne_bytes([slot[4], slot[5], slot[6], slot[7]]);
-    let Some(body) = slot.get(PREFIX..PREFIX.saturating_add(len)) else {
-        return Taken::Corrupt;
-    };
-    match kind {
-        INLINE => Taken::Inline(body.to_vec()),
-        OUT_OF_LINE => match std::str::from_utf8(body) {
+/// Splits a slot into (kind, body) after checking the length prefix.
+fn parse(slot: &[u8]) -> Option<(u32, &[u8])> {
+    let len = u32::from_ne_bytes(slot.get(0..4)?.try_into().ok()?) as usize;
+    let kind = u32::from_ne_bytes(slot.get(4..8)?.try_into().ok()?);
+    Some((kind, slot.get(PREFIX..PREFIX.checked_add(len)?)?))
+}
+
+/// Takes a message out of its slot. An inline message is decoded right here (no copy, no
+/// allocation beyond what `T` itself needs); a panicking `Deserialize` impl is caught so the
+/// slot is always released.
+fn take<T: DeserializeOwned>(slot: &[u8]) -> Taken<T> {
+    match parse(slot) {
+        Some((INLINE, body)) => {
+            let decoded = std::panic::catch_unwind(|| postcard::from_bytes::<T>(body));
+            Taken::Decoded(match decoded {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("Deserialize panicked".into()),
+            })
+        }
+        Some((OUT_OF_LINE, body)) => match std::str::from_utf8(body) {
             Ok(name) => Taken::OutOfLine(name.to_owned()),
             Err(_) => Taken::Corrupt,
         },
         _ => Taken::Corrupt,
+    }
+}
+
+/// The body segment's name of an out-of-line message (for reclaiming undelivered ones).
+fn take_body_name(slot: &[u8]) -> Option<String> {
+    match parse(slot) {
+        Some((OUT_OF_LINE, body)) => std::str::from_utf8(body).ok().map(str::to_owned),
+        _ => None,
     }
 }
 
@@ -242,55 +268,82 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         push: impl FnOnce(&mut dyn FnMut(&mut [u8])) -> Push,
         timed: bool,
     ) -> Result<(), PutError<T>> {
-        let bytes = match postcard::to_allocvec(&value) {
-            Ok(b) => b,
-            Err(e) => {
-                return Err(PutError::Message {
-                    value,
-                    reason: e.to_string(),
-                });
-            }
-        };
         let room = self.raw.slot_size() - PREFIX;
-        let body = if bytes.len() > room {
-            match Body::store(&bytes) {
-                Ok(b) => Some(b),
+        ENCODE_BUF.with(|cell| {
+            // A re-entrant put from inside a Serialize impl finds the buffer borrowed and
+            // uses a fresh one.
+            let mut own = Vec::new();
+            let mut guard = cell.try_borrow_mut();
+            let buf = match guard.as_deref_mut() {
+                Ok(b) => b,
+                Err(_) => &mut own,
+            };
+            if buf.len() < room {
+                buf.resize(room, 0);
+            }
+            // Small messages encode straight into the reused buffer (no allocation); a
+            // message that does not fit is encoded again, into its own allocation.
+            let inline_len = match postcard::to_slice(&value, &mut buf[..room]) {
+                Ok(used) => Some(used.len()),
+                Err(postcard::Error::SerializeBufferFull) => None,
                 Err(e) => {
                     return Err(PutError::Message {
                         value,
                         reason: e.to_string(),
                     });
                 }
+            };
+            let large = match inline_len {
+                Some(_) => None,
+                None => match postcard::to_allocvec(&value) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        return Err(PutError::Message {
+                            value,
+                            reason: e.to_string(),
+                        });
+                    }
+                },
+            };
+            let body = match &large {
+                Some(bytes) => match Body::store(bytes) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        return Err(PutError::Message {
+                            value,
+                            reason: e.to_string(),
+                        });
+                    }
+                },
+                None => None,
+            };
+            let (kind, payload): (u32, &[u8]) = match (&body, inline_len) {
+                (Some(b), _) => (OUT_OF_LINE, b.name.as_bytes()),
+                (None, len) => (INLINE, &buf[..len.unwrap_or(0)]),
+            };
+            let mut fill = |slot: &mut [u8]| {
+                slot[..4].copy_from_slice(&(payload.len() as u32).to_ne_bytes());
+                slot[4..8].copy_from_slice(&kind.to_ne_bytes());
+                slot[PREFIX..PREFIX + payload.len()].copy_from_slice(payload);
+            };
+            let r = push(&mut fill);
+            if r != Push::Done {
+                if let Some(b) = &body {
+                    let _ = Segment::unlink(&b.name);
+                }
             }
-        } else {
-            None
-        };
-        let (kind, payload): (u32, &[u8]) = match &body {
-            Some(b) => (OUT_OF_LINE, b.name.as_bytes()),
-            None => (INLINE, &bytes),
-        };
-        let mut fill = |slot: &mut [u8]| {
-            slot[..4].copy_from_slice(&(payload.len() as u32).to_ne_bytes());
-            slot[4..8].copy_from_slice(&kind.to_ne_bytes());
-            slot[PREFIX..PREFIX + payload.len()].copy_from_slice(payload);
-        };
-        let r = push(&mut fill);
-        if r != Push::Done {
-            if let Some(b) = &body {
-                let _ = Segment::unlink(&b.name);
+            match r {
+                Push::Done => Ok(()),
+                Push::Closed => Err(PutError::Closed(value)),
+                Push::Full if timed => Err(PutError::Timeout(value)),
+                Push::Full => Err(PutError::Full(value)),
             }
-        }
-        match r {
-            Push::Done => Ok(()),
-            Push::Closed => Err(PutError::Closed(value)),
-            Push::Full if timed => Err(PutError::Timeout(value)),
-            Push::Full => Err(PutError::Full(value)),
-        }
+        })
     }
 
-    fn decode(taken: Taken) -> Result<T, GetError> {
+    fn decode(taken: Taken<T>) -> Result<T, GetError> {
         let bytes = match taken {
-            Taken::Inline(b) => b,
+            Taken::Decoded(r) => return r.map_err(|reason| GetError::Message { reason }),
             Taken::OutOfLine(name) => Body::load(&name).map_err(|e| GetError::Message {
                 reason: format!("message body {name}: {e}"),
             })?,
@@ -305,7 +358,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         })
     }
 
-    fn get_result(r: Pop<Taken>, timed: bool) -> Result<T, GetError> {
+    fn get_result(r: Pop<Taken<T>>, timed: bool) -> Result<T, GetError> {
         match r {
             Pop::Item(t) => Self::decode(t),
             Pop::Closed => Err(GetError::Closed),
@@ -345,18 +398,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Takes the oldest message, waiting while the queue is empty. `Err(Closed)` once closed
     /// and drained.
     pub fn get(&self) -> Result<T, GetError> {
-        Self::get_result(self.raw.pop_deadline(None, take), false)
+        Self::get_result(self.raw.pop_deadline(None, take::<T>), false)
     }
 
     /// Takes the oldest message if there is one now: `Err(Empty)` otherwise.
     pub fn try_get(&self) -> Result<T, GetError> {
-        Self::get_result(self.raw.try_pop(take), false)
+        Self::get_result(self.raw.try_pop(take::<T>), false)
     }
 
     /// Takes the oldest message, waiting at most `timeout`: `Err(Timeout)` otherwise.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
         let deadline = Some(Instant::now() + timeout);
-        Self::get_result(self.raw.pop_deadline(deadline, take), true)
+        Self::get_result(self.raw.pop_deadline(deadline, take::<T>), true)
     }
 
     /// Waits for at least one message, then takes up to `max` without waiting further.
@@ -409,8 +462,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 /// Reclaims the bodies of messages nobody took, when the last handle goes.
 pub(crate) fn drain_on_last_detach(raw: &RawQueue) {
     if raw.detach() {
-        while let Pop::Item(t) = raw.try_pop(take) {
-            if let Taken::OutOfLine(name) = t {
+        while let Pop::Item(name) = raw.try_pop(take_body_name) {
+            if let Some(name) = name {
                 let _ = Segment::unlink(&name);
             }
         }

@@ -303,3 +303,30 @@ fn items_are_distinct_values_not_aliases() {
         assert!(seen.insert(v[0]));
     }
 }
+
+/// Serializes fine; deserializing panics (when `boom`) — a hostile or buggy `Deserialize`.
+#[derive(Serialize, Debug, PartialEq)]
+struct Fragile {
+    boom: bool,
+    n: u32,
+}
+
+impl<'de> Deserialize<'de> for Fragile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (boom, n) = <(bool, u32)>::deserialize(d)?;
+        if boom {
+            panic!("Deserialize refuses this value");
+        }
+        Ok(Fragile { boom, n })
+    }
+}
+
+#[test]
+fn a_message_that_fails_to_decode_is_an_error_and_releases_its_slot() {
+    let q: Queue<Fragile> = Queue::new(1).unwrap();
+    q.put(Fragile { boom: true, n: 1 }).unwrap();
+    assert!(matches!(q.get(), Err(GetError::Message { .. })));
+    // The single slot was released: the queue keeps working.
+    q.put(Fragile { boom: false, n: 2 }).unwrap();
+    assert_eq!(q.get(), Ok(Fragile { boom: false, n: 2 }));
+}
