@@ -9,6 +9,7 @@
 //!   versioned, type-checked header.
 //! - [`sync`] (`mproc-sync`): robust `Lock`, `RLock`, `Semaphore`, `Event`, `Condition`,
 //!   `Barrier`.
+//! - [`array`] (`mproc-array`): `Array`, `Value`, `RawArray`, readable from Python by name.
 //! - [`queue`] (`mproc-queue`): lock-free `PodQueue`, `Queue` (any serde type, any size),
 //!   `JoinableQueue`.
 //!
@@ -20,12 +21,14 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub use mproc_array as array;
 pub use mproc_queue as queue;
 pub use mproc_segment as segment;
 pub use mproc_sync as sync;
 
 /// The names most programs need, in one `use mproc::prelude::*;`.
 pub mod prelude {
+    pub use mproc_array::{Array, ArrayError, RawArray, Value};
     pub use mproc_queue::{GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions};
     pub use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
     pub use mproc_sync::{
