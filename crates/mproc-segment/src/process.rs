@@ -117,19 +117,12 @@ mod tests {
     #[test]
     fn cached_pid_is_renewed_in_a_forked_child() {
         assert_eq!(current_pid(), std::process::id());
-        // SAFETY: the child only calls getpid-like functions and _exits.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let ok = current_pid() == std::process::id()
-                    && ProcessId::current().pid == std::process::id();
-                // SAFETY: leave the child at once.
-                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                let status = nix::sys::wait::waitpid(child, None).unwrap();
-                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
-            }
-        }
+        mproc_testkit::fork_child(|| {
+            let ok = current_pid() == std::process::id()
+                && ProcessId::current().pid == std::process::id();
+            if ok { 0 } else { 1 }
+        })
+        .assert_success();
     }
 
     #[test]
