@@ -27,6 +27,49 @@
 
 pub(crate) use mproc_sync::atomic;
 
+/// The state accessors every queue type shares, delegated to its `raw: RawQueue` field.
+#[cfg(not(loom))]
+macro_rules! queue_state_methods {
+    () => {
+        /// Closes the queue: later `put`s fail with `Closed`; `get`s drain what is left, then
+        /// fail with `Closed`. Every blocked `put` and `get` wakes.
+        pub fn close(&self) {
+            self.raw.close()
+        }
+
+        /// Whether the queue has been closed.
+        pub fn is_closed(&self) -> bool {
+            self.raw.is_closed()
+        }
+
+        /// How many items `get` could take now (exact when no `put`/`get` is in flight; never
+        /// counts an item that is still being written). O(len).
+        pub fn len(&self) -> usize {
+            self.raw.len()
+        }
+
+        /// Whether `get` would find nothing now.
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+
+        /// Whether every slot holds an item now.
+        pub fn is_full(&self) -> bool {
+            self.len() >= self.capacity()
+        }
+
+        /// The number of slots (the requested capacity rounded up to a power of two).
+        pub fn capacity(&self) -> usize {
+            self.raw.capacity()
+        }
+
+        /// The segment the queue lives in.
+        pub fn segment(&self) -> &mproc_segment::Segment {
+            self.raw.segment()
+        }
+    };
+}
+
 mod error;
 #[cfg(all(test, loom))]
 mod loom_tests;

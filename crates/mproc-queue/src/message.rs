@@ -417,45 +417,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         crate::error::get_batch(out, max, || self.get(), || self.try_get())
     }
 
-    /// Closes the queue: later `put`s fail with `Closed`; `get`s drain what is left, then
-    /// fail with `Closed`.
-    pub fn close(&self) {
-        self.raw.close()
-    }
-
-    /// Whether the queue has been closed.
-    pub fn is_closed(&self) -> bool {
-        self.raw.is_closed()
-    }
-
-    /// How many messages `get` could take now. O(len).
-    pub fn len(&self) -> usize {
-        self.raw.len()
-    }
-
-    /// Whether `get` would find nothing now.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Whether every slot holds a message now.
-    pub fn is_full(&self) -> bool {
-        self.len() >= self.capacity()
-    }
-
-    /// The number of slots.
-    pub fn capacity(&self) -> usize {
-        self.raw.capacity()
-    }
+    queue_state_methods!();
 
     /// Bytes per slot; encoded messages longer than this minus 8 go out of line.
     pub fn slot_size(&self) -> usize {
         self.raw.slot_size()
-    }
-
-    /// The segment the queue lives in.
-    pub fn segment(&self) -> &Segment {
-        self.raw.segment()
     }
 }
 

@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
-use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
+use mproc_segment::{Kind, SegmentError, SegmentOptions, TypeTag};
 
 use crate::raw::{Layout, RawQueue};
 use crate::ring::{Pop, Push};
@@ -180,42 +180,7 @@ impl<T: Pod> PodQueue<T> {
         crate::error::get_batch(out, max, || self.get(), || self.try_get())
     }
 
-    /// Closes the queue: later `put`s fail with `Closed`; `get`s drain what is left, then
-    /// fail with `Closed`. Every blocked `put` and `get` wakes.
-    pub fn close(&self) {
-        self.raw.close()
-    }
-
-    /// Whether the queue has been closed.
-    pub fn is_closed(&self) -> bool {
-        self.raw.is_closed()
-    }
-
-    /// How many values `get` could take now (exact when no `put`/`get` is in flight; never
-    /// counts a value that is still being written). O(len).
-    pub fn len(&self) -> usize {
-        self.raw.len()
-    }
-
-    /// Whether `get` would find nothing now.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Whether every slot holds a value now.
-    pub fn is_full(&self) -> bool {
-        self.len() >= self.capacity()
-    }
-
-    /// The number of slots (the requested capacity rounded up to a power of two).
-    pub fn capacity(&self) -> usize {
-        self.raw.capacity()
-    }
-
-    /// The segment the queue lives in.
-    pub fn segment(&self) -> &Segment {
-        self.raw.segment()
-    }
+    queue_state_methods!();
 }
 
 impl<T> Drop for PodQueue<T> {
