@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,18 @@ impl QueueOptions {
     /// Creates an anonymous queue (children get it through `fork`).
     pub fn anonymous<T: Serialize + DeserializeOwned>(&self) -> Result<Queue<T>, SegmentError> {
         Ok(Queue::from_raw(self.raw::<T>(FLAVOUR, None)?))
+    }
+
+    /// Attaches to a queue through its segment's file descriptor (an anonymous queue handed
+    /// to a child across `exec`, see [`Segment::inheritable_fd`]), checking the message type.
+    pub fn from_fd<T: Serialize + DeserializeOwned>(
+        &self,
+        fd: OwnedFd,
+    ) -> Result<Queue<T>, SegmentError> {
+        Ok(Queue::from_raw(RawQueue::from_fd(
+            self.segment_options::<T>(FLAVOUR),
+            fd,
+        )?))
     }
 
     /// Opens a named queue, checking the message type.
@@ -258,6 +271,31 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Opens a named queue created by another process for the same message type.
     pub fn open(name: &str) -> Result<Queue<T>, SegmentError> {
         QueueOptions::new().open(name)
+    }
+
+    /// Attaches to a queue through its segment's file descriptor, checking the message type.
+    /// The fd is usually [`Segment::inheritable_fd`] of [`segment`](Queue::segment), passed to
+    /// a child across `exec`; a `fork`ed child can use a duplicate of the inherited fd.
+    pub fn from_fd(fd: OwnedFd) -> Result<Queue<T>, SegmentError> {
+        QueueOptions::new().from_fd(fd)
+    }
+
+    /// A second handle to the same queue (as if opened again): the queue lives until the last
+    /// handle is dropped.
+    pub fn try_clone(&self) -> Result<Queue<T>, SegmentError> {
+        let fd = self
+            .raw
+            .segment()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| SegmentError::Io {
+                call: "dup",
+                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            })?;
+        Ok(Queue::from_raw(RawQueue::from_fd(
+            SegmentOptions::any(),
+            fd,
+        )?))
     }
 
     /// Encodes `value` (into its slot or, if larger, into a body segment) and pushes it with

@@ -8,6 +8,7 @@
 //! | 384 | `capacity` slot words (`AtomicU64`) |
 //! | `data_offset` | `capacity` slots of `stride` bytes (`slot_size` rounded up to the element alignment, at least 8) |
 
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
@@ -156,7 +157,16 @@ impl RawQueue {
 
     /// Opens a named ring segment; `options` carry the expected kind and element type.
     pub fn open(options: SegmentOptions, name: &str) -> Result<RawQueue, SegmentError> {
-        let seg = options.open(name)?;
+        Self::attach(options.open(name)?)
+    }
+
+    /// Attaches to a ring segment through its file descriptor (an anonymous queue handed to
+    /// a child across `exec`); `options` carry the expected kind and element type.
+    pub fn from_fd(options: SegmentOptions, fd: OwnedFd) -> Result<RawQueue, SegmentError> {
+        Self::attach(options.from_fd(fd)?)
+    }
+
+    fn attach(seg: Segment) -> Result<RawQueue, SegmentError> {
         let hdr: &RingHeader = seg.view(0)?;
         let slot_size = hdr.slot_size.load(Ordering::Relaxed) as usize;
         let q = Self::wrap(seg, slot_size)?;

@@ -1,0 +1,263 @@
+//! Child processes at the system-call level: starting them by `fork` or by re-executing this
+//! binary, waiting on a pidfd, reaping exactly our own child (`wait4(pid)`, never
+//! `waitpid(-1)`, which would steal other code's children), and signalling through the pidfd
+//! so a signal can never reach a recycled pid.
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use nix::unistd::{ForkResult, fork};
+
+use crate::ProcessError;
+
+/// How a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// Python's `Process.exitcode`: the code, or `-N` for signal `N`.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signaled(s) => -s,
+        }
+    }
+
+    pub(crate) fn parts(self) -> (Option<i32>, Option<i32>) {
+        match self {
+            ExitStatus::Code(c) => (None, Some(c)),
+            ExitStatus::Signaled(s) => (Some(s), None),
+        }
+    }
+}
+
+/// A child process of ours: its pid, a pidfd for waiting and signalling, and its exit status
+/// once reaped. Dropping an unreaped `ChildProc` kills and reaps it.
+#[derive(Debug)]
+pub(crate) struct ChildProc {
+    pid: i32,
+    pidfd: OwnedFd,
+    status: Option<ExitStatus>,
+}
+
+fn pidfd_open(pid: i32) -> Result<OwnedFd, ProcessError> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(ProcessError::os("pidfd_open", Errno::last()));
+    }
+    // SAFETY: pidfd_open returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The number of threads of this process (from `/proc/self/stat`), or 1 if unknown.
+pub(crate) fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may contain spaces) start after ')'.
+            let rest = &s[s.rfind(')')? + 2..];
+            // num_threads is field 20 overall, the 18th after the name.
+            rest.split_whitespace().nth(17)?.parse().ok()
+        })
+        .unwrap_or(1)
+}
+
+/// Ends a forked child without running the parent's `atexit` handlers or destructors, after
+/// flushing what the child printed.
+fn exit_child(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` is always safe to call; it ends the process immediately.
+    unsafe { libc::_exit(code) }
+}
+
+impl ChildProc {
+    /// Forks a child that runs `f` and exits with its return value.
+    ///
+    /// The child runs only `f`: it must not rely on locks other threads of the parent may hold
+    /// (see [`thread_count`]).
+    pub(crate) fn fork(f: impl FnOnce() -> i32) -> Result<ChildProc, ProcessError> {
+        // SAFETY: in the child we only run `f` and `_exit`; we never return into the caller,
+        // whose other threads do not exist in the child.
+        match unsafe { fork() }.map_err(|e| ProcessError::os("fork", e))? {
+            ForkResult::Child => {
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                    .unwrap_or(crate::worker::EXIT_PANIC);
+                exit_child(code)
+            }
+            ForkResult::Parent { child } => Self::adopt(child.as_raw()),
+        }
+    }
+
+    /// Re-executes this binary (`/proc/self/exe`, so a binary replaced on disk since we
+    /// started is not picked up) with `env` set, keeping `keep_fds` open across `exec`.
+    pub(crate) fn spawn(env: (&str, &str), keep_fds: &[RawFd]) -> Result<ChildProc, ProcessError> {
+        let mut cmd = Command::new("/proc/self/exe");
+        if let Some(arg0) = std::env::args_os().next() {
+            cmd.arg0(arg0);
+        }
+        cmd.env(env.0, env.1);
+        let keep = keep_fds.to_vec();
+        // SAFETY: the closure runs in the forked child before exec and only calls fcntl,
+        // which is async-signal-safe; it allocates nothing (`keep` was built before).
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &keep {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            ProcessError::os("spawn", Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        })?;
+        // `std::process::Child` neither waits nor kills on drop; the pid stays ours to reap.
+        Self::adopt(child.id() as i32)
+    }
+
+    fn adopt(pid: i32) -> Result<ChildProc, ProcessError> {
+        match pidfd_open(pid) {
+            Ok(pidfd) => Ok(ChildProc {
+                pid,
+                pidfd,
+                status: None,
+            }),
+            Err(e) => {
+                // Do not leave the child running unwatched.
+                // SAFETY: `pid` is our unreaped child, so it cannot have been recycled.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let mut status = 0;
+                // SAFETY: reaps exactly this child; `status` is valid for writes.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    pub(crate) fn pidfd(&self) -> &OwnedFd {
+        &self.pidfd
+    }
+
+    /// The exit status, if the child has been reaped.
+    pub(crate) fn status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+
+    /// Reaps the child if it has exited; never blocks.
+    pub(crate) fn try_wait(&mut self) -> Result<Option<ExitStatus>, ProcessError> {
+        if self.status.is_some() {
+            return Ok(self.status);
+        }
+        let mut status = 0;
+        // SAFETY: reaps exactly this child (our own, unreaped, so its pid is not recycled);
+        // `status` is valid for writes.
+        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        match r {
+            0 => Ok(None),
+            r if r == self.pid => {
+                let s = if libc::WIFSIGNALED(status) {
+                    ExitStatus::Signaled(libc::WTERMSIG(status))
+                } else {
+                    ExitStatus::Code(libc::WEXITSTATUS(status))
+                };
+                self.status = Some(s);
+                Ok(Some(s))
+            }
+            _ => {
+                let e = Errno::last();
+                if e == Errno::EINTR {
+                    return Ok(None);
+                }
+                Err(ProcessError::os("waitpid", e))
+            }
+        }
+    }
+
+    /// Waits until the child exits (reaping it) or `deadline` passes (`None`: no deadline).
+    pub(crate) fn wait_until(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<ExitStatus>, ProcessError> {
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(Some(s));
+            }
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    // Round up so we do not spin on a sub-millisecond remainder.
+                    let ms = left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1;
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(ProcessError::os("poll", e)),
+            }
+        }
+    }
+
+    /// Sends `sig` through the pidfd (a no-op once the child is reaped).
+    pub(crate) fn signal(&self, sig: Signal) -> Result<(), ProcessError> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        // SAFETY: pidfd_send_signal takes our pidfd, a signal number, a null siginfo and zero
+        // flags.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = Errno::last();
+            // ESRCH: it already exited (but is not reaped yet) — nothing to signal.
+            if e != Errno::ESRCH {
+                return Err(ProcessError::os("pidfd_send_signal", e));
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the child (if it still runs) and reaps it.
+    pub(crate) fn kill_and_reap(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            let _ = self.signal(Signal::SIGKILL);
+            let _ = self.wait_until(None);
+        }
+        self.status
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}

@@ -1,0 +1,137 @@
+//! Errors of processes and pools.
+
+use mproc_segment::SegmentError;
+use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
+
+/// Why a pool task (or a pool operation) produced no result.
+///
+/// A task fails alone: the other tasks of the same `map` and the pool itself go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum TaskError {
+    /// The task's function panicked; `message` is the panic's message.
+    #[error("task panicked: {message}")]
+    Panicked {
+        /// The panic payload (`&str` or `String`), or a placeholder for other payloads.
+        message: String,
+    },
+    /// The worker running the task died (SIGKILL, OOM killer, `abort`, `exit`) before it
+    /// answered. The pool has started a replacement.
+    #[error("worker process {pid} died while running the task ({})", describe(*signal, *code))]
+    WorkerDied {
+        /// The worker's process id.
+        pid: u32,
+        /// The signal that killed it, if it was killed by one.
+        signal: Option<i32>,
+        /// Its exit code, if it exited.
+        code: Option<i32>,
+    },
+    /// The argument or the result could not be encoded or decoded (serde / postcard).
+    #[error("task argument or result could not be encoded or decoded: {message}")]
+    Encode {
+        /// What serde or postcard said.
+        message: String,
+    },
+    /// The pool's initializer failed in a worker; the pool is stopped.
+    #[error("pool initializer failed: {message}")]
+    InitializerFailed {
+        /// The initializer's panic message, or how its worker ended.
+        message: String,
+    },
+    /// The pool no longer accepts tasks (`close`, `join` or `terminate` was called).
+    #[error("the pool is closed")]
+    Closed,
+    /// The pool was terminated before the task finished.
+    #[error("the pool was terminated before the task finished")]
+    Terminated,
+    /// `get_timeout` gave up; the task is still pending.
+    #[error("timed out waiting for the task")]
+    Timeout,
+    /// A worker could not be started (fork, exec or shared-memory setup failed); the pool is
+    /// stopped.
+    #[error("could not start a worker: {message}")]
+    Start {
+        /// The underlying [`ProcessError`], as text.
+        message: String,
+    },
+}
+
+fn describe(signal: Option<i32>, code: Option<i32>) -> String {
+    match (signal, code) {
+        (Some(s), _) => format!("killed by signal {s}"),
+        (None, Some(c)) => format!("exited with code {c}"),
+        (None, None) => "status unknown".to_owned(),
+    }
+}
+
+/// Why a [`Process`](crate::Process) could not be started or produced no result.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The function panicked in the child (exit status 1).
+    #[error("child process panicked: {message}")]
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The child exited without returning a result (it called `exit(code)`).
+    #[error("child process exited with code {code} before returning a result")]
+    Exited {
+        /// Its exit code.
+        code: i32,
+    },
+    /// The child was killed by a signal before returning a result.
+    #[error("child process was killed by signal {signal}")]
+    Signaled {
+        /// The signal number.
+        signal: i32,
+    },
+    /// `join_timeout` gave up; the child is still running (and still owned by the handle).
+    #[error("child process still running after the timeout")]
+    Timeout,
+    /// The result was already taken by an earlier `join`.
+    #[error("the process was already joined")]
+    AlreadyJoined,
+    /// The `Spawn` start method needs `mproc::init()` to run at the top of `main`, in the
+    /// parent (so that its re-executed children become workers) — it did not run, or a spawned
+    /// child ended before reaching it.
+    #[error("{0}")]
+    InitNotCalled(&'static str),
+    /// `Fork` was refused because the parent has other threads (see
+    /// [`ThreadedFork`](crate::ThreadedFork)).
+    #[error(
+        "refusing to fork a process with {threads} threads (a lock held by another thread stays locked forever in the child); use StartMethod::Spawn"
+    )]
+    ThreadedFork {
+        /// Threads in the parent.
+        threads: usize,
+    },
+    /// A pool's initializer failed in a worker (`Pool` builder).
+    #[error("pool initializer failed: {message}")]
+    InitializerFailed {
+        /// The initializer's panic message.
+        message: String,
+    },
+    /// The argument or result could not be encoded or decoded.
+    #[error("argument or result could not be encoded or decoded: {message}")]
+    Encode {
+        /// What serde or postcard said.
+        message: String,
+    },
+    /// Setting up the shared memory for the child failed.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// A system call failed.
+    #[error("{call} failed: {errno}")]
+    Os {
+        /// The call.
+        call: &'static str,
+        /// Its error.
+        errno: Errno,
+    },
+}
+
+impl ProcessError {
+    pub(crate) fn os(call: &'static str, errno: Errno) -> ProcessError {
+        ProcessError::Os { call, errno }
+    }
+}

@@ -1,0 +1,354 @@
+//! `Process`: run one function in a child process and join it (Python's
+//! `multiprocessing.Process`, with the function's return value coming back).
+
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use mproc_queue::{GetError, Queue};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::call::{FnRef, decode_result, encode, layout_check};
+use crate::child::{ChildProc, ExitStatus, thread_count};
+use crate::worker::{
+    Boot, ENV, Reply, Request, check_may_start, inbox_options, results_options, worker_main,
+};
+use crate::{ProcessError, TaskError};
+
+/// How child processes are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMethod {
+    /// `fork()`: the child is a copy of the parent and runs the function at once (about
+    /// 0.1–1 ms). The default on Linux, as in Python. The child must not depend on locks that
+    /// other threads of the parent held at the moment of the fork (see [`ThreadedFork`]).
+    #[default]
+    Fork,
+    /// Re-executes this binary; [`init`](crate::init) at the top of `main` turns the new
+    /// process into a worker. Slower to start (an `exec` and the program's startup), but the
+    /// child starts from a clean state, whatever threads the parent has.
+    Spawn,
+}
+
+/// What the `Fork` start method does when the parent has more than one thread.
+///
+/// After `fork` only the forking thread exists in the child; a lock another thread held at
+/// that moment (inside `malloc` of some allocators, a logging library, your own `Mutex`)
+/// stays locked forever there. glibc's `malloc` and mproc's own code are fork-safe; code you
+/// run in the child may not be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ThreadedFork {
+    /// Print one warning to stderr (once per process) and fork.
+    #[default]
+    Warn,
+    /// Fork silently: you know the other threads hold no lock the child needs.
+    Allow,
+    /// Refuse with [`ProcessError::ThreadedFork`].
+    Refuse,
+}
+
+/// Applies the threaded-fork policy before forking from user code.
+pub(crate) fn check_fork(policy: ThreadedFork) -> Result<(), ProcessError> {
+    let threads = thread_count();
+    if threads <= 1 {
+        return Ok(());
+    }
+    match policy {
+        ThreadedFork::Allow => Ok(()),
+        ThreadedFork::Refuse => Err(ProcessError::ThreadedFork { threads }),
+        ThreadedFork::Warn => {
+            static WARN: Once = Once::new();
+            WARN.call_once(|| {
+                eprintln!(
+                    "mproc: forking a process that has {threads} threads; a lock held by another \
+                     thread stays locked in the child. Use StartMethod::Spawn, or \
+                     ThreadedFork::Allow to silence this warning."
+                );
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Starts a worker process for `boot` by `method`.
+pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc, ProcessError> {
+    match method {
+        StartMethod::Fork => {
+            let boot = boot.clone();
+            ChildProc::fork(move || worker_main(&boot))
+        }
+        StartMethod::Spawn => {
+            ChildProc::spawn((ENV, &boot.to_env()?), &[boot.inbox_fd, boot.results_fd])
+        }
+    }
+}
+
+/// Builds a [`Process`] with a start method other than the default.
+///
+/// ```
+/// use mproc_pool::{Process, StartMethod, ThreadedFork};
+/// let mut p = Process::builder()
+///     .start_method(StartMethod::Fork)
+///     .threaded_fork(ThreadedFork::Allow)
+///     .spawn(|s: String| s.len(), "hello".to_string())?;
+/// assert_eq!(p.join()?, 5);
+/// # Ok::<(), mproc_pool::ProcessError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ProcessBuilder {
+    method: StartMethod,
+    threaded_fork: ThreadedFork,
+    start_timeout: Duration,
+}
+
+impl Default for ProcessBuilder {
+    fn default() -> Self {
+        ProcessBuilder {
+            method: StartMethod::default(),
+            threaded_fork: ThreadedFork::default(),
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ProcessBuilder {
+    /// Fork (default) or spawn.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// What `Fork` does when this process has other threads (default: warn once).
+    pub fn threaded_fork(mut self, policy: ThreadedFork) -> Self {
+        self.threaded_fork = policy;
+        self
+    }
+
+    /// How long a spawned child may take to reach [`init`](crate::init) (default 30 s);
+    /// after that it is killed and `spawn` fails with [`ProcessError::InitNotCalled`].
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Starts `f(arg)` in a child process.
+    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<Process<R>, ProcessError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        check_may_start(self.method == StartMethod::Spawn)?;
+        if self.method == StartMethod::Fork {
+            check_fork(self.threaded_fork)?;
+        }
+        let arg = encode(&arg).map_err(|e| ProcessError::Encode {
+            message: e.to_string(),
+        })?;
+        let inbox: Queue<Request> = inbox_options(1).anonymous()?;
+        let results: Queue<Reply> = results_options(4).anonymous()?;
+        let request = Request {
+            job: 0,
+            func: FnRef::new(f),
+            args: vec![arg],
+        };
+        inbox.put(request).map_err(|e| ProcessError::Encode {
+            message: e.to_string(),
+        })?;
+        // One request, then the worker finds its inbox closed and exits.
+        inbox.close();
+        let boot = Boot {
+            index: 0,
+            inbox_fd: inbox.segment().as_fd().as_raw_fd(),
+            results_fd: results.segment().as_fd().as_raw_fd(),
+            check: layout_check(),
+            one_shot: true,
+            initializer: None,
+        };
+        let child = start_worker(self.method, &boot)?;
+        let mut p = Process {
+            child,
+            results,
+            _inbox: inbox,
+            method: self.method,
+            started: false,
+            outcome: None,
+            joined: false,
+            _r: PhantomData,
+        };
+        if self.method == StartMethod::Spawn {
+            p.await_start(self.start_timeout)?;
+        }
+        Ok(p)
+    }
+}
+
+/// A function running in a child process: Python's `multiprocessing.Process`, except that
+/// [`join`](Process::join) hands back the function's return value (or its panic).
+///
+/// The function is a plain `fn(A) -> R` (a closure that captures nothing coerces to one);
+/// `A` and `R` travel with serde. Dropping a `Process` that has not been joined kills
+/// (SIGKILL) and reaps the child: a handle never leaves an orphan or a zombie behind.
+///
+/// ```
+/// use mproc_pool::Process;
+/// fn fib(n: u64) -> u64 { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
+///
+/// let mut p = Process::spawn(fib, 20)?;
+/// assert_eq!(p.join()?, 6765);
+/// assert_eq!(p.exit_status(), Some(0));
+/// # Ok::<(), mproc_pool::ProcessError>(())
+/// ```
+#[derive(Debug)]
+pub struct Process<R> {
+    child: ChildProc,
+    results: Queue<Reply>,
+    _inbox: Queue<Request>,
+    method: StartMethod,
+    started: bool,
+    outcome: Option<Result<Vec<u8>, TaskError>>,
+    joined: bool,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl Process<()> {
+    /// A builder for the start method and its options.
+    pub fn builder() -> ProcessBuilder {
+        ProcessBuilder::default()
+    }
+}
+
+impl<R: DeserializeOwned> Process<R> {
+    /// Starts `f(arg)` in a child process with the default start method (`Fork`).
+    pub fn spawn<A>(f: fn(A) -> R, arg: A) -> Result<Process<R>, ProcessError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize,
+    {
+        ProcessBuilder::default().spawn(f, arg)
+    }
+
+    fn absorb(&mut self, reply: Reply) {
+        match reply {
+            Reply::Started { .. } => self.started = true,
+            Reply::Done { mut outcomes, .. } => self.outcome = outcomes.pop(),
+            Reply::Ready { .. } | Reply::InitFailed { .. } => {}
+        }
+    }
+
+    fn drain(&mut self) {
+        loop {
+            match self.results.try_get() {
+                Ok(reply) => self.absorb(reply),
+                Err(GetError::Message { .. }) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Waits for a spawned child to reach `init` (its `Started` message).
+    fn await_start(&mut self, timeout: Duration) -> Result<(), ProcessError> {
+        let deadline = Instant::now() + timeout;
+        while !self.started {
+            match self.results.get_timeout(Duration::from_millis(20)) {
+                Ok(reply) => self.absorb(reply),
+                Err(_) => {
+                    if self.child.try_wait()?.is_some() {
+                        self.drain();
+                        if !self.started {
+                            return Err(ProcessError::InitNotCalled(
+                                "the spawned child exited without becoming a worker: call \
+                                 mproc::init() first thing in main",
+                            ));
+                        }
+                    } else if Instant::now() >= deadline {
+                        self.child.kill_and_reap();
+                        return Err(ProcessError::InitNotCalled(
+                            "the spawned child did not reach mproc::init() in time (killed): \
+                             call it first thing in main",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Whether the child is still running (it has not exited). Does not reap it.
+    pub fn is_alive(&self) -> bool {
+        if self.child.status().is_some() {
+            return false;
+        }
+        let mut fds = [PollFd::new(self.child.pidfd().as_fd(), PollFlags::POLLIN)];
+        !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
+    /// Python's `exitcode`: `None` while the child runs; then 0 on success, 1 if the function
+    /// panicked, `N` if the child called `exit(N)`, `-N` if signal `N` killed it. Reaps the
+    /// child if it has exited.
+    pub fn exit_status(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().map(ExitStatus::code)
+    }
+
+    /// Waits for the child to exit and returns the function's result.
+    ///
+    /// Errors: [`ProcessError::Panicked`] (with the panic message), [`ProcessError::Exited`]
+    /// (it called `exit`), [`ProcessError::Signaled`] (it was killed),
+    /// [`ProcessError::AlreadyJoined`] on a second call.
+    pub fn join(&mut self) -> Result<R, ProcessError> {
+        self.join_until(None)
+    }
+
+    /// As [`join`](Process::join), giving up with [`ProcessError::Timeout`] after `timeout`
+    /// (the child keeps running and can be joined again).
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, ProcessError> {
+        self.join_until(Some(Instant::now() + timeout))
+    }
+
+    fn join_until(&mut self, deadline: Option<Instant>) -> Result<R, ProcessError> {
+        if self.joined {
+            return Err(ProcessError::AlreadyJoined);
+        }
+        let Some(status) = self.child.wait_until(deadline)? else {
+            return Err(ProcessError::Timeout);
+        };
+        self.drain();
+        self.joined = true;
+        match self.outcome.take() {
+            Some(Ok(bytes)) => decode_result(&bytes).map_err(|e| ProcessError::Encode {
+                message: e.to_string(),
+            }),
+            Some(Err(TaskError::Panicked { message })) => Err(ProcessError::Panicked { message }),
+            Some(Err(e)) => Err(ProcessError::Encode {
+                message: e.to_string(),
+            }),
+            None if !self.started && self.method == StartMethod::Spawn => {
+                Err(ProcessError::InitNotCalled(
+                    "the spawned child exited without becoming a worker: call mproc::init() \
+                     first thing in main",
+                ))
+            }
+            None => Err(match status {
+                ExitStatus::Code(code) => ProcessError::Exited { code },
+                ExitStatus::Signaled(signal) => ProcessError::Signaled { signal },
+            }),
+        }
+    }
+
+    /// Sends SIGTERM (Python's `terminate`).
+    pub fn terminate(&self) -> Result<(), ProcessError> {
+        self.child.signal(Signal::SIGTERM)
+    }
+
+    /// Sends SIGKILL (Python's `kill`).
+    pub fn kill(&self) -> Result<(), ProcessError> {
+        self.child.signal(Signal::SIGKILL)
+    }
+}

@@ -1,0 +1,300 @@
+//! The worker side: what a child process runs, how it is told what to run (its [`Boot`]),
+//! and the messages it exchanges with its parent.
+//!
+//! A worker owns one *inbox* (`Queue<Request>`, written only by its parent) and shares one
+//! *results* queue (`Queue<Reply>`) with the other workers of its pool. It answers requests
+//! strictly in order, one at a time; this is what lets the parent know, when a worker dies,
+//! exactly which request was in its hands (see `pool.rs`).
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use mproc_queue::{GetError, PutError, Queue, QueueOptions};
+use mproc_segment::current_pid;
+use serde::{Deserialize, Serialize};
+
+use crate::call::{FnRef, layout_check};
+use crate::{ProcessError, TaskError};
+
+/// The environment variable that carries a spawned worker's [`Boot`].
+pub(crate) const ENV: &str = "MPROC_WORKER";
+
+/// Exit status of a one-shot worker (a `Process`) whose function panicked (Python's 1).
+pub(crate) const EXIT_PANIC: i32 = 1;
+/// Exit status of a worker whose initializer failed.
+pub(crate) const EXIT_INIT_FAILED: i32 = 3;
+/// Exit status of a worker that could not attach to its queues or was sent garbage (EX_CONFIG).
+pub(crate) const EXIT_BOOT: i32 = 78;
+
+/// Everything a worker needs to start: fds of its queues (valid in the child: inherited by
+/// `fork`, or kept open across `exec`), and what to run first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Boot {
+    /// The worker's slot in its pool (0 for a `Process`).
+    pub index: u32,
+    pub inbox_fd: RawFd,
+    pub results_fd: RawFd,
+    /// [`layout_check`] of the parent: a child built from another binary refuses to run.
+    pub check: i64,
+    /// A `Process`: exit with status 1 if the function panicked.
+    pub one_shot: bool,
+    /// The pool's initializer and its encoded argument.
+    pub initializer: Option<(FnRef, Vec<u8>)>,
+}
+
+impl Boot {
+    /// The environment value for a spawned child: the postcard encoding, in hex.
+    pub(crate) fn to_env(&self) -> Result<String, ProcessError> {
+        let bytes = postcard::to_allocvec(self).map_err(|e| ProcessError::Encode {
+            message: e.to_string(),
+        })?;
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    fn from_env(value: &str) -> Result<Boot, String> {
+        if value.len() % 2 != 0 {
+            return Err(format!("{ENV} is not hex"));
+        }
+        let bytes = (0..value.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(value.get(i..i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| format!("{ENV} is not hex"))?;
+        postcard::from_bytes(&bytes).map_err(|e| format!("{ENV} is malformed: {e}"))
+    }
+}
+
+/// A batch of calls of one function, sent to one worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Request {
+    pub job: u64,
+    pub func: FnRef,
+    /// One encoded argument per call.
+    pub args: Vec<Vec<u8>>,
+}
+
+/// What workers tell their parent.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    /// The worker attached to its queues (sent before the initializer runs).
+    Started { worker: u32, pid: u32 },
+    /// The initializer ran; the worker takes requests now.
+    Ready { worker: u32, pid: u32 },
+    /// The initializer failed; the worker exits with [`EXIT_INIT_FAILED`].
+    InitFailed {
+        worker: u32,
+        pid: u32,
+        message: String,
+    },
+    /// A request's outcomes, one per argument, in order.
+    Done {
+        worker: u32,
+        pid: u32,
+        job: u64,
+        outcomes: Vec<Result<Vec<u8>, TaskError>>,
+    },
+}
+
+/// Queue geometry of a worker's inbox: a request of a chunk of small arguments travels
+/// inline; a larger one goes out of line (one extra segment per request).
+pub(crate) fn inbox_options(capacity: usize) -> QueueOptions {
+    QueueOptions::new()
+        .capacity(capacity)
+        .slot_size(16 * 1024)
+        .type_name("mproc-pool::Request")
+}
+
+/// Queue geometry of the results queue.
+pub(crate) fn results_options(capacity: usize) -> QueueOptions {
+    QueueOptions::new()
+        .capacity(capacity)
+        .slot_size(4 * 1024)
+        .type_name("mproc-pool::Reply")
+}
+
+/// Set once `init()` has run in this process.
+static INIT_CALLED: AtomicBool = AtomicBool::new(false);
+
+/// Turns a process started by the `Spawn` start method into a worker; does nothing in any
+/// other process. Call it first thing in `main` of every binary that uses
+/// [`StartMethod::Spawn`](crate::StartMethod::Spawn):
+///
+/// ```
+/// fn main() {
+///     mproc_pool::init();
+///     // ... the program; only the original process gets here
+/// }
+/// ```
+///
+/// In a spawned worker, `init` runs the worker and then ends the process with the worker's
+/// exit status: it does not return there. The worker is told what to do through the
+/// `MPROC_WORKER` environment variable and file descriptors kept open across `exec`; nothing of
+/// `main` after `init` runs in it. Without `init`, a spawned child would run your whole
+/// program again: mproc refuses to use `Spawn` in a process where `init` has not run, and a
+/// spawned child that never reaches it is reported as
+/// [`ProcessError::InitNotCalled`](crate::ProcessError::InitNotCalled).
+pub fn init() {
+    INIT_CALLED.store(true, Ordering::SeqCst);
+    let Some(value) = std::env::var_os(ENV) else {
+        return;
+    };
+    let threads = crate::child::thread_count();
+    if threads > 1 {
+        eprintln!(
+            "mproc: init() ran after {} other threads were started in this spawned worker; \
+             call it first thing in main",
+            threads - 1
+        );
+    }
+    let code = match value
+        .to_str()
+        .ok_or(format!("{ENV} is not UTF-8"))
+        .and_then(Boot::from_env)
+    {
+        Ok(boot) => worker_main(&boot),
+        Err(message) => {
+            eprintln!("mproc: init(): {message}");
+            EXIT_BOOT
+        }
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // Ending the process is init's documented job in a spawned worker.
+    std::process::exit(code)
+}
+
+/// Whether this process may start children: not a spawned child that skipped `init`
+/// (it would start its own children, and so on).
+pub(crate) fn check_may_start(spawn: bool) -> Result<(), ProcessError> {
+    let init = INIT_CALLED.load(Ordering::SeqCst);
+    if !init && std::env::var_os(ENV).is_some() {
+        return Err(ProcessError::InitNotCalled(
+            "this process was started by mproc's Spawn start method but did not call \
+             mproc::init() at the top of main; refusing to start more processes",
+        ));
+    }
+    if spawn && !init {
+        return Err(ProcessError::InitNotCalled(
+            "StartMethod::Spawn re-executes this binary: call mproc::init() first thing in main",
+        ));
+    }
+    Ok(())
+}
+
+fn dup(fd: RawFd) -> Result<OwnedFd, String> {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new fd (or fails); `fd` is only read.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(format!(
+            "fd {fd} from the parent is not open: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fcntl returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Runs a worker until its inbox is closed; returns its exit status.
+pub(crate) fn worker_main(boot: &Boot) -> i32 {
+    let attach = || -> Result<(Queue<Request>, Queue<Reply>), String> {
+        let inbox = inbox_options(1)
+            .from_fd(dup(boot.inbox_fd)?)
+            .map_err(|e| format!("inbox: {e}"))?;
+        let results = results_options(1)
+            .from_fd(dup(boot.results_fd)?)
+            .map_err(|e| format!("results queue: {e}"))?;
+        Ok((inbox, results))
+    };
+    let (inbox, results) = match attach() {
+        Ok(q) => q,
+        Err(message) => {
+            eprintln!("mproc worker: {message}");
+            return EXIT_BOOT;
+        }
+    };
+    if boot.check != layout_check() {
+        eprintln!("mproc worker: this binary differs from the parent's (rebuilt since?)");
+        return EXIT_BOOT;
+    }
+    let (worker, pid) = (boot.index, current_pid());
+    if results.put(Reply::Started { worker, pid }).is_err() {
+        return EXIT_BOOT;
+    }
+    if let Some((f, arg)) = &boot.initializer {
+        // SAFETY: `f` was made by `FnRef::new` in our parent, which runs this same binary
+        // (checked above), and reached us through our own anonymous queue's fd.
+        if let Err(e) = unsafe { f.call(arg) } {
+            let message = match e {
+                TaskError::Panicked { message } => message,
+                other => other.to_string(),
+            };
+            let _ = results.put(Reply::InitFailed {
+                worker,
+                pid,
+                message,
+            });
+            return EXIT_INIT_FAILED;
+        }
+    }
+    if results.put(Reply::Ready { worker, pid }).is_err() {
+        return EXIT_BOOT;
+    }
+    let mut code = 0;
+    loop {
+        let req = match inbox.get() {
+            Ok(req) => req,
+            Err(GetError::Closed) => return code,
+            Err(e) => {
+                // We cannot tell which job this was: die, so the parent fails it as ours.
+                eprintln!("mproc worker {pid}: unreadable request: {e}");
+                return EXIT_BOOT;
+            }
+        };
+        let outcomes: Vec<_> = req
+            .args
+            .iter()
+            // SAFETY: as for the initializer: made by `FnRef::new` in our parent (same
+            // binary), received through our own inbox.
+            .map(|arg| unsafe { req.func.call(arg) })
+            .collect();
+        if boot.one_shot
+            && outcomes
+                .iter()
+                .any(|o| matches!(o, Err(TaskError::Panicked { .. })))
+        {
+            code = EXIT_PANIC;
+        }
+        let reply = Reply::Done {
+            worker,
+            pid,
+            job: req.job,
+            outcomes,
+        };
+        match results.put(reply) {
+            Ok(()) => {}
+            Err(PutError::Message { value, reason }) => {
+                // The reply could not be stored (out of shared memory?): send the reason
+                // instead, so the job fails rather than hangs.
+                let Reply::Done { outcomes, .. } = value else {
+                    return EXIT_BOOT;
+                };
+                let failed = outcomes
+                    .into_iter()
+                    .map(|_| {
+                        Err(TaskError::Encode {
+                            message: format!("result could not be sent: {reason}"),
+                        })
+                    })
+                    .collect();
+                let _ = results.put(Reply::Done {
+                    worker,
+                    pid,
+                    job: req.job,
+                    outcomes: failed,
+                });
+            }
+            // The parent closed the results queue: it is gone or terminating.
+            Err(_) => return code,
+        }
+    }
+}
