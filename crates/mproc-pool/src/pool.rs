@@ -188,6 +188,13 @@ struct Worker {
     retiring: bool,
 }
 
+impl Worker {
+    /// Alive and not retiring: new jobs may be sent to it.
+    fn takes_work(&self) -> bool {
+        !self.retiring && self.child.status().is_none()
+    }
+}
+
 #[derive(Debug)]
 struct Config {
     method: StartMethod,
@@ -323,55 +330,111 @@ impl State {
         }
     }
 
-    /// Sends pending jobs to workers with room, oldest job first.
+    /// Sends pending jobs to workers with room, oldest job first, each to the least loaded
+    /// worker; then lets idle workers steal jobs waiting in a busy worker's inbox.
     fn dispatch(&mut self, config: &Config) {
-        let State {
-            workers,
-            pending,
-            jobs,
-            ..
-        } = self;
-        for w in workers.iter_mut() {
-            while !w.retiring && w.child.status().is_none() && w.sent.len() < PREFETCH {
-                let Some(id) = pending.pop_front() else {
-                    return;
-                };
-                let Some(job) = jobs.get_mut(&id) else {
-                    continue;
-                };
-                if job.abandoned {
-                    jobs.remove(&id);
-                    continue;
+        while let Some(&id) = self.pending.front() {
+            let Some(w) = self.least_loaded() else {
+                break;
+            };
+            self.pending.pop_front();
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            if job.abandoned {
+                self.jobs.remove(&id);
+                continue;
+            }
+            let request = Request {
+                job: id,
+                func: job.func,
+                args: job.args.take().unwrap_or_default(),
+            };
+            if let Err(request) = self.send(w, request, config) {
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.args = Some(request.args);
                 }
-                let request = Request {
-                    job: id,
-                    func: job.func,
-                    args: job.args.take().unwrap_or_default(),
-                };
-                match w.inbox.try_put(request) {
-                    Ok(()) => {
-                        w.sent.push_back(id);
-                        w.dispatched += 1;
-                        if config.max_tasks.is_some_and(|k| w.dispatched >= k) {
-                            w.inbox.close();
-                            w.retiring = true;
-                        }
-                    }
-                    Err(PutError::Message { value, reason }) => {
-                        let n = value.args.len().max(1);
-                        job.outcome = Some(vec![
-                            Err(TaskError::Encode {
-                                message: format!("request could not be sent: {reason}"),
-                            });
-                            n
-                        ]);
-                    }
-                    Err(e) => {
-                        job.args = Some(e.into_inner().args);
-                        pending.push_front(id);
-                        break;
-                    }
+                self.pending.push_front(id);
+                break;
+            }
+        }
+        if self.pending.is_empty() {
+            self.steal(config);
+        }
+    }
+
+    /// The live, non-retiring worker with the fewest jobs, if it has room.
+    fn least_loaded(&self) -> Option<usize> {
+        self.workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.takes_work() && w.sent.len() < PREFETCH)
+            .min_by_key(|(_, w)| w.sent.len())
+            .map(|(i, _)| i)
+    }
+
+    /// Puts `request` in worker `w`'s inbox; gives it back if the inbox is full or closed.
+    /// A request that cannot be stored at all (shared memory exhausted) fails its job.
+    fn send(&mut self, w: usize, request: Request, config: &Config) -> Result<(), Request> {
+        let id = request.job;
+        let worker = &mut self.workers[w];
+        match worker.inbox.try_put(request) {
+            Ok(()) => {
+                worker.sent.push_back(id);
+                worker.dispatched += 1;
+                if config.max_tasks.is_some_and(|k| worker.dispatched >= k) {
+                    worker.inbox.close();
+                    worker.retiring = true;
                 }
+                Ok(())
+            }
+            Err(PutError::Message { value, reason }) => {
+                let n = value.args.len().max(1);
+                self.finish(
+                    id,
+                    vec![
+                        Err(TaskError::Encode {
+                            message: format!("request could not be sent: {reason}"),
+                        });
+                        n
+                    ],
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into_inner()),
+        }
+    }
+
+    /// An idle worker takes a job that waits, not yet started, in another worker's inbox
+    /// (taking it out of the inbox is atomic: the owner either got it first or never will).
+    fn steal(&mut self, config: &Config) {
+        loop {
+            let Some(idle) = self
+                .workers
+                .iter()
+                .position(|w| w.takes_work() && w.sent.is_empty())
+            else {
+                return;
+            };
+            let Some(victim) = self
+                .workers
+                .iter()
+                .position(|w| w.child.status().is_none() && w.sent.len() >= 2)
+            else {
+                return;
+            };
+            let Ok(request) = self.workers[victim].inbox.try_get() else {
+                return;
+            };
+            let id = request.job;
+            self.workers[victim].sent.retain(|&j| j != id);
+            if let Err(request) = self.send(idle, request, config) {
+                // The idle worker's inbox refused (closed): queue the job again.
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.args = Some(request.args);
+                    self.pending.push_front(id);
+                }
+                return;
             }
         }
     }
