@@ -58,7 +58,11 @@ fn map_keeps_input_order_for_every_chunksize() {
                 .threaded_fork(ThreadedFork::Allow)
                 .build()
                 .unwrap();
-            assert_eq!(p.map(square, 0..2000).unwrap(), expected, "chunksize {chunk}");
+            assert_eq!(
+                p.map(square, 0..2000).unwrap(),
+                expected,
+                "chunksize {chunk}"
+            );
         }
         assert_eq!(pool(2).map(square, Vec::new()).unwrap(), Vec::<u64>::new());
     });
@@ -89,7 +93,10 @@ fn starmap_applies_a_two_argument_function() {
     with_deadline(DEADLINE, || {
         let p = pool(2);
         let out = p
-            .starmap(|a: u32, b: String| format!("{b}{a}"), (0..50).map(|i| (i, "x".repeat(i as usize % 3))))
+            .starmap(
+                |a: u32, b: String| format!("{b}{a}"),
+                (0..50).map(|i| (i, "x".repeat(i as usize % 3))),
+            )
             .unwrap();
         assert_eq!(out[4], "x4");
         assert_eq!(out[5], "xx5");
@@ -168,7 +175,10 @@ fn a_panicking_task_fails_alone_with_its_message() {
             }
         }
         // map reports the failure; the pool goes on.
-        assert!(matches!(p.map(picky, 0..30), Err(TaskError::Panicked { .. })));
+        assert!(matches!(
+            p.map(picky, 0..30),
+            Err(TaskError::Panicked { .. })
+        ));
         assert_eq!(p.apply(picky, 12).unwrap(), 12);
         assert_eq!(p.replaced_workers(), 0, "a panic must not cost a worker");
     });
@@ -328,7 +338,10 @@ fn a_failing_initializer_stops_the_pool_with_one_error() {
         let t = Instant::now();
         let r = Pool::builder()
             .processes(3)
-            .initializer(|what: String| panic!("cannot load {what}"), "model.bin".into())
+            .initializer(
+                |what: String| panic!("cannot load {what}"),
+                "model.bin".into(),
+            )
             .threaded_fork(ThreadedFork::Allow)
             .build();
         match r {

@@ -1,1 +1,135 @@
-fn main() {}
+//! The `Spawn` start method end to end: this test binary re-executes itself, and
+//! `mproc_pool::init()` at the top of `main` turns each re-executed copy into a worker.
+//!
+//! The file has its own `main` (harness = false) because `init` must run first thing in
+//! `main`, which libtest's generated `main` does not do.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mproc_pool::{Pool, Process, ProcessError, StartMethod, TaskError};
+use mproc_testkit::with_deadline;
+
+/// Set in the environment to make a re-executed child leave before reaching `init`.
+const EXIT_BEFORE_INIT: &str = "MPROC_TEST_EXIT_BEFORE_INIT";
+
+fn triple(x: u64) -> u64 {
+    x * 3
+}
+
+fn spawn_process_returns_its_result() {
+    let mut p = Process::builder()
+        .start_method(StartMethod::Spawn)
+        .spawn(|v: Vec<String>| v.join("+"), vec!["a".into(), "b".into()])
+        .unwrap();
+    assert_ne!(p.pid(), std::process::id());
+    assert_eq!(p.join().unwrap(), "a+b");
+    assert_eq!(p.exit_status(), Some(0));
+
+    let mut p = Process::builder()
+        .start_method(StartMethod::Spawn)
+        .spawn(|_: ()| -> u8 { panic!("spawned panic") }, ())
+        .unwrap();
+    assert!(
+        matches!(p.join(), Err(ProcessError::Panicked { message }) if message == "spawned panic")
+    );
+    assert_eq!(p.exit_status(), Some(1));
+}
+
+fn spawned_child_is_a_fresh_process() {
+    // A static set in the parent is not seen by a spawned child (it would be by a fork).
+    static MARK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    MARK.store(99, std::sync::atomic::Ordering::SeqCst);
+    let read = |_: ()| MARK.load(std::sync::atomic::Ordering::SeqCst);
+    let mut p = Process::builder()
+        .start_method(StartMethod::Spawn)
+        .spawn(read, ())
+        .unwrap();
+    assert_eq!(p.join().unwrap(), 0);
+    let mut p = Process::spawn(read, ()).unwrap();
+    assert_eq!(p.join().unwrap(), 99);
+}
+
+fn spawn_pool_serves_and_replaces_a_killed_worker() {
+    let pool = Pool::builder()
+        .processes(2)
+        .chunksize(1)
+        .start_method(StartMethod::Spawn)
+        .build()
+        .unwrap();
+    assert_eq!(
+        pool.map(triple, 0..500).unwrap(),
+        (0..500).map(triple).collect::<Vec<_>>()
+    );
+    let pids: HashSet<u32> = pool
+        .map(|_: u8| std::process::id(), 0..50)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(!pids.contains(&std::process::id()));
+
+    let victim = pool.pids()[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The pool notices, spawns a replacement, and keeps serving.
+    assert_eq!(pool.map(triple, 0..100).unwrap()[99], 297);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pool.replaced_workers() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "killed worker never replaced"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!pool.pids().contains(&victim));
+    let r: Result<u64, TaskError> = pool.apply(triple, 5);
+    assert_eq!(r, Ok(15));
+    pool.join().unwrap();
+}
+
+fn a_child_that_skips_init_is_reported() {
+    // SAFETY: this harness is single-threaded here; nothing reads the environment concurrently.
+    unsafe { std::env::set_var(EXIT_BEFORE_INIT, "1") };
+    let r = Process::builder()
+        .start_method(StartMethod::Spawn)
+        .spawn(triple, 1);
+    // SAFETY: as above.
+    unsafe { std::env::remove_var(EXIT_BEFORE_INIT) };
+    match r {
+        Err(e @ ProcessError::InitNotCalled(_)) => assert!(e.to_string().contains("mproc::init()")),
+        other => panic!("expected InitNotCalled, got {other:?}"),
+    }
+}
+
+fn main() {
+    if std::env::var_os(EXIT_BEFORE_INIT).is_some() && std::env::var_os("MPROC_WORKER").is_some() {
+        // Plays a program whose main does not call init first: it just ends.
+        return;
+    }
+    mproc_pool::init();
+    let tests: [(&str, fn()); 4] = [
+        (
+            "spawn_process_returns_its_result",
+            spawn_process_returns_its_result,
+        ),
+        (
+            "spawned_child_is_a_fresh_process",
+            spawned_child_is_a_fresh_process,
+        ),
+        (
+            "spawn_pool_serves_and_replaces_a_killed_worker",
+            spawn_pool_serves_and_replaces_a_killed_worker,
+        ),
+        (
+            "a_child_that_skips_init_is_reported",
+            a_child_that_skips_init_is_reported,
+        ),
+    ];
+    for (name, test) in tests {
+        with_deadline(Duration::from_secs(120), test);
+        println!("test {name} ... ok");
+    }
+}
