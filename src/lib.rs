@@ -12,6 +12,10 @@
 //! - [`array`] (`mproc-array`): `Array`, `Value`, `RawArray`, readable from Python by name.
 //! - [`queue`] (`mproc-queue`): lock-free `PodQueue`, `Queue` (any serde type, any size),
 //!   `JoinableQueue`.
+//! - [`pool`] (`mproc-pool`): `Process` and `Pool` with fork and spawn start methods; a
+//!   worker that dies fails only its own task.
+//!
+//! Programs that use the spawn start method call [`init`] first thing in `main`.
 //!
 //! ```
 //! use mproc::segment::Segment;
@@ -22,6 +26,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use mproc_array as array;
+pub use mproc_pool as pool;
+pub use mproc_pool::init;
 pub use mproc_queue as queue;
 pub use mproc_segment as segment;
 pub use mproc_sync as sync;
@@ -29,6 +35,9 @@ pub use mproc_sync as sync;
 /// The names most programs need, in one `use mproc::prelude::*;`.
 pub mod prelude {
     pub use mproc_array::{Array, ArrayError, RawArray, Value};
+    pub use mproc_pool::{
+        AsyncResult, Pool, Process, ProcessError, StartMethod, TaskError, ThreadedFork,
+    };
     pub use mproc_queue::{GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions};
     pub use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
     pub use mproc_sync::{
