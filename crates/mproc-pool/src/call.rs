@@ -15,8 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::TaskError;
 
-/// Calls the function at `func` on the encoded argument; returns the encoded result.
-type Invoker = fn(usize, &[u8]) -> Result<Vec<u8>, TaskError>;
+/// Runs the function at `func` over `count` arguments encoded back to back in `input`,
+/// appending one encoded `Result<R, TaskError>` per argument to `out`; returns how many of the
+/// calls panicked.
+type Invoker = fn(usize, &[u8], u32, &mut Vec<u8>) -> u32;
 
 /// The anchor every offset is measured from. Never called; only its address matters.
 #[inline(never)]
@@ -73,19 +75,47 @@ impl FnRef {
         }
     }
 
-    /// Calls the function on an encoded argument.
+    /// Calls the function on each of `count` arguments encoded back to back in `input`
+    /// (see [`encode_into`]); appends one encoded `Result<R, TaskError>` per argument to `out`
+    /// and returns how many calls panicked.
     ///
     /// # Safety
     /// `self` must come from [`FnRef::new`] or [`FnRef::pair`] in a process running this same
     /// binary (checked for spawned children with [`layout_check`]). Pool workers receive
     /// `FnRef`s only through their own anonymous queues, which only the pool's processes can
     /// reach.
-    pub(crate) unsafe fn call(&self, arg: &[u8]) -> Result<Vec<u8>, TaskError> {
+    pub(crate) unsafe fn call(&self, input: &[u8], count: u32, out: &mut Vec<u8>) -> u32 {
         let addr = address(self.invoker);
         // SAFETY: by the caller's contract `addr` is the address of an `Invoker` of this
         // binary (an `invoke::<A, R>` instantiation), relocated to this process's load address.
         let invoker: Invoker = unsafe { std::mem::transmute::<*const (), Invoker>(addr as _) };
-        invoker(address(self.func), arg)
+        invoker(address(self.func), input, count, out)
+    }
+}
+
+/// Appends to a borrowed buffer (postcard's `to_extend` takes its writer by value).
+struct Sink<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Sink<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter)
+    }
+}
+
+/// Appends the postcard encoding of `value` to `out`; on error `out` is left as it was.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), TaskError> {
+    let mark = out.len();
+    match postcard::to_extend(value, Sink(out)) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            out.truncate(mark);
+            Err(TaskError::Encode {
+                message: e.to_string(),
+            })
+        }
     }
 }
 
@@ -100,73 +130,120 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn decode<A: DeserializeOwned>(arg: &[u8]) -> Result<A, TaskError> {
-    postcard::from_bytes(arg).map_err(|e| TaskError::Encode {
-        message: format!("argument: {e}"),
-    })
+/// The shared body of every invoker: decodes each argument with `take`, calls `f`, and
+/// appends the encoded outcome. An argument that cannot be decoded fails, and so do the rest
+/// of the chunk (their boundaries are lost).
+fn run_chunk<A: DeserializeOwned, R: Serialize>(
+    input: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+    f: impl Fn(A) -> R,
+) -> u32 {
+    let mut rest = input;
+    let mut panics = 0;
+    for _ in 0..count {
+        let outcome: Result<R, TaskError> = match postcard::take_from_bytes::<A>(rest) {
+            Ok((a, tail)) => {
+                rest = tail;
+                catch_unwind(AssertUnwindSafe(|| f(a))).map_err(|p| {
+                    panics += 1;
+                    TaskError::Panicked {
+                        message: panic_message(p.as_ref()),
+                    }
+                })
+            }
+            Err(e) => {
+                rest = &[];
+                Err(TaskError::Encode {
+                    message: format!("argument: {e}"),
+                })
+            }
+        };
+        if let Err(e) = encode_into(&outcome, out) {
+            let failed: Result<R, TaskError> = Err(TaskError::Encode {
+                message: format!("result: {}", e_message(e)),
+            });
+            // An error of plain strings always encodes.
+            let _ = encode_into(&failed, out);
+        }
+    }
+    panics
 }
 
-fn run<R: Serialize>(f: impl FnOnce() -> R) -> Result<Vec<u8>, TaskError> {
-    let r = catch_unwind(AssertUnwindSafe(f)).map_err(|p| TaskError::Panicked {
-        message: panic_message(p.as_ref()),
-    })?;
-    postcard::to_allocvec(&r).map_err(|e| TaskError::Encode {
-        message: format!("result: {e}"),
-    })
+fn e_message(e: TaskError) -> String {
+    match e {
+        TaskError::Encode { message } => message,
+        other => other.to_string(),
+    }
 }
 
 fn invoke<A: DeserializeOwned, R: Serialize>(
     func: usize,
-    arg: &[u8],
-) -> Result<Vec<u8>, TaskError> {
+    input: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+) -> u32 {
     // SAFETY: `FnRef::new::<A, R>` paired this invoker with the address of an `fn(A) -> R`
     // (see `FnRef::call`'s contract), so `func` is such a function in this process.
     let f = unsafe { std::mem::transmute::<*const (), fn(A) -> R>(func as _) };
-    let a: A = decode(arg)?;
-    run(move || f(a))
+    run_chunk(input, count, out, f)
 }
 
 fn invoke_pair<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(
     func: usize,
-    arg: &[u8],
-) -> Result<Vec<u8>, TaskError> {
+    input: &[u8],
+    count: u32,
+    out: &mut Vec<u8>,
+) -> u32 {
     // SAFETY: `FnRef::pair::<A, B, R>` paired this invoker with the address of an
     // `fn(A, B) -> R`, so `func` is such a function in this process.
     let f = unsafe { std::mem::transmute::<*const (), fn(A, B) -> R>(func as _) };
-    let (a, b): (A, B) = decode(arg)?;
-    run(move || f(a, b))
+    run_chunk(input, count, out, |(a, b): (A, B)| f(a, b))
 }
 
-/// Encodes a task argument.
-pub(crate) fn encode<A: Serialize>(arg: &A) -> Result<Vec<u8>, TaskError> {
-    postcard::to_allocvec(arg).map_err(|e| TaskError::Encode {
-        message: format!("argument: {e}"),
-    })
-}
-
-/// Decodes a task result.
-pub(crate) fn decode_result<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, TaskError> {
-    postcard::from_bytes(bytes).map_err(|e| TaskError::Encode {
-        message: format!("result: {e}"),
-    })
+/// Reads `count` outcomes written by an invoker; a malformed body fails the remaining items.
+pub(crate) fn decode_outcomes<R: DeserializeOwned>(
+    body: &[u8],
+    count: usize,
+) -> impl Iterator<Item = Result<R, TaskError>> + '_ {
+    let mut rest = body;
+    (0..count).map(
+        move |_| match postcard::take_from_bytes::<Result<R, TaskError>>(rest) {
+            Ok((outcome, tail)) => {
+                rest = tail;
+                outcome
+            }
+            Err(e) => {
+                rest = &[];
+                Err(TaskError::Encode {
+                    message: format!("result: {e}"),
+                })
+            }
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn square(x: u64) -> u64 {
-        x * x
+    fn run(f: FnRef, args: &[u32]) -> Vec<Result<u32, TaskError>> {
+        let mut input = Vec::new();
+        for a in args {
+            encode_into(a, &mut input).unwrap();
+        }
+        let mut out = Vec::new();
+        // SAFETY: made by FnRef::new in this process.
+        unsafe { f.call(&input, args.len() as u32, &mut out) };
+        decode_outcomes(&out, args.len()).collect()
     }
 
     #[test]
     fn a_function_round_trips_through_its_offsets() {
-        let f = FnRef::new(square);
+        let f = FnRef::new(|x: u32| x * x);
         let bytes = postcard::to_allocvec(&f).unwrap();
         let f: FnRef = postcard::from_bytes(&bytes).unwrap();
-        // SAFETY: made by FnRef::new in this process.
-        let out = unsafe { f.call(&encode(&7u64).unwrap()) }.unwrap();
-        assert_eq!(decode_result::<u64>(&out).unwrap(), 49);
+        assert_eq!(run(f, &[7, 8]), [Ok(49), Ok(64)]);
     }
 
     #[test]
@@ -177,17 +254,24 @@ mod tests {
             }
             x
         });
-        // SAFETY: made by FnRef::new in this process.
-        let r = unsafe { f.call(&encode(&0u32).unwrap()) };
         assert_eq!(
-            r,
-            Err(TaskError::Panicked {
-                message: "zero is not allowed".into()
-            })
+            run(f, &[1, 0, 2]),
+            [
+                Ok(1),
+                Err(TaskError::Panicked {
+                    message: "zero is not allowed".into()
+                }),
+                Ok(2)
+            ]
         );
-        // An empty buffer is not a valid u32.
+        // An empty buffer holds no u32: every item of the chunk fails.
+        let mut out = Vec::new();
         // SAFETY: as above.
-        let r = unsafe { f.call(&[]) };
-        assert!(matches!(r, Err(TaskError::Encode { .. })), "{r:?}");
+        unsafe { f.call(&[], 2, &mut out) };
+        let r: Vec<Result<u32, TaskError>> = decode_outcomes(&out, 2).collect();
+        assert!(
+            r.iter().all(|o| matches!(o, Err(TaskError::Encode { .. }))),
+            "{r:?}"
+        );
     }
 }

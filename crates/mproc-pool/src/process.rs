@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::call::{FnRef, decode_result, encode, layout_check};
+use crate::call::{FnRef, decode_outcomes, encode_into, layout_check};
 use crate::child::{ChildProc, ExitStatus, thread_count};
 use crate::worker::{
     Boot, ENV, Reply, Request, check_may_start, inbox_options, results_options, worker_main,
@@ -144,7 +144,8 @@ impl ProcessBuilder {
         if self.method == StartMethod::Fork {
             check_fork(self.threaded_fork)?;
         }
-        let arg = encode(&arg).map_err(|e| ProcessError::Encode {
+        let mut args = Vec::new();
+        encode_into(&arg, &mut args).map_err(|e| ProcessError::Encode {
             message: e.to_string(),
         })?;
         let inbox: Queue<Request> = inbox_options(1).anonymous()?;
@@ -152,7 +153,8 @@ impl ProcessBuilder {
         let request = Request {
             job: 0,
             func: FnRef::new(f),
-            args: vec![arg],
+            count: 1,
+            args,
         };
         inbox.put(request).map_err(|e| ProcessError::Encode {
             message: e.to_string(),
@@ -208,7 +210,8 @@ pub struct Process<R> {
     _inbox: Queue<Request>,
     method: StartMethod,
     started: bool,
-    outcome: Option<Result<Vec<u8>, TaskError>>,
+    /// The encoded `Result<R, TaskError>` the child sent.
+    outcome: Option<Vec<u8>>,
     joined: bool,
     _r: PhantomData<fn() -> R>,
 }
@@ -233,7 +236,7 @@ impl<R: DeserializeOwned> Process<R> {
     fn absorb(&mut self, reply: Reply) {
         match reply {
             Reply::Started { .. } => self.started = true,
-            Reply::Done { mut outcomes, .. } => self.outcome = outcomes.pop(),
+            Reply::Done { body, .. } => self.outcome = Some(body),
             Reply::Ready { .. } | Reply::InitFailed { .. } => {}
         }
     }
@@ -321,10 +324,12 @@ impl<R: DeserializeOwned> Process<R> {
         };
         self.drain();
         self.joined = true;
-        match self.outcome.take() {
-            Some(Ok(bytes)) => decode_result(&bytes).map_err(|e| ProcessError::Encode {
-                message: e.to_string(),
-            }),
+        let outcome = self
+            .outcome
+            .take()
+            .and_then(|body| decode_outcomes::<R>(&body, 1).next());
+        match outcome {
+            Some(Ok(r)) => Ok(r),
             Some(Err(TaskError::Panicked { message })) => Err(ProcessError::Panicked { message }),
             Some(Err(e)) => Err(ProcessError::Encode {
                 message: e.to_string(),

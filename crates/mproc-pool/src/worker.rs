@@ -13,7 +13,7 @@ use mproc_queue::{GetError, PutError, Queue, QueueOptions};
 use mproc_segment::current_pid;
 use serde::{Deserialize, Serialize};
 
-use crate::call::{FnRef, layout_check};
+use crate::call::{FnRef, decode_outcomes, encode_into, layout_check};
 use crate::{ProcessError, TaskError};
 
 /// The environment variable that carries a spawned worker's [`Boot`].
@@ -69,8 +69,10 @@ impl Boot {
 pub(crate) struct Request {
     pub job: u64,
     pub func: FnRef,
-    /// One encoded argument per call.
-    pub args: Vec<Vec<u8>>,
+    /// How many arguments `args` holds.
+    pub count: u32,
+    /// The arguments, postcard-encoded back to back.
+    pub args: Vec<u8>,
 }
 
 /// What workers tell their parent.
@@ -86,12 +88,12 @@ pub(crate) enum Reply {
         pid: u32,
         message: String,
     },
-    /// A request's outcomes, one per argument, in order.
+    /// A request's outcomes: one encoded `Result<R, TaskError>` per argument, back to back.
     Done {
         worker: u32,
         pid: u32,
         job: u64,
-        outcomes: Vec<Result<Vec<u8>, TaskError>>,
+        body: Vec<u8>,
     },
 }
 
@@ -221,9 +223,11 @@ pub(crate) fn worker_main(boot: &Boot) -> i32 {
         return EXIT_BOOT;
     }
     if let Some((f, arg)) = &boot.initializer {
+        let mut out = Vec::new();
         // SAFETY: `f` was made by `FnRef::new` in our parent, which runs this same binary
         // (checked above), and reached us through our own anonymous queue's fd.
-        if let Err(e) = unsafe { f.call(arg) } {
+        unsafe { f.call(arg, 1, &mut out) };
+        if let Some(Err(e)) = decode_outcomes::<()>(&out, 1).next() {
             let message = match e {
                 TaskError::Panicked { message } => message,
                 other => other.to_string(),
@@ -250,47 +254,36 @@ pub(crate) fn worker_main(boot: &Boot) -> i32 {
                 return EXIT_BOOT;
             }
         };
-        let outcomes: Vec<_> = req
-            .args
-            .iter()
-            // SAFETY: as for the initializer: made by `FnRef::new` in our parent (same
-            // binary), received through our own inbox.
-            .map(|arg| unsafe { req.func.call(arg) })
-            .collect();
-        if boot.one_shot
-            && outcomes
-                .iter()
-                .any(|o| matches!(o, Err(TaskError::Panicked { .. })))
-        {
+        let mut body = Vec::new();
+        // SAFETY: as for the initializer: made by `FnRef::new` in our parent (same binary),
+        // received through our own inbox.
+        let panics = unsafe { req.func.call(&req.args, req.count, &mut body) };
+        if boot.one_shot && panics > 0 {
             code = EXIT_PANIC;
         }
         let reply = Reply::Done {
             worker,
             pid,
             job: req.job,
-            outcomes,
+            body,
         };
         match results.put(reply) {
             Ok(()) => {}
-            Err(PutError::Message { value, reason }) => {
+            Err(PutError::Message { reason, .. }) => {
                 // The reply could not be stored (out of shared memory?): send the reason
                 // instead, so the job fails rather than hangs.
-                let Reply::Done { outcomes, .. } = value else {
-                    return EXIT_BOOT;
-                };
-                let failed = outcomes
-                    .into_iter()
-                    .map(|_| {
-                        Err(TaskError::Encode {
-                            message: format!("result could not be sent: {reason}"),
-                        })
-                    })
-                    .collect();
+                let failed: Result<(), TaskError> = Err(TaskError::Encode {
+                    message: format!("result could not be sent: {reason}"),
+                });
+                let mut body = Vec::new();
+                for _ in 0..req.count {
+                    let _ = encode_into(&failed, &mut body);
+                }
                 let _ = results.put(Reply::Done {
                     worker,
                     pid,
                     job: req.job,
-                    outcomes: failed,
+                    body,
                 });
             }
             // The parent closed the results queue: it is gone or terminating.

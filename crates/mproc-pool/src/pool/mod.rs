@@ -1,0 +1,628 @@
+//! `Pool`: a fixed set of worker processes serving `map`, `imap`, `apply_async`, ...
+//! (Python's `multiprocessing.Pool`), with failure semantics Python does not have.
+//!
+//! # How it works
+//! Each worker has its own inbox (`Queue<Request>`, capacity [`PREFETCH`]) and all workers
+//! share one results queue (`Queue<Reply>`). The parent keeps, per worker, the list of jobs
+//! it sent and not yet had answered (`Worker::sent`). Workers answer strictly in order.
+//!
+//! A *handler* thread in the parent reads replies, refills inboxes, and watches the workers:
+//! - a reply completes its job and wakes whoever waits for it;
+//! - a dead worker (its pid reaped) is settled: first every reply it managed to send is read,
+//!   then the requests still in its inbox are taken back and re-queued (they never started),
+//!   and what remains in its `sent` list — at most the one job it held — fails with
+//!   [`TaskError::WorkerDied`]. A replacement is started at the same slot;
+//! - a worker that has been sent `max_tasks_per_child` jobs gets its inbox closed; it finishes
+//!   them, exits, and is replaced.
+//!
+//! Threads that submit work also dispatch it directly, so an idle handler is never on the
+//! path of a new job. Replacement workers are forked by the handler thread: the child runs
+//! only mproc's worker loop and your task functions, never code that could hold a lock of
+//! another parent thread. If your task functions take process-wide locks of their own, use
+//! [`StartMethod::Spawn`].
+
+mod results;
+mod state;
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::call::{FnRef, encode_into};
+use crate::process::{StartMethod, ThreadedFork, check_fork};
+use crate::worker::{Reply, check_may_start, results_options};
+use crate::{ProcessError, TaskError};
+use mproc_queue::Queue;
+
+pub use results::{AsyncResult, Imap};
+use state::{Config, Job, Outcome, Shared, State, abandon_job, handler, start_one};
+
+/// Jobs a worker may hold at once (running plus waiting in its inbox): enough that it never
+/// waits for the parent between two jobs, few enough that work stays balanced.
+pub const PREFETCH: usize = 2;
+
+/// How often the handler looks for dead workers while jobs are in flight.
+const WATCH_BUSY: Duration = Duration::from_millis(10);
+/// ... and while the pool is idle.
+const WATCH_IDLE: Duration = Duration::from_millis(100);
+/// Workers that die before becoming ready, in a row, before the pool gives up.
+const START_FAILURES: u32 = 3;
+/// How long `terminate` lets workers react to SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(1);
+
+/// Configures and starts a [`Pool`].
+///
+/// ```
+/// use mproc_pool::{Pool, StartMethod, ThreadedFork};
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .start_method(StartMethod::Fork)
+///     .threaded_fork(ThreadedFork::Allow)
+///     .max_tasks_per_child(1000)
+///     .build()?;
+/// assert_eq!(pool.map(|x: u32| x + 1, [1, 2, 3])?, vec![2, 3, 4]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    processes: usize,
+    method: StartMethod,
+    threaded_fork: ThreadedFork,
+    initializer: Option<Result<(FnRef, Vec<u8>), String>>,
+    max_tasks_per_child: Option<u64>,
+    chunksize: Option<usize>,
+    start_timeout: Duration,
+    #[cfg_attr(not(feature = "progress"), allow(dead_code))]
+    progress: bool,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            processes: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            method: StartMethod::default(),
+            threaded_fork: ThreadedFork::default(),
+            initializer: None,
+            max_tasks_per_child: None,
+            chunksize: None,
+            start_timeout: Duration::from_secs(30),
+            progress: false,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Number of worker processes (default: the number of CPUs; at least 1).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = n.max(1);
+        self
+    }
+
+    /// Fork (default) or spawn; see [`StartMethod`].
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// What `Fork` does when this process already has other threads (default: warn once).
+    pub fn threaded_fork(mut self, policy: ThreadedFork) -> Self {
+        self.threaded_fork = policy;
+        self
+    }
+
+    /// Runs `f(arg)` in every worker before its first task (Python's `initializer`). If it
+    /// panics in any worker, the pool stops with [`TaskError::InitializerFailed`] — once, not
+    /// in a respawn loop.
+    pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
+        self.initializer = Some(
+            Pool::encode_chunk(&[arg])
+                .map(|bytes| (FnRef::new(f), bytes))
+                .map_err(|e| e.to_string()),
+        );
+        self
+    }
+
+    /// Replaces each worker after it has run `k` jobs (chunks), freeing whatever it leaked
+    /// (Python's `maxtasksperchild`). Default: never.
+    pub fn max_tasks_per_child(mut self, k: u64) -> Self {
+        self.max_tasks_per_child = Some(k.max(1));
+        self
+    }
+
+    /// Items per job for `map`, `starmap`, `imap` and `imap_unordered`. Default: for `map` and
+    /// `starmap`, Python's rule (`len / (4 × processes)`, rounded up); for the lazy `imap`s, 1.
+    /// A worker that dies fails its whole chunk.
+    pub fn chunksize(mut self, n: usize) -> Self {
+        self.chunksize = Some(n.max(1));
+        self
+    }
+
+    /// How long a spawned worker may take to reach [`init`](crate::init) (default 30 s).
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Shows a progress bar on stderr during `map` and `starmap` (feature `progress`).
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    /// Starts the workers and waits until each has run the initializer.
+    pub fn build(self) -> Result<Pool, ProcessError> {
+        Pool::start(self)
+    }
+}
+
+/// A pool of worker processes: Python's `multiprocessing.Pool`.
+///
+/// Task functions are plain `fn(A) -> R` (closures that capture nothing coerce); `A` and `R`
+/// are serde types. Results come back in order from `map`, lazily from `imap`, and through an
+/// [`AsyncResult`] from `apply_async`.
+///
+/// **Failures stay local.** A task that panics fails alone with [`TaskError::Panicked`]. A
+/// worker that dies (SIGKILL, OOM killer, `abort`) fails only the job it was running, with
+/// [`TaskError::WorkerDied`]; jobs it had been sent but not started run elsewhere, a
+/// replacement starts, and the pool goes on. (Python's `Pool.map` hangs forever in that case.)
+///
+/// Dropping a pool that was not [`join`](Pool::join)ed terminates it: workers are stopped
+/// and reaped and their shared memory freed; unfinished tasks fail with
+/// [`TaskError::Terminated`].
+///
+/// ```
+/// use mproc_pool::Pool;
+/// let pool = Pool::builder().processes(2).build()?;
+/// let squares: Vec<u64> = pool.map(|x: u64| x * x, 0..100)?;
+/// assert_eq!(squares[99], 9801);
+/// let h = pool.apply_async(|s: String| s.to_uppercase(), "hi".to_string())?;
+/// assert_eq!(h.get()?, "HI");
+/// pool.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Pool {
+    shared: Arc<Shared>,
+    handler: Mutex<Option<JoinHandle<()>>>,
+    processes: usize,
+    chunksize: Option<usize>,
+    #[cfg_attr(not(feature = "progress"), allow(dead_code))]
+    progress: bool,
+}
+
+impl Pool {
+    /// A builder; see [`PoolBuilder`].
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// A pool of `processes` workers with the default options.
+    pub fn new(processes: usize) -> Result<Pool, ProcessError> {
+        Pool::builder().processes(processes).build()
+    }
+
+    fn start(b: PoolBuilder) -> Result<Pool, ProcessError> {
+        check_may_start(b.method == StartMethod::Spawn)?;
+        if b.method == StartMethod::Fork {
+            check_fork(b.threaded_fork)?;
+        }
+        let initializer = match b.initializer {
+            None => None,
+            Some(Ok(init)) => Some(init),
+            Some(Err(message)) => return Err(ProcessError::Encode { message }),
+        };
+        let config = Config {
+            method: b.method,
+            initializer,
+            max_tasks: b.max_tasks_per_child,
+        };
+        let capacity = (b.processes * (PREFETCH + 4)).max(64);
+        let results: Queue<Reply> = results_options(capacity).anonymous()?;
+        let mut workers = Vec::with_capacity(b.processes);
+        for i in 0..b.processes {
+            workers.push(start_one(&results, &config, i as u32)?);
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                workers,
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+            results,
+            config,
+        });
+        // Wait for every worker to be ready (initializer done) before anyone uses the pool.
+        Self::await_ready(&shared, b.start_timeout)?;
+        let handler = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("mproc-pool".into())
+                .spawn(move || handler(shared))
+                .map_err(|e| {
+                    ProcessError::os(
+                        "thread spawn",
+                        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                    )
+                })?
+        };
+        Ok(Pool {
+            shared,
+            handler: Mutex::new(Some(handler)),
+            processes: b.processes,
+            chunksize: b.chunksize,
+            progress: b.progress,
+        })
+    }
+
+    /// Reads replies until all workers are ready. A worker that fails its initializer, dies,
+    /// or (spawn) does not reach `init` in time fails the start; the caller's drop of
+    /// `shared` then kills and reaps every worker.
+    fn await_ready(shared: &Shared, start_timeout: Duration) -> Result<(), ProcessError> {
+        let deadline = Instant::now() + start_timeout;
+        loop {
+            let mut st = shared.lock();
+            if st.workers.iter().all(|w| w.ready) {
+                return Ok(());
+            }
+            if let Some(TaskError::InitializerFailed { message }) = st.broken.clone() {
+                return Err(ProcessError::InitializerFailed { message });
+            }
+            for w in &mut st.workers {
+                if let Some(status) = w.child.try_wait()? {
+                    drop(st);
+                    let mut st = shared.lock();
+                    st.drain_replies(&shared.results);
+                    if let Some(TaskError::InitializerFailed { message }) = st.broken.clone() {
+                        return Err(ProcessError::InitializerFailed { message });
+                    }
+                    return Err(match status {
+                        _ if shared.config.method == StartMethod::Spawn => {
+                            ProcessError::InitNotCalled(
+                                "a spawned worker exited before it was ready: call \
+                                 mproc::init() first thing in main",
+                            )
+                        }
+                        crate::ExitStatus::Code(code) => ProcessError::Exited { code },
+                        crate::ExitStatus::Signaled(signal) => ProcessError::Signaled { signal },
+                    });
+                }
+            }
+            let started_all = st.workers.iter().all(|w| w.ready);
+            drop(st);
+            if !started_all
+                && Instant::now() >= deadline
+                && shared.config.method == StartMethod::Spawn
+            {
+                return Err(ProcessError::InitNotCalled(
+                    "a spawned worker did not become ready in time: call mproc::init() first \
+                     thing in main",
+                ));
+            }
+            match shared.results.get_timeout(Duration::from_millis(20)) {
+                Ok(reply) => shared.lock().on_reply(reply),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// The process ids of the current workers.
+    pub fn pids(&self) -> Vec<u32> {
+        self.shared
+            .lock()
+            .workers
+            .iter()
+            .map(|w| w.child.pid())
+            .collect()
+    }
+
+    /// How many workers have been replaced so far (after dying or `max_tasks_per_child`).
+    pub fn replaced_workers(&self) -> u64 {
+        self.shared.lock().replaced
+    }
+
+    /// Queues a job and sends it to a worker if one has room.
+    fn submit(&self, func: FnRef, count: u32, args: Vec<u8>) -> Result<u64, TaskError> {
+        let mut st = self.shared.lock();
+        if let Some(e) = &st.broken {
+            return Err(e.clone());
+        }
+        if st.closed {
+            return Err(TaskError::Closed);
+        }
+        let id = st.next_job;
+        st.next_job += 1;
+        st.jobs.insert(
+            id,
+            Job {
+                func,
+                count,
+                args: Some(args),
+                outcome: None,
+                abandoned: false,
+            },
+        );
+        st.pending.push_back(id);
+        st.dispatch(&self.shared.config);
+        Ok(id)
+    }
+
+    /// Waits for any of `ids` to finish (or `deadline`); returns its index in `ids` and
+    /// removes the job if `take`.
+    fn wait_any(
+        &self,
+        ids: &[u64],
+        deadline: Option<Instant>,
+        take: bool,
+    ) -> Result<(usize, Outcome), TaskError> {
+        let mut st = self.shared.lock();
+        loop {
+            for (i, id) in ids.iter().enumerate() {
+                match st.jobs.get(id) {
+                    Some(job) if job.outcome.is_some() => {
+                        let outcome = if take {
+                            st.jobs.remove(id).and_then(|j| j.outcome)
+                        } else {
+                            job.outcome.clone()
+                        };
+                        let outcome = outcome.unwrap_or(Outcome::Failed(TaskError::Terminated));
+                        return Ok((i, outcome));
+                    }
+                    Some(_) => {}
+                    None => return Err(TaskError::Terminated),
+                }
+            }
+            let timeout = match deadline {
+                None => Duration::from_millis(100),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(TaskError::Timeout);
+                    }
+                    left.min(Duration::from_millis(100))
+                }
+            };
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn abandon(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut st = self.shared.lock();
+        for id in ids {
+            abandon_job(&mut st, id);
+        }
+    }
+
+    fn default_chunksize(&self, n: usize) -> usize {
+        self.chunksize
+            .unwrap_or_else(|| n.div_ceil(4 * self.processes).max(1))
+    }
+
+    /// Encodes a chunk of arguments back to back.
+    fn encode_chunk<T: Serialize>(items: &[T]) -> Result<Vec<u8>, TaskError> {
+        let mut args = Vec::new();
+        for item in items {
+            encode_into(item, &mut args).map_err(|e| TaskError::Encode {
+                message: format!("argument: {}", results::encode_message(e)),
+            })?;
+        }
+        Ok(args)
+    }
+
+    /// Submits `items` in chunks of `func` calls and collects the results in order.
+    fn run_all<T: Serialize, R: DeserializeOwned>(
+        &self,
+        func: FnRef,
+        items: Vec<T>,
+    ) -> Result<Vec<R>, TaskError> {
+        let n = items.len();
+        let chunk = self.default_chunksize(n);
+        let mut ids = Vec::with_capacity(n.div_ceil(chunk));
+        for part in items.chunks(chunk) {
+            let submitted = Self::encode_chunk(part)
+                .and_then(|args| self.submit(func, part.len() as u32, args));
+            match submitted {
+                Ok(id) => ids.push((id, part.len())),
+                Err(e) => {
+                    self.abandon(ids.iter().map(|j| j.0));
+                    return Err(e);
+                }
+            }
+        }
+        drop(items);
+        #[cfg(feature = "progress")]
+        let bar = self.progress.then(|| indicatif::ProgressBar::new(n as u64));
+        let mut out = Vec::with_capacity(n);
+        for (k, &(id, len)) in ids.iter().enumerate() {
+            let outcome = match self.wait_any(&[id], None, true) {
+                Ok((_, o)) => o,
+                Err(e) => {
+                    self.abandon(ids[k..].iter().map(|j| j.0));
+                    return Err(e);
+                }
+            };
+            #[cfg(feature = "progress")]
+            if let Some(bar) = &bar {
+                bar.inc(len as u64);
+            }
+            for r in results::outcome_items::<R>(outcome, len) {
+                match r {
+                    Ok(v) => out.push(v),
+                    Err(e) => {
+                        self.abandon(ids[k + 1..].iter().map(|j| j.0));
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        #[cfg(feature = "progress")]
+        if let Some(bar) = bar {
+            bar.finish();
+        }
+        Ok(out)
+    }
+
+    /// Applies `f` to every item, in parallel; results in input order. The first failed
+    /// item's error is returned (the remaining tasks are abandoned). For per-item outcomes use
+    /// [`imap`](Pool::imap).
+    pub fn map<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.run_all(FnRef::new(f), items.into_iter().collect())
+    }
+
+    /// As [`map`](Pool::map) for a two-argument function over pairs (Python's `starmap`;
+    /// for more arguments, take a tuple in `map`).
+    pub fn starmap<A, B, R>(
+        &self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        B: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.run_all(FnRef::pair(f), items.into_iter().collect())
+    }
+
+    /// Lazily applies `f` to the items, yielding each item's result in input order. Input is
+    /// pulled only as results are consumed (at most `2 × processes` chunks ahead), so an
+    /// endless iterator works. Each item fails alone.
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<'_, I::IntoIter, R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self, FnRef::new(f), items.into_iter(), true)
+    }
+
+    /// As [`imap`](Pool::imap), yielding results in the order they finish.
+    pub fn imap_unordered<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<'_, I::IntoIter, R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self, FnRef::new(f), items.into_iter(), false)
+    }
+
+    /// Runs `f(arg)` in a worker and waits for the result.
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.apply_async(f, arg)?.get()
+    }
+
+    /// Starts `f(arg)` in a worker; the [`AsyncResult`] gives the result later.
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let id = self.submit(FnRef::new(f), 1, Self::encode_chunk(&[arg])?)?;
+        Ok(AsyncResult::new(Arc::clone(&self.shared), id))
+    }
+
+    /// Accepts no more tasks; the workers exit once the queued ones are done (see
+    /// [`join`](Pool::join)).
+    pub fn close(&self) {
+        self.shared.lock().closed = true;
+    }
+
+    /// Closes the pool, waits for every queued task to finish, stops the workers and reaps
+    /// them. Results of `AsyncResult`s remain available.
+    pub fn join(&self) -> Result<(), TaskError> {
+        {
+            let mut st = self.shared.lock();
+            st.closed = true;
+            while st.busy() && st.broken.is_none() && !st.stopping {
+                st = self
+                    .shared
+                    .changed
+                    .wait_timeout(st, Duration::from_millis(100))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        self.stop(false);
+        match self.shared.lock().broken.clone() {
+            Some(TaskError::Terminated) | None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Stops the workers now (SIGTERM, then SIGKILL after a grace period of 1 s) and reaps
+    /// them; unfinished tasks fail with [`TaskError::Terminated`].
+    pub fn terminate(&self) {
+        self.shared.lock().break_pool_soft(TaskError::Terminated);
+        self.stop(true);
+    }
+
+    /// Stops the handler, then the workers: closes their inboxes (graceful) or signals them.
+    fn stop(&self, terminate: bool) {
+        self.shared.lock().stopping = true;
+        // Wakes the handler if it sleeps on the results queue; nothing is read from it after
+        // this (a worker's late reply is dropped with the queue).
+        self.shared.results.close();
+        let handle = self
+            .handler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        let mut workers = std::mem::take(&mut self.shared.lock().workers);
+        for w in &workers {
+            if terminate {
+                let _ = w.child.signal(Signal::SIGTERM);
+            } else {
+                w.inbox.close();
+            }
+        }
+        let deadline = Instant::now() + TERM_GRACE;
+        for w in &mut workers {
+            if !matches!(w.child.wait_until(Some(deadline)), Ok(Some(_))) {
+                w.child.kill_and_reap();
+            }
+        }
+        self.shared.changed.notify_all();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let running = self
+            .handler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if running {
+            self.terminate();
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Waiting for results: `AsyncResult` (one task) and `Imap` (a lazy stream of chunks).
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Pool;
+use super::state::{Outcome, Shared, abandon_job};
+use crate::TaskError;
+use crate::call::{FnRef, decode_outcomes, encode_into};
+
+/// The `count` results of a finished job, decoded (a failed job fails every item).
+pub(crate) fn outcome_items<R: DeserializeOwned>(
+    outcome: Outcome,
+    count: usize,
+) -> Vec<Result<R, TaskError>> {
+    match outcome {
+        Outcome::Body(body) => decode_outcomes(&body, count).collect(),
+        Outcome::Failed(e) => (0..count).map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// The message of an encoding error, without the variant's own prefix.
+pub(crate) fn encode_message(e: TaskError) -> String {
+    match e {
+        TaskError::Encode { message } => message,
+        other => other.to_string(),
+    }
+}
+
+/// The pending result of [`Pool::apply_async`] (Python's `AsyncResult`).
+///
+/// ```
+/// use std::time::Duration;
+/// use mproc_pool::Pool;
+/// let pool = Pool::new(1)?;
+/// let h = pool.apply_async(|n: u64| (1..=n).product::<u64>(), 10)?;
+/// h.wait();
+/// assert!(h.ready());
+/// assert_eq!(h.get_timeout(Duration::from_secs(5))?, 3_628_800);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct AsyncResult<R> {
+    shared: Arc<Shared>,
+    id: u64,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> AsyncResult<R> {
+    pub(crate) fn new(shared: Arc<Shared>, id: u64) -> AsyncResult<R> {
+        AsyncResult {
+            shared,
+            id,
+            _r: PhantomData,
+        }
+    }
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    /// Waits for the job (or `deadline`) and decodes its result.
+    fn outcome(&self, deadline: Option<Instant>) -> Result<R, TaskError> {
+        let mut st = self.shared.lock();
+        loop {
+            match st.jobs.get(&self.id) {
+                Some(job) => {
+                    if let Some(o) = &job.outcome {
+                        let o = o.clone();
+                        drop(st);
+                        return outcome_items(o, 1)
+                            .pop()
+                            .unwrap_or(Err(TaskError::Terminated));
+                    }
+                }
+                None => return Err(TaskError::Terminated),
+            }
+            let wait = match deadline {
+                None => Duration::from_millis(100),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(TaskError::Timeout);
+                    }
+                    left.min(Duration::from_millis(100))
+                }
+            };
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits for the task and returns its result (can be called again).
+    pub fn get(&self) -> Result<R, TaskError> {
+        self.outcome(None)
+    }
+
+    /// As [`get`](AsyncResult::get), giving up with [`TaskError::Timeout`] after `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R, TaskError> {
+        self.outcome(Some(Instant::now() + timeout))
+    }
+
+    /// Waits until the task has finished (successfully or not).
+    pub fn wait(&self) {
+        let _ = self.outcome(None);
+    }
+
+    /// Waits up to `timeout`; true if the task has finished.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        !matches!(
+            self.outcome(Some(Instant::now() + timeout)),
+            Err(TaskError::Timeout)
+        )
+    }
+
+    /// Whether the task has finished.
+    pub fn ready(&self) -> bool {
+        let st = self.shared.lock();
+        st.jobs.get(&self.id).is_none_or(|j| j.outcome.is_some())
+    }
+
+    /// Whether the task has finished without error (false while it runs).
+    pub fn successful(&self) -> bool {
+        let st = self.shared.lock();
+        st.jobs
+            .get(&self.id)
+            .and_then(|j| j.outcome.as_ref())
+            .is_some_and(|o| match o {
+                Outcome::Body(body) => {
+                    decode_outcomes::<R>(body, 1).all(|r| r.is_ok())
+                }
+                Outcome::Failed(_) => false,
+            })
+    }
+}
+
+impl<R> Drop for AsyncResult<R> {
+    fn drop(&mut self) {
+        abandon_job(&mut self.shared.lock(), self.id);
+    }
+}
+
+/// One submitted chunk of an [`Imap`], or a chunk that failed before submission.
+#[derive(Debug)]
+enum Slot {
+    Job { id: u64, len: usize },
+    Failed { error: TaskError, len: usize },
+}
+
+/// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: yields one
+/// `Result<R, TaskError>` per input item.
+///
+/// ```
+/// use mproc_pool::Pool;
+/// let pool = Pool::new(2)?;
+/// // An endless input: only what is consumed (plus a bounded window) is ever computed.
+/// let first: Vec<u64> = pool
+///     .imap(|x: u64| x * 10, 0..)
+///     .take(5)
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(first, [0, 10, 20, 30, 40]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Imap<'p, I, R> {
+    pool: &'p Pool,
+    func: FnRef,
+    input: I,
+    chunksize: usize,
+    window: VecDeque<Slot>,
+    max_window: usize,
+    ready: VecDeque<Result<R, TaskError>>,
+    ordered: bool,
+    exhausted: bool,
+}
+
+impl<'p, A, I, R> Imap<'p, I, R>
+where
+    A: Serialize,
+    I: Iterator<Item = A>,
+    R: DeserializeOwned,
+{
+    pub(crate) fn new(pool: &'p Pool, func: FnRef, input: I, ordered: bool) -> Self {
+        Imap {
+            pool,
+            func,
+            input,
+            chunksize: pool.chunksize.unwrap_or(1),
+            window: VecDeque::new(),
+            max_window: 2 * pool.processes,
+            ready: VecDeque::new(),
+            ordered,
+            exhausted: false,
+        }
+    }
+
+    /// Pulls input and submits chunks until the window is full or the input ends.
+    fn fill(&mut self) {
+        while !self.exhausted && self.window.len() < self.max_window {
+            let mut args = Vec::new();
+            let mut len = 0;
+            let mut failure = None;
+            for a in self.input.by_ref().take(self.chunksize) {
+                len += 1;
+                if let Err(e) = encode_into(&a, &mut args) {
+                    failure.get_or_insert(TaskError::Encode {
+                        message: format!("argument: {}", encode_message(e)),
+                    });
+                }
+            }
+            if len < self.chunksize {
+                self.exhausted = true;
+            }
+            if len == 0 {
+                break;
+            }
+            let slot = match failure {
+                Some(error) => Slot::Failed { error, len },
+                None => match self.pool.submit(self.func, len as u32, args) {
+                    Ok(id) => Slot::Job { id, len },
+                    Err(error) => {
+                        self.exhausted = true;
+                        Slot::Failed { error, len }
+                    }
+                },
+            };
+            self.window.push_back(slot);
+        }
+    }
+
+    fn collect_slot(&mut self, outcome: Outcome, len: usize) {
+        self.ready.extend(outcome_items(outcome, len));
+    }
+}
+
+impl<A, I, R> Iterator for Imap<'_, I, R>
+where
+    A: Serialize,
+    I: Iterator<Item = A>,
+    R: DeserializeOwned,
+{
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Some(r);
+            }
+            self.fill();
+            if self.window.is_empty() {
+                return None;
+            }
+            // A chunk that failed before submission is ready at once (in order, when it is
+            // at the front; unordered, whenever).
+            let failed = if self.ordered {
+                matches!(self.window.front(), Some(Slot::Failed { .. })).then_some(0)
+            } else {
+                self.window
+                    .iter()
+                    .position(|s| matches!(s, Slot::Failed { .. }))
+            };
+            if let Some(i) = failed {
+                if let Some(Slot::Failed { error, len }) = self.window.remove(i) {
+                    self.ready.extend((0..len).map(|_| Err(error.clone())));
+                }
+                continue;
+            }
+            let candidates: Vec<(u64, usize)> = self
+                .window
+                .iter()
+                .take(if self.ordered { 1 } else { usize::MAX })
+                .filter_map(|s| match s {
+                    Slot::Job { id, len } => Some((*id, *len)),
+                    Slot::Failed { .. } => None,
+                })
+                .collect();
+            let ids: Vec<u64> = candidates.iter().map(|c| c.0).collect();
+            match self.pool.wait_any(&ids, None, true) {
+                Ok((i, outcome)) => {
+                    let (id, len) = candidates[i];
+                    self.window
+                        .retain(|s| !matches!(s, Slot::Job { id: j, .. } if *j == id));
+                    self.collect_slot(outcome, len);
+                }
+                Err(e) => {
+                    let (id, len) = candidates[0];
+                    self.window
+                        .retain(|s| !matches!(s, Slot::Job { id: j, .. } if *j == id));
+                    self.ready.extend((0..len).map(|_| Err(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+impl<I, R> Drop for Imap<'_, I, R> {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self
+            .window
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Job { id, .. } => Some(*id),
+                Slot::Failed { .. } => None,
+            })
+            .collect();
+        self.pool.abandon(ids);
+    }
+}

@@ -1,0 +1,448 @@
+//! The pool's bookkeeping in the parent: jobs, workers and what each was sent, the handler
+//! thread, and how a dead worker is settled (see the module docs of `pool`).
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use mproc_queue::{GetError, PutError, Queue};
+use nix::sys::signal::Signal;
+
+use super::{PREFETCH, START_FAILURES, WATCH_BUSY, WATCH_IDLE};
+use crate::call::{FnRef, layout_check};
+use crate::child::ChildProc;
+use crate::process::{StartMethod, start_worker};
+use crate::worker::{Boot, Reply, Request, inbox_options};
+use crate::{ProcessError, TaskError};
+
+/// What became of a job.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    /// The worker's answer: one encoded `Result<R, TaskError>` per argument, back to back.
+    Body(Vec<u8>),
+    /// The whole job failed (its worker died, the pool was terminated, ...).
+    Failed(TaskError),
+}
+
+/// A job: one function over a chunk of arguments.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub func: FnRef,
+    /// How many arguments.
+    pub count: u32,
+    /// The encoded arguments; `None` while a worker holds them.
+    pub args: Option<Vec<u8>>,
+    pub outcome: Option<Outcome>,
+    /// Nobody will collect the outcome (its `AsyncResult` or `imap` was dropped).
+    pub abandoned: bool,
+}
+
+/// One worker process and what the parent has sent it.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub child: ChildProc,
+    pub inbox: Queue<Request>,
+    /// Jobs sent and not yet answered, oldest first.
+    pub sent: VecDeque<u64>,
+    /// Jobs ever sent to this process.
+    pub dispatched: u64,
+    /// Jobs (chunks) it completed.
+    pub completed: u64,
+    /// It ran the initializer and takes requests.
+    pub ready: bool,
+    /// Its inbox is closed (max_tasks_per_child reached); it exits when done.
+    pub retiring: bool,
+}
+
+impl Worker {
+    /// Alive and not retiring: new jobs may be sent to it.
+    pub(crate) fn takes_work(&self) -> bool {
+        !self.retiring && self.child.status().is_none()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub method: StartMethod,
+    pub initializer: Option<(FnRef, Vec<u8>)>,
+    pub max_tasks: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub workers: Vec<Worker>,
+    pub pending: VecDeque<u64>,
+    pub jobs: HashMap<u64, Job>,
+    pub next_job: u64,
+    /// No new jobs (close / join / terminate).
+    pub closed: bool,
+    /// The handler thread should exit.
+    pub stopping: bool,
+    /// Why the pool cannot go on (initializer failure, workers that cannot start, terminate).
+    pub broken: Option<TaskError>,
+    pub start_failures: u32,
+    pub last_watch: Option<Instant>,
+    /// Workers replaced after dying or retiring.
+    pub replaced: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    pub changed: Condvar,
+    pub results: Queue<Reply>,
+    pub config: Config,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(crate) fn start_one(
+    shared_results: &Queue<Reply>,
+    config: &Config,
+    index: u32,
+) -> Result<Worker, ProcessError> {
+    let inbox: Queue<Request> = inbox_options(PREFETCH).anonymous()?;
+    let boot = Boot {
+        index,
+        inbox_fd: inbox.segment().as_fd().as_raw_fd(),
+        results_fd: shared_results.segment().as_fd().as_raw_fd(),
+        check: layout_check(),
+        one_shot: false,
+        initializer: config.initializer.clone(),
+    };
+    let child = start_worker(config.method, &boot)?;
+    Ok(Worker {
+        child,
+        inbox,
+        sent: VecDeque::new(),
+        dispatched: 0,
+        completed: 0,
+        ready: false,
+        retiring: false,
+    })
+}
+
+impl State {
+    fn worker_of(&mut self, index: u32, pid: u32) -> Option<&mut Worker> {
+        self.workers
+            .get_mut(index as usize)
+            .filter(|w| w.child.pid() == pid)
+    }
+
+    pub(crate) fn finish(&mut self, id: u64, outcome: Outcome) {
+        if let Some(job) = self.jobs.get_mut(&id) {
+            if job.abandoned {
+                self.jobs.remove(&id);
+            } else if job.outcome.is_none() {
+                job.outcome = Some(outcome);
+            }
+        }
+    }
+
+    /// Fails a whole job.
+    pub(crate) fn fail(&mut self, id: u64, error: &TaskError) {
+        self.finish(id, Outcome::Failed(error.clone()));
+    }
+
+    pub(crate) fn on_reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::Started { .. } => {}
+            Reply::Ready { worker, pid } => {
+                if let Some(w) = self.worker_of(worker, pid) {
+                    w.ready = true;
+                    self.start_failures = 0;
+                }
+            }
+            Reply::InitFailed { message, .. } => {
+                self.break_pool(TaskError::InitializerFailed { message });
+            }
+            Reply::Done {
+                worker,
+                pid,
+                job,
+                body,
+            } => {
+                if let Some(w) = self.worker_of(worker, pid) {
+                    if let Some(pos) = w.sent.iter().position(|&j| j == job) {
+                        w.sent.remove(pos);
+                    }
+                    w.completed += 1;
+                }
+                self.finish(job, Outcome::Body(body));
+            }
+        }
+    }
+
+    /// Fails every unfinished job with `error`, stops accepting work and kills the workers.
+    pub(crate) fn break_pool(&mut self, error: TaskError) {
+        if self.broken.is_some() {
+            return;
+        }
+        self.broken = Some(error.clone());
+        self.closed = true;
+        self.stopping = true;
+        let ids: Vec<u64> = self.jobs.keys().copied().collect();
+        for id in ids {
+            self.fail(id, &error);
+        }
+        self.pending.clear();
+        for w in &mut self.workers {
+            w.sent.clear();
+            let _ = w.child.signal(Signal::SIGKILL);
+        }
+    }
+
+    /// Sends pending jobs to workers with room, oldest job first, each to the least loaded
+    /// worker; then lets idle workers steal jobs waiting in a busy worker's inbox.
+    pub(crate) fn dispatch(&mut self, config: &Config) {
+        while let Some(&id) = self.pending.front() {
+            let Some(w) = self.least_loaded() else {
+                break;
+            };
+            self.pending.pop_front();
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            if job.abandoned {
+                self.jobs.remove(&id);
+                continue;
+            }
+            let request = Request {
+                job: id,
+                func: job.func,
+                count: job.count,
+                args: job.args.take().unwrap_or_default(),
+            };
+            if let Err(request) = self.send(w, request, config) {
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.args = Some(request.args);
+                }
+                self.pending.push_front(id);
+                break;
+            }
+        }
+        if self.pending.is_empty() {
+            self.steal(config);
+        }
+    }
+
+    /// The live, non-retiring worker with the fewest jobs, if it has room.
+    fn least_loaded(&self) -> Option<usize> {
+        self.workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.takes_work() && w.sent.len() < PREFETCH)
+            .min_by_key(|(_, w)| w.sent.len())
+            .map(|(i, _)| i)
+    }
+
+    /// Puts `request` in worker `w`'s inbox; gives it back if the inbox is full or closed.
+    /// A request that cannot be stored at all (shared memory exhausted) fails its job.
+    fn send(&mut self, w: usize, request: Request, config: &Config) -> Result<(), Request> {
+        let id = request.job;
+        let worker = &mut self.workers[w];
+        match worker.inbox.try_put(request) {
+            Ok(()) => {
+                worker.sent.push_back(id);
+                worker.dispatched += 1;
+                if config.max_tasks.is_some_and(|k| worker.dispatched >= k) {
+                    worker.inbox.close();
+                    worker.retiring = true;
+                }
+                Ok(())
+            }
+            Err(PutError::Message { reason, .. }) => {
+                self.fail(
+                    id,
+                    &TaskError::Encode {
+                        message: format!("request could not be sent: {reason}"),
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into_inner()),
+        }
+    }
+
+    /// An idle worker takes a job that waits, not yet started, in another worker's inbox
+    /// (taking it out of the inbox is atomic: the owner either got it first or never will).
+    fn steal(&mut self, config: &Config) {
+        loop {
+            let Some(idle) = self
+                .workers
+                .iter()
+                .position(|w| w.takes_work() && w.sent.is_empty())
+            else {
+                return;
+            };
+            let Some(victim) = self
+                .workers
+                .iter()
+                .position(|w| w.child.status().is_none() && w.sent.len() >= 2)
+            else {
+                return;
+            };
+            let Ok(request) = self.workers[victim].inbox.try_get() else {
+                return;
+            };
+            let id = request.job;
+            self.workers[victim].sent.retain(|&j| j != id);
+            if let Err(request) = self.send(idle, request, config) {
+                // The idle worker's inbox refused (closed): queue the job again.
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.args = Some(request.args);
+                    self.pending.push_front(id);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Reaps dead workers, settles their jobs and starts replacements.
+    pub(crate) fn watch(&mut self, shared: &Shared) {
+        self.last_watch = Some(Instant::now());
+        let mut dead = Vec::new();
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            if w.child.status().is_none() && matches!(w.child.try_wait(), Ok(Some(_))) {
+                dead.push(i);
+            }
+        }
+        if dead.is_empty() {
+            return;
+        }
+        // Every reply a dead worker sent is in the results queue now: read them first.
+        self.drain_replies(&shared.results);
+        for i in dead {
+            self.settle(i, shared);
+        }
+    }
+
+    pub(crate) fn drain_replies(&mut self, results: &Queue<Reply>) {
+        loop {
+            match results.try_get() {
+                Ok(reply) => self.on_reply(reply),
+                Err(GetError::Message { reason }) => {
+                    eprintln!("mproc pool: unreadable reply dropped: {reason}");
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn settle(&mut self, i: usize, shared: &Shared) {
+        let w = &mut self.workers[i];
+        let status = w.child.status();
+        let pid = w.child.pid();
+        let was_ready = w.ready;
+        // Requests it never took: back to the front of the queue, in order.
+        let mut back = Vec::new();
+        while let Ok(req) = w.inbox.try_get() {
+            back.push(req);
+        }
+        for req in back.into_iter().rev() {
+            w.sent.retain(|&j| j != req.job);
+            if let Some(job) = self.jobs.get_mut(&req.job) {
+                job.args = Some(req.args);
+                self.pending.push_front(req.job);
+            }
+        }
+        let w = &mut self.workers[i];
+        let lost: Vec<u64> = w.sent.drain(..).collect();
+        let (signal, code) = status.map_or((None, None), |s| s.parts());
+        let clean_exit = status == Some(crate::ExitStatus::Code(0)) && w.retiring;
+        for id in lost {
+            self.fail(id, &TaskError::WorkerDied { pid, signal, code });
+        }
+        if self.stopping || self.broken.is_some() {
+            return;
+        }
+        if !was_ready && !clean_exit {
+            self.start_failures += 1;
+            if self.start_failures >= START_FAILURES {
+                self.break_pool(TaskError::Start {
+                    message: format!(
+                        "{START_FAILURES} workers in a row died before they were ready (last: pid {pid}, {status:?})"
+                    ),
+                });
+                return;
+            }
+        }
+        match start_one(&shared.results, &shared.config, i as u32) {
+            Ok(w) => {
+                self.workers[i] = w;
+                self.replaced += 1;
+            }
+            Err(e) => self.break_pool(TaskError::Start {
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    pub(crate) fn busy(&self) -> bool {
+        !self.pending.is_empty() || self.workers.iter().any(|w| !w.sent.is_empty())
+    }
+}
+
+/// The handler thread: replies, refills, deaths.
+pub(crate) fn handler(shared: Arc<Shared>) {
+    loop {
+        let busy = shared.lock().busy();
+        let wait = if busy { WATCH_BUSY } else { WATCH_IDLE };
+        let first = shared.results.get_timeout(wait);
+        let mut st = shared.lock();
+        match first {
+            Ok(reply) => {
+                st.on_reply(reply);
+                st.drain_replies(&shared.results);
+            }
+            Err(GetError::Message { reason }) => {
+                eprintln!("mproc pool: unreadable reply dropped: {reason}");
+            }
+            Err(_) => {}
+        }
+        let due = st.last_watch.is_none_or(|t| t.elapsed() >= WATCH_BUSY);
+        if due {
+            st.watch(&shared);
+        }
+        st.dispatch(&shared.config);
+        let stop = st.stopping;
+        drop(st);
+        shared.changed.notify_all();
+        if stop {
+            return;
+        }
+    }
+}
+
+impl State {
+    /// As `break_pool`, but signals nobody (`stop` does it, with a grace period).
+    pub(crate) fn break_pool_soft(&mut self, error: TaskError) {
+        if self.broken.is_none() {
+            self.broken = Some(error.clone());
+        }
+        self.closed = true;
+        let ids: Vec<u64> = self.jobs.keys().copied().collect();
+        for id in ids {
+            self.fail(id, &error);
+        }
+        self.pending.clear();
+        for w in &mut self.workers {
+            w.sent.clear();
+        }
+    }
+}
+
+pub(crate) fn abandon_job(st: &mut State, id: u64) {
+    match st.jobs.get_mut(&id) {
+        Some(job) if job.outcome.is_some() => {
+            st.jobs.remove(&id);
+        }
+        Some(job) => job.abandoned = true,
+        None => {}
+    }
+}
