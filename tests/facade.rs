@@ -53,3 +53,21 @@ fn workers_take_jobs_from_a_named_queue_and_sum_under_a_lock() {
     let expected: u64 = (1..=1000u64).map(|n| n * n).sum();
     assert_eq!(sum.load(Ordering::Relaxed), expected);
 }
+
+/// The README's quick start, verbatim in substance.
+#[test]
+fn readme_quick_start_runs() {
+    use mproc::prelude::*;
+
+    fn score(word: String) -> usize {
+        word.chars().filter(|c| "aeiou".contains(*c)).count()
+    }
+
+    mproc::init();
+    let pool = Pool::new(4).unwrap();
+    let words = ["shared", "memory", "process", "pool"].map(String::from);
+    assert_eq!(pool.map(score, words).unwrap(), [2, 2, 2, 2]);
+
+    let mut p = Process::spawn(|n: u64| (1..=n).sum::<u64>(), 100).unwrap();
+    assert_eq!(p.join().unwrap(), 5050);
+}

@@ -121,11 +121,12 @@ static INIT_CALLED: AtomicBool = AtomicBool::new(false);
 /// other process. Call it first thing in `main` of every binary that uses
 /// [`StartMethod::Spawn`](crate::StartMethod::Spawn):
 ///
-/// ```
+/// ```no_run
 /// fn main() {
 ///     mproc_pool::init();
 ///     // ... the program; only the original process gets here
 /// }
+/// # main();
 /// ```
 ///
 /// In a spawned worker, `init` runs the worker and then ends the process with the worker's

@@ -303,9 +303,8 @@ impl Pool {
                      thing in main",
                 ));
             }
-            match shared.results.get_timeout(Duration::from_millis(20)) {
-                Ok(reply) => shared.lock().on_reply(reply),
-                Err(_) => {}
+            if let Ok(reply) = shared.results.get_timeout(Duration::from_millis(20)) {
+                shared.lock().on_reply(reply);
             }
         }
     }

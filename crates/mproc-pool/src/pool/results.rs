@@ -133,9 +133,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
             .get(&self.id)
             .and_then(|j| j.outcome.as_ref())
             .is_some_and(|o| match o {
-                Outcome::Body(body) => {
-                    decode_outcomes::<R>(body, 1).all(|r| r.is_ok())
-                }
+                Outcome::Body(body) => decode_outcomes::<R>(body, 1).all(|r| r.is_ok()),
                 Outcome::Failed(_) => false,
             })
     }
