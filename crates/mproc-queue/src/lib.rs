@@ -85,7 +85,7 @@ mod pod;
 mod raw;
 
 pub use error::{GetError, OpenError, PutError, TaskDoneError};
-pub use ring::RingHeader;
+pub use ring::{RingHeader, RingSnapshot};
 
 #[cfg(not(loom))]
 pub use joinable::JoinableQueue;

@@ -101,6 +101,40 @@ pub struct RingHeader {
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<RingHeader>() == 384);
 
+/// A point-in-time reading of a ring's control block, for tools (`mproc inspect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingSnapshot {
+    /// Slots.
+    pub capacity: u64,
+    /// Bytes per slot.
+    pub slot_size: u64,
+    /// Items put and not yet taken (tail − head; includes items being written or read).
+    pub len: u64,
+    /// Whether the queue was closed.
+    pub closed: bool,
+    /// Handles open on the queue.
+    pub attached: u32,
+    /// JoinableQueue: items put and not yet `task_done`.
+    pub unfinished: u64,
+}
+
+impl RingHeader {
+    /// Reads the control block's counters (each load is atomic; together they are a snapshot
+    /// only when nobody is using the queue).
+    pub fn snapshot(&self) -> RingSnapshot {
+        let head = self.head.load(Ordering::SeqCst);
+        let tail = self.tail.load(Ordering::SeqCst);
+        RingSnapshot {
+            capacity: self.capacity.load(Ordering::Relaxed),
+            slot_size: self.slot_size.load(Ordering::Relaxed),
+            len: tail.saturating_sub(head),
+            closed: self.closed.load(Ordering::SeqCst) != 0,
+            attached: self.attached.load(Ordering::SeqCst),
+            unfinished: self.unfinished.load(Ordering::SeqCst),
+        }
+    }
+}
+
 /// Where the slots' words and bytes live (a segment, or a loom model), and how to ask whether
 /// a process is alive.
 pub(crate) trait Slots {

@@ -1,0 +1,205 @@
+//! `mproc`: list, inspect and garbage-collect mproc shared-memory segments.
+//!
+//! ```text
+//! mproc ls [--prefix P] [--all]      segments in /dev/shm: kind, type, capacity, size, creator
+//! mproc inspect NAME                  the header, and for a queue its length and state
+//! mproc gc [--prefix P] [--yes]       unlink segments whose creator is dead and that no live
+//!                                     process maps (dry run unless --yes)
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions};
+
+mod scan;
+
+use scan::{Entry, Status, scan};
+
+/// Lists, inspects and garbage-collects mproc shared-memory segments in /dev/shm.
+#[derive(Parser, Debug)]
+#[command(name = "mproc", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List mproc segments with kind, element type, capacity, size and creator.
+    Ls {
+        /// Only names starting with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Also list /dev/shm entries that are not mproc segments.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a segment's header; for a queue, also its length and state.
+    Inspect {
+        /// The segment's name (as in /dev/shm, without a leading slash).
+        name: String,
+    },
+    /// Unlink segments whose creator is dead and that no live process maps.
+    Gc {
+        /// Only names starting with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Unlink them (without it, only print what would be unlinked).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ls { prefix, all } => ls(&prefix, all),
+        Command::Inspect { name } => inspect(&name),
+        Command::Gc { prefix, yes } => gc(&prefix, yes),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("mproc: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ls(prefix: &str, all: bool) -> Result<(), String> {
+    let entries = scan(prefix).map_err(|e| format!("cannot read /dev/shm: {e}"))?;
+    println!(
+        "{:<40} {:<10} {:<28} {:>10} {:>12} {:>8} {:<6}",
+        "NAME", "KIND", "TYPE", "CAPACITY", "BYTES", "CREATOR", "ALIVE"
+    );
+    for e in entries {
+        match &e.status {
+            Status::Mproc(h) => println!(
+                "{:<40} {:<10} {:<28} {:>10} {:>12} {:>8} {:<6}",
+                e.name,
+                h.kind.to_string(),
+                truncate(&h.element.name, 28),
+                h.capacity,
+                h.total_len,
+                h.creator.pid,
+                if e.creator_alive { "yes" } else { "no" }
+            ),
+            Status::Damaged(err) => {
+                println!("{:<40} damaged: {err}", e.name)
+            }
+            Status::Foreign if all => println!("{:<40} (not an mproc segment)", e.name),
+            Status::Foreign => {}
+        }
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn inspect(name: &str) -> Result<(), String> {
+    let seg = SegmentOptions::any()
+        .open_timeout(Duration::from_millis(200))
+        .open(name)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let h = seg.header().ok_or_else(|| format!("{name}: no header"))?;
+    println!("name:            {name}");
+    println!("format version:  {}", h.version);
+    println!("kind:            {}", h.kind);
+    println!("element type:    {}", h.element);
+    println!("capacity:        {}", h.capacity);
+    println!(
+        "payload:         {} bytes at offset {}",
+        h.payload_len, h.payload_offset
+    );
+    println!("total length:    {} bytes", h.total_len);
+    println!(
+        "creator:         pid {} ({})",
+        h.creator.pid,
+        if h.creator.is_alive() {
+            "alive"
+        } else {
+            "dead"
+        }
+    );
+    let mappers = scan::mapped_by(name);
+    println!("mapped by:       {}", describe_pids(&mappers));
+    if h.kind == Kind::QUEUE {
+        let ring: &mproc_queue::RingHeader = seg
+            .view(0)
+            .map_err(|e: SegmentError| format!("{name}: queue header: {e}"))?;
+        let r = ring.snapshot();
+        println!(
+            "queue:           {} of {} slots used, {} bytes per slot, {}, {} handle(s) attached, {} unfinished",
+            r.len,
+            r.capacity,
+            r.slot_size,
+            if r.closed { "closed" } else { "open" },
+            r.attached,
+            r.unfinished
+        );
+    }
+    drop(seg);
+    Ok(())
+}
+
+fn describe_pids(pids: &[u32]) -> String {
+    if pids.is_empty() {
+        "no live process".to_owned()
+    } else {
+        pids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Why a segment may be removed, or `None` if it must stay.
+fn collectable(e: &Entry) -> Option<String> {
+    let why = match &e.status {
+        Status::Mproc(h) if !e.creator_alive => {
+            format!("creator pid {} is dead, no process maps it", h.creator.pid)
+        }
+        Status::Damaged(SegmentError::NotReady { creator_dead: true }) => {
+            "its creator died while creating it, no process maps it".to_owned()
+        }
+        _ => return None,
+    };
+    scan::mapped_by(&e.name).is_empty().then_some(why)
+}
+
+fn gc(prefix: &str, yes: bool) -> Result<(), String> {
+    let entries = scan(prefix).map_err(|e| format!("cannot read /dev/shm: {e}"))?;
+    let mut n = 0;
+    for e in &entries {
+        let Some(why) = collectable(e) else {
+            continue;
+        };
+        n += 1;
+        if yes {
+            match Segment::unlink(&e.name) {
+                Ok(()) => println!("removed {} ({why})", e.name),
+                Err(err) => println!("could not remove {}: {err}", e.name),
+            }
+        } else {
+            println!("would remove {} ({why})", e.name);
+        }
+    }
+    if !yes && n > 0 {
+        println!("{n} segment(s); run `mproc gc --yes` to remove them");
+    }
+    if n == 0 {
+        println!("nothing to collect");
+    }
+    Ok(())
+}
