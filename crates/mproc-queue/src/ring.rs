@@ -38,6 +38,12 @@ use crate::atomic::{AtomicU32, AtomicU64, Ordering};
 use mproc_sync::Parking;
 
 const STATE_SHIFT: u32 = 30;
+
+/// Attempts one `try_push` / `try_pop` makes before giving up. Each failed attempt means
+/// another process moved the ring on (so a live ring never gets near this), or the ring's
+/// words contradict each other: a corrupted or hostile segment must not make a non-blocking
+/// call spin forever.
+const MAX_RETRIES: u32 = 1 << 16;
 const PID_MASK: u64 = (1 << STATE_SHIFT) - 1;
 
 /// The state of a slot.
@@ -202,7 +208,7 @@ impl<S: Slots> Ring<'_, S> {
     /// callers skip the check until they have waited a while, so the hot path stays cheap.
     pub fn try_push(&self, me: u32, check_peers: bool, mut fill: impl FnMut(&mut [u8])) -> Push {
         let hdr = self.hdr;
-        loop {
+        for _ in 0..MAX_RETRIES {
             if hdr.closed.load(Ordering::SeqCst) != 0 {
                 return Push::Closed;
             }
@@ -257,6 +263,9 @@ impl<S: Slots> Ring<'_, S> {
             }
             // Our view was stale; look again.
         }
+        // Only a corrupted ring (or extreme contention) gets here: report "no room now"
+        // rather than spin forever in a non-blocking call.
+        Push::Full
     }
 
     /// Tries to take one message, read out of the slot by `take`. `check_peers` as in
@@ -268,7 +277,7 @@ impl<S: Slots> Ring<'_, S> {
         mut take: impl FnMut(&[u8]) -> R,
     ) -> Pop<R> {
         let hdr = self.hdr;
-        loop {
+        for _ in 0..MAX_RETRIES {
             // SYNC POINT: read `closed` before concluding "empty" (see `try_push`).
             let closed = hdr.closed.load(Ordering::SeqCst) != 0;
             let pos = hdr.head.load(Ordering::SeqCst);
@@ -335,6 +344,8 @@ impl<S: Slots> Ring<'_, S> {
                 return if closed { Pop::Closed } else { Pop::Empty };
             }
         }
+        // Only a corrupted ring (or extreme contention) gets here: see `try_push`.
+        Pop::InProgress
     }
 
     /// Marks the queue closed and wakes everyone.

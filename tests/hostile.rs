@@ -1,0 +1,203 @@
+//! Hostile segments: random and mutated headers, truncated and extended files, wrong magic,
+//! version, kind and type, overflowing lengths — written straight into /dev/shm and opened
+//! with every `open` of every type. Each open must return a typed error or a handle whose
+//! geometry fits the file; none may crash, hang or read out of bounds (a crash or an
+//! out-of-bounds read kills this test process; a hang trips the deadline).
+//!
+//! 10,000 cases per run (proptest), each opened 15 ways.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use mproc::prelude::*;
+use mproc_testkit::{unique_name, with_deadline};
+use proptest::prelude::*;
+
+/// Offsets in the header (see mproc-segment's `RawHeader`).
+const CREATOR_PID: usize = 12;
+const CREATOR_START: usize = 72;
+const LENGTH_FIELDS: std::ops::Range<usize> = 16..88;
+
+/// Valid segments of every kind, as bytes, whose recorded creator is a process that has
+/// exited, so that a header whose state is mutated to "initialising" reports a dead creator at
+/// once instead of making the opener wait for it.
+fn templates() -> &'static [Vec<u8>] {
+    static T: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    T.get_or_init(|| {
+        let mut gone = mproc_testkit::fork_child(|| 0);
+        let dead_pid = gone.pid().as_raw() as u32;
+        gone.wait();
+        let grab = |name: &str| {
+            let mut bytes = std::fs::read(format!("/dev/shm/{name}")).expect("read template");
+            bytes[CREATOR_PID..CREATOR_PID + 4].copy_from_slice(&dead_pid.to_ne_bytes());
+            bytes[CREATOR_START..CREATOR_START + 8].copy_from_slice(&1u64.to_ne_bytes());
+            bytes
+        };
+        let n = |k: &str| unique_name(&format!("tmpl-{k}"));
+        let mut out = Vec::new();
+        let name = n("pod");
+        let q = PodQueue::<u64>::create(&name, 4).unwrap();
+        out.push(grab(&name));
+        drop(q);
+        let name = n("queue");
+        let q = Queue::<String>::create(&name, 4).unwrap();
+        out.push(grab(&name));
+        drop(q);
+        let name = n("array");
+        let a = Array::<f64>::create(&name, 16).unwrap();
+        out.push(grab(&name));
+        drop(a);
+        let name = n("value");
+        let v = Value::<u32>::create(&name, 7).unwrap();
+        out.push(grab(&name));
+        drop(v);
+        let name = n("lock");
+        let l = Lock::create(&name).unwrap();
+        out.push(grab(&name));
+        drop(l);
+        let name = n("event");
+        let e = Event::create(&name).unwrap();
+        out.push(grab(&name));
+        drop(e);
+        out
+    })
+}
+
+/// Opens `name` every way there is; touches what an open returned within its own bounds.
+fn open_every_way(name: &str) {
+    let quick = || SegmentOptions::any().open_timeout(Duration::from_millis(5));
+    let _ = quick().open(name);
+    let _ = Segment::open_raw(name);
+    let _ = SegmentOptions::new(Kind::ARRAY)
+        .element::<u64>()
+        .open_timeout(Duration::from_millis(5))
+        .open(name);
+    if let Ok(q) = PodQueue::<u64>::open(name) {
+        let _ = (q.try_get(), q.len(), q.try_put(1));
+    }
+    if let Ok(q) = Queue::<String>::open(name) {
+        let _ = (q.try_get(), q.len());
+    }
+    if let Ok(q) = JoinableQueue::<u32>::open(name) {
+        let _ = q.try_get();
+    }
+    if let Ok(a) = Array::<f64>::open(name) {
+        let _ = a.to_vec();
+    }
+    if let Ok(v) = Value::<u32>::open(name) {
+        let _ = v.get();
+    }
+    let _ = Lock::open(name);
+    let _ = RLock::open(name);
+    let _ = Event::open(name).map(|e| e.is_set());
+    let _ = Semaphore::open(name);
+    let _ = BoundedSemaphore::open(name);
+    let _ = Barrier::open(name);
+    let _ = Condition::open(name);
+}
+
+/// Writes `bytes` as /dev/shm/NAME, opens it every way, removes it.
+fn attack(tag: &str, bytes: &[u8]) {
+    let name = unique_name(tag);
+    let path = format!("/dev/shm/{name}");
+    std::fs::write(&path, bytes).unwrap();
+    open_every_way(&name);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// Overwrite bytes anywhere in the header.
+    Bytes(Vec<(usize, u8)>),
+    /// Overwrite one 8-byte length/offset/capacity field with a chosen value.
+    Field(usize, u64),
+    /// Cut the file.
+    Truncate(usize),
+    /// Append garbage.
+    Extend(Vec<u8>),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let extreme = prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(u64::MAX),
+        Just(u64::MAX / 2),
+        Just(1 << 40),
+        any::<u64>(),
+        0u64..8192,
+    ];
+    prop_oneof![
+        prop::collection::vec((0usize..256, any::<u8>()), 1..8).prop_map(Mutation::Bytes),
+        ((0usize..9), extreme).prop_map(|(f, v)| Mutation::Field(LENGTH_FIELDS.start + f * 8, v)),
+        (0usize..5000).prop_map(Mutation::Truncate),
+        prop::collection::vec(any::<u8>(), 1..512).prop_map(Mutation::Extend),
+    ]
+}
+
+fn apply(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
+    match m {
+        Mutation::Bytes(edits) => {
+            for &(i, b) in edits {
+                if i < bytes.len() {
+                    bytes[i] = b;
+                }
+            }
+        }
+        Mutation::Field(off, v) => {
+            if off + 8 <= bytes.len() {
+                bytes[*off..off + 8].copy_from_slice(&v.to_ne_bytes());
+            }
+        }
+        Mutation::Truncate(n) => bytes.truncate(*n),
+        Mutation::Extend(extra) => bytes.extend_from_slice(extra),
+    }
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 7_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_segments_are_refused_or_safe(t in 0usize..6, muts in prop::collection::vec(mutation(), 1..4)) {
+        with_deadline(Duration::from_secs(120), || {
+            let mut bytes = templates()[t].clone();
+            for m in &muts {
+                bytes = apply(bytes, m);
+            }
+            attack("hostile-mut", &bytes);
+        });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_files_are_refused_or_safe(
+        magic in any::<bool>(),
+        body in prop::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        with_deadline(Duration::from_secs(120), || {
+            let mut bytes = Vec::new();
+            if magic {
+                bytes.extend_from_slice(&mproc::segment::MAGIC.to_ne_bytes());
+            }
+            bytes.extend_from_slice(&body);
+            attack("hostile-rand", &bytes);
+        });
+    }
+}
+
+#[test]
+fn unmodified_templates_open() {
+    // The control: the templates themselves are valid (so the mutations test something).
+    for (i, bytes) in templates().iter().enumerate() {
+        let name = unique_name("hostile-ok");
+        let path = format!("/dev/shm/{name}");
+        std::fs::write(&path, bytes).unwrap();
+        let r = SegmentOptions::any().open(&name);
+        std::fs::remove_file(&path).unwrap();
+        assert!(r.is_ok(), "template {i}: {r:?}");
+    }
+}
