@@ -96,13 +96,21 @@ fn open_every_way(name: &str) {
     let _ = Condition::open(name);
 }
 
+/// Removes the file when dropped, so a failing case leaves nothing in /dev/shm.
+struct Planted(String);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Writes `bytes` as /dev/shm/NAME, opens it every way, removes it.
 fn attack(tag: &str, bytes: &[u8]) {
     let name = unique_name(tag);
-    let path = format!("/dev/shm/{name}");
-    std::fs::write(&path, bytes).unwrap();
+    let planted = Planted(format!("/dev/shm/{name}"));
+    std::fs::write(&planted.0, bytes).unwrap();
     open_every_way(&name);
-    std::fs::remove_file(&path).unwrap();
 }
 
 #[derive(Debug, Clone)]

@@ -28,7 +28,14 @@ fn spawn_process_returns_its_result() {
 
     let mut p = Process::builder()
         .start_method(StartMethod::Spawn)
-        .spawn(|_: ()| -> u8 { panic!("spawned panic") }, ())
+        .spawn(
+            |_: ()| -> u8 {
+                // Expected: keep the default hook's report out of the test output.
+                std::panic::set_hook(Box::new(|_| {}));
+                panic!("spawned panic")
+            },
+            (),
+        )
         .unwrap();
     assert!(
         matches!(p.join(), Err(ProcessError::Panicked { message }) if message == "spawned panic")
