@@ -1,0 +1,599 @@
+//! The measurements. Every multi-process figure forks real processes through
+//! `mproc::pool::Process`, each joined with a timeout.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mproc::prelude::*;
+
+use crate::Plan;
+use crate::stats::Stat;
+
+/// How long any child of the benchmark may run.
+const CHILD_DEADLINE: Duration = Duration::from_secs(300);
+
+/// What each figure measures (appended to BENCHMARKS.md).
+pub const DEFINITIONS: &str = "
+## What each figure measures
+
+- **1→1 throughput**: one producer process puts N items, one consumer process takes them; the
+  consumer times from its first item to its last. crossbeam's `ArrayQueue` does the same
+  between two threads of one process: the same algorithm without process boundaries, so the
+  ceiling for a shared-memory queue.
+- **4→4**: four producer and four consumer processes on one queue (on a 2-core machine, eight
+  processes share two CPUs); wall time from the producers' start to the last item, per item.
+- **pipe 1→1**: 8-byte `write`s into a pipe, 8-byte `read`s out of it, between two processes.
+- **Round trip**: a message to a process that echoes it back, per round (two queues, two pipes
+  or one socketpair).
+- **Pool**: two worker processes; a trivial function (`x + 1`) over 10,000 items, per item; a
+  single `apply_async(..).get()`; building a pool and joining it.
+- **Process start + join**: start a child that runs `x + 1`, return its result, reap it.
+- **Lock / Value**: one process, no contention; a lock+unlock cycle, an increment under the
+  value's lock.
+- **Array sum**: a child process sums an `Array<f64>` that the parent filled (timed in the
+  child, under the array's lock) versus the parent summing a `Vec<f64>` of the same size.
+- **Python**: `benches/python/baselines.py` does the same with `multiprocessing` (Queue of a
+  small tuple, Pipe, Pool with the fork context, Process, Lock, Value).
+";
+
+/// All mproc and Rust-baseline figures.
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub pod_1to1: Option<Stat>,
+    pub pod_4to4: Option<Stat>,
+    pub msg_1to1: Option<Stat>,
+    pub msg_4to4: Option<Stat>,
+    pub crossbeam_1to1: Option<Stat>,
+    pub pipe_1to1: Option<Stat>,
+    pub rtt: Option<Stat>,
+    pub rtt_1k: Option<Stat>,
+    pub pipe_rtt_8: Option<Stat>,
+    pub pipe_rtt_1k: Option<Stat>,
+    pub sock_rtt_8: Option<Stat>,
+    pub sock_rtt_1k: Option<Stat>,
+    pub pool_map_c1: Option<Stat>,
+    pub pool_map_default: Option<Stat>,
+    pub pool_apply: Option<Stat>,
+    pub pool_start: Option<Stat>,
+    pub process_fork: Option<Stat>,
+    pub process_spawn: Option<Stat>,
+    pub lock: Option<Stat>,
+    pub value_inc: Option<Stat>,
+    pub array_sum: Option<Stat>,
+    pub vec_sum: Option<Stat>,
+}
+
+type Small = (u64, f64, [u8; 8]);
+
+fn name(tag: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "mproc-bench-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn start<A, R>(f: fn(A) -> R, arg: A) -> Process<R>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned,
+    R: serde::Serialize + serde::de::DeserializeOwned,
+{
+    Process::builder()
+        .threaded_fork(ThreadedFork::Allow)
+        .spawn(f, arg)
+        .expect("start a benchmark process")
+}
+
+fn join<R: serde::de::DeserializeOwned>(mut p: Process<R>) -> R {
+    p.join_timeout(CHILD_DEADLINE)
+        .expect("benchmark process failed")
+}
+
+fn per(elapsed: Duration, n: u64, unit_ns: f64) -> f64 {
+    elapsed.as_nanos() as f64 / n.max(1) as f64 / unit_ns
+}
+
+// ---- queues ----
+
+fn pod_consumer(args: (String, u64)) -> f64 {
+    let q = PodQueue::<u64>::open(&args.0).expect("open");
+    let first = q.get().expect("get");
+    let t = Instant::now();
+    let mut sum = first;
+    for _ in 1..args.1 {
+        sum = sum.wrapping_add(q.get().expect("get"));
+    }
+    black_box(sum);
+    per(t.elapsed(), args.1 - 1, 1.0)
+}
+
+fn msg_consumer(args: (String, u64)) -> f64 {
+    let q = Queue::<Small>::open(&args.0).expect("open");
+    q.get().expect("get");
+    let t = Instant::now();
+    for _ in 1..args.1 {
+        black_box(q.get().expect("get"));
+    }
+    per(t.elapsed(), args.1 - 1, 1.0)
+}
+
+fn pod_1to1(n: u64) -> f64 {
+    let name = name("pod");
+    let q = PodQueue::<u64>::create(&name, 4096).expect("create");
+    let c = start(pod_consumer, (name, n));
+    for i in 0..n {
+        q.put(i).expect("put");
+    }
+    join(c)
+}
+
+fn msg_1to1(n: u64) -> f64 {
+    let name = name("msg");
+    let q = Queue::<Small>::create(&name, 4096).expect("create");
+    let c = start(msg_consumer, (name, n));
+    for i in 0..n {
+        q.put((i, i as f64, *b"abcdefgh")).expect("put");
+    }
+    join(c)
+}
+
+fn pod_producer(args: (String, u64)) {
+    let q = PodQueue::<u64>::open(&args.0).expect("open");
+    for i in 0..args.1 {
+        q.put(i).expect("put");
+    }
+}
+
+fn pod_drain(name: String) -> u64 {
+    let q = PodQueue::<u64>::open(&name).expect("open");
+    let mut n = 0;
+    while q.get().is_ok() {
+        n += 1;
+    }
+    n
+}
+
+fn msg_producer(args: (String, u64)) {
+    let q = Queue::<Small>::open(&args.0).expect("open");
+    for i in 0..args.1 {
+        q.put((i, i as f64, *b"abcdefgh")).expect("put");
+    }
+}
+
+fn msg_drain(name: String) -> u64 {
+    let q = Queue::<Small>::open(&name).expect("open");
+    let mut n = 0;
+    while q.get().is_ok() {
+        n += 1;
+    }
+    n
+}
+
+/// 4 producers and 4 consumers; `close` ends the consumers once the producers are done.
+fn four_by_four(
+    n: u64,
+    name: String,
+    close: impl FnOnce(),
+    producer: fn((String, u64)),
+    drain: fn(String) -> u64,
+) -> f64 {
+    let consumers: Vec<_> = (0..4).map(|_| start(drain, name.clone())).collect();
+    let t = Instant::now();
+    let producers: Vec<_> = (0..4)
+        .map(|_| start(producer, (name.clone(), n / 4)))
+        .collect();
+    for p in producers {
+        join(p);
+    }
+    close();
+    let got: u64 = consumers.into_iter().map(join).sum();
+    let elapsed = t.elapsed();
+    assert_eq!(got, n / 4 * 4, "items lost or duplicated");
+    per(elapsed, got, 1.0)
+}
+
+fn pod_4to4(n: u64) -> f64 {
+    let name = name("pod44");
+    let q = PodQueue::<u64>::create(&name, 4096).expect("create");
+    four_by_four(n, name, || q.close(), pod_producer, pod_drain)
+}
+
+fn msg_4to4(n: u64) -> f64 {
+    let name = name("msg44");
+    let q = Queue::<Small>::create(&name, 4096).expect("create");
+    four_by_four(n, name, || q.close(), msg_producer, msg_drain)
+}
+
+fn crossbeam_1to1(n: u64) -> f64 {
+    let q = crossbeam_queue::ArrayQueue::<u64>::new(4096);
+    let mut per_item = 0.0;
+    std::thread::scope(|s| {
+        let consumer = s.spawn(|| {
+            while q.pop().is_none() {
+                std::hint::spin_loop();
+            }
+            let t = Instant::now();
+            let mut got = 1;
+            while got < n {
+                match q.pop() {
+                    Some(v) => {
+                        black_box(v);
+                        got += 1;
+                    }
+                    None => std::hint::spin_loop(),
+                }
+            }
+            per(t.elapsed(), n - 1, 1.0)
+        });
+        for i in 0..n {
+            while q.push(i).is_err() {
+                std::hint::spin_loop();
+            }
+        }
+        per_item = consumer.join().expect("consumer");
+    });
+    per_item
+}
+
+// ---- round trips ----
+
+fn pod_echo(args: (String, String, u64)) {
+    let a = PodQueue::<u64>::open(&args.0).expect("open");
+    let b = PodQueue::<u64>::open(&args.1).expect("open");
+    for _ in 0..args.2 {
+        b.put(a.get().expect("get")).expect("put");
+    }
+}
+
+fn rtt(rounds: u64) -> f64 {
+    let (na, nb) = (name("rtt-a"), name("rtt-b"));
+    let a = PodQueue::<u64>::create(&na, 64).expect("create");
+    let b = PodQueue::<u64>::create(&nb, 64).expect("create");
+    let echo = start(pod_echo, (na, nb, rounds + 1));
+    a.put(0).expect("put");
+    b.get().expect("get");
+    let t = Instant::now();
+    for i in 0..rounds {
+        a.put(i).expect("put");
+        b.get().expect("get");
+    }
+    let us = per(t.elapsed(), rounds, 1000.0);
+    join(echo);
+    us
+}
+
+fn bytes_options() -> QueueOptions {
+    QueueOptions::new().capacity(64).slot_size(2048)
+}
+
+fn bytes_echo(args: (String, String, u64)) {
+    let a: Queue<Vec<u8>> = bytes_options().open(&args.0).expect("open");
+    let b: Queue<Vec<u8>> = bytes_options().open(&args.1).expect("open");
+    for _ in 0..args.2 {
+        b.put(a.get().expect("get")).expect("put");
+    }
+}
+
+fn rtt_1k(rounds: u64) -> f64 {
+    let (na, nb) = (name("rtt1k-a"), name("rtt1k-b"));
+    let a: Queue<Vec<u8>> = bytes_options().create(&na).expect("create");
+    let b: Queue<Vec<u8>> = bytes_options().create(&nb).expect("create");
+    let echo = start(bytes_echo, (na, nb, rounds + 1));
+    let msg = vec![7u8; 1024];
+    a.put(msg.clone()).expect("put");
+    b.get().expect("get");
+    let t = Instant::now();
+    for _ in 0..rounds {
+        a.put(msg.clone()).expect("put");
+        black_box(b.get().expect("get"));
+    }
+    let us = per(t.elapsed(), rounds, 1000.0);
+    join(echo);
+    us
+}
+
+fn read_exact(fd: RawFd, buf: &mut [u8]) {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: `buf[got..]` is valid for writes of its length; `fd` is open in this process.
+        let r = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        assert!(r > 0, "read failed: {}", std::io::Error::last_os_error());
+        got += r as usize;
+    }
+}
+
+fn write_all(fd: RawFd, buf: &[u8]) {
+    let mut put = 0;
+    while put < buf.len() {
+        // SAFETY: `buf[put..]` is valid for reads of its length; `fd` is open in this process.
+        let r = unsafe { libc::write(fd, buf[put..].as_ptr().cast(), buf.len() - put) };
+        assert!(r > 0, "write failed: {}", std::io::Error::last_os_error());
+        put += r as usize;
+    }
+}
+
+/// Echoes `rounds` messages of `size` bytes from fd `rx` to fd `tx` (fds inherited by fork).
+fn fd_echo(args: (RawFd, RawFd, usize, u64)) {
+    let (rx, tx, size, rounds) = args;
+    let mut buf = vec![0u8; size];
+    for _ in 0..rounds {
+        read_exact(rx, &mut buf);
+        write_all(tx, &buf);
+    }
+}
+
+fn fd_sink(args: (RawFd, u64)) -> f64 {
+    let mut buf = [0u8; 8];
+    read_exact(args.0, &mut buf);
+    let t = Instant::now();
+    for _ in 1..args.1 {
+        read_exact(args.0, &mut buf);
+        black_box(buf);
+    }
+    per(t.elapsed(), args.1 - 1, 1.0)
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe().expect("pipe")
+}
+
+fn socketpair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is valid for two ints; socketpair fills it on success.
+    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) };
+    assert_eq!(r, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: socketpair returned two fresh fds that nothing else owns.
+    unsafe {
+        use std::os::fd::FromRawFd;
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    }
+}
+
+/// Round trip over fds: `there` is (rx, tx) for the echo child, `here` (tx, rx) for us.
+fn fd_rtt(here: (RawFd, RawFd), there: (RawFd, RawFd), size: usize, rounds: u64) -> f64 {
+    let echo = start(fd_echo, (there.0, there.1, size, rounds + 1));
+    let msg = vec![1u8; size];
+    let mut back = vec![0u8; size];
+    write_all(here.0, &msg);
+    read_exact(here.1, &mut back);
+    let t = Instant::now();
+    for _ in 0..rounds {
+        write_all(here.0, &msg);
+        read_exact(here.1, &mut back);
+    }
+    let us = per(t.elapsed(), rounds, 1000.0);
+    join(echo);
+    us
+}
+
+fn pipe_rtt(size: usize, rounds: u64) -> f64 {
+    let (a_r, a_w) = pipe();
+    let (b_r, b_w) = pipe();
+    fd_rtt(
+        (a_w.as_raw_fd(), b_r.as_raw_fd()),
+        (a_r.as_raw_fd(), b_w.as_raw_fd()),
+        size,
+        rounds,
+    )
+}
+
+fn sock_rtt(size: usize, rounds: u64) -> f64 {
+    let (mine, theirs) = socketpair();
+    fd_rtt(
+        (mine.as_raw_fd(), mine.as_raw_fd()),
+        (theirs.as_raw_fd(), theirs.as_raw_fd()),
+        size,
+        rounds,
+    )
+}
+
+fn pipe_1to1(n: u64) -> f64 {
+    let (r, w) = pipe();
+    let sink = start(fd_sink, (r.as_raw_fd(), n));
+    for i in 0..n {
+        write_all(w.as_raw_fd(), &i.to_ne_bytes());
+    }
+    join(sink)
+}
+
+// ---- pool and processes ----
+
+fn inc(x: u64) -> u64 {
+    x + 1
+}
+
+fn pool(chunksize: Option<usize>) -> Pool {
+    let b = Pool::builder()
+        .processes(2)
+        .threaded_fork(ThreadedFork::Allow);
+    match chunksize {
+        Some(c) => b.chunksize(c),
+        None => b,
+    }
+    .build()
+    .expect("pool")
+}
+
+fn pool_map(chunksize: Option<usize>, reps: usize) -> Option<Stat> {
+    const N: u64 = 10_000;
+    let p = pool(chunksize);
+    p.map(inc, 0..100).expect("warm up");
+    let s = Stat::repeat(reps, || {
+        let t = Instant::now();
+        let out = p.map(inc, 0..N).expect("map");
+        assert_eq!(out[N as usize - 1], N);
+        per(t.elapsed(), N, 1000.0)
+    });
+    p.join().expect("join");
+    s
+}
+
+fn pool_apply(rounds: u64, reps: usize) -> Option<Stat> {
+    let p = pool(None);
+    p.apply(inc, 0).expect("warm up");
+    let s = Stat::repeat(reps, || {
+        let t = Instant::now();
+        for i in 0..rounds {
+            assert_eq!(
+                p.apply_async(inc, i).expect("submit").get().expect("get"),
+                i + 1
+            );
+        }
+        per(t.elapsed(), rounds, 1000.0)
+    });
+    p.join().expect("join");
+    s
+}
+
+fn pool_start(starts: usize) -> f64 {
+    let t = Instant::now();
+    for _ in 0..starts {
+        pool(None).join().expect("join");
+    }
+    per(t.elapsed(), starts as u64, 1000.0)
+}
+
+fn process_start(method: StartMethod, starts: usize) -> f64 {
+    let b = Process::builder()
+        .start_method(method)
+        .threaded_fork(ThreadedFork::Allow);
+    let t = Instant::now();
+    for i in 0..starts as u64 {
+        let mut p = b.spawn(inc, i).expect("spawn");
+        assert_eq!(p.join_timeout(CHILD_DEADLINE).expect("join"), i + 1);
+    }
+    per(t.elapsed(), starts as u64, 1000.0)
+}
+
+// ---- locks, values, arrays ----
+
+fn lock_cycle(n: u64) -> f64 {
+    let lock = Lock::new().expect("lock");
+    let t = Instant::now();
+    for _ in 0..n {
+        drop(black_box(lock.lock().ok()));
+    }
+    per(t.elapsed(), n, 1.0)
+}
+
+fn value_inc(n: u64) -> f64 {
+    let v = Value::<u64>::new(0).expect("value");
+    let t = Instant::now();
+    for _ in 0..n {
+        v.update(|x| *x += 1).expect("update");
+    }
+    let ns = per(t.elapsed(), n, 1.0);
+    assert_eq!(v.get().expect("get"), n);
+    ns
+}
+
+fn array_summer(name: String) -> (f64, f64) {
+    let a = Array::<f64>::open(&name).expect("open");
+    let guard = a.lock().expect("lock");
+    let t = Instant::now();
+    let s: f64 = black_box(&guard[..]).iter().sum();
+    (t.elapsed().as_secs_f64() * 1e3, s)
+}
+
+fn array_sum(len: usize) -> f64 {
+    let name = name("array");
+    let a = Array::<f64>::create(&name, len).expect("create");
+    {
+        let mut g = a.lock().expect("lock");
+        for (i, x) in g.iter_mut().enumerate() {
+            *x = (i % 1000) as f64;
+        }
+    }
+    let (ms, sum) = join(start(array_summer, name));
+    assert_eq!(sum, expected_sum(len));
+    ms
+}
+
+fn expected_sum(len: usize) -> f64 {
+    (0..len).map(|i| (i % 1000) as f64).sum()
+}
+
+fn vec_sum(len: usize) -> f64 {
+    let v: Vec<f64> = (0..len).map(|i| (i % 1000) as f64).collect();
+    let t = Instant::now();
+    let s: f64 = black_box(&v[..]).iter().sum();
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(s, expected_sum(len));
+    ms
+}
+
+/// Measures every mproc and Rust-baseline figure.
+pub fn measure_all(plan: &Plan) -> Result<Figures, Box<dyn std::error::Error>> {
+    let r = plan.reps;
+    let step = |what: &str| eprintln!("  {what}");
+    let mut f = Figures::default();
+    step("queues 1→1");
+    f.pod_1to1 = Stat::repeat(r, || pod_1to1(plan.items));
+    f.crossbeam_1to1 = Stat::repeat(r, || crossbeam_1to1(plan.items));
+    f.msg_1to1 = Stat::repeat(r, || msg_1to1(plan.items));
+    f.pipe_1to1 = Stat::repeat(r, || pipe_1to1(plan.items / 4));
+    step("queues 4→4");
+    f.pod_4to4 = Stat::repeat(r, || pod_4to4(plan.items));
+    f.msg_4to4 = Stat::repeat(r, || msg_4to4(plan.items));
+    step("round trips");
+    f.rtt = Stat::repeat(r, || rtt(plan.rounds));
+    f.rtt_1k = Stat::repeat(r, || rtt_1k(plan.rounds));
+    f.pipe_rtt_8 = Stat::repeat(r, || pipe_rtt(8, plan.rounds));
+    f.pipe_rtt_1k = Stat::repeat(r, || pipe_rtt(1024, plan.rounds));
+    f.sock_rtt_8 = Stat::repeat(r, || sock_rtt(8, plan.rounds));
+    f.sock_rtt_1k = Stat::repeat(r, || sock_rtt(1024, plan.rounds));
+    step("pool and processes");
+    f.pool_map_c1 = pool_map(Some(1), r);
+    f.pool_map_default = pool_map(None, r);
+    f.pool_apply = pool_apply(plan.rounds / 10, r);
+    f.pool_start = Stat::repeat(r, || pool_start(plan.starts.div_ceil(3)));
+    f.process_fork = Stat::repeat(r, || process_start(StartMethod::Fork, plan.starts));
+    f.process_spawn = Stat::repeat(r, || process_start(StartMethod::Spawn, plan.starts / 3 + 1));
+    step("locks, values, arrays");
+    f.lock = Stat::repeat(r, || lock_cycle(plan.items));
+    f.value_inc = Stat::repeat(r, || value_inc(plan.items));
+    let len = plan.array_bytes / 8;
+    f.array_sum = Stat::repeat(r, || array_sum(len));
+    f.vec_sum = Stat::repeat(r, || vec_sum(len));
+    Ok(f)
+}
+
+/// Runs `benches/python/baselines.py`; `Err` says why there are no Python figures.
+pub fn python(quick: bool) -> Result<HashMap<String, Stat>, String> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../benches/python/baselines.py"
+    );
+    eprintln!("  python baselines");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script);
+    if quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("python3 could not be run ({e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "python3 {script} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ));
+    }
+    let mut m = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let parts: Vec<&str> = line.split('\t').collect();
+        if let [name, median, _unit, min, max] = parts[..] {
+            if let (Ok(median), Ok(min), Ok(max)) = (median.parse(), min.parse(), max.parse()) {
+                m.insert(name.to_owned(), Stat { median, min, max });
+            }
+        }
+    }
+    Ok(m)
+}

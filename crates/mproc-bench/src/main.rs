@@ -1,0 +1,325 @@
+//! `mproc-bench`: one run that measures mproc beside what a user would pick instead — crossbeam
+//! in-process (the physical reference), pipes and socketpairs between processes, a local
+//! `Vec`, and Python's `multiprocessing` — on this machine, in this run, and writes the
+//! ratios to `BENCHMARKS.md`.
+//!
+//! ```text
+//! cargo run --release -p mproc-bench                 # full run (< 10 min on 2 cores)
+//! cargo run --release -p mproc-bench -- --quick      # smoke run (< 1 min), numbers rough
+//! cargo run --release -p mproc-bench -- --out FILE   # write somewhere else
+//! ```
+//!
+//! Every figure is the median of several repetitions, printed with its min and max.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+mod figures;
+mod stats;
+
+use stats::Stat;
+
+/// Run sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Repetitions per figure.
+    pub reps: usize,
+    /// Items for throughput figures.
+    pub items: u64,
+    /// Rounds for round-trip figures.
+    pub rounds: u64,
+    /// Starts for process/pool start figures.
+    pub starts: usize,
+    /// Bytes of the array summed from another process.
+    pub array_bytes: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                reps: 1,
+                items: 50_000,
+                rounds: 2_000,
+                starts: 3,
+                array_bytes: 4 << 20,
+            }
+        } else {
+            Plan {
+                reps: 5,
+                items: 2_000_000,
+                rounds: 50_000,
+                starts: 30,
+                array_bytes: 64 << 20,
+            }
+        }
+    }
+}
+
+/// One comparison in the table: an mproc figure, its baseline, and how to read them.
+struct Row {
+    what: &'static str,
+    mproc: Option<Stat>,
+    baseline_name: &'static str,
+    baseline: Option<Stat>,
+    /// How the ratio is formed and the target it is read against.
+    rule: Rule,
+}
+
+#[derive(Clone, Copy)]
+enum Rule {
+    /// baseline / mproc (mproc is faster when > 1); target: at least this.
+    FasterBy(f64),
+    /// baseline / mproc with no target (shown for information).
+    Info,
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        Some(self.baseline.as_ref()?.median / self.mproc.as_ref()?.median)
+    }
+
+    fn verdict(&self) -> String {
+        match (self.rule, self.ratio()) {
+            (_, None) => "not measured".into(),
+            (Rule::FasterBy(t), Some(r)) if r >= t => format!("met (target ≥ {t}×)"),
+            (Rule::FasterBy(t), Some(_)) => format!("**missed** (target ≥ {t}×)"),
+            (Rule::Info, Some(_)) => "—".into(),
+        }
+    }
+}
+
+fn fmt_stat(s: &Option<Stat>) -> String {
+    match s {
+        Some(s) => s.to_string(),
+        None => "n/a".into(),
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    format!("{n} CPUs, {cpu}, Linux {kernel}")
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    mproc::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| "BENCHMARKS.md".into());
+    let plan = Plan::new(quick);
+    let started = Instant::now();
+
+    eprintln!("mproc-bench: {} run", if quick { "quick" } else { "full" });
+    let f = figures::measure_all(&plan)?;
+    let py = figures::python(quick);
+    let pyv = |k: &str| py.as_ref().ok().and_then(|m| m.get(k).cloned());
+
+    let rows = vec![
+        Row {
+            what: "`PodQueue<u64>` 1→1, ns/item",
+            mproc: f.pod_1to1.clone(),
+            baseline_name: "crossbeam `ArrayQueue`, 2 threads",
+            baseline: f.crossbeam_1to1.clone(),
+            rule: Rule::FasterBy(0.8),
+        },
+        Row {
+            what: "`PodQueue<u64>` 4→4 (8 processes), ns/item",
+            mproc: f.pod_4to4.clone(),
+            baseline_name: "crossbeam `ArrayQueue`, 2 threads",
+            baseline: f.crossbeam_1to1.clone(),
+            rule: Rule::Info,
+        },
+        Row {
+            what: "`Queue<(u64, f64, [u8; 8])>` 1→1, ns/item",
+            mproc: f.msg_1to1.clone(),
+            baseline_name: "Python `mp.Queue` 1→1",
+            baseline: pyv("queue_1to1"),
+            rule: Rule::FasterBy(50.0),
+        },
+        Row {
+            what: "`Queue<(u64, f64, [u8; 8])>` 4→4, ns/item",
+            mproc: f.msg_4to4.clone(),
+            baseline_name: "Python `mp.Queue` 1→1",
+            baseline: pyv("queue_1to1"),
+            rule: Rule::Info,
+        },
+        Row {
+            what: "pipe 1→1, 8-byte writes, ns/item (baseline row)",
+            mproc: f.pipe_1to1.clone(),
+            baseline_name: "`PodQueue<u64>` 1→1",
+            baseline: f.pod_1to1.clone(),
+            rule: Rule::Info,
+        },
+        Row {
+            what: "ping-pong round trip (`PodQueue<u64>` pair), µs",
+            mproc: f.rtt.clone(),
+            baseline_name: "two pipes, 8 B",
+            baseline: f.pipe_rtt_8.clone(),
+            rule: Rule::FasterBy(20.0),
+        },
+        Row {
+            what: "ping-pong round trip, µs",
+            mproc: f.rtt.clone(),
+            baseline_name: "socketpair, 8 B",
+            baseline: f.sock_rtt_8.clone(),
+            rule: Rule::Info,
+        },
+        Row {
+            what: "ping-pong round trip, 1 KiB (`Queue<Vec<u8>>`), µs",
+            mproc: f.rtt_1k.clone(),
+            baseline_name: "two pipes, 1 KiB",
+            baseline: f.pipe_rtt_1k.clone(),
+            rule: Rule::Info,
+        },
+        Row {
+            what: "ping-pong round trip, 1 KiB (`Queue<Vec<u8>>`), µs",
+            mproc: f.rtt_1k.clone(),
+            baseline_name: "socketpair, 1 KiB",
+            baseline: f.sock_rtt_1k.clone(),
+            rule: Rule::Info,
+        },
+        Row {
+            what: "ping-pong round trip, µs",
+            mproc: f.rtt.clone(),
+            baseline_name: "Python `mp.Queue` round trip",
+            baseline: pyv("queue_rtt"),
+            rule: Rule::Info,
+        },
+        Row {
+            what: "`Pool.map` trivial fn, chunksize 1, µs/task",
+            mproc: f.pool_map_c1.clone(),
+            baseline_name: "Python `Pool.map`, chunksize 1",
+            baseline: pyv("pool_map_c1"),
+            rule: Rule::FasterBy(20.0),
+        },
+        Row {
+            what: "`Pool.map` trivial fn, default chunksize, µs/task",
+            mproc: f.pool_map_default.clone(),
+            baseline_name: "Python `Pool.map`, default chunksize",
+            baseline: pyv("pool_map_default"),
+            rule: Rule::FasterBy(20.0),
+        },
+        Row {
+            what: "`apply_async(..).get()` round trip, µs",
+            mproc: f.pool_apply.clone(),
+            baseline_name: "Python `apply_async(..).get()`",
+            baseline: pyv("pool_apply"),
+            rule: Rule::FasterBy(20.0),
+        },
+        Row {
+            what: "`Pool` of 2: start + join, µs",
+            mproc: f.pool_start.clone(),
+            baseline_name: "Python `Pool(2)` + close + join",
+            baseline: pyv("pool_start"),
+            rule: Rule::Info,
+        },
+        Row {
+            what: "`Process` start + join, fork, µs",
+            mproc: f.process_fork.clone(),
+            baseline_name: "Python `Process`, fork",
+            baseline: pyv("process_fork"),
+            rule: Rule::FasterBy(20.0),
+        },
+        Row {
+            what: "`Process` start + join, spawn, µs",
+            mproc: f.process_spawn.clone(),
+            baseline_name: "Python `Process`, spawn",
+            baseline: pyv("process_spawn"),
+            rule: Rule::FasterBy(20.0),
+        },
+        Row {
+            what: "`Lock` lock + unlock, uncontended, ns",
+            mproc: f.lock.clone(),
+            baseline_name: "Python `mp.Lock`",
+            baseline: pyv("lock"),
+            rule: Rule::Info,
+        },
+        Row {
+            what: "`Value<u64>` locked increment, ns",
+            mproc: f.value_inc.clone(),
+            baseline_name: "Python `mp.Value` under its lock",
+            baseline: pyv("value_inc"),
+            rule: Rule::Info,
+        },
+        Row {
+            what: "`Array<f64>` summed in another process, ms",
+            mproc: f.array_sum.clone(),
+            baseline_name: "local `Vec<f64>` sum",
+            baseline: f.vec_sum.clone(),
+            rule: Rule::FasterBy(0.95),
+        },
+    ];
+
+    let mut md = String::new();
+    writeln!(md, "# mproc benchmarks\n")?;
+    writeln!(
+        md,
+        "Generated by `cargo run --release -p mproc-bench{}` on {} ({}), in {:.0} s. \
+         Each cell is the median of {} repetition(s) with [min – max]. Ratios are \
+         baseline ÷ mproc from this same run (> 1: mproc is faster), read against the \
+         project's targets.\n",
+        if quick { " -- --quick" } else { "" },
+        today(),
+        machine(),
+        started.elapsed().as_secs_f64(),
+        plan.reps
+    )?;
+    if quick {
+        writeln!(
+            md,
+            "**Quick run**: small sizes, one repetition — a smoke test of the harness, not numbers to quote.\n"
+        )?;
+    }
+    if let Err(why) = &py {
+        writeln!(md, "Python baselines skipped: {why}.\n")?;
+    }
+    writeln!(
+        md,
+        "| what | mproc | baseline | baseline figure | ratio | target |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    for r in &rows {
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.what,
+            fmt_stat(&r.mproc),
+            r.baseline_name,
+            fmt_stat(&r.baseline),
+            r.ratio().map_or("n/a".into(), |x| format!("{x:.2}×")),
+            r.verdict()
+        )?;
+    }
+    md.push_str(figures::DEFINITIONS);
+    std::fs::write(&out, &md)?;
+    println!("{md}");
+    eprintln!("mproc-bench: wrote {out} in {:.0?}", started.elapsed());
+    Ok(())
+}
