@@ -275,6 +275,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             baseline: f.vec_sum.clone(),
             rule: Rule::FasterBy(0.95),
         },
+        Row {
+            what: "… its first pass in the child (page faults included), ms",
+            mproc: f.array_sum_first.clone(),
+            baseline_name: "local `Vec<f64>` sum",
+            baseline: f.vec_sum.clone(),
+            rule: Rule::Info,
+        },
     ];
 
     let mut md = String::new();

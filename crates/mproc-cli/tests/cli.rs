@@ -31,12 +31,19 @@ fn gc_removes_only_segments_of_dead_creators() {
         let prefix = unique_name("cli");
         let orphan = format!("{prefix}-orphan");
         let live = format!("{prefix}-live");
+        let body = format!("{prefix}-body");
         let _live = Segment::create_for::<u64>(&live, Kind::ARRAY, 16).unwrap();
 
         // A child creates a queue-kind segment, keeps it past its own death, and is killed.
         let (r, w) = nix::unistd::pipe().unwrap();
-        let orphan_c = orphan.clone();
+        let (orphan_c, body_c) = (orphan.clone(), body.clone());
         let mut child = fork_child(move || {
+            // An out-of-line message body, as a producer that exited would leave it.
+            SegmentOptions::new(Kind::MESSAGE)
+                .payload_len(16)
+                .create(&body_c)
+                .unwrap()
+                .persist();
             let mut seg = SegmentOptions::new(Kind::ARRAY)
                 .element::<u32>()
                 .capacity(100)

@@ -125,8 +125,34 @@ impl Slots for ShmSlots<'_> {
     }
 
     fn is_alive(&self, pid: u32) -> bool {
-        mproc_segment::ProcessId { pid, start_time: 0 }.is_alive()
+        peer_alive(pid)
     }
+}
+
+/// How long a peer found alive is taken to still be alive without asking the kernel again.
+const ALIVE_FOR: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// The last peer found alive by this thread, and when.
+    static LAST_ALIVE: std::cell::Cell<Option<(u32, Instant)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether `pid` is alive (a signal probe and a /proc read). A peer found alive is believed
+/// alive for [`ALIVE_FOR`] more: a caller polling in a loop while that peer is between claiming
+/// a slot and publishing it (the usual reason to ask) does not pay two system calls per poll.
+/// A dead peer is then noticed at most that much later.
+fn peer_alive(pid: u32) -> bool {
+    let now = Instant::now();
+    if let Some((p, at)) = LAST_ALIVE.with(std::cell::Cell::get) {
+        if p == pid && now.duration_since(at) < ALIVE_FOR {
+            return true;
+        }
+    }
+    let alive = mproc_segment::ProcessId { pid, start_time: 0 }.is_alive();
+    if alive {
+        LAST_ALIVE.with(|c| c.set(Some((pid, now))));
+    }
+    alive
 }
 
 impl RawQueue {

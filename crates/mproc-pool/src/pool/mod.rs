@@ -233,6 +233,7 @@ impl Pool {
                 ..State::default()
             }),
             changed: Condvar::new(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             results,
             config,
         });
@@ -363,8 +364,7 @@ impl Pool {
         deadline: Option<Instant>,
         take: bool,
     ) -> Result<(usize, Outcome), TaskError> {
-        let mut st = self.shared.lock();
-        loop {
+        self.shared.wait_until(deadline, |st| {
             for (i, id) in ids.iter().enumerate() {
                 match st.jobs.get(id) {
                     Some(job) if job.outcome.is_some() => {
@@ -374,29 +374,14 @@ impl Pool {
                             job.outcome.clone()
                         };
                         let outcome = outcome.unwrap_or(Outcome::Failed(TaskError::Terminated));
-                        return Ok((i, outcome));
+                        return Some((i, outcome));
                     }
                     Some(_) => {}
-                    None => return Err(TaskError::Terminated),
+                    None => return Some((i, Outcome::Failed(TaskError::Terminated))),
                 }
             }
-            let timeout = match deadline {
-                None => Duration::from_millis(100),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(TaskError::Timeout);
-                    }
-                    left.min(Duration::from_millis(100))
-                }
-            };
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, timeout)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+            None
+        })
     }
 
     fn abandon(&self, ids: impl IntoIterator<Item = u64>) {
@@ -609,7 +594,7 @@ impl Pool {
                 w.child.kill_and_reap();
             }
         }
-        self.shared.changed.notify_all();
+        self.shared.notify();
     }
 }
 

@@ -64,37 +64,15 @@ impl<R> AsyncResult<R> {
 impl<R: DeserializeOwned> AsyncResult<R> {
     /// Waits for the job (or `deadline`) and decodes its result.
     fn outcome(&self, deadline: Option<Instant>) -> Result<R, TaskError> {
-        let mut st = self.shared.lock();
-        loop {
-            match st.jobs.get(&self.id) {
-                Some(job) => {
-                    if let Some(o) = &job.outcome {
-                        let o = o.clone();
-                        drop(st);
-                        return outcome_items(o, 1)
-                            .pop()
-                            .unwrap_or(Err(TaskError::Terminated));
-                    }
-                }
-                None => return Err(TaskError::Terminated),
-            }
-            let wait = match deadline {
-                None => Duration::from_millis(100),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(TaskError::Timeout);
-                    }
-                    left.min(Duration::from_millis(100))
-                }
-            };
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let outcome = self
+            .shared
+            .wait_until(deadline, |st| match st.jobs.get(&self.id) {
+                Some(job) => job.outcome.clone(),
+                None => Some(Outcome::Failed(TaskError::Terminated)),
+            })?;
+        outcome_items(outcome, 1)
+            .pop()
+            .unwrap_or(Err(TaskError::Terminated))
     }
 
     /// Waits for the task and returns its result (can be called again).

@@ -3,8 +3,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mproc_queue::{GetError, PutError, Queue};
 use nix::sys::signal::Signal;
@@ -91,13 +92,90 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     pub state: Mutex<State>,
     pub changed: Condvar,
+    /// Bumped after every change waiters may care about (see [`Shared::notify`]).
+    pub generation: AtomicU64,
     pub results: Queue<Reply>,
     pub config: Config,
 }
 
+/// How long a waiting caller polls for replies itself before it sleeps until the handler
+/// thread wakes it. Short tasks then come back without two thread wake-ups in between
+/// (worker → handler → caller); long ones cost the caller this much CPU per wait.
+const SPIN_FOR: Duration = Duration::from_micros(100);
+
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells waiters that the state changed.
+    pub(crate) fn notify(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `check` finds what it looks for in the state, or `deadline` passes
+    /// (`Err(TaskError::Timeout)`).
+    ///
+    /// For the first [`SPIN_FOR`] the caller reads the results queue itself (replies it takes
+    /// are handled exactly as the handler would: under the lock, then notified); after that it
+    /// sleeps on the condition variable and the handler thread does the reading.
+    pub(crate) fn wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut check: impl FnMut(&mut State) -> Option<T>,
+    ) -> Result<T, TaskError> {
+        let spin_until = Instant::now() + SPIN_FOR;
+        let mut st = self.lock();
+        loop {
+            if let Some(v) = check(&mut st) {
+                return Ok(v);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(TaskError::Timeout);
+            }
+            if now < spin_until {
+                let seen = self.generation.load(Ordering::SeqCst);
+                drop(st);
+                loop {
+                    // Read under the lock: a reply taken off the queue is handled before the
+                    // handler can settle a dead worker (which first drains the queue, also
+                    // under the lock), so a finished job is never also reported dead.
+                    let mut st = self.lock();
+                    match self.results.try_get() {
+                        Ok(reply) => {
+                            st.on_reply(reply);
+                            st.drain_replies(&self.results);
+                            st.dispatch(&self.config);
+                            drop(st);
+                            self.notify();
+                            break;
+                        }
+                        Err(GetError::Message { reason }) => {
+                            eprintln!("mproc pool: unreadable reply dropped: {reason}");
+                        }
+                        Err(_) => {}
+                    }
+                    drop(st);
+                    if self.generation.load(Ordering::SeqCst) != seen
+                        || Instant::now() >= spin_until
+                    {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                st = self.lock();
+                continue;
+            }
+            let cap = Duration::from_millis(100);
+            let wait = deadline.map_or(cap, |d| d.saturating_duration_since(now).min(cap));
+            st = self
+                .changed
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 }
 
@@ -412,7 +490,7 @@ pub(crate) fn handler(shared: Arc<Shared>) {
         st.dispatch(&shared.config);
         let stop = st.stopping;
         drop(st);
-        shared.changed.notify_all();
+        shared.notify();
         if stop {
             return;
         }
