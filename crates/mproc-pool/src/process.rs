@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 use crate::call::{FnRef, decode_outcomes, encode_into, layout_check};
 use crate::child::{ChildProc, ExitStatus, thread_count};
 use crate::worker::{
-    Boot, ENV, Reply, Request, check_may_start, inbox_options, results_options, worker_main,
+    Boot, ENV, Reply, Request, check_may_start, inbox_options, results_options, run_forked,
+    worker_main,
 };
 use crate::{ProcessError, TaskError};
 
@@ -148,7 +149,6 @@ impl ProcessBuilder {
         encode_into(&arg, &mut args).map_err(|e| ProcessError::Encode {
             message: e.to_string(),
         })?;
-        let inbox: Queue<Request> = inbox_options(1).anonymous()?;
         let results: Queue<Reply> = results_options(4).anonymous()?;
         let request = Request {
             job: 0,
@@ -156,20 +156,27 @@ impl ProcessBuilder {
             count: 1,
             args,
         };
-        inbox.put(request).map_err(|e| ProcessError::Encode {
-            message: e.to_string(),
-        })?;
-        // One request, then the worker finds its inbox closed and exits.
-        inbox.close();
-        let boot = Boot {
-            index: 0,
-            inbox_fd: inbox.segment().as_fd().as_raw_fd(),
-            results_fd: results.segment().as_fd().as_raw_fd(),
-            check: layout_check(),
-            one_shot: true,
-            initializer: None,
+        let (child, inbox) = match self.method {
+            // The child has the request and the queue already: it is a copy of us.
+            StartMethod::Fork => (ChildProc::fork(|| run_forked(&request, &results))?, None),
+            StartMethod::Spawn => {
+                let inbox: Queue<Request> = inbox_options(1).anonymous()?;
+                inbox.put(request).map_err(|e| ProcessError::Encode {
+                    message: e.to_string(),
+                })?;
+                // One request, then the worker finds its inbox closed and exits.
+                inbox.close();
+                let boot = Boot {
+                    index: 0,
+                    inbox_fd: inbox.segment().as_fd().as_raw_fd(),
+                    results_fd: results.segment().as_fd().as_raw_fd(),
+                    check: layout_check(),
+                    one_shot: true,
+                    initializer: None,
+                };
+                (start_worker(self.method, &boot)?, Some(inbox))
+            }
         };
-        let child = start_worker(self.method, &boot)?;
         let mut p = Process {
             child,
             results,
@@ -207,7 +214,8 @@ impl ProcessBuilder {
 pub struct Process<R> {
     child: ChildProc,
     results: Queue<Reply>,
-    _inbox: Queue<Request>,
+    /// The request's queue of a spawned child (a forked one has the request in memory).
+    _inbox: Option<Queue<Request>>,
     method: StartMethod,
     started: bool,
     /// The encoded `Result<R, TaskError>` the child sent.

@@ -217,6 +217,51 @@ fn next_request(inbox: &Queue<Request>) -> Result<Request, GetError> {
     }
 }
 
+/// Sends a request's outcomes; false if the results queue is closed (the parent is gone or
+/// terminating). A reply that cannot be stored (shared memory exhausted) is replaced by one
+/// saying so for every item, so the job fails rather than hangs.
+fn send_done(results: &Queue<Reply>, worker: u32, pid: u32, req: &Request, body: Vec<u8>) -> bool {
+    let reply = Reply::Done {
+        worker,
+        pid,
+        job: req.job,
+        body,
+    };
+    match results.put(reply) {
+        Ok(()) => true,
+        Err(PutError::Message { reason, .. }) => {
+            let failed: Result<(), TaskError> = Err(TaskError::Encode {
+                message: format!("result could not be sent: {reason}"),
+            });
+            let mut body = Vec::new();
+            for _ in 0..req.count {
+                let _ = encode_into(&failed, &mut body);
+            }
+            results
+                .put(Reply::Done {
+                    worker,
+                    pid,
+                    job: req.job,
+                    body,
+                })
+                .is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// A `Process` started by fork: runs its one request with the queue handle inherited from the
+/// parent (nothing to attach) and returns the exit status. The handle is never dropped here:
+/// the child ends with `_exit`.
+pub(crate) fn run_forked(req: &Request, results: &Queue<Reply>) -> i32 {
+    let mut body = Vec::new();
+    // SAFETY: `req.func` was made by `FnRef::new` in the parent, of which this process is a
+    // fork: the same binary at the same addresses.
+    let panics = unsafe { req.func.call(&req.args, req.count, &mut body) };
+    send_done(results, 0, current_pid(), req, body);
+    if panics > 0 { EXIT_PANIC } else { 0 }
+}
+
 /// Runs a worker until its inbox is closed; returns its exit status.
 pub(crate) fn worker_main(boot: &Boot) -> i32 {
     let attach = || -> Result<(Queue<Request>, Queue<Reply>), String> {
@@ -282,33 +327,9 @@ pub(crate) fn worker_main(boot: &Boot) -> i32 {
         if boot.one_shot && panics > 0 {
             code = EXIT_PANIC;
         }
-        let reply = Reply::Done {
-            worker,
-            pid,
-            job: req.job,
-            body,
-        };
-        match results.put(reply) {
-            Ok(()) => {}
-            Err(PutError::Message { reason, .. }) => {
-                // The reply could not be stored (out of shared memory?): send the reason
-                // instead, so the job fails rather than hangs.
-                let failed: Result<(), TaskError> = Err(TaskError::Encode {
-                    message: format!("result could not be sent: {reason}"),
-                });
-                let mut body = Vec::new();
-                for _ in 0..req.count {
-                    let _ = encode_into(&failed, &mut body);
-                }
-                let _ = results.put(Reply::Done {
-                    worker,
-                    pid,
-                    job: req.job,
-                    body,
-                });
-            }
+        if !send_done(&results, worker, pid, &req, body) {
             // The parent closed the results queue: it is gone or terminating.
-            Err(_) => return code,
+            return code;
         }
     }
 }
