@@ -200,7 +200,8 @@ fn dup(fd: RawFd) -> Result<OwnedFd, String> {
 /// How long an idle worker keeps polling its inbox before it sleeps in the kernel. A worker
 /// that is asleep takes a futex wake and a reschedule to start the next job (tens of µs in a
 /// VM, where the idle CPU itself may be halted); polling for a short while after each job makes
-/// back-to-back jobs start at once, for at most this much CPU per idle period.
+/// back-to-back jobs start at once. It polls politely (yielding the CPU between polls, so a
+/// busy sibling or the parent runs first) and for at most this long per idle period.
 const IDLE_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// The next request: polled for [`IDLE_SPIN`], then waited for in the kernel.
@@ -209,7 +210,7 @@ fn next_request(inbox: &Queue<Request>) -> Result<Request, GetError> {
     loop {
         match inbox.try_get() {
             Err(GetError::Empty) if std::time::Instant::now() < until => {
-                std::hint::spin_loop();
+                std::thread::yield_now();
             }
             Err(GetError::Empty) => return inbox.get(),
             other => return other,

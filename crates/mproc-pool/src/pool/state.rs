@@ -100,7 +100,8 @@ pub(crate) struct Shared {
 
 /// How long a waiting caller polls for replies itself before it sleeps until the handler
 /// thread wakes it. Short tasks then come back without two thread wake-ups in between
-/// (worker → handler → caller); long ones cost the caller this much CPU per wait.
+/// (worker → handler → caller). The caller yields the CPU between polls, so on a machine
+/// with as many workers as CPUs it does not slow the workers down.
 const SPIN_FOR: Duration = Duration::from_micros(100);
 
 impl Shared {
@@ -163,7 +164,7 @@ impl Shared {
                     {
                         break;
                     }
-                    std::hint::spin_loop();
+                    std::thread::yield_now();
                 }
                 st = self.lock();
                 continue;
