@@ -55,7 +55,17 @@ impl RawCondition {
         let seen = self.seq.load(Ordering::SeqCst);
         self.waiters.fetch_add(1, Ordering::SeqCst);
         drop(guard);
-        let in_time = futex::wait(&self.seq, seen, deadline);
+        // Sleep in naps (see `park::nap_until`): a notifier killed between its bump and its
+        // wake costs this waiter one nap, not its life.
+        let in_time = loop {
+            futex::wait(&self.seq, seen, crate::park::nap_until(deadline));
+            if self.seq.load(Ordering::SeqCst) != seen {
+                break true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break false;
+            }
+        };
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         let guard = self.lock.lock()?;
         Ok((guard, !in_time))

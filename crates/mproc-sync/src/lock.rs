@@ -14,7 +14,10 @@
 
 use std::cell::UnsafeCell;
 use std::marker::PhantomData;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The longest a blocked `lock` sleeps before trying again (see `RawLock::lock_until`).
+const LOCK_NAP: Duration = Duration::from_millis(100);
 
 use mproc_segment::{Kind, Segment, SegmentError, ShmSafe};
 use nix::errno::Errno;
@@ -111,14 +114,12 @@ impl RawLock {
 
     /// Blocks until the lock is acquired.
     pub fn lock(&self) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
-        // SAFETY: the mutex was initialised by `init` before the segment was published.
-        let r = unsafe { libc::pthread_mutex_lock(self.mutex.get()) };
-        self.acquired("pthread_mutex_lock", r)
+        self.lock_until(None)
     }
 
     /// Acquires the lock if it is free right now.
     pub fn try_lock(&self) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
-        // SAFETY: as in `lock`.
+        // SAFETY: the mutex was initialised by `init` before the segment was published.
         let r = unsafe { libc::pthread_mutex_trylock(self.mutex.get()) };
         if r == libc::EBUSY {
             return Err(LockError::WouldBlock);
@@ -127,28 +128,44 @@ impl RawLock {
     }
 
     /// Blocks until the lock is acquired or `timeout` has passed.
-    ///
-    /// The deadline is taken on the realtime clock (what `pthread_mutex_timedlock` uses), so
-    /// a wall-clock jump during the wait shortens or lengthens it.
     pub fn lock_timeout(&self, timeout: Duration) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
+        self.lock_until(Some(Instant::now() + timeout))
+    }
+
+    /// Waits for the lock in naps of at most [`LOCK_NAP`]. An owner killed in the middle of
+    /// unlocking (after freeing the mutex word, before waking a waiter) can leave a waiter
+    /// asleep on a free mutex — the kernel's robust-futex cleanup does not always catch that
+    /// window (mproc's fault-injection test hit it); waking up to try again bounds the cost
+    /// to one nap.
+    fn lock_until(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
         match self.try_lock() {
             Err(LockError::WouldBlock) => {}
             other => return other,
         }
-        let at = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_add(timeout);
-        let ts = libc::timespec {
-            tv_sec: at.as_secs().min(i64::MAX as u64) as libc::time_t,
-            tv_nsec: at.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: as in `lock`; `ts` is a valid absolute time.
-        let r = unsafe { libc::pthread_mutex_timedlock(self.mutex.get(), &ts) };
-        if r == libc::ETIMEDOUT {
-            return Err(LockError::Timeout);
+        loop {
+            let now = Instant::now();
+            let until = deadline.map_or(now + LOCK_NAP, |d| d.min(now + LOCK_NAP));
+            // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME time.
+            let at = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .saturating_add(until.saturating_duration_since(now));
+            let ts = libc::timespec {
+                tv_sec: at.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: at.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: as in `try_lock`; `ts` is a valid absolute time.
+            let r = unsafe { libc::pthread_mutex_timedlock(self.mutex.get(), &ts) };
+            if r != libc::ETIMEDOUT {
+                return self.acquired("pthread_mutex_timedlock", r);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(LockError::Timeout);
+            }
         }
-        self.acquired("pthread_mutex_timedlock", r)
     }
 
     /// Turns a pthread result into a guard, handling owner death.

@@ -35,6 +35,25 @@ pub struct Parking {
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<Parking>() == 8);
 
+/// The longest a waiter sleeps before polling again. A waker killed between changing the
+/// state and waking (or a wake-up lost any other way) then costs a waiter this much delay, not
+/// its life.
+#[cfg(not(loom))]
+const NAP: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// When a sleep that may last until `deadline` should end to poll again.
+#[cfg(not(loom))]
+pub(crate) fn nap_until(deadline: Option<Instant>) -> Option<Instant> {
+    let nap = Instant::now() + NAP;
+    Some(deadline.map_or(nap, |d| d.min(nap)))
+}
+
+/// Under loom the models check the wake-up protocol itself: no safety-net timeout.
+#[cfg(loom)]
+pub(crate) fn nap_until(deadline: Option<Instant>) -> Option<Instant> {
+    deadline
+}
+
 impl Parking {
     /// A parking place with nobody waiting.
     pub fn new() -> Parking {
@@ -63,12 +82,12 @@ impl Parking {
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
                 return Some(v);
             }
-            let in_time = futex::wait(&self.seq, seen, deadline);
+            futex::wait(&self.seq, seen, nap_until(deadline));
             self.waiters.fetch_sub(1, Ordering::SeqCst);
             if let Some(v) = poll() {
                 return Some(v);
             }
-            if !in_time {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return None;
             }
         }
