@@ -12,21 +12,21 @@ use serde::{Deserialize, Serialize};
 
 const LONG: Duration = Duration::from_secs(60);
 
-#[test]
-fn four_producers_three_consumers_deliver_a_million_items_exactly_once_in_order() {
-    const PRODUCERS: u64 = 4;
-    const PER_PRODUCER: u64 = 250_000;
-    let total = (PRODUCERS * PER_PRODUCER) as usize;
+/// `producers` processes put `per_producer` tagged items each into one queue; `consumers`
+/// processes take them until it is closed. Every item must arrive exactly once, and each
+/// producer's items in order at any one consumer.
+fn stress(producers: u64, consumers: usize, per_producer: u64) {
+    let total = (producers * per_producer) as usize;
     let q: PodQueue<u64> = PodQueue::new(4096).unwrap();
     // One counter per item, in shared memory: how many times it was received.
     let seen_mem = Segment::anonymous(total).unwrap();
     let seen: &[AtomicU8] = seen_mem.view_slice(0, total).unwrap();
 
-    let producers: Vec<Child> = (0..PRODUCERS)
+    let producer_children: Vec<Child> = (0..producers)
         .map(|p| {
             let q = &q;
             fork_child(move || {
-                for i in 0..PER_PRODUCER {
+                for i in 0..per_producer {
                     if q.put(p << 32 | i).is_err() {
                         return 1;
                     }
@@ -35,15 +35,15 @@ fn four_producers_three_consumers_deliver_a_million_items_exactly_once_in_order(
             })
         })
         .collect();
-    let consumers: Vec<Child> = (0..3)
+    let consumer_children: Vec<Child> = (0..consumers)
         .map(|_| {
             fork_child(|| {
-                let mut last = [None::<u64>; PRODUCERS as usize];
+                let mut last = vec![None::<u64>; producers as usize];
                 loop {
                     match q.get() {
                         Ok(item) => {
                             let (p, i) = ((item >> 32) as usize, item & 0xffff_ffff);
-                            if p >= PRODUCERS as usize || i >= PER_PRODUCER {
+                            if p >= producers as usize || i >= per_producer {
                                 return 2;
                             }
                             // Each producer's items arrive in order at any one consumer.
@@ -51,7 +51,7 @@ fn four_producers_three_consumers_deliver_a_million_items_exactly_once_in_order(
                                 return 3;
                             }
                             last[p] = Some(i);
-                            seen[p * PER_PRODUCER as usize + i as usize]
+                            seen[p * per_producer as usize + i as usize]
                                 .fetch_add(1, Ordering::Relaxed);
                         }
                         Err(GetError::Closed) => return 0,
@@ -61,12 +61,18 @@ fn four_producers_three_consumers_deliver_a_million_items_exactly_once_in_order(
             })
         })
         .collect();
-    for p in producers {
-        p.assert_success();
+    for mut p in producer_children {
+        assert_eq!(
+            p.wait_deadline(Duration::from_secs(600)).exit,
+            mproc_testkit::Exit::Code(0)
+        );
     }
     q.close();
-    for c in consumers {
-        c.assert_success();
+    for mut c in consumer_children {
+        assert_eq!(
+            c.wait_deadline(Duration::from_secs(600)).exit,
+            mproc_testkit::Exit::Code(0)
+        );
     }
     let wrong: Vec<usize> = (0..total)
         .filter(|&i| seen[i].load(Ordering::Relaxed) != 1)
@@ -77,6 +83,28 @@ fn four_producers_three_consumers_deliver_a_million_items_exactly_once_in_order(
         "items not received exactly once: {wrong:?}"
     );
     assert!(q.is_empty());
+}
+
+#[test]
+fn four_producers_three_consumers_deliver_a_million_items_exactly_once_in_order() {
+    stress(4, 3, 250_000);
+}
+
+/// Eight producers and eight consumers on this 2-core machine, 10,000,000 items (a few seconds
+/// even in a debug build). `MPROC_LOAD_ITEMS=N` changes the count.
+#[test]
+fn eight_producers_eight_consumers_exact_accounting() {
+    let total: u64 = std::env::var("MPROC_LOAD_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let started = Instant::now();
+    stress(8, 8, total / 8);
+    println!(
+        "8x8 load: {} items exactly once in {:.1?}",
+        total / 8 * 8,
+        started.elapsed()
+    );
 }
 
 #[test]
