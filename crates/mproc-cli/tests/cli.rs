@@ -79,6 +79,9 @@ fn gc_removes_only_segments_of_dead_creators() {
         assert!(!dry.contains(&live), "{dry}");
         assert!(Segment::open_raw(&orphan).is_ok(), "dry run removed it");
 
+        // Message bodies may still be read by a live queue reader: kept unless asked.
+        assert!(!dry.contains(&body), "{dry}");
+
         let wet = mproc(&["gc", "--prefix", &prefix, "--yes"]);
         assert!(wet.contains(&format!("removed {orphan}")), "{wet}");
         assert!(Segment::open_raw(&orphan).is_err(), "gc --yes left it");
@@ -86,6 +89,14 @@ fn gc_removes_only_segments_of_dead_creators() {
             Segment::open_raw(&live).is_ok(),
             "gc removed a live segment"
         );
+        assert!(
+            Segment::open_raw(&body).is_ok(),
+            "gc removed a message body"
+        );
+
+        let msgs = mproc(&["gc", "--prefix", &prefix, "--messages", "--yes"]);
+        assert!(msgs.contains(&format!("removed {body}")), "{msgs}");
+        assert!(Segment::open_raw(&body).is_err());
     });
 }
 
