@@ -45,6 +45,7 @@ pub const DEFINITIONS: &str = "
 #[derive(Debug, Default)]
 pub struct Figures {
     pub pod_1to1: Option<Stat>,
+    pub pod_1to1_batch: Option<Stat>,
     pub pod_4to4: Option<Stat>,
     pub msg_1to1: Option<Stat>,
     pub msg_4to4: Option<Stat>,
@@ -112,6 +113,31 @@ fn pod_consumer(args: (String, u64)) -> f64 {
     }
     black_box(sum);
     per(t.elapsed(), args.1 - 1, 1.0)
+}
+
+fn pod_batch_consumer(args: (String, u64)) -> f64 {
+    let q = PodQueue::<u64>::open(&args.0).expect("open");
+    let mut buf = Vec::with_capacity(64);
+    let mut got = q.get_many(&mut buf, 64).expect("get") as u64;
+    let t = Instant::now();
+    let first = got;
+    while got < args.1 {
+        buf.clear();
+        got += q.get_many(&mut buf, 64).expect("get") as u64;
+        black_box(&buf);
+    }
+    per(t.elapsed(), got - first, 1.0)
+}
+
+fn pod_1to1_batch(n: u64) -> f64 {
+    let name = name("podb");
+    let q = PodQueue::<u64>::create(&name, 4096).expect("create");
+    let c = start(pod_batch_consumer, (name, n));
+    let chunk: Vec<u64> = (0..64).collect();
+    for _ in 0..n / 64 {
+        q.put_many(&chunk).expect("put_many");
+    }
+    join(c)
 }
 
 fn msg_consumer(args: (String, u64)) -> f64 {
@@ -544,6 +570,7 @@ pub fn measure_all(plan: &Plan) -> Result<Figures, Box<dyn std::error::Error>> {
     let mut f = Figures::default();
     step("queues 1→1");
     f.pod_1to1 = Stat::repeat(r, || pod_1to1(plan.items));
+    f.pod_1to1_batch = Stat::repeat(r, || pod_1to1_batch(plan.items / 64 * 64));
     f.crossbeam_1to1 = Stat::repeat(r, || crossbeam_1to1(plan.items));
     f.msg_1to1 = Stat::repeat(r, || msg_1to1(plan.items));
     f.pipe_1to1 = Stat::repeat(r, || pipe_1to1(plan.items / 4));

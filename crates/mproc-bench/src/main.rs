@@ -150,6 +150,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rule: Rule::FasterBy(0.8),
         },
         Row {
+            what: "`PodQueue<u64>` 1→1 with `put_many`/`get_many` ×64, ns/item",
+            mproc: f.pod_1to1_batch.clone(),
+            baseline_name: "crossbeam `ArrayQueue`, 2 threads",
+            baseline: f.crossbeam_1to1.clone(),
+            rule: Rule::FasterBy(0.8),
+        },
+        Row {
             what: "`PodQueue<u64>` 4→4 (8 processes), ns/item",
             mproc: f.pod_4to4.clone(),
             baseline_name: "crossbeam `ArrayQueue`, 2 threads",
