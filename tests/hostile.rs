@@ -18,15 +18,15 @@ const CREATOR_PID: usize = 12;
 const CREATOR_START: usize = 72;
 const LENGTH_FIELDS: std::ops::Range<usize> = 16..88;
 
-/// Valid segments of every kind, as bytes, whose recorded creator is a process that has
-/// exited, so that a header whose state is mutated to "initialising" reports a dead creator at
+/// Valid segments of every kind, as bytes, whose recorded creator is a process that does not
+/// exist, so that a header whose state is mutated to "initialising" reports a dead creator at
 /// once instead of making the opener wait for it.
 fn templates() -> &'static [Vec<u8>] {
     static T: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     T.get_or_init(|| {
-        let mut gone = mproc_testkit::fork_child(|| 0);
-        let dead_pid = gone.pid().as_raw() as u32;
-        gone.wait();
+        // Far above any pid_max, and still above it after any one byte is mutated below the
+        // top one: the creator is dead at once instead of making openers wait for it.
+        let dead_pid: u32 = 0x7FFF_FFF0;
         let grab = |name: &str| {
             let mut bytes = std::fs::read(format!("/dev/shm/{name}")).expect("read template");
             bytes[CREATOR_PID..CREATOR_PID + 4].copy_from_slice(&dead_pid.to_ne_bytes());

@@ -440,3 +440,19 @@ fn dropping_a_pool_leaves_no_process_and_no_segment() {
         }
     });
 }
+
+#[cfg(feature = "progress")]
+#[test]
+fn map_with_a_progress_bar_gives_the_same_results() {
+    with_deadline(DEADLINE, || {
+        let p = Pool::builder()
+            .processes(2)
+            .chunksize(10)
+            .progress(true)
+            .threaded_fork(ThreadedFork::Allow)
+            .build()
+            .unwrap();
+        let expected: Vec<u64> = (0..500).map(square).collect();
+        assert_eq!(p.map(square, 0..500).unwrap(), expected);
+    });
+}
