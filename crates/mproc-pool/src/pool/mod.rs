@@ -234,6 +234,7 @@ impl Pool {
             }),
             changed: Condvar::new(),
             generation: std::sync::atomic::AtomicU64::new(0),
+            sleepers: std::sync::atomic::AtomicUsize::new(0),
             results,
             config,
         });
@@ -544,12 +545,7 @@ impl Pool {
             let mut st = self.shared.lock();
             st.closed = true;
             while st.busy() && st.broken.is_none() && !st.stopping {
-                st = self
-                    .shared
-                    .changed
-                    .wait_timeout(st, Duration::from_millis(100))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                st = self.shared.sleep(st, Duration::from_millis(100));
             }
         }
         self.stop(false);

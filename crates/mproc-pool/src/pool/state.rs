@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub changed: Condvar,
     /// Bumped after every change waiters may care about (see [`Shared::notify`]).
     pub generation: AtomicU64,
+    /// Threads sleeping on `changed`.
+    pub sleepers: AtomicUsize,
     pub results: Queue<Reply>,
     pub config: Config,
 }
@@ -109,10 +111,33 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Tells waiters that the state changed.
+    /// Tells waiters that the state changed. The condition variable is signalled only when
+    /// someone sleeps on it (a signal is a system call, and most changes have no sleeper).
     pub(crate) fn notify(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.changed.notify_all();
+        // SYNC POINT: pairs with the increment in `sleep`, made under the state lock before
+        // the sleeper's last look at the state; a change made after that look is followed by
+        // this load, which then sees the sleeper.
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Sleeps on the condition variable for at most `timeout` (a missed signal costs at most
+    /// that), counted in `sleepers` so that `notify` knows to signal.
+    pub(crate) fn sleep<'a>(
+        &self,
+        st: MutexGuard<'a, State>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, State> {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let st = self
+            .changed
+            .wait_timeout(st, timeout)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        st
     }
 
     /// Waits until `check` finds what it looks for in the state, or `deadline` passes
@@ -171,11 +196,7 @@ impl Shared {
             }
             let cap = Duration::from_millis(100);
             let wait = deadline.map_or(cap, |d| d.saturating_duration_since(now).min(cap));
-            st = self
-                .changed
-                .wait_timeout(st, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.sleep(st, wait);
         }
     }
 }
