@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mproc_pool::{Pool, TaskError, ThreadedFork};
-use mproc_testkit::with_deadline;
+use mproc_testkit::{Rng, with_deadline};
 
 const ROUNDS: usize = 25;
 const ITEMS: u64 = 60;
@@ -25,13 +25,6 @@ fn work(x: u64) -> u64 {
     h
 }
 
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[test]
 fn killed_workers_fail_only_their_tasks() {
     with_deadline(Duration::from_secs(240), || {
@@ -43,27 +36,27 @@ fn killed_workers_fail_only_their_tasks() {
                 .build()
                 .unwrap(),
         );
-        let mut seed = std::time::SystemTime::now()
+        let mut rng = Rng(std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64
-            | 1;
+            | 1);
         let (mut kills, mut died, mut checked) = (0usize, 0usize, 0usize);
         for _ in 0..ROUNDS {
             let killed = Arc::new(Mutex::new(HashSet::new()));
             let stop = Arc::new(AtomicBool::new(false));
             let killer = {
                 let (pool, killed, stop) = (pool.clone(), killed.clone(), stop.clone());
-                let mut s = xorshift(&mut seed);
+                let mut s = Rng(rng.next_u64());
                 std::thread::spawn(move || {
                     // Up to three kills per round, at random moments.
-                    for _ in 0..(s % 4) {
-                        std::thread::sleep(Duration::from_micros(xorshift(&mut s) % 4000));
+                    for _ in 0..(s.next_u64() % 4) {
+                        std::thread::sleep(Duration::from_micros(s.next_u64() % 4000));
                         if stop.load(Ordering::SeqCst) {
                             break;
                         }
                         let pids = pool.pids();
-                        let victim = pids[(xorshift(&mut s) % pids.len() as u64) as usize];
+                        let victim = pids[(s.next_u64() % pids.len() as u64) as usize];
                         let _ = nix::sys::signal::kill(
                             nix::unistd::Pid::from_raw(victim as i32),
                             nix::sys::signal::Signal::SIGKILL,

@@ -9,23 +9,12 @@ use std::time::Duration;
 
 use mproc_queue::{GetError, PodQueue};
 use mproc_segment::Segment;
-use mproc_testkit::{Child, Exit, fork_child};
+use mproc_testkit::{Child, Exit, Rng, fork_child};
 use nix::sys::signal::Signal;
 
 const ROUNDS: u64 = 150;
 const PER_PRODUCER: u64 = 3000;
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// xorshift64*: a tiny deterministic generator for the kill schedule.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
 
 #[test]
 fn random_sigkills_lose_nothing_acknowledged_and_never_hang() {
@@ -67,8 +56,8 @@ fn random_sigkills_lose_nothing_acknowledged_and_never_hang() {
         }
 
         // The injection moment: a random delay, then SIGKILL one random process.
-        let victim = (rng.next() % 4) as usize;
-        std::thread::sleep(Duration::from_micros(rng.next() % 3000));
+        let victim = (rng.next_u64() % 4) as usize;
+        std::thread::sleep(Duration::from_micros(rng.next_u64() % 3000));
         procs[victim].signal(Signal::SIGKILL);
 
         let mut consumer_died = false;

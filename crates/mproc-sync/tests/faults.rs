@@ -9,23 +9,12 @@ use std::time::Duration;
 
 use mproc_segment::Segment;
 use mproc_sync::{Barrier, Event, Lock, LockError};
-use mproc_testkit::{Exit, fork_child, unique_name, with_deadline};
+use mproc_testkit::{Exit, Rng, fork_child, unique_name, with_deadline};
 use nix::sys::signal::Signal;
 
 const ROUNDS: u64 = 200;
 const WORKERS: usize = 3;
 const SECTIONS: u64 = 30_000;
-
-/// xorshift64*: a deterministic kill schedule, so a failing round can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
 
 #[test]
 fn a_lock_holder_killed_mid_update_is_reported_and_the_data_stays_exact() {
@@ -65,8 +54,8 @@ fn a_lock_holder_killed_mid_update_is_reported_and_the_data_stays_exact() {
                     })
                 })
                 .collect();
-            std::thread::sleep(Duration::from_micros(rng.next() % 3000));
-            let victim = (rng.next() % WORKERS as u64) as usize;
+            std::thread::sleep(Duration::from_micros(rng.next_u64() % 3000));
+            let victim = (rng.next_u64() % WORKERS as u64) as usize;
             children[victim].signal(Signal::SIGKILL);
             let mut killed = false;
             for (i, c) in children.iter_mut().enumerate() {
@@ -121,8 +110,8 @@ fn killed_waiters_and_missing_parties_never_hang_the_others() {
             let mut waiters: Vec<_> = (0..4)
                 .map(|_| fork_child(|| i32::from(!ev.wait_timeout(Duration::from_secs(20)))))
                 .collect();
-            std::thread::sleep(Duration::from_micros(rng.next() % 2000));
-            let victim = (rng.next() % 4) as usize;
+            std::thread::sleep(Duration::from_micros(rng.next_u64() % 2000));
+            let victim = (rng.next_u64() % 4) as usize;
             waiters[victim].signal(Signal::SIGKILL);
             ev.set();
             for (i, w) in waiters.iter_mut().enumerate() {

@@ -215,6 +215,21 @@ impl Drop for Child {
     }
 }
 
+/// xorshift64*: a tiny deterministic generator for fault-injection schedules, so a failing
+/// round can be replayed from its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next pseudo-random number (the seed must not be 0).
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
 /// Lists the entries of `/dev/shm` whose name contains `needle`.
 pub fn shm_entries(needle: &str) -> Vec<String> {
     std::fs::read_dir("/dev/shm")

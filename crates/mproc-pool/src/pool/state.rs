@@ -283,16 +283,9 @@ impl State {
         if self.broken.is_some() {
             return;
         }
-        self.broken = Some(error.clone());
-        self.closed = true;
+        self.break_pool_soft(error);
         self.stopping = true;
-        let ids: Vec<u64> = self.jobs.keys().copied().collect();
-        for id in ids {
-            self.fail(id, &error);
-        }
-        self.pending.clear();
-        for w in &mut self.workers {
-            w.sent.clear();
+        for w in &self.workers {
             let _ = w.child.signal(Signal::SIGKILL);
         }
     }
@@ -520,7 +513,8 @@ pub(crate) fn handler(shared: Arc<Shared>) {
 }
 
 impl State {
-    /// As `break_pool`, but signals nobody (`stop` does it, with a grace period).
+    /// Fails every unfinished job with `error` and stops accepting work, but signals nobody
+    /// (`Pool::stop` does that, with a grace period; `break_pool` at once).
     pub(crate) fn break_pool_soft(&mut self, error: TaskError) {
         if self.broken.is_none() {
             self.broken = Some(error.clone());
