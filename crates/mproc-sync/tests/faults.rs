@@ -1,6 +1,6 @@
 //! Fault injection for the primitives: processes are SIGKILLed at random moments while they
 //! hold a `Lock` (in the middle of updating what it protects), while they wait on an `Event`,
-//! and before they reach a `Barrier`. The survivors always finish before a deadline, every
+//! and while they wait on a `Barrier`. The survivors always finish before a deadline, every
 //! owner death is reported to exactly the next locker, and the protected data stays exact.
 //! Totals are printed at the end.
 
@@ -121,26 +121,31 @@ fn killed_waiters_and_missing_parties_never_hang_the_others() {
                 }
             }
 
-            // Barrier: three parties, one dies before arriving; the others time out (the
-            // barrier breaks) instead of waiting forever.
+            // Barrier: three parties wait; one is killed at a random moment — before it
+            // arrives (the others' timed wait expires and breaks the barrier) or after (its
+            // arrival counts and the barrier may release). Either way nobody hangs.
             let bname = unique_name("fault-barrier");
             let barrier = Barrier::create(&bname, 3).unwrap();
-            let mut parties: Vec<_> = (0..2)
+            let mut parties: Vec<_> = (0..3)
                 .map(|_| {
-                    fork_child(|| match barrier.wait_timeout(Duration::from_millis(50)) {
-                        Ok(_) => 1,
-                        Err(_) => 0,
+                    fork_child(|| match barrier.wait_timeout(Duration::from_millis(100)) {
+                        Ok(_) => 0,
+                        Err(_) => 1,
                     })
                 })
                 .collect();
-            let mut absent = fork_child(|| {
-                std::thread::sleep(Duration::from_secs(30));
-                0
-            });
-            absent.signal(Signal::SIGKILL);
-            absent.wait();
-            for p in &mut parties {
-                assert_eq!(p.wait_deadline(Duration::from_secs(30)).exit, Exit::Code(0));
+            std::thread::sleep(Duration::from_micros(rng.next_u64() % 2000));
+            let victim = (rng.next_u64() % 3) as usize;
+            parties[victim].signal(Signal::SIGKILL);
+            for (i, p) in parties.iter_mut().enumerate() {
+                let r = p.wait_deadline(Duration::from_secs(30));
+                if i != victim {
+                    assert!(
+                        matches!(r.exit, Exit::Code(0 | 1)),
+                        "round {round}: party {i}: {:?}",
+                        r.exit
+                    );
+                }
             }
         }
     });
