@@ -71,7 +71,9 @@ pub(crate) struct Request {
     pub func: FnRef,
     /// How many arguments `args` holds.
     pub count: u32,
-    /// The arguments, postcard-encoded back to back.
+    /// The arguments, postcard-encoded back to back (as one byte string, not a sequence of
+    /// `u8`s: serde_bytes makes that a copy instead of a per-byte loop).
+    #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
 }
 
@@ -93,6 +95,7 @@ pub(crate) enum Reply {
         worker: u32,
         pid: u32,
         job: u64,
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
 }
