@@ -235,6 +235,7 @@ impl Pool {
             changed: Condvar::new(),
             generation: std::sync::atomic::AtomicU64::new(0),
             sleepers: std::sync::atomic::AtomicUsize::new(0),
+            drivers: std::sync::atomic::AtomicUsize::new(0),
             results,
             config,
         });

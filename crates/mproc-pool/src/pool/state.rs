@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     pub generation: AtomicU64,
     /// Threads sleeping on `changed`.
     pub sleepers: AtomicUsize,
+    /// Callers reading the results queue themselves right now (see `wait_until`).
+    pub drivers: AtomicUsize,
     pub results: Queue<Reply>,
     pub config: Config,
 }
@@ -105,6 +107,9 @@ pub(crate) struct Shared {
 /// (worker → handler → caller). The caller yields the CPU between polls, so on a machine
 /// with as many workers as CPUs it does not slow the workers down.
 const SPIN_FOR: Duration = Duration::from_micros(100);
+
+/// How soon the handler looks again while a caller reads the replies.
+const DRIVER_CHECK: Duration = Duration::from_millis(1);
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -164,6 +169,7 @@ impl Shared {
             if now < spin_until {
                 let seen = self.generation.load(Ordering::SeqCst);
                 drop(st);
+                self.drivers.fetch_add(1, Ordering::SeqCst);
                 loop {
                     // Read under the lock: a reply taken off the queue is handled before the
                     // handler can settle a dead worker (which first drains the queue, also
@@ -191,6 +197,7 @@ impl Shared {
                     }
                     std::thread::yield_now();
                 }
+                self.drivers.fetch_sub(1, Ordering::SeqCst);
                 st = self.lock();
                 continue;
             }
@@ -484,6 +491,23 @@ impl State {
 /// The handler thread: replies, refills, deaths.
 pub(crate) fn handler(shared: Arc<Shared>) {
     loop {
+        if shared.drivers.load(Ordering::SeqCst) > 0 {
+            // A waiting caller reads the replies right now: reading too would only make us
+            // compete with it for the CPU and the lock. Look again soon (it stops reading when
+            // its short polling phase ends) and keep watching the workers meanwhile.
+            // A plain sleep, not the condition variable: the caller's notifications are for
+            // other waiters, and waking us for each would cost it a system call per reply.
+            std::thread::sleep(DRIVER_CHECK);
+            let mut st = shared.lock();
+            if st.last_watch.is_none_or(|t| t.elapsed() >= WATCH_BUSY) {
+                st.watch(&shared);
+                st.dispatch(&shared.config);
+            }
+            if st.stopping {
+                return;
+            }
+            continue;
+        }
         let busy = shared.lock().busy();
         let wait = if busy { WATCH_BUSY } else { WATCH_IDLE };
         let first = shared.results.get_timeout(wait);
