@@ -16,7 +16,9 @@
 //!   them, exits, and is replaced.
 //!
 //! Threads that submit work also dispatch it directly, so an idle handler is never on the
-//! path of a new job. Replacement workers are forked by the handler thread: the child runs
+//! path of a new job, and a thread waiting for a result reads the replies itself for a short
+//! while (the handler then only watches the workers), so a short task's answer does not wait
+//! for two thread wake-ups. Replacement workers are forked by the handler thread: the child runs
 //! only mproc's worker loop and your task functions, never code that could hold a lock of
 //! another parent thread. If your task functions take process-wide locks of their own, use
 //! [`StartMethod::Spawn`].
