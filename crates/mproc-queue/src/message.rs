@@ -34,6 +34,8 @@ thread_local! {
     static ENCODE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 const INLINE: u32 = 0;
+/// Every out-of-line message body's name starts with this.
+const BODY_PREFIX: &str = "mproc-msg-";
 const OUT_OF_LINE: u32 = 1;
 
 /// How to create or open a [`Queue`] or [`JoinableQueue`](crate::JoinableQueue).
@@ -202,7 +204,10 @@ fn take<T: DeserializeOwned>(slot: &[u8]) -> Taken<T> {
 /// The body segment's name of an out-of-line message (for reclaiming undelivered ones).
 fn take_body_name(slot: &[u8]) -> Option<String> {
     match parse(slot) {
-        Some((OUT_OF_LINE, body)) => std::str::from_utf8(body).ok().map(str::to_owned),
+        Some((OUT_OF_LINE, body)) => std::str::from_utf8(body)
+            .ok()
+            .filter(|n| n.starts_with(BODY_PREFIX))
+            .map(str::to_owned),
         _ => None,
     }
 }
@@ -214,7 +219,7 @@ fn message_name() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("mproc-msg-{}-{n}-{nanos}", current_pid())
+    format!("{BODY_PREFIX}{}-{n}-{nanos}", current_pid())
 }
 
 /// The body of a message that does not fit its slot, stored in a segment of its own.
@@ -235,6 +240,14 @@ impl Body {
     }
 
     fn load(name: &str) -> Result<Vec<u8>, SegmentError> {
+        // The name comes out of shared memory: never open (or unlink) anything that is not
+        // a message body, whatever a corrupted or hostile slot says.
+        if !name.starts_with(BODY_PREFIX) {
+            return Err(SegmentError::InvalidName {
+                name: name.to_owned(),
+                reason: "not a message body name",
+            });
+        }
         let result = (|| {
             let seg = SegmentOptions::new(Kind::MESSAGE).open(name)?;
             let mut buf = vec![0u8; seg.len()];
