@@ -7,19 +7,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mproc_array::Value;
-use mproc_pool::{Pool, ProcessError, TaskError, ThreadedFork};
+use mproc_pool::{Pool, PoolBuilder, ProcessError, TaskError, ThreadedFork};
 use mproc_sync::Event;
 use mproc_testkit::{shm_entries, unique_name, with_deadline};
 use serde::{Deserialize, Serialize, Serializer};
 
 const DEADLINE: Duration = Duration::from_secs(90);
 
-fn pool(n: usize) -> Pool {
+/// A builder for `n` workers that forks silently (the test harness has threads).
+fn builder(n: usize) -> PoolBuilder {
     Pool::builder()
         .processes(n)
         .threaded_fork(ThreadedFork::Allow)
-        .build()
-        .unwrap()
+}
+
+fn pool(n: usize) -> Pool {
+    builder(n).build().unwrap()
 }
 
 fn alive(pid: u32) -> bool {
@@ -52,12 +55,7 @@ fn map_keeps_input_order_for_every_chunksize() {
         let expected: Vec<u64> = (0..2000).map(square).collect();
         assert_eq!(pool(3).map(square, 0..2000).unwrap(), expected);
         for chunk in [1, 7, 5000] {
-            let p = Pool::builder()
-                .processes(2)
-                .chunksize(chunk)
-                .threaded_fork(ThreadedFork::Allow)
-                .build()
-                .unwrap();
+            let p = builder(2).chunksize(chunk).build().unwrap();
             assert_eq!(
                 p.map(square, 0..2000).unwrap(),
                 expected,
@@ -71,12 +69,7 @@ fn map_keeps_input_order_for_every_chunksize() {
 #[test]
 fn work_really_runs_in_the_workers() {
     with_deadline(DEADLINE, || {
-        let p = Pool::builder()
-            .processes(2)
-            .chunksize(1)
-            .threaded_fork(ThreadedFork::Allow)
-            .build()
-            .unwrap();
+        let p = builder(2).chunksize(1).build().unwrap();
         let pids: HashSet<u32> = p
             .map(|_: u32| std::process::id(), 0..200)
             .unwrap()
@@ -215,12 +208,7 @@ fn a_result_that_cannot_be_serialized_fails_that_task_only() {
 #[test]
 fn a_sigkilled_worker_fails_only_its_task_and_is_replaced() {
     with_deadline(DEADLINE, || {
-        let p = Pool::builder()
-            .processes(2)
-            .chunksize(1)
-            .threaded_fork(ThreadedFork::Allow)
-            .build()
-            .unwrap();
+        let p = builder(2).chunksize(1).build().unwrap();
         let victim_name = unique_name("pool-victim");
         let victim = Value::<u32>::create(&victim_name, 0).unwrap();
         // Task 5 publishes its worker's pid and then blocks until killed (bounded); the others
@@ -293,11 +281,9 @@ fn a_worker_that_exits_mid_task_is_reported_with_its_code() {
 #[test]
 fn max_tasks_per_child_recycles_workers() {
     with_deadline(DEADLINE, || {
-        let p = Pool::builder()
-            .processes(1)
+        let p = builder(1)
             .chunksize(1)
             .max_tasks_per_child(2)
-            .threaded_fork(ThreadedFork::Allow)
             .build()
             .unwrap();
         let pids = p.map(|_: u32| std::process::id(), 0..10).unwrap();
@@ -316,11 +302,9 @@ static INIT_VALUE: AtomicUsize = AtomicUsize::new(0);
 #[test]
 fn the_initializer_runs_in_every_worker_before_tasks() {
     with_deadline(DEADLINE, || {
-        let p = Pool::builder()
-            .processes(2)
+        let p = builder(2)
             .chunksize(1)
             .initializer(|v: usize| INIT_VALUE.store(v, Ordering::SeqCst), 77)
-            .threaded_fork(ThreadedFork::Allow)
             .build()
             .unwrap();
         let seen = p
@@ -445,13 +429,7 @@ fn dropping_a_pool_leaves_no_process_and_no_segment() {
 #[test]
 fn map_with_a_progress_bar_gives_the_same_results() {
     with_deadline(DEADLINE, || {
-        let p = Pool::builder()
-            .processes(2)
-            .chunksize(10)
-            .progress(true)
-            .threaded_fork(ThreadedFork::Allow)
-            .build()
-            .unwrap();
+        let p = builder(2).chunksize(10).progress(true).build().unwrap();
         let expected: Vec<u64> = (0..500).map(square).collect();
         assert_eq!(p.map(square, 0..500).unwrap(), expected);
     });

@@ -90,6 +90,8 @@ pub use ring::{RingHeader, RingSnapshot};
 #[cfg(not(loom))]
 pub use joinable::JoinableQueue;
 #[cfg(not(loom))]
-pub use message::{DEFAULT_SLOT_SIZE, MIN_SLOT_SIZE, Queue, QueueOptions};
+pub use message::{
+    DEFAULT_SLOT_SIZE, MIN_SLOT_SIZE, Queue, QueueOptions, remove_message_bodies_of,
+};
 #[cfg(not(loom))]
 pub use pod::PodQueue;

@@ -212,6 +212,24 @@ fn take_body_name(slot: &[u8]) -> Option<String> {
     }
 }
 
+/// Unlinks the out-of-line message bodies that process `pid` created and nobody took
+/// (segments `mproc-msg-PID-…`). Call it only once `pid` has exited and every queue it wrote
+/// to has been drained or is being discarded: a body still referenced by an unread message
+/// would be lost. A pool calls it for the workers it reaps, so that a worker killed between
+/// storing a large result and enqueueing it leaves nothing in `/dev/shm`. Returns how many it
+/// removed.
+pub fn remove_message_bodies_of(pid: u32) -> usize {
+    let prefix = format!("{BODY_PREFIX}{pid}-");
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .filter(|n| Segment::unlink(n).is_ok())
+        .count()
+}
+
 fn message_name() -> String {
     static N: StdAtomicU64 = StdAtomicU64::new(0);
     let n = N.fetch_add(1, StdOrdering::Relaxed);

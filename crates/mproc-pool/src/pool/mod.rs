@@ -38,7 +38,7 @@ use crate::call::{FnRef, encode_into};
 use crate::process::{StartMethod, ThreadedFork, check_fork};
 use crate::worker::{Reply, check_may_start, results_options};
 use crate::{ProcessError, TaskError};
-use mproc_queue::Queue;
+use mproc_queue::{GetError, Queue};
 
 pub use results::{AsyncResult, Imap};
 use state::{Config, Job, Outcome, Shared, State, abandon_job, handler, start_one};
@@ -592,6 +592,14 @@ impl Pool {
             if !matches!(w.child.wait_until(Some(deadline)), Ok(Some(_))) {
                 w.child.kill_and_reap();
             }
+        }
+        // Replies nobody will read: taking them frees their out-of-line bodies (the queue's
+        // own last-handle drain does not run while killed workers still count as attached).
+        while let Ok(_) | Err(GetError::Message { .. }) = self.shared.results.try_get() {}
+        // A worker stopped between storing a large result and enqueueing it left a body no
+        // queue refers to.
+        for w in &workers {
+            mproc_queue::remove_message_bodies_of(w.child.pid());
         }
         self.shared.notify();
     }

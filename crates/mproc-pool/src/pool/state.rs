@@ -453,6 +453,9 @@ impl State {
         }
         let w = &mut self.workers[i];
         let lost: Vec<u64> = w.sent.drain(..).collect();
+        // Its replies have all been read (drained before settling): any body of its left in
+        // /dev/shm belongs to a reply it never managed to enqueue.
+        mproc_queue::remove_message_bodies_of(pid);
         let (signal, code) = status.map_or((None, None), |s| s.parts());
         let clean_exit = status == Some(crate::ExitStatus::Code(0)) && w.retiring;
         for id in lost {
