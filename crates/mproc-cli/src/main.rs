@@ -3,7 +3,7 @@
 //! ```text
 //! mproc ls [--prefix P] [--all]      segments in /dev/shm: kind, type, capacity, size, creator
 //! mproc inspect NAME                  the header, and for a queue its length and state
-//! mproc gc [--prefix P] [--yes] [--messages]
+//! mproc gc [--prefix P] [--yes]
 //!                                     unlink segments whose creator is dead and that no live
 //!                                     process maps (dry run unless --yes)
 //! ```
@@ -51,11 +51,6 @@ enum Command {
         /// Unlink them (without it, only print what would be unlinked).
         #[arg(long)]
         yes: bool,
-        /// Also collect out-of-line queue message bodies (`mproc-msg-…`). Off by default: a
-        /// body outlives the process that put it until a reader takes the message, so a dead
-        /// creator does not mean nobody will read it.
-        #[arg(long)]
-        messages: bool,
     },
 }
 
@@ -64,11 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ls { prefix, all } => ls(&prefix, all),
         Command::Inspect { name } => inspect(&name),
-        Command::Gc {
-            prefix,
-            yes,
-            messages,
-        } => gc(&prefix, yes, messages),
+        Command::Gc { prefix, yes } => gc(&prefix, yes),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -150,10 +141,11 @@ fn inspect(name: &str) -> Result<(), String> {
             .map_err(|e: SegmentError| format!("{name}: queue header: {e}"))?;
         let r = ring.snapshot();
         println!(
-            "queue:           {} of {} slots used, {} bytes per slot, {}, {} handle(s) attached, {} unfinished",
+            "queue:           {} of {} slots used, {} bytes per slot, {} bytes of arena, {}, {} handle(s) attached, {} unfinished",
             r.len,
             r.capacity,
             r.slot_size,
+            r.arena_bytes,
             if r.closed { "closed" } else { "open" },
             r.attached,
             r.unfinished
@@ -175,9 +167,8 @@ fn describe_pids(pids: &[u32]) -> String {
 }
 
 /// Why a segment may be removed, or `None` if it must stay.
-fn collectable(e: &Entry, messages: bool) -> Option<String> {
+fn collectable(e: &Entry) -> Option<String> {
     let why = match &e.status {
-        Status::Mproc(h) if h.kind == Kind::MESSAGE && !messages => return None,
         Status::Mproc(h) if !e.creator_alive => {
             format!("creator pid {} is dead, no process maps it", h.creator.pid)
         }
@@ -189,11 +180,11 @@ fn collectable(e: &Entry, messages: bool) -> Option<String> {
     scan::mapped_by(&e.name).is_empty().then_some(why)
 }
 
-fn gc(prefix: &str, yes: bool, messages: bool) -> Result<(), String> {
+fn gc(prefix: &str, yes: bool) -> Result<(), String> {
     let entries = scan(prefix).map_err(|e| format!("cannot read /dev/shm: {e}"))?;
     let mut n = 0;
     for e in &entries {
-        let Some(why) = collectable(e, messages) else {
+        let Some(why) = collectable(e) else {
             continue;
         };
         n += 1;

@@ -37,4 +37,4 @@ pub use child::ExitStatus;
 pub use error::{ProcessError, TaskError};
 pub use pool::{AsyncResult, Imap, PREFETCH, Pool, PoolBuilder};
 pub use process::{Process, ProcessBuilder, StartMethod, ThreadedFork};
-pub use worker::init;
+pub use worker::{DEFAULT_ARENA_BYTES, init};

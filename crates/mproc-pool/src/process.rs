@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use crate::call::{FnRef, decode_outcomes, encode_into, layout_check};
 use crate::child::{ChildProc, ExitStatus, thread_count};
 use crate::worker::{
-    Boot, ENV, Reply, Request, check_may_start, inbox_options, results_options, run_forked,
-    worker_main,
+    Boot, DEFAULT_ARENA_BYTES, ENV, Reply, Request, check_may_start, inbox_options,
+    results_options, run_forked, worker_main,
 };
 use crate::{ProcessError, TaskError};
 
@@ -149,7 +149,7 @@ impl ProcessBuilder {
         encode_into(&arg, &mut args).map_err(|e| ProcessError::Encode {
             message: e.to_string(),
         })?;
-        let results: Queue<Reply> = results_options(4).anonymous()?;
+        let results: Queue<Reply> = results_options(4, DEFAULT_ARENA_BYTES).anonymous()?;
         let request = Request {
             job: 0,
             func: FnRef::new(f),
@@ -160,7 +160,7 @@ impl ProcessBuilder {
             // The child has the request and the queue already: it is a copy of us.
             StartMethod::Fork => (ChildProc::fork(|| run_forked(&request, &results))?, None),
             StartMethod::Spawn => {
-                let inbox: Queue<Request> = inbox_options(1).anonymous()?;
+                let inbox: Queue<Request> = inbox_options(1, DEFAULT_ARENA_BYTES).anonymous()?;
                 inbox.put(request).map_err(|e| ProcessError::Encode {
                     message: e.to_string(),
                 })?;

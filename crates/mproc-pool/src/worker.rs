@@ -100,20 +100,28 @@ pub(crate) enum Reply {
     },
 }
 
-/// Queue geometry of a worker's inbox: a request of a chunk of small arguments travels
-/// inline; a larger one goes out of line (one extra segment per request).
-pub(crate) fn inbox_options(capacity: usize) -> QueueOptions {
+/// Bytes of each pool queue's body arena by default: requests and replies larger than a slot
+/// travel there. The queues are memfds whose pages come only as they are used, and a queue
+/// whose reader keeps up reuses the arena's first pages, so the size costs address space, not
+/// memory: it bounds the largest encoded chunk of arguments or of results.
+pub const DEFAULT_ARENA_BYTES: usize = 64 << 20;
+
+/// Queue geometry of a worker's inbox: a request with small arguments travels inline, a
+/// larger one in the arena.
+pub(crate) fn inbox_options(capacity: usize, arena: usize) -> QueueOptions {
     QueueOptions::new()
         .capacity(capacity)
-        .slot_size(16 * 1024)
+        .slot_size(512)
+        .arena_bytes(arena)
         .type_name("mproc-pool::Request")
 }
 
 /// Queue geometry of the results queue.
-pub(crate) fn results_options(capacity: usize) -> QueueOptions {
+pub(crate) fn results_options(capacity: usize, arena: usize) -> QueueOptions {
     QueueOptions::new()
         .capacity(capacity)
-        .slot_size(4 * 1024)
+        .slot_size(512)
+        .arena_bytes(arena)
         .type_name("mproc-pool::Reply")
 }
 
@@ -233,9 +241,9 @@ fn send_done(results: &Queue<Reply>, worker: u32, pid: u32, req: &Request, body:
     };
     match results.put(reply) {
         Ok(()) => true,
-        Err(PutError::Message { reason, .. }) => {
+        Err(e @ (PutError::Message { .. } | PutError::TooLarge { .. })) => {
             let failed: Result<(), TaskError> = Err(TaskError::Encode {
-                message: format!("result could not be sent: {reason}"),
+                message: format!("result could not be sent: {e}"),
             });
             let mut body = Vec::new();
             for _ in 0..req.count {
@@ -269,10 +277,10 @@ pub(crate) fn run_forked(req: &Request, results: &Queue<Reply>) -> i32 {
 /// Runs a worker until its inbox is closed; returns its exit status.
 pub(crate) fn worker_main(boot: &Boot) -> i32 {
     let attach = || -> Result<(Queue<Request>, Queue<Reply>), String> {
-        let inbox = inbox_options(1)
+        let inbox = inbox_options(1, DEFAULT_ARENA_BYTES)
             .from_fd(dup(boot.inbox_fd)?)
             .map_err(|e| format!("inbox: {e}"))?;
-        let results = results_options(1)
+        let results = results_options(1, DEFAULT_ARENA_BYTES)
             .from_fd(dup(boot.results_fd)?)
             .map_err(|e| format!("results queue: {e}"))?;
         Ok((inbox, results))

@@ -14,7 +14,18 @@ pub enum PutError<T> {
     /// The queue was closed; nothing more can be put.
     #[error("queue is closed")]
     Closed(T),
-    /// The value could not be encoded, or its out-of-line body could not be stored.
+    /// The encoded message is larger than the queue's whole body arena (set its size with
+    /// [`QueueOptions::arena_bytes`](crate::QueueOptions::arena_bytes)).
+    #[error("message of {size} bytes exceeds the queue's arena of {max} bytes")]
+    TooLarge {
+        /// The value.
+        value: T,
+        /// Encoded size of the message (bytes).
+        size: usize,
+        /// The arena's size (bytes; 0 if the queue has none).
+        max: u64,
+    },
+    /// The value could not be encoded, or its body could not be stored.
     #[error("message could not be stored: {reason}")]
     Message {
         /// The value.
@@ -29,8 +40,60 @@ impl<T> PutError<T> {
     pub fn into_inner(self) -> T {
         match self {
             PutError::Full(v) | PutError::Timeout(v) | PutError::Closed(v) => v,
-            PutError::Message { value, .. } => value,
+            PutError::Message { value, .. } | PutError::TooLarge { value, .. } => value,
         }
+    }
+
+    /// The same error carrying `f(value)`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> PutError<U> {
+        match self {
+            PutError::Full(v) => PutError::Full(f(v)),
+            PutError::Timeout(v) => PutError::Timeout(f(v)),
+            PutError::Closed(v) => PutError::Closed(f(v)),
+            PutError::TooLarge { value, size, max } => PutError::TooLarge {
+                value: f(value),
+                size,
+                max,
+            },
+            PutError::Message { value, reason } => PutError::Message {
+                value: f(value),
+                reason,
+            },
+        }
+    }
+}
+
+/// The outcome of a send as the caller's `Result`, handing `value` back on failure.
+#[cfg(not(loom))]
+pub(crate) fn put_result<T>(
+    sent: crate::body::Sent,
+    value: T,
+    wait: crate::body::Wait,
+    size: usize,
+) -> Result<(), PutError<T>> {
+    use crate::body::Sent;
+    match sent {
+        Sent::Done => Ok(()),
+        Sent::NoRoom if wait.timed() => Err(PutError::Timeout(value)),
+        Sent::NoRoom => Err(PutError::Full(value)),
+        Sent::Closed => Err(PutError::Closed(value)),
+        Sent::TooLarge { max } => Err(PutError::TooLarge { value, size, max }),
+        Sent::Failed(reason) => Err(PutError::Message { value, reason }),
+    }
+}
+
+/// The outcome of a pop as the caller's `Result`.
+#[cfg(not(loom))]
+pub(crate) fn get_result<R>(
+    r: crate::ring::Pop<Result<R, String>>,
+    wait: crate::body::Wait,
+) -> Result<R, GetError> {
+    use crate::ring::Pop;
+    match r {
+        Pop::Item(r) => r.map_err(|reason| GetError::Message { reason }),
+        Pop::Closed => Err(GetError::Closed),
+        Pop::Empty | Pop::InProgress if wait.timed() => Err(GetError::Timeout),
+        Pop::Empty | Pop::InProgress => Err(GetError::Empty),
     }
 }
 
@@ -46,8 +109,8 @@ pub enum GetError {
     /// The queue is closed and drained.
     #[error("queue is closed and empty")]
     Closed,
-    /// A message was taken but could not be decoded into the requested type, or its
-    /// out-of-line body could not be read. The message is consumed.
+    /// A message was taken but could not be decoded into the requested type, or its body
+    /// was missing or corrupt (a peer rewrote it). The message is consumed.
     #[error("message could not be read: {reason}")]
     Message {
         /// What went wrong.

@@ -70,7 +70,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         let options = QueueOptions::new();
         let raw = crate::raw::RawQueue::open(options.segment_options::<T>(FLAVOUR), name)?;
         Ok(JoinableQueue {
-            queue: Queue::from_raw(raw),
+            queue: Queue::checked(raw)?,
         })
     }
 

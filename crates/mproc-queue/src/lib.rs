@@ -2,8 +2,10 @@
 //! `multiprocessing.Queue`, at memory speed and robust to killed processes.
 //!
 //! - [`PodQueue<T: Pod>`](PodQueue): zero-copy slots of plain-old-data values.
-//! - [`Queue<T: Serialize + DeserializeOwned>`](Queue): any serde type, any size (postcard;
-//!   inline up to the slot size, out of line above it).
+//! - [`Queue<T: Serialize + DeserializeOwned>`](Queue): any serde type (postcard; inline up
+//!   to the slot size, in the queue's body arena above it).
+//! - [`ByteQueue`]: byte messages of any length, one copy each way, or none with loans
+//!   ([`Loan`], [`Message`]).
 //! - [`JoinableQueue<T>`](JoinableQueue): `task_done` / `join`.
 //!
 //! All three share one ring (Vyukov's bounded MPMC algorithm with per-slot claim words that
@@ -70,13 +72,22 @@ macro_rules! queue_state_methods {
     };
 }
 
+mod arena;
 mod error;
+#[cfg(all(test, loom))]
+mod loom_arena;
 #[cfg(all(test, loom))]
 mod loom_tests;
 mod ring;
 
 #[cfg(not(loom))]
+mod body;
+#[cfg(not(loom))]
+mod bytes;
+#[cfg(not(loom))]
 mod joinable;
+#[cfg(not(loom))]
+mod loan;
 #[cfg(not(loom))]
 mod message;
 #[cfg(not(loom))]
@@ -84,14 +95,17 @@ mod pod;
 #[cfg(not(loom))]
 mod raw;
 
+pub use arena::ArenaHeader;
 pub use error::{GetError, OpenError, PutError, TaskDoneError};
 pub use ring::{RingHeader, RingSnapshot};
 
 #[cfg(not(loom))]
+pub use bytes::ByteQueue;
+#[cfg(not(loom))]
 pub use joinable::JoinableQueue;
 #[cfg(not(loom))]
-pub use message::{
-    DEFAULT_SLOT_SIZE, MIN_SLOT_SIZE, Queue, QueueOptions, remove_message_bodies_of,
-};
+pub use loan::{Loan, Message, PodLoan, PodMessage};
+#[cfg(not(loom))]
+pub use message::{DEFAULT_SLOT_SIZE, MIN_DEFAULT_ARENA, MIN_SLOT_SIZE, Queue, QueueOptions};
 #[cfg(not(loom))]
 pub use pod::PodQueue;

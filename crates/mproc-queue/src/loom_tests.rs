@@ -64,7 +64,7 @@ impl Model {
         self.hdr
             .not_full
             .block_on(None, || {
-                match ring.try_push(me, true, |s| s.copy_from_slice(&v.to_ne_bytes())) {
+                match ring.try_push(me, true, |s, _| s.copy_from_slice(&v.to_ne_bytes())) {
                     Push::Full => None,
                     r => Some(r),
                 }
@@ -75,7 +75,7 @@ impl Model {
     fn pop(&self, me: u32) -> Option<u64> {
         let ring = self.ring();
         let r = self.hdr.not_empty.block_on(None, || {
-            match ring.try_pop(me, true, |s| u64::from_ne_bytes(s.try_into().unwrap())) {
+            match ring.try_pop(me, true, |s, _| u64::from_ne_bytes(s.try_into().unwrap())) {
                 Pop::Empty | Pop::InProgress => None,
                 r => Some(r),
             }

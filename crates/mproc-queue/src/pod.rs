@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 use mproc_segment::{Kind, SegmentError, SegmentOptions, TypeTag};
 
+use crate::body::Wait;
+use crate::loan::{PodLoan, PodMessage};
 use crate::raw::{Layout, RawQueue};
-use crate::ring::{Pop, Push};
+use crate::ring::{Claim, Pop, Push};
 use crate::{GetError, PutError};
 
 /// A bounded multi-producer multi-consumer queue of plain-old-data values in shared memory:
@@ -43,6 +45,7 @@ impl<T: Pod> PodQueue<T> {
             capacity,
             std::mem::size_of::<T>().max(1),
             std::mem::align_of::<T>(),
+            0,
         )
     }
 
@@ -98,11 +101,11 @@ impl<T: Pod> PodQueue<T> {
         })
     }
 
-    fn fill(value: &T) -> impl FnMut(&mut [u8]) + '_ {
-        move |slot| slot[..std::mem::size_of::<T>()].copy_from_slice(bytemuck::bytes_of(value))
+    fn fill(value: &T) -> impl FnMut(&mut [u8], u64) + '_ {
+        move |slot, _| slot[..std::mem::size_of::<T>()].copy_from_slice(bytemuck::bytes_of(value))
     }
 
-    fn take(slot: &[u8]) -> T {
+    fn take(slot: &[u8], _pos: u64) -> T {
         bytemuck::pod_read_unaligned(&slot[..std::mem::size_of::<T>()])
     }
 
@@ -180,11 +183,66 @@ impl<T: Pod> PodQueue<T> {
         crate::error::get_batch(out, max, || self.get(), || self.try_get())
     }
 
-    queue_state_methods!();
-}
-
-impl<T> Drop for PodQueue<T> {
-    fn drop(&mut self) {
-        self.raw.detach();
+    fn loan_with(&self, wait: Wait) -> Result<PodLoan<'_, T>, PutError<()>> {
+        match self.raw.claim_slot(wait) {
+            Claim::Slot(c) => Ok(PodLoan::new(&self.raw, c)),
+            Claim::Closed => Err(PutError::Closed(())),
+            Claim::Full if wait.timed() => Err(PutError::Timeout(())),
+            Claim::Full => Err(PutError::Full(())),
+        }
     }
+
+    /// Claims the next slot to write a value in place, waiting for room:
+    /// [`PodLoan::send`] publishes it, dropping the loan gives the slot up. While the loan is
+    /// held, consumers that reach its slot wait for it: fill it and send it promptly.
+    ///
+    /// ```
+    /// use mproc_queue::PodQueue;
+    /// let q: PodQueue<[u64; 512]> = PodQueue::new(4)?;
+    /// let mut slot = q.loan().unwrap();
+    /// slot.fill(3);                      // written straight into shared memory
+    /// slot.send();
+    /// assert_eq!(q.get_loan().unwrap()[511], 3);  // read straight from it
+    /// # Ok::<(), mproc_segment::SegmentError>(())
+    /// ```
+    pub fn loan(&self) -> Result<PodLoan<'_, T>, PutError<()>> {
+        self.loan_with(Wait::Forever)
+    }
+
+    /// As [`loan`](Self::loan) if a slot is free now: `Err(Full)` otherwise.
+    pub fn try_loan(&self) -> Result<PodLoan<'_, T>, PutError<()>> {
+        self.loan_with(Wait::No)
+    }
+
+    /// As [`loan`](Self::loan), waiting at most `timeout`.
+    pub fn loan_timeout(&self, timeout: Duration) -> Result<PodLoan<'_, T>, PutError<()>> {
+        self.loan_with(Wait::Until(Instant::now() + timeout))
+    }
+
+    fn get_loan_with(&self, wait: Wait) -> Result<PodMessage<'_, T>, GetError> {
+        match self.raw.claim_message(wait) {
+            Pop::Item(c) => Ok(PodMessage::new(&self.raw, c)),
+            Pop::Closed => Err(GetError::Closed),
+            Pop::Empty | Pop::InProgress if wait.timed() => Err(GetError::Timeout),
+            Pop::Empty | Pop::InProgress => Err(GetError::Empty),
+        }
+    }
+
+    /// Takes the oldest value as a guard over its slot (no copy), waiting while the queue is
+    /// empty; dropping the guard frees the slot.
+    pub fn get_loan(&self) -> Result<PodMessage<'_, T>, GetError> {
+        self.get_loan_with(Wait::Forever)
+    }
+
+    /// As [`get_loan`](Self::get_loan) if a value is there now: `Err(Empty)` otherwise.
+    pub fn try_get_loan(&self) -> Result<PodMessage<'_, T>, GetError> {
+        self.get_loan_with(Wait::No)
+    }
+
+    /// As [`get_loan`](Self::get_loan), waiting at most `timeout`.
+    pub fn get_loan_timeout(&self, timeout: Duration) -> Result<PodMessage<'_, T>, GetError> {
+        self.get_loan_with(Wait::Until(Instant::now() + timeout))
+    }
+
+    queue_state_methods!();
 }

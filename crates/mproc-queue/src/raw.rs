@@ -1,16 +1,23 @@
-//! `RawQueue`: a ring laid out in a segment, shared by `PodQueue`, `Queue` and
-//! `JoinableQueue`.
+//! `RawQueue`: a ring and its body arena laid out in a segment, shared by `PodQueue`,
+//! `Queue`, `ByteQueue` and `JoinableQueue`.
 //!
 //! # Payload layout
 //! | offset | what |
 //! |---|---|
 //! | 0 | [`RingHeader`] (384 bytes, 128-aligned) |
 //! | `data_offset` (384) | `capacity` slots of `stride` bytes |
+//! | `arena_offset` (128-aligned) | [`ArenaHeader`] (384 bytes), if the queue has an arena |
+//! | `arena_offset + 384` | `units` entries of two `u64` words (chunk word, link word) |
+//! | `body_offset` | `units` units of `unit` bytes: the message bodies |
 //!
 //! A slot is its state word (`AtomicU64`) followed, `lead` bytes in (the element alignment,
 //! at least 8), by `slot_size` bytes of message; `stride` rounds `lead + slot_size` up to
 //! `lead`. Keeping the word next to its bytes means a producer and a consumer working on
 //! neighbouring slots touch one cache line per message, not two.
+//!
+//! The geometry (capacity, slot size, arena units and unit size) is written into the
+//! [`RingHeader`] once by the creator; every opener copies it once, validates it against the
+//! segment header and the real mapped length, and never reads it from shared memory again.
 
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
@@ -19,21 +26,31 @@ use std::time::{Duration, Instant};
 use mproc_segment::{Segment, SegmentError, SegmentOptions, ShmSafe, current_pid};
 use mproc_sync::Parking;
 
+use crate::arena::{Alloc, Arena, ArenaHeader, Entries, MAX_UNITS, MIN_UNIT, MIN_UNITS};
 use crate::atomic::{AtomicU64, Ordering};
-use crate::ring::{Pop, Push, Ring, RingHeader, Slots};
+use crate::ring::{Claim, Claimed, Pop, Push, Ring, RingHeader, Slots};
 
 // SAFETY: RingHeader is #[repr(C)] atomics plus padding words that are never written; any bit
 // pattern is some (possibly nonsensical) ring state, which the ring's methods tolerate without
 // memory unsafety (positions index modulo the capacity).
 unsafe impl ShmSafe for RingHeader {}
+// SAFETY: as for RingHeader: #[repr(C)] atomics and unused padding; the arena's methods bound
+// every position by the unit count copied at open.
+unsafe impl ShmSafe for ArenaHeader {}
 
 const HEADER_BYTES: usize = std::mem::size_of::<RingHeader>();
+const ARENA_HEADER_BYTES: usize = std::mem::size_of::<ArenaHeader>();
+/// Bytes of one arena entry (chunk word + link word).
+const ENTRY_BYTES: usize = 16;
 
 /// How long a blocked `put`/`get` sleeps before looking again, so that a peer that died
-/// holding the slot it waits for (and so never wakes it) is noticed.
+/// holding the slot (or chunk) it waits for, and so never wakes it, is noticed.
 const REPOLL: Duration = Duration::from_millis(200);
 
-/// The geometry of a ring in a payload.
+/// The largest unit of an arena (bytes).
+const MAX_UNIT: u64 = 1 << 30;
+
+/// The geometry of a ring (and its arena) in a payload.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Layout {
     pub capacity: usize,
@@ -42,14 +59,59 @@ pub(crate) struct Layout {
     pub lead: usize,
     pub stride: usize,
     pub data_offset: usize,
+    /// Arena units (0: no arena).
+    pub units: u64,
+    /// Bytes per arena unit (0: no arena).
+    pub unit: u64,
+    pub arena_offset: usize,
+    pub body_offset: usize,
     pub payload_len: usize,
 }
 
+fn bad(reason: &'static str) -> SegmentError {
+    SegmentError::InvalidSize { reason }
+}
+
 impl Layout {
-    /// Capacity rounded up to a power of two; slots aligned to `align` (at least 8).
-    pub fn new(capacity: usize, slot_size: usize, align: usize) -> Result<Layout, SegmentError> {
-        let bad = |reason| SegmentError::InvalidSize { reason };
+    /// Capacity rounded up to a power of two; slots aligned to `align` (at least 8); an arena
+    /// of `arena_bytes` rounded up to a power of two (0: none).
+    pub fn new(
+        capacity: usize,
+        slot_size: usize,
+        align: usize,
+        arena_bytes: usize,
+    ) -> Result<Layout, SegmentError> {
         if capacity == 0 {
+            return Err(bad("queue capacity must be at least 1"));
+        }
+        if capacity > 1 << 31 {
+            return Err(bad("queue capacity must be at most 2^31"));
+        }
+        let (units, unit) = if arena_bytes == 0 {
+            (0, 0)
+        } else {
+            let total = (arena_bytes as u64)
+                .checked_next_power_of_two()
+                .ok_or(bad("arena size overflows"))?
+                .max(MIN_UNIT * MIN_UNITS);
+            let unit = (total / MAX_UNITS).max(MIN_UNIT);
+            if unit > MAX_UNIT {
+                return Err(bad("arena size must be at most 2^54 bytes"));
+            }
+            (total / unit, unit)
+        };
+        Self::build(capacity.next_power_of_two(), slot_size, align, units, unit)
+    }
+
+    /// The layout of exactly this geometry (validated: it may come from shared memory).
+    fn build(
+        capacity: usize,
+        slot_size: usize,
+        align: usize,
+        units: u64,
+        unit: u64,
+    ) -> Result<Layout, SegmentError> {
+        if capacity == 0 || !capacity.is_power_of_two() {
             return Err(bad("queue capacity must be at least 1"));
         }
         if capacity > 1 << 31 {
@@ -58,29 +120,56 @@ impl Layout {
         if slot_size == 0 || slot_size > u32::MAX as usize {
             return Err(bad("slot size must be between 1 and 2^32 - 1 bytes"));
         }
-        let capacity = capacity.next_power_of_two();
+        let no_arena = units == 0 && unit == 0;
+        let arena_ok = units.is_power_of_two()
+            && (MIN_UNITS..=MAX_UNITS).contains(&units)
+            && unit.is_power_of_two()
+            && (MIN_UNIT..=MAX_UNIT).contains(&unit);
+        if !no_arena && !arena_ok {
+            return Err(bad("arena geometry out of range"));
+        }
         let lead = align.max(8);
         let stride = lead
             .checked_add(slot_size)
             .map(|s| s.next_multiple_of(lead))
             .ok_or(bad("queue size overflows"))?;
         let data_offset = HEADER_BYTES.next_multiple_of(lead);
-        let payload_len = capacity
+        let slots_end = capacity
             .checked_mul(stride)
             .and_then(|d| d.checked_add(data_offset))
             .ok_or(bad("queue size overflows"))?;
+        let arena_offset = slots_end.next_multiple_of(128);
+        let body_offset = usize::try_from(units)
+            .ok()
+            .and_then(|u| u.checked_mul(ENTRY_BYTES))
+            .and_then(|e| e.checked_add(arena_offset + ARENA_HEADER_BYTES))
+            .ok_or(bad("queue size overflows"))?;
+        let payload_len = if no_arena {
+            slots_end
+        } else {
+            units
+                .checked_mul(unit)
+                .and_then(|b| usize::try_from(b).ok())
+                .and_then(|b| b.checked_add(body_offset))
+                .ok_or(bad("queue size overflows"))?
+        };
         Ok(Layout {
             capacity,
             slot_size,
             lead,
             stride,
             data_offset,
+            units,
+            unit,
+            arena_offset,
+            body_offset,
             payload_len,
         })
     }
 }
 
-/// A ring in a segment. Owns the segment; cheap to turn into a [`Ring`] per operation.
+/// A ring (and arena) in a segment. Owns the segment; cheap to turn into a [`Ring`] or an
+/// [`Arena`] per operation.
 #[derive(Debug)]
 pub(crate) struct RawQueue {
     seg: Segment,
@@ -90,8 +179,8 @@ pub(crate) struct RawQueue {
     shift: u32,
 }
 
-// SAFETY: all shared state is reached through atomics or through slots owned by the claim
-// protocol of `Ring`; the segment is Send + Sync.
+// SAFETY: all shared state is reached through atomics or through slots and chunks owned by
+// the claim protocols of `Ring` and `Arena`; the segment is Send + Sync.
 unsafe impl Send for RawQueue {}
 // SAFETY: as above.
 unsafe impl Sync for RawQueue {}
@@ -108,47 +197,75 @@ impl Slots for ShmSlots<'_> {
         // (data_offset + capacity * stride <= payload length, checked in `wrap`), and its
         // first 8 bytes are 8-aligned (data and stride are multiples of `lead` >= 8, checked
         // in `wrap`). Those bytes are only ever accessed as this atomic.
-        unsafe {
-            &*self
-                .q
-                .data
-                .as_ptr()
-                .add(idx * self.q.layout.stride)
-                .cast::<AtomicU64>()
-        }
+        unsafe { &*self.q.slot_word_ptr(idx) }
     }
 
     #[inline]
     unsafe fn with_mut<R>(&self, idx: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let l = &self.q.layout;
-        // SAFETY: the slot lies inside the payload (data_offset + capacity * stride ==
-        // payload_len, checked in `wrap`), and the caller holds it in state Writing, so no
-        // other process reads or writes these bytes until it is published.
+        // SAFETY: the slot lies inside the payload (checked in `wrap`), and the caller holds
+        // it in state Writing, so no other process reads or writes these bytes until it is
+        // published.
         let slot = unsafe {
-            std::slice::from_raw_parts_mut(
-                self.q.data.as_ptr().add(idx * l.stride + l.lead),
-                l.slot_size,
-            )
+            std::slice::from_raw_parts_mut(self.q.slot_ptr(idx), self.q.layout.slot_size)
         };
         f(slot)
     }
 
     #[inline]
     unsafe fn with<R>(&self, idx: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-        let l = &self.q.layout;
         // SAFETY: as in `with_mut`; the caller holds the slot in state Reading, so nobody
         // writes it until it is freed.
-        let slot = unsafe {
-            std::slice::from_raw_parts(
-                self.q.data.as_ptr().add(idx * l.stride + l.lead),
-                l.slot_size,
-            )
-        };
+        let slot =
+            unsafe { std::slice::from_raw_parts(self.q.slot_ptr(idx), self.q.layout.slot_size) };
         f(slot)
     }
 
     fn is_alive(&self, pid: u32) -> bool {
         peer_alive(pid)
+    }
+}
+
+/// Entries of an arena in shared memory.
+pub(crate) struct ShmEntries<'a> {
+    q: &'a RawQueue,
+}
+
+impl ShmEntries<'_> {
+    #[inline]
+    fn entry(&self, unit: usize, word: usize) -> &AtomicU64 {
+        let l = &self.q.layout;
+        // SAFETY: unit < units (masked by the arena); the entries lie inside the payload
+        // (body_offset + units * unit <= payload length, checked in `wrap`) at a 128-aligned
+        // offset, so each 8-byte word is 8-aligned. Those bytes are only accessed as atomics.
+        unsafe {
+            &*self
+                .q
+                .data
+                .as_ptr()
+                .add(l.arena_offset - l.data_offset + ARENA_HEADER_BYTES)
+                .add(unit * ENTRY_BYTES + word * 8)
+                .cast::<AtomicU64>()
+        }
+    }
+}
+
+impl Entries for ShmEntries<'_> {
+    #[inline]
+    fn word(&self, unit: usize) -> &AtomicU64 {
+        self.entry(unit, 0)
+    }
+
+    #[inline]
+    fn link(&self, unit: usize) -> &AtomicU64 {
+        self.entry(unit, 1)
+    }
+
+    fn is_alive(&self, pid: u32) -> bool {
+        peer_alive(pid)
+    }
+
+    fn ring_holds(&self, pos: u64) -> bool {
+        self.q.ring().holds(pos)
     }
 }
 
@@ -165,6 +282,9 @@ thread_local! {
 /// a slot and publishing it (the usual reason to ask) does not pay two system calls per poll.
 /// A dead peer is then noticed at most that much later.
 fn peer_alive(pid: u32) -> bool {
+    if pid == current_pid() {
+        return true;
+    }
     let now = Instant::now();
     if let Some((p, at)) = LAST_ALIVE.with(std::cell::Cell::get) {
         if p == pid && now.duration_since(at) < ALIVE_FOR {
@@ -194,6 +314,8 @@ impl RawQueue {
                 .store(layout.capacity as u64, Ordering::Relaxed);
             hdr.slot_size
                 .store(layout.slot_size as u64, Ordering::Relaxed);
+            hdr.arena_units.store(layout.units, Ordering::Relaxed);
+            hdr.arena_unit.store(layout.unit, Ordering::Relaxed);
             hdr.attached.store(1, Ordering::Relaxed);
             Ok::<(), SegmentError>(())
         };
@@ -201,7 +323,7 @@ impl RawQueue {
             Some(name) => options.create_with(name, init)?,
             None => options.anonymous_with(init)?,
         };
-        Self::wrap(seg, layout.slot_size)
+        Self::wrap(seg)
     }
 
     /// Opens a named ring segment; `options` carry the expected kind and element type.
@@ -215,35 +337,55 @@ impl RawQueue {
         Self::attach(options.from_fd(fd)?)
     }
 
+    /// A second handle on the same queue (a duplicate of the segment's fd, mapped again).
+    pub fn try_clone(&self) -> Result<RawQueue, SegmentError> {
+        use std::os::fd::AsFd;
+        let fd = self
+            .seg
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| SegmentError::Io {
+                call: "dup",
+                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            })?;
+        Self::from_fd(SegmentOptions::any(), fd)
+    }
+
     fn attach(seg: Segment) -> Result<RawQueue, SegmentError> {
-        let hdr: &RingHeader = seg.view(0)?;
-        let slot_size = hdr.slot_size.load(Ordering::Relaxed) as usize;
-        let q = Self::wrap(seg, slot_size)?;
+        let q = Self::wrap(seg)?;
         q.header().attached.fetch_add(1, Ordering::SeqCst);
         Ok(q)
     }
 
-    /// Validates the geometry recorded in the segment against its real length. The slot
-    /// alignment is the element alignment recorded in the segment header.
-    fn wrap(seg: Segment, slot_size: usize) -> Result<RawQueue, SegmentError> {
+    /// Copies the geometry recorded in the segment once and validates it against the segment
+    /// header and the real length. The slot alignment is the element alignment recorded in
+    /// the segment header.
+    fn wrap(seg: Segment) -> Result<RawQueue, SegmentError> {
         let corrupt = |reason| SegmentError::CorruptHeader { reason };
         let hdr: &RingHeader = seg.view(0)?;
         let capacity = hdr.capacity.load(Ordering::Relaxed);
+        let slot_size = hdr.slot_size.load(Ordering::Relaxed);
+        let units = hdr.arena_units.load(Ordering::Relaxed);
+        let unit = hdr.arena_unit.load(Ordering::Relaxed);
         let header = seg
             .header()
             .ok_or(corrupt("queue segment without a header"))?;
         let (header_cap, align) = (header.capacity, header.element.align as usize);
-        if capacity != header_cap || !capacity.is_power_of_two() {
+        if capacity != header_cap || !capacity.is_power_of_two() || capacity > 1 << 31 {
             return Err(corrupt("queue capacity disagrees with the segment header"));
         }
-        let layout = Layout::new(capacity as usize, slot_size, align)?;
-        if layout.capacity as u64 != capacity || layout.payload_len > seg.len() {
+        let slot_size = usize::try_from(slot_size).map_err(|_| corrupt("slot size too large"))?;
+        let layout = Layout::build(capacity as usize, slot_size, align, units, unit)
+            .map_err(|_| corrupt("queue geometry out of range"))?;
+        if layout.payload_len > seg.len() {
             return Err(corrupt("queue slots do not fit the segment"));
         }
         let hdr = NonNull::from(hdr);
         let data = NonNull::new(seg.as_ptr().wrapping_add(layout.data_offset))
             .ok_or(corrupt("null payload"))?;
-        if (data.as_ptr() as usize) % layout.lead != 0 {
+        if (data.as_ptr() as usize) % layout.lead != 0
+            || (seg.as_ptr() as usize + layout.arena_offset) % 128 != 0
+        {
             return Err(corrupt("queue slots are misaligned"));
         }
         Ok(RawQueue {
@@ -261,12 +403,98 @@ impl RawQueue {
     }
 
     #[inline]
+    fn slot_word_ptr(&self, idx: usize) -> *const AtomicU64 {
+        // SAFETY: callers pass idx < capacity; the slot lies inside the payload (`wrap`).
+        unsafe {
+            self.data
+                .as_ptr()
+                .add(idx * self.layout.stride)
+                .cast::<AtomicU64>()
+        }
+    }
+
+    /// The first byte of slot `idx`'s message bytes (`slot_size` of them).
+    #[inline]
+    pub fn slot_ptr(&self, idx: usize) -> *mut u8 {
+        // SAFETY: callers pass idx < capacity (from a claim); the slot lies inside the
+        // payload (`wrap`).
+        unsafe {
+            self.data
+                .as_ptr()
+                .add(idx * self.layout.stride + self.layout.lead)
+        }
+    }
+
+    #[inline]
     pub fn ring(&self) -> Ring<'_, ShmSlots<'_>> {
         Ring {
             hdr: self.header(),
             slots: ShmSlots { q: self },
             mask: self.layout.capacity as u64 - 1,
             shift: self.shift,
+        }
+    }
+
+    /// The body arena, if the queue has one.
+    #[inline]
+    pub fn arena(&self) -> Option<Arena<'_, ShmEntries<'_>>> {
+        if self.layout.units == 0 {
+            return None;
+        }
+        let offset = self.layout.arena_offset;
+        // SAFETY: the arena header lies inside the payload at a 128-aligned offset (`wrap`);
+        // ArenaHeader is ShmSafe.
+        let hdr = unsafe {
+            &*self
+                .data
+                .as_ptr()
+                .add(offset - self.layout.data_offset)
+                .cast::<ArenaHeader>()
+        };
+        Some(Arena {
+            hdr,
+            entries: ShmEntries { q: self },
+            units: self.layout.units,
+            shift: self.layout.units.trailing_zeros(),
+        })
+    }
+
+    /// Bytes of the arena held by chunks `tail` has not passed (messages not yet taken, or
+    /// being written or read), after freeing what dead processes left at the tail.
+    pub fn arena_used(&self) -> u64 {
+        self.arena().map_or(0, |a| {
+            a.advance_tail(true);
+            a.used() * self.layout.unit
+        })
+    }
+
+    /// Bytes of the arena (0 without one).
+    pub fn arena_bytes(&self) -> u64 {
+        self.layout.units * self.layout.unit
+    }
+
+    /// Units a body of `bytes` bytes takes (at least one), or `None` if it exceeds the arena.
+    pub fn units_for(&self, bytes: usize) -> Option<u64> {
+        if self.layout.units == 0 {
+            return None;
+        }
+        let units = (bytes.max(1) as u64).div_ceil(self.layout.unit);
+        (units <= self.layout.units).then_some(units)
+    }
+
+    /// The first byte of the chunk at arena position `pos`. Callers check (through the chunk
+    /// word) that the chunk's units lie inside the arena before touching its bytes.
+    #[inline]
+    pub fn chunk_ptr(&self, pos: u64) -> *mut u8 {
+        let l = &self.layout;
+        let unit = (pos & (l.units.max(1) - 1)) as usize;
+        // SAFETY: unit < units, so the unit's first byte lies inside the body area, which lies
+        // inside the payload (`wrap`).
+        unsafe {
+            self.data
+                .as_ptr()
+                .add(l.body_offset - l.data_offset)
+                .add(unit * l.unit as usize)
         }
     }
 
@@ -283,12 +511,12 @@ impl RawQueue {
     }
 
     /// A non-blocking push (`try_put`): checks whether peers holding slots are alive.
-    pub fn try_push(&self, fill: impl FnMut(&mut [u8])) -> Push {
+    pub fn try_push(&self, fill: impl FnMut(&mut [u8], u64)) -> Push {
         self.ring().try_push(current_pid(), true, fill)
     }
 
     /// A non-blocking pop (`try_get`): checks whether peers holding slots are alive.
-    pub fn try_pop<R>(&self, take: impl FnMut(&[u8]) -> R) -> Pop<R> {
+    pub fn try_pop<R>(&self, take: impl FnMut(&[u8], u64) -> R) -> Pop<R> {
         self.ring().try_pop(current_pid(), true, take)
     }
 
@@ -296,7 +524,7 @@ impl RawQueue {
     pub fn push_deadline(
         &self,
         deadline: Option<Instant>,
-        mut fill: impl FnMut(&mut [u8]),
+        mut fill: impl FnMut(&mut [u8], u64),
     ) -> Push {
         let hdr = self.header();
         let me = current_pid();
@@ -319,7 +547,7 @@ impl RawQueue {
     pub fn pop_deadline<R>(
         &self,
         deadline: Option<Instant>,
-        mut take: impl FnMut(&[u8]) -> R,
+        mut take: impl FnMut(&[u8], u64) -> R,
     ) -> Pop<R> {
         let hdr = self.header();
         let me = current_pid();
@@ -337,6 +565,69 @@ impl RawQueue {
         .unwrap_or(Pop::Empty)
     }
 
+    /// Claims a slot for writing, waiting for room until `deadline` (`Some(now)`-like
+    /// deadlines and `nonblocking` give the `try_` behaviour).
+    pub fn claim_push(&self, deadline: Option<Instant>, nonblocking: bool) -> Claim {
+        let me = current_pid();
+        if nonblocking {
+            return self.ring().try_claim_push(me, true);
+        }
+        match self.ring().try_claim_push(me, false) {
+            Claim::Full => {}
+            done => return done,
+        }
+        block(&self.header().not_full, deadline, |check| {
+            match self.ring().try_claim_push(me, check) {
+                Claim::Full => None,
+                done => Some(done),
+            }
+        })
+        .unwrap_or(Claim::Full)
+    }
+
+    /// Claims a slot for reading, waiting for a message until `deadline`.
+    pub fn claim_pop(&self, deadline: Option<Instant>, nonblocking: bool) -> Pop<Claimed> {
+        let me = current_pid();
+        if nonblocking {
+            return self.ring().try_claim_pop(me, true);
+        }
+        match self.ring().try_claim_pop(me, false) {
+            Pop::Empty | Pop::InProgress => {}
+            done => return done,
+        }
+        block(&self.header().not_empty, deadline, |check| {
+            match self.ring().try_claim_pop(me, check) {
+                Pop::Empty | Pop::InProgress => None,
+                done => Some(done),
+            }
+        })
+        .unwrap_or(Pop::Empty)
+    }
+
+    /// Allocates an arena chunk of `units` units, waiting for space until `deadline`
+    /// (`nonblocking`: not at all, beyond reclaiming what dead peers left at the tail).
+    pub fn alloc(&self, units: u64, deadline: Option<Instant>, nonblocking: bool) -> Alloc {
+        let Some(arena) = self.arena() else {
+            return Alloc::NoSpace;
+        };
+        let me = current_pid();
+        if let Alloc::Done(pos) = arena.try_alloc(me, units) {
+            return Alloc::Done(pos);
+        }
+        if nonblocking {
+            arena.advance_tail(true);
+            return arena.try_alloc(me, units);
+        }
+        block(&arena.hdr.space, deadline, |check| {
+            arena.advance_tail(check);
+            match arena.try_alloc(me, units) {
+                Alloc::NoSpace => None,
+                done => Some(done),
+            }
+        })
+        .unwrap_or(Alloc::NoSpace)
+    }
+
     pub fn close(&self) {
         self.ring().close()
     }
@@ -352,6 +643,12 @@ impl RawQueue {
     /// Decrements the attach count; true if this was the last handle.
     pub fn detach(&self) -> bool {
         self.header().attached.fetch_sub(1, Ordering::SeqCst) == 1
+    }
+}
+
+impl Drop for RawQueue {
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 

@@ -85,8 +85,9 @@ pub(crate) fn decode(word: u64) -> (u32, State, u32) {
 /// `closed` (0/1, SeqCst), `not_empty` (consumers sleep here; producers wake),
 /// `not_full` (producers sleep here; consumers wake), `unfinished` (JoinableQueue: items put
 /// and not yet `task_done`), `all_done` (joiners sleep here), `attached` (handles open on the
-/// queue, for reclaiming undelivered out-of-line messages), `capacity` / `slot_size` (written
-/// once at creation).
+/// queue, shown by tools), `capacity` / `slot_size` / `arena_units` / `arena_unit` (the
+/// geometry: written once at creation, copied and validated once by every opener, never read
+/// again).
 #[repr(C, align(128))]
 #[derive(Debug, Default)]
 pub struct RingHeader {
@@ -99,6 +100,8 @@ pub struct RingHeader {
     pub(crate) capacity: AtomicU64,
     pub(crate) slot_size: AtomicU64,
     pub(crate) unfinished: AtomicU64,
+    pub(crate) arena_units: AtomicU64,
+    pub(crate) arena_unit: AtomicU64,
     pub(crate) not_empty: Parking,
     pub(crate) not_full: Parking,
     pub(crate) all_done: Parking,
@@ -122,6 +125,8 @@ pub struct RingSnapshot {
     pub attached: u32,
     /// JoinableQueue: items put and not yet `task_done`.
     pub unfinished: u64,
+    /// Bytes of the body arena (0: none).
+    pub arena_bytes: u64,
 }
 
 impl RingHeader {
@@ -137,6 +142,10 @@ impl RingHeader {
             closed: self.closed.load(Ordering::SeqCst) != 0,
             attached: self.attached.load(Ordering::SeqCst),
             unfinished: self.unfinished.load(Ordering::SeqCst),
+            arena_bytes: self
+                .arena_units
+                .load(Ordering::Relaxed)
+                .saturating_mul(self.arena_unit.load(Ordering::Relaxed)),
         }
     }
 }
@@ -160,6 +169,22 @@ pub(crate) trait Slots {
     unsafe fn with<R>(&self, idx: usize, f: impl FnOnce(&[u8]) -> R) -> R;
 
     fn is_alive(&self, pid: u32) -> bool;
+}
+
+/// A slot claimed at ring position `pos` (slot `idx`, lap `lap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Claimed {
+    pub idx: usize,
+    pub lap: u32,
+    pub pos: u64,
+}
+
+/// Outcome of a claim for writing.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    Slot(Claimed),
+    Full,
+    Closed,
 }
 
 /// Outcome of a non-blocking push.
@@ -201,16 +226,37 @@ impl<S: Slots> Ring<'_, S> {
         let _ = counter.compare_exchange(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed);
     }
 
-    /// Tries to append one message, written into the slot by `fill`.
+    /// Tries to append one message, written into the slot by `fill(bytes, position)`.
     ///
     /// With `check_peers`, a slot held by a reader is tested for the reader's death (a
     /// system call and a /proc read); without, such a slot just counts as full. Blocking
     /// callers skip the check until they have waited a while, so the hot path stays cheap.
-    pub fn try_push(&self, me: u32, check_peers: bool, mut fill: impl FnMut(&mut [u8])) -> Push {
+    pub fn try_push(
+        &self,
+        me: u32,
+        check_peers: bool,
+        mut fill: impl FnMut(&mut [u8], u64),
+    ) -> Push {
+        match self.try_claim_push(me, check_peers) {
+            Claim::Slot(c) => {
+                // SAFETY: we hold the slot in state Writing (the claim above).
+                unsafe { self.slots.with_mut(c.idx, |b| fill(b, c.pos)) };
+                self.publish(c);
+                Push::Done
+            }
+            Claim::Full => Push::Full,
+            Claim::Closed => Push::Closed,
+        }
+    }
+
+    /// Claims the tail slot for writing (state Writing(me)); the caller fills it and then
+    /// [`publish`](Self::publish)es or [`cancel`](Self::cancel)s it. Consumers reaching the
+    /// slot meanwhile wait for it (a claim held long holds them up).
+    pub fn try_claim_push(&self, me: u32, check_peers: bool) -> Claim {
         let hdr = self.hdr;
         for _ in 0..MAX_RETRIES {
             if hdr.closed.load(Ordering::SeqCst) != 0 {
-                return Push::Closed;
+                return Claim::Closed;
             }
             let pos = hdr.tail.load(Ordering::SeqCst);
             let idx = (pos & self.mask) as usize;
@@ -230,19 +276,10 @@ impl<S: Slots> Ring<'_, S> {
                 // A close that consumers may already have acted on ("empty and closed") must
                 // not be followed by an item they will never read: re-check after claiming.
                 if hdr.closed.load(Ordering::SeqCst) != 0 {
-                    word.store(
-                        encode(lap.wrapping_add(1), State::Empty, 0),
-                        Ordering::SeqCst,
-                    );
-                    hdr.not_empty.wake_all();
-                    return Push::Closed;
+                    self.cancel(Claimed { idx, lap, pos });
+                    return Claim::Closed;
                 }
-                // SAFETY: we hold the slot in state Writing (our CAS above).
-                unsafe { self.slots.with_mut(idx, &mut fill) };
-                // SYNC POINT: publish; pairs with the consumer's Acquire CAS of the word.
-                word.store(encode(lap, State::Full, 0), Ordering::SeqCst);
-                hdr.not_empty.wake_one();
-                return Push::Done;
+                return Claim::Slot(Claimed { idx, lap, pos });
             }
             if wlap == lap || (wlap == lap.wrapping_add(1) && state == State::Empty) {
                 // Someone else claimed this position: help move the tail on.
@@ -258,27 +295,64 @@ impl<S: Slots> Ring<'_, S> {
                     continue;
                 }
                 if hdr.tail.load(Ordering::SeqCst) == pos {
-                    return Push::Full;
+                    return Claim::Full;
                 }
             }
             // Our view was stale; look again.
         }
         // Only a corrupted ring (or extreme contention) gets here: report "no room now"
         // rather than spin forever in a non-blocking call.
-        Push::Full
+        Claim::Full
     }
 
-    /// Tries to take one message, read out of the slot by `take`. `check_peers` as in
-    /// [`try_push`](Self::try_push), for a slot a producer is still writing.
+    /// Publishes a slot claimed by [`try_claim_push`](Self::try_claim_push) and filled.
+    pub fn publish(&self, c: Claimed) {
+        // SYNC POINT: publish; pairs with the consumer's Acquire CAS of the word.
+        self.slots
+            .word(c.idx)
+            .store(encode(c.lap, State::Full, 0), Ordering::SeqCst);
+        self.hdr.not_empty.wake_one();
+    }
+
+    /// Gives up a slot claimed by [`try_claim_push`](Self::try_claim_push) without publishing
+    /// it: consumers pass over it as over a taken slot.
+    pub fn cancel(&self, c: Claimed) {
+        self.slots.word(c.idx).store(
+            encode(c.lap.wrapping_add(1), State::Empty, 0),
+            Ordering::SeqCst,
+        );
+        self.hdr.not_empty.wake_all();
+    }
+
+    /// Tries to take one message, read out of the slot by `take(bytes, position)`.
+    /// `check_peers` as in [`try_push`](Self::try_push), for a slot a producer is still
+    /// writing.
     pub fn try_pop<R>(
         &self,
         me: u32,
         check_peers: bool,
-        mut take: impl FnMut(&[u8]) -> R,
+        mut take: impl FnMut(&[u8], u64) -> R,
     ) -> Pop<R> {
+        match self.try_claim_pop(me, check_peers) {
+            Pop::Item(c) => {
+                // SAFETY: we hold the slot in state Reading (the claim above).
+                let r = unsafe { self.slots.with(c.idx, |b| take(b, c.pos)) };
+                self.release(c);
+                Pop::Item(r)
+            }
+            Pop::Empty => Pop::Empty,
+            Pop::InProgress => Pop::InProgress,
+            Pop::Closed => Pop::Closed,
+        }
+    }
+
+    /// Claims the head slot for reading (state Reading(me)); the caller reads it and then
+    /// [`release`](Self::release)s it. Other consumers move on past a claimed slot; producers
+    /// wait for it only when they come round to it again.
+    pub fn try_claim_pop(&self, me: u32, check_peers: bool) -> Pop<Claimed> {
         let hdr = self.hdr;
         for _ in 0..MAX_RETRIES {
-            // SYNC POINT: read `closed` before concluding "empty" (see `try_push`).
+            // SYNC POINT: read `closed` before concluding "empty" (see `try_claim_push`).
             let closed = hdr.closed.load(Ordering::SeqCst) != 0;
             let pos = hdr.head.load(Ordering::SeqCst);
             let idx = (pos & self.mask) as usize;
@@ -297,15 +371,7 @@ impl<S: Slots> Ring<'_, S> {
                             continue;
                         }
                         Self::help_advance(&hdr.head, pos);
-                        // SAFETY: we hold the slot in state Reading (our CAS above).
-                        let r = unsafe { self.slots.with(idx, &mut take) };
-                        // SYNC POINT: free the slot; pairs with the next producer's Acquire.
-                        word.store(
-                            encode(lap.wrapping_add(1), State::Empty, 0),
-                            Ordering::SeqCst,
-                        );
-                        hdr.not_full.wake_one();
-                        return Pop::Item(r);
+                        return Pop::Item(Claimed { idx, lap, pos });
                     }
                     State::Reading => {
                         Self::help_advance(&hdr.head, pos);
@@ -344,8 +410,36 @@ impl<S: Slots> Ring<'_, S> {
                 return if closed { Pop::Closed } else { Pop::Empty };
             }
         }
-        // Only a corrupted ring (or extreme contention) gets here: see `try_push`.
+        // Only a corrupted ring (or extreme contention) gets here: see `try_claim_push`.
         Pop::InProgress
+    }
+
+    /// Frees a slot claimed by [`try_claim_pop`](Self::try_claim_pop) once it has been read.
+    pub fn release(&self, c: Claimed) {
+        // SYNC POINT: free the slot; pairs with the next producer's Acquire.
+        self.slots.word(c.idx).store(
+            encode(c.lap.wrapping_add(1), State::Empty, 0),
+            Ordering::SeqCst,
+        );
+        self.hdr.not_full.wake_one();
+    }
+
+    /// Whether the slot of position `pos` still holds its message: published, or being
+    /// written or read by a live process (for the body arena's reclaimer).
+    pub fn holds(&self, pos: u64) -> bool {
+        let w = self
+            .slots
+            .word((pos & self.mask) as usize)
+            .load(Ordering::Acquire);
+        let (wlap, state, pid) = decode(w);
+        if wlap != self.lap(pos) {
+            return false;
+        }
+        match state {
+            State::Full => true,
+            State::Writing | State::Reading => self.slots.is_alive(pid),
+            State::Empty => false,
+        }
     }
 
     /// Marks the queue closed and wakes everyone.
@@ -360,7 +454,9 @@ impl<S: Slots> Ring<'_, S> {
     pub fn len(&self) -> usize {
         let head = self.hdr.head.load(Ordering::SeqCst);
         let tail = self.hdr.tail.load(Ordering::SeqCst);
-        (head..tail.max(head))
+        // A corrupted ring may say anything: never walk more than the slots there are.
+        let end = tail.max(head).min(head.saturating_add(self.mask + 1));
+        (head..end)
             .filter(|&pos| {
                 let (wlap, state, _) = decode(
                     self.slots

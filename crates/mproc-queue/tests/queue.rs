@@ -1,5 +1,5 @@
 //! Queues across real processes: a many-process stress run, blocking and timeouts,
-//! close/drain, JoinableQueue, a 64 MiB message, wrong-type opens.
+//! close/drain, JoinableQueue, a 64 MiB message through the arena, wrong-type opens.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use mproc_queue::{GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions};
 use mproc_segment::{Segment, SegmentError};
-use mproc_testkit::{Child, fork_child, shm_entries, unique_name};
+use mproc_testkit::{Child, fork_child, unique_name};
 use serde::{Deserialize, Serialize};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -184,7 +184,7 @@ fn named_serde_queue_between_processes_inline_and_out_of_line() {
     let child = fork_child(|| {
         let q: Queue<Job> = Queue::open(&name).unwrap();
         for id in 0..20u64 {
-            // Alternate small (inline) and large (out-of-line) messages.
+            // Alternate small (inline) and large (arena) messages.
             let weights = vec![id as f32; if id % 2 == 0 { 2 } else { 5000 }];
             let job = Job {
                 id,
@@ -197,7 +197,6 @@ fn named_serde_queue_between_processes_inline_and_out_of_line() {
         }
         0
     });
-    let writer = format!("mproc-msg-{}-", child.pid());
     for id in 0..20u64 {
         let job = q.get_timeout(LONG).unwrap();
         assert_eq!(job.id, id);
@@ -205,17 +204,17 @@ fn named_serde_queue_between_processes_inline_and_out_of_line() {
         assert_eq!(job.weights.len(), if id % 2 == 0 { 2 } else { 5000 });
     }
     child.assert_success();
-    // Every out-of-line body the child wrote was unlinked by the reader.
-    assert!(
-        shm_entries(&writer).is_empty(),
-        "{:?}",
-        shm_entries(&writer)
-    );
+    // Every body the child wrote was freed by the reader.
+    assert_eq!(q.arena_used(), 0);
 }
 
 #[test]
-fn a_64_mib_message_round_trips_and_leaves_nothing_behind() {
-    let q: Queue<Vec<u8>> = Queue::new(2).unwrap();
+fn a_64_mib_message_round_trips_through_the_arena() {
+    let q: Queue<Vec<u8>> = QueueOptions::new()
+        .capacity(2)
+        .arena_bytes(128 << 20)
+        .anonymous()
+        .unwrap();
     let child = fork_child(|| {
         let big: Vec<u8> = (0..64 << 20).map(|i: usize| (i % 251) as u8).collect();
         match q.put_timeout(big, LONG) {
@@ -227,19 +226,56 @@ fn a_64_mib_message_round_trips_and_leaves_nothing_behind() {
     child.assert_success();
     assert_eq!(got.len(), 64 << 20);
     assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    assert_eq!(q.arena_used(), 0);
 }
 
 #[test]
-fn undelivered_out_of_line_bodies_are_reclaimed_with_the_last_handle() {
-    let q: Queue<Vec<u8>> = Queue::new(4).unwrap();
-    // Bodies are named after their writer's pid; in this test binary only this test writes
-    // bodies from the parent process.
-    let mine = format!("mproc-msg-{}-", std::process::id());
-    q.put(vec![7u8; 10_000]).unwrap();
-    q.put(vec![8u8; 10_000]).unwrap();
-    assert_eq!(shm_entries(&mine).len(), 2);
-    drop(q);
-    assert!(shm_entries(&mine).is_empty());
+fn a_message_larger_than_the_arena_is_refused_and_handed_back() {
+    let q: Queue<Vec<u8>> = QueueOptions::new()
+        .capacity(4)
+        .arena_bytes(64 << 10)
+        .anonymous()
+        .unwrap();
+    assert_eq!(q.arena_bytes(), 64 << 10);
+    let big = vec![9u8; 100_000];
+    match q.put(big.clone()) {
+        Err(PutError::TooLarge { value, size, max }) => {
+            assert_eq!(value, big);
+            assert!(size > 100_000 && max == 64 << 10, "{size} {max}");
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // Nothing was stored: the queue is as it was.
+    assert!(q.is_empty());
+    assert_eq!(q.arena_used(), 0);
+}
+
+#[test]
+fn a_full_arena_waits_like_a_full_queue_and_loses_nothing() {
+    let q: Queue<Vec<u8>> = QueueOptions::new()
+        .capacity(64)
+        .arena_bytes(64 << 10)
+        .anonymous()
+        .unwrap();
+    // Two 20 KB messages fit; a third does not until one is taken.
+    q.put(vec![1u8; 20_000]).unwrap();
+    q.put(vec![2u8; 20_000]).unwrap();
+    let third = vec![3u8; 30_000];
+    assert_eq!(q.try_put(third.clone()), Err(PutError::Full(third.clone())));
+    assert_eq!(
+        q.put_timeout(third.clone(), Duration::from_millis(20)),
+        Err(PutError::Timeout(third.clone()))
+    );
+    // A blocked put in another process goes through once a consumer frees space.
+    let child = fork_child(|| match q.put_timeout(vec![3u8; 30_000], LONG) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    });
+    assert_eq!(q.get_timeout(LONG).unwrap(), vec![1u8; 20_000]);
+    assert_eq!(q.get_timeout(LONG).unwrap(), vec![2u8; 20_000]);
+    assert_eq!(q.get_timeout(LONG).unwrap(), third);
+    child.assert_success();
+    assert_eq!(q.arena_used(), 0);
 }
 
 #[test]

@@ -296,13 +296,23 @@ impl SegmentOptions {
         payload_len: usize,
         total: usize,
     ) -> Result<Segment, SegmentError> {
-        // Reserve every page now so that a full /dev/shm fails here and not with SIGBUS later.
-        nix::fcntl::posix_fallocate(&fd, 0, total as libc::off_t).map_err(|e| match e {
+        let out_of_space = |e| match e {
             Errno::ENOSPC | Errno::ENOMEM | Errno::EFBIG => SegmentError::OutOfSpace {
                 requested: total as u64,
             },
             e => SegmentError::io("posix_fallocate", e),
-        })?;
+        };
+        if name.is_some() {
+            // Reserve every page now so that a full /dev/shm fails here and not with SIGBUS
+            // later.
+            nix::fcntl::posix_fallocate(&fd, 0, total as libc::off_t).map_err(out_of_space)?;
+        } else {
+            // A memfd lives on the kernel's internal tmpfs, which has no size limit: a page
+            // first touched later cannot fail for want of space (only for want of memory,
+            // which is the OOM killer's, as for any anonymous memory). So pages come as they
+            // are used, and a large queue arena costs only what it holds.
+            nix::unistd::ftruncate(&fd, total as libc::off_t).map_err(out_of_space)?;
+        }
         let map = MmapOptions::new()
             .len(total)
             .map_raw(fd.as_raw_fd())

@@ -38,7 +38,7 @@ use crate::call::{FnRef, encode_into};
 use crate::process::{StartMethod, ThreadedFork, check_fork};
 use crate::worker::{Reply, check_may_start, results_options};
 use crate::{ProcessError, TaskError};
-use mproc_queue::{GetError, Queue};
+use mproc_queue::Queue;
 
 pub use results::{AsyncResult, Imap};
 use state::{Config, Job, Outcome, Shared, State, abandon_job, handler, start_one};
@@ -76,6 +76,7 @@ pub struct PoolBuilder {
     threaded_fork: ThreadedFork,
     initializer: Option<Result<(FnRef, Vec<u8>), String>>,
     max_tasks_per_child: Option<u64>,
+    arena_bytes: usize,
     chunksize: Option<usize>,
     start_timeout: Duration,
     #[cfg_attr(not(feature = "progress"), allow(dead_code))]
@@ -90,6 +91,7 @@ impl Default for PoolBuilder {
             threaded_fork: ThreadedFork::default(),
             initializer: None,
             max_tasks_per_child: None,
+            arena_bytes: crate::worker::DEFAULT_ARENA_BYTES,
             chunksize: None,
             start_timeout: Duration::from_secs(30),
             progress: false,
@@ -125,6 +127,16 @@ impl PoolBuilder {
                 .map(|bytes| (FnRef::new(f), bytes))
                 .map_err(|e| e.to_string()),
         );
+        self
+    }
+
+    /// Bytes of the body arena of each of the pool's queues (each worker's inbox and the
+    /// results queue): the largest encoded chunk of arguments, or of results, that can
+    /// travel. A larger one fails its tasks with [`TaskError::Encode`](crate::TaskError).
+    /// Default [`DEFAULT_ARENA_BYTES`](crate::DEFAULT_ARENA_BYTES) (64 MiB): the queues are
+    /// memfds whose pages come only as they are used, so this costs address space, not memory.
+    pub fn arena_bytes(mut self, bytes: usize) -> Self {
+        self.arena_bytes = bytes;
         self
     }
 
@@ -222,9 +234,10 @@ impl Pool {
             method: b.method,
             initializer,
             max_tasks: b.max_tasks_per_child,
+            arena: b.arena_bytes,
         };
         let capacity = (b.processes * (PREFETCH + 4)).max(64);
-        let results: Queue<Reply> = results_options(capacity).anonymous()?;
+        let results: Queue<Reply> = results_options(capacity, b.arena_bytes).anonymous()?;
         let mut workers = Vec::with_capacity(b.processes);
         for i in 0..b.processes {
             workers.push(start_one(&results, &config, i as u32)?);
@@ -593,14 +606,7 @@ impl Pool {
                 w.child.kill_and_reap();
             }
         }
-        // Replies nobody will read: taking them frees their out-of-line bodies (the queue's
-        // own last-handle drain does not run while killed workers still count as attached).
-        while let Ok(_) | Err(GetError::Message { .. }) = self.shared.results.try_get() {}
-        // A worker stopped between storing a large result and enqueueing it left a body no
-        // queue refers to.
-        for w in &workers {
-            mproc_queue::remove_message_bodies_of(w.child.pid());
-        }
+        // Replies nobody will read stay in the results queue's memfd, which goes with it.
         self.shared.notify();
     }
 }

@@ -68,6 +68,8 @@ pub(crate) struct Config {
     pub method: StartMethod,
     pub initializer: Option<(FnRef, Vec<u8>)>,
     pub max_tasks: Option<u64>,
+    /// Bytes of each queue's body arena.
+    pub arena: usize,
 }
 
 #[derive(Debug, Default)]
@@ -213,7 +215,7 @@ pub(crate) fn start_one(
     config: &Config,
     index: u32,
 ) -> Result<Worker, ProcessError> {
-    let inbox: Queue<Request> = inbox_options(PREFETCH).anonymous()?;
+    let inbox: Queue<Request> = inbox_options(PREFETCH, config.arena).anonymous()?;
     let boot = Boot {
         index,
         inbox_fd: inbox.segment().as_fd().as_raw_fd(),
@@ -356,11 +358,17 @@ impl State {
                 }
                 Ok(())
             }
-            Err(PutError::Message { reason, .. }) => {
+            Err(e @ (PutError::Message { .. } | PutError::TooLarge { .. })) => {
+                let hint = match e {
+                    PutError::TooLarge { .. } => {
+                        " (PoolBuilder::arena_bytes, or a smaller chunksize)"
+                    }
+                    _ => "",
+                };
                 self.fail(
                     id,
                     &TaskError::Encode {
-                        message: format!("request could not be sent: {reason}"),
+                        message: format!("request could not be sent: {e}{hint}"),
                     },
                 );
                 Ok(())
@@ -453,9 +461,6 @@ impl State {
         }
         let w = &mut self.workers[i];
         let lost: Vec<u64> = w.sent.drain(..).collect();
-        // Its replies have all been read (drained before settling): any body of its left in
-        // /dev/shm belongs to a reply it never managed to enqueue.
-        mproc_queue::remove_message_bodies_of(pid);
         let (signal, code) = status.map_or((None, None), |s| s.parts());
         let clean_exit = status == Some(crate::ExitStatus::Code(0)) && w.retiring;
         for id in lost {

@@ -1,0 +1,232 @@
+//! `ByteQueue`: messages of raw bytes at memory speed (Python's `Connection.send_bytes` /
+//! `recv_bytes`), with zero-copy loans.
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use mproc_segment::{Kind, SegmentError, SegmentOptions, TypeTag};
+
+use crate::body::Wait;
+use crate::error::{get_result, put_result};
+use crate::loan::{Loan, Message};
+use crate::message::check_message_slots;
+use crate::raw::RawQueue;
+use crate::ring::Pop;
+use crate::{GetError, PutError, QueueOptions};
+
+/// The type tag of every byte queue.
+fn options() -> SegmentOptions {
+    SegmentOptions::new(Kind::QUEUE).type_tag(TypeTag::named::<u8>("mproc:bytes+arena"))
+}
+
+/// A bounded multi-producer multi-consumer queue of byte messages of any length, in shared
+/// memory. A message that fits its slot travels inline; a larger one in the queue's body
+/// arena: `put` is one copy in, `get` one copy out, and the loans none at all
+/// ([`loan`](Self::loan) / [`get_loan`](Self::get_loan)). No system call per message.
+///
+/// ```
+/// use mproc_queue::{ByteQueue, QueueOptions};
+/// let q = QueueOptions::new().capacity(64).arena_bytes(4 << 20).anonymous_bytes()?;
+/// q.put(b"hello").unwrap();
+/// q.put(vec![1u8; 100_000]).unwrap();          // in the arena
+/// assert_eq!(q.get().unwrap(), b"hello");
+/// let mut buf = Vec::new();
+/// assert_eq!(q.get_into(&mut buf).unwrap(), 100_000);  // reuses `buf`
+/// # Ok::<(), mproc_segment::SegmentError>(())
+/// ```
+#[derive(Debug)]
+pub struct ByteQueue {
+    raw: RawQueue,
+}
+
+impl QueueOptions {
+    /// Creates a named [`ByteQueue`] with these options (the type name is not used).
+    pub fn create_bytes(&self, name: &str) -> Result<ByteQueue, SegmentError> {
+        Ok(ByteQueue {
+            raw: RawQueue::create(options(), Some(name), self.layout()?)?,
+        })
+    }
+
+    /// Creates an anonymous [`ByteQueue`] with these options.
+    pub fn anonymous_bytes(&self) -> Result<ByteQueue, SegmentError> {
+        Ok(ByteQueue {
+            raw: RawQueue::create(options(), None, self.layout()?)?,
+        })
+    }
+}
+
+impl ByteQueue {
+    fn checked(raw: RawQueue) -> Result<ByteQueue, SegmentError> {
+        check_message_slots(&raw)?;
+        Ok(ByteQueue { raw })
+    }
+
+    /// An anonymous byte queue of at least `capacity` slots, default slot and arena sizes.
+    pub fn new(capacity: usize) -> Result<ByteQueue, SegmentError> {
+        QueueOptions::new().capacity(capacity).anonymous_bytes()
+    }
+
+    /// A named byte queue of at least `capacity` slots, default slot and arena sizes.
+    pub fn create(name: &str, capacity: usize) -> Result<ByteQueue, SegmentError> {
+        QueueOptions::new().capacity(capacity).create_bytes(name)
+    }
+
+    /// Opens a named byte queue (its geometry comes from the segment).
+    pub fn open(name: &str) -> Result<ByteQueue, SegmentError> {
+        Self::checked(RawQueue::open(options(), name)?)
+    }
+
+    /// Attaches to a byte queue through its segment's file descriptor.
+    pub fn from_fd(fd: OwnedFd) -> Result<ByteQueue, SegmentError> {
+        Self::checked(RawQueue::from_fd(options(), fd)?)
+    }
+
+    /// A second handle to the same queue (as if opened again).
+    pub fn try_clone(&self) -> Result<ByteQueue, SegmentError> {
+        Self::checked(self.raw.try_clone()?)
+    }
+
+    fn put_with<B: AsRef<[u8]>>(&self, bytes: B, wait: Wait) -> Result<(), PutError<B>> {
+        let b = bytes.as_ref();
+        let sent = if b.len() <= self.raw.inline_room() {
+            self.raw.send_inline(b, wait)
+        } else {
+            self.raw.send_arena(b.len(), wait, |body| {
+                body.copy_from_slice(b);
+                Ok(())
+            })
+        };
+        let size = b.len();
+        put_result(sent, bytes, wait, size)
+    }
+
+    /// Appends a message, waiting while the queue (or its arena) is full. The bytes come
+    /// back in the error: `Closed`, or `TooLarge` if longer than the whole arena.
+    pub fn put<B: AsRef<[u8]>>(&self, bytes: B) -> Result<(), PutError<B>> {
+        self.put_with(bytes, Wait::Forever)
+    }
+
+    /// Appends a message if there is room now: `Err(Full)` otherwise.
+    pub fn try_put<B: AsRef<[u8]>>(&self, bytes: B) -> Result<(), PutError<B>> {
+        self.put_with(bytes, Wait::No)
+    }
+
+    /// Appends a message, waiting at most `timeout` for room: `Err(Timeout)` otherwise.
+    pub fn put_timeout<B: AsRef<[u8]>>(
+        &self,
+        bytes: B,
+        timeout: Duration,
+    ) -> Result<(), PutError<B>> {
+        self.put_with(bytes, Wait::Until(Instant::now() + timeout))
+    }
+
+    fn get_with(&self, wait: Wait, buf: &mut Vec<u8>) -> Result<usize, GetError> {
+        get_result(
+            self.raw.receive(wait, |b| {
+                buf.clear();
+                buf.extend_from_slice(b);
+                b.len()
+            }),
+            wait,
+        )
+    }
+
+    /// Takes the oldest message, waiting while the queue is empty. `Err(Closed)` once closed
+    /// and drained.
+    pub fn get(&self) -> Result<Vec<u8>, GetError> {
+        let mut buf = Vec::new();
+        self.get_with(Wait::Forever, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Takes the oldest message if there is one now: `Err(Empty)` otherwise.
+    pub fn try_get(&self) -> Result<Vec<u8>, GetError> {
+        let mut buf = Vec::new();
+        self.get_with(Wait::No, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Takes the oldest message, waiting at most `timeout`: `Err(Timeout)` otherwise.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<u8>, GetError> {
+        let mut buf = Vec::new();
+        self.get_with(Wait::Until(Instant::now() + timeout), &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Takes the oldest message into `buf` (cleared first, its allocation reused), waiting
+    /// while the queue is empty. Returns the message's length.
+    pub fn get_into(&self, buf: &mut Vec<u8>) -> Result<usize, GetError> {
+        self.get_with(Wait::Forever, buf)
+    }
+
+    fn loan_with(&self, len: usize, wait: Wait) -> Result<Loan<'_>, PutError<()>> {
+        match self.raw.alloc_body(len, wait) {
+            Ok(pos) => Ok(Loan::new(&self.raw, pos, len)),
+            Err(sent) => Err(put_result(sent, (), wait, len)
+                .err()
+                .unwrap_or(PutError::Full(()))),
+        }
+    }
+
+    /// Borrows `len` bytes of the arena to write a message in place, waiting for space.
+    /// [`Loan::send`] enqueues it; dropping the loan frees it. `Err(TooLarge)` if `len`
+    /// exceeds the arena.
+    pub fn loan(&self, len: usize) -> Result<Loan<'_>, PutError<()>> {
+        self.loan_with(len, Wait::Forever)
+    }
+
+    /// As [`loan`](Self::loan) if there is space now: `Err(Full)` otherwise.
+    pub fn try_loan(&self, len: usize) -> Result<Loan<'_>, PutError<()>> {
+        self.loan_with(len, Wait::No)
+    }
+
+    /// As [`loan`](Self::loan), waiting at most `timeout`: `Err(Timeout)` otherwise.
+    pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan<'_>, PutError<()>> {
+        self.loan_with(len, Wait::Until(Instant::now() + timeout))
+    }
+
+    fn get_loan_with(&self, wait: Wait) -> Result<Message<'_>, GetError> {
+        match self.raw.claim_message(wait) {
+            Pop::Item(slot) => Message::take(&self.raw, slot),
+            Pop::Closed => Err(GetError::Closed),
+            Pop::Empty | Pop::InProgress if wait.timed() => Err(GetError::Timeout),
+            Pop::Empty | Pop::InProgress => Err(GetError::Empty),
+        }
+    }
+
+    /// Takes the oldest message as a guard over its bytes in shared memory (no copy),
+    /// waiting while the queue is empty. Dropping the guard frees the message.
+    pub fn get_loan(&self) -> Result<Message<'_>, GetError> {
+        self.get_loan_with(Wait::Forever)
+    }
+
+    /// As [`get_loan`](Self::get_loan) if a message is there now: `Err(Empty)` otherwise.
+    pub fn try_get_loan(&self) -> Result<Message<'_>, GetError> {
+        self.get_loan_with(Wait::No)
+    }
+
+    /// As [`get_loan`](Self::get_loan), waiting at most `timeout`.
+    pub fn get_loan_timeout(&self, timeout: Duration) -> Result<Message<'_>, GetError> {
+        self.get_loan_with(Wait::Until(Instant::now() + timeout))
+    }
+
+    queue_state_methods!();
+
+    /// Bytes per slot; messages longer than this minus 8 go to the arena.
+    pub fn slot_size(&self) -> usize {
+        self.raw.slot_size()
+    }
+
+    /// Bytes of the body arena: the longest message, and the most bytes of large messages
+    /// the queue holds at once.
+    pub fn arena_bytes(&self) -> u64 {
+        self.raw.arena_bytes()
+    }
+
+    /// Bytes of the arena in use now: by messages not yet taken, or being written or read
+    /// (in whole units, including the space behind a chunk still held). Chunks that dead
+    /// processes left at the front are freed first. 0 when the queue is drained.
+    pub fn arena_used(&self) -> u64 {
+        self.raw.arena_used()
+    }
+}
