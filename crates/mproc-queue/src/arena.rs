@@ -83,6 +83,10 @@ const S_WRITING: u64 = 1;
 const S_LINKED: u64 = 2;
 const S_FREE: u64 = 3;
 
+/// Positions never get near this honestly (2^62 units); a larger one is corruption, refused
+/// before any arithmetic on it could overflow.
+const MAX_POS: u64 = 1 << 62;
+
 /// Attempts one call makes before giving up (a live arena never gets near this; a corrupted
 /// one must not make a call spin forever).
 const MAX_RETRIES: u32 = 1 << 16;
@@ -228,7 +232,7 @@ impl<E: Entries> Arena<'_, E> {
             if t > h {
                 continue; // `h` is stale: others allocated and freed since.
             }
-            if h - t > self.units {
+            if h > MAX_POS || h - t > self.units {
                 return Alloc::NoSpace; // contradictory counters: a corrupted arena
             }
             let u = self.unit(h);
@@ -362,7 +366,7 @@ impl<E: Entries> Arena<'_, E> {
             dekker_fence();
             let t = hdr.tail.load(Ordering::SeqCst);
             let h = hdr.head.load(Ordering::SeqCst);
-            if t >= h || h - t > self.units {
+            if t >= h || h > MAX_POS || h - t > self.units {
                 break;
             }
             let u = self.unit(t);

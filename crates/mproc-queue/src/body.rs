@@ -172,8 +172,9 @@ impl RawQueue {
             });
         };
         match self.alloc(units, wait.deadline(), wait.nonblocking()) {
-            Alloc::Done(pos) => Ok(pos),
-            Alloc::NoSpace => Err(Sent::NoRoom),
+            Some(Alloc::Done(pos)) => Ok(pos),
+            Some(Alloc::NoSpace) => Err(Sent::NoRoom),
+            None => Err(Sent::Closed),
         }
     }
 

@@ -606,30 +606,40 @@ impl RawQueue {
 
     /// Allocates an arena chunk of `units` units, waiting for space until `deadline`
     /// (`nonblocking`: not at all, beyond reclaiming what dead peers left at the tail).
-    pub fn alloc(&self, units: u64, deadline: Option<Instant>, nonblocking: bool) -> Alloc {
+    /// `None` once the queue is closed (a waiting allocation wakes up for that too).
+    pub fn alloc(&self, units: u64, deadline: Option<Instant>, nonblocking: bool) -> Option<Alloc> {
         let Some(arena) = self.arena() else {
-            return Alloc::NoSpace;
+            return Some(Alloc::NoSpace);
         };
         let me = current_pid();
+        if self.is_closed() {
+            return None;
+        }
         if let Alloc::Done(pos) = arena.try_alloc(me, units) {
-            return Alloc::Done(pos);
+            return Some(Alloc::Done(pos));
         }
         if nonblocking {
             arena.advance_tail(true);
-            return arena.try_alloc(me, units);
+            return Some(arena.try_alloc(me, units));
         }
         block(&arena.hdr.space, deadline, |check| {
+            if self.is_closed() {
+                return Some(None);
+            }
             arena.advance_tail(check);
             match arena.try_alloc(me, units) {
                 Alloc::NoSpace => None,
-                done => Some(done),
+                done => Some(Some(done)),
             }
         })
-        .unwrap_or(Alloc::NoSpace)
+        .unwrap_or(Some(Alloc::NoSpace))
     }
 
     pub fn close(&self) {
-        self.ring().close()
+        self.ring().close();
+        if let Some(arena) = self.arena() {
+            arena.hdr.space.wake_all();
+        }
     }
 
     pub fn is_closed(&self) -> bool {

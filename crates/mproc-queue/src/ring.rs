@@ -223,7 +223,12 @@ impl<S: Slots> Ring<'_, S> {
 
     #[inline]
     fn help_advance(counter: &AtomicU64, pos: u64) {
-        let _ = counter.compare_exchange(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed);
+        let _ = counter.compare_exchange(
+            pos,
+            pos.wrapping_add(1),
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        );
     }
 
     /// Tries to append one message, written into the slot by `fill(bytes, position)`.

@@ -1,0 +1,290 @@
+//! The body arena across real processes: byte messages of every size, loans, no file
+//! descriptor or /dev/shm object per message, and a peer that scribbles over the queue while
+//! others use it.
+
+use std::time::Duration;
+
+use mproc_queue::{ByteQueue, GetError, PodQueue, PutError, Queue, QueueOptions};
+use mproc_segment::Segment;
+use mproc_testkit::{Exit, Rng, fork_child, shm_entries, unique_name, with_deadline};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A message whose every byte says which message it is.
+fn message(id: u64, len: usize) -> Vec<u8> {
+    vec![(id % 251) as u8; len]
+}
+
+#[test]
+fn byte_messages_of_every_size_cross_processes_in_order() {
+    with_deadline(LONG, || {
+        let sizes = [0usize, 1, 119, 120, 121, 1024, 65_536, 1 << 20, 4 << 20];
+        let q = QueueOptions::new()
+            .capacity(8)
+            .arena_bytes(8 << 20)
+            .anonymous_bytes()
+            .unwrap();
+        let child = fork_child(|| {
+            for round in 0..3u64 {
+                for (i, &len) in sizes.iter().enumerate() {
+                    if q.put_timeout(message(round * 100 + i as u64, len), LONG)
+                        .is_err()
+                    {
+                        return 1;
+                    }
+                }
+            }
+            0
+        });
+        let mut buf = Vec::new();
+        for round in 0..3u64 {
+            for (i, &len) in sizes.iter().enumerate() {
+                let id = round * 100 + i as u64;
+                if i % 2 == 0 {
+                    assert_eq!(q.get_into(&mut buf).unwrap(), len);
+                    assert!(buf == message(id, len), "message {id} of {len} bytes");
+                } else {
+                    let m = q.get_loan_timeout(LONG).unwrap();
+                    assert!(*m == message(id, len)[..], "loaned message {id}");
+                }
+            }
+        }
+        child.assert_success();
+        assert_eq!(q.arena_used(), 0);
+        assert!(q.is_empty());
+    });
+}
+
+#[test]
+fn loans_are_written_and_read_in_place_across_processes() {
+    with_deadline(LONG, || {
+        let q = QueueOptions::new()
+            .capacity(4)
+            .arena_bytes(1 << 20)
+            .anonymous_bytes()
+            .unwrap();
+        let child = fork_child(|| {
+            for id in 0..50u64 {
+                let Ok(mut loan) = q.loan_timeout(100_000, LONG) else {
+                    return 1;
+                };
+                loan.fill((id % 251) as u8);
+                loan[..8].copy_from_slice(&id.to_ne_bytes());
+                if loan.send_timeout(LONG).is_err() {
+                    return 2;
+                }
+            }
+            // A loan dropped unsent gives its space back and sends nothing.
+            drop(q.loan(500_000).unwrap());
+            0
+        });
+        for id in 0..50u64 {
+            let m = q.get_loan_timeout(LONG).unwrap();
+            assert_eq!(m.len(), 100_000);
+            assert_eq!(u64::from_ne_bytes(m[..8].try_into().unwrap()), id);
+            assert!(m[8..].iter().all(|&b| b == (id % 251) as u8));
+        }
+        child.assert_success();
+        assert_eq!(q.try_get(), Err(GetError::Empty));
+        assert_eq!(q.arena_used(), 0);
+    });
+}
+
+#[test]
+fn pod_loans_write_and_read_slots_in_place() {
+    with_deadline(LONG, || {
+        let q: PodQueue<[u64; 64]> = PodQueue::new(4).unwrap();
+        let child = fork_child(|| {
+            for i in 0..100u64 {
+                let Ok(mut slot) = q.loan_timeout(LONG) else {
+                    return 1;
+                };
+                slot.fill(i);
+                slot.send();
+            }
+            // Dropped unsent: consumers pass over it; nothing arrives.
+            drop(q.loan().unwrap());
+            q.put([1000; 64]).map_or(2, |()| 0)
+        });
+        for i in 0..100u64 {
+            let v = q.get_loan_timeout(LONG).unwrap();
+            assert!(v.iter().all(|&x| x == i));
+        }
+        assert_eq!(q.get_timeout(LONG).unwrap(), [1000; 64]);
+        child.assert_success();
+        assert!(q.is_empty());
+    });
+}
+
+#[test]
+fn a_consumer_out_of_file_descriptors_still_gets_every_message() {
+    with_deadline(LONG, || {
+        let q: Queue<Vec<u8>> = QueueOptions::new().capacity(16).anonymous().unwrap();
+        let bytes = ByteQueue::new(16).unwrap();
+        for id in 0..10u64 {
+            q.put(message(id, 50_000)).unwrap();
+            bytes.put(message(id, 50_000)).unwrap();
+        }
+        let child = fork_child(|| {
+            // No descriptor can be opened at all (EMFILE for any open).
+            use nix::sys::resource::{Resource, setrlimit};
+            if setrlimit(Resource::RLIMIT_NOFILE, 0, 0).is_err() {
+                return 9;
+            }
+            if std::fs::File::open("/dev/null").is_ok() {
+                return 8; // the limit did not take
+            }
+            for id in 0..10u64 {
+                match (q.get(), bytes.get()) {
+                    (Ok(a), Ok(b)) if a == message(id, 50_000) && b == a => {}
+                    _ => return 1,
+                }
+            }
+            // And puts need no descriptor either.
+            match q.put(message(99, 70_000)) {
+                Ok(()) => 0,
+                Err(_) => 2,
+            }
+        });
+        child.assert_success();
+        assert_eq!(q.get().unwrap(), message(99, 70_000));
+        assert_eq!(q.arena_used(), 0);
+    });
+}
+
+#[test]
+fn large_messages_create_no_shared_memory_objects() {
+    with_deadline(LONG, || {
+        let name = unique_name("arena-named");
+        let q = QueueOptions::new()
+            .capacity(16)
+            .arena_bytes(4 << 20)
+            .create_bytes(&name)
+            .unwrap();
+        let before = shm_entries("mproc");
+        let child = fork_child(|| {
+            let q = ByteQueue::open(&name).unwrap();
+            for id in 0..1000u64 {
+                if q.put_timeout(message(id, 64 << 10), LONG).is_err() {
+                    return 1;
+                }
+            }
+            0
+        });
+        for id in 0..1000u64 {
+            assert_eq!(q.get_timeout(LONG).unwrap(), message(id, 64 << 10));
+        }
+        child.assert_success();
+        // Other tests of this binary may create segments meanwhile; none of ours is new.
+        let after = shm_entries("mproc");
+        let new: Vec<_> = after.iter().filter(|n| !before.contains(n)).collect();
+        assert!(
+            new.iter().all(|n| !n.starts_with("mproc-msg")),
+            "per-message objects appeared: {new:?}"
+        );
+        drop(q);
+        assert!(Segment::open_raw(&name).is_err(), "creator's drop unlinks");
+    });
+}
+
+#[test]
+fn too_large_and_full_are_typed_and_hand_the_bytes_back() {
+    let q = QueueOptions::new()
+        .capacity(8)
+        .arena_bytes(16 << 10)
+        .anonymous_bytes()
+        .unwrap();
+    let big = vec![1u8; 17 << 10];
+    match q.put(&big[..]) {
+        Err(PutError::TooLarge { value, size, max }) => {
+            assert_eq!(value.len(), big.len());
+            assert_eq!((size, max), (17 << 10, 16 << 10));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(q.loan(17 << 10), Err(PutError::TooLarge { .. })));
+    q.put(vec![2u8; 12 << 10]).unwrap();
+    let v = vec![3u8; 8 << 10];
+    assert_eq!(q.try_put(v.clone()), Err(PutError::Full(v.clone())));
+    assert!(matches!(q.try_loan(8 << 10), Err(PutError::Full(()))));
+    q.close();
+    assert_eq!(q.put(v.clone()), Err(PutError::Closed(v)));
+    assert_eq!(q.get().unwrap(), vec![2u8; 12 << 10]);
+    assert_eq!(q.get(), Err(GetError::Closed));
+}
+
+/// A vandal process writes random words over the whole queue (ring, slots, arena counters,
+/// chunk words, bodies) while a producer and a consumer keep using it with timeouts. Neither
+/// may crash, panic or hang: every call returns, with data or a typed error.
+#[test]
+fn a_peer_scribbling_over_a_live_queue_cannot_crash_or_hang_its_users() {
+    with_deadline(Duration::from_secs(120), || {
+        for round in 0..4u64 {
+            let q = QueueOptions::new()
+                .capacity(8)
+                .arena_bytes(64 << 10)
+                .anonymous_bytes()
+                .unwrap();
+            let words = q.segment().len() / 8;
+            let vandal = fork_child(|| {
+                let mem: &[std::sync::atomic::AtomicU64] =
+                    q.segment().view_slice(0, words).unwrap();
+                let mut rng = Rng(0xD1CE ^ (round + 1));
+                for _ in 0..20_000 {
+                    let at = (rng.next_u64() % words as u64) as usize;
+                    let v = match rng.next_u64() % 4 {
+                        0 => rng.next_u64(),
+                        1 => rng.next_u64() % 4096,
+                        2 => u64::MAX - rng.next_u64() % 8,
+                        _ => 0,
+                    };
+                    mem[at].store(v, std::sync::atomic::Ordering::Relaxed);
+                    if rng.next_u64() % 4 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                0
+            });
+            let short = Duration::from_millis(5);
+            let producer = fork_child(|| {
+                let mut rng = Rng(0xBEEF ^ (round + 1));
+                for i in 0..400u64 {
+                    let len = (rng.next_u64() % 20_000) as usize;
+                    let _ = match i % 3 {
+                        0 => q.put_timeout(message(i, len), short).map_err(drop),
+                        1 => q.try_put(message(i, len)).map_err(drop),
+                        _ => match q.loan_timeout(len, short) {
+                            Ok(l) => l.try_send().map_err(drop),
+                            Err(_) => Err(()),
+                        },
+                    };
+                    let _ = (q.len(), q.is_full(), q.arena_used());
+                }
+                0
+            });
+            let consumer = fork_child(|| {
+                for i in 0..400u64 {
+                    if i % 2 == 0 {
+                        let _ = q.get_timeout(short);
+                    } else if let Ok(m) = q.get_loan_timeout(short) {
+                        let _ = m.iter().map(|&b| u64::from(b)).sum::<u64>();
+                    }
+                    let _ = (q.len(), q.is_empty(), q.arena_used());
+                }
+                0
+            });
+            for (who, mut child) in [
+                ("vandal", vandal),
+                ("producer", producer),
+                ("consumer", consumer),
+            ] {
+                let r = child.wait_deadline(Duration::from_secs(60));
+                assert_eq!(
+                    r.exit,
+                    Exit::Code(0),
+                    "round {round}: {who} crashed or failed"
+                );
+            }
+        }
+    });
+}
