@@ -10,8 +10,9 @@
 //! - [`sync`] (`mproc-sync`): robust `Lock`, `RLock`, `Semaphore`, `Event`, `Condition`,
 //!   `Barrier`.
 //! - [`array`] (`mproc-array`): `Array`, `Value`, `RawArray`, readable from Python by name.
-//! - [`queue`] (`mproc-queue`): lock-free `PodQueue`, `Queue` (any serde type, any size),
-//!   `JoinableQueue`.
+//! - [`queue`] (`mproc-queue`): lock-free `PodQueue`, `Queue` (any serde type), `ByteQueue`
+//!   (byte messages, zero-copy loans), `JoinableQueue`; large messages travel in each
+//!   queue's own shared arena.
 //! - [`pool`] (`mproc-pool`): `Process` and `Pool` with fork and spawn start methods; a
 //!   worker that dies fails only its own task.
 //!
@@ -38,7 +39,9 @@ pub mod prelude {
     pub use mproc_pool::{
         AsyncResult, Pool, Process, ProcessError, StartMethod, TaskError, ThreadedFork,
     };
-    pub use mproc_queue::{GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions};
+    pub use mproc_queue::{
+        ByteQueue, GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions,
+    };
     pub use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
     pub use mproc_sync::{
         Barrier, BoundedSemaphore, Condition, Event, Lock, LockError, RLock, Semaphore,

@@ -4,7 +4,8 @@
 //! geometry fits the file; none may crash, hang or read out of bounds (a crash or an
 //! out-of-bounds read kills this test process; a hang trips the deadline).
 //!
-//! 10,000 cases per run (proptest), each opened 15 ways.
+//! 10,000 cases per run (proptest), each opened 16 ways; queue templates hold messages
+//! (inline, in the arena, and a chunk left mid-loan) and mutations reach the payload too.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use proptest::prelude::*;
 const CREATOR_PID: usize = 12;
 const CREATOR_START: usize = 72;
 const LENGTH_FIELDS: std::ops::Range<usize> = 16..88;
+/// Where the payload starts.
+const PAYLOAD: usize = 256;
 
 /// Valid segments of every kind, as bytes, whose recorded creator is a process that does not
 /// exist, so that a header whose state is mutated to "initialising" reports a dead creator at
@@ -39,8 +42,28 @@ fn templates() -> &'static [Vec<u8>] {
         let q = PodQueue::<u64>::create(&name, 4).unwrap();
         out.push(grab(&name));
         drop(q);
+        // Queues with messages in them, inline and in the arena, so that mutations of the
+        // payload hit live slots, chunk words, links and counters.
         let name = n("queue");
-        let q = Queue::<String>::create(&name, 4).unwrap();
+        let q: Queue<String> = QueueOptions::new()
+            .capacity(4)
+            .arena_bytes(4096)
+            .create(&name)
+            .unwrap();
+        q.put("inline".into()).unwrap();
+        q.put("x".repeat(700)).unwrap();
+        out.push(grab(&name));
+        drop(q);
+        let name = n("bytes");
+        let q = QueueOptions::new()
+            .capacity(4)
+            .arena_bytes(4096)
+            .create_bytes(&name)
+            .unwrap();
+        q.put([1u8; 900]).unwrap();
+        q.put([2u8; 20]).unwrap();
+        let loan = q.loan(300).unwrap();
+        std::mem::forget(loan); // a chunk left Writing, as a producer killed mid-loan leaves it
         out.push(grab(&name));
         drop(q);
         let name = n("array");
@@ -76,7 +99,23 @@ fn open_every_way(name: &str) {
         let _ = (q.try_get(), q.len(), q.try_put(1));
     }
     if let Ok(q) = Queue::<String>::open(name) {
-        let _ = (q.try_get(), q.len());
+        for _ in 0..3 {
+            let _ = (q.try_get(), q.len(), q.arena_used());
+        }
+        let _ = q.try_put("y".repeat(600));
+        let _ = q.try_get();
+    }
+    if let Ok(q) = ByteQueue::open(name) {
+        let _ = (q.try_get(), q.len(), q.is_full(), q.arena_used());
+        if let Ok(m) = q.try_get_loan() {
+            std::hint::black_box(m.iter().map(|&b| u64::from(b)).sum::<u64>());
+        }
+        let _ = q.try_put([3u8; 1000]);
+        if let Ok(mut l) = q.try_loan(200) {
+            l.fill(4);
+            let _ = l.try_send();
+        }
+        let _ = (q.try_get(), q.try_get());
     }
     if let Ok(q) = JoinableQueue::<u32>::open(name) {
         let _ = q.try_get();
@@ -128,26 +167,32 @@ enum Mutation {
     Truncate(usize),
     /// Append garbage.
     Extend(Vec<u8>),
+    /// Overwrite 8-byte words of the payload (ring and arena counters, slot and chunk words,
+    /// links, geometry, message bytes) with chosen values.
+    Payload(Vec<(usize, u64)>),
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
-    let extreme = prop_oneof![
-        Just(0u64),
-        Just(1),
-        Just(u64::MAX),
-        Just(u64::MAX / 2),
-        Just(1 << 40),
-        any::<u64>(),
-        0u64..8192,
-    ];
+    let extreme = || {
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(u64::MAX),
+            Just(u64::MAX / 2),
+            Just(1 << 40),
+            any::<u64>(),
+            0u64..8192,
+        ]
+    };
     prop_oneof![
         prop::collection::vec((0usize..256, any::<u8>()), 1..8).prop_map(Mutation::Bytes),
-        ((0usize..9), extreme).prop_map(|(f, v)| Mutation::Field(LENGTH_FIELDS.start + f * 8, v)),
+        ((0usize..9), extreme()).prop_map(|(f, v)| Mutation::Field(LENGTH_FIELDS.start + f * 8, v)),
         // Not to 0 bytes: an empty file is a creator that has not sized it yet, which every
         // opener waits for (up to its open timeout); `an_empty_file_is_waited_for_then_refused`
         // covers that case once.
         (1usize..5000).prop_map(Mutation::Truncate),
         prop::collection::vec(any::<u8>(), 1..512).prop_map(Mutation::Extend),
+        prop::collection::vec((0usize..1024, extreme()), 1..6).prop_map(Mutation::Payload),
     ]
 }
 
@@ -167,6 +212,14 @@ fn apply(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
         }
         Mutation::Truncate(n) => bytes.truncate(*n),
         Mutation::Extend(extra) => bytes.extend_from_slice(extra),
+        Mutation::Payload(words) => {
+            for &(k, v) in words {
+                let off = PAYLOAD + 8 * k;
+                if off + 8 <= bytes.len() {
+                    bytes[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+                }
+            }
+        }
     }
     bytes
 }
@@ -175,7 +228,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 7_000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn mutated_segments_are_refused_or_safe(t in 0usize..6, muts in prop::collection::vec(mutation(), 1..4)) {
+    fn mutated_segments_are_refused_or_safe(t in 0usize..7, muts in prop::collection::vec(mutation(), 1..4)) {
         with_deadline(Duration::from_secs(120), || {
             let mut bytes = templates()[t].clone();
             for m in &muts {

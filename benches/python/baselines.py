@@ -56,6 +56,20 @@ def queue_1to1():
     return (time.perf_counter() - t) / n * 1e9
 
 
+def queue_bytes(size):
+    total = (16 << 20) if QUICK else (256 << 20)
+    n = max(20, min(100_000, total // size))
+    q = mp.Queue(64)
+    p = mp.Process(target=consume, args=(q, n))
+    p.start()
+    msg = b"x" * size
+    t = time.perf_counter()
+    for _ in range(n):
+        q.put(msg)
+    p.join()
+    return (time.perf_counter() - t) / n * 1e6
+
+
 def queue_rtt():
     n = 10_000 // SCALE
     a, b = mp.Queue(), mp.Queue()
@@ -151,6 +165,8 @@ def value_inc():
 def main():
     report("queue_1to1", "ns/item", repeat(queue_1to1))
     report("queue_rtt", "us", repeat(queue_rtt))
+    for size in (1 << 10, 64 << 10, 1 << 20, 16 << 20):
+        report(f"queue_bytes_{size}", "us/msg", repeat(lambda: queue_bytes(size)))
     report("pipe_rtt_8b", "us", repeat(pipe_rtt))
     for name, samples in pool_figures().items():
         report(name, "us/task", samples)

@@ -37,8 +37,19 @@ pub const DEFINITIONS: &str = "
   child, under the array's lock) versus the parent summing a `Vec<f64>` of the same size. The
   child's first pass also maps every page into its address space (one minor fault per 4 KiB
   page); the second pass is the steady state, which the target is about.
+- **Large messages**: one producer process puts N messages of the given size into a
+  `ByteQueue` (`put(&[u8])`, one copy into the queue's arena) or a `Queue<Vec<u8>>` (postcard,
+  which encodes a `Vec<u8>` byte by byte), one consumer process takes them (`get_into`, one
+  copy out; `get`); the consumer times from its first message to its last. The pipe row does
+  the same with `write`/`read` of the whole message; the `memcpy` row copies the body once in
+  one process (the physical reference: a queue copies it twice, in and out). Each queue's
+  arena holds four messages (at least 4 MiB).
+- **Loan round trip**: a process loans a body of the given size from one `ByteQueue`, writes
+  its first word and sends it; the other reads it in place, answers with a loan of the same
+  size on a second queue; per round. No body is copied, so the time should not grow with size.
 - **Python**: `benches/python/baselines.py` does the same with `multiprocessing` (Queue of a
-  small tuple, Pipe, Pool with the fork context, Process, Lock, Value).
+  small tuple, Queue of `bytes` of each size, Pipe, Pool with the fork context, Process, Lock,
+  Value).
 ";
 
 /// All mproc and Rust-baseline figures.
@@ -72,7 +83,7 @@ pub struct Figures {
 
 type Small = (u64, f64, [u8; 8]);
 
-fn name(tag: &str) -> String {
+pub(crate) fn name(tag: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
         "mproc-bench-{tag}-{}-{}",
@@ -81,7 +92,7 @@ fn name(tag: &str) -> String {
     )
 }
 
-fn start<A, R>(f: fn(A) -> R, arg: A) -> Process<R>
+pub(crate) fn start<A, R>(f: fn(A) -> R, arg: A) -> Process<R>
 where
     A: serde::Serialize + serde::de::DeserializeOwned,
     R: serde::Serialize + serde::de::DeserializeOwned,
@@ -92,12 +103,12 @@ where
         .expect("start a benchmark process")
 }
 
-fn join<R: serde::de::DeserializeOwned>(mut p: Process<R>) -> R {
+pub(crate) fn join<R: serde::de::DeserializeOwned>(mut p: Process<R>) -> R {
     p.join_timeout(CHILD_DEADLINE)
         .expect("benchmark process failed")
 }
 
-fn per(elapsed: Duration, n: u64, unit_ns: f64) -> f64 {
+pub(crate) fn per(elapsed: Duration, n: u64, unit_ns: f64) -> f64 {
     elapsed.as_nanos() as f64 / n.max(1) as f64 / unit_ns
 }
 
@@ -325,7 +336,7 @@ fn rtt_1k(rounds: u64) -> f64 {
     us
 }
 
-fn read_exact(fd: RawFd, buf: &mut [u8]) {
+pub(crate) fn read_exact(fd: RawFd, buf: &mut [u8]) {
     let mut got = 0;
     while got < buf.len() {
         // SAFETY: `buf[got..]` is valid for writes of its length; `fd` is open in this process.
@@ -335,7 +346,7 @@ fn read_exact(fd: RawFd, buf: &mut [u8]) {
     }
 }
 
-fn write_all(fd: RawFd, buf: &[u8]) {
+pub(crate) fn write_all(fd: RawFd, buf: &[u8]) {
     let mut put = 0;
     while put < buf.len() {
         // SAFETY: `buf[put..]` is valid for reads of its length; `fd` is open in this process.
@@ -366,7 +377,7 @@ fn fd_sink(args: (RawFd, u64)) -> f64 {
     per(t.elapsed(), args.1 - 1, 1.0)
 }
 
-fn pipe() -> (OwnedFd, OwnedFd) {
+pub(crate) fn pipe() -> (OwnedFd, OwnedFd) {
     nix::unistd::pipe().expect("pipe")
 }
 

@@ -14,6 +14,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
+mod bodies;
 mod figures;
 mod stats;
 
@@ -58,9 +59,9 @@ impl Plan {
 
 /// One comparison in the table: an mproc figure, its baseline, and how to read them.
 struct Row {
-    what: &'static str,
+    what: String,
     mproc: Option<Stat>,
-    baseline_name: &'static str,
+    baseline_name: String,
     baseline: Option<Stat>,
     /// How the ratio is formed and the target it is read against.
     rule: Rule,
@@ -124,6 +125,73 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
+/// The rows of large messages (see `bodies.rs`), with the targets of the arena's issue:
+/// 1 KiB ≥ 10× Python's `mp.Queue` and ≥ 1.5× a pipe, 1 MiB ≥ 0.5× one `memcpy` of the body,
+/// the loan round trip flat (4 MiB within 2× of 64 B).
+fn body_rows(b: &bodies::Bodies, pyv: &dyn Fn(&str) -> Option<Stat>) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (i, &size) in bodies::SIZES.iter().enumerate() {
+        let h = bodies::human(size);
+        let bytes = b.bytes.get(i).cloned().flatten();
+        rows.push(Row {
+            what: format!("`ByteQueue` 1→1, {h} messages, µs/msg"),
+            mproc: bytes.clone(),
+            baseline_name: format!("Python `mp.Queue` of {h} `bytes`"),
+            baseline: pyv(&format!("queue_bytes_{size}")),
+            rule: if size == 1 << 10 {
+                Rule::FasterBy(10.0)
+            } else {
+                Rule::Info
+            },
+        });
+        rows.push(Row {
+            what: format!("`ByteQueue` 1→1, {h} messages, µs/msg"),
+            mproc: bytes.clone(),
+            baseline_name: format!("pipe, {h} writes"),
+            baseline: b.pipe.get(i).cloned().flatten(),
+            rule: if size == 1 << 10 {
+                Rule::FasterBy(1.5)
+            } else {
+                Rule::Info
+            },
+        });
+        rows.push(Row {
+            what: format!("`ByteQueue` 1→1, {h} messages, µs/msg"),
+            mproc: bytes,
+            baseline_name: format!("one `memcpy` of {h}, one process"),
+            baseline: b.memcpy.get(i).cloned().flatten(),
+            rule: if size == 1 << 20 {
+                Rule::FasterBy(0.5)
+            } else {
+                Rule::Info
+            },
+        });
+        rows.push(Row {
+            what: format!("`Queue<Vec<u8>>` 1→1, {h} messages, µs/msg"),
+            mproc: b.vec.get(i).cloned().flatten(),
+            baseline_name: format!("Python `mp.Queue` of {h} `bytes`"),
+            baseline: pyv(&format!("queue_bytes_{size}")),
+            rule: Rule::Info,
+        });
+    }
+    let small = b.loan_rtt.first().cloned().flatten();
+    for (i, &size) in bodies::LOAN_SIZES.iter().enumerate().skip(1) {
+        let last = i + 1 == bodies::LOAN_SIZES.len();
+        rows.push(Row {
+            what: format!("loan round trip, {}, µs", bodies::human(size)),
+            mproc: b.loan_rtt.get(i).cloned().flatten(),
+            baseline_name: "loan round trip, 64 B".into(),
+            baseline: small.clone(),
+            rule: if last {
+                Rule::FasterBy(0.5)
+            } else {
+                Rule::Info
+            },
+        });
+    }
+    rows
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     mproc::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -141,155 +209,158 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let py = figures::python(quick);
     let pyv = |k: &str| py.as_ref().ok().and_then(|m| m.get(k).cloned());
 
-    let rows = vec![
+    let mut rows = vec![
         Row {
-            what: "`PodQueue<u64>` 1→1, ns/item",
+            what: "`PodQueue<u64>` 1→1, ns/item".into(),
             mproc: f.pod_1to1.clone(),
-            baseline_name: "crossbeam `ArrayQueue`, 2 threads",
+            baseline_name: "crossbeam `ArrayQueue`, 2 threads".into(),
             baseline: f.crossbeam_1to1.clone(),
             rule: Rule::FasterBy(0.8),
         },
         Row {
-            what: "`PodQueue<u64>` 1→1 with `put_many`/`get_many` ×64, ns/item",
+            what: "`PodQueue<u64>` 1→1 with `put_many`/`get_many` ×64, ns/item".into(),
             mproc: f.pod_1to1_batch.clone(),
-            baseline_name: "crossbeam `ArrayQueue`, 2 threads",
+            baseline_name: "crossbeam `ArrayQueue`, 2 threads".into(),
             baseline: f.crossbeam_1to1.clone(),
             rule: Rule::FasterBy(0.8),
         },
         Row {
-            what: "`PodQueue<u64>` 4→4 (8 processes), ns/item",
+            what: "`PodQueue<u64>` 4→4 (8 processes), ns/item".into(),
             mproc: f.pod_4to4.clone(),
-            baseline_name: "crossbeam `ArrayQueue`, 2 threads",
+            baseline_name: "crossbeam `ArrayQueue`, 2 threads".into(),
             baseline: f.crossbeam_1to1.clone(),
             rule: Rule::Info,
         },
         Row {
-            what: "`Queue<(u64, f64, [u8; 8])>` 1→1, ns/item",
+            what: "`Queue<(u64, f64, [u8; 8])>` 1→1, ns/item".into(),
             mproc: f.msg_1to1.clone(),
-            baseline_name: "Python `mp.Queue` 1→1",
+            baseline_name: "Python `mp.Queue` 1→1".into(),
             baseline: pyv("queue_1to1"),
             rule: Rule::FasterBy(50.0),
         },
         Row {
-            what: "`Queue<(u64, f64, [u8; 8])>` 4→4, ns/item",
+            what: "`Queue<(u64, f64, [u8; 8])>` 4→4, ns/item".into(),
             mproc: f.msg_4to4.clone(),
-            baseline_name: "Python `mp.Queue` 1→1",
+            baseline_name: "Python `mp.Queue` 1→1".into(),
             baseline: pyv("queue_1to1"),
             rule: Rule::Info,
         },
         Row {
-            what: "pipe 1→1, 8-byte writes, ns/item (baseline row)",
+            what: "pipe 1→1, 8-byte writes, ns/item (baseline row)".into(),
             mproc: f.pipe_1to1.clone(),
-            baseline_name: "`PodQueue<u64>` 1→1",
+            baseline_name: "`PodQueue<u64>` 1→1".into(),
             baseline: f.pod_1to1.clone(),
             rule: Rule::Info,
         },
         Row {
-            what: "ping-pong round trip (`PodQueue<u64>` pair), µs",
+            what: "ping-pong round trip (`PodQueue<u64>` pair), µs".into(),
             mproc: f.rtt.clone(),
-            baseline_name: "two pipes, 8 B",
+            baseline_name: "two pipes, 8 B".into(),
             baseline: f.pipe_rtt_8.clone(),
             rule: Rule::FasterBy(20.0),
         },
         Row {
-            what: "ping-pong round trip, µs",
+            what: "ping-pong round trip, µs".into(),
             mproc: f.rtt.clone(),
-            baseline_name: "socketpair, 8 B",
+            baseline_name: "socketpair, 8 B".into(),
             baseline: f.sock_rtt_8.clone(),
             rule: Rule::Info,
         },
         Row {
-            what: "ping-pong round trip, 1 KiB (`Queue<Vec<u8>>`), µs",
+            what: "ping-pong round trip, 1 KiB (`Queue<Vec<u8>>`), µs".into(),
             mproc: f.rtt_1k.clone(),
-            baseline_name: "two pipes, 1 KiB",
+            baseline_name: "two pipes, 1 KiB".into(),
             baseline: f.pipe_rtt_1k.clone(),
             rule: Rule::Info,
         },
         Row {
-            what: "ping-pong round trip, 1 KiB (`Queue<Vec<u8>>`), µs",
+            what: "ping-pong round trip, 1 KiB (`Queue<Vec<u8>>`), µs".into(),
             mproc: f.rtt_1k.clone(),
-            baseline_name: "socketpair, 1 KiB",
+            baseline_name: "socketpair, 1 KiB".into(),
             baseline: f.sock_rtt_1k.clone(),
             rule: Rule::Info,
         },
         Row {
-            what: "ping-pong round trip, µs",
+            what: "ping-pong round trip, µs".into(),
             mproc: f.rtt.clone(),
-            baseline_name: "Python `mp.Queue` round trip",
+            baseline_name: "Python `mp.Queue` round trip".into(),
             baseline: pyv("queue_rtt"),
             rule: Rule::Info,
         },
         Row {
-            what: "`Pool.map` trivial fn, chunksize 1, µs/task",
+            what: "`Pool.map` trivial fn, chunksize 1, µs/task".into(),
             mproc: f.pool_map_c1.clone(),
-            baseline_name: "Python `Pool.map`, chunksize 1",
+            baseline_name: "Python `Pool.map`, chunksize 1".into(),
             baseline: pyv("pool_map_c1"),
             rule: Rule::FasterBy(20.0),
         },
         Row {
-            what: "`Pool.map` trivial fn, default chunksize, µs/task",
+            what: "`Pool.map` trivial fn, default chunksize, µs/task".into(),
             mproc: f.pool_map_default.clone(),
-            baseline_name: "Python `Pool.map`, default chunksize",
+            baseline_name: "Python `Pool.map`, default chunksize".into(),
             baseline: pyv("pool_map_default"),
             rule: Rule::FasterBy(20.0),
         },
         Row {
-            what: "`apply_async(..).get()` round trip, µs",
+            what: "`apply_async(..).get()` round trip, µs".into(),
             mproc: f.pool_apply.clone(),
-            baseline_name: "Python `apply_async(..).get()`",
+            baseline_name: "Python `apply_async(..).get()`".into(),
             baseline: pyv("pool_apply"),
             rule: Rule::FasterBy(20.0),
         },
         Row {
-            what: "`Pool` of 2: start + join, µs",
+            what: "`Pool` of 2: start + join, µs".into(),
             mproc: f.pool_start.clone(),
-            baseline_name: "Python `Pool(2)` + close + join",
+            baseline_name: "Python `Pool(2)` + close + join".into(),
             baseline: pyv("pool_start"),
             rule: Rule::Info,
         },
         Row {
-            what: "`Process` start + join, fork, µs",
+            what: "`Process` start + join, fork, µs".into(),
             mproc: f.process_fork.clone(),
-            baseline_name: "Python `Process`, fork",
+            baseline_name: "Python `Process`, fork".into(),
             baseline: pyv("process_fork"),
             rule: Rule::FasterBy(20.0),
         },
         Row {
-            what: "`Process` start + join, spawn, µs",
+            what: "`Process` start + join, spawn, µs".into(),
             mproc: f.process_spawn.clone(),
-            baseline_name: "Python `Process`, spawn",
+            baseline_name: "Python `Process`, spawn".into(),
             baseline: pyv("process_spawn"),
             rule: Rule::FasterBy(20.0),
         },
         Row {
-            what: "`Lock` lock + unlock, uncontended, ns",
+            what: "`Lock` lock + unlock, uncontended, ns".into(),
             mproc: f.lock.clone(),
-            baseline_name: "Python `mp.Lock`",
+            baseline_name: "Python `mp.Lock`".into(),
             baseline: pyv("lock"),
             rule: Rule::Info,
         },
         Row {
-            what: "`Value<u64>` locked increment, ns",
+            what: "`Value<u64>` locked increment, ns".into(),
             mproc: f.value_inc.clone(),
-            baseline_name: "Python `mp.Value` under its lock",
+            baseline_name: "Python `mp.Value` under its lock".into(),
             baseline: pyv("value_inc"),
             rule: Rule::Info,
         },
         Row {
-            what: "`Array<f64>` summed in another process, ms",
+            what: "`Array<f64>` summed in another process, ms".into(),
             mproc: f.array_sum.clone(),
-            baseline_name: "local `Vec<f64>` sum",
+            baseline_name: "local `Vec<f64>` sum".into(),
             baseline: f.vec_sum.clone(),
             rule: Rule::FasterBy(0.95),
         },
         Row {
-            what: "… its first pass in the child (page faults included), ms",
+            what: "… its first pass in the child (page faults included), ms".into(),
             mproc: f.array_sum_first.clone(),
-            baseline_name: "local `Vec<f64>` sum",
+            baseline_name: "local `Vec<f64>` sum".into(),
             baseline: f.vec_sum.clone(),
             rule: Rule::Info,
         },
     ];
+
+    let b = bodies::measure(plan.reps, plan.rounds, quick);
+    rows.extend(body_rows(&b, &pyv));
 
     let mut md = String::new();
     writeln!(md, "# mproc benchmarks\n")?;

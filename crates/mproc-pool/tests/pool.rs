@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use mproc_array::Value;
 use mproc_pool::{Pool, PoolBuilder, ProcessError, TaskError, ThreadedFork};
+use mproc_queue::{ByteQueue, QueueOptions};
 use mproc_sync::Event;
-use mproc_testkit::{shm_entries, unique_name, with_deadline};
+use mproc_testkit::{unique_name, with_deadline};
 use serde::{Deserialize, Serialize, Serializer};
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -407,7 +408,7 @@ fn terminate_stops_busy_workers_within_a_bound() {
 fn dropping_a_pool_leaves_no_process_and_no_segment() {
     with_deadline(DEADLINE, || {
         let p = pool(2);
-        // Results larger than a slot travel in their own segments; leave some unread.
+        // Results larger than a slot travel in the results queue's arena; leave some unread.
         let handles: Vec<_> = (0..6)
             .map(|_| p.apply_async(|n: usize| vec![1u8; n], 64 * 1024).unwrap())
             .collect();
@@ -417,11 +418,78 @@ fn dropping_a_pool_leaves_no_process_and_no_segment() {
         drop(p);
         for pid in pids {
             assert!(!alive(pid), "worker {pid} outlived the pool");
-            assert!(
-                shm_entries(&format!("mproc-msg-{pid}-")).is_empty(),
-                "segments of worker {pid} left behind"
-            );
         }
+    });
+}
+
+/// A task that puts a 100 KB message into the user's named byte queue.
+fn put_big(args: (String, u64)) -> u64 {
+    let q = ByteQueue::open(&args.0).expect("open user queue");
+    q.put(vec![(args.1 % 251) as u8; 100_000]).expect("put");
+    args.1
+}
+
+#[test]
+fn messages_tasks_put_in_a_user_queue_survive_retirement_join_and_drop() {
+    with_deadline(DEADLINE, || {
+        let name = unique_name("pool-user-queue");
+        let q = QueueOptions::new()
+            .capacity(64)
+            .arena_bytes(16 << 20)
+            .create_bytes(&name)
+            .unwrap();
+        // Every worker retires after one task: 20 workers put, exit and are reaped.
+        let p = builder(2).max_tasks_per_child(1).build().unwrap();
+        let ids = p.map(put_big, (0..20).map(|i| (name.clone(), i))).unwrap();
+        assert_eq!(ids, (0..20).collect::<Vec<_>>());
+        p.close();
+        p.join().unwrap();
+        // And a pool dropped right after its tasks put theirs.
+        let p = pool(2);
+        let h: Vec<_> = (20..30)
+            .map(|i| p.apply_async(put_big, (name.clone(), i)).unwrap())
+            .collect();
+        for h in &h {
+            h.get().unwrap();
+        }
+        drop(p);
+        let mut got = HashSet::new();
+        for _ in 0..30 {
+            let m = q.get_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(m.len(), 100_000);
+            assert!(m.iter().all(|&b| b == m[0]));
+            got.insert(m[0]);
+        }
+        assert_eq!(got, (0..30u8).collect());
+        assert_eq!(q.arena_used(), 0);
+    });
+}
+
+fn total_len(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+#[test]
+fn large_arguments_and_results_travel_in_the_arena_and_oversize_ones_fail_alone() {
+    with_deadline(DEADLINE, || {
+        let p = pool(2);
+        let args: Vec<Vec<u8>> = (0..8).map(|i| vec![i as u8; 1 << 20]).collect();
+        assert_eq!(p.map(total_len, args).unwrap(), vec![1 << 20; 8]);
+        let big = p.apply(|n: usize| vec![3u8; n], 8 << 20).unwrap();
+        assert_eq!(big.len(), 8 << 20);
+
+        // A pool with small arenas: an argument or a result that cannot fit fails its task
+        // with a typed error naming the cause; the pool goes on.
+        let small = builder(1).arena_bytes(64 << 10).build().unwrap();
+        match small.apply(total_len, vec![0u8; 100_000]) {
+            Err(TaskError::Encode { message }) => assert!(message.contains("arena"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        match small.apply(|n: usize| vec![1u8; n], 100_000) {
+            Err(TaskError::Encode { message }) => assert!(message.contains("arena"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(small.apply(square, 9), Ok(81));
     });
 }
 

@@ -383,7 +383,7 @@ impl<E: Entries> Arena<'_, E> {
                 break; // only a corrupted arena gets here
             }
             let free = match d.state {
-                Chunk::Free => w,
+                Chunk::Free => true,
                 Chunk::Writing { pid } if check_peers && !self.entries.is_alive(pid) => {
                     self.reclaim(word, w, t, d.len)
                 }
@@ -397,18 +397,19 @@ impl<E: Entries> Arena<'_, E> {
                 Chunk::Invalid if check_peers => self.reclaim(word, w, t, d.len),
                 _ => break,
             };
-            if free == 0 {
+            if !free {
                 continue; // the word changed under us: look again
             }
+            // A passed chunk's word stays as it is (Free): claimers take any word that is
+            // not a claim for their own lap. (If its 15-bit lap tag comes round again before
+            // another chunk starts at that unit, a claimer takes it for a Free chunk of this
+            // lap and passes over it: a lap's worth of that space is skipped, nothing more.)
             if hdr
                 .tail
                 .compare_exchange(t, t + d.len, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
             {
                 moved = true;
-                // Tidy: a passed chunk's word goes back to zero (claimers accept any word
-                // that is not a claim for their lap, so this is not needed for correctness).
-                let _ = word.compare_exchange(free, 0, Ordering::SeqCst, Ordering::Relaxed);
             }
         }
         if moved {
@@ -417,13 +418,11 @@ impl<E: Entries> Arena<'_, E> {
         moved
     }
 
-    /// Frees the chunk at `t` whose word is `w`; returns the freed word, or 0 if `w` changed.
-    fn reclaim(&self, word: &AtomicU64, w: u64, t: u64, len: u64) -> u64 {
+    /// Frees the chunk at `t` whose word is `w`; false if `w` changed meanwhile.
+    fn reclaim(&self, word: &AtomicU64, w: u64, t: u64, len: u64) -> bool {
         let freed = encode(Chunk::Free, self.lap(t), len);
-        match word.compare_exchange(w, freed, Ordering::SeqCst, Ordering::Relaxed) {
-            Ok(_) => freed,
-            Err(_) => 0,
-        }
+        word.compare_exchange(w, freed, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Units in use (head − tail, capped at the arena size), for tools.
