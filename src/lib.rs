@@ -33,6 +33,12 @@ pub use mproc_queue as queue;
 pub use mproc_segment as segment;
 pub use mproc_sync as sync;
 
+/// Every Rust snippet of the README is compiled and run as a doctest, so the README cannot
+/// drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
+
 /// The names most programs need, in one `use mproc::prelude::*;`.
 pub mod prelude {
     pub use mproc_array::{Array, ArrayError, RawArray, Value};

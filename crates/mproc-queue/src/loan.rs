@@ -71,10 +71,12 @@ impl<'q> Loan<'q> {
         crate::error::put_result(sent, self, wait, 0)
     }
 
-    /// Enqueues the message, waiting for a free slot. On failure the loan comes back in the
-    /// error (`Closed`).
-    pub fn send(self) -> Result<(), PutError<Loan<'q>>> {
-        self.send_with(Wait::Forever)
+    /// Enqueues the message, waiting for a free slot. It fails only if the queue was closed
+    /// (`Closed`; the loan is freed), so the error owns nothing and `?` works into any error
+    /// type; [`try_send`](Self::try_send) and [`send_timeout`](Self::send_timeout) hand the
+    /// loan back to retry.
+    pub fn send(self) -> Result<(), PutError<()>> {
+        self.send_with(Wait::Forever).map_err(|e| e.map(drop))
     }
 
     /// Enqueues the message if a slot is free now (`Full` gives the loan back).
