@@ -61,7 +61,10 @@ impl<T: Pod> Shared<T> {
 
     fn init(init: Option<&[T]>) -> impl FnOnce(&Segment) -> Result<(), SegmentError> + '_ {
         move |seg| {
-            seg.view::<RawLock>(0)?.init(false)?;
+            let lock = seg.view::<RawLock>(0)?;
+            // SAFETY: this runs in the creator's initialiser, before the segment is published:
+            // nobody else can reach the lock.
+            unsafe { lock.init(false) };
             if let Some(values) = init {
                 seg.write_bytes(data_offset::<T>(), bytemuck::cast_slice(values))?;
             }

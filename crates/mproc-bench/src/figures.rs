@@ -32,7 +32,10 @@ pub const DEFINITIONS: &str = "
   single `apply_async(..).get()`; building a pool and joining it.
 - **Process start + join**: start a child that runs `x + 1`, return its result, reap it.
 - **Lock / Value**: one process, no contention; a lock+unlock cycle, an increment under the
-  value's lock.
+  value's lock. The robust pthread mutex rows measure the design `Lock` replaced (glibc,
+  process-shared, robust) the same way; the handed-between-processes rows have two processes
+  start together and increment a shared counter under the lock n times each: the slower
+  one's time divided by 2n.
 - **Array sum**: a child process sums an `Array<f64>` that the parent filled (timed in the
   child, under the array's lock) versus the parent summing a `Vec<f64>` of the same size. The
   child's first pass also maps every page into its address space (one minor fault per 4 KiB

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 mod bodies;
 mod figures;
+mod locks;
 mod stats;
 
 use stats::Stat;
@@ -359,6 +360,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     ];
 
+    let l = locks::measure(plan.reps, plan.items);
+    rows.push(Row {
+        what: "`Lock` lock + unlock, uncontended, ns".into(),
+        mproc: f.lock.clone(),
+        baseline_name: "robust pthread mutex (the lock it replaced)".into(),
+        baseline: l.pthread.clone(),
+        rule: Rule::FasterBy(1.0),
+    });
+    rows.push(Row {
+        what: "`Lock` handed between 2 processes, ns/acquisition".into(),
+        mproc: l.mproc_contended.clone(),
+        baseline_name: "robust pthread mutex, same".into(),
+        baseline: l.pthread_contended.clone(),
+        rule: Rule::FasterBy(1.0),
+    });
     let b = bodies::measure(plan.reps, plan.rounds, quick);
     rows.extend(body_rows(&b, &pyv));
 

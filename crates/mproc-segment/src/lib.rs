@@ -36,6 +36,6 @@ mod view;
 pub use error::SegmentError;
 pub use header::{FORMAT_VERSION, HEADER_LEN, Header, Kind, MAGIC, TYPE_NAME_CAP, TypeTag};
 pub use name::{MAX_NAME_LEN, validate_name};
-pub use process::{ProcessId, current_pid};
+pub use process::{ProcessId, TaskId, current_pid};
 pub use segment::{DEFAULT_OPEN_TIMEOUT, Segment, SegmentOptions};
 pub use view::ShmSafe;

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use mproc_segment::{Kind, Segment, SegmentError, ShmSafe};
 
 use crate::atomic::{AtomicU32, Ordering};
-use crate::lock::{LockGuard, RawLock};
+use crate::lock::LockGuard;
 use crate::placed::{Placed, Primitive};
+use crate::raw_lock::RawLock;
 use crate::{LockError, futex};
 
 /// The in-memory form of a condition, `#[repr(C)]`, 56 bytes, 8-aligned.
@@ -37,8 +38,13 @@ pub type WaitResult<'a, T> = Result<T, LockError<LockGuard<'a>>>;
 
 impl RawCondition {
     /// Initialises the lock (before others can see the condition).
-    pub fn init(&self) -> Result<(), SegmentError> {
-        self.lock.init(false)
+    /// Marks the condition's zero-filled lock plain.
+    ///
+    /// # Safety
+    /// As [`RawLock::init`]: nobody else may use the condition yet.
+    pub unsafe fn init(&self) {
+        // SAFETY: forwarded: nobody else uses the lock yet.
+        unsafe { self.lock.init(false) }
     }
 
     /// Atomically releases `guard`'s lock and sleeps until notified (or spuriously), then
@@ -116,12 +122,22 @@ pub struct Condition(Placed<RawCondition>);
 impl Condition {
     /// A condition in a new anonymous segment.
     pub fn new() -> Result<Condition, SegmentError> {
-        Placed::anonymous(RawCondition::init).map(Condition)
+        Placed::anonymous(|c: &RawCondition| {
+            // SAFETY: the segment is not published yet: nobody else can reach the condition.
+            unsafe { c.init() };
+            Ok(())
+        })
+        .map(Condition)
     }
 
     /// A condition in a new named segment.
     pub fn create(name: &str) -> Result<Condition, SegmentError> {
-        Placed::create(name, RawCondition::init).map(Condition)
+        Placed::create(name, |c: &RawCondition| {
+            // SAFETY: as in `new`: inside the creator's initialiser, before publication.
+            unsafe { c.init() };
+            Ok(())
+        })
+        .map(Condition)
     }
 
     /// Opens a condition created by another process.

@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use crate::atomic::AtomicU32;
+use crate::atomic::{AtomicU32, AtomicU64};
 
 /// Sleeps while `*word == expected`, until woken, until `deadline` (if any), or spuriously.
 ///
@@ -35,11 +35,51 @@ pub fn wake_all(word: &AtomicU32) {
     imp::wake(word, i32::MAX as u32)
 }
 
+/// Sleeps while the low 32 bits of `*word` equal `expected` (as [`wait`]). For words that
+/// carry more than a futex holds (the lock's owner word: the futex half holds the owner's
+/// thread id and flags, the other half its start time). The kernel reads the half itself;
+/// Rust code only ever accesses the word as a whole `AtomicU64`.
+pub fn wait_low(word: &AtomicU64, expected: u32, deadline: Option<Instant>) -> bool {
+    imp::wait_low(word, expected, deadline)
+}
+
+/// Wakes up to `n` sleepers of [`wait_low`] on `word`.
+pub fn wake_low(word: &AtomicU64, n: u32) {
+    imp::wake_low(word, n)
+}
+
 #[cfg(not(loom))]
 mod imp {
     use super::*;
 
+    /// The address of the low 32 bits of a 64-bit word.
+    fn low_half(word: &AtomicU64) -> *mut u32 {
+        let p = word.as_ptr().cast::<u32>();
+        if cfg!(target_endian = "big") {
+            p.wrapping_add(1)
+        } else {
+            p
+        }
+    }
+
     pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
+        wait_at(word.as_ptr(), expected, deadline)
+    }
+
+    pub fn wake(word: &AtomicU32, n: u32) {
+        wake_at(word.as_ptr(), n)
+    }
+
+    pub fn wait_low(word: &AtomicU64, expected: u32, deadline: Option<Instant>) -> bool {
+        wait_at(low_half(word), expected, deadline)
+    }
+
+    pub fn wake_low(word: &AtomicU64, n: u32) {
+        wake_at(low_half(word), n)
+    }
+
+    /// FUTEX_WAIT on the aligned 32-bit word at `addr`, which the caller keeps alive.
+    fn wait_at(addr: *mut u32, expected: u32, deadline: Option<Instant>) -> bool {
         let timeout = match deadline {
             None => None,
             Some(d) => {
@@ -56,12 +96,13 @@ mod imp {
         let ts_ptr = timeout
             .as_ref()
             .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: `word` is a live, aligned 32-bit atomic for the duration of the call; the
-        // kernel only reads it. FUTEX_WAIT (shared) takes a relative timeout or null.
+        // SAFETY: `addr` is a live, 4-aligned word (an atomic's, or half of one) for the
+        // duration of the call; the kernel only reads it. FUTEX_WAIT (shared) takes a
+        // relative timeout or null.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_futex,
-                word.as_ptr(),
+                addr,
                 libc::FUTEX_WAIT,
                 expected,
                 ts_ptr,
@@ -75,12 +116,12 @@ mod imp {
         true
     }
 
-    pub fn wake(word: &AtomicU32, n: u32) {
-        // SAFETY: FUTEX_WAKE only uses the address as a key; `word` is live and aligned.
+    fn wake_at(addr: *mut u32, n: u32) {
+        // SAFETY: FUTEX_WAKE only uses the address as a key; `addr` is live and aligned.
         unsafe {
             libc::syscall(
                 libc::SYS_futex,
-                word.as_ptr(),
+                addr,
                 libc::FUTEX_WAKE,
                 n.min(i32::MAX as u32),
                 std::ptr::null::<libc::timespec>(),
@@ -120,6 +161,25 @@ mod imp {
     }
 
     pub fn wake(_word: &AtomicU32, _n: u32) {
+        let (lock, cv) = &*KERNEL;
+        *lock.lock().unwrap() += 1;
+        cv.notify_all();
+    }
+
+    pub fn wait_low(word: &AtomicU64, expected: u32, _deadline: Option<Instant>) -> bool {
+        let (lock, cv) = &*KERNEL;
+        let mut generation = lock.lock().unwrap();
+        if word.load(Ordering::SeqCst) as u32 != expected {
+            return true;
+        }
+        let start = *generation;
+        while *generation == start {
+            generation = cv.wait(generation).unwrap();
+        }
+        true
+    }
+
+    pub fn wake_low(_word: &AtomicU64, _n: u32) {
         let (lock, cv) = &*KERNEL;
         *lock.lock().unwrap() += 1;
         cv.notify_all();

@@ -10,9 +10,12 @@
 //! next to each futex word means a `set`/`release`/`notify` costs no system call when nobody
 //! sleeps. A process blocked in a wait uses no CPU.
 //!
-//! **Robustness.** A process SIGKILLed while holding a [`Lock`] does not leave it locked: the
-//! next locker gets [`LockError::OwnerDied`] with the guard, and the lock keeps reporting the
-//! death until someone calls `make_consistent()`. Semaphore permits and barrier arrivals of a
+//! **Robustness.** A thread that exits or a process SIGKILLed while holding a [`Lock`] does
+//! not leave it locked: the lock word names its holder's thread, waiters check now and then
+//! that the holder still runs, and the next locker gets [`LockError::OwnerDied`] with the
+//! guard; the lock keeps reporting the death until someone calls `make_consistent()`.
+//! Nothing in a lock is a pointer (unlike a robust pthread mutex, whose robust-list links a
+//! peer could rewrite). Semaphore permits and barrier arrivals of a
 //! dead process are not recovered (as in Python); use the `*_timeout` waits where a peer may
 //! die.
 //!
@@ -45,11 +48,13 @@ mod condition;
 mod lock;
 #[cfg(not(loom))]
 mod placed;
+mod raw_lock;
 
 pub use barrier::RawBarrier;
 pub use error::{BarrierError, LockError, SemaphoreError};
 pub use event::RawEvent;
 pub use park::Parking;
+pub use raw_lock::{RawGuard, RawLock};
 pub use semaphore::RawSemaphore;
 
 #[cfg(not(loom))]
@@ -59,6 +64,6 @@ pub use condition::{Condition, RawCondition, WaitResult};
 #[cfg(not(loom))]
 pub use event::Event;
 #[cfg(not(loom))]
-pub use lock::{Lock, LockGuard, RLock, RLockCell, RawGuard, RawLock};
+pub use lock::{Lock, LockGuard, RLock, RLockCell};
 #[cfg(not(loom))]
 pub use semaphore::{BoundedCell, BoundedSemaphore, Semaphore};

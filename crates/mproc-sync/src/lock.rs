@@ -1,275 +1,13 @@
-//! `Lock` and `RLock`: robust, process-shared mutexes.
-//!
-//! Both are glibc `pthread_mutex_t`s initialised `PTHREAD_PROCESS_SHARED` and
-//! `PTHREAD_MUTEX_ROBUST` (`RLock` also `PTHREAD_MUTEX_RECURSIVE`). The kernel keeps a list of
-//! the robust mutexes each thread holds; when the thread dies — SIGKILL, `_exit`, a crash — it
-//! marks each one "owner died" and wakes a waiter. The next locker gets `EOWNERDEAD`: it owns
-//! the mutex, we immediately make the *pthread* mutex consistent (so it stays usable even if
-//! this process dies next) and raise our own `inconsistent` flag in shared memory. Every
-//! acquisition then reports [`LockError::OwnerDied`] (carrying the guard) until someone calls
-//! `make_consistent()` on a guard: the lock never deadlocks and never silently hides a death.
-//!
-//! The uncontended path is one `pthread_mutex_lock` (a compare-and-swap plus robust-list
-//! bookkeeping, no system call) and one load of the flag.
+//! `Lock` and `RLock`: robust, process-shared mutexes in segments of their own, over
+//! [`RawLock`] (see `raw_lock.rs` for the protocol).
 
-use std::cell::UnsafeCell;
-use std::marker::PhantomData;
-use std::time::{Duration, Instant, SystemTime};
-
-/// The longest a blocked `lock` sleeps before trying again (see `RawLock::lock_until`).
-const LOCK_NAP: Duration = Duration::from_millis(100);
+use std::time::{Duration, Instant};
 
 use mproc_segment::{Kind, Segment, SegmentError, ShmSafe};
-use nix::errno::Errno;
 
 use crate::LockError;
-use crate::atomic::{AtomicU32, Ordering};
 use crate::placed::{Placed, Primitive};
-
-/// The in-memory form of a lock, `#[repr(C)]`, 48 bytes, 8-aligned: place it inside any
-/// segment (at an 8-aligned offset) and call [`RawLock::init`] before the segment is published.
-///
-/// Fields: the pthread mutex (touched only by pthread calls); `inconsistent` (1 while an owner
-/// death is unresolved; written by lock holders, read by lockers); `kind` (0 uninitialised, 1
-/// plain, 2 recursive; written once by `init`).
-#[repr(C, align(8))]
-pub struct RawLock {
-    mutex: UnsafeCell<libc::pthread_mutex_t>,
-    inconsistent: AtomicU32,
-    kind: AtomicU32,
-}
-
-const _: () = assert!(std::mem::size_of::<RawLock>() == 48);
-const _: () = assert!(std::mem::align_of::<RawLock>() == 8);
-
-const KIND_PLAIN: u32 = 1;
-const KIND_RECURSIVE: u32 = 2;
-
-// SAFETY: a pthread_mutex_t is plain integers in Rust's eyes (valid for any bit pattern) and
-// is designed for concurrent access from several processes once initialised PROCESS_SHARED;
-// the other fields are atomics; there are no pointers (glibc's robust-list links inside the
-// mutex are only followed by the owning thread, in its own address space).
-unsafe impl ShmSafe for RawLock {}
-// SAFETY: see above: all shared mutation goes through pthread calls or atomics.
-unsafe impl Sync for RawLock {}
-
-impl RawLock {
-    /// Initialises the mutex (robust, process-shared; recursive if asked). Call exactly once,
-    /// before any other process can reach the lock (inside `create_with`/`anonymous_with`).
-    pub fn init(&self, recursive: bool) -> Result<(), SegmentError> {
-        let os = |call, r: libc::c_int| {
-            if r == 0 {
-                Ok(())
-            } else {
-                Err(SegmentError::Io {
-                    call,
-                    errno: Errno::from_raw(r),
-                })
-            }
-        };
-        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
-        // SAFETY: attr is initialised by pthread_mutexattr_init before use and destroyed after;
-        // the mutex memory is ours to initialise (no one else can see it before publication).
-        unsafe {
-            os(
-                "pthread_mutexattr_init",
-                libc::pthread_mutexattr_init(attr.as_mut_ptr()),
-            )?;
-            let a = attr.as_mut_ptr();
-            let result = (|| {
-                os(
-                    "pthread_mutexattr_setpshared",
-                    libc::pthread_mutexattr_setpshared(a, libc::PTHREAD_PROCESS_SHARED),
-                )?;
-                os(
-                    "pthread_mutexattr_setrobust",
-                    libc::pthread_mutexattr_setrobust(a, libc::PTHREAD_MUTEX_ROBUST),
-                )?;
-                let ty = if recursive {
-                    libc::PTHREAD_MUTEX_RECURSIVE
-                } else {
-                    libc::PTHREAD_MUTEX_NORMAL
-                };
-                os(
-                    "pthread_mutexattr_settype",
-                    libc::pthread_mutexattr_settype(a, ty),
-                )?;
-                os(
-                    "pthread_mutex_init",
-                    libc::pthread_mutex_init(self.mutex.get(), a),
-                )
-            })();
-            libc::pthread_mutexattr_destroy(a);
-            result?;
-        }
-        self.inconsistent.store(0, Ordering::Relaxed);
-        let kind = if recursive {
-            KIND_RECURSIVE
-        } else {
-            KIND_PLAIN
-        };
-        self.kind.store(kind, Ordering::Release);
-        Ok(())
-    }
-
-    /// Blocks until the lock is acquired.
-    pub fn lock(&self) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
-        self.lock_until(None)
-    }
-
-    /// Acquires the lock if it is free right now.
-    pub fn try_lock(&self) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
-        // SAFETY: the mutex was initialised by `init` before the segment was published.
-        let r = unsafe { libc::pthread_mutex_trylock(self.mutex.get()) };
-        if r == libc::EBUSY {
-            return Err(LockError::WouldBlock);
-        }
-        self.acquired("pthread_mutex_trylock", r)
-    }
-
-    /// Blocks until the lock is acquired or `timeout` has passed.
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
-        self.lock_until(Some(Instant::now() + timeout))
-    }
-
-    /// Waits for the lock in naps of at most [`LOCK_NAP`]. An owner killed in the middle of
-    /// unlocking (after freeing the mutex word, before waking a waiter) can leave a waiter
-    /// asleep on a free mutex — the kernel's robust-futex cleanup does not always catch that
-    /// window (mproc's fault-injection test hit it); waking up to try again bounds the cost
-    /// to one nap.
-    fn lock_until(
-        &self,
-        deadline: Option<Instant>,
-    ) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
-        match self.try_lock() {
-            Err(LockError::WouldBlock) => {}
-            other => return other,
-        }
-        loop {
-            let now = Instant::now();
-            let until = deadline.map_or(now + LOCK_NAP, |d| d.min(now + LOCK_NAP));
-            // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME time.
-            let at = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .saturating_add(until.saturating_duration_since(now));
-            let ts = libc::timespec {
-                tv_sec: at.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: at.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: as in `try_lock`; `ts` is a valid absolute time.
-            let r = unsafe { libc::pthread_mutex_timedlock(self.mutex.get(), &ts) };
-            if r != libc::ETIMEDOUT {
-                return self.acquired("pthread_mutex_timedlock", r);
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(LockError::Timeout);
-            }
-        }
-    }
-
-    /// Turns a pthread result into a guard, handling owner death.
-    fn acquired(
-        &self,
-        call: &'static str,
-        r: libc::c_int,
-    ) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
-        match r {
-            0 => {
-                let guard = RawGuard::new(self);
-                // SYNC POINT: the flag is written by lock holders only (under the mutex), so
-                // the mutex's own acquire ordering makes the latest value visible here.
-                if self.inconsistent.load(Ordering::Relaxed) != 0 {
-                    Err(LockError::OwnerDied(guard))
-                } else {
-                    Ok(guard)
-                }
-            }
-            libc::EOWNERDEAD => {
-                // We own the mutex. Record the death first, then repair the pthread state, so
-                // that dying between the two steps still leaves the death recorded.
-                self.inconsistent.store(1, Ordering::Relaxed);
-                // SAFETY: we hold the mutex after EOWNERDEAD, as pthread_mutex_consistent needs.
-                unsafe { libc::pthread_mutex_consistent(self.mutex.get()) };
-                Err(LockError::OwnerDied(RawGuard::new(self)))
-            }
-            libc::ENOTRECOVERABLE => Err(LockError::Unrecoverable),
-            libc::EDEADLK => Err(LockError::Os {
-                call,
-                errno: Errno::EDEADLK,
-            }),
-            e => Err(LockError::Os {
-                call,
-                errno: Errno::from_raw(e),
-            }),
-        }
-    }
-
-    /// Whether an owner death is unresolved (no `make_consistent` since).
-    pub fn is_inconsistent(&self) -> bool {
-        self.inconsistent.load(Ordering::Relaxed) != 0
-    }
-
-    /// Unlocks once. Fails with `NotOwner` when the calling thread does not hold a recursive
-    /// lock. (A plain lock is only unlocked through its guard.)
-    fn unlock(&self) -> Result<(), LockError<()>> {
-        // SAFETY: called only by a guard, or by `RLock::release` which pthread checks itself
-        // (recursive mutexes return EPERM for a non-owner).
-        let r = unsafe { libc::pthread_mutex_unlock(self.mutex.get()) };
-        match r {
-            0 => Ok(()),
-            libc::EPERM => Err(LockError::NotOwner),
-            e => Err(LockError::Os {
-                call: "pthread_mutex_unlock",
-                errno: Errno::from_raw(e),
-            }),
-        }
-    }
-}
-
-/// Proof that the calling thread holds a [`RawLock`]; unlocks on drop. Not `Send`: a pthread
-/// mutex must be unlocked by the thread that locked it.
-#[must_use = "the lock is released as soon as the guard is dropped"]
-#[derive(Debug)]
-pub struct RawGuard<'a> {
-    lock: &'a RawLock,
-    _not_send: PhantomData<*const ()>,
-}
-
-impl<'a> RawGuard<'a> {
-    fn new(lock: &'a RawLock) -> Self {
-        RawGuard {
-            lock,
-            _not_send: PhantomData,
-        }
-    }
-
-    /// Declares the protected data consistent again after an owner death: later lockers get
-    /// `Ok` instead of `OwnerDied`.
-    pub fn make_consistent(&self) {
-        self.lock.inconsistent.store(0, Ordering::Relaxed);
-    }
-
-    /// Unlocks without dropping (used by `Condition::wait`, which relocks later).
-    pub(crate) fn lock_ref(&self) -> &'a RawLock {
-        self.lock
-    }
-}
-
-impl Drop for RawGuard<'_> {
-    fn drop(&mut self) {
-        // Unlocking a mutex this thread holds cannot fail.
-        let _ = self.lock.unlock();
-    }
-}
-
-impl std::fmt::Debug for RawLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawLock")
-            .field("inconsistent", &self.is_inconsistent())
-            .finish_non_exhaustive()
-    }
-}
+use crate::raw_lock::{RawGuard, RawLock};
 
 /// Guard of a [`Lock`]: the lock is held until it is dropped.
 pub type LockGuard<'a> = RawGuard<'a>;
@@ -302,18 +40,28 @@ impl Primitive for RawLock {
 impl Lock {
     /// A lock in a new anonymous segment (children get it through `fork`).
     pub fn new() -> Result<Lock, SegmentError> {
-        Placed::anonymous(|l: &RawLock| l.init(false)).map(Lock)
+        Placed::anonymous(|l: &RawLock| {
+            // SAFETY: the segment is not published yet: nobody else can reach the lock.
+            unsafe { l.init(false) };
+            Ok(())
+        })
+        .map(Lock)
     }
 
     /// A lock in a new named segment.
     pub fn create(name: &str) -> Result<Lock, SegmentError> {
-        Placed::create(name, |l: &RawLock| l.init(false)).map(Lock)
+        Placed::create(name, |l: &RawLock| {
+            // SAFETY: as in `new`: inside the creator's initialiser, before publication.
+            unsafe { l.init(false) };
+            Ok(())
+        })
+        .map(Lock)
     }
 
     /// Opens a lock created by another process.
     pub fn open(name: &str) -> Result<Lock, SegmentError> {
         let placed = Placed::<RawLock>::open(name)?;
-        if placed.get().kind.load(Ordering::Acquire) != KIND_PLAIN {
+        if placed.get().is_recursive() != Some(false) {
             return Err(SegmentError::CorruptHeader {
                 reason: "lock segment does not hold an initialised lock",
             });
@@ -374,7 +122,7 @@ pub struct RLock(Placed<RLockCell>);
 
 /// A [`RawLock`] initialised recursive; a separate type so that its segment kind differs.
 #[repr(transparent)]
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct RLockCell(RawLock);
 
 // SAFETY: a transparent wrapper of a ShmSafe type.
@@ -388,18 +136,28 @@ impl Primitive for RLockCell {
 impl RLock {
     /// A re-entrant lock in a new anonymous segment.
     pub fn new() -> Result<RLock, SegmentError> {
-        Placed::anonymous(|l: &RLockCell| l.0.init(true)).map(RLock)
+        Placed::anonymous(|l: &RLockCell| {
+            // SAFETY: the segment is not published yet: nobody else can reach the lock.
+            unsafe { l.0.init(true) };
+            Ok(())
+        })
+        .map(RLock)
     }
 
     /// A re-entrant lock in a new named segment.
     pub fn create(name: &str) -> Result<RLock, SegmentError> {
-        Placed::create(name, |l: &RLockCell| l.0.init(true)).map(RLock)
+        Placed::create(name, |l: &RLockCell| {
+            // SAFETY: as in `new`: inside the creator's initialiser, before publication.
+            unsafe { l.0.init(true) };
+            Ok(())
+        })
+        .map(RLock)
     }
 
     /// Opens a re-entrant lock created by another process.
     pub fn open(name: &str) -> Result<RLock, SegmentError> {
         let placed = Placed::<RLockCell>::open(name)?;
-        if placed.get().0.kind.load(Ordering::Acquire) != KIND_RECURSIVE {
+        if placed.get().0.is_recursive() != Some(true) {
             return Err(SegmentError::CorruptHeader {
                 reason: "rlock segment does not hold an initialised re-entrant lock",
             });
@@ -410,22 +168,12 @@ impl RLock {
     /// Acquires (blocking); call [`release`](RLock::release) once per successful acquire,
     /// `OwnerDied` included.
     pub fn acquire(&self) -> Result<(), LockError<()>> {
-        self.0
-            .get()
-            .0
-            .lock()
-            .map(std::mem::forget)
-            .map_err(|e| e.map(std::mem::forget))
+        self.0.get().0.acquire(None, false, true)
     }
 
     /// Acquires if free (or already held by this thread); `Err(WouldBlock)` otherwise.
     pub fn try_acquire(&self) -> Result<(), LockError<()>> {
-        self.0
-            .get()
-            .0
-            .try_lock()
-            .map(std::mem::forget)
-            .map_err(|e| e.map(std::mem::forget))
+        self.0.get().0.acquire(None, true, true)
     }
 
     /// Acquires, waiting at most `timeout`; `Err(Timeout)` otherwise.
@@ -433,25 +181,27 @@ impl RLock {
         self.0
             .get()
             .0
-            .lock_timeout(timeout)
-            .map(std::mem::forget)
-            .map_err(|e| e.map(std::mem::forget))
+            .acquire(Some(Instant::now() + timeout), false, true)
     }
 
     /// Releases one level; `Err(NotOwner)` if this thread does not hold the lock.
     pub fn release(&self) -> Result<(), LockError<()>> {
-        self.0.get().0.unlock()
+        self.0.get().0.release(true)
     }
 
     /// Acquires and returns a guard that releases one level on drop.
     pub fn lock(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
-        self.0.get().0.lock()
+        let raw = &self.0.get().0;
+        match raw.acquire(None, false, true) {
+            Ok(()) => Ok(RawGuard::recursive(raw)),
+            Err(e) => Err(e.map(|()| RawGuard::recursive(raw))),
+        }
     }
 
     /// Declares the protected data consistent after an owner death. Only meaningful while
     /// this thread holds the lock.
     pub fn make_consistent(&self) {
-        self.0.get().0.inconsistent.store(0, Ordering::Relaxed);
+        self.0.get().0.set_consistent();
     }
 
     /// Whether an owner died and no one has called `make_consistent` since.

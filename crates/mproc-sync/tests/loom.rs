@@ -1,12 +1,14 @@
-//! Loom models of the futex wait/wake handshake: no interleaving loses a wake-up.
+//! Loom models of the futex wait/wake handshake (no interleaving loses a wake-up) and of the
+//! lock (mutual exclusion, hand-over to sleepers).
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p mproc-sync --test loom --release`
 //! (`.ci/run` does). Without `--cfg loom` this file compiles to nothing.
 #![cfg(loom)]
 
+use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::thread;
-use mproc_sync::{BarrierError, RawBarrier, RawEvent, RawSemaphore};
+use mproc_sync::{BarrierError, RawBarrier, RawEvent, RawLock, RawSemaphore};
 
 /// Explores every interleaving with at most three preemptions (loom's recommended bound for
 /// models with three threads; the exhaustive space is too large for CI).
@@ -93,5 +95,42 @@ fn semaphore_one_acquirer() {
         sem.release().unwrap();
         h.join().unwrap();
         assert_eq!(sem.value(), 0);
+    });
+}
+
+/// Three threads take the lock twice each around a non-atomic counter (a loom cell: any two
+/// holders at once are reported as a data race); sleepers are woken by unlocks (a lost
+/// wake-up shows as a deadlock); the count is exact.
+#[test]
+fn lock_excludes_and_hands_over_to_sleepers() {
+    model(|| {
+        let shared = Arc::new((RawLock::new(false), UnsafeCell::new(0u32)));
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let s = shared.clone();
+                thread::spawn(move || {
+                    for _ in 0..2 {
+                        let g = s.0.lock().unwrap();
+                        // SAFETY: the lock is held; loom checks that no one else touches it.
+                        s.1.with_mut(|c| unsafe { *c += 1 });
+                        drop(g);
+                    }
+                })
+            })
+            .collect();
+        {
+            let g = shared.0.lock().unwrap();
+            // SAFETY: as above.
+            shared.1.with_mut(|c| unsafe { *c += 1 });
+            drop(g);
+        }
+        for w in workers {
+            w.join().unwrap();
+        }
+        let g = shared.0.lock().unwrap();
+        // SAFETY: as above.
+        assert_eq!(shared.1.with(|c| unsafe { *c }), 5);
+        drop(g);
+        assert_eq!(shared.0.holder(), None);
     });
 }

@@ -122,6 +122,119 @@ fn an_owner_that_exits_holding_the_lock_is_reported() {
 }
 
 #[test]
+fn a_thread_that_exits_holding_the_lock_is_reported() {
+    let lock = Lock::new().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| std::mem::forget(lock.lock().unwrap()));
+    });
+    // The holder thread is gone; its process lives on.
+    match lock.lock_timeout(Duration::from_secs(10)) {
+        Err(LockError::OwnerDied(g)) => g.make_consistent(),
+        other => panic!("expected OwnerDied, got {other:?}"),
+    }
+    assert!(lock.try_lock().is_ok());
+}
+
+#[test]
+fn a_plain_lock_taken_twice_by_one_thread_is_an_error_not_a_hang() {
+    let lock = Lock::new().unwrap();
+    let _g = lock.lock().unwrap();
+    assert!(matches!(
+        lock.lock(),
+        Err(LockError::Os {
+            errno: nix::errno::Errno::EDEADLK,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_forked_child_dropping_its_copy_of_a_guard_does_not_unlock_the_parent() {
+    let lock = Lock::new().unwrap();
+    let guard = lock.lock().unwrap();
+    fork_child(|| {
+        // This copy of the guard names the parent's thread, not ours: dropping it must not
+        // release the parent's lock.
+        // SAFETY: the parent's `guard` is never used again in this child (it exits below), so
+        // this bitwise copy is the only live guard here.
+        drop(unsafe { std::ptr::read(&guard) });
+        i32::from(!matches!(lock.try_lock(), Err(LockError::WouldBlock)))
+    })
+    .assert_success();
+    drop(guard);
+    assert!(lock.try_lock().is_ok());
+}
+
+/// A peer rewrites the lock's bytes (its owner word, depth, flags, padding) with random
+/// values while this process's threads lock and unlock it with timeouts: nothing crashes or
+/// hangs; every call returns a guard, `OwnerDied`, a timeout or a typed error.
+#[test]
+fn a_peer_scribbling_over_the_lock_cannot_crash_or_hang_its_users() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    mproc_testkit::with_deadline(Duration::from_secs(120), || {
+        let lock = Lock::new().unwrap();
+        let words: &[AtomicU64] = lock.segment().view_slice(0, 6).unwrap();
+        let vandal = fork_child(|| {
+            let mut rng = mproc_testkit::Rng(0xFACE);
+            let me = u64::from(std::process::id());
+            for i in 0..20_000u64 {
+                let v = match rng.next_u64() % 6 {
+                    0 => 0,
+                    1 => me,          // a live holder that never unlocks
+                    2 => 0x7FFF_FFF0, // a holder that does not exist
+                    3 => rng.next_u64(),
+                    4 => me | 1 << 30 | (rng.next_u64() << 32), // live tid, wrong start time
+                    _ => u64::MAX,
+                };
+                words[(rng.next_u64() % 6) as usize].store(v, Ordering::Relaxed);
+                if i % 8 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            0
+        });
+        let (mut held, mut died, mut other) = (0u32, 0u32, 0u32);
+        std::thread::scope(|s| {
+            let users: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut counts = (0u32, 0u32, 0u32);
+                        for _ in 0..300 {
+                            match lock.lock_timeout(Duration::from_millis(30)) {
+                                Ok(_g) => counts.0 += 1,
+                                Err(LockError::OwnerDied(g)) => {
+                                    g.make_consistent();
+                                    counts.1 += 1;
+                                }
+                                Err(_) => counts.2 += 1,
+                            }
+                            let _ = lock.try_lock();
+                        }
+                        counts
+                    })
+                })
+                .collect();
+            for u in users {
+                let (a, b, c) = u.join().unwrap();
+                held += a;
+                died += b;
+                other += c;
+            }
+        });
+        vandal.assert_success();
+        println!("scribbled lock: {held} acquired, {died} owner-died, {other} errors or timeouts");
+        // Once the vandal is gone the lock works again (after at most one owner-death report).
+        words[0].store(0, Ordering::Relaxed);
+        match lock.lock_timeout(Duration::from_secs(10)) {
+            Ok(_) => {}
+            Err(LockError::OwnerDied(g)) => g.make_consistent(),
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(lock.try_lock().is_ok());
+    });
+}
+
+#[test]
 fn lock_timeout_and_try_lock_while_held_elsewhere() {
     let name = unique_name("sync-lock-named");
     let lock = Lock::create(&name).unwrap();

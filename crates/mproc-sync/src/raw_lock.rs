@@ -1,0 +1,439 @@
+//! `RawLock`: a robust, process-shared mutex on one futex word that holds its owner's identity
+//! — and nothing that is ever followed as a pointer.
+//!
+//! # Why not a robust pthread mutex
+//! glibc's robust mutexes keep the kernel's robust-list links (`__prev` / `__next`) inside the
+//! `pthread_mutex_t`, i.e. in shared memory; the owner's `unlock` writes through them. A peer
+//! that rewrites them while a victim holds the lock turns the victim's `unlock` into a write of
+//! the peer's choosing at an address of the peer's choosing. This lock keeps only integers in
+//! shared memory and finds a dead owner the way mproc's queue finds a dead slot claimer: by
+//! asking whether the owner still exists.
+//!
+//! # The owner word (`AtomicU64`)
+//! `start (32 bits) | 0 | WAITERS | tid (30 bits)`: 0 is free; otherwise `tid` is the kernel
+//! thread id of the owner (unique across processes), `start` the low 32 bits of that thread's
+//! start time (so a recycled thread id is not taken for the owner), `WAITERS` says someone may
+//! sleep. Waiters sleep on the low 32 bits (a futex), which change at every hand-over.
+//!
+//! - **Lock**: CAS `0 -> me` (Acquire). Contended: set `WAITERS` on the current owner word by
+//!   CAS, sleep on it, and on waking take a free word as `me | WAITERS` (others may still
+//!   sleep). A waiter sleeps in naps of [`NAP`]; after a nap in which the word did not change
+//!   it checks the owner's liveness and, if the owner is dead (its thread exited, its process
+//!   died, or its id now names another thread), takes the word over by CAS from exactly the
+//!   value it judged and reports [`LockError::OwnerDied`].
+//! - **Unlock** (owner only: the word must name the caller, or nothing happens): swap to 0
+//!   (Release); if `WAITERS` was set, wake one sleeper.
+//! - **Owner death**: the taker raises `inconsistent` before returning; every acquisition
+//!   reports `OwnerDied` (with the guard: the lock *is* held) until a holder calls
+//!   `make_consistent`.
+//!
+//! A holder killed between the swap and the wake leaves sleepers on a free word; they find it
+//! free at the end of their nap. Uncontended, lock + unlock is one CAS, one load, one swap and
+//! a thread-local read: no system call.
+
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use crate::LockError;
+use crate::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::futex;
+
+const TID_MASK: u64 = (1 << 30) - 1;
+const WAITERS: u64 = 1 << 30;
+
+/// How long a waiter sleeps before checking whether the owner is still alive (a system call
+/// and a /proc read: 50 a second cost a waiter well under 0.1 % of a core). A holder that dies
+/// therefore costs its waiters at most about this much.
+const NAP: Duration = Duration::from_millis(20);
+
+const KIND_PLAIN: u32 = 1;
+const KIND_RECURSIVE: u32 = 2;
+
+/// The in-memory form of a lock, `#[repr(C)]`, 48 bytes, 8-aligned, valid when zero-filled
+/// (a free, consistent lock): place it in any segment at an 8-aligned offset.
+///
+/// Fields: `word` (the owner word, see the module docs: written by lockers, unlockers and
+/// takers, always by CAS or swap); `count` (an [`RLock`](crate::RLock)'s depth; written by the
+/// owner only); `inconsistent` (1 while an owner death is unresolved; written by holders);
+/// `kind` (0 unset, 1 plain, 2 re-entrant; written once by `init`, checked by `open`).
+#[repr(C, align(8))]
+#[derive(Default)]
+pub struct RawLock {
+    word: AtomicU64,
+    count: AtomicU32,
+    inconsistent: AtomicU32,
+    kind: AtomicU32,
+    _pad: [u32; 7],
+}
+
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<RawLock>() == 48);
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::align_of::<RawLock>() == 8);
+
+// SAFETY: #[repr(C)] atomics and padding that is never written; every bit pattern is a lock
+// state (possibly nonsensical: held by a thread that does not exist, which waiters detect);
+// no pointers.
+#[cfg(not(loom))]
+unsafe impl mproc_segment::ShmSafe for RawLock {}
+
+/// The calling thread's owner word.
+#[cfg(not(loom))]
+#[inline]
+fn me() -> u64 {
+    mproc_segment::TaskId::current().pack() & !(WAITERS | 1 << 31)
+}
+
+/// Whether the owner named by `word` still runs.
+#[cfg(not(loom))]
+fn owner_alive(word: u64) -> bool {
+    mproc_segment::TaskId::unpack(word & !(WAITERS | 1 << 31)).is_alive()
+}
+
+/// Under loom every model thread runs on one OS thread: number them instead.
+#[cfg(loom)]
+fn me() -> u64 {
+    use std::sync::atomic::{AtomicU64 as StdU64, Ordering as StdOrdering};
+    static NEXT: StdU64 = StdU64::new(1);
+    loom::thread_local! {
+        static ID: u64 = NEXT.fetch_add(1, StdOrdering::Relaxed) % (1 << 29) + 1;
+    }
+    ID.with(|id| *id)
+}
+
+/// Loom models do not kill threads.
+#[cfg(loom)]
+fn owner_alive(_word: u64) -> bool {
+    true
+}
+
+impl RawLock {
+    /// A free lock (for locks that live in a process's own memory, and for tests).
+    pub fn new(recursive: bool) -> RawLock {
+        let l = RawLock::default();
+        l.kind.store(
+            if recursive {
+                KIND_RECURSIVE
+            } else {
+                KIND_PLAIN
+            },
+            Ordering::Relaxed,
+        );
+        l
+    }
+
+    /// Marks a zero-filled lock plain or re-entrant (what `open` checks) and resets it to free
+    /// and consistent.
+    ///
+    /// # Safety
+    /// No other thread or process may use the lock yet (call it before the segment holding it
+    /// is published, as `create_with`'s initialiser does). Resetting a lock in use would let a
+    /// second holder in while the first still holds it — and code that hands out `&mut`
+    /// access to the data it protects relies on that never happening.
+    pub unsafe fn init(&self, recursive: bool) {
+        self.word.store(0, Ordering::Relaxed);
+        self.count.store(0, Ordering::Relaxed);
+        self.inconsistent.store(0, Ordering::Relaxed);
+        let kind = if recursive {
+            KIND_RECURSIVE
+        } else {
+            KIND_PLAIN
+        };
+        self.kind.store(kind, Ordering::Release);
+    }
+
+    /// Whether `init` made this lock re-entrant (`Some(true)`), plain (`Some(false)`), or
+    /// neither (`None`: not an initialised lock).
+    pub fn is_recursive(&self) -> Option<bool> {
+        match self.kind.load(Ordering::Acquire) {
+            KIND_PLAIN => Some(false),
+            KIND_RECURSIVE => Some(true),
+            _ => None,
+        }
+    }
+
+    /// Blocks until the lock is acquired. A plain lock that the calling thread already holds
+    /// is an error (`Os { errno: EDEADLK }`) rather than a hang.
+    pub fn lock(&self) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
+        self.acquire(None, false, false)
+            .map_err(|e| e.map(|()| self.guard(false)))?;
+        Ok(self.guard(false))
+    }
+
+    /// Acquires the lock if it is free right now; `Err(WouldBlock)` otherwise.
+    pub fn try_lock(&self) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
+        self.acquire(None, true, false)
+            .map_err(|e| e.map(|()| self.guard(false)))?;
+        Ok(self.guard(false))
+    }
+
+    /// Blocks until the lock is acquired or `timeout` has passed (`Err(Timeout)`).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
+        self.acquire(Some(Instant::now() + timeout), false, false)
+            .map_err(|e| e.map(|()| self.guard(false)))?;
+        Ok(self.guard(false))
+    }
+
+    fn guard(&self, recursive: bool) -> RawGuard<'_> {
+        RawGuard {
+            lock: self,
+            recursive,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Takes the lock (`recursive`: or one more level of it, if the caller holds it). `Ok`
+    /// or `Err(OwnerDied(()))` mean it is held.
+    pub(crate) fn acquire(
+        &self,
+        deadline: Option<Instant>,
+        nonblocking: bool,
+        recursive: bool,
+    ) -> Result<(), LockError<()>> {
+        let mine = me();
+        // SYNC POINT: Acquire pairs with the previous owner's Release swap in `release`.
+        if self
+            .word
+            .compare_exchange(0, mine, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return self.acquired(recursive, false);
+        }
+        let v = self.word.load(Ordering::Relaxed);
+        if v & TID_MASK == mine & TID_MASK {
+            if recursive {
+                let depth = self.count.load(Ordering::Relaxed);
+                self.count.store(depth.saturating_add(1), Ordering::Relaxed);
+                return self.consistency(());
+            }
+            return Err(LockError::Os {
+                call: "lock",
+                errno: nix::errno::Errno::EDEADLK,
+            });
+        }
+        if nonblocking {
+            return self.try_once(mine, recursive);
+        }
+        self.lock_slow(mine, deadline, recursive)
+    }
+
+    /// One more look for `try_lock`: free now, or held by a dead owner.
+    fn try_once(&self, mine: u64, recursive: bool) -> Result<(), LockError<()>> {
+        let v = self.word.load(Ordering::Relaxed);
+        if v & TID_MASK == 0 {
+            if self
+                .word
+                .compare_exchange(
+                    v,
+                    mine | (v & WAITERS),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return self.acquired(recursive, false);
+            }
+        } else if !owner_alive(v) {
+            return self.take_over(v, mine, recursive);
+        }
+        Err(LockError::WouldBlock)
+    }
+
+    fn lock_slow(
+        &self,
+        mine: u64,
+        deadline: Option<Instant>,
+        recursive: bool,
+    ) -> Result<(), LockError<()>> {
+        #[cfg(not(loom))]
+        {
+            let backoff = crossbeam_utils::Backoff::new();
+            while !backoff.is_completed() {
+                let v = self.word.load(Ordering::Relaxed);
+                if v & TID_MASK == 0
+                    && self
+                        .word
+                        .compare_exchange(
+                            v,
+                            mine | (v & WAITERS),
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    return self.acquired(recursive, false);
+                }
+                backoff.snooze();
+            }
+        }
+        loop {
+            let v = self.word.load(Ordering::Relaxed);
+            if v & TID_MASK == 0 {
+                // Free: take it, keeping WAITERS (others may be asleep).
+                if self
+                    .word
+                    .compare_exchange(v, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return self.acquired(recursive, false);
+                }
+                continue;
+            }
+            if v & WAITERS == 0
+                && self
+                    .word
+                    .compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let expected = v | WAITERS;
+            #[cfg(not(loom))]
+            let nap_end = {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return Err(LockError::Timeout);
+                }
+                let nap = now + NAP;
+                Some(deadline.map_or(nap, |d| d.min(nap)))
+            };
+            #[cfg(loom)]
+            let nap_end = deadline;
+            futex::wait_low(&self.word, expected as u32, nap_end);
+            // A nap that ended with the word unchanged: is the owner still there?
+            if self.word.load(Ordering::Relaxed) == expected
+                && nap_end.is_some_and(|t| Instant::now() >= t)
+                && !owner_alive(expected)
+            {
+                match self.take_over(expected, mine, recursive) {
+                    Err(LockError::WouldBlock) => continue,
+                    r => return r,
+                }
+            }
+        }
+    }
+
+    /// Takes the lock from the dead owner recorded in `v` (if the word is still exactly `v`).
+    fn take_over(&self, v: u64, mine: u64, recursive: bool) -> Result<(), LockError<()>> {
+        // SYNC POINT: Acquire, as for a normal acquisition (the dead owner's writes are as
+        // visible as they will ever be).
+        if self
+            .word
+            .compare_exchange(
+                v,
+                mine | (v & WAITERS),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return Err(LockError::WouldBlock);
+        }
+        self.acquired(recursive, true)
+    }
+
+    /// Bookkeeping once the word names us: the depth, and the owner-death report.
+    fn acquired(&self, recursive: bool, owner_died: bool) -> Result<(), LockError<()>> {
+        if recursive {
+            self.count.store(1, Ordering::Relaxed);
+        }
+        if owner_died {
+            self.inconsistent.store(1, Ordering::Relaxed);
+        }
+        self.consistency(())
+    }
+
+    fn consistency<G>(&self, g: G) -> Result<G, LockError<G>> {
+        // SYNC POINT: written by holders only (under the lock), so the acquisition's ordering
+        // makes the latest value visible.
+        if self.inconsistent.load(Ordering::Relaxed) != 0 {
+            Err(LockError::OwnerDied(g))
+        } else {
+            Ok(g)
+        }
+    }
+
+    /// Releases (`recursive`: one level). `Err(NotOwner)` if the calling thread does not hold
+    /// the lock (it is then left alone).
+    pub(crate) fn release(&self, recursive: bool) -> Result<(), LockError<()>> {
+        let mine = me();
+        let v = self.word.load(Ordering::Relaxed);
+        if v & TID_MASK != mine & TID_MASK {
+            return Err(LockError::NotOwner);
+        }
+        if recursive {
+            let depth = self.count.load(Ordering::Relaxed);
+            if depth > 1 {
+                self.count.store(depth - 1, Ordering::Relaxed);
+                return Ok(());
+            }
+            self.count.store(0, Ordering::Relaxed);
+        }
+        // SYNC POINT: Release publishes the critical section to the next acquirer's Acquire.
+        let old = self.word.swap(0, Ordering::Release);
+        if old & WAITERS != 0 {
+            futex::wake_low(&self.word, 1);
+        }
+        Ok(())
+    }
+
+    /// Declares the protected data consistent after an owner death (call while holding it).
+    pub(crate) fn set_consistent(&self) {
+        self.inconsistent.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether an owner death is unresolved (no `make_consistent` since).
+    pub fn is_inconsistent(&self) -> bool {
+        self.inconsistent.load(Ordering::Relaxed) != 0
+    }
+
+    /// The thread id of the current holder, if any (a snapshot, for tools).
+    pub fn holder(&self) -> Option<u32> {
+        let tid = (self.word.load(Ordering::Relaxed) & TID_MASK) as u32;
+        (tid != 0).then_some(tid)
+    }
+}
+
+impl std::fmt::Debug for RawLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawLock")
+            .field("holder", &self.holder())
+            .field("inconsistent", &self.is_inconsistent())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Proof that the calling thread holds a [`RawLock`]; releases it on drop. Not `Send`: the
+/// lock is owned by a thread (its id is in the lock word).
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct RawGuard<'a> {
+    lock: &'a RawLock,
+    recursive: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<'a> RawGuard<'a> {
+    pub(crate) fn recursive(lock: &'a RawLock) -> RawGuard<'a> {
+        lock.guard(true)
+    }
+
+    /// Declares the protected data consistent again after an owner death: later lockers get
+    /// `Ok` instead of `OwnerDied`.
+    pub fn make_consistent(&self) {
+        self.lock.set_consistent();
+    }
+
+    /// The lock this guard holds (a `Condition` checks that a guard is of its own lock).
+    pub(crate) fn lock_ref(&self) -> &'a RawLock {
+        self.lock
+    }
+}
+
+impl Drop for RawGuard<'_> {
+    fn drop(&mut self) {
+        // Only fails if the word no longer names this thread (a forked child dropping its
+        // copy of a guard, or a peer that rewrote the word): then there is nothing to release.
+        let _ = self.lock.release(self.recursive);
+    }
+}
