@@ -9,7 +9,8 @@
 //!   versioned, type-checked header.
 //! - [`sync`] (`mproc-sync`): robust `Lock`, `RLock`, `Semaphore`, `Event`, `Condition`,
 //!   `Barrier`.
-//! - [`array`] (`mproc-array`): `Array`, `Value`, `RawArray`, readable from Python by name.
+//! - [`array`] (`mproc-array`): `Array`, `Value`, `AtomicValue`, `RawArray`, readable from
+//!   Python by name.
 //! - [`queue`] (`mproc-queue`): lock-free `PodQueue`, `Queue` (any serde type), `ByteQueue`
 //!   (byte messages, zero-copy loans), `JoinableQueue`; large messages travel in each
 //!   queue's own shared arena.
@@ -24,7 +25,7 @@
 //! seg.write_bytes(0, b"hi")?;
 //! # Ok::<(), mproc::segment::SegmentError>(())
 //! ```
-#![deny(unsafe_op_in_unsafe_fn)]
+#![forbid(unsafe_code)]
 
 pub use mproc_array as array;
 pub use mproc_pool as pool;
@@ -41,7 +42,7 @@ mod readme {}
 
 /// The names most programs need, in one `use mproc::prelude::*;`.
 pub mod prelude {
-    pub use mproc_array::{Array, ArrayError, RawArray, Value};
+    pub use mproc_array::{Array, ArrayError, AtomicValue, RawArray, Value};
     pub use mproc_pool::{
         AsyncResult, Pool, Process, ProcessError, StartMethod, TaskError, ThreadedFork,
     };

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mproc_array::{Array, Value};
+use mproc_array::{Array, AtomicValue, Value};
 use mproc_testkit::fork_child;
 
 const N: usize = 8 << 20; // 8 Mi f64 = 64 MiB
@@ -19,7 +19,7 @@ fn sum_64_mib(c: &mut Criterion) {
         b.iter(|| std::hint::black_box(&local).iter().sum::<f64>())
     });
     let shared: Array<f64> = Array::new_from(&local).expect("array");
-    let result: Value<u64> = Value::new(0).expect("value");
+    let result: AtomicValue<u64> = AtomicValue::new(0).expect("value");
     g.bench_function("Array<f64> summed in another process", |b| {
         b.iter_custom(|iters| {
             let child = fork_child(|| {
@@ -44,8 +44,9 @@ fn value_increment(c: &mut Criterion) {
     c.bench_function("array/Value<u64> locked increment", |b| {
         b.iter(|| v.update(|x| *x += 1).expect("update"))
     });
-    c.bench_function("array/Value<u64> atomic fetch_add", |b| {
-        b.iter(|| v.fetch_add(1))
+    let a: AtomicValue<u64> = AtomicValue::new(0).expect("value");
+    c.bench_function("array/AtomicValue<u64> fetch_add", |b| {
+        b.iter(|| a.fetch_add(1))
     });
 }
 

@@ -3,8 +3,8 @@
 //!
 //! - [`Array<T: Pod>`](Array): fixed length, zero-filled or copied from a slice, every safe
 //!   access under a robust lock; [`Array::lock`] for many accesses at once.
-//! - [`Value<T: Pod>`](Value): one value, `get`/`set`/`update` under the lock, lock-free
-//!   atomics for integer types.
+//! - [`Value<T: Pod>`](Value): one value, `get`/`set`/`update` under the lock.
+//! - [`AtomicValue<T>`](AtomicValue): one integer, every access atomic, no lock.
 //! - [`RawArray<T>`](RawArray): a lock-free typed view of any segment, for memory made by
 //!   Python's `shared_memory`.
 //!
@@ -27,4 +27,4 @@ mod value;
 pub use array::{Array, ArrayGuard, RawArray};
 pub use error::ArrayError;
 pub use shared::{DATA_OFFSET, PYTHON_OFFSET};
-pub use value::{Value, ValueGuard};
+pub use value::{AtomicInt, AtomicValue, Value, ValueGuard};

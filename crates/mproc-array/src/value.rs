@@ -1,5 +1,9 @@
-//! `Value<T>`: one shared value with a robust lock (Python's `multiprocessing.Value`), with
-//! lock-free atomics for integer types.
+//! `Value<T>`: one shared value under a robust lock (Python's `multiprocessing.Value`), and
+//! `AtomicValue<T>`: one shared integer without a lock, every access atomic.
+//!
+//! They are two types because the two styles cannot meet on the same bytes: a locked `get`
+//! is a plain read, and an atomic `fetch_add` in another process does not wait for the lock,
+//! so mixing them would be a data race.
 
 use std::ops::{Deref, DerefMut};
 
@@ -10,19 +14,15 @@ use mproc_sync::{LockError, RawGuard};
 use crate::ArrayError;
 use crate::shared::Shared;
 
-/// One value of `T` in shared memory, with a robust process-shared lock.
-///
-/// `get`, `set` and `update` take the lock. For the integer types (`u32`, `u64`, `i32`,
-/// `i64`, `usize`, `isize`) there are also lock-free atomics — `fetch_add`, `fetch_sub`,
-/// `swap`, `compare_exchange`, `load`, `store`. Use one style per value: an atomic
-/// `fetch_add` does not wait for a holder of the lock.
+/// One value of `T` in shared memory, with a robust process-shared lock: `get`, `set`,
+/// `update` and `lock` all take it. For a counter or flag shared without a lock, use
+/// [`AtomicValue`].
 ///
 /// ```
 /// use mproc_array::Value;
-/// let counter: Value<u64> = Value::new(0)?;
-/// counter.fetch_add(5);
-/// counter.update(|v| *v *= 2)?;
-/// assert_eq!(counter.get()?, 10);
+/// let stats: Value<[f64; 2]> = Value::new([0.0; 2])?;
+/// stats.update(|s| { s[0] += 1.0; s[1] += 2.5 })?;     // both fields in one critical section
+/// assert_eq!(stats.get()?, [1.0, 2.5]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
@@ -114,59 +114,158 @@ impl<T: Pod> DerefMut for ValueGuard<'_, T> {
     }
 }
 
-macro_rules! atomic_value {
+/// Integer types an [`AtomicValue`] can hold, with their atomic twin.
+pub trait AtomicInt: Pod + Eq + std::fmt::Debug + private::Sealed {
+    /// The standard atomic type of the same size.
+    #[doc(hidden)]
+    type Atomic;
+    #[doc(hidden)]
+    fn load(a: &Self::Atomic) -> Self;
+    #[doc(hidden)]
+    fn store(a: &Self::Atomic, v: Self);
+    #[doc(hidden)]
+    fn swap(a: &Self::Atomic, v: Self) -> Self;
+    #[doc(hidden)]
+    fn fetch_add(a: &Self::Atomic, v: Self) -> Self;
+    #[doc(hidden)]
+    fn fetch_sub(a: &Self::Atomic, v: Self) -> Self;
+    #[doc(hidden)]
+    fn compare_exchange(a: &Self::Atomic, current: Self, new: Self) -> Result<Self, Self>;
+    /// # Safety
+    /// `p` must be valid, aligned for `Self::Atomic`, and accessed only atomically while
+    /// the returned reference lives.
+    #[doc(hidden)]
+    unsafe fn from_ptr<'a>(p: *mut Self) -> &'a Self::Atomic;
+}
+
+mod private {
+    pub trait Sealed {}
+}
+
+macro_rules! atomic_int {
     ($($t:ty => $atomic:ty),* $(,)?) => { $(
-        impl Value<$t> {
-            fn atomic(&self) -> &$atomic {
-                // SAFETY: the data region is aligned to at least 64 bytes and holds one
-                // value of the atomic's size; other processes access it only atomically or
-                // under the lock, as documented on `Value`.
-                unsafe { <$atomic>::from_ptr(self.ptr()) }
+        impl private::Sealed for $t {}
+        impl AtomicInt for $t {
+            type Atomic = $atomic;
+            fn load(a: &$atomic) -> $t {
+                a.load(std::sync::atomic::Ordering::SeqCst)
             }
-
-            /// Adds atomically (wrapping); returns the previous value.
-            pub fn fetch_add(&self, v: $t) -> $t {
-                self.atomic().fetch_add(v, std::sync::atomic::Ordering::SeqCst)
+            fn store(a: &$atomic, v: $t) {
+                a.store(v, std::sync::atomic::Ordering::SeqCst)
             }
-
-            /// Subtracts atomically (wrapping); returns the previous value.
-            pub fn fetch_sub(&self, v: $t) -> $t {
-                self.atomic().fetch_sub(v, std::sync::atomic::Ordering::SeqCst)
+            fn swap(a: &$atomic, v: $t) -> $t {
+                a.swap(v, std::sync::atomic::Ordering::SeqCst)
             }
-
-            /// Replaces atomically; returns the previous value.
-            pub fn swap(&self, v: $t) -> $t {
-                self.atomic().swap(v, std::sync::atomic::Ordering::SeqCst)
+            fn fetch_add(a: &$atomic, v: $t) -> $t {
+                a.fetch_add(v, std::sync::atomic::Ordering::SeqCst)
             }
-
-            /// Replaces with `new` if the value is `current`; `Err(actual)` otherwise.
-            pub fn compare_exchange(&self, current: $t, new: $t) -> Result<$t, $t> {
-                self.atomic().compare_exchange(
+            fn fetch_sub(a: &$atomic, v: $t) -> $t {
+                a.fetch_sub(v, std::sync::atomic::Ordering::SeqCst)
+            }
+            fn compare_exchange(a: &$atomic, current: $t, new: $t) -> Result<$t, $t> {
+                a.compare_exchange(
                     current,
                     new,
                     std::sync::atomic::Ordering::SeqCst,
                     std::sync::atomic::Ordering::SeqCst,
                 )
             }
-
-            /// Reads atomically.
-            pub fn load(&self) -> $t {
-                self.atomic().load(std::sync::atomic::Ordering::SeqCst)
-            }
-
-            /// Writes atomically.
-            pub fn store(&self, v: $t) {
-                self.atomic().store(v, std::sync::atomic::Ordering::SeqCst)
+            unsafe fn from_ptr<'a>(p: *mut $t) -> &'a $atomic {
+                // SAFETY: forwarded from the caller's contract.
+                unsafe { <$atomic>::from_ptr(p) }
             }
         }
     )* };
 }
 
-atomic_value!(
+atomic_int!(
+    u8 => std::sync::atomic::AtomicU8,
+    u16 => std::sync::atomic::AtomicU16,
     u32 => std::sync::atomic::AtomicU32,
     u64 => std::sync::atomic::AtomicU64,
+    i8 => std::sync::atomic::AtomicI8,
+    i16 => std::sync::atomic::AtomicI16,
     i32 => std::sync::atomic::AtomicI32,
     i64 => std::sync::atomic::AtomicI64,
     usize => std::sync::atomic::AtomicUsize,
     isize => std::sync::atomic::AtomicIsize,
 );
+
+/// One integer in shared memory that every process accesses atomically, without a lock
+/// (Python's `Value(..., lock=False)`, made race-free): `load`, `store`, `fetch_add`,
+/// `fetch_sub`, `swap`, `compare_exchange`. A segment of its own kind, so that it cannot be
+/// opened as a locked [`Value`] (whose plain reads would race with these atomics).
+///
+/// ```
+/// use mproc_array::AtomicValue;
+/// let hits: AtomicValue<u64> = AtomicValue::new(0)?;
+/// hits.fetch_add(5);
+/// assert_eq!(hits.compare_exchange(5, 7), Ok(5));
+/// assert_eq!(hits.load(), 7);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct AtomicValue<T> {
+    shared: Shared<T>,
+}
+
+impl<T: AtomicInt> AtomicValue<T> {
+    /// An atomic value in a new anonymous segment (children get it through `fork`).
+    pub fn new(value: T) -> Result<AtomicValue<T>, SegmentError> {
+        Shared::create(Kind::ATOMIC_VALUE, None, 1, Some(&[value]))
+            .map(|shared| AtomicValue { shared })
+    }
+
+    /// An atomic value in a new named segment.
+    pub fn create(name: &str, value: T) -> Result<AtomicValue<T>, SegmentError> {
+        Shared::create(Kind::ATOMIC_VALUE, Some(name), 1, Some(&[value]))
+            .map(|shared| AtomicValue { shared })
+    }
+
+    /// Opens an atomic value created by another process; its type must be `T`.
+    pub fn open(name: &str) -> Result<AtomicValue<T>, SegmentError> {
+        Shared::open(Kind::ATOMIC_VALUE, name).map(|shared| AtomicValue { shared })
+    }
+
+    fn atomic(&self) -> &T::Atomic {
+        // SAFETY: the data region holds one T and is aligned to at least 64 bytes (more than
+        // any integer needs); this segment's kind is only ever opened as an AtomicValue,
+        // whose every access is atomic.
+        unsafe { T::from_ptr(self.shared.data().as_ptr()) }
+    }
+
+    /// Reads the value.
+    pub fn load(&self) -> T {
+        T::load(self.atomic())
+    }
+
+    /// Writes the value.
+    pub fn store(&self, v: T) {
+        T::store(self.atomic(), v)
+    }
+
+    /// Replaces the value; returns the previous one.
+    pub fn swap(&self, v: T) -> T {
+        T::swap(self.atomic(), v)
+    }
+
+    /// Adds (wrapping); returns the previous value.
+    pub fn fetch_add(&self, v: T) -> T {
+        T::fetch_add(self.atomic(), v)
+    }
+
+    /// Subtracts (wrapping); returns the previous value.
+    pub fn fetch_sub(&self, v: T) -> T {
+        T::fetch_sub(self.atomic(), v)
+    }
+
+    /// Replaces the value with `new` if it is `current`; `Err(actual)` otherwise.
+    pub fn compare_exchange(&self, current: T, new: T) -> Result<T, T> {
+        T::compare_exchange(self.atomic(), current, new)
+    }
+
+    /// The segment the value lives in.
+    pub fn segment(&self) -> &Segment {
+        self.shared.segment()
+    }
+}

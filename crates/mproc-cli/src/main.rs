@@ -7,7 +7,7 @@
 //!                                     unlink segments whose creator is dead and that no live
 //!                                     process maps (dry run unless --yes)
 //! ```
-#![deny(unsafe_op_in_unsafe_fn)]
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -119,6 +119,8 @@ impl Kind {
     pub const POOL: Kind = Kind(11);
     /// An out-of-line message body of a `Queue` (`mproc-queue`).
     pub const MESSAGE: Kind = Kind(12);
+    /// An `AtomicValue` (mproc-array): an integer every access to which is atomic.
+    pub const ATOMIC_VALUE: Kind = Kind(13);
 
     /// A short human-readable name (`"queue"`, `"array"`, ...; `"kind#N"` for unknown tags).
     pub fn name(self) -> Cow<'static, str> {
@@ -135,6 +137,7 @@ impl Kind {
             Kind::BARRIER => "barrier",
             Kind::POOL => "pool",
             Kind::MESSAGE => "message",
+            Kind::ATOMIC_VALUE => "atomic",
             Kind(n) => return Cow::Owned(format!("kind#{n}")),
         })
     }
