@@ -10,10 +10,9 @@
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions};
+use mproc_segment::{Kind, Segment, SegmentError};
 
 mod scan;
 
@@ -92,7 +91,9 @@ fn ls(prefix: &str, all: bool) -> Result<(), String> {
                 println!("{:<40} damaged: {err}", e.name)
             }
             Status::Foreign if all => println!("{:<40} (not an mproc segment)", e.name),
-            Status::Foreign => {}
+            Status::NotRegular if all => println!("{:<40} (not a regular file)", e.name),
+            Status::Unreadable(why) if all => println!("{:<40} (unreadable: {why})", e.name),
+            Status::Foreign | Status::NotRegular | Status::Unreadable(_) => {}
         }
     }
     Ok(())
@@ -109,12 +110,15 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 fn inspect(name: &str) -> Result<(), String> {
-    let seg = SegmentOptions::any()
-        .open_timeout(Duration::from_millis(200))
-        .open(name)
-        .map_err(|e| format!("{name}: {e}"))?;
-    let h = seg.header().ok_or_else(|| format!("{name}: no header"))?;
+    mproc_segment::validate_name(name).map_err(|e| e.to_string())?;
+    let p = mproc_segment::peek(name).map_err(|e| match e {
+        mproc_segment::PeekError::NotRegular => format!("{name}: not a regular file"),
+        mproc_segment::PeekError::Io(e) => format!("{name}: {e}"),
+        mproc_segment::PeekError::Segment(e) => format!("{name}: {e}"),
+    })?;
+    let h = &p.header;
     println!("name:            {name}");
+    println!("owner:           uid {}, mode {:#o}", p.owner, p.mode);
     println!("format version:  {}", h.version);
     println!("kind:            {}", h.kind);
     println!("element type:    {}", h.element);
@@ -133,13 +137,15 @@ fn inspect(name: &str) -> Result<(), String> {
             "dead"
         }
     );
-    let mappers = scan::mapped_by(name);
+    let mappers = scan::mapped_by(p.dev_ino);
     println!("mapped by:       {}", describe_pids(&mappers));
     if h.kind == Kind::QUEUE {
-        let ring: &mproc_queue::RingHeader = seg
-            .view(0)
-            .map_err(|e: SegmentError| format!("{name}: queue header: {e}"))?;
-        let r = ring.snapshot();
+        let mut ring = vec![0u8; std::mem::size_of::<mproc_queue::RingHeader>()];
+        let n = p
+            .read_payload(0, &mut ring)
+            .map_err(|e| format!("{name}: queue header: {e}"))?;
+        let r = mproc_queue::RingSnapshot::from_bytes(&ring[..n])
+            .ok_or_else(|| format!("{name}: queue header truncated"))?;
         println!(
             "queue:           {} of {} slots used, {} bytes per slot, {} bytes of arena, {}, {} handle(s) attached, {} unfinished",
             r.len,
@@ -151,7 +157,6 @@ fn inspect(name: &str) -> Result<(), String> {
             r.unfinished
         );
     }
-    drop(seg);
     Ok(())
 }
 
@@ -166,8 +171,12 @@ fn describe_pids(pids: &[u32]) -> String {
     }
 }
 
-/// Why a segment may be removed, or `None` if it must stay.
+/// Why a segment may be removed, or `None` if it must stay: only this user's segments, whose
+/// creator is dead, and that no live process maps.
 fn collectable(e: &Entry) -> Option<String> {
+    if !e.mine() {
+        return None;
+    }
     let why = match &e.status {
         Status::Mproc(h) if !e.creator_alive => {
             format!("creator pid {} is dead, no process maps it", h.creator.pid)
@@ -177,7 +186,19 @@ fn collectable(e: &Entry) -> Option<String> {
         }
         _ => return None,
     };
-    scan::mapped_by(&e.name).is_empty().then_some(why)
+    let dev_ino = e.dev_ino?;
+    scan::mapped_by(dev_ino).is_empty().then_some(why)
+}
+
+/// Unlinks `name` if it is still the object that was judged (same device and inode).
+fn remove_if_same(name: &str, dev_ino: Option<(u64, u64)>) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::fs::symlink_metadata(format!("{}/{name}", mproc_segment::SHM_DIR))
+        .map_err(|e| e.to_string())?;
+    if Some((now.dev(), now.ino())) != dev_ino {
+        return Err("it was replaced meanwhile".into());
+    }
+    Segment::unlink(name).map_err(|e| e.to_string())
 }
 
 fn gc(prefix: &str, yes: bool) -> Result<(), String> {
@@ -189,7 +210,7 @@ fn gc(prefix: &str, yes: bool) -> Result<(), String> {
         };
         n += 1;
         if yes {
-            match Segment::unlink(&e.name) {
+            match remove_if_same(&e.name, e.dev_ino) {
                 Ok(()) => println!("removed {} ({why})", e.name),
                 Err(err) => println!("could not remove {}: {err}", e.name),
             }

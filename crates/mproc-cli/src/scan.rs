@@ -1,9 +1,9 @@
-//! Reading /dev/shm and /proc: which entries are mproc segments, whose creators live, and
-//! which processes map a segment.
+//! Reading /dev/shm and /proc without mapping anything: which entries are mproc segments (by
+//! `pread` of their header), whose creators live, and which processes map a segment (by
+//! device and inode). A file another user planted — truncated, huge, a FIFO, a symlink —
+//! cannot fault or block the tool.
 
-use std::time::Duration;
-
-use mproc_segment::{Header, SegmentError, SegmentOptions};
+use mproc_segment::{Header, PeekError, SegmentError, peek};
 
 /// What an entry of /dev/shm is.
 #[derive(Debug)]
@@ -14,6 +14,10 @@ pub enum Status {
     Damaged(SegmentError),
     /// Something else (another program's shared memory).
     Foreign,
+    /// Not a regular file (a directory, FIFO, socket, symlink or device).
+    NotRegular,
+    /// Cannot be opened (permissions) or read.
+    Unreadable(String),
 }
 
 /// One entry of /dev/shm.
@@ -23,13 +27,23 @@ pub struct Entry {
     pub status: Status,
     /// The creator recorded in the header is still running (same pid and start time).
     pub creator_alive: bool,
+    /// Owner uid, and whether it is the user running the tool.
+    pub owner: Option<u32>,
+    /// Device and inode of the object.
+    pub dev_ino: Option<(u64, u64)>,
+}
+
+impl Entry {
+    /// Whether the entry belongs to the user running the tool.
+    pub fn mine(&self) -> bool {
+        self.owner == Some(nix::unistd::geteuid().as_raw())
+    }
 }
 
 /// The entries of /dev/shm whose name starts with `prefix`, sorted by name.
 pub fn scan(prefix: &str) -> std::io::Result<Vec<Entry>> {
-    let mut names: Vec<String> = std::fs::read_dir("/dev/shm")?
+    let mut names: Vec<String> = std::fs::read_dir(mproc_segment::SHM_DIR)?
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(prefix))
         .collect();
@@ -37,19 +51,22 @@ pub fn scan(prefix: &str) -> std::io::Result<Vec<Entry>> {
     Ok(names.into_iter().map(classify).collect())
 }
 
-fn classify(name: String) -> Entry {
-    // Opening validates magic, version, lengths; a creator still initialising gets a short
-    // grace period, a dead one is reported as such.
-    let opened = SegmentOptions::any()
-        .open_timeout(Duration::from_millis(100))
-        .open(&name);
-    let status = match opened {
-        Ok(seg) => match seg.header() {
-            Some(h) => Status::Mproc(h.clone()),
-            None => Status::Foreign,
-        },
-        Err(SegmentError::NotMproc { .. } | SegmentError::InvalidName { .. }) => Status::Foreign,
-        Err(e) => Status::Damaged(e),
+/// Classifies one name (never mapping it).
+pub fn classify(name: String) -> Entry {
+    let meta = std::fs::symlink_metadata(format!("{}/{name}", mproc_segment::SHM_DIR)).ok();
+    let owner = meta.as_ref().map(std::os::unix::fs::MetadataExt::uid);
+    let (status, dev_ino) = match peek(&name) {
+        Ok(p) => (Status::Mproc(p.header), Some(p.dev_ino)),
+        Err(PeekError::NotRegular) => (Status::NotRegular, None),
+        Err(PeekError::Io(e)) => (Status::Unreadable(e.to_string()), None),
+        Err(PeekError::Segment(SegmentError::NotMproc { .. })) => (Status::Foreign, None),
+        Err(PeekError::Segment(e)) => {
+            use std::os::unix::fs::MetadataExt;
+            (
+                Status::Damaged(e),
+                meta.as_ref().map(|m| (m.dev(), m.ino())),
+            )
+        }
     };
     let creator_alive = match &status {
         Status::Mproc(h) => h.creator.is_alive(),
@@ -59,13 +76,21 @@ fn classify(name: String) -> Entry {
         name,
         status,
         creator_alive,
+        owner,
+        dev_ino,
     }
 }
 
-/// Pids of live processes that map `/dev/shm/NAME` (read from /proc/*/maps; processes we may
-/// not inspect are skipped).
-pub fn mapped_by(name: &str) -> Vec<u32> {
-    let path = format!("/dev/shm/{name}");
+/// Pids of live processes that map the object with this device and inode (read from
+/// /proc/*/maps, whose device and inode fields come before the path, so a name with spaces or
+/// newlines cannot confuse it; processes we may not inspect are skipped).
+pub fn mapped_by(dev_ino: (u64, u64)) -> Vec<u32> {
+    let (dev, ino) = dev_ino;
+    let want_dev = format!(
+        "{:02x}:{:02x}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -76,8 +101,12 @@ pub fn mapped_by(name: &str) -> Vec<u32> {
         .filter(|&pid| pid != me)
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
-                maps.lines()
-                    .any(|l| l.split_whitespace().nth(5) == Some(path.as_str()))
+                maps.lines().any(|l| {
+                    let mut f = l.split_ascii_whitespace();
+                    let (dev_f, ino_f) = (f.nth(3), f.next());
+                    dev_f.is_some_and(|d| d.eq_ignore_ascii_case(&want_dev))
+                        && ino_f.and_then(|i| i.parse::<u64>().ok()) == Some(ino)
+                })
             })
         })
         .collect();

@@ -112,3 +112,104 @@ fn inspect_shows_a_queue_state_and_rejects_foreign_segments() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(&foreign));
     });
 }
+
+/// Removes planted files however the test ends.
+struct Planted(Vec<String>);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[test]
+fn planted_files_cannot_crash_or_block_ls_inspect_or_gc() {
+    with_deadline(Duration::from_secs(60), || {
+        let prefix = unique_name("cli-planted");
+        let path = |s: &str| format!("/dev/shm/{prefix}-{s}");
+        let planted = Planted(
+            ["trunc", "huge", "fifo", "link", "zero", "nobody"]
+                .iter()
+                .map(|s| path(s))
+                .collect(),
+        );
+        // A real segment's header, cut short after the header: mapping its payload would fault.
+        let real = format!("{prefix}-real");
+        let seg = SegmentOptions::new(Kind::QUEUE)
+            .payload_len(1 << 20)
+            .create(&real)
+            .unwrap();
+        let bytes = std::fs::read(format!("/dev/shm/{real}")).unwrap();
+        drop(seg);
+        std::fs::write(path("trunc"), &bytes[..300]).unwrap();
+        // A header that claims a payload far beyond the file.
+        let mut huge = bytes[..4096].to_vec();
+        huge[40..48].copy_from_slice(&(1u64 << 40).to_ne_bytes());
+        std::fs::write(path("huge"), &huge).unwrap();
+        // A FIFO (opening it for reading would block), a symlink, a zero-filled file.
+        nix::unistd::mkfifo(path("fifo").as_str(), nix::sys::stat::Mode::S_IRUSR).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", path("link")).unwrap();
+        std::fs::write(path("zero"), vec![0u8; 8192]).unwrap();
+        // A whole valid-looking segment file owned by another user.
+        std::fs::write(path("nobody"), &bytes).unwrap();
+        let is_root = nix::unistd::geteuid().is_root();
+        if is_root {
+            nix::unistd::chown(
+                path("nobody").as_str(),
+                Some(nix::unistd::Uid::from_raw(65534)),
+                None,
+            )
+            .unwrap();
+        }
+
+        let ls = mproc(&["ls", "--all", "--prefix", &prefix]);
+        assert!(
+            line_of(&ls, &format!("{prefix}-trunc")).is_some_and(|l| l.contains("damaged")),
+            "{ls}"
+        );
+        assert!(
+            line_of(&ls, &format!("{prefix}-huge")).is_some_and(|l| l.contains("damaged")),
+            "{ls}"
+        );
+        assert!(
+            line_of(&ls, &format!("{prefix}-fifo")).is_some_and(|l| l.contains("not a regular")),
+            "{ls}"
+        );
+        assert!(
+            line_of(&ls, &format!("{prefix}-link")).is_some_and(|l| l.contains("not a regular")),
+            "{ls}"
+        );
+        assert!(
+            line_of(&ls, &format!("{prefix}-zero")).is_some_and(|l| l.contains("not an mproc")),
+            "{ls}"
+        );
+
+        for bad in ["trunc", "huge", "fifo", "link", "zero"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_mproc"))
+                .args(["inspect", &format!("{prefix}-{bad}")])
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "inspect {bad} should fail cleanly");
+            assert!(
+                out.status.code().is_some(),
+                "inspect {bad} died of a signal"
+            );
+        }
+
+        // gc never removes another user's file, nor anything it cannot read as a segment.
+        let wet = mproc(&["gc", "--prefix", &prefix, "--yes"]);
+        if is_root {
+            assert!(!wet.contains(&format!("{prefix}-nobody")), "{wet}");
+            assert!(std::fs::symlink_metadata(path("nobody")).is_ok());
+        }
+        for keep in ["fifo", "link", "zero", "trunc", "huge"] {
+            assert!(
+                std::fs::symlink_metadata(path(keep)).is_ok(),
+                "gc removed {keep}: {wet}"
+            );
+        }
+        drop(planted);
+    });
+}

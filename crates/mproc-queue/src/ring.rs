@@ -129,6 +129,32 @@ pub struct RingSnapshot {
     pub arena_bytes: u64,
 }
 
+impl RingSnapshot {
+    /// Reads the counters from the bytes of a control block (a tool's `pread` of a file it
+    /// does not map); `None` if `bytes` is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<RingSnapshot> {
+        use std::mem::offset_of;
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+        };
+        let u32_at = |at: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+        };
+        let head = u64_at(offset_of!(RingHeader, head))?;
+        let tail = u64_at(offset_of!(RingHeader, tail))?;
+        Some(RingSnapshot {
+            capacity: u64_at(offset_of!(RingHeader, capacity))?,
+            slot_size: u64_at(offset_of!(RingHeader, slot_size))?,
+            len: tail.saturating_sub(head),
+            closed: u32_at(offset_of!(RingHeader, closed))? != 0,
+            attached: u32_at(offset_of!(RingHeader, attached))?,
+            unfinished: u64_at(offset_of!(RingHeader, unfinished))?,
+            arena_bytes: u64_at(offset_of!(RingHeader, arena_units))?
+                .saturating_mul(u64_at(offset_of!(RingHeader, arena_unit))?),
+        })
+    }
+}
+
 impl RingHeader {
     /// Reads the control block's counters (each load is atomic; together they are a snapshot
     /// only when nobody is using the queue).

@@ -113,6 +113,26 @@ pub enum SegmentError {
         /// Length of the payload.
         payload: usize,
     },
+    /// The object exists but does not belong to this process's effective user, or others may
+    /// write it: someone else may have created it in advance to read or change what you put
+    /// in it. `SegmentOptions::allow_foreign_owner()` opens it anyway.
+    #[error(
+        "segment {name:?} is owned by uid {owner} with mode {mode:#o}: not a private segment of this user (SegmentOptions::allow_foreign_owner to open it anyway)"
+    )]
+    Untrusted {
+        /// The segment's name.
+        name: String,
+        /// Its owner's uid.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The name is not a regular file (a directory, FIFO, socket or device planted there).
+    #[error("{name:?} is not a regular file")]
+    NotRegular {
+        /// The name.
+        name: String,
+    },
     /// Any other operating-system error, with the call that returned it.
     #[error("{call} failed: {errno}")]
     Io {
@@ -134,6 +154,7 @@ impl SegmentError {
             Errno::ENOENT => SegmentError::NotFound { name: name.into() },
             Errno::EEXIST => SegmentError::AlreadyExists { name: name.into() },
             Errno::EACCES | Errno::EPERM => SegmentError::PermissionDenied { name: name.into() },
+            Errno::ENOSPC | Errno::EDQUOT => SegmentError::OutOfSpace { requested: 0 },
             Errno::ENAMETOOLONG | Errno::EINVAL => SegmentError::InvalidName {
                 name: name.into(),
                 reason: "rejected by the operating system",

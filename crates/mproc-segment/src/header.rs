@@ -84,6 +84,55 @@ pub(crate) struct HeaderFields {
     pub reserved1: [u8; 40],
 }
 
+impl HeaderFields {
+    /// The fields from the bytes that follow the magic, state and pid words (`pread` of a
+    /// file, for tools that do not map it). Missing bytes read as zero.
+    pub(crate) fn from_bytes(b: &[u8]) -> HeaderFields {
+        let mut at = 0usize;
+        let mut take = |n: usize| -> [u8; 8] {
+            let mut out = [0u8; 8];
+            if let Some(src) = b.get(at..at + n) {
+                out[..n].copy_from_slice(src);
+            }
+            at += n;
+            out
+        };
+        let u32_of = |a: [u8; 8]| u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+        let version = u32_of(take(4));
+        let kind = u32_of(take(4));
+        let elem_size = u32_of(take(4));
+        let elem_align = u32_of(take(4));
+        let payload_offset = u64::from_ne_bytes(take(8));
+        let payload_len = u64::from_ne_bytes(take(8));
+        let total_len = u64::from_ne_bytes(take(8));
+        let capacity = u64::from_ne_bytes(take(8));
+        let type_hash = u64::from_ne_bytes(take(8));
+        let creator_start = u64::from_ne_bytes(take(8));
+        let type_name_len = u32_of(take(4));
+        let reserved0 = u32_of(take(4));
+        let mut type_name = [0u8; TYPE_NAME_CAP];
+        if let Some(src) = b.get(at..at + TYPE_NAME_CAP) {
+            type_name.copy_from_slice(src);
+        }
+        HeaderFields {
+            version,
+            kind,
+            elem_size,
+            elem_align,
+            payload_offset,
+            payload_len,
+            total_len,
+            capacity,
+            type_hash,
+            creator_start,
+            type_name_len,
+            reserved0,
+            type_name,
+            reserved1: [0; 40],
+        }
+    }
+}
+
 const _: () = assert!(std::mem::size_of::<RawHeader>() == HEADER_LEN);
 const _: () = assert!(std::mem::align_of::<RawHeader>() == 8);
 const _: () = assert!(std::mem::offset_of!(RawHeader, fields) == 16);

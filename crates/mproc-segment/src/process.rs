@@ -1,6 +1,5 @@
 //! Process identity that survives pid reuse: a pid plus the process's start time.
 
-use std::sync::Once;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use nix::errno::Errno;
@@ -23,7 +22,7 @@ static CACHED_PID: AtomicU64 = AtomicU64::new(0);
 static CACHED_START: AtomicU64 = AtomicU64::new(0);
 
 static PID: AtomicU32 = AtomicU32::new(0);
-static ATFORK: Once = Once::new();
+static ATFORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 thread_local! {
     /// The calling thread's task identity (`TaskId::pack`), 0 until first asked for.
@@ -36,12 +35,18 @@ extern "C" fn forget_pid_in_child() {
     TASK.with(|t| t.set(0));
 }
 
+/// Registers the fork handler once. Not a `Once`: a thread forking while another is inside
+/// `call_once` would leave the child's `Once` "running" forever, and every later call in the
+/// child would block. A flag nobody waits on cannot do that.
 fn register_atfork() {
-    ATFORK.call_once(|| {
+    if ATFORK
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
         // SAFETY: registers a handler that only stores to an atomic and to a thread-local
         // cell without destructor, which is async-signal-safe and valid in the child.
         unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
-    });
+    }
 }
 
 /// A thread (a kernel task: its thread id) and the low 32 bits of its start time, so that a

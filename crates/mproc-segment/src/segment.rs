@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::{Mode, fchmod, fstat};
@@ -77,6 +77,7 @@ pub struct SegmentOptions {
     mode: u32,
     open_timeout: Duration,
     check_type: bool,
+    allow_foreign: bool,
 }
 
 impl SegmentOptions {
@@ -90,6 +91,7 @@ impl SegmentOptions {
             mode: 0o600,
             open_timeout: DEFAULT_OPEN_TIMEOUT,
             check_type: true,
+            allow_foreign: false,
         }
     }
 
@@ -132,6 +134,15 @@ impl SegmentOptions {
         self
     }
 
+    /// Lets `open` / `open_or_create` / `open_raw` accept an object that another user owns, or
+    /// that group or others may write. By default such an object is refused with
+    /// [`Untrusted`](SegmentError::Untrusted): whoever created it in advance could read
+    /// everything written into it, change it, or truncate it under you.
+    pub fn allow_foreign_owner(mut self) -> Self {
+        self.allow_foreign = true;
+        self
+    }
+
     /// How long `open` waits for a creator still initialising (default 2 s).
     pub fn open_timeout(mut self, timeout: Duration) -> Self {
         self.open_timeout = timeout;
@@ -144,19 +155,57 @@ impl SegmentOptions {
         self.create_with(name, |_| Ok::<(), SegmentError>(()))
     }
 
-    /// Creates a named segment and runs `init` on it before other processes may open it
-    /// (`open` waits until `init` returns). If `init` fails, the name is unlinked.
+    /// Creates a named segment and runs `init` on it before other processes may open it. The
+    /// segment is built and initialised as an unnamed file and then given its name in one
+    /// step (`O_TMPFILE` + `linkat`), so no process ever sees it half made; where the system
+    /// cannot do that, it is created by name and openers wait for it to become ready. If
+    /// `init` fails, nothing is left behind.
     pub fn create_with<E: From<SegmentError>>(
         &self,
         name: &str,
         init: impl FnOnce(&Segment) -> Result<(), E>,
     ) -> Result<Segment, E> {
-        let (seg, guard) = self.create_unpublished(name)?;
-        Self::finish_create(seg, guard, init)
+        let shm_name = crate::validate_name(name)?;
+        match self.build_unnamed(&shm_name, init)? {
+            Unnamed::Built(mut seg) => {
+                if crate::shm_dir::publish(&seg.fd, &shm_name, name)? {
+                    seg.unlink_on_drop = Some(crate::current_pid());
+                    return Ok(seg);
+                }
+                // No procfs to link through: create by name instead (init already ran on the
+                // unnamed copy, which is dropped; run it again on the real one).
+                let (seg2, guard) = self.create_unpublished(name)?;
+                Self::finish_create(seg2, guard, |_| Ok::<(), E>(()))
+            }
+            Unnamed::Unsupported(init) => {
+                let (seg, guard) = self.create_unpublished(name)?;
+                Self::finish_create(seg, guard, init)
+            }
+        }
+    }
+
+    /// Builds an unnamed, initialised, ready segment (or hands `init` back if the system has
+    /// no unnamed files).
+    fn build_unnamed<E: From<SegmentError>, I: FnOnce(&Segment) -> Result<(), E>>(
+        &self,
+        shm_name: &str,
+        init: I,
+    ) -> Result<Unnamed<I>, E> {
+        let Some(fd) = crate::shm_dir::unnamed(self.mode)? else {
+            return Ok(Unnamed::Unsupported(init));
+        };
+        fchmod(&fd, Mode::from_bits_truncate(self.mode))
+            .map_err(|e| SegmentError::io("fchmod", e))?;
+        let (offset, payload_len, total) = self.sizes()?;
+        let seg = self.build(fd, Some(shm_name.to_owned()), offset, payload_len, total)?;
+        init(&seg)?;
+        seg.publish();
+        Ok(Unnamed::Built(seg))
     }
 
     /// Makes the named object, reserves its space and writes the header (Initializing). The
-    /// guard unlinks the name unless `finish_create` succeeds.
+    /// guard unlinks the name unless `finish_create` succeeds. (The fallback where unnamed
+    /// files are not available.)
     fn create_unpublished(&self, name: &str) -> Result<(Segment, UnlinkGuard), SegmentError> {
         let shm_name = crate::validate_name(name)?;
         let (offset, payload_len, total) = self.sizes()?;
@@ -170,6 +219,18 @@ impl SegmentOptions {
         let guard = UnlinkGuard(Some(shm_name.clone()));
         fchmod(&fd, Mode::from_bits_truncate(self.mode))
             .map_err(|e| SegmentError::io("fchmod", e))?;
+        // The magic and "initialising" go in before the file has any length, so an opener
+        // never sees a non-empty file without them (it waits for an empty one).
+        let mut prefix = [0u8; HEADER_LEN];
+        prefix[..8].copy_from_slice(&MAGIC.to_ne_bytes());
+        prefix[8..12].copy_from_slice(&STATE_INITIALIZING.to_ne_bytes());
+        prefix[12..16].copy_from_slice(&crate::current_pid().to_ne_bytes());
+        nix::sys::uio::pwrite(&fd, &prefix, 0).map_err(|e| match e {
+            Errno::ENOSPC | Errno::EDQUOT => SegmentError::OutOfSpace {
+                requested: total as u64,
+            },
+            e => SegmentError::io("pwrite", e),
+        })?;
         let seg = self.build(fd, Some(shm_name), offset, payload_len, total)?;
         Ok((seg, guard))
     }
@@ -198,9 +259,19 @@ impl SegmentOptions {
         init: impl FnOnce(&Segment) -> Result<(), E>,
     ) -> Result<Segment, E> {
         let (offset, payload_len, total) = self.sizes()?;
-        let fd = memfd_create(c"mproc-anonymous", MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| SegmentError::io("memfd_create", e))?;
+        let fd = memfd_create(
+            c"mproc-anonymous",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .map_err(|e| SegmentError::io("memfd_create", e))?;
         let seg = self.build(fd, None, offset, payload_len, total)?;
+        // Its size is final: nobody who gets hold of the fd (a child, or a process that opens
+        // /proc/PID/fd/N) can shrink it under a mapping (SIGBUS) or grow it.
+        fcntl(
+            &seg.fd,
+            FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+        )
+        .map_err(|e| SegmentError::io("fcntl(F_ADD_SEALS)", e))?;
         init(&seg)?;
         seg.publish();
         Ok(seg)
@@ -210,9 +281,51 @@ impl SegmentOptions {
     /// they came from [`SegmentOptions::any`]).
     pub fn open(&self, name: &str) -> Result<Segment, SegmentError> {
         let shm_name = crate::validate_name(name)?;
-        let fd = shm_open(shm_name.as_str(), OFlag::O_RDWR, Mode::empty())
-            .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
+        let fd = shm_open(
+            shm_name.as_str(),
+            OFlag::O_RDWR | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
+        crate::shm_dir::check_owner(&fd, name, self.allow_foreign)?;
         self.attach(fd, Some(shm_name))
+    }
+
+    /// Maps a named object that mproc did not make (no header: the whole object is the
+    /// payload), such as one Python's `shared_memory` created. The owner rules of
+    /// [`open`](Self::open) apply.
+    pub fn open_raw(&self, name: &str) -> Result<Segment, SegmentError> {
+        let shm_name = crate::validate_name(name)?;
+        let fd = shm_open(
+            shm_name.as_str(),
+            OFlag::O_RDWR | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
+        crate::shm_dir::check_owner(&fd, name, self.allow_foreign)?;
+        let len = fstat(&fd)
+            .map_err(|e| SegmentError::io("fstat", e))?
+            .st_size as u64;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l > 0)
+            .ok_or(SegmentError::Truncated {
+                expected: 1,
+                found: len,
+            })?;
+        let map = MmapOptions::new()
+            .len(len)
+            .map_raw(fd.as_raw_fd())
+            .map_err(|e| SegmentError::io("mmap", io_errno(&e)))?;
+        Ok(Segment {
+            map,
+            fd,
+            name: Some(shm_name),
+            header: None,
+            payload_offset: 0,
+            payload_len: len,
+            unlink_on_drop: None,
+        })
     }
 
     /// Attaches to a segment through its file descriptor (an anonymous segment inherited
@@ -222,20 +335,54 @@ impl SegmentOptions {
     }
 
     /// Opens the named segment if it exists, or creates it (running `init`) if it does not.
-    /// Returns the segment and whether this call created it.
+    /// Returns the segment and whether this call created it. Of processes racing to create
+    /// the same name exactly one creates it; the others open what it made.
     pub fn open_or_create_with<E: From<SegmentError>>(
         &self,
         name: &str,
         init: impl FnOnce(&Segment) -> Result<(), E>,
     ) -> Result<(Segment, bool), E> {
+        let shm_name = crate::validate_name(name)?;
+        match self.open(name) {
+            Ok(seg) => return Ok((seg, false)),
+            Err(SegmentError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut init = Some(init);
+        let mut built = match self.build_unnamed(&shm_name, |seg: &Segment| match init.take() {
+            Some(f) => f(seg),
+            None => Ok(()),
+        })? {
+            Unnamed::Built(seg) => Some(seg),
+            Unnamed::Unsupported(_) => None,
+        };
         // Another process may unlink between our failed create and our open: retry a few times.
         for _ in 0..8 {
-            match self.create_unpublished(name) {
-                Ok((seg, guard)) => {
-                    return Self::finish_create(seg, guard, init).map(|s| (s, true));
-                }
-                Err(SegmentError::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e.into()),
+            match built.as_mut() {
+                Some(seg) => match crate::shm_dir::publish(&seg.fd, &shm_name, name) {
+                    Ok(true) => {
+                        let mut seg = built.take().ok_or(SegmentError::NotReady {
+                            creator_dead: false,
+                        })?;
+                        seg.unlink_on_drop = Some(crate::current_pid());
+                        return Ok((seg, true));
+                    }
+                    Ok(false) => built = None,
+                    Err(SegmentError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                },
+                None => match self.create_unpublished(name) {
+                    Ok((seg, guard)) => {
+                        let f = init.take();
+                        return Self::finish_create(seg, guard, |s: &Segment| match f {
+                            Some(f) => f(s),
+                            None => Ok(()),
+                        })
+                        .map(|s| (s, true));
+                    }
+                    Err(SegmentError::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                },
             }
             match self.open(name) {
                 Ok(seg) => return Ok((seg, false)),
@@ -387,7 +534,10 @@ impl SegmentOptions {
             unsafe { (&(*raw).magic, &(*raw).state, &(*raw).creator_pid) };
         loop {
             let magic = magic_word.load(Ordering::Relaxed);
-            if magic != 0 && magic != MAGIC {
+            // A creator writes the magic before the file has any length (or publishes it
+            // complete): a non-empty file without it is not an mproc segment — refused at
+            // once, never waited for.
+            if magic != MAGIC {
                 return Err(SegmentError::NotMproc { found: magic });
             }
             // SYNC POINT: pairs with the Release store of Ready in `Segment::publish`; after it
@@ -487,32 +637,7 @@ impl Segment {
     /// Opens a shared-memory object that mproc did not make (for example one made by Python's
     /// `multiprocessing.shared_memory.SharedMemory`): no header, the payload is the whole file.
     pub fn open_raw(name: &str) -> Result<Segment, SegmentError> {
-        let shm_name = crate::validate_name(name)?;
-        let fd = shm_open(shm_name.as_str(), OFlag::O_RDWR, Mode::empty())
-            .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
-        let len = fstat(&fd)
-            .map_err(|e| SegmentError::io("fstat", e))?
-            .st_size as u64;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l > 0)
-            .ok_or(SegmentError::Truncated {
-                expected: 1,
-                found: len,
-            })?;
-        let map = MmapOptions::new()
-            .len(len)
-            .map_raw(fd.as_raw_fd())
-            .map_err(|e| SegmentError::io("mmap", io_errno(&e)))?;
-        Ok(Segment {
-            map,
-            fd,
-            name: Some(shm_name),
-            header: None,
-            payload_offset: 0,
-            payload_len: len,
-            unlink_on_drop: None,
-        })
+        SegmentOptions::any().open_raw(name)
     }
 
     /// Removes a name from `/dev/shm`. Processes that have the segment mapped keep it until
@@ -676,6 +801,13 @@ impl Drop for Segment {
             }
         }
     }
+}
+
+/// What `build_unnamed` made.
+enum Unnamed<I> {
+    Built(Segment),
+    /// No unnamed files here: `init` comes back for the by-name fallback.
+    Unsupported(I),
 }
 
 /// Unlinks a half-made segment if creation fails before it is handed out.

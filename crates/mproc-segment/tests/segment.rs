@@ -333,7 +333,7 @@ fn a_panicking_owner_leaves_nothing_behind() {
 }
 
 #[test]
-fn open_waits_for_a_creator_that_is_still_initialising() {
+fn a_segment_gets_its_name_only_once_initialised() {
     let name = unique_name("seg-race");
     let (go_r, go_w) = nix::unistd::pipe().unwrap();
     let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
@@ -354,34 +354,71 @@ fn open_waits_for_a_creator_that_is_still_initialising() {
         let Ok(mut seg) = r else { return 7 };
         // Hand the name to the parent, which unlinks it.
         seg.persist();
+        nix::unistd::write(&ready_w, b"d").unwrap();
         0
     });
     let mut b = [0u8];
     nix::unistd::read(&ready_r, &mut b).unwrap();
     let _cleanup = Cleanup(name.clone());
 
-    // While the creator is inside init, open times out with NotReady (creator alive).
-    let quick = SegmentOptions::any().open_timeout(Duration::from_millis(50));
-    assert_eq!(
-        quick.open(&name).unwrap_err(),
-        SegmentError::NotReady {
-            creator_dead: false
-        }
-    );
-    // A patient opener started now sees the initialised value once the creator finishes.
-    let opener = {
-        let name = name.clone();
-        std::thread::spawn(move || {
-            let seg = SegmentOptions::new(Kind::ARRAY)
-                .element::<u32>()
-                .open_timeout(Duration::from_secs(20))
-                .open(&name)?;
-            Ok::<u32, SegmentError>(seg.view::<AtomicU32>(0)?.load(Ordering::Relaxed))
-        })
-    };
+    // While the creator is inside init, the name does not exist yet: nobody can see (or
+    // wait on) a half-made segment.
+    assert!(matches!(
+        SegmentOptions::any().open(&name),
+        Err(SegmentError::NotFound { .. })
+    ));
+    assert!(shm_entries(&name).is_empty());
     nix::unistd::write(&go_w, b"g").unwrap();
-    assert_eq!(opener.join().unwrap(), Ok(0xC0FFEE));
-    child.wait();
+    nix::unistd::read(&ready_r, &mut b).unwrap();
+    // Once it has a name, it is complete.
+    let seg = SegmentOptions::new(Kind::ARRAY)
+        .element::<u32>()
+        .open(&name)
+        .unwrap();
+    assert_eq!(
+        seg.view::<AtomicU32>(0).unwrap().load(Ordering::Relaxed),
+        0xC0FFEE
+    );
+    assert_eq!(child.wait().exit, Exit::Code(0));
+}
+
+#[test]
+fn racing_creators_one_creates_the_others_open() {
+    let name = unique_name("seg-race-create");
+    let _cleanup = Cleanup(name.clone());
+    let created: Vec<_> = (0..4)
+        .map(|_| {
+            let n = name.clone();
+            fork_child(move || {
+                match SegmentOptions::new(Kind::RAW)
+                    .payload_len(64)
+                    .open_or_create_with(&n, |seg| {
+                        seg.view::<AtomicU32>(0)?.store(7, Ordering::Relaxed);
+                        Ok::<(), SegmentError>(())
+                    }) {
+                    // Exit 10 + whether this one created it; the value is always initialised.
+                    Ok((mut seg, created))
+                        if seg
+                            .view::<AtomicU32>(0)
+                            .is_ok_and(|c| c.load(Ordering::Relaxed) == 7) =>
+                    {
+                        seg.persist();
+                        10 + i32::from(created)
+                    }
+                    _ => 1,
+                }
+            })
+        })
+        .collect();
+    let codes: Vec<_> = created
+        .into_iter()
+        .map(|mut c| match c.wait().exit {
+            Exit::Code(n) => n,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(codes.iter().all(|&c| c == 10 || c == 11), "{codes:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 11).count(), 1, "{codes:?}");
 }
 
 #[test]
