@@ -16,10 +16,15 @@ const FLAVOUR: &str = "postcard-joinable";
 /// A queue whose consumers report each finished item with [`task_done`](Self::task_done), so
 /// that a producer can [`join`](Self::join) until all are done.
 ///
-/// The count of unfinished items lives in shared memory: `put` raises it (before the item can
-/// be taken), `task_done` lowers it, `join` sleeps until it reaches zero. A consumer that dies
-/// between `get` and `task_done` leaves the count raised: use
-/// [`join_timeout`](Self::join_timeout) where that can happen.
+/// An item is unfinished from the moment its `put` publishes it until a consumer that took it
+/// calls `task_done`: `join` waits until no item is in the queue (published, or being taken by
+/// a live consumer) and every item taken has been reported done. Items are counted where they
+/// are — in their ring slot until a consumer takes them, then in a shared "taken, not done"
+/// count that the consumer raises while it still holds the slot — so a producer killed inside
+/// `put` leaves nothing counted (its item never existed), and a consumer killed inside `get`
+/// before it took the item lets it go with it. A consumer that dies after `get` and before
+/// `task_done` leaves its item counted: use [`join_timeout`](Self::join_timeout) where that
+/// can happen.
 ///
 /// ```
 /// use mproc_queue::JoinableQueue;
@@ -74,48 +79,46 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         })
     }
 
-    fn unfinished(&self) -> &crate::atomic::AtomicU64 {
+    /// Items taken and not yet reported done (the shared count).
+    fn taken(&self) -> &crate::atomic::AtomicU64 {
         &self.queue.raw().header().unfinished
     }
 
-    fn counted(&self, r: Result<(), PutError<T>>) -> Result<(), PutError<T>> {
-        if r.is_err() {
-            self.task_done_inner();
-        }
-        r
-    }
-
-    /// Appends `value` (waiting for room) and counts it as unfinished.
+    /// Appends `value` (waiting for room); it is unfinished once this returns `Ok`.
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {
-        self.unfinished().fetch_add(1, Ordering::SeqCst);
-        self.counted(self.queue.put(value))
+        self.queue.put(value)
     }
 
     /// Appends `value` if there is room now.
     pub fn try_put(&self, value: T) -> Result<(), PutError<T>> {
-        self.unfinished().fetch_add(1, Ordering::SeqCst);
-        self.counted(self.queue.try_put(value))
+        self.queue.try_put(value)
     }
 
     /// Appends `value`, waiting at most `timeout` for room.
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
-        self.unfinished().fetch_add(1, Ordering::SeqCst);
-        self.counted(self.queue.put_timeout(value, timeout))
+        self.queue.put_timeout(value, timeout)
+    }
+
+    fn count_taken(&self) {
+        self.taken().fetch_add(1, Ordering::SeqCst);
     }
 
     /// Takes the oldest item (waiting); call `task_done` when it is processed.
     pub fn get(&self) -> Result<T, GetError> {
-        self.queue.get()
+        self.queue
+            .get_hooked(crate::body::Wait::Forever, || self.count_taken())
     }
 
     /// Takes the oldest item if there is one now.
     pub fn try_get(&self) -> Result<T, GetError> {
-        self.queue.try_get()
+        self.queue
+            .get_hooked(crate::body::Wait::No, || self.count_taken())
     }
 
     /// Takes the oldest item, waiting at most `timeout`.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        self.queue.get_timeout(timeout)
+        let wait = crate::body::Wait::Until(Instant::now() + timeout);
+        self.queue.get_hooked(wait, || self.count_taken())
     }
 
     fn task_done_inner(&self) -> bool {
@@ -161,16 +164,31 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     fn join_deadline(&self, deadline: Option<Instant>) -> bool {
         let hdr = self.queue.raw().header();
-        hdr.all_done
-            .block_on(deadline, || {
-                (hdr.unfinished.load(Ordering::SeqCst) == 0).then_some(())
-            })
-            .is_some()
+        // Naps: the last item may leave the queue without a wake (its producer or consumer
+        // died); a few looks a second notice that.
+        loop {
+            let nap = Instant::now() + Duration::from_millis(50);
+            let until = deadline.map_or(nap, |d| d.min(nap));
+            if hdr
+                .all_done
+                .block_on(Some(until), || (self.unfinished_tasks() == 0).then_some(()))
+                .is_some()
+            {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+        }
     }
 
-    /// Items put and not yet reported done.
+    /// Items put and not yet reported done: in the queue (or being taken), plus taken and not
+    /// yet `task_done`.
     pub fn unfinished_tasks(&self) -> u64 {
-        self.unfinished().load(Ordering::SeqCst)
+        // The taken count first: an item moves from the ring to it, never back, so reading it
+        // before the ring cannot miss an item in flight (it may count one twice, briefly).
+        let taken = self.taken().load(Ordering::SeqCst);
+        taken + self.queue.raw().ring().outstanding() as u64
     }
 
     /// Closes the queue (see [`Queue::close`]).
@@ -191,5 +209,20 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// The number of slots.
     pub fn capacity(&self) -> usize {
         self.queue.capacity()
+    }
+
+    /// Whether the queue has been closed.
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
+    }
+
+    /// Whether every slot holds an item now.
+    pub fn is_full(&self) -> bool {
+        self.queue.is_full()
+    }
+
+    /// The segment the queue lives in.
+    pub fn segment(&self) -> &mproc_segment::Segment {
+        self.queue.segment()
     }
 }

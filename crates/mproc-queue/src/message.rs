@@ -301,7 +301,20 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn get_with(&self, wait: Wait) -> Result<T, GetError> {
-        match get_result(self.raw.receive(wait, decode::<T>), wait) {
+        self.get_hooked(wait, || {})
+    }
+
+    /// Takes a message; `taken` runs once it has decoded, while its slot is still held (a
+    /// `JoinableQueue` counts it there, so that it is always in the ring or counted).
+    pub(crate) fn get_hooked(&self, wait: Wait, taken: impl Fn()) -> Result<T, GetError> {
+        let read = |bytes: &[u8]| {
+            let r = decode::<T>(bytes);
+            if r.is_ok() {
+                taken();
+            }
+            r
+        };
+        match get_result(self.raw.receive(wait, read), wait) {
             Ok(r) => r.map_err(|reason| GetError::Message { reason }),
             Err(e) => Err(e),
         }

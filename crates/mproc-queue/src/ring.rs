@@ -480,6 +480,18 @@ impl<S: Slots> Ring<'_, S> {
         self.hdr.not_full.wake_all();
     }
 
+    /// Messages published and not yet taken, plus messages being read by a live consumer
+    /// (every slot looked at once, whatever the counters say).
+    #[cfg_attr(loom, allow(dead_code))]
+    pub fn outstanding(&self) -> usize {
+        (0..=self.mask as usize)
+            .filter(|&idx| {
+                let (_, state, pid) = decode(self.slots.word(idx).load(Ordering::Acquire));
+                state == State::Full || (state == State::Reading && self.slots.is_alive(pid))
+            })
+            .count()
+    }
+
     /// Number of messages that `get` could take now (published, not yet taken).
     #[cfg_attr(loom, allow(dead_code))]
     pub fn len(&self) -> usize {

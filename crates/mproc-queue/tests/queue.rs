@@ -279,6 +279,45 @@ fn a_full_arena_waits_like_a_full_queue_and_loses_nothing() {
 }
 
 #[test]
+fn a_producer_killed_inside_put_cannot_make_join_hang() {
+    let mut rng = mproc_testkit::Rng(0x10AB_1E5);
+    for round in 0..30 {
+        let q: JoinableQueue<Vec<u8>> =
+            JoinableQueue::anonymous_with(QueueOptions::new().capacity(4).arena_bytes(256 << 10))
+                .unwrap();
+        // The producer spends most of its time blocked in `put` on a full queue.
+        let mut producer = fork_child(|| {
+            for i in 0u64.. {
+                if q.put(vec![(i % 251) as u8; 40_000]).is_err() {
+                    return 1;
+                }
+            }
+            0
+        });
+        let mut taken = 0;
+        for _ in 0..(rng.next_u64() % 6) {
+            if q.get_timeout(LONG).is_ok() {
+                q.task_done().unwrap();
+                taken += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(rng.next_u64() % 2000));
+        producer.signal(nix::sys::signal::Signal::SIGKILL);
+        producer.wait();
+        // Drain what it finished putting (a slot it died writing is skipped after a re-poll).
+        while q.get_timeout(Duration::from_millis(400)).is_ok() {
+            q.task_done().unwrap();
+            taken += 1;
+        }
+        assert!(
+            q.join_timeout(Duration::from_secs(5)),
+            "round {round}: join hung with {} unfinished after {taken} taken",
+            q.unfinished_tasks()
+        );
+    }
+}
+
+#[test]
 fn joinable_queue_join_waits_for_task_done_in_another_process() {
     let q: JoinableQueue<u32> = JoinableQueue::new(64).unwrap();
     for i in 0..50 {
