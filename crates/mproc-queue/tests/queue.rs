@@ -280,7 +280,7 @@ fn a_full_arena_waits_like_a_full_queue_and_loses_nothing() {
 
 #[test]
 fn a_producer_killed_inside_put_cannot_make_join_hang() {
-    let mut rng = mproc_testkit::Rng(0x10AB_1E5);
+    let mut rng = mproc_testkit::Rng(0x010A_B1E5);
     for round in 0..30 {
         let q: JoinableQueue<Vec<u8>> =
             JoinableQueue::anonymous_with(QueueOptions::new().capacity(4).arena_bytes(256 << 10))
