@@ -64,8 +64,68 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd, ProcessError> {
 /// How long `wait_until` polls for the child's exit before sleeping on its pidfd.
 const EXIT_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
-/// The number of threads of this process (from `/proc/self/stat`), or 1 if unknown.
+/// Whether this process runs the parent watcher thread (not counted by [`thread_count`]: it
+/// holds no lock a forked child could inherit).
+static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The exit code of a child that ended because its parent died.
+pub(crate) const EXIT_ORPHANED: i32 = 79;
+
+/// Makes this process end as soon as process `parent` ends, whatever ends it (a signal,
+/// `exit`, a panic). Call it first thing in a child.
+///
+/// **Why not only `PR_SET_PDEATHSIG`.** The kernel sends the parent-death signal when the
+/// *thread* that forked dies, not the process: a pool built by a thread that later exits (a
+/// short-lived thread, a runtime's blocking pool) would lose its workers. So a small thread
+/// sleeps in `poll` on a pidfd of the parent process, which becomes readable when that
+/// process has exited, and ends this one then. The race with a parent that dies before the
+/// pidfd exists is closed by checking `getppid()` before and after opening it (a dead parent's
+/// children are re-parented, so their `getppid()` changes). Should the thread not start (no
+/// memory), `PR_SET_PDEATHSIG(SIGKILL)` is the fallback.
+pub(crate) fn die_with_parent(parent: u32) {
+    let orphaned = || -> ! {
+        // SAFETY: `_exit` is always safe to call; it ends the process immediately.
+        unsafe { libc::_exit(EXIT_ORPHANED) }
+    };
+    let parent_now = || nix::unistd::getppid().as_raw() as u32;
+    if parent_now() != parent {
+        orphaned();
+    }
+    let Ok(pidfd) = pidfd_open(parent as i32) else {
+        orphaned()
+    };
+    if parent_now() != parent {
+        orphaned(); // the pidfd may name a process that took the pid since
+    }
+    let watcher = std::thread::Builder::new()
+        .name("mproc-parent-watch".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            // Readable (or an error other than an interruption): the parent has exited.
+            while let Err(Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+            orphaned()
+        });
+    match watcher {
+        Ok(_) => WATCHING.store(true, std::sync::atomic::Ordering::Relaxed),
+        Err(_) => {
+            // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number; no pointers.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+            if parent_now() != parent {
+                orphaned();
+            }
+        }
+    }
+}
+
+/// The number of threads of this process (from `/proc/self/stat`), or 1 if unknown; the
+/// parent watcher thread of a child is not counted.
 pub(crate) fn thread_count() -> usize {
+    let watcher = usize::from(WATCHING.load(std::sync::atomic::Ordering::Relaxed));
+    os_thread_count().saturating_sub(watcher).max(1)
+}
+
+fn os_thread_count() -> usize {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
@@ -87,15 +147,23 @@ fn exit_child(code: i32) -> ! {
 }
 
 impl ChildProc {
-    /// Forks a child that runs `f` and exits with its return value.
+    /// Forks a child that runs `f` and exits with its return value; with `die_with_parent`,
+    /// the child ends when this process does (see [`die_with_parent`]).
     ///
     /// The child runs only `f`: it must not rely on locks other threads of the parent may hold
     /// (see [`thread_count`]).
-    pub(crate) fn fork(f: impl FnOnce() -> i32) -> Result<ChildProc, ProcessError> {
+    pub(crate) fn fork(
+        die_with_parent: bool,
+        f: impl FnOnce() -> i32,
+    ) -> Result<ChildProc, ProcessError> {
+        let parent = std::process::id();
         // SAFETY: in the child we only run `f` and `_exit`; we never return into the caller,
         // whose other threads do not exist in the child.
         match unsafe { fork() }.map_err(|e| ProcessError::os("fork", e))? {
             ForkResult::Child => {
+                if die_with_parent {
+                    self::die_with_parent(parent);
+                }
                 let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
                     .unwrap_or(crate::worker::EXIT_PANIC);
                 exit_child(code)

@@ -79,7 +79,7 @@ pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc
     match method {
         StartMethod::Fork => {
             let boot = boot.clone();
-            ChildProc::fork(move || worker_main(&boot))
+            ChildProc::fork(boot.die_with_parent, move || worker_main(&boot))
         }
         StartMethod::Spawn => {
             ChildProc::spawn((ENV, &boot.to_env()?), &[boot.inbox_fd, boot.results_fd])
@@ -103,6 +103,7 @@ pub struct ProcessBuilder {
     method: StartMethod,
     threaded_fork: ThreadedFork,
     start_timeout: Duration,
+    daemon: bool,
 }
 
 impl Default for ProcessBuilder {
@@ -111,6 +112,7 @@ impl Default for ProcessBuilder {
             method: StartMethod::default(),
             threaded_fork: ThreadedFork::default(),
             start_timeout: Duration::from_secs(30),
+            daemon: true,
         }
     }
 }
@@ -125,6 +127,16 @@ impl ProcessBuilder {
     /// What `Fork` does when this process has other threads (default: warn once).
     pub fn threaded_fork(mut self, policy: ThreadedFork) -> Self {
         self.threaded_fork = policy;
+        self
+    }
+
+    /// Whether the child ends when this process ends (default `true`), as Python's daemonic
+    /// processes are terminated when their parent exits. The child ends whatever ends the
+    /// parent — `exit`, a panic, any signal, SIGKILL included — and within milliseconds.
+    /// `daemon(false)` lets it run on (Python's default; Rust has no `atexit` join, so the
+    /// parent that wants to wait for it must `join` it).
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
         self
     }
 
@@ -158,7 +170,10 @@ impl ProcessBuilder {
         };
         let (child, inbox) = match self.method {
             // The child has the request and the queue already: it is a copy of us.
-            StartMethod::Fork => (ChildProc::fork(|| run_forked(&request, &results))?, None),
+            StartMethod::Fork => (
+                ChildProc::fork(self.daemon, || run_forked(&request, &results))?,
+                None,
+            ),
             StartMethod::Spawn => {
                 let inbox: Queue<Request> = inbox_options(1, DEFAULT_ARENA_BYTES).anonymous()?;
                 inbox.put(request).map_err(|e| ProcessError::Encode {
@@ -173,6 +188,8 @@ impl ProcessBuilder {
                     check: layout_check(),
                     one_shot: true,
                     initializer: None,
+                    parent: std::process::id(),
+                    die_with_parent: self.daemon,
                 };
                 (start_worker(self.method, &boot)?, Some(inbox))
             }

@@ -40,6 +40,10 @@ pub(crate) struct Boot {
     pub one_shot: bool,
     /// The pool's initializer and its encoded argument.
     pub initializer: Option<(FnRef, Vec<u8>)>,
+    /// The parent process, and whether the worker ends when it does (a spawned worker sets
+    /// that up itself in `init`; a forked one is set up by the fork).
+    pub parent: u32,
+    pub die_with_parent: bool,
 }
 
 impl Boot {
@@ -165,7 +169,12 @@ pub fn init() {
         .ok_or(format!("{ENV} is not UTF-8"))
         .and_then(Boot::from_env)
     {
-        Ok(boot) => worker_main(&boot),
+        Ok(boot) => {
+            if boot.die_with_parent {
+                crate::child::die_with_parent(boot.parent);
+            }
+            worker_main(&boot)
+        }
         Err(message) => {
             eprintln!("mproc: init(): {message}");
             EXIT_BOOT

@@ -111,13 +111,74 @@ fn a_child_that_skips_init_is_reported() {
     }
 }
 
+fn busy(_: u32) -> u32 {
+    std::thread::sleep(Duration::from_secs(120));
+    0
+}
+
+fn spawned_workers_end_with_their_killed_parent() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let mem = mproc_segment::Segment::anonymous(64).unwrap();
+    let pids: &[AtomicU32] = mem.view_slice(0, 4).unwrap();
+    let mut parent = mproc_testkit::fork_child(|| {
+        let pool = Pool::builder()
+            .processes(2)
+            .start_method(StartMethod::Spawn)
+            .build()
+            .unwrap();
+        let _busy: Vec<_> = (0..2).map(|i| pool.apply_async(busy, i).unwrap()).collect();
+        let p = Process::builder()
+            .start_method(StartMethod::Spawn)
+            .spawn(busy, 0)
+            .unwrap();
+        for (i, pid) in pool.pids().into_iter().enumerate() {
+            pids[i].store(pid, Ordering::SeqCst);
+        }
+        pids[2].store(p.pid(), Ordering::SeqCst);
+        pids[3].store(1, Ordering::SeqCst);
+        std::mem::forget((pool, p));
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while pids[3].load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the parent never started its workers"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let ids: Vec<_> = pids[..3]
+        .iter()
+        .map(|p| {
+            let pid = p.load(Ordering::SeqCst);
+            mproc_segment::ProcessId::of(pid)
+                .unwrap_or(mproc_segment::ProcessId { pid, start_time: 0 })
+        })
+        .collect();
+    parent.signal(nix::sys::signal::Signal::SIGKILL);
+    parent.wait();
+    for id in ids {
+        let end = std::time::Instant::now() + Duration::from_secs(2);
+        while id.is_alive() {
+            assert!(
+                std::time::Instant::now() < end,
+                "spawned child {} outlived its killed parent",
+                id.pid
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 fn main() {
     if std::env::var_os(EXIT_BEFORE_INIT).is_some() && std::env::var_os("MPROC_WORKER").is_some() {
         // Plays a program whose main does not call init first: it just ends.
         return;
     }
     mproc_pool::init();
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
         (
             "spawn_process_returns_its_result",
             spawn_process_returns_its_result,
@@ -133,6 +194,10 @@ fn main() {
         (
             "a_child_that_skips_init_is_reported",
             a_child_that_skips_init_is_reported,
+        ),
+        (
+            "spawned_workers_end_with_their_killed_parent",
+            spawned_workers_end_with_their_killed_parent,
         ),
     ];
     for (name, test) in tests {

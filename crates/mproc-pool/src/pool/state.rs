@@ -223,6 +223,8 @@ pub(crate) fn start_one(
         check: layout_check(),
         one_shot: false,
         initializer: config.initializer.clone(),
+        parent: std::process::id(),
+        die_with_parent: true,
     };
     let child = start_worker(config.method, &boot)?;
     Ok(Worker {
