@@ -118,6 +118,15 @@ pub(crate) fn die_with_parent(parent: u32) {
     }
 }
 
+/// Makes this process non-dumpable: `/proc/PID/fd`, `/proc/PID/mem` and `ptrace` become
+/// inaccessible to other processes of the same user (only root, or a process with
+/// `CAP_SYS_PTRACE`, can still reach them), so the pool's memfds cannot be opened from outside
+/// to rewrite queued tasks. It also means no core dump.
+pub(crate) fn make_undumpable() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integers only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong) };
+}
+
 /// The number of threads of this process (from `/proc/self/stat`), or 1 if unknown; the
 /// parent watcher thread of a child is not counted.
 pub(crate) fn thread_count() -> usize {

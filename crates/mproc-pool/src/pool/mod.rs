@@ -79,6 +79,7 @@ pub struct PoolBuilder {
     arena_bytes: usize,
     chunksize: Option<usize>,
     start_timeout: Duration,
+    undumpable_parent: bool,
     #[cfg_attr(not(feature = "progress"), allow(dead_code))]
     progress: bool,
 }
@@ -94,6 +95,7 @@ impl Default for PoolBuilder {
             arena_bytes: crate::worker::DEFAULT_ARENA_BYTES,
             chunksize: None,
             start_timeout: Duration::from_secs(30),
+            undumpable_parent: false,
             progress: false,
         }
     }
@@ -170,7 +172,20 @@ impl PoolBuilder {
 
     /// Starts the workers and waits until each has run the initializer.
     pub fn build(self) -> Result<Pool, ProcessError> {
+        if self.undumpable_parent {
+            crate::child::make_undumpable();
+        }
         Pool::start(self)
+    }
+
+    /// Also makes *this* process non-dumpable when the pool is built (workers always are):
+    /// other processes of the same user can then no longer open the pool's queues through
+    /// `/proc/PID/fd` of the parent either, and inject or rewrite tasks. It affects the whole
+    /// process for the rest of its life: no core dumps, no `ptrace` attach by the same user
+    /// (debuggers need root). Default: off.
+    pub fn undumpable_parent(mut self, on: bool) -> Self {
+        self.undumpable_parent = on;
+        self
     }
 }
 
