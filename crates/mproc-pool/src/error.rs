@@ -47,6 +47,17 @@ pub enum TaskError {
     /// `get_timeout` gave up; the task is still pending.
     #[error("timed out waiting for the task")]
     Timeout,
+    /// The task ran longer than its time limit (`PoolBuilder::task_timeout`,
+    /// `AsyncResult::timeout`): its worker was killed and replaced; the tasks queued behind it
+    /// ran elsewhere. (`Timeout`, by contrast, is a caller that stopped waiting.)
+    #[error("task ran longer than its limit of {limit_ms} ms; its worker was stopped")]
+    TimedOut {
+        /// The limit, in milliseconds.
+        limit_ms: u64,
+    },
+    /// The task was cancelled (`AsyncResult::cancel`) before it finished.
+    #[error("task was cancelled")]
+    Cancelled,
     /// A worker could not be started (fork, exec or shared-memory setup failed); the pool is
     /// stopped.
     #[error("could not start a worker: {message}")]

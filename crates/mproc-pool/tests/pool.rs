@@ -502,3 +502,109 @@ fn map_with_a_progress_bar_gives_the_same_results() {
         assert_eq!(p.map(square, 0..500).unwrap(), expected);
     });
 }
+
+/// Sleeps `ms` milliseconds, then returns it.
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_task_over_its_time_limit_fails_alone_and_its_worker_is_replaced() {
+    with_deadline(DEADLINE, || {
+        let p = builder(2)
+            .chunksize(1)
+            .task_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        // One task that would sleep for a minute among 1,000 quick ones.
+        let items = (0..1000u64).map(|i| if i == 300 { 60_000 } else { 0 });
+        let results: Vec<Result<u64, TaskError>> = p.imap(nap, items).collect();
+        for (i, r) in results.iter().enumerate() {
+            if i == 300 {
+                assert_eq!(r, &Err(TaskError::TimedOut { limit_ms: 500 }));
+            } else {
+                assert_eq!(r, &Ok(0), "item {i}");
+            }
+        }
+        eventually("a replacement", || p.pids().len() == 2);
+        assert_eq!(p.apply(square, 7), Ok(49));
+        // A per-task limit on a pool without one.
+        let q = pool(1);
+        let slow = q
+            .apply_async(nap, 60_000)
+            .unwrap()
+            .timeout(Duration::from_millis(200));
+        let quick = q.apply_async(nap, 1).unwrap();
+        assert_eq!(slow.get(), Err(TaskError::TimedOut { limit_ms: 200 }));
+        assert_eq!(quick.get(), Ok(1), "the task queued behind ran elsewhere");
+    });
+}
+
+#[test]
+fn cancelling_removes_a_queued_task_and_stops_a_running_one() {
+    with_deadline(DEADLINE, || {
+        let p = pool(1);
+        let ev_name = unique_name("cancel");
+        let ev = Event::create(&ev_name).unwrap();
+        let running = p.apply_async(wait_for, ev_name.clone()).unwrap();
+        let queued: Vec<_> = (0..3).map(|i| p.apply_async(square, i).unwrap()).collect();
+        // A queued task (it may sit in the worker's inbox or still wait in the parent).
+        assert!(queued[1].cancel());
+        assert_eq!(queued[1].get(), Err(TaskError::Cancelled));
+        ev.set();
+        assert!(running.get().is_ok());
+        assert_eq!(queued[0].get(), Ok(0));
+        assert_eq!(queued[2].get(), Ok(4));
+        assert!(!queued[0].cancel(), "a finished task cannot be cancelled");
+
+        // A running task: its worker is stopped and replaced.
+        let before = p.pids();
+        let started_name = unique_name("cancel-started");
+        let started = Event::create(&started_name).unwrap();
+        fn announce_then_sleep(name: String) -> u32 {
+            Event::open(&name).expect("open event").set();
+            std::thread::sleep(Duration::from_secs(60));
+            0
+        }
+        let stuck = p.apply_async(announce_then_sleep, started_name).unwrap();
+        let behind = p.apply_async(square, 5).unwrap();
+        assert!(
+            started.wait_timeout(Duration::from_secs(30)),
+            "the task never started"
+        );
+        assert!(stuck.cancel());
+        assert_eq!(stuck.get(), Err(TaskError::Cancelled));
+        assert_eq!(behind.get(), Ok(25));
+        eventually("a replacement", || {
+            let now = p.pids();
+            now.len() == 1 && now != before
+        });
+    });
+}
+
+#[test]
+fn retries_run_a_task_again_after_its_worker_died() {
+    with_deadline(DEADLINE, || {
+        let name = unique_name("retries");
+        let attempts = mproc_array::AtomicValue::<u32>::create(&name, 0).unwrap();
+        fn die_once(name: String) -> u32 {
+            let a = mproc_array::AtomicValue::<u32>::open(&name).unwrap();
+            if a.fetch_add(1) == 0 {
+                // SAFETY: kill(2) on our own pid; the first attempt dies as if SIGKILLed.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            }
+            a.load()
+        }
+        let p = builder(2).retries(1).build().unwrap();
+        assert_eq!(p.apply(die_once, name.clone()), Ok(2));
+        assert_eq!(attempts.load(), 2);
+        // Without retries the death is reported.
+        attempts.store(0);
+        let q = pool(1);
+        assert!(matches!(
+            q.apply(die_once, name),
+            Err(TaskError::WorkerDied { .. })
+        ));
+    });
+}

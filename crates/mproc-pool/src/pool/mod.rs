@@ -77,6 +77,8 @@ pub struct PoolBuilder {
     initializer: Option<Result<(FnRef, Vec<u8>), String>>,
     max_tasks_per_child: Option<u64>,
     arena_bytes: usize,
+    task_timeout: Option<Duration>,
+    retries: u32,
     chunksize: Option<usize>,
     start_timeout: Duration,
     undumpable_parent: bool,
@@ -93,6 +95,8 @@ impl Default for PoolBuilder {
             initializer: None,
             max_tasks_per_child: None,
             arena_bytes: crate::worker::DEFAULT_ARENA_BYTES,
+            task_timeout: None,
+            retries: 0,
             chunksize: None,
             start_timeout: Duration::from_secs(30),
             undumpable_parent: false,
@@ -129,6 +133,23 @@ impl PoolBuilder {
                 .map(|bytes| (FnRef::new(f), bytes))
                 .map_err(|e| e.to_string()),
         );
+        self
+    }
+
+    /// A time limit for every task (every chunk of a `map`): one that runs longer fails alone
+    /// with [`TaskError::TimedOut`]; its worker is killed and replaced, and the tasks queued
+    /// behind it run elsewhere. Measured from when its worker could start it; enforced within
+    /// about 10 ms. Default: none. [`AsyncResult::timeout`] sets one per task.
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
+    /// Runs a task whose worker died (killed, crashed, OOM-killed) again, up to `n` times,
+    /// before reporting [`TaskError::WorkerDied`] (default 0, as Python). Tasks that overran
+    /// their limit or were cancelled are not retried. Only for tasks that may safely run twice.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
         self
     }
 
@@ -250,6 +271,8 @@ impl Pool {
             initializer,
             max_tasks: b.max_tasks_per_child,
             arena: b.arena_bytes,
+            task_timeout: b.task_timeout,
+            retries: b.retries,
         };
         let capacity = (b.processes * (PREFETCH + 4)).max(64);
         let results: Queue<Reply> = results_options(capacity, b.arena_bytes).anonymous()?;
@@ -375,13 +398,7 @@ impl Pool {
         st.next_job += 1;
         st.jobs.insert(
             id,
-            Job {
-                func,
-                count,
-                args: Some(args),
-                outcome: None,
-                abandoned: false,
-            },
+            Job::new(func, count, args, self.shared.config.task_timeout),
         );
         st.pending.push_back(id);
         st.dispatch(&self.shared.config);

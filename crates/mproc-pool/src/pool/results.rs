@@ -61,6 +61,29 @@ impl<R> AsyncResult<R> {
     }
 }
 
+impl<R> AsyncResult<R> {
+    /// Gives this task a time limit (replacing the pool's `task_timeout`), counted from when
+    /// its worker could start it: if it runs longer it fails with [`TaskError::TimedOut`] and
+    /// its worker is replaced. Returns `self` to chain after `apply_async`.
+    pub fn timeout(self, limit: Duration) -> Self {
+        let mut st = self.shared.lock();
+        if let Some(job) = st.jobs.get_mut(&self.id) {
+            job.limit = Some(limit);
+        }
+        drop(st);
+        self
+    }
+
+    /// Cancels the task: one still queued is removed; a running one is stopped by killing its
+    /// worker, which is replaced. Either way it fails with [`TaskError::Cancelled`] and no
+    /// other task is affected. Returns false if it had already finished.
+    pub fn cancel(&self) -> bool {
+        let cancelled = self.shared.lock().cancel(self.id);
+        self.shared.notify();
+        cancelled
+    }
+}
+
 impl<R: DeserializeOwned> AsyncResult<R> {
     /// Waits for the job (or `deadline`) and decodes its result.
     fn outcome(&self, deadline: Option<Instant>) -> Result<R, TaskError> {

@@ -37,6 +37,34 @@ pub(crate) struct Job {
     pub outcome: Option<Outcome>,
     /// Nobody will collect the outcome (its `AsyncResult` or `imap` was dropped).
     pub abandoned: bool,
+    /// How long it may run once its worker starts it.
+    pub limit: Option<Duration>,
+    /// When its worker could start it (it became the oldest job that worker holds).
+    pub started: Option<Instant>,
+    /// Why its worker is being killed (a time limit, a cancel): what the job fails with.
+    pub kill_reason: Option<TaskError>,
+    /// Times it was run again after its worker died.
+    pub attempts: u32,
+    /// Its arguments, kept while a worker holds them if it may be retried.
+    pub retry_args: Option<Vec<u8>>,
+}
+
+impl Job {
+    /// A new job, waiting to be sent.
+    pub(crate) fn new(func: FnRef, count: u32, args: Vec<u8>, limit: Option<Duration>) -> Job {
+        Job {
+            func,
+            count,
+            args: Some(args),
+            outcome: None,
+            abandoned: false,
+            limit,
+            started: None,
+            kill_reason: None,
+            attempts: 0,
+            retry_args: None,
+        }
+    }
 }
 
 /// One worker process and what the parent has sent it.
@@ -70,6 +98,10 @@ pub(crate) struct Config {
     pub max_tasks: Option<u64>,
     /// Bytes of each queue's body arena.
     pub arena: usize,
+    /// Default time limit of every job.
+    pub task_timeout: Option<Duration>,
+    /// How many times a job whose worker died is run again.
+    pub retries: u32,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +120,10 @@ pub(crate) struct State {
     pub last_watch: Option<Instant>,
     /// Workers replaced after dying or retiring.
     pub replaced: u64,
+    /// Jobs run again after their worker died.
+    pub retried: u64,
+    /// Workers stopped because a task overran its limit or was cancelled.
+    pub stopped_for_tasks: u64,
 }
 
 #[derive(Debug)]
@@ -247,6 +283,7 @@ impl State {
 
     pub(crate) fn finish(&mut self, id: u64, outcome: Outcome) {
         if let Some(job) = self.jobs.get_mut(&id) {
+            job.retry_args = None;
             if job.abandoned {
                 self.jobs.remove(&id);
             } else if job.outcome.is_none() {
@@ -278,11 +315,16 @@ impl State {
                 job,
                 body,
             } => {
+                let mut next = None;
                 if let Some(w) = self.worker_of(worker, pid) {
                     if let Some(pos) = w.sent.iter().position(|&j| j == job) {
                         w.sent.remove(pos);
                     }
                     w.completed += 1;
+                    next = w.sent.front().copied();
+                }
+                if let Some(next) = next.and_then(|id| self.jobs.get_mut(&id)) {
+                    next.started.get_or_insert_with(Instant::now);
                 }
                 self.finish(job, Outcome::Body(body));
             }
@@ -349,10 +391,19 @@ impl State {
     /// A request that cannot be stored at all (shared memory exhausted) fails its job.
     fn send(&mut self, w: usize, request: Request, config: &Config) -> Result<(), Request> {
         let id = request.job;
+        let retry_args = (config.retries > 0).then(|| request.args.clone());
         let worker = &mut self.workers[w];
         match worker.inbox.try_put(request) {
             Ok(()) => {
                 worker.sent.push_back(id);
+                let idle = worker.sent.len() == 1;
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.retry_args = retry_args;
+                    if idle {
+                        job.started = Some(Instant::now());
+                    }
+                }
+                let worker = &mut self.workers[w];
                 worker.dispatched += 1;
                 if config.max_tasks.is_some_and(|k| worker.dispatched >= k) {
                     worker.inbox.close();
@@ -413,8 +464,79 @@ impl State {
         }
     }
 
+    /// Kills the worker running a job that overran its time limit (the job then fails with
+    /// `TimedOut` when the death is settled; the jobs queued behind it are sent elsewhere).
+    fn enforce_limits(&mut self) {
+        let now = Instant::now();
+        for w in &self.workers {
+            if w.child.status().is_some() {
+                continue;
+            }
+            let Some(&id) = w.sent.front() else {
+                continue;
+            };
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let (Some(limit), Some(started)) = (job.limit, job.started) else {
+                continue;
+            };
+            if job.kill_reason.is_none() && now.duration_since(started) >= limit {
+                job.kill_reason = Some(TaskError::TimedOut {
+                    limit_ms: limit.as_millis() as u64,
+                });
+                let _ = w.child.signal(Signal::SIGKILL);
+                self.stopped_for_tasks += 1;
+            }
+        }
+    }
+
+    /// Cancels job `id`: a job still waiting is dropped; one waiting in a worker's inbox is
+    /// taken back out (the others there go back to the front of the line); a running one has
+    /// its worker killed and replaced. Returns false if the job had already finished.
+    pub(crate) fn cancel(&mut self, id: u64) -> bool {
+        match self.jobs.get(&id) {
+            Some(job) if job.outcome.is_none() => {}
+            _ => return false,
+        }
+        if let Some(pos) = self.pending.iter().position(|&j| j == id) {
+            self.pending.remove(pos);
+            self.fail(id, &TaskError::Cancelled);
+            return true;
+        }
+        let Some(i) = self.workers.iter().position(|w| w.sent.contains(&id)) else {
+            self.fail(id, &TaskError::Cancelled);
+            return true;
+        };
+        // Take back what waits in its inbox: the job, if not started, is among it.
+        let mut back = Vec::new();
+        while let Ok(req) = self.workers[i].inbox.try_get() {
+            back.push(req);
+        }
+        let mut found = false;
+        for req in back.into_iter().rev() {
+            self.workers[i].sent.retain(|&j| j != req.job);
+            if req.job == id {
+                found = true;
+            } else if let Some(job) = self.jobs.get_mut(&req.job) {
+                job.args = Some(req.args);
+                self.pending.push_front(req.job);
+            }
+        }
+        if found {
+            self.fail(id, &TaskError::Cancelled);
+        } else if let Some(job) = self.jobs.get_mut(&id) {
+            // It is running: stop its worker; settling the death fails it as Cancelled.
+            job.kill_reason = Some(TaskError::Cancelled);
+            let _ = self.workers[i].child.signal(Signal::SIGKILL);
+            self.stopped_for_tasks += 1;
+        }
+        true
+    }
+
     /// Reaps dead workers, settles their jobs and starts replacements.
     pub(crate) fn watch(&mut self, shared: &Shared) {
+        self.enforce_limits();
         self.last_watch = Some(Instant::now());
         let mut dead = Vec::new();
         for (i, w) in self.workers.iter_mut().enumerate() {
@@ -465,8 +587,23 @@ impl State {
         let lost: Vec<u64> = w.sent.drain(..).collect();
         let (signal, code) = status.map_or((None, None), |s| s.parts());
         let clean_exit = status == Some(crate::ExitStatus::Code(0)) && w.retiring;
+        let retries = shared.config.retries;
         for id in lost {
-            self.fail(id, &TaskError::WorkerDied { pid, signal, code });
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            if let Some(reason) = job.kill_reason.take() {
+                self.fail(id, &reason);
+            } else if job.attempts < retries && job.retry_args.is_some() && job.outcome.is_none() {
+                // Run it again elsewhere, first in line.
+                job.attempts += 1;
+                job.args = job.retry_args.take();
+                job.started = None;
+                self.pending.push_front(id);
+                self.retried += 1;
+            } else {
+                self.fail(id, &TaskError::WorkerDied { pid, signal, code });
+            }
         }
         if self.stopping || self.broken.is_some() {
             return;
