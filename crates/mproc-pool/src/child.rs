@@ -49,9 +49,12 @@ pub(crate) struct ChildProc {
     pid: i32,
     pidfd: OwnedFd,
     status: Option<ExitStatus>,
+    /// A child of the fork server, not of this process: it exits on its own (we see that on
+    /// the pidfd) and the server reaps it and tells us its status.
+    remote: bool,
 }
 
-fn pidfd_open(pid: i32) -> Result<OwnedFd, ProcessError> {
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, ProcessError> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
@@ -215,6 +218,7 @@ impl ChildProc {
                 pid,
                 pidfd,
                 status: None,
+                remote: false,
             }),
             Err(e) => {
                 // Do not leave the child running unwatched.
@@ -225,6 +229,16 @@ impl ChildProc {
                 unsafe { libc::waitpid(pid, &mut status, 0) };
                 Err(e)
             }
+        }
+    }
+
+    /// A child of the fork server, known by the pidfd the server opened for it.
+    pub(crate) fn remote(pid: i32, pidfd: OwnedFd) -> ChildProc {
+        ChildProc {
+            pid,
+            pidfd,
+            status: None,
+            remote: true,
         }
     }
 
@@ -245,6 +259,15 @@ impl ChildProc {
     pub(crate) fn try_wait(&mut self) -> Result<Option<ExitStatus>, ProcessError> {
         if self.status.is_some() {
             return Ok(self.status);
+        }
+        if self.remote {
+            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+            if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+                return Ok(None);
+            }
+            let s = crate::forkserver::exit_status(self.pid as u32);
+            self.status = Some(s);
+            return Ok(Some(s));
         }
         let mut status = 0;
         // SAFETY: reaps exactly this child (our own, unreaped, so its pid is not recycled);

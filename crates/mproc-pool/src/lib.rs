@@ -29,12 +29,14 @@
 mod call;
 mod child;
 mod error;
+mod forkserver;
 mod pool;
 mod process;
 mod worker;
 
 pub use child::ExitStatus;
 pub use error::{ProcessError, TaskError};
+pub use forkserver::start_forkserver;
 pub use pool::{AsyncResult, Imap, PREFETCH, Pool, PoolBuilder};
 pub use process::{Process, ProcessBuilder, StartMethod, ThreadedFork};
 pub use worker::{DEFAULT_ARENA_BYTES, init};

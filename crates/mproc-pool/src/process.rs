@@ -32,6 +32,13 @@ pub enum StartMethod {
     /// process into a worker. Slower to start (an `exec` and the program's startup), but the
     /// child starts from a clean state, whatever threads the parent has.
     Spawn,
+    /// Python's `forkserver`: children are forked from a small single-threaded server process
+    /// that this process forks once (at [`start_forkserver`](crate::start_forkserver), or
+    /// on first use). Safe whatever threads this process has — no lock can be inherited held
+    /// — and nearly as fast as `Fork`; children see this process as it was when the server
+    /// started. A `Fork` pool also starts its *replacement* workers this way, since it forks
+    /// them while it has threads.
+    ForkServer,
 }
 
 /// What the `Fork` start method does when the parent has more than one thread.
@@ -84,6 +91,7 @@ pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc
         StartMethod::Spawn => {
             ChildProc::spawn((ENV, &boot.to_env()?), &[boot.inbox_fd, boot.results_fd])
         }
+        StartMethod::ForkServer => crate::forkserver::start_worker(boot),
     }
 }
 
@@ -174,7 +182,7 @@ impl ProcessBuilder {
                 ChildProc::fork(self.daemon, || run_forked(&request, &results))?,
                 None,
             ),
-            StartMethod::Spawn => {
+            StartMethod::Spawn | StartMethod::ForkServer => {
                 let inbox: Queue<Request> = inbox_options(1, DEFAULT_ARENA_BYTES).anonymous()?;
                 inbox.put(request).map_err(|e| ProcessError::Encode {
                     message: e.to_string(),

@@ -278,7 +278,7 @@ impl Pool {
         let results: Queue<Reply> = results_options(capacity, b.arena_bytes).anonymous()?;
         let mut workers = Vec::with_capacity(b.processes);
         for i in 0..b.processes {
-            workers.push(start_one(&results, &config, i as u32)?);
+            workers.push(start_one(&results, &config, i as u32, false)?);
         }
         let shared = Arc::new(Shared {
             state: Mutex::new(State {

@@ -250,6 +250,7 @@ pub(crate) fn start_one(
     shared_results: &Queue<Reply>,
     config: &Config,
     index: u32,
+    replacement: bool,
 ) -> Result<Worker, ProcessError> {
     let inbox: Queue<Request> = inbox_options(PREFETCH, config.arena).anonymous()?;
     let boot = Boot {
@@ -262,7 +263,14 @@ pub(crate) fn start_one(
         parent: std::process::id(),
         die_with_parent: true,
     };
-    let child = start_worker(config.method, &boot)?;
+    // A replacement is started by the pool's handler thread, while the parent has other
+    // threads (the caller's at least): forking it from here could leave it a lock another
+    // thread holds. It comes from the fork server instead, which has one thread.
+    let method = match config.method {
+        StartMethod::Fork if replacement => StartMethod::ForkServer,
+        m => m,
+    };
+    let child = start_worker(method, &boot)?;
     Ok(Worker {
         child,
         inbox,
@@ -619,7 +627,7 @@ impl State {
                 return;
             }
         }
-        match start_one(&shared.results, &shared.config, i as u32) {
+        match start_one(&shared.results, &shared.config, i as u32, true) {
             Ok(w) => {
                 self.workers[i] = w;
                 self.replaced += 1;

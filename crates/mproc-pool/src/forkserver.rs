@@ -1,0 +1,495 @@
+//! The fork server (Python's `forkserver` start method): one small single-threaded process,
+//! forked from this one, from which workers are forked. A `fork` from a process with other
+//! threads gives a child in which any lock another thread held (stdout, a logger, an
+//! allocator other than glibc's) stays locked forever; forking from a process that has only
+//! one thread cannot do that, whatever the parent's threads are doing.
+//!
+//! **Protocol.** A `SOCK_SEQPACKET` socket pair links this process and the server. A request
+//! is a worker's [`Boot`] (postcard) with its inbox and results queue fds attached
+//! (`SCM_RIGHTS`); the server forks, and answers `Started { pid }` with a pidfd of the child
+//! attached — opened by the server, the child's parent, before it could reap it, so the pidfd
+//! cannot name a recycled pid. When a child exits the server reaps it (it waits on a
+//! `signalfd` of `SIGCHLD`) and sends `Exited { pid, status }`; this process reads those
+//! messages when it wants a status (on demand, under one lock).
+//!
+//! **Lifetimes.** The server ends when this process ends: its end of the socket then reads
+//! EOF. (Not `PR_SET_PDEATHSIG`, which follows the thread that forked the server.) Its workers
+//! watch the server (`die_with_parent`), so they end with it. A forked child of this process
+//! that wants a fork server starts its own.
+//!
+//! **State.** Workers are forked from the server, so they see this process as it was when the
+//! server started: start it early, with [`start_forkserver`], before building state that
+//! workers should not have (and before starting threads).
+
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use nix::unistd::{ForkResult, fork};
+use serde::{Deserialize, Serialize};
+
+use crate::ProcessError;
+use crate::child::{ChildProc, ExitStatus};
+use crate::worker::Boot;
+
+/// What the server tells this process.
+#[derive(Debug, Serialize, Deserialize)]
+enum ServerMsg {
+    /// A worker was forked (its pidfd is attached).
+    Started { pid: u32 },
+    /// The fork failed.
+    Failed { errno: i32 },
+    /// A worker exited and was reaped.
+    Exited {
+        pid: u32,
+        signal: Option<i32>,
+        code: Option<i32>,
+    },
+}
+
+/// Room for any message.
+const MSG_MAX: usize = 64 * 1024;
+
+/// This process's link to its server.
+struct Link {
+    sock: OwnedFd,
+    server: u32,
+    /// Exit statuses read while looking for something else, by pid.
+    exits: HashMap<u32, ExitStatus>,
+}
+
+/// This process's link, behind a lock that belongs to this process. After a `fork` the child
+/// must not use the parent's lock: a thread of the parent may have held it at that moment, and
+/// that thread does not exist in the child, so the lock would stay held forever. So the lock
+/// lives in a heap cell tagged with the process that made it, and a forked child makes its own.
+struct Slot {
+    owner: u32,
+    link: Mutex<Option<Link>>,
+}
+
+static SLOT: std::sync::atomic::AtomicPtr<Slot> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+fn slot() -> &'static Slot {
+    use std::sync::atomic::Ordering;
+    let me = mproc_segment::current_pid();
+    loop {
+        let cur = SLOT.load(Ordering::Acquire);
+        // SAFETY: a non-null SLOT points at a leaked `Slot` that is never freed.
+        if let Some(s) = unsafe { cur.as_ref() } {
+            if s.owner == me {
+                return s;
+            }
+        }
+        let new = Box::into_raw(Box::new(Slot {
+            owner: me,
+            link: Mutex::new(None),
+        }));
+        match SLOT.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                // SAFETY: as above; the inherited slot is the parent's: close our copy of its
+                // socket if nobody holds its lock (else leave it: leaked, like the slot).
+                if let Some(old) = unsafe { cur.as_ref() } {
+                    if let Ok(mut g) = old.link.try_lock() {
+                        drop(g.take());
+                    }
+                }
+                // SAFETY: just published; never freed.
+                return unsafe { &*new };
+            }
+            Err(_) => {
+                // SAFETY: `new` was never published; we own it.
+                drop(unsafe { Box::from_raw(new) });
+            }
+        }
+    }
+}
+
+/// Starts this process's fork server now, if it has none. Call it early in `main` (before
+/// starting threads, and before building state workers should not inherit): the server is a
+/// snapshot of the process at this moment. Otherwise it starts the first time a pool or
+/// process with [`StartMethod::ForkServer`](crate::StartMethod::ForkServer) needs it.
+///
+/// ```
+/// mproc_pool::start_forkserver()?;
+/// let pool = mproc_pool::Pool::builder()
+///     .processes(2)
+///     .start_method(mproc_pool::StartMethod::ForkServer)
+///     .build()?;
+/// assert_eq!(pool.apply(|x: u32| x * 2, 21), Ok(42));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn start_forkserver() -> Result<(), ProcessError> {
+    with_link(|_| Ok(()))
+}
+
+fn with_link<R>(f: impl FnOnce(&mut Link) -> Result<R, ProcessError>) -> Result<R, ProcessError> {
+    let mut guard = slot().link.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        *guard = Some(Link::start()?);
+    }
+    let link = guard
+        .as_mut()
+        .ok_or(ProcessError::os("forkserver", Errno::EIO))?;
+    f(link)
+}
+
+impl Link {
+    fn start() -> Result<Link, ProcessError> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| ProcessError::os("socketpair", e))?;
+        // SAFETY: the child only runs `serve` (plain system calls and allocation, which glibc
+        // makes fork-safe) and `_exit`s; it never returns into the caller.
+        match unsafe { fork() }.map_err(|e| ProcessError::os("fork", e))? {
+            ForkResult::Child => {
+                drop(ours);
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(theirs)))
+                    .unwrap_or(1);
+                // SAFETY: `_exit` is always safe to call.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => Ok(Link {
+                sock: ours,
+                server: child.as_raw() as u32,
+                exits: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Reads one message (waiting at most `timeout`), with any fd attached.
+    fn read(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<(ServerMsg, Option<OwnedFd>)>, ProcessError> {
+        let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => return Ok(None),
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(ProcessError::os("poll", e)),
+        }
+        recv(self.sock.as_raw_fd())
+    }
+
+    /// Reads messages until `want` returns something, keeping exit statuses for others.
+    fn read_until<T>(
+        &mut self,
+        deadline: Instant,
+        mut want: impl FnMut(&mut Link, ServerMsg, Option<OwnedFd>) -> Option<T>,
+    ) -> Result<Option<T>, ProcessError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let Some((msg, fd)) = self.read(left)? else {
+                continue;
+            };
+            if let Some(v) = want(self, msg, fd) {
+                return Ok(Some(v));
+            }
+        }
+    }
+}
+
+/// Receives one message and the fds attached to it.
+fn recv(sock: RawFd) -> Result<Option<(ServerMsg, Option<OwnedFd>)>, ProcessError> {
+    let (msg, mut fds) = recv_raw(sock)?;
+    let Some(bytes) = msg else {
+        return Err(ProcessError::os("forkserver (it exited)", Errno::EPIPE));
+    };
+    let msg: ServerMsg = postcard::from_bytes(&bytes).map_err(|e| ProcessError::Encode {
+        message: format!("forkserver message: {e}"),
+    })?;
+    Ok(Some((msg, fds.pop())))
+}
+
+/// One datagram and its `SCM_RIGHTS` fds; `None` at EOF.
+fn recv_raw(sock: RawFd) -> Result<(Option<Vec<u8>>, Vec<OwnedFd>), ProcessError> {
+    let mut buf = vec![0u8; MSG_MAX];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let (n, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => {
+                let mut fds = Vec::new();
+                if let Ok(cmsgs) = m.cmsgs() {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::ScmRights(raw) = c {
+                            // SAFETY: the kernel installed these fds for us just now; nothing
+                            // else owns them.
+                            fds.extend(
+                                raw.into_iter()
+                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                            );
+                        }
+                    }
+                }
+                break (m.bytes, fds);
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(ProcessError::os("recvmsg", e)),
+        }
+    };
+    if n == 0 {
+        return Ok((None, fds));
+    }
+    buf.truncate(n);
+    Ok((Some(buf), fds))
+}
+
+fn send(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+    let iov = [IoSlice::new(bytes)];
+    let cmsgs = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsgs };
+    loop {
+        match sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Starts a worker for `boot` through the fork server.
+pub(crate) fn start_worker(boot: &Boot) -> Result<ChildProc, ProcessError> {
+    let bytes = postcard::to_allocvec(boot).map_err(|e| ProcessError::Encode {
+        message: e.to_string(),
+    })?;
+    let fds = [boot.inbox_fd, boot.results_fd];
+    for attempt in 0..2 {
+        let r = with_link(|link| {
+            send(link.sock.as_raw_fd(), &bytes, &fds)
+                .map_err(|e| ProcessError::os("forkserver request", e))?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let started = link.read_until(deadline, |link, msg, fd| match msg {
+                ServerMsg::Started { pid } => Some(Ok((pid, fd))),
+                ServerMsg::Failed { errno } => Some(Err(ProcessError::os(
+                    "fork (forkserver)",
+                    Errno::from_raw(errno),
+                ))),
+                ServerMsg::Exited { pid, signal, code } => {
+                    link.exits.insert(pid, status_of(signal, code));
+                    None
+                }
+            })?;
+            match started {
+                Some(Ok((pid, Some(pidfd)))) => Ok(ChildProc::remote(pid as i32, pidfd)),
+                Some(Ok((_, None))) => Err(ProcessError::os("forkserver (no pidfd)", Errno::EIO)),
+                Some(Err(e)) => Err(e),
+                None => Err(ProcessError::os("forkserver (no answer)", Errno::ETIMEDOUT)),
+            }
+        });
+        match r {
+            // The server died: start another and try once more.
+            Err(ProcessError::Os { errno, .. })
+                if attempt == 0 && matches!(errno, Errno::EPIPE | Errno::ECONNRESET) =>
+            {
+                let mut g = slot().link.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(old) = g.take() {
+                    reap_server(old.server);
+                }
+            }
+            r => return r,
+        }
+    }
+    Err(ProcessError::os("forkserver", Errno::EPIPE))
+}
+
+fn reap_server(pid: u32) {
+    let mut status = 0;
+    // SAFETY: the server is our own child; WNOHANG never blocks.
+    unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+}
+
+fn status_of(signal: Option<i32>, code: Option<i32>) -> ExitStatus {
+    match (signal, code) {
+        (Some(s), _) => ExitStatus::Signaled(s),
+        (None, Some(c)) => ExitStatus::Code(c),
+        (None, None) => ExitStatus::Signaled(libc::SIGKILL),
+    }
+}
+
+/// The exit status of server child `pid`, whose pidfd says it has exited (the server sends
+/// it as soon as it has reaped the child). If the server is gone, the child was killed with
+/// it.
+pub(crate) fn exit_status(pid: u32) -> ExitStatus {
+    let r = with_link(|link| {
+        if let Some(s) = link.exits.remove(&pid) {
+            return Ok(Some(s));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        link.read_until(deadline, |link, msg, _| match msg {
+            ServerMsg::Exited {
+                pid: p,
+                signal,
+                code,
+            } if p == pid => Some(status_of(signal, code)),
+            ServerMsg::Exited {
+                pid: p,
+                signal,
+                code,
+            } => {
+                link.exits.insert(p, status_of(signal, code));
+                None
+            }
+            _ => None,
+        })
+    });
+    r.ok()
+        .flatten()
+        .unwrap_or(ExitStatus::Signaled(libc::SIGKILL))
+}
+
+/// The server's loop: fork a worker per request, report exits, end at EOF.
+fn serve(sock: OwnedFd) -> i32 {
+    crate::child::make_undumpable();
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    if sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).is_err() {
+        return 2;
+    }
+    let Ok(sigfd) = SignalFd::with_flags(&chld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    else {
+        return 2;
+    };
+    let me = std::process::id();
+    loop {
+        let mut fds = [
+            PollFd::new(sock.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(_) => return 3,
+        }
+        let sock_ev = fds[0].revents().unwrap_or(PollFlags::empty());
+        let sig_ev = fds[1].revents().unwrap_or(PollFlags::empty());
+        if sig_ev.contains(PollFlags::POLLIN) {
+            while let Ok(Some(_)) = sigfd.read_signal() {}
+            if !report_exits(sock.as_raw_fd()) {
+                return 0;
+            }
+        }
+        if sock_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            let Ok((msg, received)) = recv_raw(sock.as_raw_fd()) else {
+                return 0;
+            };
+            let Some(bytes) = msg else {
+                return 0; // the parent is gone
+            };
+            if !fork_worker(&sock, &sigfd, &chld, &bytes, received, me) {
+                return 0;
+            }
+        }
+    }
+}
+
+/// Reaps every exited child and tells the parent; false if the parent is gone.
+fn report_exits(sock: RawFd) -> bool {
+    loop {
+        let mut status = 0;
+        // SAFETY: the server's children are its workers; WNOHANG never blocks.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return true;
+        }
+        let (signal, code) = if libc::WIFSIGNALED(status) {
+            (Some(libc::WTERMSIG(status)), None)
+        } else {
+            (None, Some(libc::WEXITSTATUS(status)))
+        };
+        let msg = ServerMsg::Exited {
+            pid: pid as u32,
+            signal,
+            code,
+        };
+        let Ok(bytes) = postcard::to_allocvec(&msg) else {
+            continue;
+        };
+        if send(sock, &bytes, &[]).is_err() {
+            return false;
+        }
+    }
+}
+
+/// Forks one worker for the `Boot` in `bytes` with the queue fds `received`; false if the
+/// parent is gone.
+fn fork_worker(
+    sock: &OwnedFd,
+    sigfd: &SignalFd,
+    chld: &SigSet,
+    bytes: &[u8],
+    received: Vec<OwnedFd>,
+    me: u32,
+) -> bool {
+    let reply = |msg: ServerMsg, fds: &[RawFd]| {
+        postcard::to_allocvec(&msg)
+            .map_err(|_| Errno::EINVAL)
+            .and_then(|b| send(sock.as_raw_fd(), &b, fds))
+            .is_ok()
+    };
+    let boot: Result<Boot, _> = postcard::from_bytes(bytes);
+    let (Ok(mut boot), [inbox, results]) = (boot, &received[..]) else {
+        return reply(
+            ServerMsg::Failed {
+                errno: libc::EINVAL,
+            },
+            &[],
+        );
+    };
+    boot.inbox_fd = inbox.as_raw_fd();
+    boot.results_fd = results.as_raw_fd();
+    // SAFETY: the server has one thread; the child runs the worker and `_exit`s.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(chld), None);
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: the worker never uses these handles (or drops them: it `_exit`s);
+                // closing them keeps it from holding the server's socket open.
+                unsafe {
+                    libc::close(sock.as_raw_fd());
+                    libc::close(sigfd.as_fd().as_raw_fd());
+                }
+                // It ends when the server does.
+                crate::child::die_with_parent(me);
+                crate::worker::worker_main(&boot)
+            }))
+            .unwrap_or(crate::worker::EXIT_PANIC);
+            // SAFETY: `_exit` is always safe to call.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(received);
+            match crate::child::pidfd_open(child.as_raw()) {
+                Ok(pidfd) => reply(
+                    ServerMsg::Started {
+                        pid: child.as_raw() as u32,
+                    },
+                    &[pidfd.as_raw_fd()],
+                ),
+                Err(_) => reply(ServerMsg::Failed { errno: libc::EIO }, &[]),
+            }
+        }
+        Err(e) => reply(ServerMsg::Failed { errno: e as i32 }, &[]),
+    }
+}
