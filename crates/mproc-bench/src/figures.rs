@@ -30,7 +30,11 @@ pub const DEFINITIONS: &str = "
   or one socketpair).
 - **Pool**: two worker processes; a trivial function (`x + 1`) over 10,000 items, per item; a
   single `apply_async(..).get()`; building a pool and joining it.
-- **Process start + join**: start a child that runs `x + 1`, return its result, reap it.
+- **Process start + join**: start a child that runs `x + 1`, return its result, reap it. The
+  bare fork row forks the benchmark process, `_exit`s in the child and `waitpid`s: the floor
+  of any start by fork (the benchmark process maps all its queues, so its fork copies more
+  page tables than a small program's). By the fork server, the child is forked from the
+  small server process instead.
 - **Lock / Value**: one process, no contention; a lock+unlock cycle, an increment under the
   value's lock. The robust pthread mutex rows measure the design `Lock` replaced (glibc,
   process-shared, robust) the same way; the handed-between-processes rows have two processes
@@ -76,7 +80,9 @@ pub struct Figures {
     pub pool_apply: Option<Stat>,
     pub pool_start: Option<Stat>,
     pub process_fork: Option<Stat>,
+    pub process_forkserver: Option<Stat>,
     pub process_spawn: Option<Stat>,
+    pub bare_fork: Option<Stat>,
     pub lock: Option<Stat>,
     pub value_inc: Option<Stat>,
     pub array_sum: Option<Stat>,
@@ -512,6 +518,25 @@ fn process_start(method: StartMethod, starts: usize) -> f64 {
     per(t.elapsed(), starts as u64, 1000.0)
 }
 
+/// A bare `fork` + `_exit` + `waitpid` of this (benchmark) process: the floor any start +
+/// join by fork stands on.
+fn bare_fork(starts: usize) -> f64 {
+    let t = Instant::now();
+    for _ in 0..starts {
+        // SAFETY: the child only calls `_exit`.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: `_exit` is always safe to call.
+                unsafe { libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                nix::sys::wait::waitpid(child, None).expect("waitpid");
+            }
+        }
+    }
+    per(t.elapsed(), starts as u64, 1000.0)
+}
+
 // ---- locks, values, arrays ----
 
 fn lock_cycle(n: u64) -> f64 {
@@ -605,6 +630,9 @@ pub fn measure_all(plan: &Plan) -> Result<Figures, Box<dyn std::error::Error>> {
     f.pool_start = Stat::repeat(r, || pool_start(plan.starts.div_ceil(3)));
     f.process_fork = Stat::repeat(r, || process_start(StartMethod::Fork, plan.starts));
     f.process_spawn = Stat::repeat(r, || process_start(StartMethod::Spawn, plan.starts / 3 + 1));
+    mproc::pool::start_forkserver().expect("forkserver");
+    f.process_forkserver = Stat::repeat(r, || process_start(StartMethod::ForkServer, plan.starts));
+    f.bare_fork = Stat::repeat(r, || bare_fork(plan.starts));
     step("locks, values, arrays");
     f.lock = Stat::repeat(r, || lock_cycle(plan.items));
     f.value_inc = Stat::repeat(r, || value_inc(plan.items));

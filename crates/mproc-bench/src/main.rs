@@ -74,6 +74,8 @@ enum Rule {
     FasterBy(f64),
     /// baseline / mproc with no target (shown for information).
     Info,
+    /// mproc at most this many times the baseline (a floor it stands on).
+    WithinTimes(f64),
 }
 
 impl Row {
@@ -87,6 +89,10 @@ impl Row {
             (Rule::FasterBy(t), Some(r)) if r >= t => format!("met (target ≥ {t}×)"),
             (Rule::FasterBy(t), Some(_)) => format!("**missed** (target ≥ {t}×)"),
             (Rule::Info, Some(_)) => "—".into(),
+            (Rule::WithinTimes(t), Some(r)) if 1.0 / r <= t => {
+                format!("met (target: within {t}× of it)")
+            }
+            (Rule::WithinTimes(t), Some(_)) => format!("**missed** (target: within {t}× of it)"),
         }
     }
 }
@@ -322,6 +328,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             baseline_name: "Python `Process`, fork".into(),
             baseline: pyv("process_fork"),
             rule: Rule::FasterBy(20.0),
+        },
+        Row {
+            what: "`Process` start + join, fork, µs".into(),
+            mproc: f.process_fork.clone(),
+            baseline_name: "bare fork + _exit + waitpid".into(),
+            baseline: f.bare_fork.clone(),
+            rule: Rule::WithinTimes(1.5),
+        },
+        Row {
+            what: "`Process` start + join, fork server, µs".into(),
+            mproc: f.process_forkserver.clone(),
+            baseline_name: "bare fork + _exit + waitpid".into(),
+            baseline: f.bare_fork.clone(),
+            rule: Rule::WithinTimes(1.5),
         },
         Row {
             what: "`Process` start + join, spawn, µs".into(),

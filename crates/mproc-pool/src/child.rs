@@ -3,7 +3,6 @@
 //! `waitpid(-1)`, which would steal other code's children), and signalling through the pidfd
 //! so a signal can never reach a recycled pid.
 
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -67,57 +66,112 @@ pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, ProcessError> {
 /// How long `wait_until` polls for the child's exit before sleeping on its pidfd.
 const EXIT_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
-/// Whether this process runs the parent watcher thread (not counted by [`thread_count`]: it
-/// holds no lock a forked child could inherit).
-static WATCHING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// The exit code of a child that ended because its parent died.
+/// The exit code of a child whose parent died before it could arm its parent-death signal.
 pub(crate) const EXIT_ORPHANED: i32 = 79;
 
-/// Makes this process end as soon as process `parent` ends, whatever ends it (a signal,
-/// `exit`, a panic). Call it first thing in a child.
+/// In a freshly forked child: die (SIGKILL) when the parent dies, with the race closed — if
+/// the parent died before the signal was armed, our parent pid has changed and we leave now.
 ///
-/// **Why not only `PR_SET_PDEATHSIG`.** The kernel sends the parent-death signal when the
-/// *thread* that forked dies, not the process: a pool built by a thread that later exits (a
-/// short-lived thread, a runtime's blocking pool) would lose its workers. So a small thread
-/// sleeps in `poll` on a pidfd of the parent process, which becomes readable when that
-/// process has exited, and ends this one then. The race with a parent that dies before the
-/// pidfd exists is closed by checking `getppid()` before and after opening it (a dead parent's
-/// children are re-parented, so their `getppid()` changes). Should the thread not start (no
-/// memory), `PR_SET_PDEATHSIG(SIGKILL)` is the fallback.
-pub(crate) fn die_with_parent(parent: u32) {
-    let orphaned = || -> ! {
-        // SAFETY: `_exit` is always safe to call; it ends the process immediately.
-        unsafe { libc::_exit(EXIT_ORPHANED) }
-    };
-    let parent_now = || nix::unistd::getppid().as_raw() as u32;
-    if parent_now() != parent {
-        orphaned();
-    }
-    let Ok(pidfd) = pidfd_open(parent as i32) else {
-        orphaned()
-    };
-    if parent_now() != parent {
-        orphaned(); // the pidfd may name a process that took the pid since
-    }
-    let watcher = std::thread::Builder::new()
-        .name("mproc-parent-watch".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-            // Readable (or an error other than an interruption): the parent has exited.
-            while let Err(Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
-            orphaned()
-        });
-    match watcher {
-        Ok(_) => WATCHING.store(true, std::sync::atomic::Ordering::Relaxed),
-        Err(_) => {
-            // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number; no pointers.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-            if parent_now() != parent {
-                orphaned();
-            }
+/// The kernel sends the parent-death signal when the *thread* that forked dies, not the
+/// process. That is why every fork of this process happens on one long-lived thread (the
+/// forker, see [`on_forker`]), which lives as long as the process: the signal then means
+/// "the parent process is gone". A fork server, single-threaded, forks on its only thread.
+/// Must stay async-signal-safe (it also runs between `fork` and `exec`).
+pub(crate) fn arm_parent_death(parent: u32) {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number; getppid and _exit take
+    // nothing; all are async-signal-safe.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if libc::getppid() as u32 != parent {
+            libc::_exit(EXIT_ORPHANED);
         }
+    }
+}
+
+/// A job for the forker thread: it forks (and in the child never returns), then hands back
+/// the child's pid.
+type ForkJob = Box<dyn FnOnce() -> Result<i32, Errno> + Send>;
+
+/// This process's forker thread, tagged with the process that started it (a forked child
+/// starts its own: the parent's thread does not exist there).
+struct Forker {
+    owner: u32,
+    tx: std::sync::Mutex<
+        std::sync::mpsc::Sender<(ForkJob, std::sync::mpsc::SyncSender<Result<i32, Errno>>)>,
+    >,
+}
+
+static FORKER: std::sync::atomic::AtomicPtr<Forker> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Whether this process has a forker thread (not counted by [`thread_count`]: it holds no
+/// lock while another thread could fork).
+static FORKER_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn forker() -> Result<&'static Forker, ProcessError> {
+    use std::sync::atomic::Ordering;
+    let me = mproc_segment::current_pid();
+    let cur = FORKER.load(Ordering::Acquire);
+    // SAFETY: a non-null FORKER points at a leaked `Forker` that is never freed.
+    if let Some(f) = unsafe { cur.as_ref() } {
+        if f.owner == me {
+            return Ok(f);
+        }
+    }
+    let (tx, rx) =
+        std::sync::mpsc::channel::<(ForkJob, std::sync::mpsc::SyncSender<Result<i32, Errno>>)>();
+    std::thread::Builder::new()
+        .name("mproc-forker".into())
+        .spawn(move || {
+            while let Ok((job, reply)) = rx.recv() {
+                let _ = reply.send(job());
+            }
+        })
+        .map_err(|e| {
+            ProcessError::os(
+                "spawn forker thread",
+                Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            )
+        })?;
+    FORKER_RUNNING.store(true, Ordering::Relaxed);
+    let new = Box::into_raw(Box::new(Forker {
+        owner: me,
+        tx: std::sync::Mutex::new(tx),
+    }));
+    match FORKER.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+        // SAFETY: just published; never freed.
+        Ok(_) => Ok(unsafe { &*new }),
+        Err(other) => {
+            // Another thread of this process won the race: use its forker (ours exits when
+            // its channel closes).
+            // SAFETY: `new` was never published; we own it.
+            drop(unsafe { Box::from_raw(new) });
+            // SAFETY: as above.
+            Ok(unsafe { &*other })
+        }
+    }
+}
+
+/// Runs `fork_here` on this process's forker thread and returns what it returns: the fork
+/// (and so the child's parent thread, as far as the parent-death signal goes) is the
+/// forker's, which lives as long as the process.
+pub(crate) fn on_forker(
+    fork_here: impl FnOnce() -> Result<i32, Errno> + Send,
+) -> Result<i32, ProcessError> {
+    let f = forker()?;
+    let job: Box<dyn FnOnce() -> Result<i32, Errno> + Send + '_> = Box::new(fork_here);
+    // SAFETY: only the lifetime is extended. We block below until the forker has run the job
+    // to completion (in the parent it returns the pid; in the child it never returns), so
+    // everything it borrows outlives its use; the child uses its own copy of that memory.
+    let job: ForkJob = unsafe { std::mem::transmute(job) };
+    let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+    f.tx.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((job, reply_tx))
+        .map_err(|_| ProcessError::os("forker thread", Errno::EPIPE))?;
+    match reply_rx.recv() {
+        Ok(r) => r.map_err(|e| ProcessError::os("fork", e)),
+        Err(_) => Err(ProcessError::os("forker thread", Errno::EPIPE)),
     }
 }
 
@@ -131,10 +185,10 @@ pub(crate) fn make_undumpable() {
 }
 
 /// The number of threads of this process (from `/proc/self/stat`), or 1 if unknown; the
-/// parent watcher thread of a child is not counted.
+/// forker thread is not counted.
 pub(crate) fn thread_count() -> usize {
-    let watcher = usize::from(WATCHING.load(std::sync::atomic::Ordering::Relaxed));
-    os_thread_count().saturating_sub(watcher).max(1)
+    let forker = usize::from(FORKER_RUNNING.load(std::sync::atomic::Ordering::Relaxed));
+    os_thread_count().saturating_sub(forker).max(1)
 }
 
 fn os_thread_count() -> usize {
@@ -149,11 +203,11 @@ fn os_thread_count() -> usize {
         .unwrap_or(1)
 }
 
-/// Ends a forked child without running the parent's `atexit` handlers or destructors, after
-/// flushing what the child printed.
+/// Ends a forked child without running the parent's `atexit` handlers or destructors. It
+/// does not flush stdout: that takes stdout's lock, which another thread of the parent may
+/// have held at the fork (the child would hang forever). Rust's stdout writes each complete
+/// line as it is printed; only a last line without a newline is lost.
 fn exit_child(code: i32) -> ! {
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     // SAFETY: `_exit` is always safe to call; it ends the process immediately.
     unsafe { libc::_exit(code) }
 }
@@ -166,37 +220,49 @@ impl ChildProc {
     /// (see [`thread_count`]).
     pub(crate) fn fork(
         die_with_parent: bool,
-        f: impl FnOnce() -> i32,
+        f: impl FnOnce() -> i32 + Send,
     ) -> Result<ChildProc, ProcessError> {
         let parent = std::process::id();
-        // SAFETY: in the child we only run `f` and `_exit`; we never return into the caller,
-        // whose other threads do not exist in the child.
-        match unsafe { fork() }.map_err(|e| ProcessError::os("fork", e))? {
-            ForkResult::Child => {
-                if die_with_parent {
-                    self::die_with_parent(parent);
+        let pid = on_forker(move || {
+            // SAFETY: in the child we only run `f` and `_exit`; we never return into the
+            // forker's loop, and the parent's other threads do not exist in the child.
+            match unsafe { fork() }? {
+                ForkResult::Child => {
+                    if die_with_parent {
+                        arm_parent_death(parent);
+                    }
+                    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                        .unwrap_or(crate::worker::EXIT_PANIC);
+                    exit_child(code)
                 }
-                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-                    .unwrap_or(crate::worker::EXIT_PANIC);
-                exit_child(code)
+                ForkResult::Parent { child } => Ok(child.as_raw()),
             }
-            ForkResult::Parent { child } => Self::adopt(child.as_raw()),
-        }
+        })?;
+        Self::adopt(pid)
     }
 
     /// Re-executes this binary (`/proc/self/exe`, so a binary replaced on disk since we
     /// started is not picked up) with `env` set, keeping `keep_fds` open across `exec`.
-    pub(crate) fn spawn(env: (&str, &str), keep_fds: &[RawFd]) -> Result<ChildProc, ProcessError> {
+    pub(crate) fn spawn(
+        env: (&str, &str),
+        keep_fds: &[RawFd],
+        die_with_parent: bool,
+    ) -> Result<ChildProc, ProcessError> {
         let mut cmd = Command::new("/proc/self/exe");
         if let Some(arg0) = std::env::args_os().next() {
             cmd.arg0(arg0);
         }
         cmd.env(env.0, env.1);
         let keep = keep_fds.to_vec();
+        let parent = std::process::id();
         // SAFETY: the closure runs in the forked child before exec and only calls fcntl,
-        // which is async-signal-safe; it allocates nothing (`keep` was built before).
+        // prctl and getppid, which are async-signal-safe; it allocates nothing (`keep` was
+        // built before). The parent-death signal survives `exec`.
         unsafe {
             cmd.pre_exec(move || {
+                if die_with_parent {
+                    arm_parent_death(parent);
+                }
                 for &fd in &keep {
                     if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
@@ -205,11 +271,16 @@ impl ChildProc {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
-            ProcessError::os("spawn", Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+        // On the forker thread, so that the parent-death signal follows the process.
+        let pid = on_forker(move || {
+            cmd.spawn()
+                .map(|child| {
+                    // `std::process::Child` neither waits nor kills on drop; the pid stays ours.
+                    child.id() as i32
+                })
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
         })?;
-        // `std::process::Child` neither waits nor kills on drop; the pid stays ours to reap.
-        Self::adopt(child.id() as i32)
+        Self::adopt(pid)
     }
 
     fn adopt(pid: i32) -> Result<ChildProc, ProcessError> {

@@ -12,9 +12,9 @@
 //! `signalfd` of `SIGCHLD`) and sends `Exited { pid, status }`; this process reads those
 //! messages when it wants a status (on demand, under one lock).
 //!
-//! **Lifetimes.** The server ends when this process ends: its end of the socket then reads
-//! EOF. (Not `PR_SET_PDEATHSIG`, which follows the thread that forked the server.) Its workers
-//! watch the server (`die_with_parent`), so they end with it. A forked child of this process
+//! **Lifetimes.** The server ends when this process ends: it is forked on this process's
+//! forker thread with a parent-death signal (and its end of the socket reads EOF then too).
+//! Its workers carry a parent-death signal for the server, so they end with it. A forked child of this process
 //! that wants a fork server starts its own.
 //!
 //! **State.** Workers are forked from the server, so they see this process as it was when the
@@ -153,22 +153,34 @@ impl Link {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| ProcessError::os("socketpair", e))?;
-        // SAFETY: the child only runs `serve` (plain system calls and allocation, which glibc
-        // makes fork-safe) and `_exit`s; it never returns into the caller.
-        match unsafe { fork() }.map_err(|e| ProcessError::os("fork", e))? {
-            ForkResult::Child => {
-                drop(ours);
-                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(theirs)))
-                    .unwrap_or(1);
-                // SAFETY: `_exit` is always safe to call.
-                unsafe { libc::_exit(code) }
+        let parent = std::process::id();
+        let ours_raw = ours.as_raw_fd();
+        let server = crate::child::on_forker(move || {
+            // SAFETY: the child only runs `serve` (plain system calls and allocation, which
+            // glibc makes fork-safe) and `_exit`s; it never returns into the forker's loop.
+            match unsafe { fork() }? {
+                ForkResult::Child => {
+                    crate::child::arm_parent_death(parent);
+                    // SAFETY: the server never uses the parent's end (it `_exit`s without
+                    // dropping anything of the parent's).
+                    unsafe { libc::close(ours_raw) };
+                    let code =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(theirs)))
+                            .unwrap_or(1);
+                    // SAFETY: `_exit` is always safe to call.
+                    unsafe { libc::_exit(code) }
+                }
+                ForkResult::Parent { child } => {
+                    drop(theirs);
+                    Ok(child.as_raw())
+                }
             }
-            ForkResult::Parent { child } => Ok(Link {
-                sock: ours,
-                server: child.as_raw() as u32,
-                exits: HashMap::new(),
-            }),
-        }
+        })?;
+        Ok(Link {
+            sock: ours,
+            server: server as u32,
+            exits: HashMap::new(),
+        })
     }
 
     /// Reads one message (waiting at most `timeout`), with any fd attached.
@@ -470,8 +482,9 @@ fn fork_worker(
                     libc::close(sock.as_raw_fd());
                     libc::close(sigfd.as_fd().as_raw_fd());
                 }
-                // It ends when the server does.
-                crate::child::die_with_parent(me);
+                // It ends when the server does (the server has one thread: its death is the
+                // death of the thread that forked us).
+                crate::child::arm_parent_death(me);
                 crate::worker::worker_main(&boot)
             }))
             .unwrap_or(crate::worker::EXIT_PANIC);

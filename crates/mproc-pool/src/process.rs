@@ -88,9 +88,11 @@ pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc
             let boot = boot.clone();
             ChildProc::fork(boot.die_with_parent, move || worker_main(&boot))
         }
-        StartMethod::Spawn => {
-            ChildProc::spawn((ENV, &boot.to_env()?), &[boot.inbox_fd, boot.results_fd])
-        }
+        StartMethod::Spawn => ChildProc::spawn(
+            (ENV, &boot.to_env()?),
+            &[boot.inbox_fd, boot.results_fd],
+            boot.die_with_parent,
+        ),
         StartMethod::ForkServer => crate::forkserver::start_worker(boot),
     }
 }

@@ -169,12 +169,8 @@ pub fn init() {
         .ok_or(format!("{ENV} is not UTF-8"))
         .and_then(Boot::from_env)
     {
-        Ok(boot) => {
-            if boot.die_with_parent {
-                crate::child::die_with_parent(boot.parent);
-            }
-            worker_main(&boot)
-        }
+        // A spawned worker armed its parent-death signal before `exec` (it survives it).
+        Ok(boot) => worker_main(&boot),
         Err(message) => {
             eprintln!("mproc: init(): {message}");
             EXIT_BOOT
