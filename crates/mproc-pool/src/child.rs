@@ -92,13 +92,14 @@ pub(crate) fn arm_parent_death(parent: u32) {
 /// the child's pid.
 type ForkJob = Box<dyn FnOnce() -> Result<i32, Errno> + Send>;
 
+/// A job and where to send its result.
+type ForkRequest = (ForkJob, std::sync::mpsc::SyncSender<Result<i32, Errno>>);
+
 /// This process's forker thread, tagged with the process that started it (a forked child
 /// starts its own: the parent's thread does not exist there).
 struct Forker {
     owner: u32,
-    tx: std::sync::Mutex<
-        std::sync::mpsc::Sender<(ForkJob, std::sync::mpsc::SyncSender<Result<i32, Errno>>)>,
-    >,
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<ForkRequest>>,
 }
 
 static FORKER: std::sync::atomic::AtomicPtr<Forker> =
@@ -118,8 +119,7 @@ fn forker() -> Result<&'static Forker, ProcessError> {
             return Ok(f);
         }
     }
-    let (tx, rx) =
-        std::sync::mpsc::channel::<(ForkJob, std::sync::mpsc::SyncSender<Result<i32, Errno>>)>();
+    let (tx, rx) = std::sync::mpsc::channel::<ForkRequest>();
     std::thread::Builder::new()
         .name("mproc-forker".into())
         .spawn(move || {
