@@ -200,6 +200,7 @@ impl ProcessBuilder {
                     initializer: None,
                     parent: std::process::id(),
                     die_with_parent: self.daemon,
+                    max_rss: None,
                 };
                 (start_worker(self.method, &boot)?, Some(inbox))
             }

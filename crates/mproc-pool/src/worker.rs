@@ -25,6 +25,17 @@ pub(crate) const EXIT_PANIC: i32 = 1;
 pub(crate) const EXIT_INIT_FAILED: i32 = 3;
 /// Exit status of a worker that could not attach to its queues or was sent garbage (EX_CONFIG).
 pub(crate) const EXIT_BOOT: i32 = 78;
+/// Exit status of a worker that retired because it outgrew `max_memory_per_child`.
+pub(crate) const EXIT_MEMORY: i32 = 80;
+
+/// This process's resident memory in bytes (`/proc/self/statm`), if known.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf takes a constant and returns a number.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
 
 /// Everything a worker needs to start: fds of its queues (valid in the child: inherited by
 /// `fork`, or kept open across `exec`), and what to run first.
@@ -44,6 +55,8 @@ pub(crate) struct Boot {
     /// that up itself in `init`; a forked one is set up by the fork).
     pub parent: u32,
     pub die_with_parent: bool,
+    /// Retire (exit [`EXIT_MEMORY`]) after a task that leaves the worker larger than this.
+    pub max_rss: Option<u64>,
 }
 
 impl Boot {
@@ -349,6 +362,13 @@ pub(crate) fn worker_main(boot: &Boot) -> i32 {
         if !send_done(&results, worker, pid, &req, body) {
             // The parent closed the results queue: it is gone or terminating.
             return code;
+        }
+        if boot
+            .max_rss
+            .is_some_and(|max| resident_bytes().is_some_and(|rss| rss > max))
+        {
+            // Retire: the parent takes back what waits in the inbox and starts a fresh worker.
+            return EXIT_MEMORY;
         }
     }
 }

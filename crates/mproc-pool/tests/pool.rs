@@ -527,8 +527,12 @@ fn a_task_over_its_time_limit_fails_alone_and_its_worker_is_replaced() {
                 assert_eq!(r, &Ok(0), "item {i}");
             }
         }
-        eventually("a replacement", || p.pids().len() == 2);
+        eventually("a replacement", || p.stats().restarts.timed_out == 1);
         assert_eq!(p.apply(square, 7), Ok(49));
+        let stats = p.stats();
+        assert_eq!(stats.workers.len(), 2);
+        assert_eq!(stats.restarts.died, 0);
+        assert!(stats.tasks_done >= 999, "{stats:?}");
         // A per-task limit on a pool without one.
         let q = pool(1);
         let slow = q
@@ -580,6 +584,7 @@ fn cancelling_removes_a_queued_task_and_stops_a_running_one() {
             let now = p.pids();
             now.len() == 1 && now != before
         });
+        assert_eq!(p.stats().restarts.cancelled, 1);
     });
 }
 
@@ -606,5 +611,31 @@ fn retries_run_a_task_again_after_its_worker_died() {
             q.apply(die_once, name),
             Err(TaskError::WorkerDied { .. })
         ));
+    });
+}
+
+/// Leaks `mb` MiB of touched memory (the worker's resident size grows by that much).
+fn bloat(mb: usize) -> usize {
+    let v = vec![1u8; mb << 20];
+    let touched = v.iter().step_by(4096).map(|&b| b as usize).sum();
+    std::mem::forget(v);
+    touched
+}
+
+#[test]
+fn a_worker_that_outgrows_its_memory_ceiling_is_replaced_after_its_task() {
+    with_deadline(DEADLINE, || {
+        let p = builder(1).max_memory_per_child(150 << 20).build().unwrap();
+        let first = p.pids()[0];
+        assert_eq!(p.apply(bloat, 4), Ok(1024));
+        assert_eq!(p.pids(), vec![first], "a small task keeps its worker");
+        // The big task still answers; then its worker retires and a fresh one takes over.
+        assert_eq!(p.apply(bloat, 200), Ok(51200));
+        eventually("the retirement", || p.stats().restarts.memory == 1);
+        assert_ne!(p.pids()[0], first);
+        assert_eq!(p.apply(square, 3), Ok(9));
+        let stats = p.stats();
+        assert_eq!(stats.restarts.died, 0, "{stats:?}");
+        assert_eq!(stats.tasks_done, 3, "{stats:?}");
     });
 }

@@ -79,6 +79,7 @@ pub struct PoolBuilder {
     arena_bytes: usize,
     task_timeout: Option<Duration>,
     retries: u32,
+    max_memory: Option<u64>,
     chunksize: Option<usize>,
     start_timeout: Duration,
     undumpable_parent: bool,
@@ -97,6 +98,7 @@ impl Default for PoolBuilder {
             arena_bytes: crate::worker::DEFAULT_ARENA_BYTES,
             task_timeout: None,
             retries: 0,
+            max_memory: None,
             chunksize: None,
             start_timeout: Duration::from_secs(30),
             undumpable_parent: false,
@@ -150,6 +152,17 @@ impl PoolBuilder {
     /// their limit or were cancelled are not retried. Only for tasks that may safely run twice.
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
+        self
+    }
+
+    /// Retires a worker whose resident memory exceeds `bytes` after a task (it answers that
+    /// task first, then exits; the tasks waiting in its inbox go elsewhere and a fresh worker
+    /// replaces it), so a leaking or bloating task cannot grow a worker without bound
+    /// (mpire's and billiard's `max_memory_per_child`). Checked after each task (chunk): a
+    /// task that needs more than the machine has while it runs is the OOM killer's, and then
+    /// fails alone with `WorkerDied`. Default: no ceiling.
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
         self
     }
 
@@ -208,6 +221,49 @@ impl PoolBuilder {
         self.undumpable_parent = on;
         self
     }
+}
+
+/// Numbers about a pool, from [`Pool::stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The current workers.
+    pub workers: Vec<WorkerStats>,
+    /// Tasks (chunks) completed by all workers, past ones included.
+    pub tasks_done: u64,
+    /// Tasks run again after their worker died (`PoolBuilder::retries`).
+    pub retried: u64,
+    /// Why workers were replaced.
+    pub restarts: Restarts,
+}
+
+/// One worker, in [`PoolStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Its process id.
+    pub pid: u32,
+    /// Tasks (chunks) it completed.
+    pub tasks_done: u64,
+    /// Whether it has work now.
+    pub running: bool,
+    /// How long it has had work since it started.
+    pub busy: Duration,
+    /// How long it has waited for work since it started.
+    pub idle: Duration,
+}
+
+/// Why workers were replaced, in [`PoolStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restarts {
+    /// It died (killed, crashed, OOM-killed, exited).
+    pub died: u64,
+    /// A task overran its time limit.
+    pub timed_out: u64,
+    /// A running task was cancelled.
+    pub cancelled: u64,
+    /// It outgrew `max_memory_per_child`.
+    pub memory: u64,
+    /// It ran `max_tasks_per_child` tasks.
+    pub max_tasks: u64,
 }
 
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
@@ -273,6 +329,7 @@ impl Pool {
             arena: b.arena_bytes,
             task_timeout: b.task_timeout,
             retries: b.retries,
+            max_memory: b.max_memory,
         };
         let capacity = (b.processes * (PREFETCH + 4)).max(64);
         let results: Queue<Reply> = results_options(capacity, b.arena_bytes).anonymous()?;
@@ -385,6 +442,45 @@ impl Pool {
         self.shared.lock().replaced
     }
 
+    /// What the pool's workers are doing and have done: per worker, its pid, the tasks
+    /// (chunks) it completed, how long it has had work and how long it waited; and why
+    /// workers were replaced.
+    ///
+    /// ```
+    /// let pool = mproc_pool::Pool::builder().processes(2).build()?;
+    /// pool.map(|x: u32| x + 1, 0..100)?;
+    /// let stats = pool.stats();
+    /// assert_eq!(stats.workers.len(), 2);
+    /// assert!(stats.tasks_done >= 2);
+    /// assert_eq!(stats.restarts.died, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        let st = self.shared.lock();
+        let now = Instant::now();
+        let workers: Vec<WorkerStats> = st
+            .workers
+            .iter()
+            .map(|w| {
+                let busy = w.busy_total + w.busy_since.map_or(Duration::ZERO, |s| now - s);
+                let age = now - w.born;
+                WorkerStats {
+                    pid: w.child.pid(),
+                    tasks_done: w.completed,
+                    running: !w.sent.is_empty(),
+                    busy,
+                    idle: age.saturating_sub(busy),
+                }
+            })
+            .collect();
+        PoolStats {
+            tasks_done: st.tasks_done + workers.iter().map(|w| w.tasks_done).sum::<u64>(),
+            workers,
+            retried: st.retried,
+            restarts: st.restarts,
+        }
+    }
+
     /// Queues a job and sends it to a worker if one has room.
     fn submit(&self, func: FnRef, count: u32, args: Vec<u8>) -> Result<u64, TaskError> {
         let mut st = self.shared.lock();
@@ -478,7 +574,15 @@ impl Pool {
         }
         drop(items);
         #[cfg(feature = "progress")]
-        let bar = self.progress.then(|| indicatif::ProgressBar::new(n as u64));
+        let bar = self.progress.then(|| {
+            let bar = indicatif::ProgressBar::new(n as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} items, {per_sec}, eta {eta} {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
         let mut out = Vec::with_capacity(n);
         for (k, &(id, len)) in ids.iter().enumerate() {
             let outcome = match self.wait_any(&[id], None, true) {
@@ -491,6 +595,11 @@ impl Pool {
             #[cfg(feature = "progress")]
             if let Some(bar) = &bar {
                 bar.inc(len as u64);
+                let r = self.shared.lock().restarts;
+                let lost = r.died + r.timed_out + r.cancelled;
+                if lost > 0 {
+                    bar.set_message(format!("({lost} workers lost, replaced)"));
+                }
             }
             for r in results::outcome_items::<R>(outcome, len) {
                 match r {

@@ -80,6 +80,10 @@ pub(crate) struct Worker {
     pub completed: u64,
     /// It ran the initializer and takes requests.
     pub ready: bool,
+    /// When it started, since when it has had work, and how long it has had work in all.
+    pub born: Instant,
+    pub busy_since: Option<Instant>,
+    pub busy_total: Duration,
     /// Its inbox is closed (max_tasks_per_child reached); it exits when done.
     pub retiring: bool,
 }
@@ -102,6 +106,8 @@ pub(crate) struct Config {
     pub task_timeout: Option<Duration>,
     /// How many times a job whose worker died is run again.
     pub retries: u32,
+    /// A worker larger than this after a task retires.
+    pub max_memory: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +128,10 @@ pub(crate) struct State {
     pub replaced: u64,
     /// Jobs run again after their worker died.
     pub retried: u64,
+    /// Why workers were replaced.
+    pub restarts: crate::pool::Restarts,
+    /// Tasks completed by workers that have been replaced since.
+    pub tasks_done: u64,
     /// Workers stopped because a task overran its limit or was cancelled.
     pub stopped_for_tasks: u64,
 }
@@ -262,6 +272,7 @@ pub(crate) fn start_one(
         initializer: config.initializer.clone(),
         parent: std::process::id(),
         die_with_parent: true,
+        max_rss: config.max_memory,
     };
     // A replacement is started by the pool's handler thread, while the parent has other
     // threads (the caller's at least): forking it from here could leave it a lock another
@@ -278,6 +289,9 @@ pub(crate) fn start_one(
         dispatched: 0,
         completed: 0,
         ready: false,
+        born: Instant::now(),
+        busy_since: None,
+        busy_total: Duration::ZERO,
         retiring: false,
     })
 }
@@ -330,6 +344,11 @@ impl State {
                     }
                     w.completed += 1;
                     next = w.sent.front().copied();
+                    if next.is_none() {
+                        if let Some(since) = w.busy_since.take() {
+                            w.busy_total += since.elapsed();
+                        }
+                    }
                 }
                 if let Some(next) = next.and_then(|id| self.jobs.get_mut(&id)) {
                     next.started.get_or_insert_with(Instant::now);
@@ -405,6 +424,9 @@ impl State {
             Ok(()) => {
                 worker.sent.push_back(id);
                 let idle = worker.sent.len() == 1;
+                if idle {
+                    worker.busy_since = Some(Instant::now());
+                }
                 if let Some(job) = self.jobs.get_mut(&id) {
                     job.retry_args = retry_args;
                     if idle {
@@ -594,13 +616,25 @@ impl State {
         let w = &mut self.workers[i];
         let lost: Vec<u64> = w.sent.drain(..).collect();
         let (signal, code) = status.map_or((None, None), |s| s.parts());
-        let clean_exit = status == Some(crate::ExitStatus::Code(0)) && w.retiring;
+        let memory = status == Some(crate::ExitStatus::Code(crate::worker::EXIT_MEMORY));
+        let clean_exit = (status == Some(crate::ExitStatus::Code(0)) && w.retiring) || memory;
         let retries = shared.config.retries;
+        let mut cause = if memory {
+            Cause::Memory
+        } else if clean_exit {
+            Cause::MaxTasks
+        } else {
+            Cause::Died
+        };
         for id in lost {
             let Some(job) = self.jobs.get_mut(&id) else {
                 continue;
             };
             if let Some(reason) = job.kill_reason.take() {
+                cause = match reason {
+                    TaskError::TimedOut { .. } => Cause::TimedOut,
+                    _ => Cause::Cancelled,
+                };
                 self.fail(id, &reason);
             } else if job.attempts < retries && job.retry_args.is_some() && job.outcome.is_none() {
                 // Run it again elsewhere, first in line.
@@ -629,8 +663,17 @@ impl State {
         }
         match start_one(&shared.results, &shared.config, i as u32, true) {
             Ok(w) => {
+                self.tasks_done += self.workers[i].completed;
                 self.workers[i] = w;
                 self.replaced += 1;
+                let r = &mut self.restarts;
+                *match cause {
+                    Cause::Died => &mut r.died,
+                    Cause::TimedOut => &mut r.timed_out,
+                    Cause::Cancelled => &mut r.cancelled,
+                    Cause::Memory => &mut r.memory,
+                    Cause::MaxTasks => &mut r.max_tasks,
+                } += 1;
             }
             Err(e) => self.break_pool(TaskError::Start {
                 message: e.to_string(),
@@ -641,6 +684,15 @@ impl State {
     pub(crate) fn busy(&self) -> bool {
         !self.pending.is_empty() || self.workers.iter().any(|w| !w.sent.is_empty())
     }
+}
+
+/// Why a worker was replaced.
+enum Cause {
+    Died,
+    TimedOut,
+    Cancelled,
+    Memory,
+    MaxTasks,
 }
 
 /// The handler thread: replies, refills, deaths.
