@@ -107,11 +107,25 @@ fn replacements_come_from_the_fork_server_while_a_thread_holds_stdout() {
                 }
             })
         };
+        // And a thread that keeps the allocator busy.
+        let allocator = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut keep = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    keep.push(vec![0u8; 4096]);
+                    if keep.len() > 256 {
+                        keep.clear();
+                    }
+                }
+            })
+        };
         // 50 worker deaths, each replaced while the printer runs.
         let items = (0..400u64).map(|i| if i % 8 == 0 { 0 } else { i });
         let results: Vec<Result<u64, TaskError>> = pool.imap(die_on_zero, items).collect();
         stop.store(true, Ordering::Relaxed);
         printer.join().unwrap();
+        allocator.join().unwrap();
         let died = results
             .iter()
             .filter(|r| matches!(r, Err(TaskError::WorkerDied { .. })))
@@ -172,7 +186,7 @@ fn fork_server_workers_end_with_their_parent() {
         parent.signal(Signal::SIGKILL);
         parent.wait();
         for id in ids {
-            let end = Instant::now() + Duration::from_secs(3);
+            let end = Instant::now() + Duration::from_secs(1);
             while id.is_alive() {
                 assert!(
                     Instant::now() < end,

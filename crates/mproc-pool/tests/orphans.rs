@@ -99,7 +99,7 @@ fn parent_ends(how: End) {
     }
     for (what, id) in ["worker", "worker", "daemonic process"].iter().zip(&ids) {
         assert!(
-            gone_within(*id, Duration::from_secs(2)),
+            gone_within(*id, Duration::from_secs(1)),
             "{how:?}: {what} {} outlived its parent",
             id.pid
         );

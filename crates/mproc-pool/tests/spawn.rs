@@ -160,7 +160,7 @@ fn spawned_workers_end_with_their_killed_parent() {
     parent.signal(nix::sys::signal::Signal::SIGKILL);
     parent.wait();
     for id in ids {
-        let end = std::time::Instant::now() + Duration::from_secs(2);
+        let end = std::time::Instant::now() + Duration::from_secs(1);
         while id.is_alive() {
             assert!(
                 std::time::Instant::now() < end,
