@@ -186,15 +186,11 @@ fn fork_server_workers_end_with_their_parent() {
         parent.signal(Signal::SIGKILL);
         parent.wait();
         for id in ids {
-            let end = Instant::now() + Duration::from_secs(1);
-            while id.is_alive() {
-                assert!(
-                    Instant::now() < end,
-                    "worker {} outlived its parent",
-                    id.pid
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            assert!(
+                mproc_testkit::gone_within(Duration::from_secs(1), || id.is_alive()),
+                "worker {} outlived its parent",
+                id.pid
+            );
         }
     });
 }

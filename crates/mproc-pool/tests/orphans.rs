@@ -26,14 +26,7 @@ enum End {
 
 /// Waits until `who` is gone (a zombie counts as gone), for at most `limit`.
 fn gone_within(who: ProcessId, limit: Duration) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if !who.is_alive() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    false
+    mproc_testkit::gone_within(limit, || who.is_alive())
 }
 
 fn parent_ends(how: End) {

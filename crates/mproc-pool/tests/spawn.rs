@@ -160,15 +160,11 @@ fn spawned_workers_end_with_their_killed_parent() {
     parent.signal(nix::sys::signal::Signal::SIGKILL);
     parent.wait();
     for id in ids {
-        let end = std::time::Instant::now() + Duration::from_secs(1);
-        while id.is_alive() {
-            assert!(
-                std::time::Instant::now() < end,
-                "spawned child {} outlived its killed parent",
-                id.pid
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        assert!(
+            mproc_testkit::gone_within(Duration::from_secs(1), || id.is_alive()),
+            "spawned child {} outlived its killed parent",
+            id.pid
+        );
     }
 }
 

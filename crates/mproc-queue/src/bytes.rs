@@ -211,22 +211,5 @@ impl ByteQueue {
     }
 
     queue_state_methods!();
-
-    /// Bytes per slot; messages longer than this minus 8 go to the arena.
-    pub fn slot_size(&self) -> usize {
-        self.raw.slot_size()
-    }
-
-    /// Bytes of the body arena: the longest message, and the most bytes of large messages
-    /// the queue holds at once.
-    pub fn arena_bytes(&self) -> u64 {
-        self.raw.arena_bytes()
-    }
-
-    /// Bytes of the arena in use now: by messages not yet taken, or being written or read
-    /// (in whole units, including the space behind a chunk still held). Chunks that dead
-    /// processes left at the front are freed first. 0 when the queue is drained.
-    pub fn arena_used(&self) -> u64 {
-        self.raw.arena_used()
-    }
+    arena_methods!();
 }

@@ -73,6 +73,30 @@ macro_rules! queue_state_methods {
 }
 
 mod arena;
+/// The slot and arena accessors of the message queues (`Queue`, `ByteQueue`).
+#[cfg(not(loom))]
+macro_rules! arena_methods {
+    () => {
+        /// Bytes per slot; messages (encoded) longer than this minus 8 go to the arena.
+        pub fn slot_size(&self) -> usize {
+            self.raw.slot_size()
+        }
+
+        /// Bytes of the body arena: the largest message (encoded), and the most bytes of
+        /// large messages the queue holds at once.
+        pub fn arena_bytes(&self) -> u64 {
+            self.raw.arena_bytes()
+        }
+
+        /// Bytes of the arena in use now: by messages not yet taken, or being written or read
+        /// (in whole units, including the space behind a chunk still held). Chunks that dead
+        /// processes left at the front are freed first. 0 when the queue is drained.
+        pub fn arena_used(&self) -> u64 {
+            self.raw.arena_used()
+        }
+    };
+}
+
 mod error;
 #[cfg(all(test, loom))]
 mod loom_arena;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mproc_queue::{GetError, PodQueue};
 use mproc_segment::Segment;
-use mproc_testkit::{Child, Exit, Rng, fork_child};
+use mproc_testkit::{Child, Rng, fork_child, reap_round};
 use nix::sys::signal::Signal;
 
 const ROUNDS: u64 = 150;
@@ -60,27 +60,10 @@ fn random_sigkills_lose_nothing_acknowledged_and_never_hang() {
         std::thread::sleep(Duration::from_micros(rng.next_u64() % 3000));
         procs[victim].signal(Signal::SIGKILL);
 
-        let mut consumer_died = false;
-        for (i, child) in procs.iter_mut().enumerate().take(2) {
-            let r = child.wait_deadline(DEADLINE);
-            if i == victim {
-                kills_landed += u64::from(r.exit == Exit::Signaled(Signal::SIGKILL as i32));
-            } else {
-                assert_eq!(r.exit, Exit::Code(0), "round {round}: producer {i} failed");
-            }
-        }
-        q.close();
-        for (i, child) in procs.iter_mut().enumerate().skip(2) {
-            let r = child.wait_deadline(DEADLINE);
-            if i == victim {
-                let landed = r.exit == Exit::Signaled(Signal::SIGKILL as i32);
-                kills_landed += u64::from(landed);
-                consumer_died = landed;
-                consumer_kills += u64::from(landed);
-            } else {
-                assert_eq!(r.exit, Exit::Code(0), "round {round}: consumer {i} failed");
-            }
-        }
+        let kill = reap_round(&mut procs, 2, victim, DEADLINE, round, || q.close());
+        kills_landed += u64::from(kill.landed);
+        consumer_kills += u64::from(kill.consumer_died);
+        let consumer_died = kill.consumer_died;
 
         let mut missing = 0;
         for (i, s) in seen.iter().enumerate() {

@@ -100,24 +100,9 @@ impl TaskId {
     /// Whether this very thread (same id and start time) still runs. An exited thread, a
     /// zombie process and a different task that got the same id all count as dead.
     pub fn is_alive(&self) -> bool {
-        if self.tid == 0 || self.tid > i32::MAX as u32 {
-            return false;
-        }
-        match kill(Pid::from_raw(self.tid as i32), None) {
-            Ok(()) | Err(Errno::EPERM) => {}
-            Err(_) => return false,
-        }
-        match std::fs::read_to_string(format!("/proc/{}/stat", self.tid)) {
-            Ok(stat) => match parse_stat(&stat) {
-                Some((state, start)) => {
-                    state != 'Z' && state != 'X' && (self.start == 0 || start as u32 == self.start)
-                }
-                None => true,
-            },
-            // Exited between the probe and the read, or no procfs.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(_) => true,
-        }
+        task_alive(self.tid, |start| {
+            self.start == 0 || start as u32 == self.start
+        })
     }
 }
 
@@ -160,25 +145,31 @@ impl ProcessId {
     /// Whether this very process (same pid and start time) is still running. A zombie (exited
     /// but not yet reaped) counts as dead.
     pub fn is_alive(&self) -> bool {
-        if self.pid == 0 || self.pid > i32::MAX as u32 {
-            return false;
-        }
-        match kill(Pid::from_raw(self.pid as i32), None) {
-            Ok(()) | Err(Errno::EPERM) => {}
-            Err(_) => return false,
-        }
-        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => match parse_stat(&stat) {
-                Some((state, start)) => {
-                    state != 'Z'
-                        && state != 'X'
-                        && (self.start_time == 0 || start == self.start_time)
-                }
-                None => true,
-            },
-            // No procfs: the signal probe is all we have.
-            Err(_) => true,
-        }
+        task_alive(self.pid, |start| {
+            self.start_time == 0 || start == self.start_time
+        })
+    }
+}
+
+/// Whether task (process or thread) `id` exists, is not a zombie, and its start time passes
+/// `same_start` (so a recycled id is not taken for the original): a signal probe, then a read
+/// of `/proc/ID/stat`. Without procfs the probe is all there is.
+fn task_alive(id: u32, same_start: impl FnOnce(u64) -> bool) -> bool {
+    if id == 0 || id > i32::MAX as u32 {
+        return false;
+    }
+    match kill(Pid::from_raw(id as i32), None) {
+        Ok(()) | Err(Errno::EPERM) => {}
+        Err(_) => return false,
+    }
+    match std::fs::read_to_string(format!("/proc/{id}/stat")) {
+        Ok(stat) => match parse_stat(&stat) {
+            Some((state, start)) => state != 'Z' && state != 'X' && same_start(start),
+            None => true,
+        },
+        // Exited between the probe and the read.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => true,
     }
 }
 

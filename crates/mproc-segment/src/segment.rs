@@ -280,6 +280,12 @@ impl SegmentOptions {
     /// Opens a named segment, checking the kind and element type of these options (unless
     /// they came from [`SegmentOptions::any`]).
     pub fn open(&self, name: &str) -> Result<Segment, SegmentError> {
+        let (shm_name, fd) = self.open_trusted(name)?;
+        self.attach(fd, Some(shm_name))
+    }
+
+    /// Opens the named object (never through a symlink) and applies the owner rules.
+    fn open_trusted(&self, name: &str) -> Result<(String, OwnedFd), SegmentError> {
         let shm_name = crate::validate_name(name)?;
         let fd = shm_open(
             shm_name.as_str(),
@@ -288,21 +294,14 @@ impl SegmentOptions {
         )
         .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
         crate::shm_dir::check_owner(&fd, name, self.allow_foreign)?;
-        self.attach(fd, Some(shm_name))
+        Ok((shm_name, fd))
     }
 
     /// Maps a named object that mproc did not make (no header: the whole object is the
     /// payload), such as one Python's `shared_memory` created. The owner rules of
     /// [`open`](Self::open) apply.
     pub fn open_raw(&self, name: &str) -> Result<Segment, SegmentError> {
-        let shm_name = crate::validate_name(name)?;
-        let fd = shm_open(
-            shm_name.as_str(),
-            OFlag::O_RDWR | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        )
-        .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
-        crate::shm_dir::check_owner(&fd, name, self.allow_foreign)?;
+        let (shm_name, fd) = self.open_trusted(name)?;
         let len = fstat(&fd)
             .map_err(|e| SegmentError::io("fstat", e))?
             .st_size as u64;

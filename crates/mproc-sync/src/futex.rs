@@ -147,10 +147,11 @@ mod imp {
         static ref KERNEL: (Mutex<u64>, Condvar) = (Mutex::new(0), Condvar::new());
     }
 
-    pub fn wait(word: &AtomicU32, expected: u32, _deadline: Option<Instant>) -> bool {
+    /// Sleeps while `current()` (read under the model kernel's lock) equals `expected`.
+    fn wait_while(current: impl FnOnce() -> u32, expected: u32) -> bool {
         let (lock, cv) = &*KERNEL;
         let mut generation = lock.lock().unwrap();
-        if word.load(Ordering::SeqCst) != expected {
+        if current() != expected {
             return true;
         }
         let start = *generation;
@@ -158,30 +159,27 @@ mod imp {
             generation = cv.wait(generation).unwrap();
         }
         true
+    }
+
+    fn wake_everyone() {
+        let (lock, cv) = &*KERNEL;
+        *lock.lock().unwrap() += 1;
+        cv.notify_all();
+    }
+
+    pub fn wait(word: &AtomicU32, expected: u32, _deadline: Option<Instant>) -> bool {
+        wait_while(|| word.load(Ordering::SeqCst), expected)
     }
 
     pub fn wake(_word: &AtomicU32, _n: u32) {
-        let (lock, cv) = &*KERNEL;
-        *lock.lock().unwrap() += 1;
-        cv.notify_all();
+        wake_everyone()
     }
 
     pub fn wait_low(word: &AtomicU64, expected: u32, _deadline: Option<Instant>) -> bool {
-        let (lock, cv) = &*KERNEL;
-        let mut generation = lock.lock().unwrap();
-        if word.load(Ordering::SeqCst) as u32 != expected {
-            return true;
-        }
-        let start = *generation;
-        while *generation == start {
-            generation = cv.wait(generation).unwrap();
-        }
-        true
+        wait_while(|| word.load(Ordering::SeqCst) as u32, expected)
     }
 
     pub fn wake_low(_word: &AtomicU64, _n: u32) {
-        let (lock, cv) = &*KERNEL;
-        *lock.lock().unwrap() += 1;
-        cv.notify_all();
+        wake_everyone()
     }
 }

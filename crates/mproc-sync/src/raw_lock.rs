@@ -217,11 +217,12 @@ impl RawLock {
         self.lock_slow(mine, deadline, recursive)
     }
 
-    /// One more look for `try_lock`: free now, or held by a dead owner.
-    fn try_once(&self, mine: u64, recursive: bool) -> Result<(), LockError<()>> {
+    /// Takes the word if it is free now (keeping its WAITERS bit): true if we got it.
+    fn take_if_free(&self, mine: u64) -> bool {
         let v = self.word.load(Ordering::Relaxed);
-        if v & TID_MASK == 0 {
-            if self
+        // SYNC POINT: Acquire, as in `acquire`.
+        v & TID_MASK == 0
+            && self
                 .word
                 .compare_exchange(
                     v,
@@ -230,10 +231,15 @@ impl RawLock {
                     Ordering::Relaxed,
                 )
                 .is_ok()
-            {
-                return self.acquired(recursive, false);
-            }
-        } else if !owner_alive(v) {
+    }
+
+    /// One more look for `try_lock`: free now, or held by a dead owner.
+    fn try_once(&self, mine: u64, recursive: bool) -> Result<(), LockError<()>> {
+        if self.take_if_free(mine) {
+            return self.acquired(recursive, false);
+        }
+        let v = self.word.load(Ordering::Relaxed);
+        if v & TID_MASK != 0 && !owner_alive(v) {
             return self.take_over(v, mine, recursive);
         }
         Err(LockError::WouldBlock)
@@ -249,18 +255,7 @@ impl RawLock {
         {
             let backoff = crossbeam_utils::Backoff::new();
             while !backoff.is_completed() {
-                let v = self.word.load(Ordering::Relaxed);
-                if v & TID_MASK == 0
-                    && self
-                        .word
-                        .compare_exchange(
-                            v,
-                            mine | (v & WAITERS),
-                            Ordering::Acquire,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                {
+                if self.take_if_free(mine) {
                     return self.acquired(recursive, false);
                 }
                 backoff.snooze();

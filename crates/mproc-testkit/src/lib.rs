@@ -257,3 +257,59 @@ pub fn with_deadline<R>(deadline: Duration, f: impl FnOnce() -> R) -> R {
     let _ = watchdog.join();
     r
 }
+
+/// How a fault-injection round's SIGKILL went (see [`reap_round`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundKill {
+    /// The victim died of the SIGKILL (it may have finished before it landed).
+    pub landed: bool,
+    /// It did, and it was a consumer (which may take one item with it).
+    pub consumer_died: bool,
+}
+
+/// Reaps a fault-injection round in which `procs[..producers]` are producers and the rest
+/// consumers, and `procs[victim]` was sent SIGKILL: waits for the producers, runs `between`
+/// (which closes the queue, so the consumers drain and stop), then waits for the consumers,
+/// each before `deadline`. Every process but the victim must have exited 0.
+pub fn reap_round(
+    procs: &mut [Child],
+    producers: usize,
+    victim: usize,
+    deadline: Duration,
+    round: u64,
+    between: impl FnOnce(),
+) -> RoundKill {
+    let mut kill = RoundKill {
+        landed: false,
+        consumer_died: false,
+    };
+    let mut reap = |i: usize, child: &mut Child| {
+        let r = child.wait_deadline(deadline);
+        if i == victim {
+            kill.landed = r.exit == Exit::Signaled(Signal::SIGKILL as i32);
+            kill.consumer_died = kill.landed && i >= producers;
+        } else {
+            assert_eq!(r.exit, Exit::Code(0), "round {round}: process {i} failed");
+        }
+    };
+    for (i, child) in procs.iter_mut().enumerate().take(producers) {
+        reap(i, child);
+    }
+    between();
+    for (i, child) in procs.iter_mut().enumerate().skip(producers) {
+        reap(i, child);
+    }
+    kill
+}
+
+/// Waits until `alive()` turns false, for at most `limit`; whether it did.
+pub fn gone_within(limit: Duration, mut alive: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if !alive() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    !alive()
+}
