@@ -81,35 +81,7 @@ pub fn classify(name: String) -> Entry {
     }
 }
 
-/// Pids of live processes that map the object with this device and inode (read from
-/// /proc/*/maps, whose device and inode fields come before the path, so a name with spaces or
-/// newlines cannot confuse it; processes we may not inspect are skipped).
+/// Pids of live processes that map the object with this device and inode.
 pub fn mapped_by(dev_ino: (u64, u64)) -> Vec<u32> {
-    let (dev, ino) = dev_ino;
-    let want_dev = format!(
-        "{:02x}:{:02x}",
-        nix::sys::stat::major(dev),
-        nix::sys::stat::minor(dev)
-    );
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = dir
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
-                maps.lines().any(|l| {
-                    let mut f = l.split_ascii_whitespace();
-                    let (dev_f, ino_f) = (f.nth(3), f.next());
-                    dev_f.is_some_and(|d| d.eq_ignore_ascii_case(&want_dev))
-                        && ino_f.and_then(|i| i.parse::<u64>().ok()) == Some(ino)
-                })
-            })
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
+    mproc_segment::mapped_by(dev_ino)
 }

@@ -78,6 +78,7 @@ pub struct SegmentOptions {
     open_timeout: Duration,
     check_type: bool,
     allow_foreign: bool,
+    reclaim_stale: bool,
 }
 
 impl SegmentOptions {
@@ -92,6 +93,7 @@ impl SegmentOptions {
             open_timeout: DEFAULT_OPEN_TIMEOUT,
             check_type: true,
             allow_foreign: false,
+            reclaim_stale: true,
         }
     }
 
@@ -143,6 +145,17 @@ impl SegmentOptions {
         self
     }
 
+    /// Makes `create` fail with [`AlreadyExists`](SegmentError::AlreadyExists) whenever the
+    /// name exists. By default `create` (and `open_or_create`) first removes a *stale*
+    /// segment of that name — this user's, whose creator is dead and that no live process
+    /// maps, the rule `mproc gc` applies — so a service restarted after `kill -9` comes back
+    /// without manual cleanup. Of creators racing for the same stale name exactly one
+    /// creates; a live or mapped segment is never touched.
+    pub fn fail_if_exists(mut self) -> Self {
+        self.reclaim_stale = false;
+        self
+    }
+
     /// How long `open` waits for a creator still initialising (default 2 s).
     pub fn open_timeout(mut self, timeout: Duration) -> Self {
         self.open_timeout = timeout;
@@ -168,7 +181,7 @@ impl SegmentOptions {
         let shm_name = crate::validate_name(name)?;
         match self.build_unnamed(&shm_name, init)? {
             Unnamed::Built(mut seg) => {
-                if crate::shm_dir::publish(&seg.fd, &shm_name, name)? {
+                if self.publish_reclaiming(&seg, &shm_name, name)? {
                     seg.unlink_on_drop = Some(crate::current_pid());
                     return Ok(seg);
                 }
@@ -182,6 +195,24 @@ impl SegmentOptions {
                 Self::finish_create(seg, guard, init)
             }
         }
+    }
+
+    /// Gives the built segment its name; an existing stale segment of that name is removed
+    /// first, unless [`fail_if_exists`](Self::fail_if_exists).
+    fn publish_reclaiming(
+        &self,
+        seg: &Segment,
+        shm_name: &str,
+        name: &str,
+    ) -> Result<bool, SegmentError> {
+        for _ in 0..3 {
+            match crate::shm_dir::publish(&seg.fd, shm_name, name) {
+                Err(SegmentError::AlreadyExists { .. })
+                    if self.reclaim_stale && crate::shm_dir::reclaim_stale(shm_name) => {}
+                r => return r,
+            }
+        }
+        Err(SegmentError::AlreadyExists { name: name.into() })
     }
 
     /// Builds an unnamed, initialised, ready segment (or hands `init` back if the system has
@@ -209,11 +240,21 @@ impl SegmentOptions {
     fn create_unpublished(&self, name: &str) -> Result<(Segment, UnlinkGuard), SegmentError> {
         let shm_name = crate::validate_name(name)?;
         let (offset, payload_len, total) = self.sizes()?;
-        let fd = shm_open(
-            shm_name.as_str(),
-            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
-            Mode::from_bits_truncate(self.mode),
-        )
+        let excl = || {
+            shm_open(
+                shm_name.as_str(),
+                OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
+                Mode::from_bits_truncate(self.mode),
+            )
+        };
+        let fd = match excl() {
+            Err(Errno::EEXIST)
+                if self.reclaim_stale && crate::shm_dir::reclaim_stale(&shm_name) =>
+            {
+                excl()
+            }
+            r => r,
+        }
         .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
         // From here on, any failure must unlink the name we just made.
         let guard = UnlinkGuard(Some(shm_name.clone()));
@@ -358,7 +399,7 @@ impl SegmentOptions {
         // Another process may unlink between our failed create and our open: retry a few times.
         for _ in 0..8 {
             match built.as_mut() {
-                Some(seg) => match crate::shm_dir::publish(&seg.fd, &shm_name, name) {
+                Some(seg) => match self.publish_reclaiming(seg, &shm_name, name) {
                     Ok(true) => {
                         let mut seg = built.take().ok_or(SegmentError::NotReady {
                             creator_dead: false,

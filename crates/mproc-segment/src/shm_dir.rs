@@ -128,7 +128,7 @@ pub enum PeekError {
 /// (opened without following a symlink and without blocking on a FIFO). Nothing is mapped.
 /// A segment whose creator has not finished is `NotReady` (with whether its creator died).
 pub fn peek(name: &str) -> Result<Peek, PeekError> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let path = std::path::Path::new(SHM_DIR).join(name);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -138,6 +138,12 @@ pub fn peek(name: &str) -> Result<Peek, PeekError> {
             Some(libc::ELOOP) => PeekError::NotRegular,
             _ => PeekError::Io(e),
         })?;
+    peek_file(file)
+}
+
+/// [`peek`] of a file already open.
+fn peek_file(file: std::fs::File) -> Result<Peek, PeekError> {
+    use std::os::unix::fs::MetadataExt;
     let meta = file.metadata().map_err(PeekError::Io)?;
     if !meta.file_type().is_file() {
         return Err(PeekError::NotRegular);
@@ -189,4 +195,88 @@ pub fn peek(name: &str) -> Result<Peek, PeekError> {
         header,
         file,
     })
+}
+
+/// Pids of live processes that map the object with this device and inode (read from
+/// `/proc/*/maps`, whose device and inode fields come before the path, so a name with spaces
+/// or newlines cannot confuse it; processes this one may not inspect are skipped).
+pub fn mapped_by(dev_ino: (u64, u64)) -> Vec<u32> {
+    let (dev, ino) = dev_ino;
+    let want_dev = format!(
+        "{:02x}:{:02x}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| {
+                maps.lines().any(|l| {
+                    let mut f = l.split_ascii_whitespace();
+                    let (dev_f, ino_f) = (f.nth(3), f.next());
+                    dev_f.is_some_and(|d| d.eq_ignore_ascii_case(&want_dev))
+                        && ino_f.and_then(|i| i.parse::<u64>().ok()) == Some(ino)
+                })
+            })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Removes the name `shm_name` if it holds a *stale* segment: one of this user's, not
+/// writable by others, whose creator is dead (pid and start time) or died while creating it,
+/// and that no live process maps — the rule `mproc gc` applies. Returns whether the name may
+/// now be free (`true`: removed, or gone meanwhile: try creating again).
+///
+/// Creators racing to reclaim the same name cannot both remove something: the remover holds
+/// an exclusive `flock` on the stale file, and unlinks only after checking that the name still
+/// refers to that very file (device and inode); a creator that finds the lock taken backs off.
+/// A live or mapped segment, a foreign file or another user's file is never touched.
+pub(crate) fn reclaim_stale(shm_name: &str) -> bool {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = path_of(shm_name);
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
+    };
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return false;
+    }
+    // SAFETY: flock takes an fd we own and flags; no pointers.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return false; // another creator is reclaiming it
+    }
+    let dev_ino = (meta.dev(), meta.ino());
+    // Read the header through a duplicate: `file` keeps the lock until we are done.
+    let Ok(dup) = file.try_clone() else {
+        return false;
+    };
+    let stale = match peek_file(dup) {
+        Ok(p) => !p.header.creator.is_alive(),
+        Err(PeekError::Segment(SegmentError::NotReady { creator_dead })) => creator_dead,
+        Err(_) => false,
+    };
+    if !stale || !mapped_by(dev_ino).is_empty() {
+        return false;
+    }
+    match std::fs::symlink_metadata(&path) {
+        Ok(now) if (now.dev(), now.ino()) == dev_ino => std::fs::remove_file(&path).is_ok(),
+        // Replaced or removed meanwhile: the caller tries again.
+        _ => true,
+    }
 }

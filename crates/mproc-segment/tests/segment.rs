@@ -386,27 +386,40 @@ fn a_segment_gets_its_name_only_once_initialised() {
 fn racing_creators_one_creates_the_others_open() {
     let name = unique_name("seg-race-create");
     let _cleanup = Cleanup(name.clone());
+    // Every child stays until all have tried: a creator that had left would leave a stale
+    // name, which the next `open_or_create` would (rightly) reclaim and create again.
+    let done_mem = Segment::anonymous(8).unwrap();
+    let done: &AtomicU32 = done_mem.view(0).unwrap();
     let created: Vec<_> = (0..4)
         .map(|_| {
             let n = name.clone();
             fork_child(move || {
-                match SegmentOptions::new(Kind::RAW)
+                let r = SegmentOptions::new(Kind::RAW)
                     .payload_len(64)
                     .open_or_create_with(&n, |seg| {
                         seg.view::<AtomicU32>(0)?.store(7, Ordering::Relaxed);
                         Ok::<(), SegmentError>(())
-                    }) {
+                    });
+                let code = match &r {
                     // Exit 10 + whether this one created it; the value is always initialised.
-                    Ok((mut seg, created))
+                    Ok((seg, created))
                         if seg
                             .view::<AtomicU32>(0)
                             .is_ok_and(|c| c.load(Ordering::Relaxed) == 7) =>
                     {
-                        seg.persist();
-                        10 + i32::from(created)
+                        10 + i32::from(*created)
                     }
                     _ => 1,
+                };
+                done.fetch_add(1, Ordering::SeqCst);
+                let end = Instant::now() + Duration::from_secs(30);
+                while done.load(Ordering::SeqCst) < 4 && Instant::now() < end {
+                    std::thread::yield_now();
                 }
+                if let Ok((mut seg, _)) = r {
+                    seg.persist(); // the parent's Cleanup unlinks the name
+                }
+                code
             })
         })
         .collect();
