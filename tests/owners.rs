@@ -150,3 +150,19 @@ fn a_planted_fifo_or_symlink_is_not_opened() {
     assert!(matches!(r1, Err(SegmentError::NotRegular { .. })), "{r1:?}");
     assert!(r2.is_err(), "a symlink is never followed: {r2:?}");
 }
+
+#[test]
+fn a_zero_filled_file_is_refused_at_once_not_waited_for() {
+    let _serial = serial();
+    let name = unique_name("owners-zero");
+    let path = format!("/dev/shm/{name}");
+    std::fs::write(&path, vec![0u8; 8192]).unwrap();
+    let _u = Unlink(name.clone());
+    // A patient opener: if it waited for a creator, the deadline would stop the test.
+    let r = mproc_testkit::with_deadline(std::time::Duration::from_secs(10), || {
+        SegmentOptions::any()
+            .open_timeout(std::time::Duration::from_secs(60))
+            .open(&name)
+    });
+    assert!(matches!(r, Err(SegmentError::NotMproc { found: 0 })), "{r:?}");
+}
