@@ -164,5 +164,8 @@ fn a_zero_filled_file_is_refused_at_once_not_waited_for() {
             .open_timeout(std::time::Duration::from_secs(60))
             .open(&name)
     });
-    assert!(matches!(r, Err(SegmentError::NotMproc { found: 0 })), "{r:?}");
+    assert!(
+        matches!(r, Err(SegmentError::NotMproc { found: 0 })),
+        "{r:?}"
+    );
 }

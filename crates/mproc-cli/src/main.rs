@@ -1,8 +1,10 @@
 //! `mproc`: list, inspect and garbage-collect mproc shared-memory segments.
 //!
 //! ```text
-//! mproc ls [--prefix P] [--all]      segments in /dev/shm: kind, type, capacity, size, creator
-//! mproc inspect NAME                  the header, and for a queue its length and state
+//! mproc ls [--prefix P] [--all] [--json]   segments in /dev/shm: kind, type, capacity, size,
+//!                                           creator
+//! mproc inspect [--json] NAME          the header, and for a queue its length and state
+//! mproc metrics [--prefix P]           the same numbers in Prometheus's text format
 //! mproc gc [--prefix P] [--yes]
 //!                                     unlink segments whose creator is dead and that no live
 //!                                     process maps (dry run unless --yes)
@@ -14,6 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mproc_segment::{Kind, Segment, SegmentError};
 
+mod report;
 mod scan;
 
 use scan::{Entry, Status, scan};
@@ -36,11 +39,23 @@ enum Command {
         /// Also list /dev/shm entries that are not mproc segments.
         #[arg(long)]
         all: bool,
+        /// Print a JSON array (every entry, with its status) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a segment's header; for a queue, also its length and state.
     Inspect {
         /// The segment's name (as in /dev/shm, without a leading slash).
         name: String,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print gauges of every mproc segment in the Prometheus text exposition format.
+    Metrics {
+        /// Only names starting with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
     /// Unlink segments whose creator is dead and that no live process maps.
     Gc {
@@ -56,8 +71,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Ls { prefix, all } => ls(&prefix, all),
-        Command::Inspect { name } => inspect(&name),
+        Command::Ls {
+            prefix, json: true, ..
+        } => ls_json(&prefix),
+        Command::Ls { prefix, all, .. } => ls(&prefix, all),
+        Command::Inspect { name, json: true } => inspect_json(&name),
+        Command::Inspect { name, .. } => inspect(&name),
+        Command::Metrics { prefix } => metrics(&prefix),
         Command::Gc { prefix, yes } => gc(&prefix, yes),
     };
     match result {
@@ -96,6 +116,43 @@ fn ls(prefix: &str, all: bool) -> Result<(), String> {
             Status::Foreign | Status::NotRegular | Status::Unreadable(_) => {}
         }
     }
+    Ok(())
+}
+
+fn ls_json(prefix: &str) -> Result<(), String> {
+    let entries = scan(prefix).map_err(|e| format!("cannot read /dev/shm: {e}"))?;
+    let infos: Vec<_> = entries.iter().map(|e| report::info(e, false)).collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&infos).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn inspect_json(name: &str) -> Result<(), String> {
+    mproc_segment::validate_name(name).map_err(|e| e.to_string())?;
+    let e = scan::classify(name.to_owned());
+    if !matches!(e.status, Status::Mproc(_)) {
+        let why = match &e.status {
+            Status::Damaged(err) => err.to_string(),
+            Status::Unreadable(why) => why.clone(),
+            Status::NotRegular => "not a regular file".into(),
+            _ => "not an mproc segment".into(),
+        };
+        return Err(format!("{name}: {why}"));
+    }
+    let info = report::info(&e, true);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&info).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn metrics(prefix: &str) -> Result<(), String> {
+    let entries = scan(prefix).map_err(|e| format!("cannot read /dev/shm: {e}"))?;
+    let infos: Vec<_> = entries.iter().map(|e| report::info(e, false)).collect();
+    print!("{}", report::metrics(&infos));
     Ok(())
 }
 

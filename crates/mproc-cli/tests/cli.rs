@@ -213,3 +213,93 @@ fn planted_files_cannot_crash_or_block_ls_inspect_or_gc() {
         drop(planted);
     });
 }
+
+/// Checks one line of the Prometheus text exposition format strictly: a `# HELP` / `# TYPE`
+/// comment, or `name{label="value",...} number`.
+fn is_exposition_line(l: &str) -> bool {
+    if let Some(rest) = l
+        .strip_prefix("# HELP ")
+        .or_else(|| l.strip_prefix("# TYPE "))
+    {
+        return rest.split(' ').next().is_some_and(|n| !n.is_empty());
+    }
+    let Some((series, value)) = l.rsplit_once(' ') else {
+        return false;
+    };
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let series_ok = match series.split_once('{') {
+        None => name_ok(series),
+        Some((name, labels)) => {
+            name_ok(name)
+                && labels.ends_with('}')
+                && labels[..labels.len() - 1]
+                    .split("\",")
+                    .all(|pair| pair.split_once("=\"").is_some_and(|(k, _)| name_ok(k)))
+        }
+    };
+    series_ok && value.parse::<f64>().is_ok()
+}
+
+#[test]
+fn json_and_metrics_describe_a_queue_and_a_held_lock() {
+    with_deadline(Duration::from_secs(60), || {
+        let prefix = unique_name("cli-json");
+        let qname = format!("{prefix}-q");
+        let lname = format!("{prefix}-l");
+        let q: mproc_queue::Queue<u32> = mproc_queue::Queue::create(&qname, 8).unwrap();
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        let lock = mproc_sync::Lock::create(&lname).unwrap();
+        let _held = lock.lock().unwrap();
+
+        let ls: serde_json::Value =
+            serde_json::from_str(&mproc(&["ls", "--json", "--prefix", &prefix])).unwrap();
+        let entries = ls.as_array().unwrap();
+        let qe = entries
+            .iter()
+            .find(|e| e["name"] == qname.as_str())
+            .unwrap();
+        assert_eq!(qe["status"], "mproc");
+        assert_eq!(qe["kind"], "queue");
+        assert_eq!(qe["queue"]["length"], 2);
+        assert_eq!(qe["queue"]["capacity"], 8);
+        assert_eq!(qe["creator_alive"], true);
+        let le = entries
+            .iter()
+            .find(|e| e["name"] == lname.as_str())
+            .unwrap();
+        assert_eq!(le["lock_holder"], nix::unistd::gettid().as_raw());
+
+        let one: serde_json::Value =
+            serde_json::from_str(&mproc(&["inspect", "--json", &qname])).unwrap();
+        assert_eq!(one["queue"]["length"], 2);
+        assert!(one["mapped_by"].is_array());
+        // Round trip through serde_json unchanged.
+        let again: serde_json::Value = serde_json::from_str(&one.to_string()).unwrap();
+        assert_eq!(again, one);
+
+        let metrics = mproc(&["metrics", "--prefix", &prefix]);
+        for l in metrics.lines() {
+            assert!(is_exposition_line(l), "not exposition format: {l:?}");
+        }
+        assert!(
+            metrics.contains(&format!("mproc_queue_length{{name=\"{qname}\"}} 2")),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("mproc_lock_held{{name=\"{lname}\"}} 1")),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("# TYPE mproc_queue_length gauge"),
+            "{metrics}"
+        );
+    });
+}

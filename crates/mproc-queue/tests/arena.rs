@@ -309,7 +309,7 @@ fn four_by_four_mixed_sizes_exact_accounting() {
             match r.next_u64() % 10 {
                 0 => 8 + ((r.next_u64() % 64) << 10) as usize, // up to 64 KiB
                 1..=4 => 121 + (r.next_u64() % 4000) as usize, // arena, small
-                _ => 8 + (r.next_u64() % 112) as usize,      // inline
+                _ => 8 + (r.next_u64() % 112) as usize,        // inline
             }
         };
         let producers: Vec<_> = (0..4u64)
