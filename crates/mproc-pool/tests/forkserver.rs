@@ -148,9 +148,8 @@ fn replacements_come_from_the_fork_server_while_a_thread_holds_stdout() {
     });
 }
 
-#[test]
-fn fork_server_workers_end_with_their_parent() {
-    with_deadline(Duration::from_secs(60), || {
+fn fork_server_workers_end_with_a_parent_killed_by(sig: Signal) {
+    {
         let mem = Segment::anonymous(64).unwrap();
         let pids: &[AtomicU32] = mem.view_slice(0, 3).unwrap();
         let mut parent = fork_child(|| {
@@ -183,7 +182,7 @@ fn fork_server_workers_end_with_their_parent() {
             .iter()
             .map(|p| ProcessId::of(p.load(Ordering::SeqCst)).unwrap())
             .collect();
-        parent.signal(Signal::SIGKILL);
+        parent.signal(sig);
         parent.wait();
         for id in ids {
             assert!(
@@ -191,6 +190,15 @@ fn fork_server_workers_end_with_their_parent() {
                 "worker {} outlived its parent",
                 id.pid
             );
+        }
+    }
+}
+
+#[test]
+fn fork_server_workers_end_with_their_parent() {
+    with_deadline(Duration::from_secs(120), || {
+        for sig in [Signal::SIGKILL, Signal::SIGTERM, Signal::SIGINT] {
+            fork_server_workers_end_with_a_parent_killed_by(sig);
         }
     });
 }

@@ -117,6 +117,16 @@ fn busy(_: u32) -> u32 {
 }
 
 fn spawned_workers_end_with_their_killed_parent() {
+    for sig in [
+        nix::sys::signal::Signal::SIGKILL,
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        spawned_workers_end_with_a_parent_killed_by(sig);
+    }
+}
+
+fn spawned_workers_end_with_a_parent_killed_by(sig: nix::sys::signal::Signal) {
     use std::sync::atomic::{AtomicU32, Ordering};
     let mem = mproc_segment::Segment::anonymous(64).unwrap();
     let pids: &[AtomicU32] = mem.view_slice(0, 4).unwrap();
@@ -157,7 +167,7 @@ fn spawned_workers_end_with_their_killed_parent() {
                 .unwrap_or(mproc_segment::ProcessId { pid, start_time: 0 })
         })
         .collect();
-    parent.signal(nix::sys::signal::Signal::SIGKILL);
+    parent.signal(sig);
     parent.wait();
     for id in ids {
         assert!(
