@@ -371,8 +371,31 @@ pub(crate) fn exit_status(pid: u32) -> ExitStatus {
         .unwrap_or(ExitStatus::Signaled(libc::SIGKILL))
 }
 
+/// Closes every fd of this process but stdin, stdout, stderr and `keep`: the server (and so
+/// every worker forked from it) must not hold the parent's files — a pipe's write end kept
+/// open here would keep its reader from ever seeing EOF.
+fn close_other_fds(keep: RawFd) {
+    let close_range = |first: u32, last: u32| {
+        // SAFETY: close_range takes two fd numbers and flags; it only closes fds.
+        unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) == 0 }
+    };
+    let keep = keep as u32;
+    let ok = (keep <= 3 || close_range(3, keep - 1)) && close_range(keep + 1, u32::MAX);
+    if !ok {
+        // Kernels before 5.9: one by one, up to a generous bound.
+        for fd in 3..4096 {
+            if fd != keep as i32 {
+                // SAFETY: the server owns no Rust handle to these fds (they are the parent's,
+                // inherited); closing an unused number is harmless.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+}
+
 /// The server's loop: fork a worker per request, report exits, end at EOF.
 fn serve(sock: OwnedFd) -> i32 {
+    close_other_fds(sock.as_raw_fd());
     crate::child::make_undumpable();
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);

@@ -202,3 +202,28 @@ fn fork_server_workers_end_with_their_parent() {
         }
     });
 }
+
+#[test]
+fn the_fork_server_does_not_keep_the_parents_files_open() {
+    with_deadline(Duration::from_secs(60), || {
+        // A fresh process (its own fork server) with a pipe open when the server starts.
+        fork_child(|| {
+            let (r, w) = nix::unistd::pipe().unwrap();
+            mproc_pool::start_forkserver().unwrap();
+            let pool = Pool::builder()
+                .processes(1)
+                .start_method(StartMethod::ForkServer)
+                .build()
+                .unwrap();
+            assert_eq!(pool.apply(square, 3), Ok(9));
+            drop(w);
+            // Neither the server nor its worker holds the write end: the reader sees EOF.
+            let mut b = [0u8; 1];
+            match nix::unistd::read(&r, &mut b) {
+                Ok(0) => 0,
+                _ => 1,
+            }
+        })
+        .assert_success();
+    });
+}
