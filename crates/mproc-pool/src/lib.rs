@@ -37,6 +37,8 @@ mod worker;
 pub use child::ExitStatus;
 pub use error::{ProcessError, TaskError};
 pub use forkserver::start_forkserver;
-pub use pool::{AsyncResult, Imap, PREFETCH, Pool, PoolBuilder, PoolStats, Restarts, WorkerStats};
+pub use pool::{
+    AsyncResult, Imap, MapResult, PREFETCH, Pool, PoolBuilder, PoolStats, Restarts, WorkerStats,
+};
 pub use process::{Process, ProcessBuilder, StartMethod, ThreadedFork};
 pub use worker::{DEFAULT_ARENA_BYTES, init};

@@ -639,3 +639,37 @@ fn a_worker_that_outgrows_its_memory_ceiling_is_replaced_after_its_task() {
         assert_eq!(stats.tasks_done, 3, "{stats:?}");
     });
 }
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[test]
+fn map_async_starmap_async_and_per_call_chunksize() {
+    with_deadline(DEADLINE, || {
+        let p = pool(2);
+        let expected: Vec<u64> = (0..500).map(square).collect();
+        let m = p.map_async(square, 0..500).unwrap();
+        let s = p.starmap_async(add, (0..100).map(|i| (i, 2 * i))).unwrap();
+        assert_eq!(m.get().unwrap(), expected);
+        assert!(m.ready());
+        assert_eq!(m.get().unwrap(), expected, "get can be called again");
+        assert_eq!(
+            s.get().unwrap(),
+            (0..100).map(|i| 3 * i).collect::<Vec<_>>()
+        );
+        assert_eq!(p.map_chunked(square, 0..500, 3).unwrap(), expected);
+        // Waiting with a limit, then for good.
+        let slow = p.map_async(nap, [300, 300]).unwrap();
+        assert_eq!(
+            slow.get_timeout(Duration::from_millis(10)),
+            Err(TaskError::Timeout)
+        );
+        assert_eq!(slow.get().unwrap(), vec![300, 300]);
+        // A failure is the first failed item's error.
+        let bad = p
+            .map_async(|x: u64| if x == 3 { panic!("three") } else { x }, 0..6)
+            .unwrap();
+        assert!(matches!(bad.get(), Err(TaskError::Panicked { .. })));
+    });
+}

@@ -694,9 +694,20 @@ impl Segment {
         self.unlink_on_drop = None;
     }
 
-    /// The segment's name as given to `shm_open` (with its leading `/`), `None` if anonymous.
+    /// The segment's name as you pass it to `open` (without the leading `/` that
+    /// `shm_open` adds), `None` if anonymous.
+    ///
+    /// ```
+    /// use mproc_segment::Segment;
+    /// let name = format!("mproc-doc-name-{}", std::process::id());
+    /// let seg = Segment::create(&name, 64)?;
+    /// assert_eq!(seg.name(), Some(name.as_str()));
+    /// # Ok::<(), mproc_segment::SegmentError>(())
+    /// ```
     pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.name
+            .as_deref()
+            .map(|n| n.strip_prefix('/').unwrap_or(n))
     }
 
     /// The validated header, `None` for a foreign segment opened with `open_raw`.

@@ -40,7 +40,7 @@ use crate::worker::{Reply, check_may_start, results_options};
 use crate::{ProcessError, TaskError};
 use mproc_queue::Queue;
 
-pub use results::{AsyncResult, Imap};
+pub use results::{AsyncResult, Imap, MapResult};
 use state::{Config, Job, Outcome, Shared, State, abandon_job, handler, start_one};
 
 /// Jobs a worker may hold at once (running plus waiting in its inbox): enough that it never
@@ -553,14 +553,18 @@ impl Pool {
     }
 
     /// Submits `items` in chunks of `func` calls and collects the results in order.
-    fn run_all<T: Serialize, R: DeserializeOwned>(
+    /// Submits `items` in chunks of `chunk` (default: [`Self::default_chunksize`]) calls of
+    /// `func`; returns each chunk's job id and length. Nothing stays submitted on an error.
+    fn submit_all<T: Serialize>(
         &self,
         func: FnRef,
-        items: Vec<T>,
-    ) -> Result<Vec<R>, TaskError> {
-        let n = items.len();
-        let chunk = self.default_chunksize(n);
-        let mut ids = Vec::with_capacity(n.div_ceil(chunk));
+        items: &[T],
+        chunk: Option<usize>,
+    ) -> Result<Vec<(u64, usize)>, TaskError> {
+        let chunk = chunk
+            .unwrap_or_else(|| self.default_chunksize(items.len()))
+            .max(1);
+        let mut ids = Vec::with_capacity(items.len().div_ceil(chunk));
         for part in items.chunks(chunk) {
             let submitted = Self::encode_chunk(part)
                 .and_then(|args| self.submit(func, part.len() as u32, args));
@@ -572,6 +576,18 @@ impl Pool {
                 }
             }
         }
+        Ok(ids)
+    }
+
+    /// Submits `items` in chunks of `func` calls and collects the results in order.
+    fn run_all<T: Serialize, R: DeserializeOwned>(
+        &self,
+        func: FnRef,
+        items: Vec<T>,
+        chunk: Option<usize>,
+    ) -> Result<Vec<R>, TaskError> {
+        let n = items.len();
+        let ids = self.submit_all(func, &items, chunk)?;
         drop(items);
         #[cfg(feature = "progress")]
         let bar = self.progress.then(|| {
@@ -630,7 +646,46 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        self.run_all(FnRef::new(f), items.into_iter().collect())
+        self.run_all(FnRef::new(f), items.into_iter().collect(), None)
+    }
+
+    /// As [`map`](Pool::map) with `chunksize` items per task for this call (Python's
+    /// `map(f, items, chunksize)`), whatever the pool's default.
+    pub fn map_chunked<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> Result<Vec<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        self.run_all(FnRef::new(f), items.into_iter().collect(), Some(chunksize))
+    }
+
+    /// Starts [`map`](Pool::map) and returns at once (Python's `map_async`): the
+    /// [`MapResult`] gives the results in input order when they are all in.
+    ///
+    /// ```
+    /// let pool = mproc_pool::Pool::builder().processes(2).build()?;
+    /// let squares = pool.map_async(|x: u64| x * x, 0..100)?;
+    /// // ... other work while the workers compute ...
+    /// assert_eq!(squares.get()?[99], 9801);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_async<A, R>(
+        &self,
+        f: fn(A) -> R,
+        items: impl IntoIterator<Item = A>,
+    ) -> Result<MapResult<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        let ids = self.submit_all(FnRef::new(f), &items, None)?;
+        Ok(MapResult::new(Arc::clone(&self.shared), ids))
     }
 
     /// As [`map`](Pool::map) for a two-argument function over pairs (Python's `starmap`;
@@ -645,7 +700,23 @@ impl Pool {
         B: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        self.run_all(FnRef::pair(f), items.into_iter().collect())
+        self.run_all(FnRef::pair(f), items.into_iter().collect(), None)
+    }
+
+    /// As [`starmap`](Pool::starmap), returning at once (Python's `starmap_async`).
+    pub fn starmap_async<A, B, R>(
+        &self,
+        f: fn(A, B) -> R,
+        items: impl IntoIterator<Item = (A, B)>,
+    ) -> Result<MapResult<R>, TaskError>
+    where
+        A: Serialize + DeserializeOwned,
+        B: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let items: Vec<(A, B)> = items.into_iter().collect();
+        let ids = self.submit_all(FnRef::pair(f), &items, None)?;
+        Ok(MapResult::new(Arc::clone(&self.shared), ids))
     }
 
     /// Lazily applies `f` to the items, yielding each item's result in input order. Input is

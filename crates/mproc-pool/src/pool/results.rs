@@ -146,6 +146,87 @@ impl<R> Drop for AsyncResult<R> {
     }
 }
 
+/// The results of a [`Pool::map_async`] or [`Pool::starmap_async`]: all of them, in input
+/// order, once every task is done; the first failed item's error otherwise. Dropping it
+/// abandons the tasks not yet collected.
+#[derive(Debug)]
+pub struct MapResult<R> {
+    shared: Arc<Shared>,
+    /// Each chunk's job id and length.
+    ids: Vec<(u64, usize)>,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R> MapResult<R> {
+    pub(crate) fn new(shared: Arc<Shared>, ids: Vec<(u64, usize)>) -> MapResult<R> {
+        MapResult {
+            shared,
+            ids,
+            _r: PhantomData,
+        }
+    }
+
+    /// Whether every task has finished (successfully or not).
+    pub fn ready(&self) -> bool {
+        let st = self.shared.lock();
+        self.ids
+            .iter()
+            .all(|(id, _)| st.jobs.get(id).is_none_or(|j| j.outcome.is_some()))
+    }
+
+    /// Waits until every task has finished.
+    pub fn wait(&self) {
+        let _ = self.wait_deadline(None);
+    }
+
+    fn wait_deadline(&self, deadline: Option<Instant>) -> Result<(), TaskError> {
+        self.shared.wait_until(deadline, |st| {
+            self.ids
+                .iter()
+                .all(|(id, _)| st.jobs.get(id).is_none_or(|j| j.outcome.is_some()))
+                .then_some(())
+        })
+    }
+}
+
+impl<R: DeserializeOwned> MapResult<R> {
+    fn collect(&self, deadline: Option<Instant>) -> Result<Vec<R>, TaskError> {
+        self.wait_deadline(deadline)?;
+        let st = self.shared.lock();
+        let mut out = Vec::new();
+        for &(id, len) in &self.ids {
+            let outcome = st
+                .jobs
+                .get(&id)
+                .and_then(|j| j.outcome.clone())
+                .unwrap_or(Outcome::Failed(TaskError::Terminated));
+            for r in outcome_items::<R>(outcome, len) {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits for every task and returns the results in input order (can be called again).
+    pub fn get(&self) -> Result<Vec<R>, TaskError> {
+        self.collect(None)
+    }
+
+    /// As [`get`](Self::get), giving up with [`TaskError::Timeout`] after `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, TaskError> {
+        self.collect(Some(Instant::now() + timeout))
+    }
+}
+
+impl<R> Drop for MapResult<R> {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        for &(id, _) in &self.ids {
+            abandon_job(&mut st, id);
+        }
+    }
+}
+
 /// One submitted chunk of an [`Imap`], or a chunk that failed before submission.
 #[derive(Debug)]
 enum Slot {
