@@ -27,6 +27,8 @@ pub struct SegmentInfo {
     pub queue: Option<QueueInfo>,
     /// For locks and what holds one (arrays, values, conditions): the holder's thread id.
     pub lock_holder: Option<u32>,
+    /// For locks and what holds one: the lock's counters.
+    pub lock: Option<LockInfo>,
     /// Live processes that map it (`inspect` only).
     pub mapped_by: Option<Vec<u32>>,
 }
@@ -41,6 +43,26 @@ pub struct QueueInfo {
     pub closed: bool,
     pub handles: u32,
     pub unfinished: u64,
+    /// Items put since creation.
+    pub put_total: u64,
+    /// Items taken since creation.
+    pub got_total: u64,
+    /// Producers asleep waiting for room.
+    pub blocked_producers: u32,
+    /// Consumers asleep waiting for an item.
+    pub blocked_consumers: u32,
+    /// Slots skipped because their producer died mid-put.
+    pub dead_skipped: u64,
+    /// Slots reclaimed because their reader died mid-get.
+    pub dead_reclaimed: u64,
+}
+
+/// A lock's counters since it was made.
+#[derive(Debug, Serialize)]
+pub struct LockInfo {
+    pub acquisitions: u64,
+    pub contentions: u32,
+    pub owner_deaths: u32,
 }
 
 fn has_lock(kind: Kind) -> bool {
@@ -79,6 +101,7 @@ pub fn info(e: &Entry, detail: bool) -> SegmentInfo {
         },
         queue: None,
         lock_holder: None,
+        lock: None,
         mapped_by: None,
     };
     let Status::Mproc(h) = &e.status else {
@@ -102,15 +125,29 @@ pub fn info(e: &Entry, detail: bool) -> SegmentInfo {
                         closed: r.closed,
                         handles: r.attached,
                         unfinished: r.unfinished,
+                        put_total: r.put_total,
+                        got_total: r.got_total,
+                        blocked_producers: r.blocked_producers,
+                        blocked_consumers: r.blocked_consumers,
+                        dead_skipped: r.dead_skipped,
+                        dead_reclaimed: r.dead_reclaimed,
                     });
                 }
             }
         }
         if has_lock(h.kind) {
-            let mut word = [0u8; 8];
-            if p.read_payload(0, &mut word).is_ok_and(|n| n == 8) {
-                let tid = (u64::from_ne_bytes(word) & ((1 << 30) - 1)) as u32;
-                out.lock_holder = (tid != 0).then_some(tid);
+            let mut raw = [0u8; std::mem::size_of::<mproc_sync::RawLock>()];
+            if let Some(c) = p
+                .read_payload(0, &mut raw)
+                .ok()
+                .and_then(|n| mproc_sync::LockCounters::from_bytes(&raw[..n]))
+            {
+                out.lock_holder = c.holder;
+                out.lock = Some(LockInfo {
+                    acquisitions: c.acquisitions,
+                    contentions: c.contentions,
+                    owner_deaths: c.owner_deaths,
+                });
             }
         }
         if detail {
@@ -127,80 +164,157 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The Prometheus text exposition format of the segments' gauges.
+/// Gauges go up and down; counters only go up (since the segment was made).
+#[derive(Clone, Copy, PartialEq)]
+enum Type {
+    Gauge,
+    Counter,
+}
+
+/// The Prometheus text exposition format of the segments' gauges and counters.
 pub fn metrics(infos: &[SegmentInfo]) -> String {
-    let mut families: Vec<(&str, &str, Vec<String>)> = vec![
+    use Type::{Counter, Gauge};
+    let families: [(&str, &str, Type); 18] = [
         (
             "mproc_segment_bytes",
             "Total length of an mproc segment, in bytes.",
-            vec![],
+            Gauge,
         ),
         (
             "mproc_segment_creator_alive",
             "1 if the segment's creator still runs.",
-            vec![],
+            Gauge,
         ),
         (
             "mproc_queue_length",
             "Messages in a queue (published, not yet taken).",
-            vec![],
+            Gauge,
         ),
-        ("mproc_queue_capacity", "Slots of a queue.", vec![]),
+        ("mproc_queue_capacity", "Slots of a queue.", Gauge),
         (
             "mproc_queue_arena_bytes",
             "Bytes of a queue's body arena.",
-            vec![],
+            Gauge,
         ),
-        ("mproc_queue_closed", "1 if the queue was closed.", vec![]),
-        ("mproc_queue_handles", "Handles open on a queue.", vec![]),
+        ("mproc_queue_closed", "1 if the queue was closed.", Gauge),
+        ("mproc_queue_handles", "Handles open on a queue.", Gauge),
         (
             "mproc_queue_unfinished",
             "JoinableQueue items not yet reported done.",
-            vec![],
+            Gauge,
         ),
-        ("mproc_lock_held", "1 if the lock is held.", vec![]),
+        (
+            "mproc_queue_blocked_producers",
+            "Producers asleep waiting for room.",
+            Gauge,
+        ),
+        (
+            "mproc_queue_blocked_consumers",
+            "Consumers asleep waiting for an item.",
+            Gauge,
+        ),
+        (
+            "mproc_queue_put_total",
+            "Items put into a queue since it was made.",
+            Counter,
+        ),
+        (
+            "mproc_queue_got_total",
+            "Items taken from a queue since it was made.",
+            Counter,
+        ),
+        (
+            "mproc_queue_dead_skipped_total",
+            "Slots skipped because their producer died mid-put.",
+            Counter,
+        ),
+        (
+            "mproc_queue_dead_reclaimed_total",
+            "Slots reclaimed because their reader died mid-get.",
+            Counter,
+        ),
+        ("mproc_lock_held", "1 if the lock is held.", Gauge),
+        (
+            "mproc_lock_acquisitions_total",
+            "Acquisitions of a lock since it was made.",
+            Counter,
+        ),
+        (
+            "mproc_lock_contentions_total",
+            "Lockers that found a lock held and waited.",
+            Counter,
+        ),
+        (
+            "mproc_lock_owner_deaths_total",
+            "Take-overs of a lock from a holder that died.",
+            Counter,
+        ),
     ];
-    let mut push = |family: usize, labels: String, value: u64| {
-        let name = families[family].0;
-        families[family]
-            .2
-            .push(format!("{name}{{{labels}}} {value}"));
+    let mut samples: Vec<Vec<String>> = vec![Vec::new(); families.len()];
+    let mut push = |family: &str, labels: &str, value: u64| {
+        if let Some(i) = families.iter().position(|f| f.0 == family) {
+            samples[i].push(format!("{family}{{{labels}}} {value}"));
+        }
     };
     for i in infos.iter().filter(|i| i.status == "mproc") {
         let name = label(&i.name);
         let kind = label(i.kind.as_deref().unwrap_or(""));
+        let l = format!("name=\"{name}\"");
         push(
-            0,
-            format!("name=\"{name}\",kind=\"{kind}\""),
+            "mproc_segment_bytes",
+            &format!("name=\"{name}\",kind=\"{kind}\""),
             i.bytes.unwrap_or(0),
         );
-        push(1, format!("name=\"{name}\""), u64::from(i.creator_alive));
+        push(
+            "mproc_segment_creator_alive",
+            &l,
+            u64::from(i.creator_alive),
+        );
         if let Some(q) = &i.queue {
-            let l = format!("name=\"{name}\"");
-            push(2, l.clone(), q.length);
-            push(3, l.clone(), q.capacity);
-            push(4, l.clone(), q.arena_bytes);
-            push(5, l.clone(), u64::from(q.closed));
-            push(6, l.clone(), u64::from(q.handles));
-            push(7, l, q.unfinished);
-        }
-        if i.kind
-            .as_deref()
-            .is_some_and(|k| k == "lock" || k == "rlock")
-        {
+            push("mproc_queue_length", &l, q.length);
+            push("mproc_queue_capacity", &l, q.capacity);
+            push("mproc_queue_arena_bytes", &l, q.arena_bytes);
+            push("mproc_queue_closed", &l, u64::from(q.closed));
+            push("mproc_queue_handles", &l, u64::from(q.handles));
+            push("mproc_queue_unfinished", &l, q.unfinished);
             push(
-                8,
-                format!("name=\"{name}\""),
-                u64::from(i.lock_holder.is_some()),
+                "mproc_queue_blocked_producers",
+                &l,
+                u64::from(q.blocked_producers),
+            );
+            push(
+                "mproc_queue_blocked_consumers",
+                &l,
+                u64::from(q.blocked_consumers),
+            );
+            push("mproc_queue_put_total", &l, q.put_total);
+            push("mproc_queue_got_total", &l, q.got_total);
+            push("mproc_queue_dead_skipped_total", &l, q.dead_skipped);
+            push("mproc_queue_dead_reclaimed_total", &l, q.dead_reclaimed);
+        }
+        if let Some(c) = &i.lock {
+            if i.kind
+                .as_deref()
+                .is_some_and(|k| k == "lock" || k == "rlock")
+            {
+                push("mproc_lock_held", &l, u64::from(i.lock_holder.is_some()));
+            }
+            push("mproc_lock_acquisitions_total", &l, c.acquisitions);
+            push("mproc_lock_contentions_total", &l, u64::from(c.contentions));
+            push(
+                "mproc_lock_owner_deaths_total",
+                &l,
+                u64::from(c.owner_deaths),
             );
         }
     }
     let mut out = String::new();
-    for (name, help, samples) in families {
+    for ((name, help, ty), samples) in families.iter().zip(samples) {
         if samples.is_empty() {
             continue;
         }
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        let ty = if *ty == Counter { "counter" } else { "gauge" };
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {ty}\n"));
         for s in samples {
             out.push_str(&s);
             out.push('\n');

@@ -276,6 +276,8 @@ fn json_and_metrics_describe_a_queue_and_a_held_lock() {
             .find(|e| e["name"] == lname.as_str())
             .unwrap();
         assert_eq!(le["lock_holder"], nix::unistd::gettid().as_raw());
+        assert_eq!(le["lock"]["acquisitions"], 1);
+        assert_eq!(qe["queue"]["put_total"], 2);
 
         let one: serde_json::Value =
             serde_json::from_str(&mproc(&["inspect", "--json", &qname])).unwrap();
@@ -300,6 +302,38 @@ fn json_and_metrics_describe_a_queue_and_a_held_lock() {
         assert!(
             metrics.contains("# TYPE mproc_queue_length gauge"),
             "{metrics}"
+        );
+        // Counters: two puts, nothing taken yet; one acquisition of the lock.
+        for (series, value) in [
+            (format!("mproc_queue_put_total{{name=\"{qname}\"}}"), 2),
+            (format!("mproc_queue_got_total{{name=\"{qname}\"}}"), 0),
+            (
+                format!("mproc_queue_blocked_consumers{{name=\"{qname}\"}}"),
+                0,
+            ),
+            (
+                format!("mproc_lock_acquisitions_total{{name=\"{lname}\"}}"),
+                1,
+            ),
+            (
+                format!("mproc_lock_owner_deaths_total{{name=\"{lname}\"}}"),
+                0,
+            ),
+        ] {
+            assert!(
+                metrics.contains(&format!("{series} {value}\n")),
+                "{series} {value} missing: {metrics}"
+            );
+        }
+        assert!(
+            metrics.contains("# TYPE mproc_queue_put_total counter"),
+            "{metrics}"
+        );
+        q.get().unwrap();
+        let after = mproc(&["metrics", "--prefix", &prefix]);
+        assert!(
+            after.contains(&format!("mproc_queue_got_total{{name=\"{qname}\"}} 1\n")),
+            "{after}"
         );
     });
 }

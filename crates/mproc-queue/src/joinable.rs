@@ -216,6 +216,11 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         self.queue.is_closed()
     }
 
+    /// The queue's counters (see [`Queue::stats`](crate::Queue::stats)).
+    pub fn stats(&self) -> crate::RingSnapshot {
+        self.queue.stats()
+    }
+
     /// Whether every slot holds an item now.
     pub fn is_full(&self) -> bool {
         self.queue.is_full()

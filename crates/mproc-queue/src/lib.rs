@@ -69,6 +69,13 @@ macro_rules! queue_state_methods {
         pub fn segment(&self) -> &mproc_segment::Segment {
             self.raw.segment()
         }
+
+        /// The queue's counters as every process sees them: items put and taken since it was
+        /// made, sleepers on each side, slots recovered from dead peers (what `mproc metrics`
+        /// reports). Each field is read on its own: a snapshot, not an atomic picture.
+        pub fn stats(&self) -> $crate::RingSnapshot {
+            self.raw.header().snapshot()
+        }
     };
 }
 

@@ -87,7 +87,9 @@ pub(crate) fn decode(word: u64) -> (u32, State, u32) {
 /// and not yet `task_done`), `all_done` (joiners sleep here), `attached` (handles open on the
 /// queue, shown by tools), `capacity` / `slot_size` / `arena_units` / `arena_unit` (the
 /// geometry: written once at creation, copied and validated once by every opener, never read
-/// again).
+/// again), `dead_skipped` / `dead_reclaimed` (counters bumped only on the slow path that finds
+/// a dead peer's slot). Items put and taken need no counter: `tail` and `head` are exactly
+/// that, and never go back.
 #[repr(C, align(128))]
 #[derive(Debug, Default)]
 pub struct RingHeader {
@@ -105,6 +107,10 @@ pub struct RingHeader {
     pub(crate) not_empty: Parking,
     pub(crate) not_full: Parking,
     pub(crate) all_done: Parking,
+    /// Slots skipped because their producer died before publishing (slow path only).
+    pub(crate) dead_skipped: AtomicU64,
+    /// Slots reclaimed because their reader died while reading (slow path only).
+    pub(crate) dead_reclaimed: AtomicU64,
 }
 
 #[cfg(not(loom))]
@@ -127,6 +133,18 @@ pub struct RingSnapshot {
     pub unfinished: u64,
     /// Bytes of the body arena (0: none).
     pub arena_bytes: u64,
+    /// Items put since creation (the ring's tail: every claimed position).
+    pub put_total: u64,
+    /// Items taken since creation (the head).
+    pub got_total: u64,
+    /// Producers asleep waiting for room now (may count processes that died asleep).
+    pub blocked_producers: u32,
+    /// Consumers asleep waiting for an item now (likewise).
+    pub blocked_consumers: u32,
+    /// Slots skipped because their producer died before publishing.
+    pub dead_skipped: u64,
+    /// Slots reclaimed because their reader died while reading.
+    pub dead_reclaimed: u64,
 }
 
 impl RingSnapshot {
@@ -142,6 +160,8 @@ impl RingSnapshot {
         };
         let head = u64_at(offset_of!(RingHeader, head))?;
         let tail = u64_at(offset_of!(RingHeader, tail))?;
+        // A Parking is (seq, waiters): the waiter count is its second u32.
+        let waiters = |at: usize| u32_at(at + 4);
         Some(RingSnapshot {
             capacity: u64_at(offset_of!(RingHeader, capacity))?,
             slot_size: u64_at(offset_of!(RingHeader, slot_size))?,
@@ -151,6 +171,12 @@ impl RingSnapshot {
             unfinished: u64_at(offset_of!(RingHeader, unfinished))?,
             arena_bytes: u64_at(offset_of!(RingHeader, arena_units))?
                 .saturating_mul(u64_at(offset_of!(RingHeader, arena_unit))?),
+            put_total: tail,
+            got_total: head,
+            blocked_producers: waiters(offset_of!(RingHeader, not_full))?,
+            blocked_consumers: waiters(offset_of!(RingHeader, not_empty))?,
+            dead_skipped: u64_at(offset_of!(RingHeader, dead_skipped))?,
+            dead_reclaimed: u64_at(offset_of!(RingHeader, dead_reclaimed))?,
         })
     }
 }
@@ -172,6 +198,12 @@ impl RingHeader {
                 .arena_units
                 .load(Ordering::Relaxed)
                 .saturating_mul(self.arena_unit.load(Ordering::Relaxed)),
+            put_total: tail,
+            got_total: head,
+            blocked_producers: self.not_full.waiters(),
+            blocked_consumers: self.not_empty.waiters(),
+            dead_skipped: self.dead_skipped.load(Ordering::Relaxed),
+            dead_reclaimed: self.dead_reclaimed.load(Ordering::Relaxed),
         }
     }
 }
@@ -322,7 +354,12 @@ impl<S: Slots> Ring<'_, S> {
                 if check_peers && state == State::Reading && !self.slots.is_alive(pid) {
                     // Its reader died while copying it out: reclaim the slot.
                     let free = encode(lap, State::Empty, 0);
-                    let _ = word.compare_exchange(w, free, Ordering::SeqCst, Ordering::Relaxed);
+                    if word
+                        .compare_exchange(w, free, Ordering::SeqCst, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        hdr.dead_reclaimed.fetch_add(1, Ordering::Relaxed);
+                    }
                     continue;
                 }
                 if hdr.tail.load(Ordering::SeqCst) == pos {
@@ -418,6 +455,7 @@ impl<S: Slots> Ring<'_, S> {
                             .compare_exchange(w, skip, Ordering::SeqCst, Ordering::Relaxed)
                             .is_ok()
                         {
+                            hdr.dead_skipped.fetch_add(1, Ordering::Relaxed);
                             Self::help_advance(&hdr.head, pos);
                             hdr.not_full.wake_one();
                         }

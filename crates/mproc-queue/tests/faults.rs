@@ -20,6 +20,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 fn random_sigkills_lose_nothing_acknowledged_and_never_hang() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let (mut kills_landed, mut consumer_kills, mut items_checked) = (0u64, 0u64, 0u64);
+    let mut dead_slots = 0u64;
     for round in 0..ROUNDS {
         let q: PodQueue<u64> = PodQueue::new(16).unwrap();
         let n = (2 * PER_PRODUCER) as usize;
@@ -64,6 +65,18 @@ fn random_sigkills_lose_nothing_acknowledged_and_never_hang() {
         kills_landed += u64::from(kill.landed);
         consumer_kills += u64::from(kill.consumer_died);
         let consumer_died = kill.consumer_died;
+        // One victim leaves at most one slot behind: a producer's unpublished slot (skipped)
+        // or a consumer's half-read one (reclaimed), never both, and only its own kind.
+        let st = q.stats();
+        let producer_victim = victim < 2;
+        assert!(
+            st.dead_skipped + st.dead_reclaimed <= 1
+                && (producer_victim || st.dead_skipped == 0)
+                && (!producer_victim || st.dead_reclaimed == 0),
+            "round {round}: victim {victim}, {st:?}"
+        );
+        assert_eq!(st.len, 0, "round {round}: drained queue has items: {st:?}");
+        dead_slots += st.dead_skipped + st.dead_reclaimed;
 
         let mut missing = 0;
         for (i, s) in seen.iter().enumerate() {
@@ -85,6 +98,6 @@ fn random_sigkills_lose_nothing_acknowledged_and_never_hang() {
         );
     }
     println!(
-        "fault injection: {ROUNDS} rounds, {kills_landed} kills landed ({consumer_kills} consumers), {items_checked} items checked"
+        "fault injection: {ROUNDS} rounds, {kills_landed} kills landed ({consumer_kills} consumers), {dead_slots} dead peers' slots recovered, {items_checked} items checked"
     );
 }

@@ -433,3 +433,66 @@ fn a_message_that_fails_to_decode_is_an_error_and_releases_its_slot() {
     q.put(Fragile { boom: false, n: 2 }).unwrap();
     assert_eq!(q.get(), Ok(Fragile { boom: false, n: 2 }));
 }
+
+/// Polls `f` until it holds or `within` passes (observing another process's state, which
+/// cannot notify us; the result is asserted, never assumed).
+fn eventually(within: Duration, f: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    f()
+}
+
+#[test]
+fn stats_count_puts_gets_and_sleepers_across_processes() {
+    let q: Queue<String> = Queue::new(8).unwrap();
+    let producer = fork_child(|| {
+        for i in 0..100 {
+            if q.put(format!("item {i}")).is_err() {
+                return 1;
+            }
+        }
+        0
+    });
+    for _ in 0..60 {
+        q.get_timeout(LONG).unwrap();
+    }
+    // The producer has 40 more to put and 8 slots: it blocks until we take more.
+    assert!(
+        eventually(LONG, || q.stats().blocked_producers == 1),
+        "{:?}",
+        q.stats()
+    );
+    for _ in 0..40 {
+        q.get_timeout(LONG).unwrap();
+    }
+    producer.assert_success();
+    let st = q.stats();
+    assert_eq!(
+        (st.put_total, st.got_total, st.len),
+        (100, 100, 0),
+        "{st:?}"
+    );
+    assert_eq!(st.blocked_producers, 0, "{st:?}");
+
+    // A consumer asleep on the empty queue is counted, and leaves the count when woken.
+    let consumer = fork_child(|| match q.get_timeout(LONG) {
+        Ok(s) if s == "wake" => 0,
+        _ => 1,
+    });
+    assert!(
+        eventually(LONG, || q.stats().blocked_consumers == 1),
+        "{:?}",
+        q.stats()
+    );
+    q.put("wake".to_string()).unwrap();
+    consumer.assert_success();
+    let st = q.stats();
+    assert_eq!((st.put_total, st.got_total), (101, 101), "{st:?}");
+    assert_eq!(st.blocked_consumers, 0, "{st:?}");
+    assert_eq!((st.dead_skipped, st.dead_reclaimed), (0, 0), "{st:?}");
+}

@@ -54,7 +54,7 @@ pub use barrier::RawBarrier;
 pub use error::{BarrierError, LockError, SemaphoreError};
 pub use event::RawEvent;
 pub use park::Parking;
-pub use raw_lock::{RawGuard, RawLock};
+pub use raw_lock::{LockCounters, RawGuard, RawLock};
 pub use semaphore::RawSemaphore;
 
 #[cfg(not(loom))]

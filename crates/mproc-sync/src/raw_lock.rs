@@ -55,7 +55,11 @@ const KIND_RECURSIVE: u32 = 2;
 /// Fields: `word` (the owner word, see the module docs: written by lockers, unlockers and
 /// takers, always by CAS or swap); `count` (an [`RLock`](crate::RLock)'s depth; written by the
 /// owner only); `inconsistent` (1 while an owner death is unresolved; written by holders);
-/// `kind` (0 unset, 1 plain, 2 re-entrant; written once by `init`, checked by `open`).
+/// `kind` (0 unset, 1 plain, 2 re-entrant; written once by `init`, checked by `open`);
+/// counters for tools: `acquisitions` (written by each new holder, under the lock, on the
+/// line it already owns: a load and a store, no extra atomic read-modify-write),
+/// `contentions` (lockers that had to wait) and `owner_deaths` (take-overs from a dead
+/// holder), both bumped on the slow path only.
 #[repr(C, align(8))]
 #[derive(Default)]
 pub struct RawLock {
@@ -63,13 +67,59 @@ pub struct RawLock {
     count: AtomicU32,
     inconsistent: AtomicU32,
     kind: AtomicU32,
-    _pad: [u32; 7],
+    _pad0: u32,
+    acquisitions: AtomicU64,
+    contentions: AtomicU32,
+    owner_deaths: AtomicU32,
+    _pad1: [u32; 2],
 }
 
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<RawLock>() == 48);
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::align_of::<RawLock>() == 8);
+
+/// What [`RawLock::counters`] reports: the holder and the counters since the lock was made.
+///
+/// ```
+/// use mproc_sync::RawLock;
+/// let l = RawLock::new(false);
+/// drop(l.lock().unwrap());
+/// let c = l.counters();
+/// assert_eq!((c.holder, c.acquisitions, c.owner_deaths), (None, 1, 0));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LockCounters {
+    /// The holder's thread id, if held.
+    pub holder: Option<u32>,
+    /// Acquisitions since the lock was made (re-entries of an `RLock` not counted).
+    pub acquisitions: u64,
+    /// Lockers that found it held and had to wait.
+    pub contentions: u32,
+    /// Take-overs from a holder that died.
+    pub owner_deaths: u32,
+}
+
+#[cfg(not(loom))]
+impl LockCounters {
+    /// Decodes the counters from a copy of a lock's 48 bytes (as tools read them with
+    /// `pread`, without mapping the segment); `None` if `bytes` is shorter than a lock.
+    pub fn from_bytes(bytes: &[u8]) -> Option<LockCounters> {
+        use std::mem::offset_of;
+        let u32_at = |at: usize| Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+        let u64_at = |at: usize| Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+        if bytes.len() < std::mem::size_of::<RawLock>() {
+            return None;
+        }
+        let tid = (u64_at(offset_of!(RawLock, word))? & TID_MASK) as u32;
+        Some(LockCounters {
+            holder: (tid != 0).then_some(tid),
+            acquisitions: u64_at(offset_of!(RawLock, acquisitions))?,
+            contentions: u32_at(offset_of!(RawLock, contentions))?,
+            owner_deaths: u32_at(offset_of!(RawLock, owner_deaths))?,
+        })
+    }
+}
 
 // SAFETY: #[repr(C)] atomics and padding that is never written; every bit pattern is a lock
 // state (possibly nonsensical: held by a thread that does not exist, which waiters detect);
@@ -134,6 +184,9 @@ impl RawLock {
         self.word.store(0, Ordering::Relaxed);
         self.count.store(0, Ordering::Relaxed);
         self.inconsistent.store(0, Ordering::Relaxed);
+        self.acquisitions.store(0, Ordering::Relaxed);
+        self.contentions.store(0, Ordering::Relaxed);
+        self.owner_deaths.store(0, Ordering::Relaxed);
         let kind = if recursive {
             KIND_RECURSIVE
         } else {
@@ -251,6 +304,7 @@ impl RawLock {
         deadline: Option<Instant>,
         recursive: bool,
     ) -> Result<(), LockError<()>> {
+        self.contentions.fetch_add(1, Ordering::Relaxed);
         #[cfg(not(loom))]
         {
             let backoff = crossbeam_utils::Backoff::new();
@@ -327,15 +381,31 @@ impl RawLock {
         self.acquired(recursive, true)
     }
 
-    /// Bookkeeping once the word names us: the depth, and the owner-death report.
+    /// Bookkeeping once the word names us: the depth, the counter, the owner-death report.
     fn acquired(&self, recursive: bool, owner_died: bool) -> Result<(), LockError<()>> {
         if recursive {
             self.count.store(1, Ordering::Relaxed);
         }
+        // Only the holder writes it: a load and a store are exact (and cheap).
+        let n = self.acquisitions.load(Ordering::Relaxed);
+        self.acquisitions
+            .store(n.wrapping_add(1), Ordering::Relaxed);
         if owner_died {
             self.inconsistent.store(1, Ordering::Relaxed);
+            self.owner_deaths.fetch_add(1, Ordering::Relaxed);
         }
         self.consistency(())
+    }
+
+    /// The lock's counters and holder, as tools show them (each field read on its own: a
+    /// snapshot, not an atomic picture).
+    pub fn counters(&self) -> LockCounters {
+        LockCounters {
+            holder: self.holder(),
+            acquisitions: self.acquisitions.load(Ordering::Relaxed),
+            contentions: self.contentions.load(Ordering::Relaxed),
+            owner_deaths: self.owner_deaths.load(Ordering::Relaxed),
+        }
     }
 
     fn consistency<G>(&self, g: G) -> Result<G, LockError<G>> {

@@ -520,3 +520,42 @@ fn a_barrier_timeout_breaks_it_for_everyone_until_reset() {
         k.assert_success();
     }
 }
+
+#[test]
+fn lock_counters_count_acquisitions_waits_and_owner_deaths() {
+    let lock = Lock::new().unwrap();
+    for _ in 0..3 {
+        drop(lock.lock().unwrap());
+    }
+    let c = lock.raw().counters();
+    assert_eq!(
+        (c.holder, c.acquisitions, c.contentions, c.owner_deaths),
+        (None, 3, 0, 0)
+    );
+
+    // A child takes it and dies holding it: we wait (a contention), take it over (a death).
+    let mut child = owner_dies(&lock, block_forever);
+    let c = lock.raw().counters();
+    assert_eq!(c.acquisitions, 4);
+    assert!(c.holder.is_some());
+    child.signal(Signal::SIGKILL);
+    child.wait();
+    match lock.lock_timeout(LONG) {
+        Err(LockError::OwnerDied(g)) => g.make_consistent(),
+        other => panic!("expected OwnerDied, got {other:?}"),
+    }
+    let c = lock.raw().counters();
+    assert_eq!(
+        (c.holder, c.acquisitions, c.contentions, c.owner_deaths),
+        (None, 5, 1, 1)
+    );
+
+    // The counters are in shared memory: another process sees them and adds to them.
+    fork_child(|| {
+        let c = lock.raw().counters();
+        let ok = c.acquisitions == 5 && c.owner_deaths == 1 && lock.lock().is_ok();
+        if ok { 0 } else { 1 }
+    })
+    .assert_success();
+    assert_eq!(lock.raw().counters().acquisitions, 6);
+}
