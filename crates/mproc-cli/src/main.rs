@@ -5,6 +5,9 @@
 //!                                           creator
 //! mproc inspect [--json] NAME          the header, and for a queue its length and state
 //! mproc metrics [--prefix P]           the same numbers in Prometheus's text format
+//! mproc top [--prefix P] [--interval-ms MS] [--count N]
+//!                                     queue and lock rates (puts/s, gets/s, acquisitions/s),
+//!                                     sleepers and dead-peer recoveries, every interval
 //! mproc gc [--prefix P] [--yes]
 //!                                     unlink segments whose creator is dead and that no live
 //!                                     process maps (dry run unless --yes)
@@ -57,6 +60,19 @@ enum Command {
         #[arg(long, default_value = "")]
         prefix: String,
     },
+    /// Every interval, print each queue's and lock's rates (items put and taken per second,
+    /// acquisitions per second), its sleepers, and recoveries from dead peers.
+    Top {
+        /// Only names starting with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Milliseconds between samples.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+        interval_ms: u64,
+        /// Stop after this many reports (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Unlink segments whose creator is dead and that no live process maps.
     Gc {
         /// Only names starting with this prefix.
@@ -78,6 +94,15 @@ fn main() -> ExitCode {
         Command::Inspect { name, json: true } => inspect_json(&name),
         Command::Inspect { name, .. } => inspect(&name),
         Command::Metrics { prefix } => metrics(&prefix),
+        Command::Top {
+            prefix,
+            interval_ms,
+            count,
+        } => report::top(
+            &prefix,
+            std::time::Duration::from_millis(interval_ms),
+            count,
+        ),
         Command::Gc { prefix, yes } => gc(&prefix, yes),
     };
     match result {

@@ -322,3 +322,113 @@ pub fn metrics(infos: &[SegmentInfo]) -> String {
     }
     out
 }
+
+/// The counters `top` turns into rates, by segment name.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    put: u64,
+    got: u64,
+    acquisitions: u64,
+}
+
+fn sample_of(i: &SegmentInfo) -> Sample {
+    Sample {
+        put: i.queue.as_ref().map_or(0, |q| q.put_total),
+        got: i.queue.as_ref().map_or(0, |q| q.got_total),
+        acquisitions: i.lock.as_ref().map_or(0, |l| l.acquisitions),
+    }
+}
+
+/// Per second, from two readings of a counter `secs` apart (0 if it went back: a segment that
+/// was replaced under the same name).
+fn rate(now: u64, before: u64, secs: f64) -> f64 {
+    now.checked_sub(before).map_or(0.0, |d| d as f64 / secs)
+}
+
+/// `mproc top`: every `interval`, a table of the queues' and locks' rates since the last one.
+pub fn top(prefix: &str, interval: std::time::Duration, count: Option<u64>) -> Result<(), String> {
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::time::Instant;
+    let read = || -> Result<Vec<SegmentInfo>, String> {
+        let entries =
+            crate::scan::scan(prefix).map_err(|e| format!("cannot read /dev/shm: {e}"))?;
+        Ok(entries
+            .iter()
+            .map(|e| info(e, false))
+            .filter(|i| i.queue.is_some() || i.lock.is_some())
+            .collect())
+    };
+    let mut before: HashMap<String, Sample> = read()?
+        .iter()
+        .map(|i| (i.name.clone(), sample_of(i)))
+        .collect();
+    let mut at = Instant::now();
+    let mut out = std::io::stdout().lock();
+    for _ in 0..count.unwrap_or(u64::MAX) {
+        std::thread::sleep(interval);
+        let infos = read()?;
+        let secs = at.elapsed().as_secs_f64().max(1e-3);
+        at = Instant::now();
+        let mut text = format!(
+            "{:<40} {:<10} {:>13} {:>11} {:>11} {:>9} {:>11} {:>8} {:>6}\n",
+            "NAME", "KIND", "LEN/CAP", "PUT/S", "GET/S", "ASLEEP", "ACQUIRE/S", "WAITS", "DEAD"
+        );
+        for i in &infos {
+            let now = sample_of(i);
+            // New since the last report: its rate is measured from the next one.
+            let was = before.get(&i.name).copied().unwrap_or(now);
+            let kind = i.kind.as_deref().unwrap_or("");
+            let (len, asleep, dead) = match &i.queue {
+                Some(q) => (
+                    format!("{}/{}", q.length, q.capacity),
+                    format!("{}p {}c", q.blocked_producers, q.blocked_consumers),
+                    q.dead_skipped + q.dead_reclaimed,
+                ),
+                None => ("-".into(), "-".into(), 0),
+            };
+            let (acq, waits, deaths) = match &i.lock {
+                Some(l) => (
+                    format!("{:.0}", rate(now.acquisitions, was.acquisitions, secs)),
+                    l.contentions.to_string(),
+                    u64::from(l.owner_deaths),
+                ),
+                None => ("-".into(), "-".into(), 0),
+            };
+            let (put, got) = if i.queue.is_some() {
+                (
+                    format!("{:.0}", rate(now.put, was.put, secs)),
+                    format!("{:.0}", rate(now.got, was.got, secs)),
+                )
+            } else {
+                ("-".into(), "-".into())
+            };
+            text.push_str(&format!(
+                "{:<40} {:<10} {:>13} {:>11} {:>11} {:>9} {:>11} {:>8} {:>6}\n",
+                i.name,
+                kind,
+                len,
+                put,
+                got,
+                asleep,
+                acq,
+                waits,
+                dead + deaths
+            ));
+        }
+        text.push('\n');
+        // A closed pipe (`mproc top | head`) ends the command quietly.
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return Ok(());
+        }
+        before = infos
+            .iter()
+            .map(|i| (i.name.clone(), sample_of(i)))
+            .collect();
+    }
+    Ok(())
+}

@@ -337,3 +337,67 @@ fn json_and_metrics_describe_a_queue_and_a_held_lock() {
         );
     });
 }
+
+#[test]
+fn top_reports_rates_of_a_busy_queue_and_lock() {
+    with_deadline(Duration::from_secs(60), || {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let prefix = unique_name("cli-top");
+        let qname = format!("{prefix}-q");
+        let lname = format!("{prefix}-l");
+        let idle = format!("{prefix}-idle");
+        let q: mproc_queue::PodQueue<u64> = mproc_queue::PodQueue::create(&qname, 64).unwrap();
+        let quiet: mproc_queue::PodQueue<u64> = mproc_queue::PodQueue::create(&idle, 8).unwrap();
+        quiet.put(7).unwrap();
+        let lock = mproc_sync::Lock::create(&lname).unwrap();
+        let stop = AtomicBool::new(false);
+        let out = std::thread::scope(|s| {
+            // Busy until `top` has printed both reports.
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    q.put(1).unwrap();
+                    q.get().unwrap();
+                    drop(lock.lock().unwrap());
+                }
+            });
+            let out = mproc(&[
+                "top",
+                "--prefix",
+                &prefix,
+                "--interval-ms",
+                "200",
+                "--count",
+                "2",
+            ]);
+            stop.store(true, Ordering::Relaxed);
+            out
+        });
+        let reports: Vec<&str> = out.split("\n\n").filter(|r| !r.is_empty()).collect();
+        assert_eq!(reports.len(), 2, "{out}");
+        for r in reports {
+            let field = |name: &str, col: usize| -> String {
+                line_of(r, name)
+                    .unwrap_or_else(|| panic!("{name} missing: {r}"))
+                    .split_whitespace()
+                    .nth(col)
+                    .unwrap()
+                    .to_owned()
+            };
+            // NAME KIND LEN/CAP PUT/S GET/S ...
+            let busy_put: f64 = field(&qname, 3).parse().unwrap();
+            let busy_get: f64 = field(&qname, 4).parse().unwrap();
+            assert!(busy_put > 0.0 && busy_get > 0.0, "{r}");
+            assert_eq!(field(&idle, 2), "1/8", "{r}");
+            assert_eq!(field(&idle, 3), "0", "{r}");
+            // Counted from the end: ACQUIRE/S, WAITS, DEAD.
+            let acq: f64 = line_of(r, &lname)
+                .unwrap()
+                .split_whitespace()
+                .nth_back(2)
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(acq > 0.0, "{r}");
+        }
+    });
+}
