@@ -55,6 +55,12 @@ pub struct QueueInfo {
     pub dead_skipped: u64,
     /// Slots reclaimed because their reader died mid-get.
     pub dead_reclaimed: u64,
+    /// Most items seen at once (sampled; the capacity once it ran full).
+    pub high_water: u64,
+    /// Puts that found every slot taken.
+    pub full_waits: u64,
+    /// Puts whose body found the arena full.
+    pub space_waits: u64,
 }
 
 /// A lock's counters since it was made.
@@ -131,6 +137,9 @@ pub fn info(e: &Entry, detail: bool) -> SegmentInfo {
                         blocked_consumers: r.blocked_consumers,
                         dead_skipped: r.dead_skipped,
                         dead_reclaimed: r.dead_reclaimed,
+                        high_water: r.high_water,
+                        full_waits: r.full_waits,
+                        space_waits: r.space_waits,
                     });
                 }
             }
@@ -174,7 +183,7 @@ enum Type {
 /// The Prometheus text exposition format of the segments' gauges and counters.
 pub fn metrics(infos: &[SegmentInfo]) -> String {
     use Type::{Counter, Gauge};
-    let families: [(&str, &str, Type); 18] = [
+    let families: [(&str, &str, Type); 21] = [
         (
             "mproc_segment_bytes",
             "Total length of an mproc segment, in bytes.",
@@ -212,6 +221,21 @@ pub fn metrics(infos: &[SegmentInfo]) -> String {
             "mproc_queue_blocked_consumers",
             "Consumers asleep waiting for an item.",
             Gauge,
+        ),
+        (
+            "mproc_queue_high_water",
+            "Most items seen in a queue at once (sampled; the capacity once it ran full).",
+            Gauge,
+        ),
+        (
+            "mproc_queue_full_waits_total",
+            "Puts that found every slot of a queue taken.",
+            Counter,
+        ),
+        (
+            "mproc_queue_space_waits_total",
+            "Puts whose body found the queue's arena full.",
+            Counter,
         ),
         (
             "mproc_queue_put_total",
@@ -287,6 +311,9 @@ pub fn metrics(infos: &[SegmentInfo]) -> String {
                 &l,
                 u64::from(q.blocked_consumers),
             );
+            push("mproc_queue_high_water", &l, q.high_water);
+            push("mproc_queue_full_waits_total", &l, q.full_waits);
+            push("mproc_queue_space_waits_total", &l, q.space_waits);
             push("mproc_queue_put_total", &l, q.put_total);
             push("mproc_queue_got_total", &l, q.got_total);
             push("mproc_queue_dead_skipped_total", &l, q.dead_skipped);

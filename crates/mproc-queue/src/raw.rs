@@ -512,7 +512,11 @@ impl RawQueue {
 
     /// A non-blocking push (`try_put`): checks whether peers holding slots are alive.
     pub fn try_push(&self, fill: impl FnMut(&mut [u8], u64)) -> Push {
-        self.ring().try_push(current_pid(), true, fill)
+        let r = self.ring().try_push(current_pid(), true, fill);
+        if r == Push::Full {
+            self.header().full_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        r
     }
 
     /// A non-blocking pop (`try_get`): checks whether peers holding slots are alive.
@@ -533,6 +537,7 @@ impl RawQueue {
             Push::Full => {}
             done => return done,
         }
+        hdr.full_waits.fetch_add(1, Ordering::Relaxed);
         block(&hdr.not_full, deadline, |check| {
             match self.ring().try_push(me, check, &mut fill) {
                 Push::Full => None,
@@ -570,12 +575,17 @@ impl RawQueue {
     pub fn claim_push(&self, deadline: Option<Instant>, nonblocking: bool) -> Claim {
         let me = current_pid();
         if nonblocking {
-            return self.ring().try_claim_push(me, true);
+            let c = self.ring().try_claim_push(me, true);
+            if matches!(c, Claim::Full) {
+                self.header().full_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            return c;
         }
         match self.ring().try_claim_push(me, false) {
             Claim::Full => {}
             done => return done,
         }
+        self.header().full_waits.fetch_add(1, Ordering::Relaxed);
         block(&self.header().not_full, deadline, |check| {
             match self.ring().try_claim_push(me, check) {
                 Claim::Full => None,
@@ -618,6 +628,7 @@ impl RawQueue {
         if let Alloc::Done(pos) = arena.try_alloc(me, units) {
             return Some(Alloc::Done(pos));
         }
+        self.header().space_waits.fetch_add(1, Ordering::Relaxed);
         if nonblocking {
             arena.advance_tail(true);
             return Some(arena.try_alloc(me, units));

@@ -111,7 +111,18 @@ pub struct RingHeader {
     pub(crate) dead_skipped: AtomicU64,
     /// Slots reclaimed because their reader died while reading (slow path only).
     pub(crate) dead_reclaimed: AtomicU64,
+    /// The most items seen in the ring at once: sampled every [`HIGH_WATER_EVERY`] puts, and
+    /// set to the capacity whenever a producer finds the ring full.
+    pub(crate) high_water: AtomicU64,
+    /// Puts that found the ring full and had to wait (or failed, for `try_put`).
+    pub(crate) full_waits: AtomicU64,
+    /// Puts whose body found the arena full and had to wait (or failed).
+    pub(crate) space_waits: AtomicU64,
 }
+
+/// How often (in ring positions) a producer samples the queue's depth for `high_water`: one
+/// read of the consumers' cache line per this many puts keeps the fast path unchanged.
+pub const HIGH_WATER_EVERY: u64 = 64;
 
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<RingHeader>() == 384);
@@ -145,6 +156,13 @@ pub struct RingSnapshot {
     pub dead_skipped: u64,
     /// Slots reclaimed because their reader died while reading.
     pub dead_reclaimed: u64,
+    /// The most items seen in the queue at once (sampled every [`HIGH_WATER_EVERY`] puts;
+    /// exact when the queue ran full: then it is the capacity).
+    pub high_water: u64,
+    /// Puts that found every slot taken.
+    pub full_waits: u64,
+    /// Puts whose body found the arena full.
+    pub space_waits: u64,
 }
 
 impl RingSnapshot {
@@ -177,6 +195,9 @@ impl RingSnapshot {
             blocked_consumers: waiters(offset_of!(RingHeader, not_empty))?,
             dead_skipped: u64_at(offset_of!(RingHeader, dead_skipped))?,
             dead_reclaimed: u64_at(offset_of!(RingHeader, dead_reclaimed))?,
+            high_water: u64_at(offset_of!(RingHeader, high_water))?,
+            full_waits: u64_at(offset_of!(RingHeader, full_waits))?,
+            space_waits: u64_at(offset_of!(RingHeader, space_waits))?,
         })
     }
 }
@@ -204,6 +225,9 @@ impl RingHeader {
             blocked_consumers: self.not_empty.waiters(),
             dead_skipped: self.dead_skipped.load(Ordering::Relaxed),
             dead_reclaimed: self.dead_reclaimed.load(Ordering::Relaxed),
+            high_water: self.high_water.load(Ordering::Relaxed),
+            full_waits: self.full_waits.load(Ordering::Relaxed),
+            space_waits: self.space_waits.load(Ordering::Relaxed),
         }
     }
 }
@@ -342,6 +366,10 @@ impl<S: Slots> Ring<'_, S> {
                     self.cancel(Claimed { idx, lap, pos });
                     return Claim::Closed;
                 }
+                if pos % HIGH_WATER_EVERY == HIGH_WATER_EVERY - 1 {
+                    let depth = (pos + 1).saturating_sub(hdr.head.load(Ordering::Relaxed));
+                    Self::note_high_water(hdr, depth.min(self.mask + 1));
+                }
                 return Claim::Slot(Claimed { idx, lap, pos });
             }
             if wlap == lap || (wlap == lap.wrapping_add(1) && state == State::Empty) {
@@ -363,6 +391,7 @@ impl<S: Slots> Ring<'_, S> {
                     continue;
                 }
                 if hdr.tail.load(Ordering::SeqCst) == pos {
+                    Self::note_high_water(hdr, self.mask + 1);
                     return Claim::Full;
                 }
             }
@@ -371,6 +400,14 @@ impl<S: Slots> Ring<'_, S> {
         // Only a corrupted ring (or extreme contention) gets here: report "no room now"
         // rather than spin forever in a non-blocking call.
         Claim::Full
+    }
+
+    /// Raises the high-water mark to `depth` (a plain load first: once the mark is reached,
+    /// as it is after warm-up, nothing is written).
+    fn note_high_water(hdr: &RingHeader, depth: u64) {
+        if hdr.high_water.load(Ordering::Relaxed) < depth {
+            hdr.high_water.fetch_max(depth, Ordering::Relaxed);
+        }
     }
 
     /// Publishes a slot claimed by [`try_claim_push`](Self::try_claim_push) and filled.

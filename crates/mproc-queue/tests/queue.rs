@@ -478,6 +478,10 @@ fn stats_count_puts_gets_and_sleepers_across_processes() {
         "{st:?}"
     );
     assert_eq!(st.blocked_producers, 0, "{st:?}");
+    // It ran full (the producer waited at least once), so the high-water mark is exact.
+    assert!(st.full_waits >= 1, "{st:?}");
+    assert_eq!(st.high_water, 8, "{st:?}");
+    assert_eq!(st.space_waits, 0, "{st:?}");
 
     // A consumer asleep on the empty queue is counted, and leaves the count when woken.
     let consumer = fork_child(|| match q.get_timeout(LONG) {
@@ -495,4 +499,49 @@ fn stats_count_puts_gets_and_sleepers_across_processes() {
     assert_eq!((st.put_total, st.got_total), (101, 101), "{st:?}");
     assert_eq!(st.blocked_consumers, 0, "{st:?}");
     assert_eq!((st.dead_skipped, st.dead_reclaimed), (0, 0), "{st:?}");
+}
+
+#[test]
+fn stats_count_full_rings_and_full_arenas() {
+    let q: Queue<Vec<u8>> = QueueOptions::new()
+        .capacity(4)
+        .arena_bytes(64 << 10)
+        .anonymous()
+        .unwrap();
+    // A small queue: puts below the sampling period leave the mark unsampled...
+    q.put(vec![1]).unwrap();
+    assert_eq!(q.stats().high_water, 0);
+    // ...a full ring sets it to the capacity, and a refused try_put counts as a full wait.
+    for _ in 0..3 {
+        q.put(vec![1]).unwrap();
+    }
+    assert!(matches!(q.try_put(vec![2]), Err(PutError::Full(_))));
+    let st = q.stats();
+    assert_eq!(
+        (st.high_water, st.full_waits, st.space_waits),
+        (4, 1, 0),
+        "{st:?}"
+    );
+    while q.try_get().is_ok() {}
+
+    // A body bigger than the arena's free space: one space wait, nothing lost.
+    let big = vec![7u8; 40 << 10];
+    q.put(big.clone()).unwrap();
+    assert!(matches!(
+        q.put_timeout(big.clone(), Duration::from_millis(1)),
+        Err(PutError::Timeout(_))
+    ));
+    let st = q.stats();
+    assert_eq!(st.space_waits, 1, "{st:?}");
+    assert_eq!(q.get().unwrap(), big);
+    q.put(big.clone()).unwrap();
+    assert_eq!(q.get().unwrap(), big);
+
+    // Depth sampled on a longer run: 200 items queued at once in a large queue.
+    let deep: PodQueue<u64> = PodQueue::new(256).unwrap();
+    for i in 0..200 {
+        deep.put(i).unwrap();
+    }
+    let st = deep.stats();
+    assert!(st.high_water >= 128 && st.high_water <= 200, "{st:?}");
 }
