@@ -319,6 +319,7 @@ pub(crate) fn start_worker(boot: &Boot) -> Result<ChildProc, ProcessError> {
                 if let Some(old) = g.take() {
                     reap_server(old.server);
                 }
+                mproc_segment::slow_path_event!(?errno, "fork server gone; starting another");
             }
             r => return r,
         }

@@ -387,6 +387,11 @@ impl<S: Slots> Ring<'_, S> {
                         .is_ok()
                     {
                         hdr.dead_reclaimed.fetch_add(1, Ordering::Relaxed);
+                        mproc_segment::slow_path_event!(
+                            position = pos,
+                            reader_pid = pid,
+                            "queue slot reclaimed: its reader died while reading"
+                        );
                     }
                     continue;
                 }
@@ -493,6 +498,11 @@ impl<S: Slots> Ring<'_, S> {
                             .is_ok()
                         {
                             hdr.dead_skipped.fetch_add(1, Ordering::Relaxed);
+                            mproc_segment::slow_path_event!(
+                                position = pos,
+                                producer_pid = pid,
+                                "queue slot skipped: its producer died before publishing"
+                            );
                             Self::help_advance(&hdr.head, pos);
                             hdr.not_full.wake_one();
                         }

@@ -26,6 +26,21 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// Reports a slow-path event (a dead peer's slot recovered, a lock taken over, a worker
+/// replaced) as a `tracing` warning with target `"mproc"` when the calling crate is built
+/// with its `tracing` feature; expands to nothing otherwise. The arguments are those of
+/// `tracing::warn!` after the target; without the feature they are not evaluated.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! slow_path_event {
+    ($($arg:tt)*) => {
+        #[cfg(feature = "tracing")]
+        {
+            tracing::warn!(target: "mproc", $($arg)*);
+        }
+    };
+}
+
 mod error;
 mod header;
 mod name;

@@ -378,6 +378,10 @@ impl RawLock {
         {
             return Err(LockError::WouldBlock);
         }
+        mproc_segment::slow_path_event!(
+            dead_holder_tid = v & TID_MASK,
+            "lock taken over from a holder that died; the data it guards may be inconsistent"
+        );
         self.acquired(recursive, true)
     }
 

@@ -644,6 +644,13 @@ impl State {
                 self.pending.push_front(id);
                 self.retried += 1;
             } else {
+                mproc_segment::slow_path_event!(
+                    task = id,
+                    worker_pid = pid,
+                    ?signal,
+                    ?code,
+                    "pool task failed: its worker died while running it"
+                );
                 self.fail(id, &TaskError::WorkerDied { pid, signal, code });
             }
         }
@@ -663,6 +670,14 @@ impl State {
         }
         match start_one(&shared.results, &shared.config, i as u32, true) {
             Ok(w) => {
+                mproc_segment::slow_path_event!(
+                    slot = i,
+                    old_pid = pid,
+                    new_pid = w.child.pid(),
+                    status = ?status,
+                    cause = cause.as_str(),
+                    "pool worker replaced"
+                );
                 self.tasks_done += self.workers[i].completed;
                 self.workers[i] = w;
                 self.replaced += 1;
@@ -693,6 +708,20 @@ enum Cause {
     Cancelled,
     Memory,
     MaxTasks,
+}
+
+impl Cause {
+    /// The name events and stats use.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    fn as_str(&self) -> &'static str {
+        match self {
+            Cause::Died => "died",
+            Cause::TimedOut => "timed_out",
+            Cause::Cancelled => "cancelled",
+            Cause::Memory => "memory",
+            Cause::MaxTasks => "max_tasks",
+        }
+    }
 }
 
 /// The handler thread: replies, refills, deaths.
