@@ -5,9 +5,10 @@
 //!                                           creator
 //! mproc inspect [--json] NAME          the header, and for a queue its length and state
 //! mproc metrics [--prefix P]           the same numbers in Prometheus's text format
-//! mproc top [--prefix P] [--interval-ms MS] [--count N]
+//! mproc top [--prefix P] [--interval-ms MS] [--count N] [--sort COL]
 //!                                     queue and lock rates (puts/s, gets/s, acquisitions/s),
-//!                                     sleepers and dead-peer recoveries, every interval
+//!                                     sleepers and dead-peer recoveries, every interval; on a
+//!                                     terminal a live view (s: sort, q: quit)
 //! mproc gc [--prefix P] [--yes]
 //!                                     unlink segments whose creator is dead and that no live
 //!                                     process maps (dry run unless --yes)
@@ -69,9 +70,13 @@ enum Command {
         /// Milliseconds between samples.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
         interval_ms: u64,
-        /// Stop after this many reports (default: run until interrupted).
+        /// Print this many reports and stop (the default on a pipe is to print until
+        /// interrupted; on a terminal, without --count, the view redraws in place).
         #[arg(long)]
         count: Option<u64>,
+        /// The column to sort by, largest first: name, put, get, length, acquire.
+        #[arg(long, default_value = "name")]
+        sort: String,
     },
     /// Unlink segments whose creator is dead and that no live process maps.
     Gc {
@@ -98,11 +103,8 @@ fn main() -> ExitCode {
             prefix,
             interval_ms,
             count,
-        } => report::top(
-            &prefix,
-            std::time::Duration::from_millis(interval_ms),
-            count,
-        ),
+            sort,
+        } => top(&prefix, interval_ms, count, &sort),
         Command::Gc { prefix, yes } => gc(&prefix, yes),
     };
     match result {
@@ -179,6 +181,29 @@ fn metrics(prefix: &str) -> Result<(), String> {
     let infos: Vec<_> = entries.iter().map(|e| report::info(e, false)).collect();
     print!("{}", report::metrics(&infos));
     Ok(())
+}
+
+fn top(prefix: &str, interval_ms: u64, count: Option<u64>, sort: &str) -> Result<(), String> {
+    use report::SortBy;
+    use std::io::IsTerminal;
+    let sort = match sort {
+        "name" => SortBy::Name,
+        "put" => SortBy::Put,
+        "get" => SortBy::Get,
+        "length" => SortBy::Length,
+        "acquire" => SortBy::Acquire,
+        other => {
+            return Err(format!(
+                "unknown sort column {other:?} (name, put, get, length, acquire)"
+            ));
+        }
+    };
+    let interval = std::time::Duration::from_millis(interval_ms);
+    if count.is_none() && std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+        report::top_interactive(prefix, interval, sort)
+    } else {
+        report::top_print(prefix, interval, count, sort)
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -372,78 +372,151 @@ fn rate(now: u64, before: u64, secs: f64) -> f64 {
     now.checked_sub(before).map_or(0.0, |d| d as f64 / secs)
 }
 
-/// `mproc top`: every `interval`, a table of the queues' and locks' rates since the last one.
-pub fn top(prefix: &str, interval: std::time::Duration, count: Option<u64>) -> Result<(), String> {
-    use std::collections::HashMap;
-    use std::io::Write;
-    use std::time::Instant;
-    let read = || -> Result<Vec<SegmentInfo>, String> {
-        let entries =
-            crate::scan::scan(prefix).map_err(|e| format!("cannot read /dev/shm: {e}"))?;
-        Ok(entries
-            .iter()
-            .map(|e| info(e, false))
-            .filter(|i| i.queue.is_some() || i.lock.is_some())
-            .collect())
-    };
-    let mut before: HashMap<String, Sample> = read()?
+/// The column `top` sorts by (`s` cycles through them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortBy {
+    Name,
+    Put,
+    Get,
+    Length,
+    Acquire,
+}
+
+impl SortBy {
+    const ALL: [SortBy; 5] = [
+        SortBy::Name,
+        SortBy::Put,
+        SortBy::Get,
+        SortBy::Length,
+        SortBy::Acquire,
+    ];
+
+    pub fn next(self) -> SortBy {
+        let i = Self::ALL.iter().position(|&s| s == self).unwrap_or(0);
+        Self::ALL[(i + 1) % Self::ALL.len()]
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SortBy::Name => "name",
+            SortBy::Put => "put/s",
+            SortBy::Get => "get/s",
+            SortBy::Length => "length",
+            SortBy::Acquire => "acquire/s",
+        }
+    }
+}
+
+/// One sample of every queue and lock under `prefix`.
+fn read_top(prefix: &str) -> Result<Vec<SegmentInfo>, String> {
+    let entries = crate::scan::scan(prefix).map_err(|e| format!("cannot read /dev/shm: {e}"))?;
+    Ok(entries
         .iter()
-        .map(|i| (i.name.clone(), sample_of(i)))
-        .collect();
-    let mut at = Instant::now();
-    let mut out = std::io::stdout().lock();
-    for _ in 0..count.unwrap_or(u64::MAX) {
-        std::thread::sleep(interval);
-        let infos = read()?;
-        let secs = at.elapsed().as_secs_f64().max(1e-3);
-        at = Instant::now();
-        let mut text = format!(
-            "{:<40} {:<10} {:>13} {:>11} {:>11} {:>9} {:>11} {:>8} {:>6}\n",
-            "NAME", "KIND", "LEN/CAP", "PUT/S", "GET/S", "ASLEEP", "ACQUIRE/S", "WAITS", "DEAD"
-        );
-        for i in &infos {
+        .map(|e| info(e, false))
+        .filter(|i| i.queue.is_some() || i.lock.is_some())
+        .collect())
+}
+
+/// Rates between two samples, kept for the next one.
+struct Rates {
+    before: std::collections::HashMap<String, Sample>,
+    at: std::time::Instant,
+}
+
+impl Rates {
+    fn new(infos: &[SegmentInfo]) -> Rates {
+        Rates {
+            before: infos
+                .iter()
+                .map(|i| (i.name.clone(), sample_of(i)))
+                .collect(),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// The table's lines (a header, then a row a segment, sorted), and the samples kept.
+    fn table(&mut self, infos: &[SegmentInfo], sort: SortBy) -> Vec<String> {
+        let secs = self.at.elapsed().as_secs_f64().max(1e-3);
+        let mut rows: Vec<(String, [f64; 4], String)> = Vec::new();
+        for i in infos {
             let now = sample_of(i);
-            // New since the last report: its rate is measured from the next one.
-            let was = before.get(&i.name).copied().unwrap_or(now);
+            // New since the last sample: its rate is measured from the next one.
+            let was = self.before.get(&i.name).copied().unwrap_or(now);
             let kind = i.kind.as_deref().unwrap_or("");
-            let (len, asleep, dead) = match &i.queue {
+            let (put, got, acq) = (
+                rate(now.put, was.put, secs),
+                rate(now.got, was.got, secs),
+                rate(now.acquisitions, was.acquisitions, secs),
+            );
+            let dash = || "-".to_owned();
+            let (len, asleep, dead, put_s, got_s, length) = match &i.queue {
                 Some(q) => (
                     format!("{}/{}", q.length, q.capacity),
-                    format!("{}p {}c", q.blocked_producers, q.blocked_consumers),
+                    format!("{}p/{}c", q.blocked_producers, q.blocked_consumers),
                     q.dead_skipped + q.dead_reclaimed,
+                    format!("{put:.0}"),
+                    format!("{got:.0}"),
+                    q.length as f64,
                 ),
-                None => ("-".into(), "-".into(), 0),
+                None => (dash(), dash(), 0, dash(), dash(), 0.0),
             };
-            let (acq, waits, deaths) = match &i.lock {
+            let (acq_s, waits, deaths) = match &i.lock {
                 Some(l) => (
-                    format!("{:.0}", rate(now.acquisitions, was.acquisitions, secs)),
+                    format!("{acq:.0}"),
                     l.contentions.to_string(),
                     u64::from(l.owner_deaths),
                 ),
-                None => ("-".into(), "-".into(), 0),
+                None => (dash(), dash(), 0),
             };
-            let (put, got) = if i.queue.is_some() {
-                (
-                    format!("{:.0}", rate(now.put, was.put, secs)),
-                    format!("{:.0}", rate(now.got, was.got, secs)),
-                )
-            } else {
-                ("-".into(), "-".into())
-            };
-            text.push_str(&format!(
-                "{:<40} {:<10} {:>13} {:>11} {:>11} {:>9} {:>11} {:>8} {:>6}\n",
+            let line = format!(
+                "{:<40} {:<10} {:>13} {:>11} {:>11} {:>9} {:>11} {:>8} {:>6}",
                 i.name,
                 kind,
                 len,
-                put,
-                got,
+                put_s,
+                got_s,
                 asleep,
-                acq,
+                acq_s,
                 waits,
                 dead + deaths
-            ));
+            );
+            rows.push((i.name.clone(), [put, got, length, acq], line));
         }
-        text.push('\n');
+        let key = |r: &(String, [f64; 4], String)| match sort {
+            SortBy::Name => 0.0,
+            SortBy::Put => r.1[0],
+            SortBy::Get => r.1[1],
+            SortBy::Length => r.1[2],
+            SortBy::Acquire => r.1[3],
+        };
+        // Largest first, then by name.
+        rows.sort_by(|a, b| key(b).total_cmp(&key(a)).then_with(|| a.0.cmp(&b.0)));
+        *self = Rates::new(infos);
+        let mut lines = vec![format!(
+            "{:<40} {:<10} {:>13} {:>11} {:>11} {:>9} {:>11} {:>8} {:>6}",
+            "NAME", "KIND", "LEN/CAP", "PUT/S", "GET/S", "ASLEEP", "ACQUIRE/S", "WAITS", "DEAD"
+        )];
+        lines.extend(rows.into_iter().map(|r| r.2));
+        lines
+    }
+}
+
+/// `mproc top` for scripts and pipes: `count` reports (or until interrupted), one every
+/// `interval`, each a table followed by a blank line.
+pub fn top_print(
+    prefix: &str,
+    interval: std::time::Duration,
+    count: Option<u64>,
+    sort: SortBy,
+) -> Result<(), String> {
+    use std::io::Write;
+    let mut rates = Rates::new(&read_top(prefix)?);
+    let mut out = std::io::stdout().lock();
+    for _ in 0..count.unwrap_or(u64::MAX) {
+        std::thread::sleep(interval);
+        let infos = read_top(prefix)?;
+        let mut text = rates.table(&infos, sort).join("\n");
+        text.push_str("\n\n");
         // A closed pipe (`mproc top | head`) ends the command quietly.
         if out
             .write_all(text.as_bytes())
@@ -452,10 +525,100 @@ pub fn top(prefix: &str, interval: std::time::Duration, count: Option<u64>) -> R
         {
             return Ok(());
         }
-        before = infos
-            .iter()
-            .map(|i| (i.name.clone(), sample_of(i)))
-            .collect();
     }
     Ok(())
+}
+
+/// Restores the terminal however `top_interactive` ends (error or panic included).
+struct Screen;
+
+impl Screen {
+    fn enter() -> std::io::Result<Screen> {
+        use crossterm::{cursor, execute, terminal};
+        terminal::enable_raw_mode()?;
+        let screen = Screen;
+        execute!(
+            std::io::stdout(),
+            terminal::EnterAlternateScreen,
+            cursor::Hide
+        )?;
+        Ok(screen)
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        use crossterm::{cursor, execute, terminal};
+        let _ = execute!(
+            std::io::stdout(),
+            cursor::Show,
+            terminal::LeaveAlternateScreen
+        );
+        let _ = terminal::disable_raw_mode();
+    }
+}
+
+/// `mproc top` on a terminal: redraws every `interval` in the alternate screen; `s` changes
+/// the sort column, `q` (or Esc, or Ctrl-C) quits. Plain escape sequences only (crossterm:
+/// no curses, no terminfo), so it reads the same over SSH.
+pub fn top_interactive(
+    prefix: &str,
+    interval: std::time::Duration,
+    mut sort: SortBy,
+) -> Result<(), String> {
+    use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+    use crossterm::{cursor, queue, style::Print, terminal};
+    use std::io::Write;
+    use std::time::Instant;
+
+    let io = |e: std::io::Error| format!("terminal: {e}");
+    let _screen = Screen::enter().map_err(io)?;
+    let mut rates = Rates::new(&read_top(prefix)?);
+    let mut lines: Vec<String> = Vec::new();
+    let mut next = Instant::now();
+    loop {
+        if Instant::now() >= next {
+            lines = rates.table(&read_top(prefix)?, sort);
+            next = Instant::now() + interval;
+        }
+        let (width, height) = terminal::size().unwrap_or((120, 40));
+        let mut out = std::io::stdout().lock();
+        queue!(
+            out,
+            terminal::Clear(terminal::ClearType::All),
+            cursor::MoveTo(0, 0),
+            Print(format!(
+                "mproc top: {} queue(s)/lock(s), sorted by {} (s: sort, q: quit)",
+                lines.len().saturating_sub(1),
+                sort.label()
+            ))
+        )
+        .map_err(io)?;
+        for (row, line) in lines
+            .iter()
+            .take(usize::from(height).saturating_sub(2))
+            .enumerate()
+        {
+            let shown: String = line.chars().take(usize::from(width)).collect();
+            queue!(out, cursor::MoveTo(0, row as u16 + 2), Print(shown)).map_err(io)?;
+        }
+        out.flush().map_err(io)?;
+        drop(out);
+        let wait = next.saturating_duration_since(Instant::now());
+        if event::poll(wait).map_err(io)? {
+            if let Event::Key(k) = event::read().map_err(io)? {
+                if k.kind != KeyEventKind::Press {
+                    continue;
+                }
+                match k.code {
+                    KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
+                    KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                        return Ok(());
+                    }
+                    KeyCode::Char('s') => sort = sort.next(),
+                    _ => {}
+                }
+            }
+        }
+    }
 }

@@ -401,3 +401,100 @@ fn top_reports_rates_of_a_busy_queue_and_lock() {
         }
     });
 }
+
+/// Waits until the captured screen output contains `needle`.
+fn screen_shows(screen: &std::sync::Mutex<Vec<u8>>, needle: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if String::from_utf8_lossy(&screen.lock().unwrap()).contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn top_on_a_terminal_redraws_sorts_and_quits_on_q() {
+    with_deadline(Duration::from_secs(60), || {
+        use std::io::{Read, Write};
+        use std::process::Stdio;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let prefix = unique_name("cli-tty");
+        let qname = format!("{prefix}-q");
+        let q: mproc_queue::PodQueue<u64> = mproc_queue::PodQueue::create(&qname, 64).unwrap();
+        let size = nix::pty::Winsize {
+            ws_row: 30,
+            ws_col: 160,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).unwrap();
+        let slave = pty.slave;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mproc"))
+            .args(["top", "--prefix", &prefix, "--interval-ms", "100"])
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave))
+            .spawn()
+            .unwrap();
+        let mut master = std::fs::File::from(pty.master);
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        {
+            // Reads until the terminal closes (EIO once the program exits).
+            let mut master = master.try_clone().unwrap();
+            let screen = Arc::clone(&screen);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = master.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    screen.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    q.put(1).unwrap();
+                    q.get().unwrap();
+                }
+            });
+            assert!(
+                screen_shows(&screen, &qname, Duration::from_secs(20)),
+                "queue never shown"
+            );
+            assert!(screen_shows(
+                &screen,
+                "sorted by name",
+                Duration::from_secs(5)
+            ));
+            master.write_all(b"s").unwrap();
+            assert!(
+                screen_shows(&screen, "sorted by put/s", Duration::from_secs(10)),
+                "s did not change the sort"
+            );
+            master.write_all(b"q").unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let status = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break st;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("q did not quit");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            stop.store(true, Ordering::Relaxed);
+            assert!(status.success(), "{status:?}");
+        });
+        // It left the alternate screen: the user's terminal is as it was.
+        assert!(screen_shows(&screen, "\x1b[?1049l", Duration::from_secs(5)));
+    });
+}
