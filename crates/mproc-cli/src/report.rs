@@ -29,6 +29,8 @@ pub struct SegmentInfo {
     pub lock_holder: Option<u32>,
     /// For locks and what holds one: the lock's counters.
     pub lock: Option<LockInfo>,
+    /// For a pool's status board: its workers and counters.
+    pub pool: Option<PoolInfo>,
     /// Live processes that map it (`inspect` only).
     pub mapped_by: Option<Vec<u32>>,
 }
@@ -61,6 +63,67 @@ pub struct QueueInfo {
     pub full_waits: u64,
     /// Puts whose body found the arena full.
     pub space_waits: u64,
+}
+
+/// A pool's status board.
+#[derive(Debug, Serialize)]
+pub struct PoolInfo {
+    pub tasks_done: u64,
+    pub retried: u64,
+    /// Restarts by cause (died, timed_out, cancelled, memory, max_tasks).
+    pub restarts: std::collections::BTreeMap<&'static str, u64>,
+    /// Jobs failed by kind (worker_died, timed_out, cancelled, other).
+    pub failures: std::collections::BTreeMap<&'static str, u64>,
+    pub workers: Vec<PoolWorkerInfo>,
+}
+
+/// One worker of a pool.
+#[derive(Debug, Serialize)]
+pub struct PoolWorkerInfo {
+    pub pid: u32,
+    /// `starting`, `idle` or `running`.
+    pub state: &'static str,
+    /// The job it runs, if running.
+    pub job: Option<u64>,
+    pub tasks_done: u64,
+}
+
+/// The largest board `info` reads (a planted header claiming more is not followed).
+const MAX_BOARD_BYTES: u64 = 1 << 20;
+
+fn pool_info(b: mproc_pool::BoardSnapshot) -> PoolInfo {
+    use mproc_pool::BoardWorkerState as S;
+    PoolInfo {
+        tasks_done: b.tasks_done,
+        retried: b.retried,
+        restarts: mproc_pool::RESTART_CAUSES
+            .iter()
+            .copied()
+            .zip(b.restarts)
+            .collect(),
+        failures: mproc_pool::FAILURE_KINDS
+            .iter()
+            .copied()
+            .zip(b.failures)
+            .collect(),
+        workers: b
+            .workers
+            .iter()
+            .map(|w| PoolWorkerInfo {
+                pid: w.pid,
+                state: match w.state {
+                    S::Starting => "starting",
+                    S::Idle => "idle",
+                    S::Running(_) => "running",
+                },
+                job: match w.state {
+                    S::Running(j) => Some(j),
+                    _ => None,
+                },
+                tasks_done: w.tasks_done,
+            })
+            .collect(),
+    }
 }
 
 /// A lock's counters since it was made.
@@ -108,6 +171,7 @@ pub fn info(e: &Entry, detail: bool) -> SegmentInfo {
         queue: None,
         lock_holder: None,
         lock: None,
+        pool: None,
         mapped_by: None,
     };
     let Status::Mproc(h) = &e.status else {
@@ -142,6 +206,12 @@ pub fn info(e: &Entry, detail: bool) -> SegmentInfo {
                         space_waits: r.space_waits,
                     });
                 }
+            }
+        }
+        if h.kind == Kind::POOL && h.payload_len <= MAX_BOARD_BYTES {
+            let mut raw = vec![0u8; h.payload_len as usize];
+            if let Ok(n) = p.read_payload(0, &mut raw) {
+                out.pool = mproc_pool::BoardSnapshot::from_bytes(&raw[..n]).map(pool_info);
             }
         }
         if has_lock(h.kind) {
@@ -183,7 +253,7 @@ enum Type {
 /// The Prometheus text exposition format of the segments' gauges and counters.
 pub fn metrics(infos: &[SegmentInfo]) -> String {
     use Type::{Counter, Gauge};
-    let families: [(&str, &str, Type); 21] = [
+    let families: [(&str, &str, Type); 26] = [
         (
             "mproc_segment_bytes",
             "Total length of an mproc segment, in bytes.",
@@ -258,6 +328,27 @@ pub fn metrics(infos: &[SegmentInfo]) -> String {
             Counter,
         ),
         ("mproc_lock_held", "1 if the lock is held.", Gauge),
+        ("mproc_pool_workers", "Worker slots of a named pool.", Gauge),
+        (
+            "mproc_pool_workers_busy",
+            "Workers of a named pool running a job now.",
+            Gauge,
+        ),
+        (
+            "mproc_pool_tasks_done_total",
+            "Tasks (chunks) a named pool's workers completed.",
+            Counter,
+        ),
+        (
+            "mproc_pool_failures_total",
+            "Jobs of a named pool that failed, by kind.",
+            Counter,
+        ),
+        (
+            "mproc_pool_restarts_total",
+            "Workers of a named pool replaced, by cause.",
+            Counter,
+        ),
         (
             "mproc_lock_acquisitions_total",
             "Acquisitions of a lock since it was made.",
@@ -319,6 +410,26 @@ pub fn metrics(infos: &[SegmentInfo]) -> String {
             push("mproc_queue_dead_skipped_total", &l, q.dead_skipped);
             push("mproc_queue_dead_reclaimed_total", &l, q.dead_reclaimed);
         }
+        if let Some(pl) = &i.pool {
+            push("mproc_pool_workers", &l, pl.workers.len() as u64);
+            let busy = pl.workers.iter().filter(|w| w.state == "running").count();
+            push("mproc_pool_workers_busy", &l, busy as u64);
+            push("mproc_pool_tasks_done_total", &l, pl.tasks_done);
+            for (kind, n) in &pl.failures {
+                push(
+                    "mproc_pool_failures_total",
+                    &format!("{l},kind=\"{kind}\""),
+                    *n,
+                );
+            }
+            for (cause, n) in &pl.restarts {
+                push(
+                    "mproc_pool_restarts_total",
+                    &format!("{l},cause=\"{cause}\""),
+                    *n,
+                );
+            }
+        }
         if let Some(c) = &i.lock {
             if i.kind
                 .as_deref()
@@ -361,7 +472,11 @@ struct Sample {
 fn sample_of(i: &SegmentInfo) -> Sample {
     Sample {
         put: i.queue.as_ref().map_or(0, |q| q.put_total),
-        got: i.queue.as_ref().map_or(0, |q| q.got_total),
+        // A pool's "gets" are the tasks its workers completed.
+        got: i.queue.as_ref().map_or_else(
+            || i.pool.as_ref().map_or(0, |p| p.tasks_done),
+            |q| q.got_total,
+        ),
         acquisitions: i.lock.as_ref().map_or(0, |l| l.acquisitions),
     }
 }
@@ -413,7 +528,7 @@ fn read_top(prefix: &str) -> Result<Vec<SegmentInfo>, String> {
     Ok(entries
         .iter()
         .map(|e| info(e, false))
-        .filter(|i| i.queue.is_some() || i.lock.is_some())
+        .filter(|i| i.queue.is_some() || i.lock.is_some() || i.pool.is_some())
         .collect())
 }
 
@@ -458,7 +573,21 @@ impl Rates {
                     format!("{got:.0}"),
                     q.length as f64,
                 ),
-                None => (dash(), dash(), 0, dash(), dash(), 0.0),
+                None => match &i.pool {
+                    // A pool: busy workers of all, tasks done per second, workers that died.
+                    Some(p) => {
+                        let busy = p.workers.iter().filter(|w| w.state == "running").count();
+                        (
+                            format!("{busy}/{}", p.workers.len()),
+                            dash(),
+                            p.restarts.get("died").copied().unwrap_or(0),
+                            dash(),
+                            format!("{got:.0}"),
+                            busy as f64,
+                        )
+                    }
+                    None => (dash(), dash(), 0, dash(), dash(), 0.0),
+                },
             };
             let (acq_s, waits, deaths) = match &i.lock {
                 Some(l) => (

@@ -498,3 +498,101 @@ fn top_on_a_terminal_redraws_sorts_and_quits_on_q() {
         assert!(screen_shows(&screen, "\x1b[?1049l", Duration::from_secs(5)));
     });
 }
+
+/// `mproc ls --json`'s entry for `name`, once `ready` holds for it (the board is refreshed
+/// by the pool's handler thread).
+fn json_entry_when(
+    prefix: &str,
+    name: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ls: serde_json::Value =
+            serde_json::from_str(&mproc(&["ls", "--json", "--prefix", prefix])).unwrap();
+        let e = ls
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or_default();
+        if ready(&e) {
+            return e;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {e:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_named_pool_publishes_workers_tasks_failures_and_restarts() {
+    with_deadline(Duration::from_secs(90), || {
+        use mproc_pool::{Pool, TaskError, ThreadedFork};
+        let name = unique_name("cli-pool");
+        let p = Pool::builder()
+            .processes(2)
+            .threaded_fork(ThreadedFork::Allow)
+            .name(&name)
+            .build()
+            .unwrap();
+        let squares = p.map(|x: u64| x * x, 0..40).unwrap();
+        assert_eq!(squares[39], 1521);
+        let r = p.apply(|code: i32| -> u32 { std::process::exit(code) }, 3);
+        assert!(matches!(r, Err(TaskError::WorkerDied { .. })), "{r:?}");
+        assert_eq!(p.apply(|x: u32| x + 1, 1).unwrap(), 2);
+
+        let mut pids = p.pids();
+        pids.sort();
+        let e = json_entry_when(&name, &name, |e| {
+            let pool = &e["pool"];
+            let mut shown: Vec<u64> = pool["workers"]
+                .as_array()
+                .map(|w| w.iter().filter_map(|w| w["pid"].as_u64()).collect())
+                .unwrap_or_default();
+            shown.sort();
+            pool["restarts"]["died"] == 1
+                && shown == pids.iter().map(|&p| u64::from(p)).collect::<Vec<_>>()
+                && pool["workers"]
+                    .as_array()
+                    .is_some_and(|w| w.iter().all(|w| w["state"] == "idle"))
+        });
+        assert_eq!(e["kind"], "pool");
+        let pool = &e["pool"];
+        assert_eq!(pool["failures"]["worker_died"], 1, "{pool:#}");
+        assert_eq!(pool["failures"]["timed_out"], 0, "{pool:#}");
+        // Every chunk of the map and the last apply: at least 2, and no failed one counted.
+        let done = pool["tasks_done"].as_u64().unwrap();
+        assert!((2..=41).contains(&done), "{pool:#}");
+
+        let metrics = mproc(&["metrics", "--prefix", &name]);
+        for l in metrics.lines() {
+            assert!(is_exposition_line(l), "not exposition format: {l:?}");
+        }
+        for series in [
+            format!("mproc_pool_workers{{name=\"{name}\"}} 2\n"),
+            format!("mproc_pool_restarts_total{{name=\"{name}\",cause=\"died\"}} 1\n"),
+            format!("mproc_pool_failures_total{{name=\"{name}\",kind=\"worker_died\"}} 1\n"),
+            format!("mproc_pool_tasks_done_total{{name=\"{name}\"}} {done}\n"),
+        ] {
+            assert!(metrics.contains(&series), "{series} missing: {metrics}");
+        }
+        let top = mproc(&[
+            "top",
+            "--prefix",
+            &name,
+            "--interval-ms",
+            "50",
+            "--count",
+            "1",
+        ]);
+        let row = line_of(&top, &name).unwrap_or_else(|| panic!("{top}"));
+        assert!(row.contains("pool") && row.contains("0/2"), "{row}");
+
+        drop(p);
+        assert!(
+            !std::path::Path::new(&format!("/dev/shm/{name}")).exists(),
+            "the board outlived its pool"
+        );
+    });
+}

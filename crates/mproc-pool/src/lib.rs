@@ -38,7 +38,8 @@ pub use child::ExitStatus;
 pub use error::{ProcessError, TaskError};
 pub use forkserver::start_forkserver;
 pub use pool::{
-    AsyncResult, Imap, MapResult, PREFETCH, Pool, PoolBuilder, PoolStats, Restarts, WorkerStats,
+    AsyncResult, BOARD_FORMAT, BoardSnapshot, BoardWorker, BoardWorkerState, FAILURE_KINDS, Imap,
+    MapResult, PREFETCH, Pool, PoolBuilder, PoolStats, RESTART_CAUSES, Restarts, WorkerStats,
 };
 pub use process::{Process, ProcessBuilder, StartMethod, ThreadedFork};
 pub use worker::{DEFAULT_ARENA_BYTES, init};

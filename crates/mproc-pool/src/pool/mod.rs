@@ -23,6 +23,7 @@
 //! another parent thread. If your task functions take process-wide locks of their own, use
 //! [`StartMethod::Spawn`].
 
+mod board;
 mod results;
 mod state;
 
@@ -40,6 +41,9 @@ use crate::worker::{Reply, check_may_start, results_options};
 use crate::{ProcessError, TaskError};
 use mproc_queue::Queue;
 
+pub use board::{
+    BOARD_FORMAT, BoardSnapshot, BoardWorker, BoardWorkerState, FAILURE_KINDS, RESTART_CAUSES,
+};
 pub use results::{AsyncResult, Imap, MapResult};
 use state::{Config, Job, Outcome, Shared, State, abandon_job, handler, start_one};
 
@@ -85,6 +89,7 @@ pub struct PoolBuilder {
     undumpable_parent: bool,
     #[cfg_attr(not(feature = "progress"), allow(dead_code))]
     progress: bool,
+    board: Option<String>,
 }
 
 impl Default for PoolBuilder {
@@ -103,6 +108,7 @@ impl Default for PoolBuilder {
             start_timeout: Duration::from_secs(30),
             undumpable_parent: false,
             progress: false,
+            board: None,
         }
     }
 }
@@ -163,6 +169,16 @@ impl PoolBuilder {
     /// fails alone with `WorkerDied`. Default: no ceiling.
     pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
         self.max_memory = Some(bytes);
+        self
+    }
+
+    /// Publishes the pool's status in a named segment (kind `pool`), so tools outside the
+    /// process see it: each worker's pid and state (starting, idle, running job N), tasks
+    /// done, jobs failed by kind, restarts by cause (`mproc ls --json`, `mproc metrics`,
+    /// `mproc top`). The name is created like any segment's (a stale one left by a dead
+    /// pool is reclaimed) and unlinked when the pool is dropped. Default: none.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.board = Some(name.into());
         self
     }
 
@@ -331,6 +347,10 @@ impl Pool {
             retries: b.retries,
             max_memory: b.max_memory,
         };
+        let board = match &b.board {
+            Some(name) => Some(board::Board::create(name, b.processes)?),
+            None => None,
+        };
         let capacity = (b.processes * (PREFETCH + 4)).max(64);
         let results: Queue<Reply> = results_options(capacity, b.arena_bytes).anonymous()?;
         let mut workers = Vec::with_capacity(b.processes);
@@ -348,6 +368,7 @@ impl Pool {
             drivers: std::sync::atomic::AtomicUsize::new(0),
             results,
             config,
+            board,
         });
         // Wait for every worker to be ready (initializer done) before anyone uses the pool.
         Self::await_ready(&shared, b.start_timeout)?;

@@ -134,6 +134,8 @@ pub(crate) struct State {
     pub tasks_done: u64,
     /// Workers stopped because a task overran its limit or was cancelled.
     pub stopped_for_tasks: u64,
+    /// Jobs failed, by kind: worker died, timed out, cancelled, other.
+    pub failures: [u64; 4],
 }
 
 #[derive(Debug)]
@@ -148,6 +150,8 @@ pub(crate) struct Shared {
     pub drivers: AtomicUsize,
     pub results: Queue<Reply>,
     pub config: Config,
+    /// The status board, if the pool has a name.
+    pub board: Option<super::board::Board>,
 }
 
 /// How long a waiting caller polls for replies itself before it sleeps until the handler
@@ -316,7 +320,44 @@ impl State {
 
     /// Fails a whole job.
     pub(crate) fn fail(&mut self, id: u64, error: &TaskError) {
+        if self
+            .jobs
+            .get(&id)
+            .is_some_and(|j| j.outcome.is_none() && !j.abandoned)
+        {
+            self.failures[match error {
+                TaskError::WorkerDied { .. } => 0,
+                TaskError::TimedOut { .. } => 1,
+                TaskError::Cancelled => 2,
+                _ => 3,
+            }] += 1;
+        }
         self.finish(id, Outcome::Failed(error.clone()));
+    }
+
+    /// What the status board shows now.
+    pub(crate) fn board_snapshot(&self) -> super::board::BoardSnapshot {
+        use super::board::{BoardSnapshot, BoardWorker, BoardWorkerState};
+        let r = &self.restarts;
+        BoardSnapshot {
+            workers: self
+                .workers
+                .iter()
+                .map(|w| BoardWorker {
+                    pid: w.child.pid(),
+                    state: match (w.ready, w.sent.front()) {
+                        (false, _) => BoardWorkerState::Starting,
+                        (true, None) => BoardWorkerState::Idle,
+                        (true, Some(&job)) => BoardWorkerState::Running(job),
+                    },
+                    tasks_done: w.completed,
+                })
+                .collect(),
+            tasks_done: self.tasks_done + self.workers.iter().map(|w| w.completed).sum::<u64>(),
+            retried: self.retried,
+            restarts: [r.died, r.timed_out, r.cancelled, r.memory, r.max_tasks],
+            failures: self.failures,
+        }
     }
 
     pub(crate) fn on_reply(&mut self, reply: Reply) {
@@ -739,6 +780,9 @@ pub(crate) fn handler(shared: Arc<Shared>) {
                 st.watch(&shared);
                 st.dispatch(&shared.config);
             }
+            if let Some(board) = &shared.board {
+                board.publish(&st.board_snapshot());
+            }
             if st.stopping {
                 return;
             }
@@ -763,6 +807,9 @@ pub(crate) fn handler(shared: Arc<Shared>) {
             st.watch(&shared);
         }
         st.dispatch(&shared.config);
+        if let Some(board) = &shared.board {
+            board.publish(&st.board_snapshot());
+        }
         let stop = st.stopping;
         drop(st);
         shared.notify();
