@@ -87,16 +87,32 @@ pub(crate) fn decode(word: u64) -> (u32, State, u32) {
 /// and not yet `task_done`), `all_done` (joiners sleep here), `attached` (handles open on the
 /// queue, shown by tools), `capacity` / `slot_size` / `arena_units` / `arena_unit` (the
 /// geometry: written once at creation, copied and validated once by every opener, never read
-/// again), `dead_skipped` / `dead_reclaimed` (counters bumped only on the slow path that finds
-/// a dead peer's slot). Items put and taken need no counter: `tail` and `head` are exactly
-/// that, and never go back.
+/// again); counters for tools, each on the line of the side that writes it (see the fields).
+/// Items put and taken need no counter: `tail` and `head` are exactly that, and never go
+/// back.
 #[repr(C, align(128))]
 #[derive(Debug, Default)]
 pub struct RingHeader {
     pub(crate) head: AtomicU64,
-    _pad0: [u64; 15],
+    /// Slots skipped because their producer died before publishing. Written by consumers
+    /// (slow path only), so it lives on their line, beside `head`.
+    pub(crate) dead_skipped: AtomicU64,
+    _pad0: [u64; 14],
     pub(crate) tail: AtomicU64,
-    _pad1: [u64; 15],
+    /// The producers' counters live on their line, beside `tail`, which every put writes
+    /// anyway: bumping them moves no cache line that the put did not already own. (On the
+    /// third line they would share it with `closed`, which every operation reads.)
+    ///
+    /// The most items seen in the ring at once: sampled every [`HIGH_WATER_EVERY`] puts, and
+    /// set to the capacity whenever a producer finds the ring full.
+    pub(crate) high_water: AtomicU64,
+    /// Puts that found the ring full and had to wait (or failed, for `try_put`).
+    pub(crate) full_waits: AtomicU64,
+    /// Puts whose body found the arena full and had to wait (or failed).
+    pub(crate) space_waits: AtomicU64,
+    /// Slots reclaimed because their reader died while reading (found by producers).
+    pub(crate) dead_reclaimed: AtomicU64,
+    _pad1: [u64; 11],
     pub(crate) closed: AtomicU32,
     pub(crate) attached: AtomicU32,
     pub(crate) capacity: AtomicU64,
@@ -107,17 +123,6 @@ pub struct RingHeader {
     pub(crate) not_empty: Parking,
     pub(crate) not_full: Parking,
     pub(crate) all_done: Parking,
-    /// Slots skipped because their producer died before publishing (slow path only).
-    pub(crate) dead_skipped: AtomicU64,
-    /// Slots reclaimed because their reader died while reading (slow path only).
-    pub(crate) dead_reclaimed: AtomicU64,
-    /// The most items seen in the ring at once: sampled every [`HIGH_WATER_EVERY`] puts, and
-    /// set to the capacity whenever a producer finds the ring full.
-    pub(crate) high_water: AtomicU64,
-    /// Puts that found the ring full and had to wait (or failed, for `try_put`).
-    pub(crate) full_waits: AtomicU64,
-    /// Puts whose body found the arena full and had to wait (or failed).
-    pub(crate) space_waits: AtomicU64,
 }
 
 /// How often (in ring positions) a producer samples the queue's depth for `high_water`: one
