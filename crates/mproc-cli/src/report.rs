@@ -24,7 +24,7 @@ pub struct SegmentInfo {
     pub owner_uid: Option<u32>,
     pub error: Option<String>,
     /// For queues: the ring's counters.
-    pub queue: Option<QueueInfo>,
+    pub queue: Option<mproc_queue::RingSnapshot>,
     /// For locks and what holds one (arrays, values, conditions): the holder's thread id.
     pub lock_holder: Option<u32>,
     /// For locks and what holds one: the lock's counters.
@@ -33,36 +33,6 @@ pub struct SegmentInfo {
     pub pool: Option<PoolInfo>,
     /// Live processes that map it (`inspect` only).
     pub mapped_by: Option<Vec<u32>>,
-}
-
-/// A queue's counters.
-#[derive(Debug, Serialize)]
-pub struct QueueInfo {
-    pub length: u64,
-    pub capacity: u64,
-    pub slot_size: u64,
-    pub arena_bytes: u64,
-    pub closed: bool,
-    pub handles: u32,
-    pub unfinished: u64,
-    /// Items put since creation.
-    pub put_total: u64,
-    /// Items taken since creation.
-    pub got_total: u64,
-    /// Producers asleep waiting for room.
-    pub blocked_producers: u32,
-    /// Consumers asleep waiting for an item.
-    pub blocked_consumers: u32,
-    /// Slots skipped because their producer died mid-put.
-    pub dead_skipped: u64,
-    /// Slots reclaimed because their reader died mid-get.
-    pub dead_reclaimed: u64,
-    /// Most items seen at once (sampled; the capacity once it ran full).
-    pub high_water: u64,
-    /// Puts that found every slot taken.
-    pub full_waits: u64,
-    /// Puts whose body found the arena full.
-    pub space_waits: u64,
 }
 
 /// A pool's status board.
@@ -187,24 +157,7 @@ pub fn info(e: &Entry, detail: bool) -> SegmentInfo {
             let mut ring = vec![0u8; std::mem::size_of::<mproc_queue::RingHeader>()];
             if let Ok(n) = p.read_payload(0, &mut ring) {
                 if let Some(r) = mproc_queue::RingSnapshot::from_bytes(&ring[..n]) {
-                    out.queue = Some(QueueInfo {
-                        length: r.len,
-                        capacity: r.capacity,
-                        slot_size: r.slot_size,
-                        arena_bytes: r.arena_bytes,
-                        closed: r.closed,
-                        handles: r.attached,
-                        unfinished: r.unfinished,
-                        put_total: r.put_total,
-                        got_total: r.got_total,
-                        blocked_producers: r.blocked_producers,
-                        blocked_consumers: r.blocked_consumers,
-                        dead_skipped: r.dead_skipped,
-                        dead_reclaimed: r.dead_reclaimed,
-                        high_water: r.high_water,
-                        full_waits: r.full_waits,
-                        space_waits: r.space_waits,
-                    });
+                    out.queue = Some(r);
                 }
             }
         }
@@ -386,11 +339,11 @@ pub fn metrics(infos: &[SegmentInfo]) -> String {
             u64::from(i.creator_alive),
         );
         if let Some(q) = &i.queue {
-            push("mproc_queue_length", &l, q.length);
+            push("mproc_queue_length", &l, q.len);
             push("mproc_queue_capacity", &l, q.capacity);
             push("mproc_queue_arena_bytes", &l, q.arena_bytes);
             push("mproc_queue_closed", &l, u64::from(q.closed));
-            push("mproc_queue_handles", &l, u64::from(q.handles));
+            push("mproc_queue_handles", &l, u64::from(q.attached));
             push("mproc_queue_unfinished", &l, q.unfinished);
             push(
                 "mproc_queue_blocked_producers",
@@ -566,12 +519,12 @@ impl Rates {
             let dash = || "-".to_owned();
             let (len, asleep, dead, put_s, got_s, length) = match &i.queue {
                 Some(q) => (
-                    format!("{}/{}", q.length, q.capacity),
+                    format!("{}/{}", q.len, q.capacity),
                     format!("{}p/{}c", q.blocked_producers, q.blocked_consumers),
                     q.dead_skipped + q.dead_reclaimed,
                     format!("{put:.0}"),
                     format!("{got:.0}"),
-                    q.length as f64,
+                    q.len as f64,
                 ),
                 None => match &i.pool {
                     // A pool: busy workers of all, tasks done per second, workers that died.

@@ -132,18 +132,21 @@ pub const HIGH_WATER_EVERY: u64 = 64;
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<RingHeader>() == 384);
 
-/// A point-in-time reading of a ring's control block, for tools (`mproc inspect`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A point-in-time reading of a ring's control block, for tools (`mproc inspect`; serialized
+/// as `mproc ls --json` prints it, with `len` as `length` and `attached` as `handles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RingSnapshot {
     /// Slots.
     pub capacity: u64,
     /// Bytes per slot.
     pub slot_size: u64,
     /// Items put and not yet taken (tail − head; includes items being written or read).
+    #[serde(rename = "length")]
     pub len: u64,
     /// Whether the queue was closed.
     pub closed: bool,
     /// Handles open on the queue.
+    #[serde(rename = "handles")]
     pub attached: u32,
     /// JoinableQueue: items put and not yet `task_done`.
     pub unfinished: u64,
