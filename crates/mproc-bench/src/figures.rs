@@ -170,7 +170,7 @@ fn msg_consumer(args: (String, u64)) -> f64 {
     per(t.elapsed(), args.1 - 1, 1.0)
 }
 
-fn pod_1to1(n: u64) -> f64 {
+pub fn pod_1to1(n: u64) -> f64 {
     let name = name("pod");
     let q = PodQueue::<u64>::create(&name, 4096).expect("create");
     let c = start(pod_consumer, (name, n));

@@ -7,6 +7,7 @@
 //! cargo run --release -p mproc-bench                 # full run (< 10 min on 2 cores)
 //! cargo run --release -p mproc-bench -- --quick      # smoke run (< 1 min), numbers rough
 //! cargo run --release -p mproc-bench -- --out FILE   # write somewhere else
+//! cargo run --release -p mproc-bench -- --pod-1to1 5 # only PodQueue 1→1, ns/item per rep
 //! ```
 //!
 //! Every figure is the median of several repetitions, printed with its min and max.
@@ -210,6 +211,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "BENCHMARKS.md".into());
     let plan = Plan::new(quick);
     let started = Instant::now();
+    // `--pod-1to1 REPS`: only the PodQueue 1→1 figure, each repetition printed (for A/B runs
+    // of two builds alternating on one machine).
+    if let Some(reps) = args
+        .iter()
+        .position(|a| a == "--pod-1to1")
+        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
+    {
+        for _ in 0..reps {
+            println!("{:.2}", figures::pod_1to1(plan.items));
+        }
+        return Ok(());
+    }
 
     eprintln!("mproc-bench: {} run", if quick { "quick" } else { "full" });
     let f = figures::measure_all(&plan)?;

@@ -247,12 +247,12 @@ pub fn metrics(infos: &[SegmentInfo]) -> String {
         ),
         (
             "mproc_queue_high_water",
-            "Most items seen in a queue at once (sampled; the capacity once it ran full).",
+            "Most items seen in a queue at once (the capacity once it ran full).",
             Gauge,
         ),
         (
             "mproc_queue_full_waits_total",
-            "Puts that found every slot of a queue taken.",
+            "Puts refused because every slot was taken (try_put, or a timeout ran out).",
             Counter,
         ),
         (

@@ -537,14 +537,18 @@ impl RawQueue {
             Push::Full => {}
             done => return done,
         }
-        hdr.full_waits.fetch_add(1, Ordering::Relaxed);
         block(&hdr.not_full, deadline, |check| {
             match self.ring().try_push(me, check, &mut fill) {
                 Push::Full => None,
                 done => Some(done),
             }
         })
-        .unwrap_or(Push::Full)
+        .unwrap_or_else(|| {
+            // Counted only when the wait ran out: a producer that outpaces its consumers
+            // finds the ring full all the time, and a shared write per wait would cost it.
+            hdr.full_waits.fetch_add(1, Ordering::Relaxed);
+            Push::Full
+        })
     }
 
     /// Pops, waiting for a message until `deadline` (forever if `None`). `Pop::Empty` means
@@ -585,14 +589,16 @@ impl RawQueue {
             Claim::Full => {}
             done => return done,
         }
-        self.header().full_waits.fetch_add(1, Ordering::Relaxed);
         block(&self.header().not_full, deadline, |check| {
             match self.ring().try_claim_push(me, check) {
                 Claim::Full => None,
                 done => Some(done),
             }
         })
-        .unwrap_or(Claim::Full)
+        .unwrap_or_else(|| {
+            self.header().full_waits.fetch_add(1, Ordering::Relaxed);
+            Claim::Full
+        })
     }
 
     /// Claims a slot for reading, waiting for a message until `deadline`.

@@ -94,25 +94,9 @@ pub(crate) fn decode(word: u64) -> (u32, State, u32) {
 #[derive(Debug, Default)]
 pub struct RingHeader {
     pub(crate) head: AtomicU64,
-    /// Slots skipped because their producer died before publishing. Written by consumers
-    /// (slow path only), so it lives on their line, beside `head`.
-    pub(crate) dead_skipped: AtomicU64,
-    _pad0: [u64; 14],
+    _pad0: [u64; 15],
     pub(crate) tail: AtomicU64,
-    /// The producers' counters live on their line, beside `tail`, which every put writes
-    /// anyway: bumping them moves no cache line that the put did not already own. (On the
-    /// third line they would share it with `closed`, which every operation reads.)
-    ///
-    /// The most items seen in the ring at once: sampled every [`HIGH_WATER_EVERY`] puts, and
-    /// set to the capacity whenever a producer finds the ring full.
-    pub(crate) high_water: AtomicU64,
-    /// Puts that found the ring full and had to wait (or failed, for `try_put`).
-    pub(crate) full_waits: AtomicU64,
-    /// Puts whose body found the arena full and had to wait (or failed).
-    pub(crate) space_waits: AtomicU64,
-    /// Slots reclaimed because their reader died while reading (found by producers).
-    pub(crate) dead_reclaimed: AtomicU64,
-    _pad1: [u64; 11],
+    _pad1: [u64; 15],
     pub(crate) closed: AtomicU32,
     pub(crate) attached: AtomicU32,
     pub(crate) capacity: AtomicU64,
@@ -122,15 +106,34 @@ pub struct RingHeader {
     pub(crate) arena_unit: AtomicU64,
     pub(crate) not_empty: Parking,
     pub(crate) not_full: Parking,
+    // Here, at byte 320, starts a 64-byte cache line that no put or get touches on its fast
+    // path: the counters below are written only off the fast path, and writing them moves
+    // no line that the other side is reading. (Beside `tail` they cost PodQueue 1→1 a third
+    // of its speed: consumers read `tail`, so each bump there invalidated their copy.)
     pub(crate) all_done: Parking,
+    /// Slots skipped because their producer died before publishing.
+    pub(crate) dead_skipped: AtomicU64,
+    /// Slots reclaimed because their reader died while reading.
+    pub(crate) dead_reclaimed: AtomicU64,
+    /// The most items seen in the ring at once: the capacity as soon as a producer finds the
+    /// ring full (exact), otherwise the deepest of the `stats()` readings. Puts do not sample
+    /// it: reading the consumers' `head` even once every 64 puts cost PodQueue 1→1 a third of
+    /// its speed in the A/B benchmark.
+    pub(crate) high_water: AtomicU64,
+    /// Puts refused because the ring was full (`try_put`, or a put whose timeout ran out).
+    pub(crate) full_waits: AtomicU64,
+    /// Puts whose body found the arena full and had to wait (or failed).
+    pub(crate) space_waits: AtomicU64,
 }
-
-/// How often (in ring positions) a producer samples the queue's depth for `high_water`: one
-/// read of the consumers' cache line per this many puts keeps the fast path unchanged.
-pub const HIGH_WATER_EVERY: u64 = 64;
 
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<RingHeader>() == 384);
+// The counters' line: see the comment at `all_done`.
+#[cfg(not(loom))]
+const _: () = assert!(
+    std::mem::offset_of!(RingHeader, all_done) == 320
+        && std::mem::offset_of!(RingHeader, space_waits) + 8 <= 384
+);
 
 /// A point-in-time reading of a ring's control block, for tools (`mproc inspect`; serialized
 /// as `mproc ls --json` prints it, with `len` as `length` and `attached` as `handles`).
@@ -164,10 +167,11 @@ pub struct RingSnapshot {
     pub dead_skipped: u64,
     /// Slots reclaimed because their reader died while reading.
     pub dead_reclaimed: u64,
-    /// The most items seen in the queue at once (sampled every [`HIGH_WATER_EVERY`] puts;
-    /// exact when the queue ran full: then it is the capacity).
+    /// The most items seen in the queue at once: the capacity once the queue ran full (exact);
+    /// below that, the deepest `stats()` reading (tools that only read the segment do not
+    /// sample it).
     pub high_water: u64,
-    /// Puts that found every slot taken.
+    /// Puts refused because every slot was taken (`try_put`, or a timeout ran out).
     pub full_waits: u64,
     /// Puts whose body found the arena full.
     pub space_waits: u64,
@@ -211,11 +215,24 @@ impl RingSnapshot {
 }
 
 impl RingHeader {
+    /// Raises the high-water mark to `depth` (a plain load first: once the mark is reached,
+    /// nothing is written).
+    pub(crate) fn note_high_water(&self, depth: u64) {
+        if self.high_water.load(Ordering::Relaxed) < depth {
+            self.high_water.fetch_max(depth, Ordering::Relaxed);
+        }
+    }
+
     /// Reads the control block's counters (each load is atomic; together they are a snapshot
     /// only when nobody is using the queue).
     pub fn snapshot(&self) -> RingSnapshot {
         let head = self.head.load(Ordering::SeqCst);
         let tail = self.tail.load(Ordering::SeqCst);
+        // A reading in process is also a depth sample for the high-water mark.
+        self.note_high_water(
+            tail.saturating_sub(head)
+                .min(self.capacity.load(Ordering::Relaxed)),
+        );
         RingSnapshot {
             capacity: self.capacity.load(Ordering::Relaxed),
             slot_size: self.slot_size.load(Ordering::Relaxed),
@@ -374,10 +391,6 @@ impl<S: Slots> Ring<'_, S> {
                     self.cancel(Claimed { idx, lap, pos });
                     return Claim::Closed;
                 }
-                if pos % HIGH_WATER_EVERY == HIGH_WATER_EVERY - 1 {
-                    let depth = (pos + 1).saturating_sub(hdr.head.load(Ordering::Relaxed));
-                    Self::note_high_water(hdr, depth.min(self.mask + 1));
-                }
                 return Claim::Slot(Claimed { idx, lap, pos });
             }
             if wlap == lap || (wlap == lap.wrapping_add(1) && state == State::Empty) {
@@ -404,7 +417,7 @@ impl<S: Slots> Ring<'_, S> {
                     continue;
                 }
                 if hdr.tail.load(Ordering::SeqCst) == pos {
-                    Self::note_high_water(hdr, self.mask + 1);
+                    hdr.note_high_water(self.mask + 1);
                     return Claim::Full;
                 }
             }
@@ -413,14 +426,6 @@ impl<S: Slots> Ring<'_, S> {
         // Only a corrupted ring (or extreme contention) gets here: report "no room now"
         // rather than spin forever in a non-blocking call.
         Claim::Full
-    }
-
-    /// Raises the high-water mark to `depth` (a plain load first: once the mark is reached,
-    /// as it is after warm-up, nothing is written).
-    fn note_high_water(hdr: &RingHeader, depth: u64) {
-        if hdr.high_water.load(Ordering::Relaxed) < depth {
-            hdr.high_water.fetch_max(depth, Ordering::Relaxed);
-        }
     }
 
     /// Publishes a slot claimed by [`try_claim_push`](Self::try_claim_push) and filled.

@@ -478,8 +478,9 @@ fn stats_count_puts_gets_and_sleepers_across_processes() {
         "{st:?}"
     );
     assert_eq!(st.blocked_producers, 0, "{st:?}");
-    // It ran full (the producer waited at least once), so the high-water mark is exact.
-    assert!(st.full_waits >= 1, "{st:?}");
+    // It ran full (the producer blocked on it), so the high-water mark is the capacity.
+    // Its waits all ended with room: none was a refusal.
+    assert_eq!(st.full_waits, 0, "{st:?}");
     assert_eq!(st.high_water, 8, "{st:?}");
     assert_eq!(st.space_waits, 0, "{st:?}");
 
@@ -508,9 +509,9 @@ fn stats_count_full_rings_and_full_arenas() {
         .arena_bytes(64 << 10)
         .anonymous()
         .unwrap();
-    // A small queue: puts below the sampling period leave the mark unsampled...
+    // A reading in process samples the depth...
     q.put(vec![1]).unwrap();
-    assert_eq!(q.stats().high_water, 0);
+    assert_eq!(q.stats().high_water, 1);
     // ...a full ring sets it to the capacity, and a refused try_put counts as a full wait.
     for _ in 0..3 {
         q.put(vec![1]).unwrap();
@@ -537,11 +538,19 @@ fn stats_count_full_rings_and_full_arenas() {
     q.put(big.clone()).unwrap();
     assert_eq!(q.get().unwrap(), big);
 
-    // Depth sampled on a longer run: 200 items queued at once in a large queue.
+    // Below the capacity, the deepest reading counts and a shallower one does not lower it.
     let deep: PodQueue<u64> = PodQueue::new(256).unwrap();
     for i in 0..200 {
         deep.put(i).unwrap();
     }
+    assert_eq!(deep.stats().high_water, 200);
+    for _ in 0..150 {
+        deep.get().unwrap();
+    }
     let st = deep.stats();
-    assert!(st.high_water >= 128 && st.high_water <= 200, "{st:?}");
+    assert_eq!(
+        (st.high_water, st.len, st.full_waits),
+        (200, 50, 0),
+        "{st:?}"
+    );
 }
