@@ -549,15 +549,22 @@ impl State {
             let Some(job) = self.jobs.get_mut(&id) else {
                 continue;
             };
-            let (Some(limit), Some(started)) = (job.limit, job.started) else {
+            let Some(limit) = job.limit else {
                 continue;
             };
+            // The front job is the one the worker runs: if no clock was started for it yet
+            // (it reached the front in a way that did not set one), start it now, so a task
+            // over its limit can never run unbounded.
+            let started = *job.started.get_or_insert(now);
             if job.kill_reason.is_none() && now.duration_since(started) >= limit {
-                job.kill_reason = Some(TaskError::TimedOut {
-                    limit_ms: limit.as_millis() as u64,
-                });
-                let _ = w.child.signal(Signal::SIGKILL);
-                self.stopped_for_tasks += 1;
+                // Marked only once the signal is sent: a failed kill is tried again at the
+                // next watch instead of leaving the task to run on.
+                if w.child.signal(Signal::SIGKILL).is_ok() {
+                    job.kill_reason = Some(TaskError::TimedOut {
+                        limit_ms: limit.as_millis() as u64,
+                    });
+                    self.stopped_for_tasks += 1;
+                }
             }
         }
     }
