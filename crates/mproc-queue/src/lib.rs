@@ -128,7 +128,7 @@ mod raw;
 
 pub use arena::ArenaHeader;
 pub use error::{GetError, OpenError, PutError, TaskDoneError};
-pub use ring::{RingHeader, RingSnapshot};
+pub use ring::{HIGH_WATER_EVERY, RingHeader, RingSnapshot};
 
 #[cfg(not(loom))]
 pub use bytes::ByteQueue;

@@ -116,15 +116,20 @@ pub struct RingHeader {
     /// Slots reclaimed because their reader died while reading.
     pub(crate) dead_reclaimed: AtomicU64,
     /// The most items seen in the ring at once: the capacity as soon as a producer finds the
-    /// ring full (exact), otherwise the deepest of the `stats()` readings. Puts do not sample
-    /// it: reading the consumers' `head` even once every 64 puts cost PodQueue 1→1 a third of
-    /// its speed in the A/B benchmark.
+    /// ring full (exact); below that, the deepest of the depths sampled by every
+    /// [`HIGH_WATER_EVERY`]th put and by `stats()` readings.
     pub(crate) high_water: AtomicU64,
     /// Puts refused because the ring was full (`try_put`, or a put whose timeout ran out).
     pub(crate) full_waits: AtomicU64,
     /// Puts whose body found the arena full and had to wait (or failed).
     pub(crate) space_waits: AtomicU64,
 }
+
+/// How often (in ring positions) a producer samples the queue's depth for the high-water
+/// mark: the sample reads the consumers' `head`, a cache line the put does not otherwise
+/// touch. Once every 64 puts cost PodQueue 1→1 a third of its speed in an A/B run; once
+/// every 4096 is lost in the noise (`mproc-bench --pod-1to1`, BENCHMARKS.md).
+pub const HIGH_WATER_EVERY: u64 = 4096;
 
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<RingHeader>() == 384);
@@ -168,8 +173,8 @@ pub struct RingSnapshot {
     /// Slots reclaimed because their reader died while reading.
     pub dead_reclaimed: u64,
     /// The most items seen in the queue at once: the capacity once the queue ran full (exact);
-    /// below that, the deepest `stats()` reading (tools that only read the segment do not
-    /// sample it).
+    /// below that, the deepest depth sampled every [`HIGH_WATER_EVERY`] puts or by a
+    /// `stats()` call (tools that only read the segment do not sample it).
     pub high_water: u64,
     /// Puts refused because every slot was taken (`try_put`, or a timeout ran out).
     pub full_waits: u64,
@@ -221,6 +226,14 @@ impl RingHeader {
         if self.high_water.load(Ordering::Relaxed) < depth {
             self.high_water.fetch_max(depth, Ordering::Relaxed);
         }
+    }
+
+    /// A producer's depth sample at ring position `pos` (one read of the consumers' line per
+    /// [`HIGH_WATER_EVERY`] puts); out of line so the put's fast path stays as it was.
+    #[cold]
+    #[inline(never)]
+    fn sample_depth(&self, pos: u64) {
+        self.note_high_water(pos.saturating_sub(self.head.load(Ordering::Relaxed)));
     }
 
     /// Reads the control block's counters (each load is atomic; together they are a snapshot
@@ -385,6 +398,9 @@ impl<S: Slots> Ring<'_, S> {
                     continue;
                 }
                 Self::help_advance(&hdr.tail, pos);
+                if pos & (HIGH_WATER_EVERY - 1) == 0 {
+                    hdr.sample_depth(pos);
+                }
                 // A close that consumers may already have acted on ("empty and closed") must
                 // not be followed by an item they will never read: re-check after claiming.
                 if hdr.closed.load(Ordering::SeqCst) != 0 {

@@ -554,3 +554,30 @@ fn stats_count_full_rings_and_full_arenas() {
         "{st:?}"
     );
 }
+
+#[test]
+fn puts_sample_the_depth_for_the_high_water_mark_without_a_stats_call() {
+    // A producer in another process fills the ring past one sampling point; nobody calls
+    // `stats()` while it is deep. The put at position HIGH_WATER_EVERY saw that many items.
+    let every = mproc_queue::HIGH_WATER_EVERY;
+    let q: PodQueue<u64> = PodQueue::new(4 * every as usize).unwrap();
+    let n = every + every / 2;
+    let producer = fork_child(|| {
+        for i in 0..n {
+            if q.put(i).is_err() {
+                return 1;
+            }
+        }
+        0
+    });
+    producer.assert_success();
+    for i in 0..n {
+        assert_eq!(q.get().unwrap(), i);
+    }
+    let st = q.stats();
+    assert_eq!(
+        (st.high_water, st.len, st.put_total),
+        (every, 0, n),
+        "{st:?}"
+    );
+}
