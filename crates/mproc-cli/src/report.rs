@@ -420,6 +420,8 @@ struct Sample {
     put: u64,
     got: u64,
     acquisitions: u64,
+    /// For a pool worker's row: the pid whose `got` (tasks done) this is.
+    pid: u32,
 }
 
 fn sample_of(i: &SegmentInfo) -> Sample {
@@ -431,6 +433,7 @@ fn sample_of(i: &SegmentInfo) -> Sample {
             |q| q.got_total,
         ),
         acquisitions: i.lock.as_ref().map_or(0, |l| l.acquisitions),
+        pid: 0,
     }
 }
 
@@ -505,7 +508,9 @@ impl Rates {
     /// The table's lines (a header, then a row a segment, sorted), and the samples kept.
     fn table(&mut self, infos: &[SegmentInfo], sort: SortBy) -> Vec<String> {
         let secs = self.at.elapsed().as_secs_f64().max(1e-3);
-        let mut rows: Vec<(String, [f64; 4], String)> = Vec::new();
+        // A row a segment, followed by its sub-rows (a pool's workers), sorted as one.
+        let mut rows: Vec<(String, [f64; 4], Vec<String>)> = Vec::new();
+        let mut worker_samples: Vec<(String, Sample)> = Vec::new();
         for i in infos {
             let now = sample_of(i);
             // New since the last sample: its rate is measured from the next one.
@@ -562,9 +567,35 @@ impl Rates {
                 waits,
                 dead + deaths
             );
-            rows.push((i.name.clone(), [put, got, length, acq], line));
+            let mut lines = vec![line];
+            // A pool's workers, one row each: slot, pid, state, job, tasks done per second.
+            for (k, w) in i.pool.iter().flat_map(|p| p.workers.iter()).enumerate() {
+                let key = format!("{}\0worker{k}", i.name);
+                let now = Sample {
+                    got: w.tasks_done,
+                    pid: w.pid,
+                    ..Sample::default()
+                };
+                // A replaced worker starts its count again: rate from its own first reading.
+                let was = self
+                    .before
+                    .get(&key)
+                    .copied()
+                    .filter(|s| s.pid == w.pid)
+                    .unwrap_or(now);
+                worker_samples.push((key, now));
+                lines.push(format!(
+                    "{:<40} {:<10} {:>13} {:>11} {:>11}",
+                    format!("  worker {k} (pid {})", w.pid),
+                    w.state,
+                    w.job.map_or_else(dash, |j| format!("job {j}")),
+                    dash(),
+                    format!("{:.0}", rate(now.got, was.got, secs)),
+                ));
+            }
+            rows.push((i.name.clone(), [put, got, length, acq], lines));
         }
-        let key = |r: &(String, [f64; 4], String)| match sort {
+        let key = |r: &(String, [f64; 4], Vec<String>)| match sort {
             SortBy::Name => 0.0,
             SortBy::Put => r.1[0],
             SortBy::Get => r.1[1],
@@ -574,11 +605,12 @@ impl Rates {
         // Largest first, then by name.
         rows.sort_by(|a, b| key(b).total_cmp(&key(a)).then_with(|| a.0.cmp(&b.0)));
         *self = Rates::new(infos);
+        self.before.extend(worker_samples);
         let mut lines = vec![format!(
             "{:<40} {:<10} {:>13} {:>11} {:>11} {:>9} {:>11} {:>8} {:>6}",
             "NAME", "KIND", "LEN/CAP", "PUT/S", "GET/S", "ASLEEP", "ACQUIRE/S", "WAITS", "DEAD"
         )];
-        lines.extend(rows.into_iter().map(|r| r.2));
+        lines.extend(rows.into_iter().flat_map(|r| r.2));
         lines
     }
 }
@@ -670,8 +702,9 @@ pub fn top_interactive(
             terminal::Clear(terminal::ClearType::All),
             cursor::MoveTo(0, 0),
             Print(format!(
-                "mproc top: {} queue(s)/lock(s), sorted by {} (s: sort, q: quit)",
-                lines.len().saturating_sub(1),
+                "mproc top: {} segment(s), sorted by {} (s: sort, q: quit)",
+                // Sub-rows (a pool's workers) are indented.
+                lines.iter().skip(1).filter(|l| !l.starts_with(' ')).count(),
                 sort.label()
             ))
         )

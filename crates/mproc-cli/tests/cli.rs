@@ -588,6 +588,50 @@ fn a_named_pool_publishes_workers_tasks_failures_and_restarts() {
         ]);
         let row = line_of(&top, &name).unwrap_or_else(|| panic!("{top}"));
         assert!(row.contains("pool") && row.contains("0/2"), "{row}");
+        // Below the pool's row, a row a worker: its slot, pid and state.
+        let lines: Vec<&str> = top.lines().collect();
+        let at = lines.iter().position(|l| l.starts_with(&name)).unwrap();
+        for (k, pid) in p.pids().iter().enumerate() {
+            let w = lines[at + 1 + k];
+            assert!(
+                w.starts_with(&format!("  worker {k} (pid {pid})")) && w.contains("idle"),
+                "{top}"
+            );
+        }
+
+        // A job that waits for an event: its worker's row says which job it runs.
+        let release_name = unique_name("cli-pool-go");
+        let release = mproc_sync::Event::create(&release_name).unwrap();
+        let held = p
+            .apply_async(
+                |n: String| mproc_sync::Event::open(&n).map(|e| e.wait()).is_ok(),
+                release_name.clone(),
+            )
+            .unwrap();
+        json_entry_when(&name, &name, |e| {
+            e["pool"]["workers"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["state"] == "running"))
+        });
+        let top = mproc(&[
+            "top",
+            "--prefix",
+            &name,
+            "--interval-ms",
+            "50",
+            "--count",
+            "1",
+        ]);
+        let running: Vec<&str> = top.lines().filter(|l| l.contains("running")).collect();
+        assert!(
+            running.len() == 1
+                && running[0].starts_with("  worker ")
+                && running[0].contains("job "),
+            "{top}"
+        );
+        release.set();
+        assert!(held.get().unwrap());
+        drop(release);
 
         drop(p);
         assert!(

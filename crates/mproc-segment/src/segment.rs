@@ -831,8 +831,22 @@ impl AsFd for Segment {
     }
 }
 
-impl Drop for Segment {
-    fn drop(&mut self) {
+impl Segment {
+    /// Removes the name now, as dropping this creating handle would: only in the creating
+    /// process, only if the name was not [`persist`](Segment::persist)ed, and only if it
+    /// still refers to this segment (not to a newer one made under the same name). The
+    /// mapping stays valid; peers that have it mapped keep it.
+    ///
+    /// ```
+    /// use mproc_segment::Segment;
+    /// let name = format!("mproc-doc-unlink-now-{}", std::process::id());
+    /// let seg = Segment::create(&name, 64).unwrap();
+    /// seg.unlink_now();
+    /// assert!(Segment::open(&name).is_err());
+    /// // The mapping is still there.
+    /// seg.write_bytes(0, b"still mapped").unwrap();
+    /// ```
+    pub fn unlink_now(&self) {
         let (Some(pid), Some(name)) = (self.unlink_on_drop, &self.name) else {
             return;
         };
@@ -851,6 +865,12 @@ impl Drop for Segment {
                 let _ = shm_unlink(name.as_str());
             }
         }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        self.unlink_now();
     }
 }
 

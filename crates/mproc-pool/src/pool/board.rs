@@ -136,6 +136,12 @@ impl Board {
         Ok(b)
     }
 
+    /// Takes the board's name out of `/dev/shm` (the pool has stopped; `AsyncResult`s that
+    /// keep the pool's state alive must not keep a stale board on show).
+    pub(crate) fn unlink(&self) {
+        self.seg.unlink_now();
+    }
+
     fn set(&self, i: usize, v: u64) {
         if let Ok(w) = self.seg.view::<AtomicU64>(i * 8) {
             w.store(v, Ordering::Relaxed);

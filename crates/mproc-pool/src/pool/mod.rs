@@ -825,6 +825,9 @@ impl Pool {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        if let Some(board) = &self.shared.board {
+            board.unlink();
+        }
         let mut workers = std::mem::take(&mut self.shared.lock().workers);
         for w in &workers {
             if terminate {
