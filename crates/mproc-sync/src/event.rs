@@ -52,6 +52,21 @@ impl RawEvent {
         self.wait_deadline(Some(Instant::now() + timeout))
     }
 
+    /// Waits for the flag without blocking a thread (the `async` feature): the future
+    /// completes once the flag is set. Dropping it cancels the wait and leaves nothing behind.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub fn wait_async(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        crate::park::wait_async([Some(&self.parking), None], crate::park::NAP, move |_| {
+            self.is_set().then_some(())
+        })
+    }
+
+    /// The parking place `set` wakes (for [`crate::Waitable`]).
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn parking(&self) -> &Parking {
+        &self.parking
+    }
+
     fn wait_deadline(&self, deadline: Option<Instant>) -> bool {
         self.parking
             .block_on(deadline, || self.is_set().then_some(()))
@@ -132,6 +147,31 @@ mod handle {
         /// Blocks until the flag is set or `timeout` passes; `true` if it is set.
         pub fn wait_timeout(&self, timeout: Duration) -> bool {
             self.0.get().wait_timeout(timeout)
+        }
+
+        /// Waits for the flag without blocking a thread (the `async` feature); see
+        /// [`RawEvent::wait_async`].
+        ///
+        /// ```
+        /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        /// #     let mut f = std::pin::pin!(f);
+        /// #     let w = std::task::Waker::noop();
+        /// #     let mut cx = std::task::Context::from_waker(w);
+        /// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v } }
+        /// # }
+        /// let ev = mproc_sync::Event::new()?;
+        /// ev.set();
+        /// block_on(ev.wait_async());
+        /// # Ok::<(), mproc_segment::SegmentError>(())
+        /// ```
+        #[cfg(feature = "async")]
+        pub fn wait_async(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+            self.0.get().wait_async()
+        }
+
+        /// The event itself, in its segment.
+        pub fn raw(&self) -> &RawEvent {
+            self.0.get()
         }
 
         /// The segment the event lives in.

@@ -40,6 +40,10 @@ mod error;
 mod event;
 pub mod futex;
 pub mod park;
+#[cfg(all(feature = "async", not(loom)))]
+pub mod reactor;
+#[cfg(all(feature = "async", not(loom)))]
+mod select;
 mod semaphore;
 
 #[cfg(not(loom))]
@@ -56,6 +60,9 @@ pub use event::RawEvent;
 pub use park::Parking;
 pub use raw_lock::{LockCounters, RawGuard, RawLock};
 pub use semaphore::RawSemaphore;
+
+#[cfg(all(feature = "async", not(loom)))]
+pub use select::{Readable, Registration, SelectFuture, Waitable, select, select_async};
 
 #[cfg(not(loom))]
 pub use barrier::Barrier;

@@ -28,8 +28,8 @@ use crate::futex;
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct Parking {
-    seq: AtomicU32,
-    waiters: AtomicU32,
+    pub(crate) seq: AtomicU32,
+    pub(crate) waiters: AtomicU32,
 }
 
 #[cfg(not(loom))]
@@ -39,7 +39,7 @@ const _: () = assert!(std::mem::size_of::<Parking>() == 8);
 /// state and waking (or a wake-up lost any other way) then costs a waiter this much delay, not
 /// its life.
 #[cfg(not(loom))]
-const NAP: std::time::Duration = std::time::Duration::from_millis(100);
+pub const NAP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// When a sleep that may last until `deadline` should end to poll again.
 #[cfg(not(loom))]
@@ -150,3 +150,100 @@ fn spin<T>(poll: &mut impl FnMut() -> Option<T>) -> Option<T> {
 fn spin<T>(poll: &mut impl FnMut() -> Option<T>) -> Option<T> {
     poll()
 }
+
+/// Futures that wait on [`Parking`]s (the `async` feature): the protocol of
+/// [`Parking::block_on`], with the reactor (see [`crate::reactor`]) in place of the sleep.
+#[cfg(all(feature = "async", not(loom)))]
+mod wait_async {
+    use std::future::Future;
+    use std::marker::PhantomData;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use super::Parking;
+    use crate::select::Registration;
+
+    /// The future returned by [`wait_async`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ParkFuture<'a, T, F> {
+        parkings: [Option<&'a Parking>; 2],
+        /// One registration a parking (counted among its waiters) while pending.
+        regs: Vec<Registration<'a>>,
+        nap: Duration,
+        attempt: F,
+        _t: PhantomData<fn() -> T>,
+    }
+
+    impl<T, F> std::fmt::Debug for ParkFuture<'_, T, F> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ParkFuture")
+                .field("waiting", &!self.regs.is_empty())
+                .finish_non_exhaustive()
+        }
+    }
+
+    // Nothing is ever pinned through the future: `attempt` is only called by `&mut`.
+    impl<T, F> Unpin for ParkFuture<'_, T, F> {}
+
+    /// A future that runs `attempt(check_peers)` until it returns `Some`, sleeping (through the
+    /// reactor) on `parkings` in between: the async form of [`Parking::block_on`].
+    ///
+    /// `check_peers` is `true` on every attempt after a wake-up or a nap of `nap` (the
+    /// blocking call's re-poll interval), when the operation should also look for dead peers.
+    ///
+    /// **Cancellation.** Dropping the future leaves nothing registered and takes it off the
+    /// waiter counts. If the reactor had already woken it (a peer's `wake_one` may have
+    /// chosen this future over a blocked thread) and it had not looked yet, the wake-up is
+    /// passed on to another waiter, so dropping a future never strands a sleeper.
+    pub fn wait_async<'a, T, F>(
+        parkings: [Option<&'a Parking>; 2],
+        nap: Duration,
+        attempt: F,
+    ) -> ParkFuture<'a, T, F>
+    where
+        F: FnMut(bool) -> Option<T>,
+    {
+        ParkFuture {
+            parkings,
+            regs: Vec::new(),
+            nap,
+            attempt,
+            _t: PhantomData,
+        }
+    }
+
+    impl<T, F: FnMut(bool) -> Option<T>> Future for ParkFuture<'_, T, F> {
+        type Output = T;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+            let this = &mut *self;
+            let check = !this.regs.is_empty();
+            // We are about to look: a wake-up we absorbed is ours, not to pass on.
+            this.regs.drain(..).for_each(|r| {
+                r.finish();
+            });
+            if let Some(v) = (this.attempt)(check) {
+                return Poll::Ready(v);
+            }
+            // As in `block_on`: count ourselves and note the sequence, then look once more.
+            let nap = this.nap;
+            this.regs.extend(
+                this.parkings
+                    .iter()
+                    .flatten()
+                    .map(|p| Registration::parking_for(p, cx.waker(), nap)),
+            );
+            if let Some(v) = (this.attempt)(check) {
+                this.regs.drain(..).for_each(|r| {
+                    r.finish();
+                });
+                return Poll::Ready(v);
+            }
+            Poll::Pending
+        }
+    }
+}
+
+#[cfg(all(feature = "async", not(loom)))]
+pub use wait_async::{ParkFuture, wait_async};

@@ -97,6 +97,21 @@ impl RawSemaphore {
     pub fn value(&self) -> u32 {
         self.value.load(Ordering::Relaxed)
     }
+
+    /// Takes a permit without blocking a thread (the `async` feature). Dropping the future
+    /// before it completes takes nothing.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub fn acquire_async(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        crate::park::wait_async([Some(&self.parking), None], crate::park::NAP, move |_| {
+            self.try_acquire().then_some(())
+        })
+    }
+
+    /// Where waiters for a permit sleep (for [`crate::Waitable`]).
+    #[cfg(all(feature = "async", not(loom)))]
+    pub(crate) fn parking(&self) -> &Parking {
+        &self.parking
+    }
 }
 
 #[cfg(not(loom))]
@@ -183,9 +198,28 @@ mod handle {
             self.0.get().value()
         }
 
+        /// Takes a permit without blocking a thread (the `async` feature); see
+        /// [`RawSemaphore::acquire_async`].
+        #[cfg(feature = "async")]
+        pub fn acquire_async(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+            self.0.get().acquire_async()
+        }
+
         /// The segment the semaphore lives in.
         pub fn segment(&self) -> &Segment {
             self.0.segment()
+        }
+    }
+
+    /// Ready when a permit is free (a select takes none).
+    #[cfg(feature = "async")]
+    impl crate::Waitable for Semaphore {
+        fn is_ready(&self) -> bool {
+            self.value() > 0
+        }
+
+        fn register(&self, waker: &std::task::Waker) -> crate::Registration<'_> {
+            crate::Waitable::register(self.0.get(), waker)
         }
     }
 
@@ -267,6 +301,13 @@ mod handle {
         /// The number of free permits now.
         pub fn value(&self) -> u32 {
             self.0.get().0.value()
+        }
+
+        /// Takes a permit without blocking a thread (the `async` feature); see
+        /// [`RawSemaphore::acquire_async`].
+        #[cfg(feature = "async")]
+        pub fn acquire_async(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+            self.0.get().0.acquire_async()
         }
     }
 }

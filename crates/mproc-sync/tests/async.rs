@@ -1,0 +1,162 @@
+//! Futures and select across real processes (the `async` feature).
+
+use std::time::Duration;
+
+use mproc_sync::{Event, Readable, Semaphore, Waitable, select, select_async};
+use mproc_testkit::{block_on_for, fork_child, poll_once, with_deadline};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn an_event_future_completes_when_another_process_sets_it() {
+    with_deadline(LIMIT, || {
+        let ev = Event::new().unwrap();
+        let mut wait = Box::pin(ev.wait_async());
+        // Registered with the reactor before the peer exists.
+        assert!(poll_once(&mut wait).is_none());
+        assert!(!ev.raw().is_set());
+        let child = fork_child(|| {
+            ev.set();
+            0
+        });
+        assert_eq!(block_on_for(LIMIT, wait), Some(()));
+        child.assert_success();
+    });
+}
+
+#[test]
+fn a_dropped_event_future_leaves_no_waiter_behind() {
+    let ev = Event::new().unwrap();
+    // The waiter count is what makes `set` issue a wake-up system call.
+    let waiters = waiters_of;
+    let mut wait = Box::pin(ev.wait_async());
+    assert!(poll_once(&mut wait).is_none());
+    assert_eq!(waiters(&ev), 1);
+    drop(wait);
+    assert_eq!(waiters(&ev), 0);
+    // A set afterwards finds nobody; a new future completes at once.
+    ev.set();
+    assert_eq!(block_on_for(LIMIT, ev.wait_async()), Some(()));
+}
+
+/// The event's waiter count, read from its segment: the `Parking` after the 4-byte state,
+/// second word.
+fn waiters_of(ev: &Event) -> u32 {
+    let mut b = [0u8; 4];
+    ev.segment().read_bytes(8, &mut b).unwrap();
+    u32::from_ne_bytes(b)
+}
+
+#[test]
+fn semaphore_permits_released_by_a_child_reach_async_acquirers() {
+    with_deadline(LIMIT, || {
+        let s = Semaphore::new(0).unwrap();
+        let mut a = Box::pin(s.acquire_async());
+        let mut b = Box::pin(s.acquire_async());
+        assert!(poll_once(&mut a).is_none() && poll_once(&mut b).is_none());
+        let child = fork_child(|| {
+            s.release();
+            s.release();
+            0
+        });
+        child.assert_success();
+        assert_eq!(block_on_for(LIMIT, a), Some(()));
+        assert_eq!(block_on_for(LIMIT, b), Some(()));
+        assert_eq!(s.value(), 0);
+    });
+}
+
+#[test]
+fn cancelled_acquires_take_no_permit_and_pass_on_their_wake_up() {
+    with_deadline(LIMIT, || {
+        let s = Semaphore::new(0).unwrap();
+        for _ in 0..50 {
+            let mut doomed = Box::pin(s.acquire_async());
+            let mut keeper = Box::pin(s.acquire_async());
+            assert!(poll_once(&mut doomed).is_none() && poll_once(&mut keeper).is_none());
+            s.release();
+            // Whichever future the release woke, dropping the other one must not lose the
+            // permit or the wake-up: `keeper` gets it.
+            drop(doomed);
+            assert_eq!(block_on_for(LIMIT, keeper), Some(()));
+            assert_eq!(s.value(), 0);
+        }
+    });
+}
+
+#[test]
+fn select_returns_the_source_another_process_made_ready() {
+    with_deadline(LIMIT, || {
+        let events: Vec<Event> = (0..5).map(|_| Event::new().unwrap()).collect();
+        let sources: Vec<&dyn Waitable> = events.iter().map(|e| e as &dyn Waitable).collect();
+        assert!(select(&sources, Some(Duration::from_millis(20))).is_empty());
+        for pick in [3usize, 0, 4] {
+            let mut fut = select_async(&sources);
+            assert!(poll_once(&mut fut).is_none());
+            let child = fork_child(|| {
+                events[pick].set();
+                0
+            });
+            assert_eq!(block_on_for(LIMIT, fut), Some(vec![pick]));
+            child.assert_success();
+            events[pick].clear();
+            // The blocking form sees the same.
+            let child = fork_child(|| {
+                events[pick].set();
+                0
+            });
+            assert_eq!(select(&sources, Some(LIMIT)), vec![pick]);
+            child.assert_success();
+            events[pick].clear();
+        }
+    });
+}
+
+#[test]
+fn select_over_a_pipe_fires_when_a_child_writes_or_dies() {
+    with_deadline(LIMIT, || {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let ev = Event::new().unwrap();
+        let pipe = Readable(std::os::fd::AsFd::as_fd(&r));
+        let sources: [&dyn Waitable; 2] = [&ev, &pipe];
+        let child = fork_child(move || {
+            nix::unistd::write(&w, b"x").unwrap();
+            0
+        });
+        assert_eq!(select(&sources, Some(LIMIT)), vec![1]);
+        child.assert_success();
+    });
+}
+
+#[test]
+fn an_idle_async_waiter_uses_almost_no_cpu() {
+    with_deadline(LIMIT, || {
+        let ev = Event::new().unwrap();
+        let stop = Event::new().unwrap();
+        let child = fork_child(|| {
+            // A second waiter, so the reactor has two words to sleep on.
+            let sources: [&dyn Waitable; 1] = [&stop];
+            let both = async {
+                ev.wait_async().await;
+                select_async(&sources).await
+            };
+            match block_on_for(LIMIT, both) {
+                Some(v) if v == vec![0] => 0,
+                _ => 1,
+            }
+        });
+        let mut child = child;
+        // The measured interval: the waiter must sleep through it (its reactor wakes once
+        // per 100 ms nap to look for dead peers, nothing more).
+        std::thread::sleep(Duration::from_secs(1));
+        ev.set();
+        stop.set();
+        let reaped = child.wait();
+        assert_eq!(reaped.exit, mproc_testkit::Exit::Code(0));
+        assert!(
+            reaped.cpu < Duration::from_millis(50),
+            "idle async waiter used {:?}",
+            reaped.cpu
+        );
+    });
+}
