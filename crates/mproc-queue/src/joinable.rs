@@ -162,6 +162,22 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         self.join_deadline(Some(Instant::now() + timeout))
     }
 
+    /// Waits without blocking a thread until every item put has been reported done (the
+    /// async form of [`join`](Self::join)).
+    #[cfg(feature = "async")]
+    pub fn join_async(&self) -> impl std::future::Future<Output = ()> + '_ {
+        let hdr = self.queue.raw().header();
+        // The same 50 ms naps as `join`: the last item may leave without a wake.
+        mproc_sync::park::wait_async(
+            [Some(&hdr.all_done), None],
+            Duration::from_millis(50),
+            move |_| (self.unfinished_tasks() == 0).then_some(()),
+        )
+    }
+
+    #[cfg(feature = "async")]
+    crate::wait_async::async_queue_methods!(T, queue.raw());
+
     fn join_deadline(&self, deadline: Option<Instant>) -> bool {
         let hdr = self.queue.raw().header();
         // Naps: the last item may leave the queue without a wake (its producer or consumer

@@ -125,6 +125,8 @@ mod message;
 mod pod;
 #[cfg(not(loom))]
 mod raw;
+#[cfg(all(feature = "async", not(loom)))]
+mod wait_async;
 
 pub use arena::ArenaHeader;
 pub use error::{GetError, OpenError, PutError, TaskDoneError};
@@ -140,3 +142,5 @@ pub use loan::{Loan, Message, PodLoan, PodMessage};
 pub use message::{DEFAULT_SLOT_SIZE, MIN_DEFAULT_ARENA, MIN_SLOT_SIZE, Queue, QueueOptions};
 #[cfg(not(loom))]
 pub use pod::PodQueue;
+#[cfg(all(feature = "async", not(loom)))]
+pub use wait_async::QueueReady;

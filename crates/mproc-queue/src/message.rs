@@ -370,5 +370,8 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     queue_state_methods!();
+
+    #[cfg(feature = "async")]
+    crate::wait_async::async_queue_methods!(T, raw);
     arena_methods!();
 }

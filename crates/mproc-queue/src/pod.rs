@@ -245,4 +245,7 @@ impl<T: Pod> PodQueue<T> {
     }
 
     queue_state_methods!();
+
+    #[cfg(feature = "async")]
+    crate::wait_async::async_queue_methods!(T, raw);
 }

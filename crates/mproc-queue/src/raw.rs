@@ -45,7 +45,7 @@ const ENTRY_BYTES: usize = 16;
 
 /// How long a blocked `put`/`get` sleeps before looking again, so that a peer that died
 /// holding the slot (or chunk) it waits for, and so never wakes it, is noticed.
-const REPOLL: Duration = Duration::from_millis(200);
+pub(crate) const REPOLL: Duration = Duration::from_millis(200);
 
 /// The largest unit of an arena (bytes).
 const MAX_UNIT: u64 = 1 << 30;

@@ -1,0 +1,243 @@
+//! Queue futures and select sources across real processes (the `async` feature).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mproc_queue::{GetError, JoinableQueue, PodQueue, PutError, Queue};
+use mproc_sync::{Waitable, select, select_async};
+use mproc_testkit::{Rng, block_on_for, fork_child, poll_once, with_deadline};
+use nix::sys::signal::Signal;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn items_put_by_another_process_reach_an_async_consumer_in_order() {
+    with_deadline(LIMIT, || {
+        let q: PodQueue<u64> = PodQueue::new(16).unwrap();
+        let mut first = Box::pin(q.get_async());
+        assert!(poll_once(&mut first).is_none(), "nothing put yet");
+        let producer = fork_child(|| {
+            for i in 0..10_000u64 {
+                if q.put(i).is_err() {
+                    return 1;
+                }
+            }
+            0
+        });
+        assert_eq!(block_on_for(LIMIT, first), Some(Ok(0)));
+        for i in 1..10_000u64 {
+            assert_eq!(block_on_for(LIMIT, q.get_async()), Some(Ok(i)));
+        }
+        producer.assert_success();
+        q.close();
+        assert_eq!(
+            block_on_for(LIMIT, q.get_async()),
+            Some(Err(GetError::Closed))
+        );
+    });
+}
+
+#[test]
+fn an_async_put_waits_for_room_a_child_makes_and_gets_its_value_back_on_close() {
+    with_deadline(LIMIT, || {
+        let q: Queue<String> = Queue::new(2).unwrap();
+        q.put("a".into()).unwrap();
+        q.put("b".into()).unwrap();
+        let mut put = Box::pin(q.put_async("c".into()));
+        assert!(poll_once(&mut put).is_none(), "the queue is full");
+        let consumer = fork_child(|| match q.get() {
+            Ok(s) if s == "a" => 0,
+            _ => 1,
+        });
+        assert_eq!(block_on_for(LIMIT, put), Some(Ok(())));
+        consumer.assert_success();
+        assert_eq!(q.len(), 2);
+
+        let mut put = Box::pin(q.put_async("d".into()));
+        assert!(poll_once(&mut put).is_none());
+        let closer = fork_child(|| {
+            q.close();
+            0
+        });
+        match block_on_for(LIMIT, put) {
+            Some(Err(PutError::Closed(v))) => assert_eq!(v, "d"),
+            other => panic!("expected Closed(d), got {other:?}"),
+        }
+        closer.assert_success();
+    });
+}
+
+#[test]
+fn futures_dropped_at_random_points_lose_and_duplicate_nothing() {
+    with_deadline(Duration::from_secs(120), || {
+        const N: u64 = 20_000;
+        // Small, so that both sides find it full and empty often.
+        let q: Queue<u64> = Queue::new(4).unwrap();
+        let producer = fork_child(|| {
+            let mut rng = Rng(0xA5A5_0001);
+            let mut i = 0;
+            while i < N {
+                let mut put = Box::pin(q.put_async(i));
+                match poll_once(&mut put) {
+                    Some(Ok(())) => i += 1,
+                    Some(Err(_)) => return 1,
+                    // Pending: the value was not sent. Cancel it now and then (the next
+                    // future sends `i` again), otherwise wait for it.
+                    None if rng.next_u64() % 3 == 0 => drop(put),
+                    None => match block_on_for(LIMIT, put) {
+                        Some(Ok(())) => i += 1,
+                        _ => return 2,
+                    },
+                }
+            }
+            0
+        });
+        let mut rng = Rng(0x5A5A_0002);
+        let mut got = Vec::with_capacity(N as usize);
+        let mut cancelled = 0u64;
+        while (got.len() as u64) < N {
+            let mut get = Box::pin(q.get_async());
+            match poll_once(&mut get) {
+                Some(r) => got.push(r.unwrap()),
+                None if rng.next_u64() % 3 == 0 => {
+                    cancelled += 1;
+                    drop(get);
+                }
+                None => got.push(block_on_for(LIMIT, get).expect("stuck").unwrap()),
+            }
+        }
+        producer.assert_success();
+        // Exactly once, in order (one producer), and nothing left behind.
+        assert!(
+            got.iter().copied().eq(0..N),
+            "lost, duplicated or reordered"
+        );
+        assert!(cancelled > 0);
+        assert_eq!(q.try_get(), Err(GetError::Empty));
+        let st = q.stats();
+        assert_eq!(
+            (st.blocked_consumers, st.blocked_producers),
+            (0, 0),
+            "a cancelled future stayed counted: {st:?}"
+        );
+    });
+}
+
+#[test]
+fn an_async_get_skips_the_slot_of_a_producer_that_died_without_waking_anyone() {
+    with_deadline(LIMIT, || {
+        let q: PodQueue<u64> = PodQueue::new(4).unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        // The child claims the next slot to write in place and holds it.
+        let mut holder = fork_child(|| {
+            let loan = q.loan().unwrap();
+            nix::unistd::write(&w, b"x").unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+            drop(loan);
+            0
+        });
+        let mut b = [0u8];
+        nix::unistd::read(&r, &mut b).unwrap();
+        q.put(7).unwrap();
+        // The held slot comes first: the future waits for its (live) writer...
+        let mut get = Box::pin(q.get_async());
+        assert!(poll_once(&mut get).is_none());
+        // ...who dies without publishing or waking anyone. The re-poll notices.
+        holder.signal(Signal::SIGKILL);
+        holder.wait();
+        assert_eq!(block_on_for(LIMIT, get), Some(Ok(7)));
+        assert_eq!(q.stats().dead_skipped, 1);
+    });
+}
+
+#[test]
+fn join_async_completes_when_a_child_reports_every_task_done() {
+    with_deadline(LIMIT, || {
+        let q: JoinableQueue<u32> = JoinableQueue::new(8).unwrap();
+        for i in 0..5 {
+            q.put(i).unwrap();
+        }
+        let mut join = Box::pin(q.join_async());
+        assert!(poll_once(&mut join).is_none());
+        let worker = fork_child(|| {
+            for _ in 0..5 {
+                if q.get().is_err() || q.task_done().is_err() {
+                    return 1;
+                }
+            }
+            0
+        });
+        assert_eq!(block_on_for(LIMIT, join), Some(()));
+        worker.assert_success();
+        let mut out = Vec::new();
+        q.put(9).unwrap();
+        assert_eq!(
+            block_on_for(LIMIT, q.get_many_async(&mut out, 4)),
+            Some(Ok(1))
+        );
+        assert_eq!(out, vec![9]);
+    });
+}
+
+#[test]
+fn select_reports_which_of_two_queues_a_child_filled() {
+    with_deadline(LIMIT, || {
+        let a: PodQueue<u64> = PodQueue::new(4).unwrap();
+        let b: Queue<String> = Queue::new(4).unwrap();
+        let (ra, rb) = (a.readable(), b.readable());
+        let sources: [&dyn Waitable; 2] = [&ra, &rb];
+        assert!(select(&sources, Some(Duration::from_millis(10))).is_empty());
+        let mut fut = select_async(&sources);
+        assert!(poll_once(&mut fut).is_none());
+        let child = fork_child(|| match b.put("hi".into()) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        });
+        assert_eq!(block_on_for(LIMIT, fut), Some(vec![1]));
+        child.assert_success();
+        assert_eq!(b.try_get().unwrap(), "hi");
+        // Writable: a full queue is not, until a child takes an item.
+        for i in 0..4 {
+            a.put(i).unwrap();
+        }
+        let wa = a.writable();
+        assert!(!wa.is_ready());
+        let child = fork_child(|| match a.get() {
+            Ok(0) => 0,
+            _ => 1,
+        });
+        assert_eq!(select(&[&wa], Some(LIMIT)), vec![0]);
+        child.assert_success();
+        let seen: HashSet<u64> = (0..3).map(|_| a.try_get().unwrap()).collect();
+        assert_eq!(seen, HashSet::from([1, 2, 3]));
+    });
+}
+
+#[test]
+fn an_idle_async_consumer_uses_almost_no_cpu() {
+    let q: PodQueue<u64> = PodQueue::new(4).unwrap();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let mut child = fork_child(|| {
+        let mut get = Box::pin(q.get_async());
+        if poll_once(&mut get).is_some() {
+            return 2;
+        }
+        nix::unistd::write(&w, b"x").unwrap();
+        match block_on_for(LIMIT, get) {
+            Some(Ok(1)) => 0,
+            _ => 1,
+        }
+    });
+    let mut b = [0u8];
+    nix::unistd::read(&r, &mut b).unwrap();
+    // The measured interval: the consumer must sleep through it.
+    std::thread::sleep(Duration::from_secs(1));
+    q.put(1).unwrap();
+    let reaped = child.wait();
+    assert_eq!(reaped.exit, mproc_testkit::Exit::Code(0));
+    assert!(
+        reaped.cpu < Duration::from_millis(50),
+        "idle async consumer used {:?}",
+        reaped.cpu
+    );
+}
