@@ -48,12 +48,15 @@ impl RawBarrier {
         self.wait_deadline(Some(Instant::now() + timeout))
     }
 
-    fn wait_deadline(&self, deadline: Option<Instant>) -> Result<u32, BarrierError> {
+    /// Arrives at the barrier: `Ok(Ok(index))` or `Ok(Err(..))` if this party was the last
+    /// (or found it broken), `Err((generation, index))` if it must wait for `generation` to
+    /// pass.
+    fn arrive(&self) -> Result<Result<u32, BarrierError>, (u32, u32)> {
         // SYNC POINT: read the generation before arriving, so the bump by the last arrival
         // (which happens after our fetch_add) is seen as a change.
         let generation = self.generation.load(Ordering::SeqCst);
         if self.broken.load(Ordering::SeqCst) != 0 {
-            return Err(BarrierError::Broken);
+            return Ok(Err(BarrierError::Broken));
         }
         let parties = self.parties.load(Ordering::Relaxed).max(1);
         let index = self.arrived.fetch_add(1, Ordering::AcqRel);
@@ -62,12 +65,25 @@ impl RawBarrier {
             self.arrived.store(0, Ordering::Relaxed);
             self.generation.fetch_add(1, Ordering::SeqCst);
             self.parking.wake_all();
-            return if self.broken.load(Ordering::SeqCst) != 0 {
-                Err(BarrierError::Broken)
-            } else {
-                Ok(index)
-            };
+            return Ok(self.passed(index));
         }
+        Err((generation, index))
+    }
+
+    /// The outcome for a party with arrival `index` once its generation has passed.
+    fn passed(&self, index: u32) -> Result<u32, BarrierError> {
+        if self.broken.load(Ordering::SeqCst) != 0 {
+            Err(BarrierError::Broken)
+        } else {
+            Ok(index)
+        }
+    }
+
+    fn wait_deadline(&self, deadline: Option<Instant>) -> Result<u32, BarrierError> {
+        let (generation, index) = match self.arrive() {
+            Ok(done) => return done,
+            Err(waiting) => waiting,
+        };
         let passed = self.parking.block_on(deadline, || {
             (self.generation.load(Ordering::SeqCst) != generation).then_some(())
         });
@@ -75,10 +91,24 @@ impl RawBarrier {
             self.break_barrier();
             return Err(BarrierError::Timeout);
         }
-        if self.broken.load(Ordering::SeqCst) != 0 {
-            return Err(BarrierError::Broken);
+        self.passed(index)
+    }
+
+    /// Waits for all parties without blocking a thread (the `async` feature): completes with
+    /// what [`wait`](Self::wait) returns.
+    ///
+    /// The party arrives when the future is first polled. A party cannot leave a barrier
+    /// quietly: dropping the future after it arrived and before the barrier opened breaks the
+    /// barrier, as a timed-out wait does (the other parties get `Broken`).
+    #[cfg(all(feature = "async", not(loom)))]
+    pub fn wait_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<u32, BarrierError>> + Send + '_ {
+        BarrierWait {
+            barrier: self,
+            waiting: None,
+            done: false,
         }
-        Ok(index)
     }
 
     fn break_barrier(&self) {
@@ -183,6 +213,15 @@ mod handle {
             self.0.get().wait()
         }
 
+        /// Waits for all parties without blocking a thread (the `async` feature); see
+        /// [`RawBarrier::wait_async`] for what dropping it early does.
+        #[cfg(feature = "async")]
+        pub fn wait_async(
+            &self,
+        ) -> impl std::future::Future<Output = Result<u32, BarrierError>> + Send + '_ {
+            self.0.get().wait_async()
+        }
+
         /// Waits at most `timeout`; on timeout the barrier breaks for everyone.
         pub fn wait_timeout(&self, timeout: Duration) -> Result<u32, BarrierError> {
             self.0.get().wait_timeout(timeout)
@@ -221,3 +260,63 @@ mod handle {
 }
 #[cfg(not(loom))]
 pub use handle::Barrier;
+
+/// The future of [`RawBarrier::wait_async`].
+#[cfg(all(feature = "async", not(loom)))]
+struct BarrierWait<'a> {
+    barrier: &'a RawBarrier,
+    /// Once arrived: the arrival index and the wait for the generation to pass.
+    waiting: Option<(
+        u32,
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
+    )>,
+    done: bool,
+}
+
+#[cfg(all(feature = "async", not(loom)))]
+impl std::future::Future for BarrierWait<'_> {
+    type Output = Result<u32, BarrierError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let b = self.barrier;
+        if self.waiting.is_none() {
+            match b.arrive() {
+                Ok(done) => {
+                    self.done = true;
+                    return std::task::Poll::Ready(done);
+                }
+                Err((generation, index)) => {
+                    let wait = crate::park::wait_async(
+                        [Some(&b.parking), None],
+                        crate::park::NAP,
+                        move |_| (b.generation.load(Ordering::SeqCst) != generation).then_some(()),
+                    );
+                    self.waiting = Some((index, Box::pin(wait)));
+                }
+            }
+        }
+        let Some((index, wait)) = self.waiting.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let index = *index;
+        match wait.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => {
+                self.done = true;
+                std::task::Poll::Ready(b.passed(index))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+#[cfg(all(feature = "async", not(loom)))]
+impl Drop for BarrierWait<'_> {
+    fn drop(&mut self) {
+        if self.waiting.is_some() && !self.done {
+            self.barrier.break_barrier();
+        }
+    }
+}

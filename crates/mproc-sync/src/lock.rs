@@ -79,6 +79,16 @@ impl Lock {
         self.0.get().try_lock()
     }
 
+    /// Acquires the lock without blocking a thread (the `async` feature); see
+    /// [`RawLock::lock_async`] for which thread then holds it.
+    #[cfg(feature = "async")]
+    pub fn lock_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<LockGuard<'_>, LockError<LockGuard<'_>>>> + '_
+    {
+        self.0.get().lock_async()
+    }
+
     /// Blocks at most `timeout`; `Err(Timeout)` if the lock was not acquired in time.
     pub fn lock_timeout(
         &self,

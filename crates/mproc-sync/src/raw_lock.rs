@@ -227,6 +227,49 @@ impl RawLock {
         Ok(self.guard(false))
     }
 
+    /// Acquires the lock without blocking a thread (the `async` feature): completes with
+    /// what [`lock`](Self::lock) returns, `OwnerDied` included (the holder's liveness is
+    /// checked every 20 ms of waiting, as the blocking call does).
+    ///
+    /// The lock belongs to the thread that polls the future to completion, and the guard is
+    /// not `Send` (it records that thread): use it on a current-thread runtime or a
+    /// `LocalSet`, and do not move the guard across threads. A future dropped before it
+    /// completes holds nothing.
+    #[cfg(all(feature = "async", not(loom)))]
+    pub fn lock_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<RawGuard<'_>, LockError<RawGuard<'_>>>> + '_ {
+        LockFuture {
+            lock: self,
+            watch: None,
+        }
+    }
+
+    /// One look for `lock_async`: `Ok(result)` when done, `Err(expected)` when the caller
+    /// should sleep while the owner word's low half reads `expected` (WAITERS is set on it).
+    #[cfg(all(feature = "async", not(loom)))]
+    fn poll_acquire(&self) -> Result<Result<(), LockError<()>>, u32> {
+        loop {
+            match self.acquire(None, true, false) {
+                Err(LockError::WouldBlock) => {}
+                r => return Ok(r),
+            }
+            let v = self.word.load(Ordering::Relaxed);
+            if v & TID_MASK == 0 {
+                continue;
+            }
+            if v & WAITERS == 0
+                && self
+                    .word
+                    .compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            return Err((v | WAITERS) as u32);
+        }
+    }
+
     fn guard(&self, recursive: bool) -> RawGuard<'_> {
         RawGuard {
             lock: self,
@@ -504,5 +547,56 @@ impl Drop for RawGuard<'_> {
         // Only fails if the word no longer names this thread (a forked child dropping its
         // copy of a guard, or a peer that rewrote the word): then there is nothing to release.
         let _ = self.lock.release(self.recursive);
+    }
+}
+
+/// The future of [`RawLock::lock_async`].
+#[cfg(all(feature = "async", not(loom)))]
+struct LockFuture<'a> {
+    lock: &'a RawLock,
+    watch: Option<crate::reactor::WordWatch>,
+}
+
+#[cfg(all(feature = "async", not(loom)))]
+impl<'a> std::future::Future for LockFuture<'a> {
+    type Output = Result<RawGuard<'a>, LockError<RawGuard<'a>>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        if let Some(w) = self.watch.take() {
+            w.finish();
+        }
+        let lock = self.lock;
+        match lock.poll_acquire() {
+            Ok(r) => std::task::Poll::Ready(
+                r.map(|()| lock.guard(false))
+                    .map_err(|e| e.map(|()| lock.guard(false))),
+            ),
+            Err(expected) => {
+                self.watch = Some(crate::reactor::WordWatch::new_low(
+                    &lock.word,
+                    expected,
+                    cx.waker(),
+                    NAP,
+                ));
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(all(feature = "async", not(loom)))]
+impl Drop for LockFuture<'_> {
+    fn drop(&mut self) {
+        // An unlock wakes one sleeper: if it chose this future, pass the wake-up on.
+        if self
+            .watch
+            .take()
+            .is_some_and(crate::reactor::WordWatch::finish)
+        {
+            futex::wake_low(&self.lock.word, 1);
+        }
     }
 }

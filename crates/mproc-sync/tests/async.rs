@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use mproc_sync::{Event, Readable, Semaphore, Waitable, select, select_async};
+use mproc_sync::{
+    Barrier, BarrierError, Event, Lock, LockError, Readable, Semaphore, Waitable, select,
+    select_async,
+};
 use mproc_testkit::{block_on_for, fork_child, poll_once, with_deadline};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -158,5 +161,76 @@ fn an_idle_async_waiter_uses_almost_no_cpu() {
             "idle async waiter used {:?}",
             reaped.cpu
         );
+    });
+}
+
+#[test]
+fn lock_async_gets_the_lock_when_a_child_releases_it_or_dies_holding_it() {
+    with_deadline(LIMIT, || {
+        let lock = Lock::new().unwrap();
+        let (held, go) = (Event::new().unwrap(), Event::new().unwrap());
+        let child = fork_child(|| {
+            let g = lock.lock().unwrap();
+            held.set();
+            go.wait();
+            drop(g);
+            0
+        });
+        held.wait();
+        let mut fut = Box::pin(lock.lock_async());
+        assert!(poll_once(&mut fut).is_none(), "the child holds it");
+        go.set();
+        let guard = block_on_for(LIMIT, fut).expect("stuck").expect("lock");
+        drop(guard);
+        child.assert_success();
+
+        // A holder that dies: nobody unlocks or wakes; the 20 ms liveness look finds it.
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut holder = fork_child(|| {
+            std::mem::forget(lock.lock().unwrap());
+            nix::unistd::write(&w, b"x").unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+            0
+        });
+        let mut b = [0u8];
+        nix::unistd::read(&r, &mut b).unwrap();
+        let mut fut = Box::pin(lock.lock_async());
+        assert!(poll_once(&mut fut).is_none());
+        holder.signal(nix::sys::signal::Signal::SIGKILL);
+        holder.wait();
+        match block_on_for(LIMIT, fut).expect("stuck") {
+            Err(LockError::OwnerDied(g)) => g.make_consistent(),
+            other => panic!("expected OwnerDied, got {other:?}"),
+        }
+        assert!(!lock.is_inconsistent());
+    });
+}
+
+#[test]
+fn barrier_wait_async_passes_with_blocked_children_and_a_dropped_one_breaks_it() {
+    with_deadline(LIMIT, || {
+        let b = Barrier::new(3).unwrap();
+        let kids: Vec<_> = (0..2)
+            .map(|_| {
+                fork_child(|| match b.wait() {
+                    Ok(i) if i < 3 => 0,
+                    _ => 1,
+                })
+            })
+            .collect();
+        assert!(matches!(block_on_for(LIMIT, b.wait_async()), Some(Ok(i)) if i < 3));
+        kids.into_iter()
+            .for_each(mproc_testkit::Child::assert_success);
+
+        // Arrive, then give up: the party that waits in a child learns it at once.
+        let waiter = fork_child(|| match b.wait_timeout(LIMIT) {
+            Err(BarrierError::Broken) => 0,
+            _ => 1,
+        });
+        let mut fut = Box::pin(b.wait_async());
+        assert!(poll_once(&mut fut).is_none());
+        drop(fut);
+        waiter.assert_success();
+        assert!(b.is_broken());
     });
 }
