@@ -261,15 +261,16 @@ mod handle {
 #[cfg(not(loom))]
 pub use handle::Barrier;
 
+/// A boxed wait for a barrier generation to pass.
+#[cfg(all(feature = "async", not(loom)))]
+type GenerationWait<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
 /// The future of [`RawBarrier::wait_async`].
 #[cfg(all(feature = "async", not(loom)))]
 struct BarrierWait<'a> {
     barrier: &'a RawBarrier,
     /// Once arrived: the arrival index and the wait for the generation to pass.
-    waiting: Option<(
-        u32,
-        std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
-    )>,
+    waiting: Option<(u32, GenerationWait<'a>)>,
     done: bool,
 }
 
