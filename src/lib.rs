@@ -19,6 +19,12 @@
 //!
 //! Programs that use the spawn start method call [`init`] first thing in `main`.
 //!
+//! With the `async` feature every wait has a future (`get_async`, `put_async`,
+//! `lock_async`, `wait_async`, `acquire_async`, `join_async`; `AsyncResult` and `MapResult`
+//! are futures, `Imap` a `Stream`), runtime-agnostic, and [`select`] / [`select_async`] wait
+//! for the first of many sources — queues, events, semaphores, results, processes, file
+//! descriptors — like Python's `multiprocessing.connection.wait`.
+//!
 //! ```
 //! use mproc::segment::Segment;
 //! let seg = Segment::anonymous(4096)?;     // shared with children through fork
@@ -33,6 +39,9 @@ pub use mproc_pool::init;
 pub use mproc_queue as queue;
 pub use mproc_segment as segment;
 pub use mproc_sync as sync;
+
+#[cfg(feature = "async")]
+pub use mproc_sync::{Readable, Waitable, select, select_async};
 
 /// Every Rust snippet of the README is compiled and run as a doctest, so the README cannot
 /// drift from the API.

@@ -315,6 +315,12 @@ impl<R: DeserializeOwned> Process<R> {
         Ok(())
     }
 
+    /// The child's pidfd (readable once it has exited).
+    #[cfg(feature = "async")]
+    pub(crate) fn pidfd(&self) -> &std::os::fd::OwnedFd {
+        self.child.pidfd()
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.pid()

@@ -24,6 +24,8 @@
 //! [`StartMethod::Spawn`].
 
 mod board;
+#[cfg(feature = "async")]
+mod futures;
 mod results;
 mod state;
 
@@ -369,6 +371,7 @@ impl Pool {
             results,
             config,
             board,
+            wakers: Default::default(),
         });
         // Wait for every worker to be ready (initializer done) before anyone uses the pool.
         Self::await_ready(&shared, b.start_timeout)?;

@@ -46,8 +46,10 @@ pub(crate) fn encode_message(e: TaskError) -> String {
 /// ```
 #[derive(Debug)]
 pub struct AsyncResult<R> {
-    shared: Arc<Shared>,
-    id: u64,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: u64,
+    /// Its waker's registration while polled as a future and not ready.
+    pub(crate) registered: Option<u64>,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -56,6 +58,7 @@ impl<R> AsyncResult<R> {
         AsyncResult {
             shared,
             id,
+            registered: None,
             _r: PhantomData,
         }
     }
@@ -86,7 +89,7 @@ impl<R> AsyncResult<R> {
 
 impl<R: DeserializeOwned> AsyncResult<R> {
     /// Waits for the job (or `deadline`) and decodes its result.
-    fn outcome(&self, deadline: Option<Instant>) -> Result<R, TaskError> {
+    pub(crate) fn outcome(&self, deadline: Option<Instant>) -> Result<R, TaskError> {
         let outcome = self
             .shared
             .wait_until(deadline, |st| match st.jobs.get(&self.id) {
@@ -142,6 +145,9 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 
 impl<R> Drop for AsyncResult<R> {
     fn drop(&mut self) {
+        if let Some(r) = self.registered.take() {
+            self.shared.wakers.remove(r);
+        }
         abandon_job(&mut self.shared.lock(), self.id);
     }
 }
@@ -151,9 +157,11 @@ impl<R> Drop for AsyncResult<R> {
 /// abandons the tasks not yet collected.
 #[derive(Debug)]
 pub struct MapResult<R> {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// Each chunk's job id and length.
     ids: Vec<(u64, usize)>,
+    /// Its waker's registration while polled as a future and not ready.
+    pub(crate) registered: Option<u64>,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -162,6 +170,7 @@ impl<R> MapResult<R> {
         MapResult {
             shared,
             ids,
+            registered: None,
             _r: PhantomData,
         }
     }
@@ -190,7 +199,7 @@ impl<R> MapResult<R> {
 }
 
 impl<R: DeserializeOwned> MapResult<R> {
-    fn collect(&self, deadline: Option<Instant>) -> Result<Vec<R>, TaskError> {
+    pub(crate) fn collect(&self, deadline: Option<Instant>) -> Result<Vec<R>, TaskError> {
         self.wait_deadline(deadline)?;
         let st = self.shared.lock();
         let mut out = Vec::new();
@@ -220,6 +229,9 @@ impl<R: DeserializeOwned> MapResult<R> {
 
 impl<R> Drop for MapResult<R> {
     fn drop(&mut self) {
+        if let Some(r) = self.registered.take() {
+            self.shared.wakers.remove(r);
+        }
         let mut st = self.shared.lock();
         for &(id, _) in &self.ids {
             abandon_job(&mut st, id);
@@ -250,7 +262,7 @@ enum Slot {
 /// ```
 #[derive(Debug)]
 pub struct Imap<'p, I, R> {
-    pool: &'p Pool,
+    pub(crate) pool: &'p Pool,
     func: FnRef,
     input: I,
     chunksize: usize,
@@ -259,7 +271,12 @@ pub struct Imap<'p, I, R> {
     ready: VecDeque<Result<R, TaskError>>,
     ordered: bool,
     exhausted: bool,
+    /// Its waker's registration while polled as a stream and not ready.
+    pub(crate) registered: Option<u64>,
 }
+
+// Nothing is pinned through an `Imap` (its items live in a `VecDeque` and are moved out).
+impl<I: Unpin, R> Unpin for Imap<'_, I, R> {}
 
 impl<'p, A, I, R> Imap<'p, I, R>
 where
@@ -278,6 +295,7 @@ where
             ready: VecDeque::new(),
             ordered,
             exhausted: false,
+            registered: None,
         }
     }
 
@@ -329,13 +347,29 @@ where
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        self.advance(None).unwrap_or(None)
+    }
+}
+
+impl<A, I, R> Imap<'_, I, R>
+where
+    A: Serialize,
+    I: Iterator<Item = A>,
+    R: DeserializeOwned,
+{
+    /// The next item, waiting for it until `deadline` (`None`: as long as it takes);
+    /// `Err(())` if the deadline passed first.
+    pub(crate) fn advance(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Result<R, TaskError>>, ()> {
         loop {
             if let Some(r) = self.ready.pop_front() {
-                return Some(r);
+                return Ok(Some(r));
             }
             self.fill();
             if self.window.is_empty() {
-                return None;
+                return Ok(None);
             }
             // A chunk that failed before submission is ready at once (in order, when it is
             // at the front; unordered, whenever).
@@ -362,13 +396,14 @@ where
                 })
                 .collect();
             let ids: Vec<u64> = candidates.iter().map(|c| c.0).collect();
-            match self.pool.wait_any(&ids, None, true) {
+            match self.pool.wait_any(&ids, deadline, true) {
                 Ok((i, outcome)) => {
                     let (id, len) = candidates[i];
                     self.window
                         .retain(|s| !matches!(s, Slot::Job { id: j, .. } if *j == id));
                     self.collect_slot(outcome, len);
                 }
+                Err(TaskError::Timeout) if deadline.is_some() => return Err(()),
                 Err(e) => {
                     let (id, len) = candidates[0];
                     self.window
@@ -382,6 +417,9 @@ where
 
 impl<I, R> Drop for Imap<'_, I, R> {
     fn drop(&mut self) {
+        if let Some(r) = self.registered.take() {
+            self.pool.shared.wakers.remove(r);
+        }
         let ids: Vec<u64> = self
             .window
             .iter()

@@ -152,6 +152,59 @@ pub(crate) struct Shared {
     pub config: Config,
     /// The status board, if the pool has a name.
     pub board: Option<super::board::Board>,
+    /// Futures (and selects) waiting for a change, woken by [`Shared::notify`].
+    pub wakers: Wakers,
+}
+
+/// Wakers of futures waiting on the pool's state (`AsyncResult` as a future, `Imap` as a
+/// stream, selects): one-shot, like the reactor's registrations — `notify` wakes and forgets
+/// them all; a future still not ready registers again. Counted, so that `notify` takes no lock
+/// when no future waits.
+#[derive(Debug, Default)]
+pub(crate) struct Wakers {
+    list: Mutex<std::collections::HashMap<u64, std::task::Waker>>,
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    next: AtomicU64,
+    count: AtomicUsize,
+}
+
+impl Wakers {
+    /// Registers `waker` (replacing registration `prev`, if any) and returns its id. Register
+    /// first, then look at the state: a change after the look is followed by a `notify` that
+    /// sees the registration.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn register(&self, prev: Option<u64>, waker: &std::task::Waker) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = prev {
+            list.remove(&p);
+        }
+        list.insert(id, waker.clone());
+        self.count.store(list.len(), Ordering::SeqCst);
+        id
+    }
+
+    /// Removes a registration (a future dropped or done).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn remove(&self, id: u64) {
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        list.remove(&id);
+        self.count.store(list.len(), Ordering::SeqCst);
+    }
+
+    fn wake_all(&self) {
+        // SYNC POINT: `count` is stored (SeqCst) under the list lock before the registering
+        // future looks at the state; `notify` changes the state first, then reads it here.
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let woken: Vec<std::task::Waker> = {
+            let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+            self.count.store(0, Ordering::SeqCst);
+            list.drain().map(|(_, w)| w).collect()
+        };
+        woken.into_iter().for_each(std::task::Waker::wake);
+    }
 }
 
 /// How long a waiting caller polls for replies itself before it sleeps until the handler
@@ -178,6 +231,7 @@ impl Shared {
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             self.changed.notify_all();
         }
+        self.wakers.wake_all();
     }
 
     /// Sleeps on the condition variable for at most `timeout` (a missed signal costs at most
