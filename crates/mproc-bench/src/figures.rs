@@ -28,6 +28,10 @@ pub const DEFINITIONS: &str = "
 - **pipe 1→1**: 8-byte `write`s into a pipe, 8-byte `read`s out of it, between two processes.
 - **Round trip**: a message to a process that echoes it back, per round (two queues, two pipes
   or one socketpair).
+- **Async**: the same round trip and 1→1 run with `get_async`/`put_async` on both sides,
+  each process driving its futures on its own tokio current-thread runtime (the waiting side
+  sleeps through mproc's reactor thread, which wakes the runtime); the baseline round trip is
+  8 bytes over a tokio `UnixStream` pair between the same kinds of process.
 - **Pool**: two worker processes; a trivial function (`x + 1`) over 10,000 items, per item; a
   single `apply_async(..).get()`; building a pool and joining it.
 - **Process start + join**: start a child that runs `x + 1`, return its result, reap it. The
@@ -75,6 +79,9 @@ pub struct Figures {
     pub pipe_rtt_1k: Option<Stat>,
     pub sock_rtt_8: Option<Stat>,
     pub sock_rtt_1k: Option<Stat>,
+    pub async_rtt: Option<Stat>,
+    pub tokio_unix_rtt: Option<Stat>,
+    pub async_1to1: Option<Stat>,
     pub pool_map_c1: Option<Stat>,
     pub pool_map_default: Option<Stat>,
     pub pool_apply: Option<Stat>,
@@ -623,6 +630,10 @@ pub fn measure_all(plan: &Plan) -> Result<Figures, Box<dyn std::error::Error>> {
     f.pipe_rtt_1k = Stat::repeat(r, || pipe_rtt(1024, plan.rounds));
     f.sock_rtt_8 = Stat::repeat(r, || sock_rtt(8, plan.rounds));
     f.sock_rtt_1k = Stat::repeat(r, || sock_rtt(1024, plan.rounds));
+    step("async");
+    f.async_rtt = Stat::repeat(r, || crate::asyncs::async_rtt(plan.rounds));
+    f.tokio_unix_rtt = Stat::repeat(r, || crate::asyncs::tokio_unix_rtt(plan.rounds));
+    f.async_1to1 = Stat::repeat(r, || crate::asyncs::async_1to1(plan.items));
     step("pool and processes");
     f.pool_map_c1 = pool_map(Some(1), r);
     f.pool_map_default = pool_map(None, r);

@@ -8,6 +8,7 @@
 //! cargo run --release -p mproc-bench -- --quick      # smoke run (< 1 min), numbers rough
 //! cargo run --release -p mproc-bench -- --out FILE   # write somewhere else
 //! cargo run --release -p mproc-bench -- --pod-1to1 5 # only PodQueue 1→1, ns/item per rep
+//! cargo run --release -p mproc-bench -- --async 3     # only the async figures, per rep
 //! ```
 //!
 //! Every figure is the median of several repetitions, printed with its min and max.
@@ -15,6 +16,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
+mod asyncs;
 mod bodies;
 mod figures;
 mod locks;
@@ -211,6 +213,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "BENCHMARKS.md".into());
     let plan = Plan::new(quick);
     let started = Instant::now();
+    // `--async REPS`: only the async figures, each repetition printed.
+    if let Some(reps) = args
+        .iter()
+        .position(|a| a == "--async")
+        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
+    {
+        for _ in 0..reps {
+            println!(
+                "async rtt {:.2} µs | tokio UnixStream rtt {:.2} µs | async 1→1 {:.1} ns",
+                asyncs::async_rtt(plan.rounds),
+                asyncs::tokio_unix_rtt(plan.rounds),
+                asyncs::async_1to1(plan.items)
+            );
+        }
+        return Ok(());
+    }
     // `--pod-1to1 REPS`: only the PodQueue 1→1 figure, each repetition printed (for A/B runs
     // of two builds alternating on one machine).
     if let Some(reps) = args
@@ -285,6 +303,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             baseline_name: "socketpair, 8 B".into(),
             baseline: f.sock_rtt_8.clone(),
             rule: Rule::Info,
+        },
+        Row {
+            what: "async ping-pong round trip (`get_async`/`put_async`, tokio each side), µs"
+                .into(),
+            mproc: f.async_rtt.clone(),
+            baseline_name: "tokio `UnixStream` pair, 8 B".into(),
+            baseline: f.tokio_unix_rtt.clone(),
+            rule: Rule::FasterBy(5.0),
+        },
+        Row {
+            what: "async ping-pong round trip, µs".into(),
+            mproc: f.async_rtt.clone(),
+            baseline_name: "blocking `PodQueue<u64>` pair".into(),
+            baseline: f.rtt.clone(),
+            rule: Rule::Info,
+        },
+        Row {
+            what: "async `PodQueue<u64>` 1→1 (`put_async`/`get_async`), ns/item".into(),
+            mproc: f.async_1to1.clone(),
+            baseline_name: "blocking `PodQueue<u64>` 1→1".into(),
+            baseline: f.pod_1to1.clone(),
+            rule: Rule::FasterBy(0.5),
         },
         Row {
             what: "ping-pong round trip, 1 KiB (`Queue<Vec<u8>>`), µs".into(),

@@ -129,6 +129,8 @@ struct Words {
     /// The reactor is inside `futex_waitv` with exactly these words (a registration of one of
     /// them needs no doorbell).
     sleeping_on: Mutex<Vec<Word>>,
+    /// The reactor is not asleep: a registration bumps the doorbell without waking it.
+    awake: std::sync::atomic::AtomicBool,
 }
 
 /// This process's instance of a reactor.
@@ -188,6 +190,7 @@ fn words() -> Option<&'static Words> {
             table: Mutex::new(Table::default()),
             bell: AtomicU32::new(0),
             sleeping_on: Mutex::new(Vec::new()),
+            awake: std::sync::atomic::AtomicBool::new(true),
         }));
         // The thread lives as long as the process; it holds no resource but its stack.
         std::thread::Builder::new()
@@ -276,11 +279,22 @@ fn word_reactor(w: &'static Words) {
     let mut no_waitv = false;
     let mut changed: Vec<Word> = Vec::new();
     loop {
+        // Awake (registrations ring the doorbell without a system call): fire what changed
+        // or napped out.
+        let woken = lock(&w.table).take(Instant::now(), |k| no_waitv || changed.contains(k));
+        changed.clear();
+        if !woken.is_empty() {
+            wake_all(woken);
+            linger(&w.bell);
+        }
+        // About to sleep: from here a registration wakes us. (SYNC POINT: `awake` is stored
+        // before the doorbell is read, and a registrar bumps the doorbell before it reads
+        // `awake`: either it sees us asleep and wakes us, or we see its bump.)
+        w.awake.store(false, Ordering::SeqCst);
         let bell = w.bell.load(Ordering::SeqCst);
         let now = Instant::now();
-        let (woken, list, until) = {
-            let mut t = lock(&w.table);
-            let woken = t.take(now, |k| no_waitv || changed.contains(k));
+        let (list, until) = {
+            let t = lock(&w.table);
             let mut list: Vec<Word> = Vec::new();
             let mut overflow = false;
             for e in t.entries.values() {
@@ -292,21 +306,15 @@ fn word_reactor(w: &'static Words) {
                     }
                 }
             }
-            let nap = if overflow || no_waitv {
-                Some(now + OVERFLOW_NAP)
-            } else {
-                None
-            };
+            let nap = (overflow || no_waitv).then_some(now + OVERFLOW_NAP);
             let until = [t.earliest(), nap]
                 .into_iter()
                 .flatten()
                 .min()
                 .unwrap_or(now + Duration::from_secs(3600));
             *lock(&w.sleeping_on) = list.clone();
-            (woken, list, until)
+            (list, until)
         };
-        changed.clear();
-        wake_all(woken);
         let mut v = Vec::with_capacity(list.len() + 1);
         v.push(FutexWaitv {
             val: u64::from(bell),
@@ -326,6 +334,7 @@ fn word_reactor(w: &'static Words) {
         } else {
             futex_waitv(&v, until)
         };
+        w.awake.store(true, Ordering::SeqCst);
         lock(&w.sleeping_on).clear();
         match r {
             Ok(0) => {}
@@ -336,6 +345,22 @@ fn word_reactor(w: &'static Words) {
             Err(libc::ENOSYS) => no_waitv = true,
             Err(_) => {} // ETIMEDOUT (naps fire at the top), EINTR
         }
+    }
+}
+
+/// How long the word reactor stays awake after waking futures, for their next registration.
+/// A future woken by a message usually handles it and waits again within microseconds; if
+/// the reactor is still awake then, registering costs no system call and no thread switch
+/// (in a ping-pong between two processes this halves the round trip). It yields the CPU while
+/// it waits, and an idle process pays it once per nap.
+const LINGER: Duration = Duration::from_micros(50);
+
+/// Waits up to [`LINGER`] for the doorbell to ring.
+fn linger(bell: &AtomicU32) {
+    let rung = bell.load(Ordering::SeqCst);
+    let end = Instant::now() + LINGER;
+    while bell.load(Ordering::SeqCst) == rung && Instant::now() < end {
+        std::thread::yield_now();
     }
 }
 
@@ -377,7 +402,9 @@ impl WordWatch {
         // Otherwise ring the doorbell so it re-reads the table.
         if !lock(&w.sleeping_on).contains(&key) {
             w.bell.fetch_add(1, Ordering::SeqCst);
-            crate::futex::wake(&w.bell, 1);
+            if !w.awake.load(Ordering::SeqCst) {
+                crate::futex::wake(&w.bell, 1);
+            }
         }
         WordWatch { id }
     }
