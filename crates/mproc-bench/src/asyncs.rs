@@ -48,8 +48,8 @@ pub fn async_rtt(rounds: u64) -> f64 {
 }
 
 fn tokio_stream(fd: RawFd) -> tokio::net::UnixStream {
-    // SAFETY (of the fd): this process owns its copy of the socket inherited through fork,
-    // and only this stream uses it from here on.
+    // SAFETY: this process owns its copy of the socket inherited through fork, and only this
+    // stream uses it from here on.
     let s = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
     s.set_nonblocking(true).expect("nonblocking");
     tokio::net::UnixStream::from_std(s).expect("tokio stream")
