@@ -150,6 +150,57 @@ impl Condition {
         self.0.get().lock.lock()
     }
 
+    /// Takes the condition's lock without blocking a thread (the `async` feature; see
+    /// [`RawLock::lock_async`] for which thread then holds it).
+    #[cfg(feature = "async")]
+    pub fn lock_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<LockGuard<'_>, LockError<LockGuard<'_>>>> + '_
+    {
+        self.0.get().lock.lock_async()
+    }
+
+    /// Releases the lock, waits without blocking a thread until notified (or a 100 ms nap
+    /// passes: a spurious wake-up, as condition variables allow), re-acquires the lock
+    /// (the `async` feature). Check the predicate in a loop, as with [`wait`](Self::wait).
+    ///
+    /// A future dropped while waiting takes itself off the waiter count and passes on a
+    /// `notify_one` it may have absorbed; dropped while re-acquiring, it holds nothing.
+    #[cfg(feature = "async")]
+    pub async fn wait_async<'a>(&'a self, guard: LockGuard<'a>) -> WaitResult<'a, LockGuard<'a>> {
+        let raw = self.0.get();
+        debug_assert!(std::ptr::eq(guard.lock_ref(), &raw.lock));
+        // SYNC POINT: as in `wait_deadline`: `seq` is read while the lock is held.
+        let seen = raw.seq.load(Ordering::SeqCst);
+        raw.waiters.fetch_add(1, Ordering::SeqCst);
+        drop(guard);
+        let mut waiting = CondWaiting { raw, watch: None };
+        std::future::poll_fn(|cx| {
+            // Woken by a notify, or a nap passed (a spurious wake-up, which condition
+            // variables allow); polled for another reason, keep waiting.
+            if waiting
+                .watch
+                .take()
+                .is_some_and(crate::reactor::WordWatch::finish)
+            {
+                return std::task::Poll::Ready(());
+            }
+            if raw.seq.load(Ordering::SeqCst) != seen {
+                return std::task::Poll::Ready(());
+            }
+            waiting.watch = Some(crate::reactor::WordWatch::new(
+                &raw.seq,
+                seen,
+                cx.waker(),
+                crate::park::NAP,
+            ));
+            std::task::Poll::Pending
+        })
+        .await;
+        drop(waiting);
+        raw.lock.lock_async().await
+    }
+
     /// Releases the lock, sleeps until notified, re-acquires the lock.
     pub fn wait<'a>(&'a self, guard: LockGuard<'a>) -> WaitResult<'a, LockGuard<'a>> {
         self.0.get().wait_deadline(guard, None).map(|(g, _)| g)
@@ -198,5 +249,27 @@ impl Condition {
     /// The segment the condition lives in.
     pub fn segment(&self) -> &Segment {
         self.0.segment()
+    }
+}
+
+/// A `Condition::wait_async` counted among the waiters; dropping it uncounts it and, if its
+/// registration had fired (it may have absorbed a `notify_one`), passes the wake-up on.
+#[cfg(feature = "async")]
+struct CondWaiting<'a> {
+    raw: &'a RawCondition,
+    watch: Option<crate::reactor::WordWatch>,
+}
+
+#[cfg(feature = "async")]
+impl Drop for CondWaiting<'_> {
+    fn drop(&mut self) {
+        self.raw.waiters.fetch_sub(1, Ordering::SeqCst);
+        if self
+            .watch
+            .take()
+            .is_some_and(crate::reactor::WordWatch::finish)
+        {
+            futex::wake(&self.raw.seq, 1);
+        }
     }
 }

@@ -240,11 +240,16 @@ mod wait_async {
         fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
             let this = &mut *self;
             let check = !this.regs.is_empty();
+            // A first poll, or one after a waker moved the sequence: things are moving, and
+            // looking on for a moment may catch the next change. After a nap (an idle wait
+            // looking for dead peers) one look is enough.
+            let busy = this.regs.is_empty() || this.regs.iter().any(|r| r.woken_by_change());
             // We are about to look: a wake-up we absorbed is ours, not to pass on.
             this.regs.drain(..).for_each(|r| {
                 r.finish();
             });
-            if let Some(v) = spin_for(ASYNC_SPIN, &mut || (this.attempt)(check)) {
+            let budget = if busy { ASYNC_SPIN } else { Duration::ZERO };
+            if let Some(v) = spin_for(budget, &mut || (this.attempt)(check)) {
                 return Poll::Ready(v);
             }
             // As in `block_on`: count ourselves and note the sequence, then look once more.

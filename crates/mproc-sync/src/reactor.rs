@@ -50,7 +50,11 @@ struct Entry<K> {
     key: K,
     waker: Waker,
     until: Instant,
+    nap: Duration,
 }
+
+/// Naps that end this close together are served by one wake-up of the reactor.
+const NAP_SLACK: Duration = Duration::from_millis(2);
 
 /// A reactor's table of registrations (one-shot: firing removes them).
 struct Table<K> {
@@ -77,24 +81,37 @@ impl<K: Copy + PartialEq> Table<K> {
                 key,
                 waker: waker.clone(),
                 until: Instant::now() + nap,
+                nap,
             },
         );
         id
     }
 
-    /// Removes the entries whose nap has passed, and those `fire` says changed; returns their
-    /// wakers (woken by the caller after releasing the lock).
-    fn take(&mut self, now: Instant, mut fire: impl FnMut(&K) -> bool) -> Vec<Waker> {
+    /// Removes the entries whose nap has passed (or ends within [`NAP_SLACK`]), and those
+    /// `fire` says changed; returns their wakers (woken by the caller after releasing the
+    /// lock), whether any was a change, and the keys and naps of those that only napped.
+    fn take(
+        &mut self,
+        now: Instant,
+        mut fire: impl FnMut(&K) -> bool,
+    ) -> (Vec<Waker>, bool, Vec<(K, Duration)>) {
         let mut woken = Vec::new();
+        let mut changed = false;
+        let mut napped = Vec::new();
         self.entries.retain(|_, e| {
-            if e.until <= now || fire(&e.key) {
+            let hit = fire(&e.key);
+            changed |= hit;
+            if hit || e.until <= now + NAP_SLACK {
                 woken.push(e.waker.clone());
+                if !hit {
+                    napped.push((e.key, e.nap));
+                }
                 false
             } else {
                 true
             }
         });
-        woken
+        (woken, changed, napped)
     }
 
     fn earliest(&self) -> Option<Instant> {
@@ -281,10 +298,13 @@ fn word_reactor(w: &'static Words) {
     loop {
         // Awake (registrations ring the doorbell without a system call): fire what changed
         // or napped out.
-        let woken = lock(&w.table).take(Instant::now(), |k| no_waitv || changed.contains(k));
+        let (woken, by_change, napped) =
+            lock(&w.table).take(Instant::now(), |k| no_waitv || changed.contains(k));
         changed.clear();
-        if !woken.is_empty() {
-            wake_all(woken);
+        wake_all(woken);
+        // A future woken by a change is likely to wait again at once; one woken by its nap
+        // (an idle wait looking for dead peers) is not worth staying awake for.
+        if by_change && !no_waitv {
             linger(&w.bell);
         }
         // About to sleep: from here a registration wakes us. (SYNC POINT: `awake` is stored
@@ -297,17 +317,22 @@ fn word_reactor(w: &'static Words) {
             let t = lock(&w.table);
             let mut list: Vec<Word> = Vec::new();
             let mut overflow = false;
-            for e in t.entries.values() {
-                if !list.contains(&e.key) {
+            // A wait woken only by its nap (nothing changed) registers again with the same
+            // word and value: keep sleeping on it, with its next nap, so that registration
+            // needs no doorbell (an idle wait then costs one reactor wake-up a nap, not two).
+            let keys = t.entries.values().map(|e| e.key);
+            for key in keys.chain(napped.iter().map(|n| n.0)) {
+                if !list.contains(&key) {
                     if list.len() + 1 < WAITV_MAX {
-                        list.push(e.key);
+                        list.push(key);
                     } else {
                         overflow = true;
                     }
                 }
             }
+            let next_nap = napped.iter().map(|n| now + n.1).min();
             let nap = (overflow || no_waitv).then_some(now + OVERFLOW_NAP);
-            let until = [t.earliest(), nap]
+            let until = [t.earliest(), nap, next_nap]
                 .into_iter()
                 .flatten()
                 .min()
@@ -469,7 +494,7 @@ fn fd_reactor(f: &'static Fds) {
         let now = Instant::now();
         let (woken, list, until) = {
             let mut t = lock(&f.table);
-            let woken = t.take(now, |k| fired.contains(k));
+            let (woken, _, _) = t.take(now, |k| fired.contains(k));
             let mut list: Vec<Fd> = Vec::new();
             for e in t.entries.values() {
                 if !list.contains(&e.key) {

@@ -42,6 +42,7 @@ pub struct Registration<'a>(Reg<'a>);
 enum Reg<'a> {
     Parking {
         parking: &'a Parking,
+        seen: u32,
         watch: Option<WordWatch>,
     },
     /// Held only to be dropped: that removes the registration.
@@ -75,15 +76,25 @@ impl<'a> Registration<'a> {
         fence(Ordering::SeqCst);
         Registration(Reg::Parking {
             parking,
+            seen,
             watch: Some(WordWatch::new(&parking.seq, seen, waker, nap)),
         })
+    }
+
+    /// Whether a waker has moved the parking's sequence since this registration was made
+    /// (`false` after a nap or a spurious poll; always `false` for other kinds).
+    pub fn woken_by_change(&self) -> bool {
+        match &self.0 {
+            Reg::Parking { parking, seen, .. } => parking.seq.load(Ordering::SeqCst) != *seen,
+            _ => false,
+        }
     }
 
     /// Ends the registration without passing on a wake-up it absorbed (the caller is about
     /// to look at the source itself); `true` if it had fired.
     pub fn finish(mut self) -> bool {
         match &mut self.0 {
-            Reg::Parking { parking, watch } => {
+            Reg::Parking { parking, watch, .. } => {
                 let fired = watch.take().is_some_and(WordWatch::finish);
                 // Drop still takes us off the waiter count; `watch` is gone, so it passes
                 // nothing on.
@@ -108,7 +119,7 @@ impl<'a> Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        if let Reg::Parking { parking, watch } = &mut self.0 {
+        if let Reg::Parking { parking, watch, .. } = &mut self.0 {
             parking.waiters.fetch_sub(1, Ordering::SeqCst);
             // A wake-up this registration absorbed may have been meant for a blocked waiter:
             // pass it on (a spurious wake-up costs that waiter one look).
