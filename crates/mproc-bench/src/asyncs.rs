@@ -112,7 +112,7 @@ fn async_consumer(args: (String, u64)) -> f64 {
 /// 1→1 throughput with `put_async` / `get_async` on both sides, ns per item.
 pub fn async_1to1(n: u64) -> f64 {
     let nq = name("a1to1");
-    let q = PodQueue::<u64>::create(&nq, 1024).expect("create");
+    let q = PodQueue::<u64>::create(&nq, 4096).expect("create");
     let consumer = start(async_consumer, (nq, n));
     runtime().block_on(async {
         for i in 0..n {

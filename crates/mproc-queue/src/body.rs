@@ -38,6 +38,9 @@ pub(crate) enum Wait {
     Until(Instant),
     /// Not at all (`try_*`).
     No,
+    /// Not at all, and without asking whether peers that hold slots are alive (a system
+    /// call): the attempts of the async futures, which ask after each wake-up or nap.
+    Look,
 }
 
 impl Wait {
@@ -49,7 +52,18 @@ impl Wait {
     }
 
     pub fn nonblocking(self) -> bool {
-        self == Wait::No
+        matches!(self, Wait::No | Wait::Look)
+    }
+
+    /// Whether a non-blocking attempt asks after peers holding slots.
+    pub fn check_peers(self) -> bool {
+        self != Wait::Look
+    }
+
+    /// A non-blocking attempt, checking peers or not.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub fn poll(check_peers: bool) -> Wait {
+        if check_peers { Wait::No } else { Wait::Look }
     }
 
     /// Whether running out of time is a timeout (rather than "full" / "empty").
@@ -76,7 +90,7 @@ pub(crate) enum Sent {
 impl RawQueue {
     fn push_wait(&self, wait: Wait, fill: impl FnMut(&mut [u8], u64)) -> Push {
         if wait.nonblocking() {
-            self.try_push(fill)
+            self.try_push_checked(wait.check_peers(), fill)
         } else {
             self.push_deadline(wait.deadline(), fill)
         }
@@ -105,7 +119,7 @@ impl RawQueue {
             Err(e) => Err(e),
         };
         if wait.nonblocking() {
-            self.try_pop(take)
+            self.try_pop_checked(wait.check_peers(), take)
         } else {
             self.pop_deadline(wait.deadline(), take)
         }

@@ -115,6 +115,19 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
             .get_hooked(crate::body::Wait::No, || self.count_taken())
     }
 
+    /// `try_get` for the futures: peers asked after only if `check_peers`.
+    #[cfg(feature = "async")]
+    fn try_get_polled(&self, check_peers: bool) -> Result<T, GetError> {
+        let wait = crate::body::Wait::poll(check_peers);
+        self.queue.get_hooked(wait, || self.count_taken())
+    }
+
+    /// `try_put` for the futures: peers asked after only if `check_peers`.
+    #[cfg(feature = "async")]
+    fn try_put_polled(&self, value: T, check_peers: bool) -> Result<(), PutError<T>> {
+        self.queue.try_put_polled(value, check_peers)
+    }
+
     /// Takes the oldest item, waiting at most `timeout`.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
         let wait = crate::body::Wait::Until(Instant::now() + timeout);

@@ -359,6 +359,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.get_with(Wait::No)
     }
 
+    /// `try_get` for the futures: peers asked after only if `check_peers`.
+    #[cfg(feature = "async")]
+    fn try_get_polled(&self, check_peers: bool) -> Result<T, GetError> {
+        self.get_with(Wait::poll(check_peers))
+    }
+
+    /// `try_put` for the futures: peers asked after only if `check_peers`.
+    #[cfg(feature = "async")]
+    pub(crate) fn try_put_polled(&self, value: T, check_peers: bool) -> Result<(), PutError<T>> {
+        self.put_with(value, Wait::poll(check_peers))
+    }
+
     /// Takes the oldest message, waiting at most `timeout`: `Err(Timeout)` otherwise.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
         self.get_with(Wait::Until(Instant::now() + timeout))

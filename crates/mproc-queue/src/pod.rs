@@ -171,6 +171,19 @@ impl<T: Pod> PodQueue<T> {
         Self::get_result(self.raw.try_pop(Self::take), false)
     }
 
+    /// `try_get` for the futures: peers asked after only if `check_peers`.
+    #[cfg(feature = "async")]
+    fn try_get_polled(&self, check_peers: bool) -> Result<T, GetError> {
+        Self::get_result(self.raw.try_pop_checked(check_peers, Self::take), false)
+    }
+
+    /// `try_put` for the futures: peers asked after only if `check_peers`.
+    #[cfg(feature = "async")]
+    fn try_put_polled(&self, value: T, check_peers: bool) -> Result<(), PutError<T>> {
+        let r = self.raw.try_push_checked(check_peers, Self::fill(&value));
+        Self::put_result(r, value, false)
+    }
+
     /// Takes the oldest value, waiting at most `timeout`: `Err(Timeout)` otherwise.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
         let deadline = Some(Instant::now() + timeout);

@@ -512,7 +512,12 @@ impl RawQueue {
 
     /// A non-blocking push (`try_put`): checks whether peers holding slots are alive.
     pub fn try_push(&self, fill: impl FnMut(&mut [u8], u64)) -> Push {
-        let r = self.ring().try_push(current_pid(), true, fill);
+        self.try_push_checked(true, fill)
+    }
+
+    /// A non-blocking push, checking peers holding slots only if `check_peers`.
+    pub fn try_push_checked(&self, check_peers: bool, fill: impl FnMut(&mut [u8], u64)) -> Push {
+        let r = self.ring().try_push(current_pid(), check_peers, fill);
         if r == Push::Full {
             self.header().full_waits.fetch_add(1, Ordering::Relaxed);
         }
@@ -521,7 +526,16 @@ impl RawQueue {
 
     /// A non-blocking pop (`try_get`): checks whether peers holding slots are alive.
     pub fn try_pop<R>(&self, take: impl FnMut(&[u8], u64) -> R) -> Pop<R> {
-        self.ring().try_pop(current_pid(), true, take)
+        self.try_pop_checked(true, take)
+    }
+
+    /// A non-blocking pop, checking peers holding slots only if `check_peers`.
+    pub fn try_pop_checked<R>(
+        &self,
+        check_peers: bool,
+        take: impl FnMut(&[u8], u64) -> R,
+    ) -> Pop<R> {
+        self.ring().try_pop(current_pid(), check_peers, take)
     }
 
     /// Pushes, waiting for room until `deadline` (forever if `None`).

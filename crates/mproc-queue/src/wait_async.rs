@@ -10,8 +10,10 @@ use mproc_sync::{Parking, Registration, Waitable};
 use crate::atomic::Ordering;
 use crate::raw::{REPOLL, RawQueue};
 
-/// The futures of one queue type, delegated to its `try_get` / `try_put`; `$item` is what it
-/// carries and `$($raw)+` the path from `self` to its `RawQueue`.
+/// The futures of one queue type, delegated to its `try_get_polled` / `try_put_polled` (the
+/// `try_` calls, asking after peers that hold slots only once a wait has woken or napped, as
+/// the blocking calls do); `$item` is what it carries and `$($raw)+` the path from `self` to
+/// its `RawQueue`.
 macro_rules! async_queue_methods {
     ($item:ty, $($raw:tt)+) => {
         /// Takes the oldest item without blocking a thread: completes with what
@@ -25,7 +27,7 @@ macro_rules! async_queue_methods {
             mproc_sync::park::wait_async(
                 self.$($raw)+.get_parkings(),
                 $crate::raw::REPOLL,
-                move |_| match self.try_get() {
+                move |check| match self.try_get_polled(check) {
                     Err($crate::GetError::Empty) => None,
                     r => Some(r),
                 },
@@ -45,7 +47,7 @@ macro_rules! async_queue_methods {
             mproc_sync::park::wait_async(
                 self.$($raw)+.put_parkings(),
                 $crate::raw::REPOLL,
-                move |_| match self.try_put(value.take()?) {
+                move |check| match self.try_put_polled(value.take()?, check) {
                     Err($crate::PutError::Full(v)) => {
                         value = Some(v);
                         None

@@ -171,17 +171,26 @@ mod wait_async {
     /// this long on the executor's thread per pending poll.
     const ASYNC_SPIN: Duration = Duration::from_micros(10);
 
-    /// Polls until `poll` succeeds or `budget` has passed.
+    /// Polls until `poll` succeeds or `budget` has passed (one look if it is zero).
     fn spin_for<T>(budget: Duration, poll: &mut impl FnMut() -> Option<T>) -> Option<T> {
+        // The first look reads no clock: it is the fast path of every operation.
+        if let Some(v) = poll() {
+            return Some(v);
+        }
+        if budget.is_zero() {
+            return None;
+        }
         let end = std::time::Instant::now() + budget;
+        // Spin-loop hints first, then yields, as the blocking calls' spin does.
+        let backoff = crossbeam_utils::Backoff::new();
         loop {
+            backoff.snooze();
             if let Some(v) = poll() {
                 return Some(v);
             }
             if std::time::Instant::now() >= end {
                 return None;
             }
-            std::thread::yield_now();
         }
     }
 
