@@ -269,3 +269,50 @@ fn condition_wait_async_wakes_on_a_notify_from_another_process() {
         child.assert_success();
     });
 }
+
+#[test]
+fn more_pending_futures_than_one_futex_waitv_takes_all_complete() {
+    with_deadline(LIMIT, || {
+        // 200 distinct words: past the kernel's 128 per futex_waitv call, the reactor
+        // re-polls the rest; every future must still complete once its event is set.
+        let events: Vec<Event> = (0..200).map(|_| Event::new().unwrap()).collect();
+        let mut waits: Vec<_> = events.iter().map(|e| Box::pin(e.wait_async())).collect();
+        for w in &mut waits {
+            assert!(poll_once(w).is_none());
+        }
+        let child = fork_child(|| {
+            events.iter().rev().for_each(Event::set);
+            0
+        });
+        child.assert_success();
+        let all = async {
+            for w in waits {
+                w.await;
+            }
+        };
+        assert_eq!(block_on_for(LIMIT, all), Some(()));
+    });
+}
+
+#[test]
+fn a_leaked_future_whose_segment_is_gone_costs_nothing_but_a_wake_up() {
+    with_deadline(LIMIT, || {
+        // The future is forgotten with its registration, then the event's segment is
+        // unmapped: the reactor must not touch that memory (only the kernel reads registered
+        // words), and other waits keep working.
+        let ev = Event::new().unwrap();
+        let mut fut = Box::pin(ev.wait_async());
+        assert!(poll_once(&mut fut).is_none());
+        std::mem::forget(fut);
+        drop(ev);
+        let other = Event::new().unwrap();
+        let mut wait = Box::pin(other.wait_async());
+        assert!(poll_once(&mut wait).is_none());
+        let child = fork_child(|| {
+            other.set();
+            0
+        });
+        assert_eq!(block_on_for(LIMIT, wait), Some(()));
+        child.assert_success();
+    });
+}
