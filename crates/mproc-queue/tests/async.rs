@@ -77,6 +77,15 @@ fn futures_dropped_at_random_points_lose_and_duplicate_nothing() {
             let mut rng = Rng(0xA5A5_0001);
             let mut i = 0;
             while i < N {
+                // Now and then the producer stalls (load shaping, not synchronisation): long
+                // enough for the consumer's futures to stop spinning and register, so that
+                // its cancellations race real wake-ups.
+                if i % 64 == 0 {
+                    let stall = std::time::Instant::now() + Duration::from_micros(300);
+                    while std::time::Instant::now() < stall {
+                        std::hint::spin_loop();
+                    }
+                }
                 let mut put = Box::pin(q.put_async(i));
                 match poll_once(&mut put) {
                     Some(Ok(())) => i += 1,
