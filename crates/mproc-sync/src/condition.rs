@@ -5,27 +5,28 @@ use std::time::{Duration, Instant};
 
 use mproc_segment::{Kind, Segment, SegmentError, ShmSafe};
 
-use crate::atomic::{AtomicU32, Ordering};
+use crate::park::Parking;
 use crate::lock::LockGuard;
 use crate::placed::{Placed, Primitive};
 use crate::raw_lock::RawLock;
-use crate::{LockError, futex};
+use crate::LockError;
 
 /// The in-memory form of a condition, `#[repr(C)]`, 56 bytes, 8-aligned.
 ///
-/// Fields: `lock` (the robust mutex waiters hold around their predicate), `seq` (the futex
-/// word: bumped by every notify, SeqCst), `waiters` (sleepers).
+/// Fields: `lock` (the robust mutex waiters hold around their predicate), `parking` (where
+/// waiters sleep: the same [`Parking`] protocol as every other wait; its sequence word is
+/// bumped by a notify that finds waiters).
 #[repr(C)]
 #[derive(Debug)]
 pub struct RawCondition {
     lock: RawLock,
-    seq: AtomicU32,
-    waiters: AtomicU32,
+    parking: Parking,
 }
 
 const _: () = assert!(std::mem::size_of::<RawCondition>() == 56);
 
-// SAFETY: a ShmSafe lock plus two atomics.
+// SAFETY: a ShmSafe lock plus a Parking (two atomics; any bit pattern is some sequence and
+// waiter count).
 unsafe impl ShmSafe for RawCondition {}
 
 impl Primitive for RawCondition {
@@ -55,24 +56,23 @@ impl RawCondition {
         deadline: Option<Instant>,
     ) -> WaitResult<'a, (LockGuard<'a>, bool)> {
         debug_assert!(std::ptr::eq(guard.lock_ref(), &self.lock));
-        // SYNC POINT: read `seq` while still holding the lock; a notifier that changes the
-        // predicate under the lock and then bumps `seq` either runs before this read (and the
-        // caller saw its predicate change) or bumps after it, and the futex refuses to sleep.
-        let seen = self.seq.load(Ordering::SeqCst);
-        self.waiters.fetch_add(1, Ordering::SeqCst);
+        // SYNC POINT: count ourselves and note the sequence while still holding the lock; a
+        // notifier that changes the predicate under the lock and then notifies either runs
+        // before this (and the caller saw its predicate change) or sees us counted and moves
+        // the sequence, and the futex refuses to sleep.
+        let waiting = self.parking.prepare();
         drop(guard);
         // Sleep in naps (see `park::nap_until`): a notifier killed between its bump and its
         // wake costs this waiter one nap, not its life.
         let in_time = loop {
-            futex::wait(&self.seq, seen, crate::park::nap_until(deadline));
-            if self.seq.load(Ordering::SeqCst) != seen {
+            if waiting.sleep(crate::park::nap_until(deadline)) {
                 break true;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break false;
             }
         };
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        drop(waiting);
         let guard = self.lock.lock()?;
         Ok((guard, !in_time))
     }
@@ -82,18 +82,12 @@ impl RawCondition {
     /// SYNC POINT: the SeqCst bump of `seq` then the SeqCst read of `waiters`. A waiter this
     /// read misses had read `seq` before the bump, so the kernel does not let it sleep.
     pub fn notify_one(&self) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            futex::wake(&self.seq, 1);
-        }
+        self.parking.wake_one();
     }
 
     /// Wakes every waiter.
     pub fn notify_all(&self) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            futex::wake_all(&self.seq);
-        }
+        self.parking.wake_all();
     }
 }
 
@@ -170,27 +164,27 @@ impl Condition {
     pub async fn wait_async<'a>(&'a self, guard: LockGuard<'a>) -> WaitResult<'a, LockGuard<'a>> {
         let raw = self.0.get();
         debug_assert!(std::ptr::eq(guard.lock_ref(), &raw.lock));
-        // SYNC POINT: as in `wait_deadline`: `seq` is read while the lock is held.
-        let seen = raw.seq.load(Ordering::SeqCst);
-        raw.waiters.fetch_add(1, Ordering::SeqCst);
+        // SYNC POINT: as in `wait_deadline`: counted, with the sequence noted, under the lock.
+        let mut waiting = CondWaiting {
+            waiting: Some(raw.parking.prepare()),
+            watch: None,
+        };
         drop(guard);
-        let mut waiting = CondWaiting { raw, watch: None };
         std::future::poll_fn(|cx| {
             // Woken by a notify, or a nap passed (a spurious wake-up, which condition
             // variables allow); polled for another reason, keep waiting.
-            if waiting
-                .watch
-                .take()
-                .is_some_and(crate::reactor::WordWatch::finish)
-            {
+            if waiting.watch.take().is_some_and(crate::reactor::WordWatch::finish) {
                 return std::task::Poll::Ready(());
             }
-            if raw.seq.load(Ordering::SeqCst) != seen {
+            let Some(w) = waiting.waiting.as_ref() else {
+                return std::task::Poll::Ready(());
+            };
+            if w.changed() {
                 return std::task::Poll::Ready(());
             }
             waiting.watch = Some(crate::reactor::WordWatch::new(
-                &raw.seq,
-                seen,
+                &raw.parking.seq,
+                w.seen(),
                 cx.waker(),
                 crate::park::NAP,
             ));
@@ -256,20 +250,22 @@ impl Condition {
 /// registration had fired (it may have absorbed a `notify_one`), passes the wake-up on.
 #[cfg(feature = "async")]
 struct CondWaiting<'a> {
-    raw: &'a RawCondition,
+    /// Always `Some` until dropped.
+    waiting: Option<crate::park::Waiting<'a>>,
     watch: Option<crate::reactor::WordWatch>,
 }
 
 #[cfg(feature = "async")]
 impl Drop for CondWaiting<'_> {
     fn drop(&mut self) {
-        self.raw.waiters.fetch_sub(1, Ordering::SeqCst);
-        if self
+        let fired = self
             .watch
             .take()
-            .is_some_and(crate::reactor::WordWatch::finish)
-        {
-            futex::wake(&self.raw.seq, 1);
+            .is_some_and(crate::reactor::WordWatch::finish);
+        // Uncounted first, so that the pass-on does not count us.
+        let parking = self.waiting.take().map(|w| w.parking());
+        if let (true, Some(p)) = (fired, parking) {
+            p.wake_one();
         }
     }
 }

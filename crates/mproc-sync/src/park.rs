@@ -73,23 +73,35 @@ impl Parking {
             return Some(v);
         }
         loop {
-            let seen = self.seq.load(Ordering::SeqCst);
-            self.waiters.fetch_add(1, Ordering::SeqCst);
-            // The slow path is about to sleep anyway: a full fence makes the handshake hold
-            // even when `poll` uses weaker loads than SeqCst.
-            fence(Ordering::SeqCst);
+            let waiting = self.prepare();
             if let Some(v) = poll() {
-                self.waiters.fetch_sub(1, Ordering::SeqCst);
                 return Some(v);
             }
-            futex::wait(&self.seq, seen, nap_until(deadline));
-            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            waiting.sleep(nap_until(deadline));
+            drop(waiting);
             if let Some(v) = poll() {
                 return Some(v);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return None;
             }
+        }
+    }
+
+    /// The waiter's half of the protocol, before its last look at the state: notes the
+    /// sequence and counts the caller among the waiters (until the returned [`Waiting`] is
+    /// dropped). The caller then looks at the state once more and, if it must wait, sleeps
+    /// with [`Waiting::sleep`] (or registers a future, with the `async` feature). Every wait
+    /// in mproc goes through here: `block_on`, `Condition`, the futures and selects.
+    pub fn prepare(&self) -> Waiting<'_> {
+        let seen = self.seq.load(Ordering::SeqCst);
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        // The slow path is about to sleep anyway: a full fence makes the handshake hold even
+        // when the caller's look at the state uses weaker loads than SeqCst.
+        fence(Ordering::SeqCst);
+        Waiting {
+            parking: self,
+            seen,
         }
     }
 
@@ -117,6 +129,44 @@ impl Parking {
     /// How many waiters are counted now (a snapshot; may include dead processes).
     pub fn waiters(&self) -> u32 {
         self.waiters.load(Ordering::Relaxed)
+    }
+}
+
+/// A waiter counted on a [`Parking`] (from [`Parking::prepare`]); dropping it uncounts it.
+#[derive(Debug)]
+#[must_use = "the waiter is uncounted when this is dropped"]
+pub struct Waiting<'a> {
+    parking: &'a Parking,
+    seen: u32,
+}
+
+impl<'a> Waiting<'a> {
+    /// Sleeps until a waker moves the sequence, `until` passes, or spuriously; returns whether
+    /// the sequence moved since [`Parking::prepare`].
+    pub fn sleep(&self, until: Option<Instant>) -> bool {
+        futex::wait(&self.parking.seq, self.seen, until);
+        self.changed()
+    }
+
+    /// Whether a waker has moved the sequence since [`Parking::prepare`].
+    pub fn changed(&self) -> bool {
+        self.parking.seq.load(Ordering::SeqCst) != self.seen
+    }
+
+    /// The parking place.
+    pub fn parking(&self) -> &'a Parking {
+        self.parking
+    }
+
+    /// The sequence value noted by [`Parking::prepare`] (what a futex wait expects).
+    pub fn seen(&self) -> u32 {
+        self.seen
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.parking.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crate::atomic::{Ordering, fence};
 use crate::park::{NAP, Parking};
 use crate::reactor::{FdWatch, WordWatch};
 
@@ -41,8 +40,8 @@ pub struct Registration<'a>(Reg<'a>);
 #[derive(Debug)]
 enum Reg<'a> {
     Parking {
-        parking: &'a Parking,
-        seen: u32,
+        /// Always `Some` until dropped.
+        waiting: Option<crate::park::Waiting<'a>>,
         watch: Option<WordWatch>,
     },
     /// Held only to be dropped: that removes the registration.
@@ -69,15 +68,13 @@ impl<'a> Registration<'a> {
     /// As [`parking`](Self::parking), waking the waker after `nap` at the latest (when the
     /// source should look for dead peers).
     pub fn parking_for(parking: &'a Parking, waker: &Waker, nap: Duration) -> Registration<'a> {
-        // The waiter's half of the `Parking` protocol: note the sequence, count ourselves,
-        // fence; the caller then looks at the state once more.
-        let seen = parking.seq.load(Ordering::SeqCst);
-        parking.waiters.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        // The waiter's half of the `Parking` protocol; the caller then looks at the state
+        // once more.
+        let waiting = parking.prepare();
+        let watch = WordWatch::new(&parking.seq, waiting.seen(), waker, nap);
         Registration(Reg::Parking {
-            parking,
-            seen,
-            watch: Some(WordWatch::new(&parking.seq, seen, waker, nap)),
+            waiting: Some(waiting),
+            watch: Some(watch),
         })
     }
 
@@ -85,7 +82,7 @@ impl<'a> Registration<'a> {
     /// (`false` after a nap or a spurious poll; always `false` for other kinds).
     pub fn woken_by_change(&self) -> bool {
         match &self.0 {
-            Reg::Parking { parking, seen, .. } => parking.seq.load(Ordering::SeqCst) != *seen,
+            Reg::Parking { waiting, .. } => waiting.as_ref().is_some_and(|w| w.changed()),
             _ => false,
         }
     }
@@ -94,12 +91,10 @@ impl<'a> Registration<'a> {
     /// to look at the source itself); `true` if it had fired.
     pub fn finish(mut self) -> bool {
         match &mut self.0 {
-            Reg::Parking { parking, watch, .. } => {
-                let fired = watch.take().is_some_and(WordWatch::finish);
+            Reg::Parking { watch, .. } => {
                 // Drop still takes us off the waiter count; `watch` is gone, so it passes
                 // nothing on.
-                let _ = parking;
-                fired
+                watch.take().is_some_and(WordWatch::finish)
             }
             _ => false,
         }
@@ -119,12 +114,14 @@ impl<'a> Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        if let Reg::Parking { parking, watch, .. } = &mut self.0 {
-            parking.waiters.fetch_sub(1, Ordering::SeqCst);
+        if let Reg::Parking { waiting, watch } = &mut self.0 {
+            let fired = watch.take().is_some_and(WordWatch::finish);
+            // Uncounted first, so that the pass-on below does not count us.
+            let parking = waiting.take().map(|w| w.parking());
             // A wake-up this registration absorbed may have been meant for a blocked waiter:
             // pass it on (a spurious wake-up costs that waiter one look).
-            if watch.take().is_some_and(WordWatch::finish) {
-                parking.wake_one();
+            if let (true, Some(p)) = (fired, parking) {
+                p.wake_one();
             }
         }
     }
