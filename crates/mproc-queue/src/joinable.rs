@@ -183,7 +183,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         // The same 50 ms naps as `join`: the last item may leave without a wake.
         mproc_sync::park::wait_async(
             [Some(&hdr.all_done), None],
-            Duration::from_millis(50),
+            mproc_sync::naps::JOIN_CHECK,
             move |_| (self.unfinished_tasks() == 0).then_some(()),
         )
     }
@@ -195,9 +195,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         let hdr = self.queue.raw().header();
         // Naps: the last item may leave the queue without a wake (its producer or consumer
         // died); a few looks a second notice that.
+        let d = mproc_sync::Deadline::at(deadline);
         loop {
-            let nap = Instant::now() + Duration::from_millis(50);
-            let until = deadline.map_or(nap, |d| d.min(nap));
+            let until = d.nap_end(mproc_sync::naps::JOIN_CHECK);
             if hdr
                 .all_done
                 .block_on(Some(until), || (self.unfinished_tasks() == 0).then_some(()))
@@ -205,7 +205,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
             {
                 return true;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if d.passed() {
                 return false;
             }
         }

@@ -43,9 +43,9 @@ const ARENA_HEADER_BYTES: usize = std::mem::size_of::<ArenaHeader>();
 /// Bytes of one arena entry (chunk word + link word).
 const ENTRY_BYTES: usize = 16;
 
-/// How long a blocked `put`/`get` sleeps before looking again, so that a peer that died
-/// holding the slot (or chunk) it waits for, and so never wakes it, is noticed.
-pub(crate) const REPOLL: Duration = Duration::from_millis(200);
+/// How long a blocked `put`/`get` sleeps before looking again
+/// ([`naps::QUEUE_PEER_CHECK`](mproc_sync::naps::QUEUE_PEER_CHECK)).
+pub(crate) const REPOLL: Duration = mproc_sync::naps::QUEUE_PEER_CHECK;
 
 /// The largest unit of an arena (bytes).
 const MAX_UNIT: u64 = 1 << 30;
@@ -705,12 +705,11 @@ fn block<T>(
 ) -> Option<T> {
     let mut check_peers = false;
     loop {
-        let chunk = Instant::now() + REPOLL;
-        let until = deadline.map_or(chunk, |d| d.min(chunk));
-        if let Some(v) = parking.block_on(Some(until), || poll(check_peers)) {
+        let d = mproc_sync::Deadline::at(deadline);
+        if let Some(v) = parking.block_on(Some(d.nap_end(REPOLL)), || poll(check_peers)) {
             return Some(v);
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if d.passed() {
             return None;
         }
         check_peers = true;

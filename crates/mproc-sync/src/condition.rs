@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use mproc_segment::{Kind, Segment, SegmentError, ShmSafe};
 
-use crate::park::Parking;
+use crate::LockError;
 use crate::lock::LockGuard;
+use crate::park::Parking;
 use crate::placed::{Placed, Primitive};
 use crate::raw_lock::RawLock;
-use crate::LockError;
 
 /// The in-memory form of a condition, `#[repr(C)]`, 56 bytes, 8-aligned.
 ///
@@ -68,7 +68,7 @@ impl RawCondition {
             if waiting.sleep(crate::park::nap_until(deadline)) {
                 break true;
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if crate::Deadline::at(deadline).passed() {
                 break false;
             }
         };
@@ -173,7 +173,11 @@ impl Condition {
         std::future::poll_fn(|cx| {
             // Woken by a notify, or a nap passed (a spurious wake-up, which condition
             // variables allow); polled for another reason, keep waiting.
-            if waiting.watch.take().is_some_and(crate::reactor::WordWatch::finish) {
+            if waiting
+                .watch
+                .take()
+                .is_some_and(crate::reactor::WordWatch::finish)
+            {
                 return std::task::Poll::Ready(());
             }
             let Some(w) = waiting.waiting.as_ref() else {
@@ -222,7 +226,7 @@ impl Condition {
     ) -> WaitResult<'a, (LockGuard<'a>, bool)> {
         let deadline = timeout.map(|t| Instant::now() + t);
         while condition() {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if crate::Deadline::at(deadline).passed() {
                 return Ok((guard, true));
             }
             guard = self.0.get().wait_deadline(guard, deadline)?.0;

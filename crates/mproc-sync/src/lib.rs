@@ -36,9 +36,11 @@
 
 pub mod atomic;
 mod barrier;
+mod deadline;
 mod error;
 mod event;
 pub mod futex;
+pub mod naps;
 pub mod park;
 #[cfg(all(feature = "async", not(loom)))]
 pub mod reactor;
@@ -55,6 +57,7 @@ mod placed;
 mod raw_lock;
 
 pub use barrier::RawBarrier;
+pub use deadline::Deadline;
 pub use error::{BarrierError, LockError, SemaphoreError};
 pub use event::RawEvent;
 pub use park::Parking;

@@ -35,17 +35,14 @@ pub struct Parking {
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<Parking>() == 8);
 
-/// The longest a waiter sleeps before polling again. A waker killed between changing the
-/// state and waking (or a wake-up lost any other way) then costs a waiter this much delay, not
-/// its life.
+/// The longest a waiter sleeps before polling again ([`naps::PARKING`](crate::naps::PARKING)).
 #[cfg(not(loom))]
-pub const NAP: std::time::Duration = std::time::Duration::from_millis(100);
+pub const NAP: std::time::Duration = crate::naps::PARKING;
 
 /// When a sleep that may last until `deadline` should end to poll again.
 #[cfg(not(loom))]
 pub(crate) fn nap_until(deadline: Option<Instant>) -> Option<Instant> {
-    let nap = Instant::now() + NAP;
-    Some(deadline.map_or(nap, |d| d.min(nap)))
+    Some(crate::Deadline::at(deadline).nap_end(NAP))
 }
 
 /// Under loom the models check the wake-up protocol itself: no safety-net timeout.
@@ -82,7 +79,7 @@ impl Parking {
             if let Some(v) = poll() {
                 return Some(v);
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if crate::Deadline::at(deadline).passed() {
                 return None;
             }
         }
@@ -214,12 +211,7 @@ mod wait_async {
     use super::Parking;
     use crate::select::Registration;
 
-    /// How long a future that finds nothing keeps looking (yielding the CPU between looks)
-    /// before it registers with the reactor. A message already on its way is then taken
-    /// without two thread switches (reactor, then runtime): in the benchmark's async
-    /// ping-pong this is 4–6 µs a round against 30–35 µs without it. The price is at most
-    /// this long on the executor's thread per pending poll.
-    const ASYNC_SPIN: Duration = Duration::from_micros(10);
+    use crate::naps::ASYNC_SPIN;
 
     /// Polls until `poll` succeeds or `budget` has passed (one look if it is zero).
     fn spin_for<T>(budget: Duration, poll: &mut impl FnMut() -> Option<T>) -> Option<T> {

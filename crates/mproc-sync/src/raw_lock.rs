@@ -41,10 +41,10 @@ use crate::futex;
 const TID_MASK: u64 = (1 << 30) - 1;
 const WAITERS: u64 = 1 << 30;
 
-/// How long a waiter sleeps before checking whether the owner is still alive (a system call
-/// and a /proc read: 50 a second cost a waiter well under 0.1 % of a core). A holder that dies
-/// therefore costs its waiters at most about this much.
-const NAP: Duration = Duration::from_millis(20);
+/// How long a waiter sleeps before checking whether the owner is still alive
+/// ([`naps::LOCK_OWNER_CHECK`](crate::naps::LOCK_OWNER_CHECK)).
+#[cfg(not(loom))]
+const NAP: Duration = crate::naps::LOCK_OWNER_CHECK;
 
 const KIND_PLAIN: u32 = 1;
 const KIND_RECURSIVE: u32 = 2;
@@ -382,12 +382,11 @@ impl RawLock {
             let expected = v | WAITERS;
             #[cfg(not(loom))]
             let nap_end = {
-                let now = Instant::now();
-                if deadline.is_some_and(|d| now >= d) {
+                let d = crate::Deadline::at(deadline);
+                if d.passed() {
                     return Err(LockError::Timeout);
                 }
-                let nap = now + NAP;
-                Some(deadline.map_or(nap, |d| d.min(nap)))
+                Some(d.nap_end(NAP))
             };
             #[cfg(loom)]
             let nap_end = deadline;

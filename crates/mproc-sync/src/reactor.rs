@@ -43,7 +43,7 @@ const WAITV_MAX: usize = 128;
 
 /// How long the word reactor naps when it could not include every word in its call, or when
 /// the kernel lacks `futex_waitv`.
-const OVERFLOW_NAP: Duration = Duration::from_millis(1);
+const OVERFLOW_NAP: Duration = crate::naps::REACTOR_OVERFLOW;
 
 /// One registration: who to wake, and when to wake it anyway.
 struct Entry<K> {
@@ -54,7 +54,7 @@ struct Entry<K> {
 }
 
 /// Naps that end this close together are served by one wake-up of the reactor.
-const NAP_SLACK: Duration = Duration::from_millis(2);
+const NAP_SLACK: Duration = crate::naps::REACTOR_SLACK;
 
 /// A reactor's table of registrations (one-shot: firing removes them).
 struct Table<K> {
@@ -373,12 +373,9 @@ fn word_reactor(w: &'static Words) {
     }
 }
 
-/// How long the word reactor stays awake after waking futures, for their next registration.
-/// A future woken by a message usually handles it and waits again within microseconds; if
-/// the reactor is still awake then, registering costs no system call and no thread switch
-/// (in a ping-pong between two processes this halves the round trip). It yields the CPU while
-/// it waits, and an idle process pays it once per nap.
-const LINGER: Duration = Duration::from_micros(50);
+/// How long the word reactor stays awake after waking futures
+/// ([`naps::REACTOR_LINGER`](crate::naps::REACTOR_LINGER)).
+const LINGER: Duration = crate::naps::REACTOR_LINGER;
 
 /// Waits up to [`LINGER`] for the doorbell to ring.
 fn linger(bell: &AtomicU32) {
