@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::results::{AsyncResult, Imap, MapResult};
-use super::state::Shared;
+use super::wakeup::Shared;
 use crate::TaskError;
 use crate::process::Process;
 

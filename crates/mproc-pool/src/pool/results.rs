@@ -9,7 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Pool;
-use super::state::{Outcome, Shared, abandon_job};
+use super::state::{Outcome, abandon_job};
+use super::wakeup::Shared;
 use crate::TaskError;
 use crate::call::{FnRef, decode_outcomes, encode_into};
 

@@ -1,0 +1,190 @@
+//! The wake-up protocol between the handler thread, callers that wait for results, and
+//! futures: the shared state behind one lock, a condition variable with a sleeper count, a
+//! generation number, and the futures' wakers. A waiting caller first reads the results queue
+//! itself for a moment ([`SPIN_FOR`]), then sleeps until the handler notifies.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mproc_queue::{GetError, Queue};
+
+use super::state::{Config, State};
+use crate::TaskError;
+use crate::worker::Reply;
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub state: Mutex<State>,
+    pub changed: Condvar,
+    /// Bumped after every change waiters may care about (see [`Shared::notify`]).
+    pub generation: AtomicU64,
+    /// Threads sleeping on `changed`.
+    pub sleepers: AtomicUsize,
+    /// Callers reading the results queue themselves right now (see `wait_until`).
+    pub drivers: AtomicUsize,
+    pub results: Queue<Reply>,
+    pub config: Config,
+    /// The status board, if the pool has a name.
+    pub board: Option<super::board::Board>,
+    /// Futures (and selects) waiting for a change, woken by [`Shared::notify`].
+    pub wakers: Wakers,
+}
+
+/// Wakers of futures waiting on the pool's state (`AsyncResult` as a future, `Imap` as a
+/// stream, selects): one-shot, like the reactor's registrations — `notify` wakes and forgets
+/// them all; a future still not ready registers again. Counted, so that `notify` takes no lock
+/// when no future waits.
+#[derive(Debug, Default)]
+pub(crate) struct Wakers {
+    list: Mutex<std::collections::HashMap<u64, std::task::Waker>>,
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    next: AtomicU64,
+    count: AtomicUsize,
+}
+
+impl Wakers {
+    /// Registers `waker` (replacing registration `prev`, if any) and returns its id. Register
+    /// first, then look at the state: a change after the look is followed by a `notify` that
+    /// sees the registration.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn register(&self, prev: Option<u64>, waker: &std::task::Waker) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = prev {
+            list.remove(&p);
+        }
+        list.insert(id, waker.clone());
+        self.count.store(list.len(), Ordering::SeqCst);
+        id
+    }
+
+    /// Removes a registration (a future dropped or done).
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) fn remove(&self, id: u64) {
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        list.remove(&id);
+        self.count.store(list.len(), Ordering::SeqCst);
+    }
+
+    fn wake_all(&self) {
+        // SYNC POINT: `count` is stored (SeqCst) under the list lock before the registering
+        // future looks at the state; `notify` changes the state first, then reads it here.
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let woken: Vec<std::task::Waker> = {
+            let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+            self.count.store(0, Ordering::SeqCst);
+            list.drain().map(|(_, w)| w).collect()
+        };
+        woken.into_iter().for_each(std::task::Waker::wake);
+    }
+}
+
+/// How long a waiting caller polls for replies itself before it sleeps until the handler
+/// thread wakes it. Short tasks then come back without two thread wake-ups in between
+/// (worker → handler → caller). The caller yields the CPU between polls, so on a machine
+/// with as many workers as CPUs it does not slow the workers down.
+const SPIN_FOR: Duration = Duration::from_micros(100);
+
+/// How soon the handler looks again while a caller reads the replies.
+pub(crate) const DRIVER_CHECK: Duration = Duration::from_millis(1);
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells waiters that the state changed. The condition variable is signalled only when
+    /// someone sleeps on it (a signal is a system call, and most changes have no sleeper).
+    pub(crate) fn notify(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        // SYNC POINT: pairs with the increment in `sleep`, made under the state lock before
+        // the sleeper's last look at the state; a change made after that look is followed by
+        // this load, which then sees the sleeper.
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_all();
+        }
+        self.wakers.wake_all();
+    }
+
+    /// Sleeps on the condition variable for at most `timeout` (a missed signal costs at most
+    /// that), counted in `sleepers` so that `notify` knows to signal.
+    pub(crate) fn sleep<'a>(
+        &self,
+        st: MutexGuard<'a, State>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, State> {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        let st = self
+            .changed
+            .wait_timeout(st, timeout)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        st
+    }
+
+    /// Waits until `check` finds what it looks for in the state, or `deadline` passes
+    /// (`Err(TaskError::Timeout)`).
+    ///
+    /// For the first [`SPIN_FOR`] the caller reads the results queue itself (replies it takes
+    /// are handled exactly as the handler would: under the lock, then notified); after that it
+    /// sleeps on the condition variable and the handler thread does the reading.
+    pub(crate) fn wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut check: impl FnMut(&mut State) -> Option<T>,
+    ) -> Result<T, TaskError> {
+        let spin_until = Instant::now() + SPIN_FOR;
+        let mut st = self.lock();
+        loop {
+            if let Some(v) = check(&mut st) {
+                return Ok(v);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(TaskError::Timeout);
+            }
+            if now < spin_until {
+                let seen = self.generation.load(Ordering::SeqCst);
+                drop(st);
+                self.drivers.fetch_add(1, Ordering::SeqCst);
+                loop {
+                    // Read under the lock: a reply taken off the queue is handled before the
+                    // handler can settle a dead worker (which first drains the queue, also
+                    // under the lock), so a finished job is never also reported dead.
+                    let mut st = self.lock();
+                    match self.results.try_get() {
+                        Ok(reply) => {
+                            st.on_reply(reply);
+                            st.drain_replies(&self.results);
+                            st.dispatch(&self.config);
+                            drop(st);
+                            self.notify();
+                            break;
+                        }
+                        Err(GetError::Message { reason }) => {
+                            eprintln!("mproc pool: unreadable reply dropped: {reason}");
+                        }
+                        Err(_) => {}
+                    }
+                    drop(st);
+                    if self.generation.load(Ordering::SeqCst) != seen
+                        || Instant::now() >= spin_until
+                    {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                self.drivers.fetch_sub(1, Ordering::SeqCst);
+                st = self.lock();
+                continue;
+            }
+            let cap = Duration::from_millis(100);
+            let wait = deadline.map_or(cap, |d| d.saturating_duration_since(now).min(cap));
+            st = self.sleep(st, wait);
+        }
+    }
+}
