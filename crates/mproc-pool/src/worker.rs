@@ -4,7 +4,7 @@
 //! A worker owns one *inbox* (`Queue<Request>`, written only by its parent) and shares one
 //! *results* queue (`Queue<Reply>`) with the other workers of its pool. It answers requests
 //! strictly in order, one at a time; this is what lets the parent know, when a worker dies,
-//! exactly which request was in its hands (see `pool.rs`).
+//! exactly which request was in its hands (see `pool/settle.rs`).
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -31,7 +31,7 @@
 //! The creator stores the magic and its pid, writes every other field, then stores
 //! `state = Ready` with Release. An opener reads the fields only after loading `Ready` with
 //! Acquire (SYNC POINT: the Release store in `Segment::publish` pairs with the Acquire load in
-//! `Segment::wait_ready`), copies them once into a [`Header`] snapshot and never reads the
+//! `SegmentOptions::attach`), copies them once into a [`Header`] snapshot and never reads the
 //! shared copy again, so a peer that scribbles on the header later cannot make us read out of
 //! bounds.
 

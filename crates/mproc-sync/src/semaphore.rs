@@ -237,7 +237,8 @@ mod handle {
     #[derive(Debug)]
     pub struct BoundedSemaphore(Placed<BoundedCell>);
 
-    /// A [`RawSemaphore`] with a bound; its own type so that its segment kind differs.
+    /// A [`RawSemaphore`] with a bound; its own type so that its type name differs (same
+    /// segment kind): a `Semaphore` and a `BoundedSemaphore` refuse to open each other.
     #[repr(transparent)]
     #[derive(Debug)]
     pub struct BoundedCell(RawSemaphore);
