@@ -161,7 +161,7 @@ fn run_chunk<A: DeserializeOwned, R: Serialize>(
         };
         if let Err(e) = encode_into(&outcome, out) {
             let failed: Result<R, TaskError> = Err(TaskError::Encode {
-                message: format!("result: {}", e_message(e)),
+                message: format!("result: {}", encode_message(e)),
             });
             // An error of plain strings always encodes.
             let _ = encode_into(&failed, out);
@@ -170,7 +170,8 @@ fn run_chunk<A: DeserializeOwned, R: Serialize>(
     panics
 }
 
-fn e_message(e: TaskError) -> String {
+/// The message of an encoding error, without the variant's own prefix.
+pub(crate) fn encode_message(e: TaskError) -> String {
     match e {
         TaskError::Encode { message } => message,
         other => other.to_string(),

@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use mproc_queue::GetError;
-
+use super::settle::Took;
 use super::wakeup::{DRIVER_CHECK, Shared};
 use super::{WATCH_BUSY, WATCH_IDLE};
 
@@ -36,15 +35,8 @@ pub(crate) fn handler(shared: Arc<Shared>) {
         let wait = if busy { WATCH_BUSY } else { WATCH_IDLE };
         let first = shared.results.get_timeout(wait);
         let mut st = shared.lock();
-        match first {
-            Ok(reply) => {
-                st.on_reply(reply);
-                st.drain_replies(&shared.results);
-            }
-            Err(GetError::Message { reason }) => {
-                eprintln!("mproc pool: unreadable reply dropped: {reason}");
-            }
-            Err(_) => {}
+        if st.take_reply(first) != Took::Nothing {
+            st.drain_replies(&shared.results);
         }
         let due = st.last_watch.is_none_or(|t| t.elapsed() >= WATCH_BUSY);
         if due {

@@ -12,7 +12,7 @@ use super::Pool;
 use super::state::{Outcome, abandon_job};
 use super::wakeup::Shared;
 use crate::TaskError;
-use crate::call::{FnRef, decode_outcomes, encode_into};
+use crate::call::{FnRef, decode_outcomes, encode_into, encode_message};
 
 /// The `count` results of a finished job, decoded (a failed job fails every item).
 pub(crate) fn outcome_items<R: DeserializeOwned>(
@@ -22,14 +22,6 @@ pub(crate) fn outcome_items<R: DeserializeOwned>(
     match outcome {
         Outcome::Body(body) => decode_outcomes(&body, count).collect(),
         Outcome::Failed(e) => (0..count).map(|_| Err(e.clone())).collect(),
-    }
-}
-
-/// The message of an encoding error, without the variant's own prefix.
-pub(crate) fn encode_message(e: TaskError) -> String {
-    match e {
-        TaskError::Encode { message } => message,
-        other => other.to_string(),
     }
 }
 

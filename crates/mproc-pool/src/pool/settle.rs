@@ -78,15 +78,26 @@ impl State {
         }
     }
 
+    /// Records every reply waiting in the results queue.
     pub(crate) fn drain_replies(&mut self, results: &Queue<Reply>) {
-        loop {
-            match results.try_get() {
-                Ok(reply) => self.on_reply(reply),
-                Err(GetError::Message { reason }) => {
-                    eprintln!("mproc pool: unreadable reply dropped: {reason}");
-                }
-                Err(_) => break,
+        while self.take_reply(results.try_get()) != Took::Nothing {}
+    }
+
+    /// Handles what one read of the results queue returned: a reply is recorded; one that
+    /// cannot be decoded (a worker's bug, or a peer scribbling) is reported on stderr and
+    /// dropped (its job then fails when its worker is settled, or completes by a later
+    /// reply); anything else (empty, timed out, closed) is nothing.
+    pub(crate) fn take_reply(&mut self, got: Result<Reply, GetError>) -> Took {
+        match got {
+            Ok(reply) => {
+                self.on_reply(reply);
+                Took::Reply
             }
+            Err(GetError::Message { reason }) => {
+                eprintln!("mproc pool: unreadable reply dropped: {reason}");
+                Took::Unreadable
+            }
+            Err(_) => Took::Nothing,
         }
     }
 
@@ -189,6 +200,14 @@ impl State {
             }),
         }
     }
+}
+
+/// What one read of the results queue gave (see [`State::take_reply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Took {
+    Reply,
+    Unreadable,
+    Nothing,
 }
 
 /// Why a worker was replaced.

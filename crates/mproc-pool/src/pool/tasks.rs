@@ -78,7 +78,7 @@ impl Pool {
         let mut args = Vec::new();
         for item in items {
             encode_into(item, &mut args).map_err(|e| TaskError::Encode {
-                message: format!("argument: {}", super::results::encode_message(e)),
+                message: format!("argument: {}", crate::call::encode_message(e)),
             })?;
         }
         Ok(args)

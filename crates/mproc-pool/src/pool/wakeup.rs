@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use mproc_queue::{GetError, Queue};
+use mproc_queue::Queue;
 
+use super::settle::Took;
 use super::state::{Config, State};
 use crate::TaskError;
 use crate::worker::Reply;
@@ -156,19 +157,12 @@ impl Shared {
                     // handler can settle a dead worker (which first drains the queue, also
                     // under the lock), so a finished job is never also reported dead.
                     let mut st = self.lock();
-                    match self.results.try_get() {
-                        Ok(reply) => {
-                            st.on_reply(reply);
-                            st.drain_replies(&self.results);
-                            st.dispatch(&self.config);
-                            drop(st);
-                            self.notify();
-                            break;
-                        }
-                        Err(GetError::Message { reason }) => {
-                            eprintln!("mproc pool: unreadable reply dropped: {reason}");
-                        }
-                        Err(_) => {}
+                    if st.take_reply(self.results.try_get()) == Took::Reply {
+                        st.drain_replies(&self.results);
+                        st.dispatch(&self.config);
+                        drop(st);
+                        self.notify();
+                        break;
                     }
                     drop(st);
                     if self.generation.load(Ordering::SeqCst) != seen
