@@ -12,7 +12,7 @@ use super::Pool;
 use super::state::{Outcome, abandon_job};
 use super::wakeup::Shared;
 use crate::TaskError;
-use crate::call::{FnRef, decode_outcomes, encode_into, encode_message};
+use crate::call::{FnRef, decode_outcomes};
 
 /// The `count` results of a finished job, decoded (a failed job fails every item).
 pub(crate) fn outcome_items<R: DeserializeOwned>(
@@ -295,26 +295,17 @@ where
     /// Pulls input and submits chunks until the window is full or the input ends.
     fn fill(&mut self) {
         while !self.exhausted && self.window.len() < self.max_window {
-            let mut args = Vec::new();
-            let mut len = 0;
-            let mut failure = None;
-            for a in self.input.by_ref().take(self.chunksize) {
-                len += 1;
-                if let Err(e) = encode_into(&a, &mut args) {
-                    failure.get_or_insert(TaskError::Encode {
-                        message: format!("argument: {}", encode_message(e)),
-                    });
-                }
-            }
+            let chunk: Vec<A> = self.input.by_ref().take(self.chunksize).collect();
+            let len = chunk.len();
             if len < self.chunksize {
                 self.exhausted = true;
             }
             if len == 0 {
                 break;
             }
-            let slot = match failure {
-                Some(error) => Slot::Failed { error, len },
-                None => match self.pool.submit(self.func, len as u32, args) {
+            let slot = match Pool::encode_chunk(&chunk) {
+                Err(error) => Slot::Failed { error, len },
+                Ok(args) => match self.pool.submit(self.func, len as u32, args) {
                     Ok(id) => Slot::Job { id, len },
                     Err(error) => {
                         self.exhausted = true;

@@ -84,7 +84,6 @@ impl Pool {
         Ok(args)
     }
 
-    /// Submits `items` in chunks of `func` calls and collects the results in order.
     /// Submits `items` in chunks of `chunk` (default: [`Self::default_chunksize`]) calls of
     /// `func`; returns each chunk's job id and length. Nothing stays submitted on an error.
     pub(super) fn submit_all<T: Serialize>(
