@@ -192,15 +192,7 @@ pub(crate) fn thread_count() -> usize {
 }
 
 fn os_thread_count() -> usize {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name (which may contain spaces) start after ')'.
-            let rest = &s[s.rfind(')')? + 2..];
-            // num_threads is field 20 overall, the 18th after the name.
-            rest.split_whitespace().nth(17)?.parse().ok()
-        })
-        .unwrap_or(1)
+    mproc_segment::ProcStat::of("self").map_or(1, |s| s.num_threads as usize)
 }
 
 /// Ends a forked child without running the parent's `atexit` handlers or destructors. It

@@ -163,8 +163,8 @@ fn task_alive(id: u32, same_start: impl FnOnce(u64) -> bool) -> bool {
         Err(_) => return false,
     }
     match std::fs::read_to_string(format!("/proc/{id}/stat")) {
-        Ok(stat) => match parse_stat(&stat) {
-            Some((state, start)) => state != 'Z' && state != 'X' && same_start(start),
+        Ok(stat) => match ProcStat::parse(&stat) {
+            Some(s) => s.state != 'Z' && s.state != 'X' && same_start(s.start_time),
             None => true,
         },
         // Exited between the probe and the read.
@@ -174,19 +174,42 @@ fn task_alive(id: u32, same_start: impl FnOnce(u64) -> bool) -> bool {
 }
 
 fn read_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat).map(|(_, start)| start)
+    ProcStat::of(&pid.to_string()).map(|s| s.start_time)
 }
 
-/// Returns (state, starttime) from the text of `/proc/PID/stat`. The command name (field 2)
-/// may contain spaces and parentheses, so fields are counted after the last `)`.
-fn parse_stat(stat: &str) -> Option<(char, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // Field 3 is the state; starttime is field 22, i.e. 19 fields further on.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
+/// The fields mproc reads from `/proc/PID/stat` (the one parser of that file: liveness and
+/// start times here, thread counts in the pool).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
+    pub state: char,
+    /// Field 20: threads in the process.
+    pub num_threads: u64,
+    /// Field 22: start time in clock ticks after boot.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// Reads `/proc/WHO/stat` (`WHO` a pid, or `self`).
+    pub fn of(who: &str) -> Option<ProcStat> {
+        ProcStat::parse(&std::fs::read_to_string(format!("/proc/{who}/stat")).ok()?)
+    }
+
+    /// Parses the text of a `stat` file. The command name (field 2) may contain spaces and
+    /// parentheses, so fields are counted after the last `)`.
+    pub fn parse(stat: &str) -> Option<ProcStat> {
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_ascii_whitespace();
+        let state = fields.next()?.chars().next()?;
+        // Field 3 is the state; num_threads is field 20 (16 further on), starttime field 22.
+        let num_threads = fields.nth(16)?.parse().ok()?;
+        let start_time = fields.nth(1)?.parse().ok()?;
+        Some(ProcStat {
+            state,
+            num_threads,
+            start_time,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +275,18 @@ mod tests {
     #[test]
     fn parse_stat_handles_odd_names() {
         let s = "42 (a) b) (c) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 777 19 20";
-        assert_eq!(parse_stat(s), Some(('S', 777)));
+        let want = ProcStat {
+            state: 'S',
+            num_threads: 17,
+            start_time: 777,
+        };
+        assert_eq!(ProcStat::parse(s), Some(want));
+    }
+
+    #[test]
+    fn proc_stat_of_self_agrees_with_the_process_id() {
+        let s = ProcStat::of("self").unwrap();
+        assert!(s.num_threads >= 1 && s.state == 'R');
+        assert_eq!(s.start_time, ProcessId::current().start_time);
     }
 }

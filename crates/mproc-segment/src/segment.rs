@@ -858,7 +858,7 @@ impl Segment {
         // created a new segment of the same name since. (glibc keeps POSIX shared memory in
         // /dev/shm; one stat of that path is cheaper than shm_open + fstat + close.)
         let ours = fstat(&self.fd).ok();
-        let theirs = std::fs::metadata(format!("/dev/shm{name}")).ok();
+        let theirs = std::fs::metadata(crate::shm_dir::path_of(name)).ok();
         if let (Some(a), Some(b)) = (ours, theirs) {
             use std::os::unix::fs::MetadataExt;
             if a.st_ino == b.ino() && a.st_dev == b.dev() {
