@@ -3,7 +3,7 @@
 //! `waitpid(-1)`, which would steal other code's children), and signalling through the pidfd
 //! so a signal can never reach a recycled pid.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Instant;
@@ -54,13 +54,15 @@ pub(crate) struct ChildProc {
 }
 
 pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, ProcessError> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(ProcessError::os("pidfd_open", Errno::last()));
-    }
-    // SAFETY: pidfd_open returned a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| ProcessError::os("pidfd_open", Errno::ESRCH))?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| ProcessError::os("pidfd_open", errno_of(e)))
+}
+
+/// A rustix error as the `Errno` mproc's errors carry.
+pub(crate) fn errno_of(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
 }
 
 /// How long `wait_until` polls for the child's exit before sleeping on its pidfd.
@@ -78,13 +80,12 @@ pub(crate) const EXIT_ORPHANED: i32 = 79;
 /// "the parent process is gone". A fork server, single-threaded, forks on its only thread.
 /// Must stay async-signal-safe (it also runs between `fork` and `exec`).
 pub(crate) fn arm_parent_death(parent: u32) {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number; getppid and _exit take
-    // nothing; all are async-signal-safe.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        if libc::getppid() as u32 != parent {
-            libc::_exit(EXIT_ORPHANED);
-        }
+    // rustix's prctl and getppid are direct system calls: async-signal-safe.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
+    if ppid != parent {
+        // SAFETY: _exit takes an exit code and never returns; async-signal-safe.
+        unsafe { libc::_exit(EXIT_ORPHANED) };
     }
 }
 
@@ -180,8 +181,7 @@ pub(crate) fn on_forker(
 /// `CAP_SYS_PTRACE`, can still reach them), so the pool's memfds cannot be opened from outside
 /// to rewrite queued tasks. It also means no core dump.
 pub(crate) fn make_undumpable() {
-    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes integers only.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0 as libc::c_ulong) };
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
 }
 
 /// The number of threads of this process (from `/proc/self/stat`), or 1 if unknown; the
@@ -400,25 +400,14 @@ impl ChildProc {
         if self.status.is_some() {
             return Ok(());
         }
-        // SAFETY: pidfd_send_signal takes our pidfd, a signal number, a null siginfo and zero
-        // flags.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                sig as libc::c_int,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
+        let Some(sig) = rustix::process::Signal::from_named_raw(sig as i32) else {
+            return Err(ProcessError::os("pidfd_send_signal", Errno::EINVAL));
         };
-        if r < 0 {
-            let e = Errno::last();
+        match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
             // ESRCH: it already exited (but is not reaped yet) — nothing to signal.
-            if e != Errno::ESRCH {
-                return Err(ProcessError::os("pidfd_send_signal", e));
-            }
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(ProcessError::os("pidfd_send_signal", errno_of(e))),
         }
-        Ok(())
     }
 
     /// SIGKILLs the child (if it still runs) and reaps it.
