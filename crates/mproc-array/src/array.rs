@@ -26,7 +26,7 @@ use crate::shared::Shared;
 /// a.set(1, 20.0)?;
 /// assert_eq!(a.get(1)?, 20.0);
 /// {
-///     let mut g = a.lock().map_err(|e| e.to_string())?;
+///     let mut g = a.lock_recover()?;
 ///     g[2] *= 10.0;                                        // many accesses, one lock
 /// }
 /// assert_eq!(a.to_vec()?, vec![1.0, 20.0, 30.0]);
@@ -158,7 +158,7 @@ impl<T: Pod> Array<T> {
         match self.lock() {
             Ok(mut g) => Ok(f(&mut g)),
             Err(LockError::OwnerDied(_)) => Err(ArrayError::Inconsistent),
-            Err(e) => Err(ArrayError::Lock(e.to_string())),
+            Err(e) => Err(ArrayError::Lock(e.map(|_| ()))),
         }
     }
 
@@ -167,6 +167,12 @@ impl<T: Pod> Array<T> {
     pub fn lock(&self) -> Result<ArrayGuard<'_, T>, LockError<ArrayGuard<'_, T>>> {
         let wrap = |guard| ArrayGuard { guard, array: self };
         self.shared.lock_raw().map(wrap).map_err(|e| e.map(wrap))
+    }
+
+    /// Takes the lock for `?`: a holder's death is reported by `guard.owner_died()`, not as
+    /// an error (see [`RawLock::lock_recover`](mproc_sync::RawLock::lock_recover)).
+    pub fn lock_recover(&self) -> Result<ArrayGuard<'_, T>, LockError<()>> {
+        self.lock().or_else(LockError::recover)
     }
 
     /// The elements without the lock (Python's `RawArray` access).
@@ -201,6 +207,12 @@ impl<T> ArrayGuard<'_, T> {
     /// Declares the data consistent again after an owner death.
     pub fn make_consistent(&self) {
         self.guard.make_consistent()
+    }
+
+    /// Whether a holder died holding the lock and nobody has called `make_consistent` since:
+    /// the data may be half-updated.
+    pub fn owner_died(&self) -> bool {
+        self.guard.owner_died()
     }
 }
 

@@ -28,8 +28,8 @@ pub enum ArrayError {
     #[error("a process died while holding the lock; the data may be inconsistent")]
     Inconsistent,
     /// The lock could not be taken (an unexpected system error).
-    #[error("lock failed: {0}")]
-    Lock(String),
+    #[error("lock failed")]
+    Lock(#[source] mproc_sync::LockError<()>),
     /// A raw view that does not fit its segment (length or alignment).
     #[error(transparent)]
     Segment(#[from] SegmentError),

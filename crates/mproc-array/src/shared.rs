@@ -148,7 +148,7 @@ impl<T: Pod> Shared<T> {
         match self.raw_lock().lock() {
             Ok(_guard) => Ok(f()),
             Err(LockError::OwnerDied(_guard)) => Err(ArrayError::Inconsistent),
-            Err(e) => Err(ArrayError::Lock(e.to_string())),
+            Err(e) => Err(ArrayError::Lock(e.map(|_| ()))),
         }
     }
 

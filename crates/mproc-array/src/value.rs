@@ -76,7 +76,7 @@ impl<T: Pod> Value<T> {
         match self.lock() {
             Ok(mut g) => Ok(f(&mut g)),
             Err(LockError::OwnerDied(_)) => Err(ArrayError::Inconsistent),
-            Err(e) => Err(ArrayError::Lock(e.to_string())),
+            Err(e) => Err(ArrayError::Lock(e.map(|_| ()))),
         }
     }
 
@@ -84,6 +84,12 @@ impl<T: Pod> Value<T> {
     pub fn lock(&self) -> Result<ValueGuard<'_, T>, LockError<ValueGuard<'_, T>>> {
         let wrap = |guard| ValueGuard { guard, value: self };
         self.shared.lock_raw().map(wrap).map_err(|e| e.map(wrap))
+    }
+
+    /// Takes the lock for `?`: a holder's death is reported by `guard.owner_died()`, not as
+    /// an error (see [`RawLock::lock_recover`](mproc_sync::RawLock::lock_recover)).
+    pub fn lock_recover(&self) -> Result<ValueGuard<'_, T>, LockError<()>> {
+        self.lock().or_else(LockError::recover)
     }
 
     /// The segment the value lives in.
@@ -96,6 +102,12 @@ impl<T> ValueGuard<'_, T> {
     /// Declares the value consistent again after an owner death.
     pub fn make_consistent(&self) {
         self.guard.make_consistent()
+    }
+
+    /// Whether a holder died holding the lock and nobody has called `make_consistent` since:
+    /// the value may be half-updated.
+    pub fn owner_died(&self) -> bool {
+        self.guard.owner_died()
     }
 }
 

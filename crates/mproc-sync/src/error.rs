@@ -7,7 +7,7 @@ use nix::errno::Errno;
 /// `G` is the guard: [`OwnerDied`](LockError::OwnerDied) carries it, because the lock *was*
 /// acquired — the caller decides whether the protected data can be trusted, and calls
 /// `make_consistent()` on the guard once it has repaired or checked it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError<G> {
     /// Acquired; but a previous owner died while holding the lock (now or earlier, and no one
@@ -43,6 +43,16 @@ impl<G> LockError<G> {
         match self {
             LockError::OwnerDied(g) => Some(g),
             _ => None,
+        }
+    }
+
+    /// The guard, also when its owner died: `Ok(guard)` whenever the lock is held, the
+    /// error without a guard otherwise (a `'static` error, so `?` converts it into
+    /// `Box<dyn Error>` or `anyhow::Error`). What `lock_recover` returns.
+    pub fn recover(self) -> Result<G, LockError<()>> {
+        match self {
+            LockError::OwnerDied(g) => Ok(g),
+            e => Err(e.map(|_| ())),
         }
     }
 

@@ -74,6 +74,24 @@ impl Lock {
         self.0.get().lock()
     }
 
+    /// Blocks until the lock is held; for `?` (see [`RawLock::lock_recover`]): a holder's
+    /// death is reported by `guard.owner_died()`, not as an error.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let lock = mproc_sync::Lock::new()?;
+    /// let guard = lock.lock_recover()?;
+    /// if guard.owner_died() {
+    ///     // check or repair the protected data, then:
+    ///     guard.make_consistent();
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lock_recover(&self) -> Result<LockGuard<'_>, LockError<()>> {
+        self.0.get().lock_recover()
+    }
+
     /// Takes the lock if it is free now; `Err(WouldBlock)` otherwise.
     pub fn try_lock(&self) -> Result<LockGuard<'_>, LockError<LockGuard<'_>>> {
         self.0.get().try_lock()

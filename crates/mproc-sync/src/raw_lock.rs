@@ -213,6 +213,16 @@ impl RawLock {
         Ok(self.guard(false))
     }
 
+    /// [`lock`](Self::lock) for `?`: the death of a previous holder is not an error here.
+    /// Whenever the lock is held the guard comes back, and [`RawGuard::owner_died`] says
+    /// whether the protected data may be half-updated (check or repair it, then
+    /// `make_consistent()`). The error, when there is one, carries no guard: it is
+    /// `'static` and converts into `Box<dyn Error>` or `anyhow::Error` — the same choice
+    /// std offers with `PoisonError::into_inner`, made once.
+    pub fn lock_recover(&self) -> Result<RawGuard<'_>, LockError<()>> {
+        self.lock().or_else(LockError::recover)
+    }
+
     /// Acquires the lock if it is free right now; `Err(WouldBlock)` otherwise.
     pub fn try_lock(&self) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
         self.acquire(None, true, false)
@@ -527,6 +537,12 @@ pub struct RawGuard<'a> {
 impl<'a> RawGuard<'a> {
     pub(crate) fn recursive(lock: &'a RawLock) -> RawGuard<'a> {
         lock.guard(true)
+    }
+
+    /// Whether a holder died holding this lock and nobody has called `make_consistent`
+    /// since: the protected data may be half-updated (what `OwnerDied` reports).
+    pub fn owner_died(&self) -> bool {
+        self.lock.is_inconsistent()
     }
 
     /// Declares the protected data consistent again after an owner death: later lockers get

@@ -559,3 +559,36 @@ fn lock_counters_count_acquisitions_waits_and_owner_deaths() {
     .assert_success();
     assert_eq!(lock.raw().counters().acquisitions, 6);
 }
+
+/// `lock_recover` with `?` into `Box<dyn Error>`: no `map_err`, and a holder's death comes
+/// back as a held guard that says so.
+fn take_and_repair(lock: &Lock) -> Result<bool, Box<dyn std::error::Error>> {
+    let guard = lock.lock_recover()?;
+    let died = guard.owner_died();
+    if died {
+        guard.make_consistent();
+    }
+    Ok(died)
+}
+
+#[test]
+fn lock_recover_hands_back_the_guard_of_a_dead_holder_and_works_with_question_mark() {
+    let lock = Lock::new().unwrap();
+    let _child = owner_dies(&lock, exit_holding);
+    assert!(
+        take_and_repair(&lock).unwrap(),
+        "the holder's death was reported"
+    );
+    assert!(
+        !take_and_repair(&lock).unwrap(),
+        "repaired: no longer reported"
+    );
+    // A failure is an error without a guard ('static): it travels through `?` as well.
+    let held = lock.lock().unwrap();
+    let other = fork_child(|| match lock.try_lock().map_err(LockError::recover) {
+        Err(Err(LockError::WouldBlock)) => 0,
+        _ => 1,
+    });
+    other.assert_success();
+    drop(held);
+}
