@@ -259,25 +259,44 @@ impl RawLock {
     /// should sleep while the owner word's low half reads `expected` (WAITERS is set on it).
     #[cfg(all(feature = "async", not(loom)))]
     fn poll_acquire(&self) -> Result<Result<(), LockError<()>>, u32> {
-        loop {
-            match self.acquire(None, true, false) {
-                Err(LockError::WouldBlock) => {}
-                r => return Ok(r),
-            }
-            let v = self.word.load(Ordering::Relaxed);
-            if v & TID_MASK == 0 {
-                continue;
-            }
-            if v & WAITERS == 0
-                && self
-                    .word
-                    .compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err()
-            {
-                continue;
-            }
-            return Err((v | WAITERS) as u32);
+        // Free, ours already (EDEADLK), or held by a dead owner: settled here.
+        match self.acquire(None, true, false) {
+            Err(LockError::WouldBlock) => {}
+            r => return Ok(r),
         }
+        let mine = me();
+        loop {
+            match self.contend(mine) {
+                Ok(()) => return Ok(self.acquired(false, false)),
+                Err(Some(expected)) => return Err(expected as u32),
+                Err(None) => {}
+            }
+        }
+    }
+
+    /// One step of a contended acquisition, shared by `lock` and `lock_async`: take the word
+    /// if it is free (as `mine | WAITERS`: others may be asleep, and our unlock must wake
+    /// them), or set `WAITERS` on the holder's word. `Ok` when taken; `Err(Some(word))` to
+    /// sleep while the word reads `word`; `Err(None)` when it moved: look again.
+    fn contend(&self, mine: u64) -> Result<(), Option<u64>> {
+        let v = self.word.load(Ordering::Relaxed);
+        if v & TID_MASK == 0 {
+            // SYNC POINT: Acquire, as in `acquire`.
+            return self
+                .word
+                .compare_exchange(v, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                .map(drop)
+                .map_err(|_| None);
+        }
+        if v & WAITERS == 0
+            && self
+                .word
+                .compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Err(None);
+        }
+        Err(Some(v | WAITERS))
     }
 
     fn guard(&self, recursive: bool) -> RawGuard<'_> {
@@ -369,27 +388,11 @@ impl RawLock {
             }
         }
         loop {
-            let v = self.word.load(Ordering::Relaxed);
-            if v & TID_MASK == 0 {
-                // Free: take it, keeping WAITERS (others may be asleep).
-                if self
-                    .word
-                    .compare_exchange(v, mine | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return self.acquired(recursive, false);
-                }
-                continue;
-            }
-            if v & WAITERS == 0
-                && self
-                    .word
-                    .compare_exchange(v, v | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err()
-            {
-                continue;
-            }
-            let expected = v | WAITERS;
+            let expected = match self.contend(mine) {
+                Ok(()) => return self.acquired(recursive, false),
+                Err(None) => continue,
+                Err(Some(expected)) => expected,
+            };
             #[cfg(not(loom))]
             let nap_end = {
                 let d = crate::Deadline::at(deadline);
