@@ -239,6 +239,10 @@ pub fn mapped_by(dev_ino: (u64, u64)) -> Vec<u32> {
 /// an exclusive `flock` on the stale file, and unlinks only after checking that the name still
 /// refers to that very file (device and inode); a creator that finds the lock taken backs off.
 /// A live or mapped segment, a foreign file or another user's file is never touched.
+/// How long a creator waits for another's reclaim lock on a stale name (see
+/// [`reclaim_stale`]).
+const RECLAIM_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub(crate) fn reclaim_stale(shm_name: &str) -> bool {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let path = path_of(shm_name);
@@ -257,9 +261,20 @@ pub(crate) fn reclaim_stale(shm_name: &str) -> bool {
     if !meta.file_type().is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
         return false;
     }
-    // SAFETY: flock takes an fd we own and flags; no pointers.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return false; // another creator is reclaiming it
+    // The lock says "another creator is reclaiming it". It belongs to the open file, so a
+    // process forked while some creator held it (in this process or another) holds it too
+    // until it exits or closes the inherited fd: wait a little for it rather than report
+    // the name taken at once. A real concurrent reclaim takes microseconds.
+    let deadline = std::time::Instant::now() + RECLAIM_LOCK_WAIT;
+    loop {
+        // SAFETY: flock takes an fd we own and flags; no pointers.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     let dev_ino = (meta.dev(), meta.ino());
     // Read the header through a duplicate: `file` keeps the lock until we are done.
