@@ -286,7 +286,8 @@ mod tests {
     #[test]
     fn proc_stat_of_self_agrees_with_the_process_id() {
         let s = ProcStat::of("self").unwrap();
-        assert!(s.num_threads >= 1 && s.state == 'R');
+        // (The state is the main thread's, which in the test harness sleeps: not checked.)
+        assert!(s.num_threads >= 1 && s.state != 'Z');
         assert_eq!(s.start_time, ProcessId::current().start_time);
     }
 }
