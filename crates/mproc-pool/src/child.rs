@@ -68,6 +68,10 @@ pub(crate) fn errno_of(e: rustix::io::Errno) -> Errno {
 /// How long `wait_until` polls for the child's exit before sleeping on its pidfd.
 const EXIT_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 
+/// Exit status of a one-shot worker (a `Process`) whose function panicked (Python's 1), and
+/// of a forked child whose closure panicked.
+pub(crate) const EXIT_PANIC: i32 = 1;
+
 /// The exit code of a child whose parent died before it could arm its parent-death signal.
 pub(crate) const EXIT_ORPHANED: i32 = 79;
 
@@ -224,7 +228,7 @@ impl ChildProc {
                         arm_parent_death(parent);
                     }
                     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-                        .unwrap_or(crate::worker::EXIT_PANIC);
+                        .unwrap_or(EXIT_PANIC);
                     exit_child(code)
                 }
                 ForkResult::Parent { child } => Ok(child.as_raw()),

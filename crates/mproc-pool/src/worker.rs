@@ -19,8 +19,7 @@ use crate::{ProcessError, TaskError};
 /// The environment variable that carries a spawned worker's [`Boot`].
 pub(crate) const ENV: &str = "MPROC_WORKER";
 
-/// Exit status of a one-shot worker (a `Process`) whose function panicked (Python's 1).
-pub(crate) const EXIT_PANIC: i32 = 1;
+pub(crate) use crate::child::EXIT_PANIC;
 /// Exit status of a worker whose initializer failed.
 pub(crate) const EXIT_INIT_FAILED: i32 = 3;
 /// Exit status of a worker that could not attach to its queues or was sent garbage (EX_CONFIG).
