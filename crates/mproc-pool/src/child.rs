@@ -47,7 +47,8 @@ impl ExitStatus {
 pub(crate) struct ChildProc {
     pid: i32,
     pidfd: OwnedFd,
-    status: Option<ExitStatus>,
+    /// Behind a lock so that reaping works through `&self` (one waitpid at a time).
+    status: std::sync::Mutex<Option<ExitStatus>>,
     /// A child of the fork server, not of this process: it exits on its own (we see that on
     /// the pidfd) and the server reaps it and tells us its status.
     remote: bool,
@@ -284,7 +285,7 @@ impl ChildProc {
             Ok(pidfd) => Ok(ChildProc {
                 pid,
                 pidfd,
-                status: None,
+                status: std::sync::Mutex::new(None),
                 remote: false,
             }),
             Err(e) => {
@@ -304,7 +305,7 @@ impl ChildProc {
         ChildProc {
             pid,
             pidfd,
-            status: None,
+            status: std::sync::Mutex::new(None),
             remote: true,
         }
     }
@@ -319,13 +320,14 @@ impl ChildProc {
 
     /// The exit status, if the child has been reaped.
     pub(crate) fn status(&self) -> Option<ExitStatus> {
-        self.status
+        *self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reaps the child if it has exited; never blocks.
-    pub(crate) fn try_wait(&mut self) -> Result<Option<ExitStatus>, ProcessError> {
-        if self.status.is_some() {
-            return Ok(self.status);
+    pub(crate) fn try_wait(&self) -> Result<Option<ExitStatus>, ProcessError> {
+        let mut status_slot = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if status_slot.is_some() {
+            return Ok(*status_slot);
         }
         if self.remote {
             let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
@@ -333,7 +335,7 @@ impl ChildProc {
                 return Ok(None);
             }
             let s = crate::forkserver::exit_status(self.pid as u32);
-            self.status = Some(s);
+            *status_slot = Some(s);
             return Ok(Some(s));
         }
         let mut status = 0;
@@ -348,7 +350,7 @@ impl ChildProc {
                 } else {
                     ExitStatus::Code(libc::WEXITSTATUS(status))
                 };
-                self.status = Some(s);
+                *status_slot = Some(s);
                 Ok(Some(s))
             }
             _ => {
@@ -363,7 +365,7 @@ impl ChildProc {
 
     /// Waits until the child exits (reaping it) or `deadline` passes (`None`: no deadline).
     pub(crate) fn wait_until(
-        &mut self,
+        &self,
         deadline: Option<Instant>,
     ) -> Result<Option<ExitStatus>, ProcessError> {
         // A child that is about to exit (the usual case when joining a short task) is reaped
@@ -401,7 +403,7 @@ impl ChildProc {
 
     /// Sends `sig` through the pidfd (a no-op once the child is reaped).
     pub(crate) fn signal(&self, sig: Signal) -> Result<(), ProcessError> {
-        if self.status.is_some() {
+        if self.status().is_some() {
             return Ok(());
         }
         let Some(sig) = rustix::process::Signal::from_named_raw(sig as i32) else {
@@ -415,12 +417,12 @@ impl ChildProc {
     }
 
     /// SIGKILLs the child (if it still runs) and reaps it.
-    pub(crate) fn kill_and_reap(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
+    pub(crate) fn kill_and_reap(&self) -> Option<ExitStatus> {
+        if self.status().is_none() {
             let _ = self.signal(Signal::SIGKILL);
             let _ = self.wait_until(None);
         }
-        self.status
+        self.status()
     }
 }
 

@@ -338,7 +338,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// Python's `exitcode`: `None` while the child runs; then 0 on success, 1 if the function
     /// panicked, `N` if the child called `exit(N)`, `-N` if signal `N` killed it. Reaps the
     /// child if it has exited.
-    pub fn exit_status(&mut self) -> Option<i32> {
+    pub fn exit_status(&self) -> Option<i32> {
         self.child.try_wait().ok().flatten().map(ExitStatus::code)
     }
 

@@ -194,3 +194,33 @@ fn join_timeout_returns_promptly_and_the_child_can_still_be_joined() {
         assert_eq!(p.join().unwrap(), pid);
     });
 }
+
+#[test]
+fn exit_status_reads_through_a_shared_reference_from_several_threads() {
+    with_deadline(Duration::from_secs(30), || {
+        let p = Process::builder()
+            .threaded_fork(ThreadedFork::Allow)
+            .spawn(|code: i32| -> u32 { std::process::exit(code) }, 5)
+            .unwrap();
+        // Several threads poll the same process; exactly one of them reaps it, all see 5.
+        let seen: Vec<Option<i32>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let end = Instant::now() + Duration::from_secs(20);
+                        while Instant::now() < end {
+                            if let Some(code) = p.exit_status() {
+                                return Some(code);
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        None
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(seen, vec![Some(5); 4]);
+        assert!(!p.is_alive());
+    });
+}
