@@ -225,30 +225,19 @@ fn select_reports_which_of_two_queues_a_child_filled() {
 #[test]
 fn an_idle_async_consumer_uses_almost_no_cpu() {
     let q: PodQueue<u64> = PodQueue::new(4).unwrap();
-    let (r, w) = nix::unistd::pipe().unwrap();
-    let mut child = fork_child(|| {
-        let mut get = Box::pin(q.get_async());
-        if poll_once(&mut get).is_some() {
-            return 255;
-        }
-        // The CPU this process (all its threads) uses while idle, in 0.1 ms units.
-        let before = mproc_testkit::cpu_time();
-        nix::unistd::write(&w, b"x").unwrap();
-        match block_on_for(LIMIT, get) {
-            Some(Ok(1)) => {
-                let used = mproc_testkit::cpu_time().saturating_sub(before);
-                (used.as_micros() / 100).min(250) as i32
+    let used = mproc_testkit::idle_cpu(
+        |ready| {
+            let mut get = Box::pin(q.get_async());
+            if poll_once(&mut get).is_some() {
+                return false;
             }
-            _ => 255,
-        }
-    });
-    let mut b = [0u8];
-    nix::unistd::read(&r, &mut b).unwrap();
-    // The measured interval: the consumer must sleep through it.
-    std::thread::sleep(Duration::from_secs(1));
-    q.put(1).unwrap();
-    match child.wait().exit {
-        mproc_testkit::Exit::Code(tenths) if tenths < 100 => {}
-        other => panic!("idle async consumer: {other:?} (0.1 ms units of CPU; limit 1 % of 1 s)"),
-    }
+            ready();
+            matches!(block_on_for(LIMIT, get), Some(Ok(1)))
+        },
+        || q.put(1).unwrap(),
+    );
+    assert!(
+        used.is_some_and(|u| u < Duration::from_millis(10)),
+        "idle async consumer used {used:?} of CPU in 1 s (limit 1 %)"
+    );
 }

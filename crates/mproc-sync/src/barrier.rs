@@ -292,7 +292,7 @@ impl std::future::Future for BarrierWait<'_> {
                 Err((generation, index)) => {
                     let wait = crate::park::wait_async(
                         [Some(&b.parking), None],
-                        crate::park::NAP,
+                        crate::naps::PARKING,
                         move |_| (b.generation.load(Ordering::SeqCst) != generation).then_some(()),
                     );
                     self.waiting = Some((index, Box::pin(wait)));

@@ -190,7 +190,7 @@ impl Condition {
                 &raw.parking.seq,
                 w.seen(),
                 cx.waker(),
-                crate::park::NAP,
+                crate::naps::PARKING,
             ));
             std::task::Poll::Pending
         })

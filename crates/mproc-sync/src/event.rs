@@ -56,9 +56,11 @@ impl RawEvent {
     /// completes once the flag is set. Dropping it cancels the wait and leaves nothing behind.
     #[cfg(all(feature = "async", not(loom)))]
     pub fn wait_async(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
-        crate::park::wait_async([Some(&self.parking), None], crate::park::NAP, move |_| {
-            self.is_set().then_some(())
-        })
+        crate::park::wait_async(
+            [Some(&self.parking), None],
+            crate::naps::PARKING,
+            move |_| self.is_set().then_some(()),
+        )
     }
 
     /// The parking place `set` wakes (for [`crate::Waitable`]).

@@ -35,14 +35,10 @@ pub struct Parking {
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<Parking>() == 8);
 
-/// The longest a waiter sleeps before polling again ([`naps::PARKING`](crate::naps::PARKING)).
-#[cfg(not(loom))]
-pub const NAP: std::time::Duration = crate::naps::PARKING;
-
 /// When a sleep that may last until `deadline` should end to poll again.
 #[cfg(not(loom))]
 pub(crate) fn nap_until(deadline: Option<Instant>) -> Option<Instant> {
-    Some(crate::Deadline::at(deadline).nap_end(NAP))
+    Some(crate::Deadline::at(deadline).nap_end(crate::naps::PARKING))
 }
 
 /// Under loom the models check the wake-up protocol itself: no safety-net timeout.

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use crate::park::{NAP, Parking};
+use crate::naps::PARKING;
+use crate::park::Parking;
 use crate::reactor::{FdWatch, WordWatch};
 
 /// A source [`select`] can wait on.
@@ -62,7 +63,7 @@ impl<'a> Registration<'a> {
     /// the state): counts a waiter and registers its current sequence with the reactor. The
     /// waiter count makes the source's wakers issue the system call that reaches the reactor.
     pub fn parking(parking: &'a Parking, waker: &Waker) -> Registration<'a> {
-        Self::parking_for(parking, waker, NAP)
+        Self::parking_for(parking, waker, PARKING)
     }
 
     /// As [`parking`](Self::parking), waking the waker after `nap` at the latest (when the
@@ -102,7 +103,7 @@ impl<'a> Registration<'a> {
 
     /// Waits for `fd` to become readable (or report an error or hang-up).
     pub fn readable(fd: BorrowedFd<'_>, waker: &Waker) -> Registration<'a> {
-        Registration(Reg::Fd(FdWatch::readable(fd, waker, NAP)))
+        Registration(Reg::Fd(FdWatch::readable(fd, waker, PARKING)))
     }
 
     /// A registration of the caller's own making: `guard` is dropped with it (it should then
@@ -134,13 +135,9 @@ pub struct Readable<'a>(pub BorrowedFd<'a>);
 
 impl Waitable for Readable<'_> {
     fn is_ready(&self) -> bool {
-        let mut p = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&self.0),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd, zero timeout; poll writes only `revents`.
-        unsafe { libc::poll(&mut p, 1, 0) > 0 }
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(self.0, PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
     fn register(&self, waker: &Waker) -> Registration<'_> {

@@ -102,9 +102,11 @@ impl RawSemaphore {
     /// before it completes takes nothing.
     #[cfg(all(feature = "async", not(loom)))]
     pub fn acquire_async(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
-        crate::park::wait_async([Some(&self.parking), None], crate::park::NAP, move |_| {
-            self.try_acquire().then_some(())
-        })
+        crate::park::wait_async(
+            [Some(&self.parking), None],
+            crate::naps::PARKING,
+            move |_| self.try_acquire().then_some(()),
+        )
     }
 
     /// Where waiters for a permit sleep (for [`crate::Waitable`]).

@@ -136,40 +136,31 @@ fn an_idle_async_waiter_uses_almost_no_cpu() {
     with_deadline(LIMIT, || {
         let ev = Event::new().unwrap();
         let stop = Event::new().unwrap();
-        let (r, w) = nix::unistd::pipe().unwrap();
-        let mut child = fork_child(|| {
-            // Two waits pending at once, so the reactor has two words to sleep on.
-            let sources: [&dyn Waitable; 1] = [&stop];
-            let mut both = Box::pin(async {
-                let (a, b) = (ev.wait_async(), select_async(&sources));
-                a.await;
-                b.await
-            });
-            if poll_once(&mut both).is_some() {
-                return 255;
-            }
-            // The CPU this process (all its threads) uses while idle, in 0.1 ms units.
-            let before = mproc_testkit::cpu_time();
-            nix::unistd::write(&w, b"x").unwrap();
-            match block_on_for(LIMIT, both) {
-                Some(v) if v == vec![0] => {
-                    let used = mproc_testkit::cpu_time().saturating_sub(before);
-                    (used.as_micros() / 100).min(250) as i32
+        // Two waits pending at once, so the reactor has two words to sleep on; it wakes once
+        // per 100 ms nap to look for dead peers, nothing more.
+        let used = mproc_testkit::idle_cpu(
+            |ready| {
+                let sources: [&dyn Waitable; 1] = [&stop];
+                let mut both = Box::pin(async {
+                    let (a, b) = (ev.wait_async(), select_async(&sources));
+                    a.await;
+                    b.await
+                });
+                if poll_once(&mut both).is_some() {
+                    return false;
                 }
-                _ => 255,
-            }
-        });
-        let mut b = [0u8];
-        nix::unistd::read(&r, &mut b).unwrap();
-        // The measured interval: the waiter must sleep through it (its reactor wakes once
-        // per 100 ms nap to look for dead peers, nothing more).
-        std::thread::sleep(Duration::from_secs(1));
-        ev.set();
-        stop.set();
-        match child.wait().exit {
-            mproc_testkit::Exit::Code(tenths) if tenths < 100 => {}
-            other => panic!("idle async waiter: {other:?} (0.1 ms units of CPU; limit 1 % of 1 s)"),
-        }
+                ready();
+                block_on_for(LIMIT, both) == Some(vec![0])
+            },
+            || {
+                ev.set();
+                stop.set();
+            },
+        );
+        assert!(
+            used.is_some_and(|u| u < Duration::from_millis(10)),
+            "idle async waiter used {used:?} of CPU in 1 s (limit 1 %)"
+        );
     });
 }
 

@@ -362,3 +362,37 @@ pub fn cpu_time() -> Duration {
     };
     tv(u.user_time()) + tv(u.system_time())
 }
+
+/// The CPU a waiter uses while idle: forks a child that runs `wait(ready)`, where `wait` sets
+/// up its wait (a pending future, say), calls `ready()` once it is waiting, then finishes the
+/// wait and returns whether it ended as expected. The parent lets one second pass (the
+/// measured interval, not a synchronisation), calls `release` to end the wait, and returns
+/// the CPU the child (all its threads) used between `ready()` and the end of the wait, or
+/// `None` if the child reported a failure.
+pub fn idle_cpu(wait: impl FnOnce(&dyn Fn()) -> bool, release: impl FnOnce()) -> Option<Duration> {
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let mut child = fork_child(|| {
+        let start = std::cell::Cell::new(None);
+        let ready = || {
+            start.set(Some(cpu_time()));
+            nix::unistd::write(&w, b"x").expect("write");
+        };
+        let ok = wait(&ready);
+        match (ok, start.get()) {
+            // In 0.1 ms units, capped below the failure code.
+            (true, Some(t)) => (cpu_time().saturating_sub(t).as_micros() / 100).min(250) as i32,
+            _ => 255,
+        }
+    });
+    // Our copy of the write end closed: a child that fails before `ready()` gives EOF.
+    drop(w);
+    let mut b = [0u8];
+    if nix::unistd::read(&r, &mut b).expect("read") == 1 {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    release();
+    match child.wait().exit {
+        Exit::Code(tenths) if tenths < 255 => Some(Duration::from_micros(tenths as u64 * 100)),
+        _ => None,
+    }
+}

@@ -147,7 +147,7 @@ impl<R: DeserializeOwned> Process<R> {
                 watch = Some(mproc_sync::reactor::FdWatch::readable(
                     self.pidfd().as_fd(),
                     cx.waker(),
-                    mproc_sync::park::NAP,
+                    mproc_sync::naps::PARKING,
                 ));
                 // Registered, then looked again: an exit in between has made the fd readable.
                 if self.is_alive() {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::settle::Took;
+use super::state::Took;
 use super::wakeup::{DRIVER_CHECK, Shared};
 use super::{WATCH_BUSY, WATCH_IDLE};
 

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
-use mproc_queue::{GetError, Queue};
+use mproc_queue::Queue;
 
 use super::state::{Config, State, Worker};
 use super::wakeup::Shared;
@@ -75,29 +75,6 @@ impl State {
         self.drain_replies(&shared.results);
         for i in dead {
             self.settle(i, shared);
-        }
-    }
-
-    /// Records every reply waiting in the results queue.
-    pub(crate) fn drain_replies(&mut self, results: &Queue<Reply>) {
-        while self.take_reply(results.try_get()) != Took::Nothing {}
-    }
-
-    /// Handles what one read of the results queue returned: a reply is recorded; one that
-    /// cannot be decoded (a worker's bug, or a peer scribbling) is reported on stderr and
-    /// dropped (its job then fails when its worker is settled, or completes by a later
-    /// reply); anything else (empty, timed out, closed) is nothing.
-    pub(crate) fn take_reply(&mut self, got: Result<Reply, GetError>) -> Took {
-        match got {
-            Ok(reply) => {
-                self.on_reply(reply);
-                Took::Reply
-            }
-            Err(GetError::Message { reason }) => {
-                eprintln!("mproc pool: unreadable reply dropped: {reason}");
-                Took::Unreadable
-            }
-            Err(_) => Took::Nothing,
         }
     }
 
@@ -200,14 +177,6 @@ impl State {
             }),
         }
     }
-}
-
-/// What one read of the results queue gave (see [`State::take_reply`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Took {
-    Reply,
-    Unreadable,
-    Nothing,
 }
 
 /// Why a worker was replaced.

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use mproc_queue::Queue;
+use mproc_queue::{GetError, Queue};
 use nix::sys::signal::Signal;
 
 use crate::TaskError;
@@ -246,6 +246,29 @@ impl State {
         }
     }
 
+    /// Records every reply waiting in the results queue.
+    pub(crate) fn drain_replies(&mut self, results: &Queue<Reply>) {
+        while self.take_reply(results.try_get()) != Took::Nothing {}
+    }
+
+    /// Handles what one read of the results queue returned: a reply is recorded; one that
+    /// cannot be decoded (a worker's bug, or a peer scribbling) is reported on stderr and
+    /// dropped (its job then fails when its worker is settled, or completes by a later
+    /// reply); anything else (empty, timed out, closed) is nothing.
+    pub(crate) fn take_reply(&mut self, got: Result<Reply, GetError>) -> Took {
+        match got {
+            Ok(reply) => {
+                self.on_reply(reply);
+                Took::Reply
+            }
+            Err(GetError::Message { reason }) => {
+                eprintln!("mproc pool: unreadable reply dropped: {reason}");
+                Took::Unreadable
+            }
+            Err(_) => Took::Nothing,
+        }
+    }
+
     pub(crate) fn busy(&self) -> bool {
         !self.pending.is_empty() || self.workers.iter().any(|w| !w.sent.is_empty())
     }
@@ -278,4 +301,12 @@ pub(crate) fn abandon_job(st: &mut State, id: u64) {
         Some(job) => job.abandoned = true,
         None => {}
     }
+}
+
+/// What one read of the results queue gave (see [`State::take_reply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Took {
+    Reply,
+    Unreadable,
+    Nothing,
 }

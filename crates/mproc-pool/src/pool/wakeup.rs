@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mproc_queue::Queue;
 
-use super::settle::Took;
+use super::state::Took;
 use super::state::{Config, State};
 use crate::TaskError;
 use crate::worker::Reply;
