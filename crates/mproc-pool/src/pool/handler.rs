@@ -20,7 +20,7 @@ pub(crate) fn handler(shared: Arc<Shared>) {
             std::thread::sleep(DRIVER_CHECK);
             let mut st = shared.lock();
             if st.last_watch.is_none_or(|t| t.elapsed() >= WATCH_BUSY) {
-                st.watch(&shared);
+                st.watch(shared.as_ref());
                 st.dispatch(&shared.config);
             }
             if let Some(board) = &shared.board {
@@ -36,11 +36,11 @@ pub(crate) fn handler(shared: Arc<Shared>) {
         let first = shared.results.get_timeout(wait);
         let mut st = shared.lock();
         if st.take_reply(first) != Took::Nothing {
-            st.drain_replies(&shared.results);
+            st.drain_replies(shared.as_ref());
         }
         let due = st.last_watch.is_none_or(|t| t.elapsed() >= WATCH_BUSY);
         if due {
-            st.watch(&shared);
+            st.watch(shared.as_ref());
         }
         st.dispatch(&shared.config);
         if let Some(board) = &shared.board {

@@ -28,6 +28,9 @@ mod builder;
 #[cfg(feature = "async")]
 mod futures;
 mod handler;
+mod io;
+#[cfg(test)]
+mod machine_tests;
 mod results;
 mod scheduler;
 mod settle;
@@ -51,8 +54,8 @@ pub use board::{
 };
 pub use builder::{PoolBuilder, PoolStats, Restarts, WorkerStats};
 use handler::handler;
+use io::{WorkerIo, start_one};
 pub use results::{AsyncResult, Imap, MapResult};
-use settle::start_one;
 use state::{Config, State};
 use wakeup::Shared;
 
@@ -145,10 +148,7 @@ impl Pool {
             workers.push(start_one(&results, &config, i as u32, false)?);
         }
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                workers,
-                ..State::default()
-            }),
+            state: Mutex::new(State::new(workers)),
             changed: Condvar::new(),
             generation: std::sync::atomic::AtomicU64::new(0),
             sleepers: std::sync::atomic::AtomicUsize::new(0),
@@ -195,10 +195,10 @@ impl Pool {
                 return Err(ProcessError::InitializerFailed { message });
             }
             for w in &mut st.workers {
-                if let Some(status) = w.child.try_wait()? {
+                if let Some(status) = w.io.child.try_wait()? {
                     drop(st);
                     let mut st = shared.lock();
-                    st.drain_replies(&shared.results);
+                    st.drain_replies(shared);
                     if let Some(TaskError::InitializerFailed { message }) = st.broken.clone() {
                         return Err(ProcessError::InitializerFailed { message });
                     }
@@ -242,7 +242,7 @@ impl Pool {
             .lock()
             .workers
             .iter()
-            .map(|w| w.child.pid())
+            .map(|w| w.io.pid())
             .collect()
     }
 
@@ -274,7 +274,7 @@ impl Pool {
                 let busy = w.busy_total + w.busy_since.map_or(Duration::ZERO, |s| now - s);
                 let age = now - w.born;
                 WorkerStats {
-                    pid: w.child.pid(),
+                    pid: w.io.pid(),
                     tasks_done: w.completed,
                     running: !w.sent.is_empty(),
                     busy,
@@ -340,15 +340,15 @@ impl Pool {
         let mut workers = std::mem::take(&mut self.shared.lock().workers);
         for w in &workers {
             if terminate {
-                let _ = w.child.signal(Signal::SIGTERM);
+                let _ = w.io.child.signal(Signal::SIGTERM);
             } else {
-                w.inbox.close();
+                w.io.close_inbox();
             }
         }
         let deadline = Instant::now() + TERM_GRACE;
         for w in &mut workers {
-            if !matches!(w.child.wait_until(Some(deadline)), Ok(Some(_))) {
-                w.child.kill_and_reap();
+            if !matches!(w.io.child.wait_until(Some(deadline)), Ok(Some(_))) {
+                w.io.child.kill_and_reap();
             }
         }
         // Replies nobody will read stay in the results queue's memfd, which goes with it.

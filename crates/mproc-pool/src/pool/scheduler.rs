@@ -6,14 +6,14 @@
 use std::time::Instant;
 
 use mproc_queue::PutError;
-use nix::sys::signal::Signal;
 
 use super::PREFETCH;
+use super::io::WorkerIo;
 use super::state::{Config, State};
 use crate::TaskError;
 use crate::worker::Request;
 
-impl State {
+impl<W: WorkerIo> State<W> {
     /// Sends pending jobs to workers with room, oldest job first, each to the least loaded
     /// worker; then lets idle workers steal jobs waiting in a busy worker's inbox.
     pub(crate) fn dispatch(&mut self, config: &Config) {
@@ -64,7 +64,7 @@ impl State {
         let id = request.job;
         let retry_args = (config.retries > 0).then(|| request.args.clone());
         let worker = &mut self.workers[w];
-        match worker.inbox.try_put(request) {
+        match worker.io.send(request) {
             Ok(()) => {
                 worker.sent.push_back(id);
                 let idle = worker.sent.len() == 1;
@@ -80,7 +80,7 @@ impl State {
                 let worker = &mut self.workers[w];
                 worker.dispatched += 1;
                 if config.max_tasks.is_some_and(|k| worker.dispatched >= k) {
-                    worker.inbox.close();
+                    worker.io.close_inbox();
                     worker.retiring = true;
                 }
                 Ok(())
@@ -118,11 +118,11 @@ impl State {
             let Some(victim) = self
                 .workers
                 .iter()
-                .position(|w| w.child.status().is_none() && w.sent.len() >= 2)
+                .position(|w| w.io.status().is_none() && w.sent.len() >= 2)
             else {
                 return;
             };
-            let Ok(request) = self.workers[victim].inbox.try_get() else {
+            let Some(request) = self.workers[victim].io.take_back() else {
                 return;
             };
             let id = request.job;
@@ -143,7 +143,7 @@ impl State {
     pub(super) fn enforce_limits(&mut self) {
         let now = Instant::now();
         for w in &self.workers {
-            if w.child.status().is_some() {
+            if w.io.status().is_some() {
                 continue;
             }
             let Some(&id) = w.sent.front() else {
@@ -162,7 +162,7 @@ impl State {
             if job.kill_reason.is_none() && now.duration_since(started) >= limit {
                 // Marked only once the signal is sent: a failed kill is tried again at the
                 // next watch instead of leaving the task to run on.
-                if w.child.signal(Signal::SIGKILL).is_ok() {
+                if w.io.kill() {
                     job.kill_reason = Some(TaskError::TimedOut {
                         limit_ms: limit.as_millis() as u64,
                     });
@@ -191,7 +191,7 @@ impl State {
         };
         // Take back what waits in its inbox: the job, if not started, is among it.
         let mut back = Vec::new();
-        while let Ok(req) = self.workers[i].inbox.try_get() {
+        while let Some(req) = self.workers[i].io.take_back() {
             back.push(req);
         }
         let mut found = false;
@@ -209,7 +209,7 @@ impl State {
         } else if let Some(job) = self.jobs.get_mut(&id) {
             // It is running: stop its worker; settling the death fails it as Cancelled.
             job.kill_reason = Some(TaskError::Cancelled);
-            let _ = self.workers[i].child.signal(Signal::SIGKILL);
+            self.workers[i].io.kill();
             self.stopped_for_tasks += 1;
         }
         true

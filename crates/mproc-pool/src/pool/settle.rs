@@ -1,70 +1,23 @@
 //! What happens when a worker dies: the handler thread notices (`watch`), reads every reply
 //! the worker sent before it died, fails or retries the job it was running (by the cause: a
 //! crash, a time limit, a cancellation, the memory ceiling), and starts a replacement
-//! (`start_one`), counting restarts by cause for `Pool::stats` and the status board.
+//! (`PoolIo::start_replacement`), counting restarts by cause for `Pool::stats` and the status board.
 
-use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use mproc_queue::Queue;
+use super::START_FAILURES;
+use super::io::{PoolIo, WorkerIo};
+use super::state::State;
+use crate::TaskError;
 
-use super::state::{Config, State, Worker};
-use super::wakeup::Shared;
-use super::{PREFETCH, START_FAILURES};
-use crate::call::layout_check;
-use crate::process::{StartMethod, start_worker};
-use crate::worker::{Boot, Reply, Request, inbox_options};
-use crate::{ProcessError, TaskError};
-
-pub(crate) fn start_one(
-    shared_results: &Queue<Reply>,
-    config: &Config,
-    index: u32,
-    replacement: bool,
-) -> Result<Worker, ProcessError> {
-    let inbox: Queue<Request> = inbox_options(PREFETCH, config.arena).anonymous()?;
-    let boot = Boot {
-        index,
-        inbox_fd: inbox.segment().as_fd().as_raw_fd(),
-        results_fd: shared_results.segment().as_fd().as_raw_fd(),
-        check: layout_check(),
-        one_shot: false,
-        initializer: config.initializer.clone(),
-        parent: std::process::id(),
-        die_with_parent: true,
-        max_rss: config.max_memory,
-    };
-    // A replacement is started by the pool's handler thread, while the parent has other
-    // threads (the caller's at least): forking it from here could leave it a lock another
-    // thread holds. It comes from the fork server instead, which has one thread.
-    let method = match config.method {
-        StartMethod::Fork if replacement => StartMethod::ForkServer,
-        m => m,
-    };
-    let child = start_worker(method, &boot)?;
-    Ok(Worker {
-        child,
-        inbox,
-        sent: VecDeque::new(),
-        dispatched: 0,
-        completed: 0,
-        ready: false,
-        born: Instant::now(),
-        busy_since: None,
-        busy_total: Duration::ZERO,
-        retiring: false,
-    })
-}
-
-impl State {
+impl<W: WorkerIo> State<W> {
     /// Reaps dead workers, settles their jobs and starts replacements.
-    pub(crate) fn watch(&mut self, shared: &Shared) {
+    pub(crate) fn watch(&mut self, pool: &impl PoolIo<Worker = W>) {
         self.enforce_limits();
         self.last_watch = Some(Instant::now());
         let mut dead = Vec::new();
         for (i, w) in self.workers.iter_mut().enumerate() {
-            if w.child.status().is_none() && matches!(w.child.try_wait(), Ok(Some(_))) {
+            if w.io.status().is_none() && w.io.reap().is_some() {
                 dead.push(i);
             }
         }
@@ -72,20 +25,20 @@ impl State {
             return;
         }
         // Every reply a dead worker sent is in the results queue now: read them first.
-        self.drain_replies(&shared.results);
+        self.drain_replies(pool);
         for i in dead {
-            self.settle(i, shared);
+            self.settle(i, pool);
         }
     }
 
-    fn settle(&mut self, i: usize, shared: &Shared) {
+    fn settle(&mut self, i: usize, pool: &impl PoolIo<Worker = W>) {
         let w = &mut self.workers[i];
-        let status = w.child.status();
-        let pid = w.child.pid();
+        let status = w.io.status();
+        let pid = w.io.pid();
         let was_ready = w.ready;
         // Requests it never took: back to the front of the queue, in order.
         let mut back = Vec::new();
-        while let Ok(req) = w.inbox.try_get() {
+        while let Some(req) = w.io.take_back() {
             back.push(req);
         }
         for req in back.into_iter().rev() {
@@ -100,7 +53,7 @@ impl State {
         let (signal, code) = status.map_or((None, None), |s| s.parts());
         let memory = status == Some(crate::ExitStatus::Code(crate::worker::EXIT_MEMORY));
         let clean_exit = (status == Some(crate::ExitStatus::Code(0)) && w.retiring) || memory;
-        let retries = shared.config.retries;
+        let retries = pool.config().retries;
         let mut cause = if memory {
             Cause::Memory
         } else if clean_exit {
@@ -150,18 +103,18 @@ impl State {
                 return;
             }
         }
-        match start_one(&shared.results, &shared.config, i as u32, true) {
-            Ok(w) => {
+        match pool.start_replacement(i as u32) {
+            Ok(io) => {
                 mproc_segment::slow_path_event!(
                     slot = i,
                     old_pid = pid,
-                    new_pid = w.child.pid(),
+                    new_pid = io.pid(),
                     status = ?status,
                     cause = cause.as_str(),
                     "pool worker replaced"
                 );
                 self.tasks_done += self.workers[i].completed;
-                self.workers[i] = w;
+                self.workers[i] = super::state::Worker::new(io);
                 self.replaced += 1;
                 let r = &mut self.restarts;
                 *match cause {

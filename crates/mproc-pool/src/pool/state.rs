@@ -1,18 +1,19 @@
 //! The pool's bookkeeping in the parent: jobs, workers and what each was sent, and how a
-//! reply is recorded. Scheduling is in `scheduler.rs`, a worker's death in `settle.rs`, the
-//! handler thread in `handler.rs`, the wake-up protocol in `wakeup.rs`.
+//! reply is recorded. With `scheduler.rs` (which worker gets which job) and `settle.rs` (what
+//! happens when a worker dies) it is a pure state machine over the [`WorkerIo`] and
+//! [`PoolIo`] seams (`io.rs`); the handler thread (`handler.rs`) and the callers drive it, the
+//! wake-up protocol (`wakeup.rs`) tells waiters it changed.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use mproc_queue::{GetError, Queue};
-use nix::sys::signal::Signal;
+use mproc_queue::GetError;
 
+use super::io::{Live, PoolIo, WorkerIo};
 use crate::TaskError;
 use crate::call::FnRef;
-use crate::child::ChildProc;
 use crate::process::StartMethod;
-use crate::worker::{Reply, Request};
+use crate::worker::Reply;
 
 /// What became of a job.
 #[derive(Debug, Clone)]
@@ -66,9 +67,9 @@ impl Job {
 
 /// One worker process and what the parent has sent it.
 #[derive(Debug)]
-pub(crate) struct Worker {
-    pub child: ChildProc,
-    pub inbox: Queue<Request>,
+pub(crate) struct Worker<W = Live> {
+    /// The process and its inbox.
+    pub io: W,
     /// Jobs sent and not yet answered, oldest first.
     pub sent: VecDeque<u64>,
     /// Jobs ever sent to this process.
@@ -85,10 +86,25 @@ pub(crate) struct Worker {
     pub retiring: bool,
 }
 
-impl Worker {
-    /// Alive and not retiring: new jobs may be sent to it.
+impl<W: WorkerIo> Worker<W> {
+    /// A worker just started: not ready, nothing sent.
+    pub(crate) fn new(io: W) -> Worker<W> {
+        Worker {
+            io,
+            sent: VecDeque::new(),
+            dispatched: 0,
+            completed: 0,
+            ready: false,
+            born: Instant::now(),
+            busy_since: None,
+            busy_total: Duration::ZERO,
+            retiring: false,
+        }
+    }
+
+    /// Alive (not reaped) and not retiring: new jobs may be sent to it.
     pub(crate) fn takes_work(&self) -> bool {
-        !self.retiring && self.child.status().is_none()
+        !self.retiring && self.io.status().is_none()
     }
 }
 
@@ -107,9 +123,9 @@ pub(crate) struct Config {
     pub max_memory: Option<u64>,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct State {
-    pub workers: Vec<Worker>,
+#[derive(Debug)]
+pub(crate) struct State<W = Live> {
+    pub workers: Vec<Worker<W>>,
     pub pending: VecDeque<u64>,
     pub jobs: HashMap<u64, Job>,
     pub next_job: u64,
@@ -135,11 +151,53 @@ pub(crate) struct State {
     pub failures: [u64; 4],
 }
 
-impl State {
-    fn worker_of(&mut self, index: u32, pid: u32) -> Option<&mut Worker> {
+impl<W: WorkerIo> State<W> {
+    /// The state of a pool of `workers`, with no job yet.
+    pub(crate) fn new(workers: Vec<Worker<W>>) -> State<W> {
+        State {
+            workers,
+            pending: VecDeque::new(),
+            jobs: HashMap::new(),
+            next_job: 0,
+            closed: false,
+            stopping: false,
+            broken: None,
+            start_failures: 0,
+            last_watch: None,
+            replaced: 0,
+            retried: 0,
+            restarts: Default::default(),
+            tasks_done: 0,
+            stopped_for_tasks: 0,
+            failures: [0; 4],
+        }
+    }
+
+    /// Queues a job of `count` calls of `func` over the encoded `args`; `dispatch` sends it.
+    pub(crate) fn submit(
+        &mut self,
+        func: FnRef,
+        count: u32,
+        args: Vec<u8>,
+        limit: Option<Duration>,
+    ) -> Result<u64, TaskError> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        if self.closed {
+            return Err(TaskError::Closed);
+        }
+        let id = self.next_job;
+        self.next_job += 1;
+        self.jobs.insert(id, Job::new(func, count, args, limit));
+        self.pending.push_back(id);
+        Ok(id)
+    }
+
+    fn worker_of(&mut self, index: u32, pid: u32) -> Option<&mut Worker<W>> {
         self.workers
             .get_mut(index as usize)
-            .filter(|w| w.child.pid() == pid)
+            .filter(|w| w.io.pid() == pid)
     }
 
     pub(crate) fn finish(&mut self, id: u64, outcome: Outcome) {
@@ -179,7 +237,7 @@ impl State {
                 .workers
                 .iter()
                 .map(|w| BoardWorker {
-                    pid: w.child.pid(),
+                    pid: w.io.pid(),
                     state: match (w.ready, w.sent.front()) {
                         (false, _) => BoardWorkerState::Starting,
                         (true, None) => BoardWorkerState::Idle,
@@ -242,13 +300,13 @@ impl State {
         self.break_pool_soft(error);
         self.stopping = true;
         for w in &self.workers {
-            let _ = w.child.signal(Signal::SIGKILL);
+            w.io.kill();
         }
     }
 
     /// Records every reply waiting in the results queue.
-    pub(crate) fn drain_replies(&mut self, results: &Queue<Reply>) {
-        while self.take_reply(results.try_get()) != Took::Nothing {}
+    pub(crate) fn drain_replies(&mut self, pool: &impl PoolIo) {
+        while self.take_reply(pool.next_reply()) != Took::Nothing {}
     }
 
     /// Handles what one read of the results queue returned: a reply is recorded; one that
@@ -274,7 +332,7 @@ impl State {
     }
 }
 
-impl State {
+impl<W: WorkerIo> State<W> {
     /// Fails every unfinished job with `error` and stops accepting work, but signals nobody
     /// (`Pool::stop` does that, with a grace period; `break_pool` at once).
     pub(crate) fn break_pool_soft(&mut self, error: TaskError) {
@@ -293,7 +351,7 @@ impl State {
     }
 }
 
-pub(crate) fn abandon_job(st: &mut State, id: u64) {
+pub(crate) fn abandon_job<W>(st: &mut State<W>, id: u64) {
     match st.jobs.get_mut(&id) {
         Some(job) if job.outcome.is_some() => {
             st.jobs.remove(&id);

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::state::{Job, Outcome, abandon_job};
+use super::state::{Outcome, abandon_job};
 use super::{AsyncResult, Imap, MapResult, Pool};
 use crate::TaskError;
 use crate::call::{FnRef, encode_into};
@@ -16,19 +16,7 @@ impl Pool {
     /// Queues a job and sends it to a worker if one has room.
     pub(super) fn submit(&self, func: FnRef, count: u32, args: Vec<u8>) -> Result<u64, TaskError> {
         let mut st = self.shared.lock();
-        if let Some(e) = &st.broken {
-            return Err(e.clone());
-        }
-        if st.closed {
-            return Err(TaskError::Closed);
-        }
-        let id = st.next_job;
-        st.next_job += 1;
-        st.jobs.insert(
-            id,
-            Job::new(func, count, args, self.shared.config.task_timeout),
-        );
-        st.pending.push_back(id);
+        let id = st.submit(func, count, args, self.shared.config.task_timeout)?;
         st.dispatch(&self.shared.config);
         Ok(id)
     }

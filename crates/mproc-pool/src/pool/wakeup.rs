@@ -7,13 +7,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use mproc_queue::Queue;
+use mproc_queue::{GetError, Queue};
+
+use super::io::{Live, PoolIo, start_one};
 
 use super::state::Took;
 use super::state::{Config, State};
 use crate::TaskError;
 use crate::worker::Reply;
 
+/// What the pool's threads share: the scheduling state behind one lock, the results queue,
+/// and how waiters are told the state changed.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub state: Mutex<State>,
@@ -158,7 +162,7 @@ impl Shared {
                     // under the lock), so a finished job is never also reported dead.
                     let mut st = self.lock();
                     if st.take_reply(self.results.try_get()) == Took::Reply {
-                        st.drain_replies(&self.results);
+                        st.drain_replies(self);
                         st.dispatch(&self.config);
                         drop(st);
                         self.notify();
@@ -180,5 +184,18 @@ impl Shared {
             let wait = deadline.map_or(cap, |d| d.saturating_duration_since(now).min(cap));
             st = self.sleep(st, wait);
         }
+    }
+}
+
+impl PoolIo for Shared {
+    type Worker = Live;
+    fn next_reply(&self) -> Result<Reply, GetError> {
+        self.results.try_get()
+    }
+    fn start_replacement(&self, index: u32) -> Result<Live, crate::ProcessError> {
+        start_one(&self.results, &self.config, index, true).map(|w| w.io)
+    }
+    fn config(&self) -> &Config {
+        &self.config
     }
 }

@@ -1,0 +1,112 @@
+//! The scheduler's seam to the world. The scheduling state (`state.rs`, `scheduler.rs`,
+//! `settle.rs`) is a pure state machine: it never touches a queue, a process or a signal
+//! itself, only these two traits. The pool runs it over [`Live`] workers (a child process and
+//! its inbox) and the results queue; the unit tests in `machine_tests.rs` run it over fakes and
+//! drive it through dispatch, stealing, deaths, limits, cancellation and retirement.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use mproc_queue::{GetError, PutError, Queue};
+use nix::sys::signal::Signal;
+
+use super::PREFETCH;
+use super::state::{Config, Worker};
+use crate::ProcessError;
+use crate::call::layout_check;
+use crate::child::{ChildProc, ExitStatus};
+use crate::process::{StartMethod, start_worker};
+use crate::worker::{Boot, Reply, Request, inbox_options};
+
+/// What the scheduler does to one worker.
+pub(crate) trait WorkerIo {
+    /// Its process id.
+    fn pid(&self) -> u32;
+    /// Puts a request in its inbox without waiting; gives it back if the inbox is full or
+    /// closed, or with the reason if it cannot be stored at all.
+    fn send(&self, request: Request) -> Result<(), PutError<Request>>;
+    /// Takes back a request still waiting in its inbox (atomic: the worker either got it
+    /// first or never will).
+    fn take_back(&self) -> Option<Request>;
+    /// Closes its inbox: it finishes what it holds, then exits.
+    fn close_inbox(&self);
+    /// How it ended, if it has been reaped.
+    fn status(&self) -> Option<ExitStatus>;
+    /// Reaps it if it has ended; its status from then on.
+    fn reap(&self) -> Option<ExitStatus>;
+    /// Kills it (SIGKILL); false if the signal could not be sent.
+    fn kill(&self) -> bool;
+}
+
+/// What the scheduler needs from the pool around it.
+pub(crate) trait PoolIo {
+    /// The kind of worker it starts.
+    type Worker: WorkerIo;
+    /// The next reply waiting in the results queue, without waiting.
+    fn next_reply(&self) -> Result<Reply, GetError>;
+    /// Starts a replacement worker for slot `index`.
+    fn start_replacement(&self, index: u32) -> Result<Self::Worker, ProcessError>;
+    /// The pool's configuration.
+    fn config(&self) -> &Config;
+}
+
+/// A real worker: a child process and the inbox the parent sends it requests through.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub child: ChildProc,
+    pub inbox: Queue<Request>,
+}
+
+impl WorkerIo for Live {
+    fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+    fn send(&self, request: Request) -> Result<(), PutError<Request>> {
+        self.inbox.try_put(request)
+    }
+    fn take_back(&self) -> Option<Request> {
+        self.inbox.try_get().ok()
+    }
+    fn close_inbox(&self) {
+        self.inbox.close();
+    }
+    fn status(&self) -> Option<ExitStatus> {
+        self.child.status()
+    }
+    fn reap(&self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+    fn kill(&self) -> bool {
+        self.child.signal(Signal::SIGKILL).is_ok()
+    }
+}
+
+/// Starts worker `index`: its inbox, then the process, which maps the inbox and the shared
+/// results queue from the fds it inherits.
+pub(crate) fn start_one(
+    shared_results: &Queue<Reply>,
+    config: &Config,
+    index: u32,
+    replacement: bool,
+) -> Result<Worker<Live>, ProcessError> {
+    let inbox: Queue<Request> = inbox_options(PREFETCH, config.arena).anonymous()?;
+    let boot = Boot {
+        index,
+        inbox_fd: inbox.segment().as_fd().as_raw_fd(),
+        results_fd: shared_results.segment().as_fd().as_raw_fd(),
+        check: layout_check(),
+        one_shot: false,
+        initializer: config.initializer.clone(),
+        parent: std::process::id(),
+        die_with_parent: true,
+        max_rss: config.max_memory,
+    };
+    // A replacement is started by the pool's handler thread, while the parent has other
+    // threads (the caller's at least): forking it from here could leave it a lock another
+    // thread holds. It comes from the fork server instead, which has one thread.
+    let method = match config.method {
+        StartMethod::Fork if replacement => StartMethod::ForkServer,
+        m => m,
+    };
+    let child = start_worker(method, &boot)?;
+    Ok(Worker::new(Live { child, inbox }))
+}
