@@ -53,7 +53,8 @@ mod readme {}
 pub mod prelude {
     pub use mproc_array::{Array, ArrayError, AtomicValue, RawArray, Value};
     pub use mproc_pool::{
-        AsyncResult, Pool, Process, ProcessError, StartMethod, TaskError, ThreadedFork,
+        AsyncResult, LaunchOptions, Pool, Process, ProcessError, StartMethod, TaskError,
+        ThreadedFork,
     };
     pub use mproc_queue::{
         ByteQueue, GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions,

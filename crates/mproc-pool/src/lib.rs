@@ -30,6 +30,7 @@ mod call;
 mod child;
 mod error;
 mod forkserver;
+mod launch;
 mod pool;
 mod process;
 mod worker;
@@ -37,9 +38,10 @@ mod worker;
 pub use child::ExitStatus;
 pub use error::{ProcessError, TaskError};
 pub use forkserver::start_forkserver;
+pub use launch::{LaunchOptions, StartMethod, ThreadedFork};
 pub use pool::{
     AsyncResult, BOARD_FORMAT, BoardSnapshot, BoardWorker, BoardWorkerState, FAILURE_KINDS, Imap,
     MapResult, PREFETCH, Pool, PoolBuilder, PoolStats, RESTART_CAUSES, Restarts, WorkerStats,
 };
-pub use process::{Process, ProcessBuilder, StartMethod, ThreadedFork};
+pub use process::{Process, ProcessBuilder};
 pub use worker::{DEFAULT_ARENA_BYTES, init};

@@ -3,7 +3,6 @@
 
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use mproc_queue::{GetError, Queue};
@@ -13,89 +12,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::call::{FnRef, decode_outcomes, encode_into, layout_check};
-use crate::child::{ChildProc, ExitStatus, thread_count};
+use crate::child::{ChildProc, ExitStatus};
+use crate::launch::{LaunchOptions, StartMethod, launch_setters, start_worker};
 use crate::worker::{
-    Boot, DEFAULT_ARENA_BYTES, ENV, Reply, Request, check_may_start, inbox_options,
-    results_options, run_forked, worker_main,
+    Boot, DEFAULT_ARENA_BYTES, Reply, Request, inbox_options, results_options, run_forked,
 };
 use crate::{ProcessError, TaskError};
-
-/// How child processes are started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StartMethod {
-    /// `fork()`: the child is a copy of the parent and runs the function at once (about
-    /// 0.1–1 ms). The default on Linux, as in Python. The child must not depend on locks that
-    /// other threads of the parent held at the moment of the fork (see [`ThreadedFork`]).
-    #[default]
-    Fork,
-    /// Re-executes this binary; [`init`](crate::init) at the top of `main` turns the new
-    /// process into a worker. Slower to start (an `exec` and the program's startup), but the
-    /// child starts from a clean state, whatever threads the parent has.
-    Spawn,
-    /// Python's `forkserver`: children are forked from a small single-threaded server process
-    /// that this process forks once (at [`start_forkserver`](crate::start_forkserver), or
-    /// on first use). Safe whatever threads this process has — no lock can be inherited held
-    /// — and nearly as fast as `Fork`; children see this process as it was when the server
-    /// started. A `Fork` pool also starts its *replacement* workers this way, since it forks
-    /// them while it has threads.
-    ForkServer,
-}
-
-/// What the `Fork` start method does when the parent has more than one thread.
-///
-/// After `fork` only the forking thread exists in the child; a lock another thread held at
-/// that moment (inside `malloc` of some allocators, a logging library, your own `Mutex`)
-/// stays locked forever there. glibc's `malloc` and mproc's own code are fork-safe; code you
-/// run in the child may not be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ThreadedFork {
-    /// Print one warning to stderr (once per process) and fork.
-    #[default]
-    Warn,
-    /// Fork silently: you know the other threads hold no lock the child needs.
-    Allow,
-    /// Refuse with [`ProcessError::ThreadedFork`].
-    Refuse,
-}
-
-/// Applies the threaded-fork policy before forking from user code.
-pub(crate) fn check_fork(policy: ThreadedFork) -> Result<(), ProcessError> {
-    let threads = thread_count();
-    if threads <= 1 {
-        return Ok(());
-    }
-    match policy {
-        ThreadedFork::Allow => Ok(()),
-        ThreadedFork::Refuse => Err(ProcessError::ThreadedFork { threads }),
-        ThreadedFork::Warn => {
-            static WARN: Once = Once::new();
-            WARN.call_once(|| {
-                eprintln!(
-                    "mproc: forking a process that has {threads} threads; a lock held by another \
-                     thread stays locked in the child. Use StartMethod::Spawn, or \
-                     ThreadedFork::Allow to silence this warning."
-                );
-            });
-            Ok(())
-        }
-    }
-}
-
-/// Starts a worker process for `boot` by `method`.
-pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc, ProcessError> {
-    match method {
-        StartMethod::Fork => {
-            let boot = boot.clone();
-            ChildProc::fork(boot.die_with_parent, move || worker_main(&boot))
-        }
-        StartMethod::Spawn => ChildProc::spawn(
-            (ENV, &boot.to_env()?),
-            &[boot.inbox_fd, boot.results_fd],
-            boot.die_with_parent,
-        ),
-        StartMethod::ForkServer => crate::forkserver::start_worker(boot),
-    }
-}
 
 /// Builds a [`Process`] with a start method other than the default.
 ///
@@ -110,33 +32,25 @@ pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc
 /// ```
 #[derive(Debug, Clone)]
 pub struct ProcessBuilder {
-    method: StartMethod,
-    threaded_fork: ThreadedFork,
-    start_timeout: Duration,
+    launch: LaunchOptions,
     daemon: bool,
 }
 
 impl Default for ProcessBuilder {
     fn default() -> Self {
         ProcessBuilder {
-            method: StartMethod::default(),
-            threaded_fork: ThreadedFork::default(),
-            start_timeout: Duration::from_secs(30),
+            launch: LaunchOptions::default(),
             daemon: true,
         }
     }
 }
 
 impl ProcessBuilder {
-    /// Fork (default) or spawn.
-    pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.method = method;
-        self
-    }
+    launch_setters!(launch);
 
-    /// What `Fork` does when this process has other threads (default: warn once).
-    pub fn threaded_fork(mut self, policy: ThreadedFork) -> Self {
-        self.threaded_fork = policy;
+    /// Sets the start method, threaded-fork policy and start timeout at once.
+    pub fn launch_options(mut self, launch: LaunchOptions) -> Self {
+        self.launch = launch;
         self
     }
 
@@ -150,23 +64,13 @@ impl ProcessBuilder {
         self
     }
 
-    /// How long a spawned child may take to reach [`init`](crate::init) (default 30 s);
-    /// after that it is killed and `spawn` fails with [`ProcessError::InitNotCalled`].
-    pub fn start_timeout(mut self, timeout: Duration) -> Self {
-        self.start_timeout = timeout;
-        self
-    }
-
     /// Starts `f(arg)` in a child process.
     pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<Process<R>, ProcessError>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        check_may_start(self.method == StartMethod::Spawn)?;
-        if self.method == StartMethod::Fork {
-            check_fork(self.threaded_fork)?;
-        }
+        self.launch.check()?;
         let mut args = Vec::new();
         encode_into(&arg, &mut args).map_err(|e| ProcessError::Encode {
             message: e.to_string(),
@@ -178,7 +82,8 @@ impl ProcessBuilder {
             count: 1,
             args,
         };
-        let (child, inbox) = match self.method {
+        let method = self.launch.method;
+        let (child, inbox) = match method {
             // The child has the request and the queue already: it is a copy of us.
             StartMethod::Fork => (
                 ChildProc::fork(self.daemon, || run_forked(&request, &results))?,
@@ -202,21 +107,21 @@ impl ProcessBuilder {
                     die_with_parent: self.daemon,
                     max_rss: None,
                 };
-                (start_worker(self.method, &boot)?, Some(inbox))
+                (start_worker(method, &boot)?, Some(inbox))
             }
         };
         let mut p = Process {
             child,
             results,
             _inbox: inbox,
-            method: self.method,
+            method,
             started: false,
             outcome: None,
             joined: false,
             _r: PhantomData,
         };
-        if self.method == StartMethod::Spawn {
-            p.await_start(self.start_timeout)?;
+        if method == StartMethod::Spawn {
+            p.await_start(self.launch.start_timeout)?;
         }
         Ok(p)
     }

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use super::Pool;
 use crate::ProcessError;
 use crate::call::FnRef;
-use crate::process::{StartMethod, ThreadedFork};
+use crate::launch::{LaunchOptions, launch_setters};
 
 /// Configures and starts a [`Pool`].
 ///
@@ -26,8 +26,7 @@ use crate::process::{StartMethod, ThreadedFork};
 #[derive(Debug, Clone)]
 pub struct PoolBuilder {
     pub(super) processes: usize,
-    pub(super) method: StartMethod,
-    pub(super) threaded_fork: ThreadedFork,
+    pub(super) launch: LaunchOptions,
     pub(super) initializer: Option<Result<(FnRef, Vec<u8>), String>>,
     pub(super) max_tasks_per_child: Option<u64>,
     pub(super) arena_bytes: usize,
@@ -35,7 +34,6 @@ pub struct PoolBuilder {
     pub(super) retries: u32,
     pub(super) max_memory: Option<u64>,
     pub(super) chunksize: Option<usize>,
-    pub(super) start_timeout: Duration,
     pub(super) undumpable_parent: bool,
     #[cfg_attr(not(feature = "progress"), allow(dead_code))]
     pub(super) progress: bool,
@@ -46,8 +44,7 @@ impl Default for PoolBuilder {
     fn default() -> Self {
         PoolBuilder {
             processes: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            method: StartMethod::default(),
-            threaded_fork: ThreadedFork::default(),
+            launch: LaunchOptions::default(),
             initializer: None,
             max_tasks_per_child: None,
             arena_bytes: crate::worker::DEFAULT_ARENA_BYTES,
@@ -55,7 +52,6 @@ impl Default for PoolBuilder {
             retries: 0,
             max_memory: None,
             chunksize: None,
-            start_timeout: Duration::from_secs(30),
             undumpable_parent: false,
             progress: false,
             board: None,
@@ -70,15 +66,11 @@ impl PoolBuilder {
         self
     }
 
-    /// Fork (default) or spawn; see [`StartMethod`].
-    pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.method = method;
-        self
-    }
+    launch_setters!(launch);
 
-    /// What `Fork` does when this process already has other threads (default: warn once).
-    pub fn threaded_fork(mut self, policy: ThreadedFork) -> Self {
-        self.threaded_fork = policy;
+    /// Sets the start method, threaded-fork policy and start timeout at once.
+    pub fn launch_options(mut self, launch: LaunchOptions) -> Self {
+        self.launch = launch;
         self
     }
 
@@ -154,12 +146,6 @@ impl PoolBuilder {
     /// A worker that dies fails its whole chunk.
     pub fn chunksize(mut self, n: usize) -> Self {
         self.chunksize = Some(n.max(1));
-        self
-    }
-
-    /// How long a spawned worker may take to reach [`init`](crate::init) (default 30 s).
-    pub fn start_timeout(mut self, timeout: Duration) -> Self {
-        self.start_timeout = timeout;
         self
     }
 

@@ -14,7 +14,7 @@ use super::state::{Config, Worker};
 use crate::ProcessError;
 use crate::call::layout_check;
 use crate::child::{ChildProc, ExitStatus};
-use crate::process::{StartMethod, start_worker};
+use crate::launch::{StartMethod, start_worker};
 use crate::worker::{Boot, Reply, Request, inbox_options};
 
 /// What the scheduler does to one worker.

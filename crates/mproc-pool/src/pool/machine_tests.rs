@@ -14,7 +14,7 @@ use super::io::{PoolIo, WorkerIo};
 use super::state::{Config, Outcome, State, Took, Worker};
 use crate::call::FnRef;
 use crate::child::ExitStatus;
-use crate::process::StartMethod;
+use crate::launch::StartMethod;
 use crate::worker::{EXIT_MEMORY, Reply, Request};
 use crate::{ProcessError, TaskError};
 

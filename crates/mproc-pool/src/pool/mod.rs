@@ -44,8 +44,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::process::{StartMethod, check_fork};
-use crate::worker::{Reply, check_may_start, results_options};
+use crate::StartMethod;
+use crate::worker::{Reply, results_options};
 use crate::{ProcessError, TaskError};
 use mproc_queue::Queue;
 
@@ -119,17 +119,14 @@ impl Pool {
     }
 
     fn start(b: PoolBuilder) -> Result<Pool, ProcessError> {
-        check_may_start(b.method == StartMethod::Spawn)?;
-        if b.method == StartMethod::Fork {
-            check_fork(b.threaded_fork)?;
-        }
+        b.launch.check()?;
         let initializer = match b.initializer {
             None => None,
             Some(Ok(init)) => Some(init),
             Some(Err(message)) => return Err(ProcessError::Encode { message }),
         };
         let config = Config {
-            method: b.method,
+            method: b.launch.method,
             initializer,
             max_tasks: b.max_tasks_per_child,
             arena: b.arena_bytes,
@@ -159,7 +156,7 @@ impl Pool {
             wakers: Default::default(),
         });
         // Wait for every worker to be ready (initializer done) before anyone uses the pool.
-        Self::await_ready(&shared, b.start_timeout)?;
+        Self::await_ready(&shared, b.launch.start_timeout)?;
         let handler = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()

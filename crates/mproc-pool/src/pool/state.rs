@@ -12,7 +12,7 @@ use mproc_queue::GetError;
 use super::io::{Live, PoolIo, WorkerIo};
 use crate::TaskError;
 use crate::call::FnRef;
-use crate::process::StartMethod;
+use crate::launch::StartMethod;
 use crate::worker::Reply;
 
 /// What became of a job.

@@ -1,0 +1,169 @@
+//! How a child process is started, for [`Process`](crate::Process) and
+//! [`Pool`](crate::Pool) alike: the start method, what `Fork` does in a threaded parent, how
+//! long a spawned child may take to call `init`, the checks made before starting, and the one
+//! function that starts a worker by each method. Both builders take the same
+//! [`LaunchOptions`] and the same setters (written once, in [`launch_setters`]).
+
+use std::sync::Once;
+use std::time::Duration;
+
+use crate::ProcessError;
+use crate::child::{ChildProc, thread_count};
+use crate::worker::{Boot, ENV, check_may_start, worker_main};
+
+/// How child processes are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartMethod {
+    /// `fork()`: the child is a copy of the parent and runs the function at once (about
+    /// 0.1–1 ms). The default on Linux, as in Python. The child must not depend on locks that
+    /// other threads of the parent held at the moment of the fork (see [`ThreadedFork`]).
+    #[default]
+    Fork,
+    /// Re-executes this binary; [`init`](crate::init) at the top of `main` turns the new
+    /// process into a worker. Slower to start (an `exec` and the program's startup), but the
+    /// child starts from a clean state, whatever threads the parent has.
+    Spawn,
+    /// Python's `forkserver`: children are forked from a small single-threaded server process
+    /// that this process forks once (at [`start_forkserver`](crate::start_forkserver), or
+    /// on first use). Safe whatever threads this process has — no lock can be inherited held
+    /// — and nearly as fast as `Fork`; children see this process as it was when the server
+    /// started. A `Fork` pool also starts its *replacement* workers this way, since it forks
+    /// them while it has threads.
+    ForkServer,
+}
+
+/// What the `Fork` start method does when the parent has more than one thread.
+///
+/// After `fork` only the forking thread exists in the child; a lock another thread held at
+/// that moment (inside `malloc` of some allocators, a logging library, your own `Mutex`)
+/// stays locked forever there. glibc's `malloc` and mproc's own code are fork-safe; code you
+/// run in the child may not be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ThreadedFork {
+    /// Print one warning to stderr (once per process) and fork.
+    #[default]
+    Warn,
+    /// Fork silently: you know the other threads hold no lock the child needs.
+    Allow,
+    /// Refuse with [`ProcessError::ThreadedFork`].
+    Refuse,
+}
+
+/// Applies the threaded-fork policy before forking from user code.
+pub(crate) fn check_fork(policy: ThreadedFork) -> Result<(), ProcessError> {
+    let threads = thread_count();
+    if threads <= 1 {
+        return Ok(());
+    }
+    match policy {
+        ThreadedFork::Allow => Ok(()),
+        ThreadedFork::Refuse => Err(ProcessError::ThreadedFork { threads }),
+        ThreadedFork::Warn => {
+            static WARN: Once = Once::new();
+            WARN.call_once(|| {
+                eprintln!(
+                    "mproc: forking a process that has {threads} threads; a lock held by another \
+                     thread stays locked in the child. Use StartMethod::Spawn, or \
+                     ThreadedFork::Allow to silence this warning."
+                );
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Starts a worker process for `boot` by `method`.
+pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc, ProcessError> {
+    match method {
+        StartMethod::Fork => {
+            let boot = boot.clone();
+            ChildProc::fork(boot.die_with_parent, move || worker_main(&boot))
+        }
+        StartMethod::Spawn => ChildProc::spawn(
+            (ENV, &boot.to_env()?),
+            &[boot.inbox_fd, boot.results_fd],
+            boot.die_with_parent,
+        ),
+        StartMethod::ForkServer => crate::forkserver::start_worker(boot),
+    }
+}
+
+/// How child processes are started: the options [`ProcessBuilder`](crate::ProcessBuilder) and
+/// [`PoolBuilder`](crate::PoolBuilder) share. Set them one by one on either builder
+/// (`start_method`, `threaded_fork`, `start_timeout`), or all at once with
+/// `launch_options`, e.g. to start every process of a program the same way.
+///
+/// ```
+/// use mproc_pool::{LaunchOptions, Pool, Process, StartMethod, ThreadedFork};
+/// let launch = LaunchOptions::default()
+///     .start_method(StartMethod::Fork)
+///     .threaded_fork(ThreadedFork::Allow);
+/// let mut p = Process::builder().launch_options(launch).spawn(|x: u32| x + 1, 1)?;
+/// assert_eq!(p.join()?, 2);
+/// let pool = Pool::builder().processes(1).launch_options(launch).build()?;
+/// assert_eq!(pool.apply(|x: u32| x * 2, 21)?, 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchOptions {
+    pub(crate) method: StartMethod,
+    pub(crate) threaded_fork: ThreadedFork,
+    pub(crate) start_timeout: Duration,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        LaunchOptions {
+            method: StartMethod::default(),
+            threaded_fork: ThreadedFork::default(),
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The launch setters, written once for [`LaunchOptions`], `ProcessBuilder` and
+/// `PoolBuilder` (each has a `launch: LaunchOptions` field, or is one).
+macro_rules! launch_setters {
+    ($($launch:ident)?) => {
+        /// Fork (default), spawn or fork server; see [`StartMethod`](crate::StartMethod).
+        pub fn start_method(mut self, method: $crate::StartMethod) -> Self {
+            self$(.$launch)?.method = method;
+            self
+        }
+
+        /// What `Fork` does when this process already has other threads (default: warn
+        /// once); see [`ThreadedFork`](crate::ThreadedFork).
+        pub fn threaded_fork(mut self, policy: $crate::ThreadedFork) -> Self {
+            self$(.$launch)?.threaded_fork = policy;
+            self
+        }
+
+        /// How long a spawned child may take to reach [`init`](crate::init) (default 30 s);
+        /// after that it is killed and starting fails with
+        /// [`ProcessError::InitNotCalled`](crate::ProcessError::InitNotCalled).
+        pub fn start_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self$(.$launch)?.start_timeout = timeout;
+            self
+        }
+    };
+}
+pub(crate) use launch_setters;
+
+impl LaunchOptions {
+    launch_setters!();
+
+    /// The start method.
+    pub fn method(&self) -> StartMethod {
+        self.method
+    }
+
+    /// Whether this process may start a child this way now: not a spawned child that
+    /// skipped `init`, `init` called for `Spawn`, and the threaded-fork policy for `Fork`.
+    pub(crate) fn check(&self) -> Result<(), ProcessError> {
+        check_may_start(self.method == StartMethod::Spawn)?;
+        if self.method == StartMethod::Fork {
+            check_fork(self.threaded_fork)?;
+        }
+        Ok(())
+    }
+}
