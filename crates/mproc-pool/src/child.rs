@@ -9,9 +9,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::Signal;
-use nix::unistd::{ForkResult, fork};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::ProcessError;
 
@@ -30,6 +32,15 @@ impl ExitStatus {
         match self {
             ExitStatus::Code(c) => c,
             ExitStatus::Signaled(s) => -s,
+        }
+    }
+
+    /// The status `waitpid` reported, if the child has ended (not for stops and resumes).
+    pub(crate) fn from_wait(status: WaitStatus) -> Option<ExitStatus> {
+        match status {
+            WaitStatus::Exited(_, code) => Some(ExitStatus::Code(code)),
+            WaitStatus::Signaled(_, signal, _) => Some(ExitStatus::Signaled(signal as i32)),
+            _ => None,
         }
     }
 
@@ -63,7 +74,7 @@ pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, ProcessError> {
 
 /// A rustix error as the `Errno` mproc's errors carry.
 pub(crate) fn errno_of(e: rustix::io::Errno) -> Errno {
-    Errno::from_raw(e.raw_os_error())
+    mproc_segment::errno_of(&e.into())
 }
 
 /// How long `wait_until` polls for the child's exit before sleeping on its pidfd.
@@ -133,12 +144,7 @@ fn forker() -> Result<&'static Forker, ProcessError> {
                 let _ = reply.send(job());
             }
         })
-        .map_err(|e| {
-            ProcessError::os(
-                "spawn forker thread",
-                Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-            )
-        })?;
+        .map_err(|e| ProcessError::os("spawn forker thread", mproc_segment::errno_of(&e)))?;
     FORKER_RUNNING.store(true, Ordering::Relaxed);
     let new = Box::into_raw(Box::new(Forker {
         owner: me,
@@ -254,16 +260,17 @@ impl ChildProc {
         let parent = std::process::id();
         // SAFETY: the closure runs in the forked child before exec and only calls fcntl,
         // prctl and getppid, which are async-signal-safe; it allocates nothing (`keep` was
-        // built before). The parent-death signal survives `exec`.
+        // built before). The parent-death signal survives `exec`. `borrow_raw` is sound: the
+        // parent holds the fds in `keep` open (the queues it passes), so the child inherited
+        // them open.
         unsafe {
             cmd.pre_exec(move || {
                 if die_with_parent {
                     arm_parent_death(parent);
                 }
                 for &fd in &keep {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                    let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
                 }
                 Ok(())
             });
@@ -275,7 +282,7 @@ impl ChildProc {
                     // `std::process::Child` neither waits nor kills on drop; the pid stays ours.
                     child.id() as i32
                 })
-                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+                .map_err(|e| mproc_segment::errno_of(&e))
         })?;
         Self::adopt(pid)
     }
@@ -289,12 +296,10 @@ impl ChildProc {
                 remote: false,
             }),
             Err(e) => {
-                // Do not leave the child running unwatched.
-                // SAFETY: `pid` is our unreaped child, so it cannot have been recycled.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                let mut status = 0;
-                // SAFETY: reaps exactly this child; `status` is valid for writes.
-                unsafe { libc::waitpid(pid, &mut status, 0) };
+                // Do not leave the child running unwatched. `pid` is our unreaped child, so it
+                // cannot have been recycled.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = waitpid(Pid::from_raw(pid), None);
                 Err(e)
             }
         }
@@ -338,28 +343,15 @@ impl ChildProc {
             *status_slot = Some(s);
             return Ok(Some(s));
         }
-        let mut status = 0;
-        // SAFETY: reaps exactly this child (our own, unreaped, so its pid is not recycled);
-        // `status` is valid for writes.
-        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-        match r {
-            0 => Ok(None),
-            r if r == self.pid => {
-                let s = if libc::WIFSIGNALED(status) {
-                    ExitStatus::Signaled(libc::WTERMSIG(status))
-                } else {
-                    ExitStatus::Code(libc::WEXITSTATUS(status))
-                };
-                *status_slot = Some(s);
-                Ok(Some(s))
+        // Reaps exactly this child (our own, unreaped, so its pid is not recycled).
+        match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(status) => {
+                let s = ExitStatus::from_wait(status);
+                *status_slot = s;
+                Ok(s)
             }
-            _ => {
-                let e = Errno::last();
-                if e == Errno::EINTR {
-                    return Ok(None);
-                }
-                Err(ProcessError::os("waitpid", e))
-            }
+            Err(Errno::EINTR) => Ok(None),
+            Err(e) => Err(ProcessError::os("waitpid", e)),
         }
     }
 

@@ -35,7 +35,8 @@ use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
     sendmsg, socketpair,
 };
-use nix::unistd::{ForkResult, fork};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
 use serde::{Deserialize, Serialize};
 
 use crate::ProcessError;
@@ -328,9 +329,8 @@ pub(crate) fn start_worker(boot: &Boot) -> Result<ChildProc, ProcessError> {
 }
 
 fn reap_server(pid: u32) {
-    let mut status = 0;
-    // SAFETY: the server is our own child; WNOHANG never blocks.
-    unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+    // The server is our own child; WNOHANG never blocks.
+    let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
 }
 
 fn status_of(signal: Option<i32>, code: Option<i32>) -> ExitStatus {
@@ -375,6 +375,9 @@ pub(crate) fn exit_status(pid: u32) -> ExitStatus {
 /// Closes every fd of this process but stdin, stdout, stderr and `keep`: the server (and so
 /// every worker forked from it) must not hold the parent's files — a pipe's write end kept
 /// open here would keep its reader from ever seeing EOF.
+///
+/// Raw system calls on purpose: neither nix nor rustix wraps `close_range`, and the fallback
+/// closes fd numbers, not fds this process holds handles to.
 fn close_other_fds(keep: RawFd) {
     let close_range = |first: u32, last: u32| {
         // SAFETY: close_range takes two fd numbers and flags; it only closes fds.
@@ -443,19 +446,16 @@ fn serve(sock: OwnedFd) -> i32 {
 /// Reaps every exited child and tells the parent; false if the parent is gone.
 fn report_exits(sock: RawFd) -> bool {
     loop {
-        let mut status = 0;
-        // SAFETY: the server's children are its workers; WNOHANG never blocks.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
+        // The server's children are its workers; WNOHANG never blocks.
+        let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) else {
             return true;
-        }
-        let (signal, code) = if libc::WIFSIGNALED(status) {
-            (Some(libc::WTERMSIG(status)), None)
-        } else {
-            (None, Some(libc::WEXITSTATUS(status)))
         };
+        let (Some(pid), Some(exit)) = (status.pid(), ExitStatus::from_wait(status)) else {
+            return true;
+        };
+        let (signal, code) = exit.parts();
         let msg = ServerMsg::Exited {
-            pid: pid as u32,
+            pid: pid.as_raw() as u32,
             signal,
             code,
         };

@@ -27,15 +27,6 @@ pub(crate) const EXIT_BOOT: i32 = 78;
 /// Exit status of a worker that retired because it outgrew `max_memory_per_child`.
 pub(crate) const EXIT_MEMORY: i32 = 80;
 
-/// This process's resident memory in bytes (`/proc/self/statm`), if known.
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf takes a constant and returns a number.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
-}
-
 /// Everything a worker needs to start: fds of its queues (valid in the child: inherited by
 /// `fork`, or kept open across `exec`), and what to run first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,8 +203,11 @@ pub(crate) fn check_may_start(spawn: bool) -> Result<(), ProcessError> {
     Ok(())
 }
 
+/// A close-on-exec copy of fd number `fd` from the parent. Raw `fcntl` on purpose: the typed
+/// calls (nix, rustix) take a borrowed fd, which must be open, and this number came from
+/// another process: it may not be, and that is the error to report.
 fn dup(fd: RawFd) -> Result<OwnedFd, String> {
-    // SAFETY: F_DUPFD_CLOEXEC makes a new fd (or fails); `fd` is only read.
+    // SAFETY: F_DUPFD_CLOEXEC makes a new fd (or fails with EBADF); `fd` is only read.
     let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
     if new < 0 {
         return Err(format!(
@@ -364,7 +358,7 @@ pub(crate) fn worker_main(boot: &Boot) -> i32 {
         }
         if boot
             .max_rss
-            .is_some_and(|max| resident_bytes().is_some_and(|rss| rss > max))
+            .is_some_and(|max| mproc_segment::resident_bytes().is_some_and(|rss| rss > max))
         {
             // Retire: the parent takes back what waits in the inbox and starts a fresh worker.
             return EXIT_MEMORY;

@@ -346,7 +346,7 @@ impl RawQueue {
             .try_clone_to_owned()
             .map_err(|e| SegmentError::Io {
                 call: "dup",
-                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                errno: mproc_segment::errno_of(&e),
             })?;
         Self::from_fd(SegmentOptions::any(), fd)
     }

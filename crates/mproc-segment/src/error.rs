@@ -163,3 +163,17 @@ impl SegmentError {
         }
     }
 }
+
+/// The `Errno` of an I/O error, as mproc's errors carry it (`EIO` for an error that carries no
+/// OS code). The one place errors from `std`, rustix and nix meet: a rustix error converts
+/// with `errno_of(&e.into())`.
+///
+/// ```
+/// use nix::errno::Errno;
+/// let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
+/// assert_eq!(mproc_segment::errno_of(&e), Errno::ENOSPC);
+/// assert_eq!(mproc_segment::errno_of(&std::io::Error::other("no code")), Errno::EIO);
+/// ```
+pub fn errno_of(e: &std::io::Error) -> nix::errno::Errno {
+    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}

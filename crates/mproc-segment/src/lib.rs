@@ -49,10 +49,10 @@ mod segment;
 mod shm_dir;
 mod view;
 
-pub use error::SegmentError;
+pub use error::{SegmentError, errno_of};
 pub use header::{FORMAT_VERSION, HEADER_LEN, Header, Kind, MAGIC, TYPE_NAME_CAP, TypeTag};
 pub use name::{MAX_NAME_LEN, validate_name};
-pub use process::{ProcStat, ProcessId, TaskId, current_pid};
+pub use process::{ProcStat, ProcessId, TaskId, current_pid, resident_bytes};
 pub use segment::{DEFAULT_OPEN_TIMEOUT, Segment, SegmentOptions};
 pub use shm_dir::{Peek, PeekError, SHM_DIR, mapped_by, peek};
 pub use view::ShmSafe;

@@ -162,11 +162,9 @@ fn task_alive(id: u32, same_start: impl FnOnce(u64) -> bool) -> bool {
         Ok(()) | Err(Errno::EPERM) => {}
         Err(_) => return false,
     }
-    match std::fs::read_to_string(format!("/proc/{id}/stat")) {
-        Ok(stat) => match ProcStat::parse(&stat) {
-            Some(s) => s.state != 'Z' && s.state != 'X' && same_start(s.start_time),
-            None => true,
-        },
+    match ProcStat::read(&id.to_string()) {
+        Ok(Some(s)) => s.state != 'Z' && s.state != 'X' && same_start(s.start_time),
+        Ok(None) => true,
         // Exited between the probe and the read.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(_) => true,
@@ -190,9 +188,18 @@ pub struct ProcStat {
 }
 
 impl ProcStat {
-    /// Reads `/proc/WHO/stat` (`WHO` a pid, or `self`).
+    /// Reads `/proc/WHO/stat` (`WHO` a pid, or `self`); `None` if it cannot be read or
+    /// parsed.
     pub fn of(who: &str) -> Option<ProcStat> {
-        ProcStat::parse(&std::fs::read_to_string(format!("/proc/{who}/stat")).ok()?)
+        ProcStat::read(who).ok().flatten()
+    }
+
+    /// Reads `/proc/WHO/stat`: the read's error (`NotFound`: no such process), or the fields,
+    /// `None` if the text does not parse.
+    pub fn read(who: &str) -> std::io::Result<Option<ProcStat>> {
+        Ok(ProcStat::parse(&std::fs::read_to_string(format!(
+            "/proc/{who}/stat"
+        ))?))
     }
 
     /// Parses the text of a `stat` file. The command name (field 2) may contain spaces and
@@ -210,6 +217,19 @@ impl ProcStat {
             start_time,
         })
     }
+}
+
+/// This process's resident memory in bytes (`/proc/self/statm` × the page size), if known.
+///
+/// ```
+/// let rss = mproc_segment::resident_bytes().expect("procfs");
+/// assert!(rss > 0);
+/// ```
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 #[cfg(test)]

@@ -356,7 +356,7 @@ impl SegmentOptions {
         let map = MmapOptions::new()
             .len(len)
             .map_raw(fd.as_raw_fd())
-            .map_err(|e| SegmentError::io("mmap", io_errno(&e)))?;
+            .map_err(|e| SegmentError::io("mmap", crate::errno_of(&e)))?;
         Ok(Segment {
             map,
             fd,
@@ -503,7 +503,7 @@ impl SegmentOptions {
         let map = MmapOptions::new()
             .len(total)
             .map_raw(fd.as_raw_fd())
-            .map_err(|e| SegmentError::io("mmap", io_errno(&e)))?;
+            .map_err(|e| SegmentError::io("mmap", crate::errno_of(&e)))?;
         let creator = ProcessId::current();
         let header = Header {
             version: FORMAT_VERSION,
@@ -566,7 +566,7 @@ impl SegmentOptions {
         let map = MmapOptions::new()
             .len(map_len)
             .map_raw(fd.as_raw_fd())
-            .map_err(|e| SegmentError::io("mmap", io_errno(&e)))?;
+            .map_err(|e| SegmentError::io("mmap", crate::errno_of(&e)))?;
         let raw = map.as_ptr().cast::<RawHeader>();
         // SAFETY: the mapping is at least HEADER_LEN bytes and page-aligned; the atomics are
         // valid for any bit pattern and are only accessed atomically here.
@@ -809,7 +809,7 @@ impl Segment {
         let fd = self
             .fd
             .try_clone()
-            .map_err(|e| SegmentError::io("dup", io_errno(&e)))?;
+            .map_err(|e| SegmentError::io("dup", crate::errno_of(&e)))?;
         fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| SegmentError::io("fcntl", e))?;
         Ok(fd)
     }
@@ -890,10 +890,6 @@ impl Drop for UnlinkGuard {
             let _ = shm_unlink(name.as_str());
         }
     }
-}
-
-fn io_errno(e: &std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Bounded polling while a creator initialises: a few yields, then sleeps growing to 1 ms.

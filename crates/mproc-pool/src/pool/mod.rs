@@ -162,12 +162,7 @@ impl Pool {
             std::thread::Builder::new()
                 .name("mproc-pool".into())
                 .spawn(move || handler(shared))
-                .map_err(|e| {
-                    ProcessError::os(
-                        "thread spawn",
-                        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                    )
-                })?
+                .map_err(|e| ProcessError::os("thread spawn", mproc_segment::errno_of(&e)))?
         };
         Ok(Pool {
             shared,
