@@ -9,7 +9,7 @@
 //!   versioned, type-checked header.
 //! - [`sync`] (`mproc-sync`): robust `Lock`, `RLock`, `Semaphore`, `Event`, `Condition`,
 //!   `Barrier`.
-//! - [`array`] (`mproc-array`): `Array`, `Value`, `AtomicValue`, `RawArray`, readable from
+//! - [`array`](mod@array) (`mproc-array`): `Array`, `Value`, `AtomicValue`, `RawArray`, readable from
 //!   Python by name.
 //! - [`queue`] (`mproc-queue`): lock-free `PodQueue`, `Queue` (any serde type), `ByteQueue`
 //!   (byte messages, zero-copy loans), `JoinableQueue`; large messages travel in each
@@ -53,8 +53,8 @@ mod readme {}
 pub mod prelude {
     pub use mproc_array::{Array, ArrayError, AtomicValue, RawArray, Value};
     pub use mproc_pool::{
-        AsyncResult, LaunchOptions, Pool, Process, ProcessError, StartMethod, TaskError,
-        ThreadedFork,
+        AsyncResult, JoinError, LaunchOptions, Pool, Process, ProcessError, StartError,
+        StartMethod, TaskError, ThreadedFork,
     };
     pub use mproc_queue::{
         ByteQueue, GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions,

@@ -15,7 +15,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use crate::ProcessError;
+use crate::{OsError, StartError};
 
 /// How a child process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,11 +65,11 @@ pub(crate) struct ChildProc {
     remote: bool,
 }
 
-pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, ProcessError> {
+pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, StartError> {
     let pid = rustix::process::Pid::from_raw(pid)
-        .ok_or_else(|| ProcessError::os("pidfd_open", Errno::ESRCH))?;
+        .ok_or_else(|| StartError::os("pidfd_open", Errno::ESRCH))?;
     rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-        .map_err(|e| ProcessError::os("pidfd_open", errno_of(e)))
+        .map_err(|e| StartError::os("pidfd_open", errno_of(e)))
 }
 
 /// A rustix error as the `Errno` mproc's errors carry.
@@ -126,7 +126,7 @@ static FORKER: std::sync::atomic::AtomicPtr<Forker> =
 /// lock while another thread could fork).
 static FORKER_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-fn forker() -> Result<&'static Forker, ProcessError> {
+fn forker() -> Result<&'static Forker, StartError> {
     use std::sync::atomic::Ordering;
     let me = mproc_segment::current_pid();
     let cur = FORKER.load(Ordering::Acquire);
@@ -144,7 +144,7 @@ fn forker() -> Result<&'static Forker, ProcessError> {
                 let _ = reply.send(job());
             }
         })
-        .map_err(|e| ProcessError::os("spawn forker thread", mproc_segment::errno_of(&e)))?;
+        .map_err(|e| StartError::os("spawn forker thread", mproc_segment::errno_of(&e)))?;
     FORKER_RUNNING.store(true, Ordering::Relaxed);
     let new = Box::into_raw(Box::new(Forker {
         owner: me,
@@ -169,7 +169,7 @@ fn forker() -> Result<&'static Forker, ProcessError> {
 /// forker's, which lives as long as the process.
 pub(crate) fn on_forker(
     fork_here: impl FnOnce() -> Result<i32, Errno> + Send,
-) -> Result<i32, ProcessError> {
+) -> Result<i32, StartError> {
     let f = forker()?;
     let job: Box<dyn FnOnce() -> Result<i32, Errno> + Send + '_> = Box::new(fork_here);
     // SAFETY: only the lifetime is extended. We block below until the forker has run the job
@@ -180,10 +180,10 @@ pub(crate) fn on_forker(
     f.tx.lock()
         .unwrap_or_else(|e| e.into_inner())
         .send((job, reply_tx))
-        .map_err(|_| ProcessError::os("forker thread", Errno::EPIPE))?;
+        .map_err(|_| StartError::os("forker thread", Errno::EPIPE))?;
     match reply_rx.recv() {
-        Ok(r) => r.map_err(|e| ProcessError::os("fork", e)),
-        Err(_) => Err(ProcessError::os("forker thread", Errno::EPIPE)),
+        Ok(r) => r.map_err(|e| StartError::os("fork", e)),
+        Err(_) => Err(StartError::os("forker thread", Errno::EPIPE)),
     }
 }
 
@@ -224,7 +224,7 @@ impl ChildProc {
     pub(crate) fn fork(
         die_with_parent: bool,
         f: impl FnOnce() -> i32 + Send,
-    ) -> Result<ChildProc, ProcessError> {
+    ) -> Result<ChildProc, StartError> {
         let parent = std::process::id();
         let pid = on_forker(move || {
             // SAFETY: in the child we only run `f` and `_exit`; we never return into the
@@ -250,7 +250,7 @@ impl ChildProc {
         env: (&str, &str),
         keep_fds: &[RawFd],
         die_with_parent: bool,
-    ) -> Result<ChildProc, ProcessError> {
+    ) -> Result<ChildProc, StartError> {
         let mut cmd = Command::new("/proc/self/exe");
         if let Some(arg0) = std::env::args_os().next() {
             cmd.arg0(arg0);
@@ -287,7 +287,7 @@ impl ChildProc {
         Self::adopt(pid)
     }
 
-    fn adopt(pid: i32) -> Result<ChildProc, ProcessError> {
+    fn adopt(pid: i32) -> Result<ChildProc, StartError> {
         match pidfd_open(pid) {
             Ok(pidfd) => Ok(ChildProc {
                 pid,
@@ -329,7 +329,7 @@ impl ChildProc {
     }
 
     /// Reaps the child if it has exited; never blocks.
-    pub(crate) fn try_wait(&self) -> Result<Option<ExitStatus>, ProcessError> {
+    pub(crate) fn try_wait(&self) -> Result<Option<ExitStatus>, OsError> {
         let mut status_slot = self.status.lock().unwrap_or_else(|e| e.into_inner());
         if status_slot.is_some() {
             return Ok(*status_slot);
@@ -351,7 +351,7 @@ impl ChildProc {
                 Ok(s)
             }
             Err(Errno::EINTR) => Ok(None),
-            Err(e) => Err(ProcessError::os("waitpid", e)),
+            Err(e) => Err(OsError::new("waitpid", e)),
         }
     }
 
@@ -359,7 +359,7 @@ impl ChildProc {
     pub(crate) fn wait_until(
         &self,
         deadline: Option<Instant>,
-    ) -> Result<Option<ExitStatus>, ProcessError> {
+    ) -> Result<Option<ExitStatus>, OsError> {
         // A child that is about to exit (the usual case when joining a short task) is reaped
         // sooner by asking again for a moment than by sleeping until the kernel wakes us.
         let spin_until = Instant::now() + EXIT_SPIN;
@@ -388,23 +388,23 @@ impl ChildProc {
             let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(ProcessError::os("poll", e)),
+                Err(e) => return Err(OsError::new("poll", e)),
             }
         }
     }
 
     /// Sends `sig` through the pidfd (a no-op once the child is reaped).
-    pub(crate) fn signal(&self, sig: Signal) -> Result<(), ProcessError> {
+    pub(crate) fn signal(&self, sig: Signal) -> Result<(), OsError> {
         if self.status().is_some() {
             return Ok(());
         }
         let Some(sig) = rustix::process::Signal::from_named_raw(sig as i32) else {
-            return Err(ProcessError::os("pidfd_send_signal", Errno::EINVAL));
+            return Err(OsError::new("pidfd_send_signal", Errno::EINVAL));
         };
         match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
             // ESRCH: it already exited (but is not reaped yet) — nothing to signal.
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-            Err(e) => Err(ProcessError::os("pidfd_send_signal", errno_of(e))),
+            Err(e) => Err(OsError::new("pidfd_send_signal", errno_of(e))),
         }
     }
 

@@ -75,9 +75,78 @@ fn describe(signal: Option<i32>, code: Option<i32>) -> String {
     }
 }
 
-/// Why a [`Process`](crate::Process) could not be started or produced no result.
-#[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
+/// A system call that failed, and its error number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{call} failed: {errno}")]
+pub struct OsError {
+    /// The call.
+    pub call: &'static str,
+    /// Its error.
+    pub errno: Errno,
+}
+
+impl OsError {
+    pub(crate) fn new(call: &'static str, errno: Errno) -> OsError {
+        OsError { call, errno }
+    }
+}
+
+/// Why a child process or a pool could not be started ([`ProcessBuilder::spawn`](crate::ProcessBuilder::spawn),
+/// [`PoolBuilder::build`](crate::PoolBuilder::build), [`start_forkserver`](crate::start_forkserver)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The `Spawn` start method needs `mproc::init()` to run at the top of `main`, in the
+    /// parent (so that its re-executed children become workers) — it did not run, or a spawned
+    /// child ended (or timed out) before reaching it.
+    #[error("{0}")]
+    InitNotCalled(&'static str),
+    /// `Fork` was refused because the parent has other threads (see
+    /// [`ThreadedFork`](crate::ThreadedFork)).
+    #[error(
+        "refusing to fork a process with {threads} threads (a lock held by another thread stays locked forever in the child); use StartMethod::Spawn"
+    )]
+    ThreadedFork {
+        /// Threads in the parent.
+        threads: usize,
+    },
+    /// A pool's initializer failed in a worker.
+    #[error("pool initializer failed: {message}")]
+    InitializerFailed {
+        /// The initializer's panic message.
+        message: String,
+    },
+    /// A pool worker ended before it was ready (before or while running the initializer).
+    #[error("a worker ended before it was ready: {status:?}")]
+    WorkerEnded {
+        /// How it ended.
+        status: crate::ExitStatus,
+    },
+    /// The argument (or the initializer's argument) could not be encoded.
+    #[error("argument could not be encoded: {message}")]
+    Encode {
+        /// What serde or postcard said.
+        message: String,
+    },
+    /// Setting up the shared memory for the child failed.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// A system call failed (fork, exec, pidfd_open, a thread, the fork server's socket).
+    #[error(transparent)]
+    Os(#[from] OsError),
+}
+
+impl StartError {
+    pub(crate) fn os(call: &'static str, errno: Errno) -> StartError {
+        StartError::Os(OsError::new(call, errno))
+    }
+}
+
+/// Why [`Process::join`](crate::Process::join) (or `join_timeout`, `join_async`) returned no
+/// result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
     /// The function panicked in the child (exit status 1).
     #[error("child process panicked: {message}")]
     Panicked {
@@ -102,47 +171,45 @@ pub enum ProcessError {
     /// The result was already taken by an earlier `join`.
     #[error("the process was already joined")]
     AlreadyJoined,
-    /// The `Spawn` start method needs `mproc::init()` to run at the top of `main`, in the
-    /// parent (so that its re-executed children become workers) — it did not run, or a spawned
-    /// child ended before reaching it.
+    /// A spawned child exited without becoming a worker: the program does not call
+    /// `mproc::init()` first thing in `main`.
     #[error("{0}")]
     InitNotCalled(&'static str),
-    /// `Fork` was refused because the parent has other threads (see
-    /// [`ThreadedFork`](crate::ThreadedFork)).
-    #[error(
-        "refusing to fork a process with {threads} threads (a lock held by another thread stays locked forever in the child); use StartMethod::Spawn"
-    )]
-    ThreadedFork {
-        /// Threads in the parent.
-        threads: usize,
-    },
-    /// A pool's initializer failed in a worker (`Pool` builder).
-    #[error("pool initializer failed: {message}")]
-    InitializerFailed {
-        /// The initializer's panic message.
-        message: String,
-    },
-    /// The argument or result could not be encoded or decoded.
-    #[error("argument or result could not be encoded or decoded: {message}")]
-    Encode {
+    /// The result could not be decoded.
+    #[error("result could not be decoded: {message}")]
+    Decode {
         /// What serde or postcard said.
         message: String,
     },
-    /// Setting up the shared memory for the child failed.
+    /// Waiting for the child failed.
     #[error(transparent)]
-    Segment(#[from] SegmentError),
-    /// A system call failed.
-    #[error("{call} failed: {errno}")]
-    Os {
-        /// The call.
-        call: &'static str,
-        /// Its error.
-        errno: Errno,
-    },
+    Os(#[from] OsError),
 }
 
-impl ProcessError {
-    pub(crate) fn os(call: &'static str, errno: Errno) -> ProcessError {
-        ProcessError::Os { call, errno }
-    }
+/// Any error of a [`Process`](crate::Process): starting it ([`StartError`]), joining it
+/// ([`JoinError`]) or signalling it ([`OsError`]). Each operation returns its own error type;
+/// this one lets a function that does several use `?` on all of them, and keeps matching
+/// precise (`ProcessError::Join(JoinError::Panicked { .. })`).
+///
+/// ```
+/// use mproc_pool::{JoinError, Process, ProcessError};
+/// fn run() -> Result<u32, ProcessError> {
+///     let mut p = Process::spawn(|x: u32| x + 1, 1)?; // StartError
+///     Ok(p.join()?) // JoinError
+/// }
+/// assert_eq!(run()?, 2);
+/// # Ok::<(), ProcessError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProcessError {
+    /// Starting failed.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// Joining failed.
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    /// A signal could not be sent.
+    #[error(transparent)]
+    Os(#[from] OsError),
 }

@@ -7,7 +7,7 @@
 use std::sync::Once;
 use std::time::Duration;
 
-use crate::ProcessError;
+use crate::StartError;
 use crate::child::{ChildProc, thread_count};
 use crate::worker::{Boot, ENV, check_may_start, worker_main};
 
@@ -45,19 +45,19 @@ pub enum ThreadedFork {
     Warn,
     /// Fork silently: you know the other threads hold no lock the child needs.
     Allow,
-    /// Refuse with [`ProcessError::ThreadedFork`].
+    /// Refuse with [`StartError::ThreadedFork`].
     Refuse,
 }
 
 /// Applies the threaded-fork policy before forking from user code.
-pub(crate) fn check_fork(policy: ThreadedFork) -> Result<(), ProcessError> {
+pub(crate) fn check_fork(policy: ThreadedFork) -> Result<(), StartError> {
     let threads = thread_count();
     if threads <= 1 {
         return Ok(());
     }
     match policy {
         ThreadedFork::Allow => Ok(()),
-        ThreadedFork::Refuse => Err(ProcessError::ThreadedFork { threads }),
+        ThreadedFork::Refuse => Err(StartError::ThreadedFork { threads }),
         ThreadedFork::Warn => {
             static WARN: Once = Once::new();
             WARN.call_once(|| {
@@ -73,7 +73,7 @@ pub(crate) fn check_fork(policy: ThreadedFork) -> Result<(), ProcessError> {
 }
 
 /// Starts a worker process for `boot` by `method`.
-pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc, ProcessError> {
+pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc, StartError> {
     match method {
         StartMethod::Fork => {
             let boot = boot.clone();
@@ -140,7 +140,7 @@ macro_rules! launch_setters {
 
         /// How long a spawned child may take to reach [`init`](crate::init) (default 30 s);
         /// after that it is killed and starting fails with
-        /// [`ProcessError::InitNotCalled`](crate::ProcessError::InitNotCalled).
+        /// [`StartError::InitNotCalled`](crate::StartError::InitNotCalled).
         pub fn start_timeout(mut self, timeout: std::time::Duration) -> Self {
             self$(.$launch)?.start_timeout = timeout;
             self
@@ -159,7 +159,7 @@ impl LaunchOptions {
 
     /// Whether this process may start a child this way now: not a spawned child that
     /// skipped `init`, `init` called for `Spawn`, and the threaded-fork policy for `Fork`.
-    pub(crate) fn check(&self) -> Result<(), ProcessError> {
+    pub(crate) fn check(&self) -> Result<(), StartError> {
         check_may_start(self.method == StartMethod::Spawn)?;
         if self.method == StartMethod::Fork {
             check_fork(self.threaded_fork)?;

@@ -36,7 +36,7 @@ mod process;
 mod worker;
 
 pub use child::ExitStatus;
-pub use error::{ProcessError, TaskError};
+pub use error::{JoinError, OsError, ProcessError, StartError, TaskError};
 pub use forkserver::start_forkserver;
 pub use launch::{LaunchOptions, StartMethod, ThreadedFork};
 pub use pool::{

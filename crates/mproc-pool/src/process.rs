@@ -17,7 +17,7 @@ use crate::launch::{LaunchOptions, StartMethod, launch_setters, start_worker};
 use crate::worker::{
     Boot, DEFAULT_ARENA_BYTES, Reply, Request, inbox_options, results_options, run_forked,
 };
-use crate::{ProcessError, TaskError};
+use crate::{JoinError, OsError, StartError, TaskError};
 
 /// Builds a [`Process`] with a start method other than the default.
 ///
@@ -65,14 +65,14 @@ impl ProcessBuilder {
     }
 
     /// Starts `f(arg)` in a child process.
-    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<Process<R>, ProcessError>
+    pub fn spawn<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<Process<R>, StartError>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
         self.launch.check()?;
         let mut args = Vec::new();
-        encode_into(&arg, &mut args).map_err(|e| ProcessError::Encode {
+        encode_into(&arg, &mut args).map_err(|e| StartError::Encode {
             message: e.to_string(),
         })?;
         let results: Queue<Reply> = results_options(4, DEFAULT_ARENA_BYTES).anonymous()?;
@@ -91,7 +91,7 @@ impl ProcessBuilder {
             ),
             StartMethod::Spawn | StartMethod::ForkServer => {
                 let inbox: Queue<Request> = inbox_options(1, DEFAULT_ARENA_BYTES).anonymous()?;
-                inbox.put(request).map_err(|e| ProcessError::Encode {
+                inbox.put(request).map_err(|e| StartError::Encode {
                     message: e.to_string(),
                 })?;
                 // One request, then the worker finds its inbox closed and exits.
@@ -166,7 +166,7 @@ impl Process<()> {
 
 impl<R: DeserializeOwned> Process<R> {
     /// Starts `f(arg)` in a child process with the default start method (`Fork`).
-    pub fn spawn<A>(f: fn(A) -> R, arg: A) -> Result<Process<R>, ProcessError>
+    pub fn spawn<A>(f: fn(A) -> R, arg: A) -> Result<Process<R>, StartError>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize,
@@ -193,7 +193,7 @@ impl<R: DeserializeOwned> Process<R> {
     }
 
     /// Waits for a spawned child to reach `init` (its `Started` message).
-    fn await_start(&mut self, timeout: Duration) -> Result<(), ProcessError> {
+    fn await_start(&mut self, timeout: Duration) -> Result<(), StartError> {
         let deadline = Instant::now() + timeout;
         while !self.started {
             match self.results.get_timeout(Duration::from_millis(20)) {
@@ -202,14 +202,14 @@ impl<R: DeserializeOwned> Process<R> {
                     if self.child.try_wait()?.is_some() {
                         self.drain();
                         if !self.started {
-                            return Err(ProcessError::InitNotCalled(
+                            return Err(StartError::InitNotCalled(
                                 "the spawned child exited without becoming a worker: call \
                                  mproc::init() first thing in main",
                             ));
                         }
                     } else if Instant::now() >= deadline {
                         self.child.kill_and_reap();
-                        return Err(ProcessError::InitNotCalled(
+                        return Err(StartError::InitNotCalled(
                             "the spawned child did not reach mproc::init() in time (killed): \
                              call it first thing in main",
                         ));
@@ -249,25 +249,25 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// Waits for the child to exit and returns the function's result.
     ///
-    /// Errors: [`ProcessError::Panicked`] (with the panic message), [`ProcessError::Exited`]
-    /// (it called `exit`), [`ProcessError::Signaled`] (it was killed),
-    /// [`ProcessError::AlreadyJoined`] on a second call.
-    pub fn join(&mut self) -> Result<R, ProcessError> {
+    /// Errors: [`JoinError::Panicked`] (with the panic message), [`JoinError::Exited`]
+    /// (it called `exit`), [`JoinError::Signaled`] (it was killed),
+    /// [`JoinError::AlreadyJoined`] on a second call.
+    pub fn join(&mut self) -> Result<R, JoinError> {
         self.join_until(None)
     }
 
-    /// As [`join`](Process::join), giving up with [`ProcessError::Timeout`] after `timeout`
+    /// As [`join`](Process::join), giving up with [`JoinError::Timeout`] after `timeout`
     /// (the child keeps running and can be joined again).
-    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, ProcessError> {
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<R, JoinError> {
         self.join_until(Some(Instant::now() + timeout))
     }
 
-    fn join_until(&mut self, deadline: Option<Instant>) -> Result<R, ProcessError> {
+    fn join_until(&mut self, deadline: Option<Instant>) -> Result<R, JoinError> {
         if self.joined {
-            return Err(ProcessError::AlreadyJoined);
+            return Err(JoinError::AlreadyJoined);
         }
         let Some(status) = self.child.wait_until(deadline)? else {
-            return Err(ProcessError::Timeout);
+            return Err(JoinError::Timeout);
         };
         self.drain();
         self.joined = true;
@@ -277,30 +277,30 @@ impl<R: DeserializeOwned> Process<R> {
             .and_then(|body| decode_outcomes::<R>(&body, 1).next());
         match outcome {
             Some(Ok(r)) => Ok(r),
-            Some(Err(TaskError::Panicked { message })) => Err(ProcessError::Panicked { message }),
-            Some(Err(e)) => Err(ProcessError::Encode {
+            Some(Err(TaskError::Panicked { message })) => Err(JoinError::Panicked { message }),
+            Some(Err(e)) => Err(JoinError::Decode {
                 message: e.to_string(),
             }),
             None if !self.started && self.method == StartMethod::Spawn => {
-                Err(ProcessError::InitNotCalled(
+                Err(JoinError::InitNotCalled(
                     "the spawned child exited without becoming a worker: call mproc::init() \
                      first thing in main",
                 ))
             }
             None => Err(match status {
-                ExitStatus::Code(code) => ProcessError::Exited { code },
-                ExitStatus::Signaled(signal) => ProcessError::Signaled { signal },
+                ExitStatus::Code(code) => JoinError::Exited { code },
+                ExitStatus::Signaled(signal) => JoinError::Signaled { signal },
             }),
         }
     }
 
     /// Sends SIGTERM (Python's `terminate`).
-    pub fn terminate(&self) -> Result<(), ProcessError> {
+    pub fn terminate(&self) -> Result<(), OsError> {
         self.child.signal(Signal::SIGTERM)
     }
 
     /// Sends SIGKILL (Python's `kill`).
-    pub fn kill(&self) -> Result<(), ProcessError> {
+    pub fn kill(&self) -> Result<(), OsError> {
         self.child.signal(Signal::SIGKILL)
     }
 }

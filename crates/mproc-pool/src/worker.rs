@@ -14,7 +14,7 @@ use mproc_segment::current_pid;
 use serde::{Deserialize, Serialize};
 
 use crate::call::{FnRef, decode_outcomes, encode_into, layout_check};
-use crate::{ProcessError, TaskError};
+use crate::{StartError, TaskError};
 
 /// The environment variable that carries a spawned worker's [`Boot`].
 pub(crate) const ENV: &str = "MPROC_WORKER";
@@ -51,8 +51,8 @@ pub(crate) struct Boot {
 
 impl Boot {
     /// The environment value for a spawned child: the postcard encoding, in hex.
-    pub(crate) fn to_env(&self) -> Result<String, ProcessError> {
-        let bytes = postcard::to_allocvec(self).map_err(|e| ProcessError::Encode {
+    pub(crate) fn to_env(&self) -> Result<String, StartError> {
+        let bytes = postcard::to_allocvec(self).map_err(|e| StartError::Encode {
             message: e.to_string(),
         })?;
         Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
@@ -153,7 +153,7 @@ static INIT_CALLED: AtomicBool = AtomicBool::new(false);
 /// `main` after `init` runs in it. Without `init`, a spawned child would run your whole
 /// program again: mproc refuses to use `Spawn` in a process where `init` has not run, and a
 /// spawned child that never reaches it is reported as
-/// [`ProcessError::InitNotCalled`](crate::ProcessError::InitNotCalled).
+/// [`StartError::InitNotCalled`](crate::StartError::InitNotCalled).
 pub fn init() {
     INIT_CALLED.store(true, Ordering::SeqCst);
     let Some(value) = std::env::var_os(ENV) else {
@@ -187,16 +187,16 @@ pub fn init() {
 
 /// Whether this process may start children: not a spawned child that skipped `init`
 /// (it would start its own children, and so on).
-pub(crate) fn check_may_start(spawn: bool) -> Result<(), ProcessError> {
+pub(crate) fn check_may_start(spawn: bool) -> Result<(), StartError> {
     let init = INIT_CALLED.load(Ordering::SeqCst);
     if !init && std::env::var_os(ENV).is_some() {
-        return Err(ProcessError::InitNotCalled(
+        return Err(StartError::InitNotCalled(
             "this process was started by mproc's Spawn start method but did not call \
              mproc::init() at the top of main; refusing to start more processes",
         ));
     }
     if spawn && !init {
-        return Err(ProcessError::InitNotCalled(
+        return Err(StartError::InitNotCalled(
             "StartMethod::Spawn re-executes this binary: call mproc::init() first thing in main",
         ));
     }

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use mproc_pool::{Pool, Process, ProcessError, TaskError, ThreadedFork};
+use mproc_pool::{JoinError, Pool, Process, TaskError, ThreadedFork};
 use mproc_sync::{Event, Waitable, select};
 use mproc_testkit::{block_on_for, poll_once, unique_name, with_deadline};
 
@@ -105,7 +105,7 @@ fn join_async_sees_an_exit_and_a_kill() {
         assert!(victim.is_alive());
         victim.kill().unwrap();
         match block_on_for(LIMIT, victim.join_async()) {
-            Some(Err(ProcessError::Signaled { signal: 9 })) => {}
+            Some(Err(JoinError::Signaled { signal: 9 })) => {}
             other => panic!("expected Signaled(9), got {other:?}"),
         }
         drop(hold);

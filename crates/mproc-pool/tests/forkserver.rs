@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use mproc_pool::{Pool, Process, ProcessError, StartMethod, TaskError, ThreadedFork};
+use mproc_pool::{JoinError, Pool, Process, StartMethod, TaskError, ThreadedFork};
 use mproc_segment::{ProcessId, Segment};
 use mproc_testkit::{fork_child, with_deadline};
 use nix::sys::signal::Signal;
@@ -53,7 +53,7 @@ fn pools_and_processes_run_from_the_fork_server() {
                 (),
             )
             .unwrap();
-        assert!(matches!(p.join(), Err(ProcessError::Panicked { .. })));
+        assert!(matches!(p.join(), Err(JoinError::Panicked { .. })));
         assert_eq!(p.exit_status(), Some(1));
         // Killed: the status comes back from the server.
         let mut p = Process::builder()
@@ -66,10 +66,7 @@ fn pools_and_processes_run_from_the_fork_server() {
             )
             .unwrap();
         p.kill().unwrap();
-        assert!(matches!(
-            p.join(),
-            Err(ProcessError::Signaled { signal: 9 })
-        ));
+        assert!(matches!(p.join(), Err(JoinError::Signaled { signal: 9 })));
         pool.join().unwrap();
     });
 }

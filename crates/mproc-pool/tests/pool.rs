@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mproc_array::Value;
-use mproc_pool::{Pool, PoolBuilder, ProcessError, TaskError, ThreadedFork};
+use mproc_pool::{Pool, PoolBuilder, StartError, TaskError, ThreadedFork};
 use mproc_queue::{ByteQueue, QueueOptions};
 use mproc_sync::Event;
 use mproc_testkit::{unique_name, with_deadline};
@@ -330,7 +330,7 @@ fn a_failing_initializer_stops_the_pool_with_one_error() {
             .threaded_fork(ThreadedFork::Allow)
             .build();
         match r {
-            Err(ProcessError::InitializerFailed { message }) => {
+            Err(StartError::InitializerFailed { message }) => {
                 assert_eq!(message, "cannot load model.bin")
             }
             other => panic!("expected InitializerFailed, got {other:?}"),

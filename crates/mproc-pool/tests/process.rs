@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use mproc_pool::{Process, ProcessError, StartMethod, ThreadedFork};
+use mproc_pool::{JoinError, Process, StartError, StartMethod, ThreadedFork};
 use mproc_sync::Event;
 use mproc_testkit::{unique_name, with_deadline};
 
@@ -30,7 +30,7 @@ fn join_returns_the_functions_result() {
         assert_eq!(p.join().unwrap(), 10);
         assert_eq!(p.exit_status(), Some(0));
         assert!(!p.is_alive());
-        assert!(matches!(p.join(), Err(ProcessError::AlreadyJoined)));
+        assert!(matches!(p.join(), Err(JoinError::AlreadyJoined)));
     });
 }
 
@@ -57,7 +57,7 @@ fn a_panic_comes_back_with_its_message_and_exit_status_1() {
         )
         .unwrap();
         match p.join() {
-            Err(ProcessError::Panicked { message }) => assert_eq!(message, "n = 7 is too large"),
+            Err(JoinError::Panicked { message }) => assert_eq!(message, "n = 7 is too large"),
             other => panic!("expected a panic, got {other:?}"),
         }
         assert_eq!(p.exit_status(), Some(1));
@@ -68,7 +68,7 @@ fn a_panic_comes_back_with_its_message_and_exit_status_1() {
 fn exit_n_is_reported_as_exited_with_code_n() {
     with_deadline(DEADLINE, || {
         let mut p = Process::spawn(|code: i32| -> u32 { std::process::exit(code) }, 7).unwrap();
-        assert!(matches!(p.join(), Err(ProcessError::Exited { code: 7 })));
+        assert!(matches!(p.join(), Err(JoinError::Exited { code: 7 })));
         assert_eq!(p.exit_status(), Some(7));
     });
 }
@@ -83,12 +83,12 @@ fn kill_and_terminate_are_reported_as_negative_signals() {
         assert_eq!(p.exit_status(), None);
         assert!(matches!(
             p.join_timeout(Duration::from_millis(50)),
-            Err(ProcessError::Timeout)
+            Err(JoinError::Timeout)
         ));
         p.kill().unwrap();
         assert!(matches!(
             p.join_timeout(Duration::from_secs(10)),
-            Err(ProcessError::Signaled { signal: 9 })
+            Err(JoinError::Signaled { signal: 9 })
         ));
         assert_eq!(p.exit_status(), Some(-9));
 
@@ -96,7 +96,7 @@ fn kill_and_terminate_are_reported_as_negative_signals() {
         p.terminate().unwrap();
         assert!(matches!(
             p.join_timeout(Duration::from_secs(10)),
-            Err(ProcessError::Signaled { signal: 15 })
+            Err(JoinError::Signaled { signal: 15 })
         ));
         assert_eq!(p.exit_status(), Some(-15));
         // Signalling a reaped child is a no-op, not an error (and never hits a recycled pid).
@@ -157,7 +157,7 @@ fn threaded_fork_policy_refuse_is_a_typed_error() {
         .threaded_fork(ThreadedFork::Refuse)
         .spawn(|x: u8| x, 1);
     assert!(
-        matches!(r, Err(ProcessError::ThreadedFork { threads }) if threads >= 2),
+        matches!(r, Err(StartError::ThreadedFork { threads }) if threads >= 2),
         "{r:?}"
     );
     keep.join().unwrap();
@@ -170,7 +170,7 @@ fn spawn_without_init_is_refused_with_a_clear_message() {
         .start_method(StartMethod::Spawn)
         .spawn(|x: u8| x, 1);
     match r {
-        Err(e @ ProcessError::InitNotCalled(_)) => {
+        Err(e @ StartError::InitNotCalled(_)) => {
             assert!(e.to_string().contains("mproc::init()"), "{e}")
         }
         other => panic!("expected InitNotCalled, got {other:?}"),
@@ -186,7 +186,7 @@ fn join_timeout_returns_promptly_and_the_child_can_still_be_joined() {
         let t = Instant::now();
         assert!(matches!(
             p.join_timeout(Duration::from_millis(100)),
-            Err(ProcessError::Timeout)
+            Err(JoinError::Timeout)
         ));
         assert!(t.elapsed() >= Duration::from_millis(100));
         ev.set();

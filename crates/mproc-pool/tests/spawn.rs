@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use mproc_pool::{Pool, Process, ProcessError, StartMethod, TaskError};
+use mproc_pool::{JoinError, Pool, Process, StartError, StartMethod, TaskError};
 use mproc_testkit::with_deadline;
 
 /// Set in the environment to make a re-executed child leave before reaching `init`.
@@ -37,9 +37,7 @@ fn spawn_process_returns_its_result() {
             (),
         )
         .unwrap();
-    assert!(
-        matches!(p.join(), Err(ProcessError::Panicked { message }) if message == "spawned panic")
-    );
+    assert!(matches!(p.join(), Err(JoinError::Panicked { message }) if message == "spawned panic"));
     assert_eq!(p.exit_status(), Some(1));
 }
 
@@ -106,7 +104,7 @@ fn a_child_that_skips_init_is_reported() {
     // SAFETY: as above.
     unsafe { std::env::remove_var(EXIT_BEFORE_INIT) };
     match r {
-        Err(e @ ProcessError::InitNotCalled(_)) => assert!(e.to_string().contains("mproc::init()")),
+        Err(e @ StartError::InitNotCalled(_)) => assert!(e.to_string().contains("mproc::init()")),
         other => panic!("expected InitNotCalled, got {other:?}"),
     }
 }

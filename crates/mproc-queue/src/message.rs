@@ -145,7 +145,7 @@ impl QueueOptions {
     }
 
     /// Attaches to a queue through its segment's file descriptor (an anonymous queue handed
-    /// to a child across `exec`, see [`Segment::inheritable_fd`]), checking the message type.
+    /// to a child across `exec`, see [`Segment::inheritable_fd`](mproc_segment::Segment::inheritable_fd)), checking the message type.
     pub fn from_fd<T: Serialize + DeserializeOwned>(
         &self,
         fd: OwnedFd,
@@ -245,7 +245,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Attaches to a queue through its segment's file descriptor, checking the message type.
-    /// The fd is usually [`Segment::inheritable_fd`](mproc_segment::Segment::inheritable_fd)
+    /// The fd is usually [`Segment::inheritable_fd`](mproc_segment::Segment::inheritable_fd)(mproc_segment::Segment::inheritable_fd)
     /// of [`segment`](Queue::segment), passed to a child across `exec`; a `fork`ed child can
     /// use a duplicate of the inherited fd.
     pub fn from_fd(fd: OwnedFd) -> Result<Queue<T>, SegmentError> {

@@ -37,9 +37,9 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 use serde::{Deserialize, Serialize};
 
-use crate::ProcessError;
 use crate::child::{ChildProc, ExitStatus};
 use crate::worker::Boot;
+use crate::{OsError, StartError};
 use server::serve;
 
 mod server;
@@ -131,30 +131,30 @@ fn slot() -> &'static Slot {
 /// assert_eq!(pool.apply(|x: u32| x * 2, 21), Ok(42));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn start_forkserver() -> Result<(), ProcessError> {
+pub fn start_forkserver() -> Result<(), StartError> {
     with_link(|_| Ok(()))
 }
 
-fn with_link<R>(f: impl FnOnce(&mut Link) -> Result<R, ProcessError>) -> Result<R, ProcessError> {
+fn with_link<R>(f: impl FnOnce(&mut Link) -> Result<R, StartError>) -> Result<R, StartError> {
     let mut guard = slot().link.lock().unwrap_or_else(|e| e.into_inner());
     if guard.is_none() {
         *guard = Some(Link::start()?);
     }
     let link = guard
         .as_mut()
-        .ok_or(ProcessError::os("forkserver", Errno::EIO))?;
+        .ok_or(StartError::os("forkserver", Errno::EIO))?;
     f(link)
 }
 
 impl Link {
-    fn start() -> Result<Link, ProcessError> {
+    fn start() -> Result<Link, StartError> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .map_err(|e| ProcessError::os("socketpair", e))?;
+        .map_err(|e| StartError::os("socketpair", e))?;
         let parent = std::process::id();
         let ours_raw = ours.as_raw_fd();
         let server = crate::child::on_forker(move || {
@@ -189,7 +189,7 @@ impl Link {
     fn read(
         &mut self,
         timeout: Duration,
-    ) -> Result<Option<(ServerMsg, Option<OwnedFd>)>, ProcessError> {
+    ) -> Result<Option<(ServerMsg, Option<OwnedFd>)>, StartError> {
         let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         match poll(
@@ -198,7 +198,7 @@ impl Link {
         ) {
             Ok(0) => return Ok(None),
             Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(ProcessError::os("poll", e)),
+            Err(e) => return Err(StartError::os("poll", e)),
         }
         recv(self.sock.as_raw_fd())
     }
@@ -208,7 +208,7 @@ impl Link {
         &mut self,
         deadline: Instant,
         mut want: impl FnMut(&mut Link, ServerMsg, Option<OwnedFd>) -> Option<T>,
-    ) -> Result<Option<T>, ProcessError> {
+    ) -> Result<Option<T>, StartError> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -225,19 +225,19 @@ impl Link {
 }
 
 /// Receives one message and the fds attached to it.
-fn recv(sock: RawFd) -> Result<Option<(ServerMsg, Option<OwnedFd>)>, ProcessError> {
+fn recv(sock: RawFd) -> Result<Option<(ServerMsg, Option<OwnedFd>)>, StartError> {
     let (msg, mut fds) = recv_raw(sock)?;
     let Some(bytes) = msg else {
-        return Err(ProcessError::os("forkserver (it exited)", Errno::EPIPE));
+        return Err(StartError::os("forkserver (it exited)", Errno::EPIPE));
     };
-    let msg: ServerMsg = postcard::from_bytes(&bytes).map_err(|e| ProcessError::Encode {
+    let msg: ServerMsg = postcard::from_bytes(&bytes).map_err(|e| StartError::Encode {
         message: format!("forkserver message: {e}"),
     })?;
     Ok(Some((msg, fds.pop())))
 }
 
 /// One datagram and its `SCM_RIGHTS` fds; `None` at EOF.
-fn recv_raw(sock: RawFd) -> Result<(Option<Vec<u8>>, Vec<OwnedFd>), ProcessError> {
+fn recv_raw(sock: RawFd) -> Result<(Option<Vec<u8>>, Vec<OwnedFd>), StartError> {
     let mut buf = vec![0u8; MSG_MAX];
     let mut cmsg = nix::cmsg_space!([RawFd; 4]);
     let (n, fds) = loop {
@@ -260,7 +260,7 @@ fn recv_raw(sock: RawFd) -> Result<(Option<Vec<u8>>, Vec<OwnedFd>), ProcessError
                 break (m.bytes, fds);
             }
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(ProcessError::os("recvmsg", e)),
+            Err(e) => return Err(StartError::os("recvmsg", e)),
         }
     };
     if n == 0 {
@@ -284,19 +284,19 @@ fn send(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
 }
 
 /// Starts a worker for `boot` through the fork server.
-pub(crate) fn start_worker(boot: &Boot) -> Result<ChildProc, ProcessError> {
-    let bytes = postcard::to_allocvec(boot).map_err(|e| ProcessError::Encode {
+pub(crate) fn start_worker(boot: &Boot) -> Result<ChildProc, StartError> {
+    let bytes = postcard::to_allocvec(boot).map_err(|e| StartError::Encode {
         message: e.to_string(),
     })?;
     let fds = [boot.inbox_fd, boot.results_fd];
     for attempt in 0..2 {
         let r = with_link(|link| {
             send(link.sock.as_raw_fd(), &bytes, &fds)
-                .map_err(|e| ProcessError::os("forkserver request", e))?;
+                .map_err(|e| StartError::os("forkserver request", e))?;
             let deadline = Instant::now() + Duration::from_secs(30);
             let started = link.read_until(deadline, |link, msg, fd| match msg {
                 ServerMsg::Started { pid } => Some(Ok((pid, fd))),
-                ServerMsg::Failed { errno } => Some(Err(ProcessError::os(
+                ServerMsg::Failed { errno } => Some(Err(StartError::os(
                     "fork (forkserver)",
                     Errno::from_raw(errno),
                 ))),
@@ -307,14 +307,14 @@ pub(crate) fn start_worker(boot: &Boot) -> Result<ChildProc, ProcessError> {
             })?;
             match started {
                 Some(Ok((pid, Some(pidfd)))) => Ok(ChildProc::remote(pid as i32, pidfd)),
-                Some(Ok((_, None))) => Err(ProcessError::os("forkserver (no pidfd)", Errno::EIO)),
+                Some(Ok((_, None))) => Err(StartError::os("forkserver (no pidfd)", Errno::EIO)),
                 Some(Err(e)) => Err(e),
-                None => Err(ProcessError::os("forkserver (no answer)", Errno::ETIMEDOUT)),
+                None => Err(StartError::os("forkserver (no answer)", Errno::ETIMEDOUT)),
             }
         });
         match r {
             // The server died: start another and try once more.
-            Err(ProcessError::Os { errno, .. })
+            Err(StartError::Os(OsError { errno, .. }))
                 if attempt == 0 && matches!(errno, Errno::EPIPE | Errno::ECONNRESET) =>
             {
                 let mut g = slot().link.lock().unwrap_or_else(|e| e.into_inner());
@@ -326,7 +326,7 @@ pub(crate) fn start_worker(boot: &Boot) -> Result<ChildProc, ProcessError> {
             r => return r,
         }
     }
-    Err(ProcessError::os("forkserver", Errno::EPIPE))
+    Err(StartError::os("forkserver", Errno::EPIPE))
 }
 
 fn reap_server(pid: u32) {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Pool;
-use crate::ProcessError;
+use crate::StartError;
 use crate::call::FnRef;
 use crate::launch::{LaunchOptions, launch_setters};
 
@@ -75,8 +75,9 @@ impl PoolBuilder {
     }
 
     /// Runs `f(arg)` in every worker before its first task (Python's `initializer`). If it
-    /// panics in any worker, the pool stops with [`TaskError::InitializerFailed`] — once, not
-    /// in a respawn loop.
+    /// panics in any worker, `build` fails with
+    /// [`StartError::InitializerFailed`](crate::StartError::InitializerFailed) — once, not in a
+    /// respawn loop.
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
         self.initializer = Some(
             Pool::encode_chunk(&[arg])
@@ -87,16 +88,16 @@ impl PoolBuilder {
     }
 
     /// A time limit for every task (every chunk of a `map`): one that runs longer fails alone
-    /// with [`TaskError::TimedOut`]; its worker is killed and replaced, and the tasks queued
+    /// with [`TaskError::TimedOut`](crate::TaskError::TimedOut); its worker is killed and replaced, and the tasks queued
     /// behind it run elsewhere. Measured from when its worker could start it; enforced within
-    /// about 10 ms. Default: none. [`AsyncResult::timeout`] sets one per task.
+    /// about 10 ms. Default: none. [`AsyncResult::timeout`](crate::AsyncResult::timeout) sets one per task.
     pub fn task_timeout(mut self, limit: Duration) -> Self {
         self.task_timeout = Some(limit);
         self
     }
 
     /// Runs a task whose worker died (killed, crashed, OOM-killed) again, up to `n` times,
-    /// before reporting [`TaskError::WorkerDied`] (default 0, as Python). Tasks that overran
+    /// before reporting [`TaskError::WorkerDied`](crate::TaskError::WorkerDied) (default 0, as Python). Tasks that overran
     /// their limit or were cancelled are not retried. Only for tasks that may safely run twice.
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
@@ -157,7 +158,7 @@ impl PoolBuilder {
     }
 
     /// Starts the workers and waits until each has run the initializer.
-    pub fn build(self) -> Result<Pool, ProcessError> {
+    pub fn build(self) -> Result<Pool, StartError> {
         if self.undumpable_parent {
             crate::child::make_undumpable();
         }

@@ -139,7 +139,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// Waits for the child to exit without blocking a thread, then returns what
     /// [`join`](Process::join) returns. The child's pidfd is watched by the process's fd
     /// reactor (`poll`). Dropping the future leaves the child running and joinable.
-    pub async fn join_async(&mut self) -> Result<R, crate::ProcessError> {
+    pub async fn join_async(&mut self) -> Result<R, crate::JoinError> {
         let mut watch: Option<mproc_sync::reactor::FdWatch> = None;
         std::future::poll_fn(|cx| {
             watch = None;

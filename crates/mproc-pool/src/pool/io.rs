@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 
 use super::PREFETCH;
 use super::state::{Config, Worker};
-use crate::ProcessError;
+use crate::StartError;
 use crate::call::layout_check;
 use crate::child::{ChildProc, ExitStatus};
 use crate::launch::{StartMethod, start_worker};
@@ -44,7 +44,7 @@ pub(crate) trait PoolIo {
     /// The next reply waiting in the results queue, without waiting.
     fn next_reply(&self) -> Result<Reply, GetError>;
     /// Starts a replacement worker for slot `index`.
-    fn start_replacement(&self, index: u32) -> Result<Self::Worker, ProcessError>;
+    fn start_replacement(&self, index: u32) -> Result<Self::Worker, StartError>;
     /// The pool's configuration.
     fn config(&self) -> &Config;
 }
@@ -87,7 +87,7 @@ pub(crate) fn start_one(
     config: &Config,
     index: u32,
     replacement: bool,
-) -> Result<Worker<Live>, ProcessError> {
+) -> Result<Worker<Live>, StartError> {
     let inbox: Queue<Request> = inbox_options(PREFETCH, config.arena).anonymous()?;
     let boot = Boot {
         index,

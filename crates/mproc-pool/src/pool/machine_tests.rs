@@ -16,7 +16,7 @@ use crate::call::FnRef;
 use crate::child::ExitStatus;
 use crate::launch::StartMethod;
 use crate::worker::{EXIT_MEMORY, Reply, Request};
-use crate::{ProcessError, TaskError};
+use crate::{StartError, TaskError};
 
 const SIGKILL: i32 = 9;
 
@@ -125,9 +125,9 @@ impl PoolIo for FakePool {
     fn next_reply(&self) -> Result<Reply, GetError> {
         self.replies.borrow_mut().pop_front().ok_or(GetError::Empty)
     }
-    fn start_replacement(&self, _index: u32) -> Result<Fake, ProcessError> {
+    fn start_replacement(&self, _index: u32) -> Result<Fake, StartError> {
         if self.fail_start.get() {
-            return Err(ProcessError::Encode {
+            return Err(StartError::Encode {
                 message: "no more processes".into(),
             });
         }

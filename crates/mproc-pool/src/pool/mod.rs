@@ -46,7 +46,7 @@ use nix::sys::signal::Signal;
 
 use crate::StartMethod;
 use crate::worker::{Reply, results_options};
-use crate::{ProcessError, TaskError};
+use crate::{StartError, TaskError};
 use mproc_queue::Queue;
 
 pub use board::{
@@ -114,16 +114,16 @@ impl Pool {
     }
 
     /// A pool of `processes` workers with the default options.
-    pub fn new(processes: usize) -> Result<Pool, ProcessError> {
+    pub fn new(processes: usize) -> Result<Pool, StartError> {
         Pool::builder().processes(processes).build()
     }
 
-    fn start(b: PoolBuilder) -> Result<Pool, ProcessError> {
+    fn start(b: PoolBuilder) -> Result<Pool, StartError> {
         b.launch.check()?;
         let initializer = match b.initializer {
             None => None,
             Some(Ok(init)) => Some(init),
-            Some(Err(message)) => return Err(ProcessError::Encode { message }),
+            Some(Err(message)) => return Err(StartError::Encode { message }),
         };
         let config = Config {
             method: b.launch.method,
@@ -162,7 +162,7 @@ impl Pool {
             std::thread::Builder::new()
                 .name("mproc-pool".into())
                 .spawn(move || handler(shared))
-                .map_err(|e| ProcessError::os("thread spawn", mproc_segment::errno_of(&e)))?
+                .map_err(|e| StartError::os("thread spawn", mproc_segment::errno_of(&e)))?
         };
         Ok(Pool {
             shared,
@@ -176,7 +176,7 @@ impl Pool {
     /// Reads replies until all workers are ready. A worker that fails its initializer, dies,
     /// or (spawn) does not reach `init` in time fails the start; the caller's drop of
     /// `shared` then kills and reaps every worker.
-    fn await_ready(shared: &Shared, start_timeout: Duration) -> Result<(), ProcessError> {
+    fn await_ready(shared: &Shared, start_timeout: Duration) -> Result<(), StartError> {
         let deadline = Instant::now() + start_timeout;
         loop {
             let mut st = shared.lock();
@@ -184,7 +184,7 @@ impl Pool {
                 return Ok(());
             }
             if let Some(TaskError::InitializerFailed { message }) = st.broken.clone() {
-                return Err(ProcessError::InitializerFailed { message });
+                return Err(StartError::InitializerFailed { message });
             }
             for w in &mut st.workers {
                 if let Some(status) = w.io.child.try_wait()? {
@@ -192,17 +192,16 @@ impl Pool {
                     let mut st = shared.lock();
                     st.drain_replies(shared);
                     if let Some(TaskError::InitializerFailed { message }) = st.broken.clone() {
-                        return Err(ProcessError::InitializerFailed { message });
+                        return Err(StartError::InitializerFailed { message });
                     }
                     return Err(match status {
                         _ if shared.config.method == StartMethod::Spawn => {
-                            ProcessError::InitNotCalled(
+                            StartError::InitNotCalled(
                                 "a spawned worker exited before it was ready: call \
                                  mproc::init() first thing in main",
                             )
                         }
-                        crate::ExitStatus::Code(code) => ProcessError::Exited { code },
-                        crate::ExitStatus::Signaled(signal) => ProcessError::Signaled { signal },
+                        status => StartError::WorkerEnded { status },
                     });
                 }
             }
@@ -212,7 +211,7 @@ impl Pool {
                 && Instant::now() >= deadline
                 && shared.config.method == StartMethod::Spawn
             {
-                return Err(ProcessError::InitNotCalled(
+                return Err(StartError::InitNotCalled(
                     "a spawned worker did not become ready in time: call mproc::init() first \
                      thing in main",
                 ));

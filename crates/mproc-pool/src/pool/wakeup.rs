@@ -192,7 +192,7 @@ impl PoolIo for Shared {
     fn next_reply(&self) -> Result<Reply, GetError> {
         self.results.try_get()
     }
-    fn start_replacement(&self, index: u32) -> Result<Live, crate::ProcessError> {
+    fn start_replacement(&self, index: u32) -> Result<Live, crate::StartError> {
         start_one(&self.results, &self.config, index, true).map(|w| w.io)
     }
     fn config(&self) -> &Config {
