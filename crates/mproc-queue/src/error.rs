@@ -126,7 +126,8 @@ pub enum TaskDoneError {
     TooManyCalls,
 }
 
-/// Errors of creating or opening a queue.
+/// Errors of creating or opening a queue: those of its segment (a queue is created and
+/// opened as one), [`SegmentError`].
 pub type OpenError = SegmentError;
 
 /// The body of `get_many`: waits for one value with `get`, then takes up to `max - 1` more with

@@ -1,4 +1,7 @@
-//! The one error type of this crate.
+//! The error of creating, opening and viewing anything in shared memory: every segment-backed
+//! object of mproc (queues, arrays, values, locks, events, semaphores, barriers) is created
+//! and opened through a segment, and fails with this type there. What the objects do once open
+//! has errors of its own (`PutError`, `GetError`, `LockError`, `ArrayError`, ...).
 
 use nix::errno::Errno;
 
@@ -33,6 +36,13 @@ pub enum SegmentError {
         /// The offending name.
         name: String,
         /// What rule it breaks.
+        reason: &'static str,
+    },
+    /// A parameter of the object to create is out of its range (a barrier with no party, a
+    /// bounded semaphore with no permit); sizes have [`InvalidSize`](Self::InvalidSize).
+    #[error("invalid argument: {reason}")]
+    InvalidArgument {
+        /// What is wrong with it.
         reason: &'static str,
     },
     /// A requested size is zero or too large to represent.

@@ -169,7 +169,7 @@ mod handle {
     fn init(parties: u32) -> impl FnOnce(&RawBarrier) -> Result<(), SegmentError> {
         move |b| {
             if parties == 0 {
-                return Err(SegmentError::InvalidSize {
+                return Err(SegmentError::InvalidArgument {
                     reason: "a barrier needs at least one party",
                 });
             }

@@ -256,7 +256,7 @@ mod handle {
     fn init_bounded(value: u32) -> impl FnOnce(&BoundedCell) -> Result<(), SegmentError> {
         move |s| {
             if value == 0 {
-                return Err(SegmentError::InvalidSize {
+                return Err(SegmentError::InvalidArgument {
                     reason: "a bounded semaphore needs an initial value of at least 1",
                 });
             }

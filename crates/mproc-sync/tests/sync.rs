@@ -592,3 +592,23 @@ fn lock_recover_hands_back_the_guard_of_a_dead_holder_and_works_with_question_ma
     other.assert_success();
     drop(held);
 }
+
+#[test]
+fn out_of_range_parameters_are_invalid_arguments_and_create_nothing() {
+    let name = unique_name("badarg");
+    assert!(matches!(
+        Barrier::create(&name, 0),
+        Err(SegmentError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        BoundedSemaphore::create(&name, 0),
+        Err(SegmentError::InvalidArgument { .. })
+    ));
+    // Nothing was left under the name: it can be created properly now.
+    assert!(mproc_testkit::shm_entries(&name).is_empty());
+    let b = Barrier::create(&name, 1).expect("one party");
+    b.wait().expect("a party of one passes at once");
+    drop(b);
+    // The creator unlinks the name when it drops its handle.
+    assert!(mproc_testkit::shm_entries(&name).is_empty());
+}
