@@ -71,3 +71,47 @@ fn readme_quick_start_runs() {
     let mut p = Process::spawn(|n: u64| (1..=n).sum::<u64>(), 100).unwrap();
     assert_eq!(p.join().unwrap(), 5050);
 }
+
+/// Every public error type converts into `Box<dyn Error + Send + Sync>` (and so into
+/// `anyhow::Error`): `?` works from any mproc call in a function that returns one. Checked at
+/// compile time; the run shows one conversion of each kind keeps its message.
+#[test]
+fn every_error_type_is_a_send_sync_static_error() {
+    fn boxed<E: std::error::Error + Send + Sync + 'static>(
+        e: E,
+    ) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(e)
+    }
+    use mproc::pool::{JoinError, OsError, StartError};
+    use mproc::queue::TaskDoneError;
+    use mproc::segment::PeekError;
+    use mproc::sync::{BarrierError, SemaphoreError};
+    let errors = [
+        boxed(SegmentError::InvalidArgument { reason: "r" }),
+        boxed(PeekError::NotRegular),
+        boxed(LockError::<()>::Timeout),
+        boxed(SemaphoreError::OverRelease { bound: 1 }),
+        boxed(BarrierError::Timeout),
+        boxed(PutError::Full(5u64)),
+        boxed(GetError::Closed),
+        boxed(TaskDoneError::TooManyCalls),
+        boxed(ArrayError::Segment(SegmentError::NotReady {
+            creator_dead: false,
+        })),
+        boxed(TaskError::Cancelled),
+        boxed(StartError::ThreadedFork { threads: 2 }),
+        boxed(JoinError::Timeout),
+        boxed(OsError {
+            call: "kill",
+            errno: nix::errno::Errno::ESRCH,
+        }),
+        boxed(ProcessError::from(JoinError::AlreadyJoined)),
+    ];
+    for e in &errors {
+        assert!(!e.to_string().is_empty());
+    }
+    assert_eq!(
+        errors.last().map(|e| e.to_string()).as_deref(),
+        Some("the process was already joined")
+    );
+}

@@ -114,13 +114,16 @@ impl Peek {
 }
 
 /// Why [`peek`] found no mproc header.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum PeekError {
     /// Not a regular file (a directory, FIFO, socket, symlink or device planted there).
+    #[error("not a regular file")]
     NotRegular,
     /// Cannot be opened or read.
-    Io(std::io::Error),
+    #[error("cannot be read: {0}")]
+    Io(#[source] std::io::Error),
     /// A regular file that is not an mproc segment, or a damaged one.
+    #[error(transparent)]
     Segment(SegmentError),
 }
 
