@@ -12,7 +12,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::{OsError, StartError};
@@ -35,12 +35,15 @@ impl ExitStatus {
         }
     }
 
-    /// The status `waitpid` reported, if the child has ended (not for stops and resumes).
-    pub(crate) fn from_wait(status: WaitStatus) -> Option<ExitStatus> {
-        match status {
-            WaitStatus::Exited(_, code) => Some(ExitStatus::Code(code)),
-            WaitStatus::Signaled(_, signal, _) => Some(ExitStatus::Signaled(signal as i32)),
-            _ => None,
+    /// The status word `waitpid` filled in, if it says the child ended (not a stop or a
+    /// resume).
+    fn from_raw_wait(status: i32) -> Option<ExitStatus> {
+        if libc::WIFSIGNALED(status) {
+            Some(ExitStatus::Signaled(libc::WTERMSIG(status)))
+        } else if libc::WIFEXITED(status) {
+            Some(ExitStatus::Code(libc::WEXITSTATUS(status)))
+        } else {
+            None
         }
     }
 
@@ -75,6 +78,24 @@ pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, StartError> {
 /// A rustix error as the `Errno` mproc's errors carry.
 pub(crate) fn errno_of(e: rustix::io::Errno) -> Errno {
     mproc_segment::errno_of(&e.into())
+}
+
+/// Reaps child `pid` (`-1`: any child) if it has ended, without blocking: its pid and how it
+/// ended. The one place mproc reads a wait status (`ChildProc` and the fork server use it).
+///
+/// Raw `waitpid` on purpose: nix's typed `waitpid` fails with `EINVAL` for a signal its
+/// `Signal` enum does not name (a realtime signal) — after the kernel has reaped the child, so
+/// the status would be lost and the child's end never seen.
+pub(crate) fn reap_nohang(pid: i32) -> Result<Option<(i32, ExitStatus)>, Errno> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status through a valid pointer; callers pass their own child
+    // (or -1 in the fork server, whose children are all its workers).
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match r {
+        0 => Ok(None),
+        r if r > 0 => Ok(ExitStatus::from_raw_wait(status).map(|s| (r, s))),
+        _ => Err(Errno::last()),
+    }
 }
 
 /// How long `wait_until` polls for the child's exit before sleeping on its pidfd.
@@ -344,9 +365,9 @@ impl ChildProc {
             return Ok(Some(s));
         }
         // Reaps exactly this child (our own, unreaped, so its pid is not recycled).
-        match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(status) => {
-                let s = ExitStatus::from_wait(status);
+        match reap_nohang(self.pid) {
+            Ok(reaped) => {
+                let s = reaped.map(|(_, s)| s);
                 *status_slot = s;
                 Ok(s)
             }

@@ -33,8 +33,7 @@ use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
     sendmsg, socketpair,
 };
-use nix::sys::wait::{WaitPidFlag, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::unistd::{ForkResult, fork};
 use serde::{Deserialize, Serialize};
 
 use crate::child::{ChildProc, ExitStatus};
@@ -331,7 +330,7 @@ pub(crate) fn start_worker(boot: &Boot) -> Result<ChildProc, StartError> {
 
 fn reap_server(pid: u32) {
     // The server is our own child; WNOHANG never blocks.
-    let _ = waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG));
+    let _ = crate::child::reap_nohang(pid as i32);
 }
 
 fn status_of(signal: Option<i32>, code: Option<i32>) -> ExitStatus {

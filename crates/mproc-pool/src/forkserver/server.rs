@@ -8,11 +8,10 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{ForkResult, fork};
 
 use super::{ServerMsg, recv_raw, send};
-use crate::child::ExitStatus;
+use crate::child::reap_nohang;
 use crate::worker::Boot;
 
 /// Closes every fd of this process but stdin, stdout, stderr and `keep`: the server (and so
@@ -90,15 +89,12 @@ pub(super) fn serve(sock: OwnedFd) -> i32 {
 fn report_exits(sock: RawFd) -> bool {
     loop {
         // The server's children are its workers; WNOHANG never blocks.
-        let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) else {
-            return true;
-        };
-        let (Some(pid), Some(exit)) = (status.pid(), ExitStatus::from_wait(status)) else {
+        let Ok(Some((pid, exit))) = reap_nohang(-1) else {
             return true;
         };
         let (signal, code) = exit.parts();
         let msg = ServerMsg::Exited {
-            pid: pid.as_raw() as u32,
+            pid: pid as u32,
             signal,
             code,
         };
