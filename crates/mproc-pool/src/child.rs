@@ -24,14 +24,21 @@ pub enum ExitStatus {
     Code(i32),
     /// It was killed by this signal.
     Signaled(i32),
+    /// It ended, but its status was gone when mproc asked for it: the program ignores
+    /// `SIGCHLD` (the kernel then reaps children at once), or other code reaped it
+    /// (`waitpid(-1)`). Seen through the child's pidfd, so the end is never missed.
+    Unknown,
 }
 
 impl ExitStatus {
-    /// Python's `Process.exitcode`: the code, or `-N` for signal `N`.
+    /// Python's `Process.exitcode`: the code, or `-N` for signal `N`; 0 for
+    /// [`Unknown`](ExitStatus::Unknown), as Python's `subprocess` reports a child whose
+    /// status was lost.
     pub fn code(self) -> i32 {
         match self {
             ExitStatus::Code(c) => c,
             ExitStatus::Signaled(s) => -s,
+            ExitStatus::Unknown => 0,
         }
     }
 
@@ -51,6 +58,7 @@ impl ExitStatus {
         match self {
             ExitStatus::Code(c) => (None, Some(c)),
             ExitStatus::Signaled(s) => (Some(s), None),
+            ExitStatus::Unknown => (None, None),
         }
     }
 }
@@ -316,6 +324,25 @@ impl ChildProc {
                 status: std::sync::Mutex::new(None),
                 remote: false,
             }),
+            // Gone already, zombie and all: only possible if it ended at once and was reaped
+            // by someone else — this program ignores SIGCHLD (the kernel reaps), or another
+            // thread ran waitpid(-1). It ended; how is lost. A pipe whose write end is closed
+            // stands in for the pidfd: always readable ("exited"), never signalled (a child
+            // with a status is not).
+            Err(StartError::Os(OsError {
+                errno: Errno::ESRCH,
+                ..
+            })) => {
+                let (stand_in, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| StartError::os("pipe2", e))?;
+                drop(write_end);
+                Ok(ChildProc {
+                    pid,
+                    pidfd: stand_in,
+                    status: std::sync::Mutex::new(Some(ExitStatus::Unknown)),
+                    remote: false,
+                })
+            }
             Err(e) => {
                 // Do not leave the child running unwatched. `pid` is our unreaped child, so it
                 // cannot have been recycled.
@@ -349,6 +376,12 @@ impl ChildProc {
         *self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the pidfd says the process has exited (reaped or not); never blocks.
+    fn exited(&self) -> bool {
+        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
     /// Reaps the child if it has exited; never blocks.
     pub(crate) fn try_wait(&self) -> Result<Option<ExitStatus>, OsError> {
         let mut status_slot = self.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -356,8 +389,7 @@ impl ChildProc {
             return Ok(*status_slot);
         }
         if self.remote {
-            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
-            if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+            if !self.exited() {
                 return Ok(None);
             }
             let s = crate::forkserver::exit_status(self.pid as u32);
@@ -372,6 +404,12 @@ impl ChildProc {
                 Ok(s)
             }
             Err(Errno::EINTR) => Ok(None),
+            // Reaped by someone else (SIGCHLD ignored, or a waitpid(-1) elsewhere): if the
+            // pidfd says it has exited, it ended with a status nobody can tell us any more.
+            Err(Errno::ECHILD) if self.exited() => {
+                *status_slot = Some(ExitStatus::Unknown);
+                Ok(Some(ExitStatus::Unknown))
+            }
             Err(e) => Err(OsError::new("waitpid", e)),
         }
     }

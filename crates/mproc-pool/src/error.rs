@@ -165,6 +165,12 @@ pub enum JoinError {
         /// The signal number.
         signal: i32,
     },
+    /// The child ended without returning a result, and how it ended is not known: its status
+    /// was reaped by someone else (see [`ExitStatus::Unknown`](crate::ExitStatus::Unknown)).
+    #[error(
+        "child process ended without returning a result (its exit status was reaped elsewhere: is SIGCHLD ignored?)"
+    )]
+    StatusUnknown,
     /// `join_timeout` gave up; the child is still running (and still owned by the handle).
     #[error("child process still running after the timeout")]
     Timeout,

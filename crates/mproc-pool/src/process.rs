@@ -290,6 +290,7 @@ impl<R: DeserializeOwned> Process<R> {
             None => Err(match status {
                 ExitStatus::Code(code) => JoinError::Exited { code },
                 ExitStatus::Signaled(signal) => JoinError::Signaled { signal },
+                ExitStatus::Unknown => JoinError::StatusUnknown,
             }),
         }
     }

@@ -251,3 +251,63 @@ fn a_child_killed_by_a_realtime_signal_is_reported_with_it() {
         }
     });
 }
+
+/// A program that ignores SIGCHLD has its children reaped by the kernel: `waitpid` then finds
+/// no status (ECHILD). mproc must still see the end — a pool must fail the task and replace
+/// the worker, a `Process` must join — never wait forever. Run in a forked child, since the
+/// disposition is process-wide.
+#[test]
+fn children_of_a_program_that_ignores_sigchld_are_still_seen_ending() {
+    with_deadline(DEADLINE, || {
+        let mut child = mproc_testkit::fork_child(|| {
+            // The harness captures this child's panic messages: print them to the real stderr.
+            std::panic::set_hook(Box::new(|info| {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "in the SIGCHLD-ignoring child: {info}");
+            }));
+            // SAFETY: SIG_IGN installs no handler; only this forked child is affected.
+            unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+            let mut p = Process::builder()
+                .threaded_fork(ThreadedFork::Allow)
+                .spawn(|x: u32| x + 1, 1)
+                .expect("spawn 1");
+            // The result came back before the status was lost: join still returns it.
+            if p.join_timeout(Duration::from_secs(20)).ok() != Some(2) {
+                return 10;
+            }
+            let mut p = Process::builder()
+                .threaded_fork(ThreadedFork::Allow)
+                .spawn(|code: i32| -> u32 { std::process::exit(code) }, 3)
+                .expect("spawn 2");
+            match p.join_timeout(Duration::from_secs(20)) {
+                Err(JoinError::StatusUnknown) => {}
+                _ => return 11,
+            }
+            let pool = mproc_pool::Pool::builder()
+                .processes(1)
+                .threaded_fork(ThreadedFork::Allow)
+                .build()
+                .expect("pool");
+            match pool.apply(|code: i32| -> u32 { std::process::exit(code) }, 3) {
+                Err(mproc_pool::TaskError::WorkerDied {
+                    signal: None,
+                    code: None,
+                    ..
+                }) => {}
+                _ => return 12,
+            }
+            // The replacement comes from the fork server, which reaps its own children (it
+            // resets SIGCHLD), so this death is reported with its code.
+            match pool.apply(|code: i32| -> u32 { std::process::exit(code) }, 4) {
+                Err(mproc_pool::TaskError::WorkerDied { code: Some(4), .. }) => {}
+                _ => return 13,
+            }
+            if pool.apply(|x: u32| x * 2, 21) != Ok(42) {
+                return 14;
+            }
+            0
+        });
+        let reaped = child.wait_deadline(Duration::from_secs(60));
+        assert_eq!(reaped.exit, mproc_testkit::Exit::Code(0));
+    });
+}

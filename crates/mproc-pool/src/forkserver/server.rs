@@ -43,6 +43,14 @@ fn close_other_fds(keep: RawFd) {
 pub(super) fn serve(sock: OwnedFd) -> i32 {
     close_other_fds(sock.as_raw_fd());
     crate::child::make_undumpable();
+    // The server reaps its children to report their statuses: a parent that ignores SIGCHLD
+    // (inherited here) would have the kernel reap them first and every status would be lost.
+    // SAFETY: SIG_DFL installs no handler; the server has one thread.
+    if unsafe { nix::sys::signal::signal(Signal::SIGCHLD, nix::sys::signal::SigHandler::SigDfl) }
+        .is_err()
+    {
+        return 2;
+    }
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     if sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).is_err() {
