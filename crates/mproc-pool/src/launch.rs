@@ -5,11 +5,13 @@
 //! [`LaunchOptions`] and the same setters (written once, in [`launch_setters`]).
 
 use std::sync::Once;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::StartError;
-use crate::child::{ChildProc, thread_count};
-use crate::worker::{Boot, ENV, check_may_start, worker_main};
+use mproc_queue::Queue;
+
+use crate::child::{ChildProc, ExitStatus, thread_count};
+use crate::worker::{Boot, ENV, Reply, check_may_start, worker_main};
+use crate::{OsError, StartError};
 
 /// How child processes are started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -165,5 +167,62 @@ impl LaunchOptions {
             check_fork(self.threaded_fork)?;
         }
         Ok(())
+    }
+}
+
+/// How often the parent looks at its starting children while it waits for their first
+/// messages: a child that died, or (Spawn) one that is late, is noticed within this.
+const BOOT_POLL: Duration = Duration::from_millis(20);
+
+/// How waiting for the start-up handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Booted {
+    /// The awaited messages came (`done` holds).
+    Done,
+    /// A child ended first (every message it sent was read).
+    Ended(ExitStatus),
+    /// The deadline passed.
+    Late,
+}
+
+/// The parent's side of the start-up handshake, for [`Process`](crate::Process) (a spawned
+/// child's `Started`) and [`Pool`](crate::Pool) (every worker's `Ready`): reads `results` into
+/// `absorb` until `done()` holds, a child has ended (`ended()`, asked whenever no message
+/// came for a moment), or `deadline` passes. (The child's side is `worker_main`: `Started`
+/// once attached, `Ready` or `InitFailed` after the initializer.)
+pub(crate) fn await_boot(
+    results: &Queue<Reply>,
+    deadline: Option<Instant>,
+    mut absorb: impl FnMut(Reply),
+    mut done: impl FnMut() -> bool,
+    mut ended: impl FnMut() -> Result<Option<ExitStatus>, OsError>,
+) -> Result<Booted, OsError> {
+    loop {
+        if done() {
+            return Ok(Booted::Done);
+        }
+        if let Ok(reply) = results.get_timeout(BOOT_POLL) {
+            absorb(reply);
+            continue;
+        }
+        if let Some(status) = ended()? {
+            // Every message it sent before it ended is in the queue now; an unreadable one
+            // is skipped.
+            loop {
+                match results.try_get() {
+                    Ok(reply) => absorb(reply),
+                    Err(mproc_queue::GetError::Message { .. }) => {}
+                    Err(_) => break,
+                }
+            }
+            return Ok(if done() {
+                Booted::Done
+            } else {
+                Booted::Ended(status)
+            });
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Booted::Late);
+        }
     }
 }

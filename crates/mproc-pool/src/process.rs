@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::call::{FnRef, decode_outcomes, encode_into, layout_check};
 use crate::child::{ChildProc, ExitStatus};
-use crate::launch::{LaunchOptions, StartMethod, launch_setters, start_worker};
+use crate::launch::{Booted, LaunchOptions, StartMethod, await_boot, launch_setters, start_worker};
 use crate::worker::{
     Boot, DEFAULT_ARENA_BYTES, Reply, Request, inbox_options, results_options, run_forked,
 };
@@ -115,8 +115,7 @@ impl ProcessBuilder {
             results,
             _inbox: inbox,
             method,
-            started: false,
-            outcome: None,
+            heard: Heard::default(),
             joined: false,
             _r: PhantomData,
         };
@@ -150,11 +149,29 @@ pub struct Process<R> {
     /// The request's queue of a spawned child (a forked one has the request in memory).
     _inbox: Option<Queue<Request>>,
     method: StartMethod,
-    started: bool,
-    /// The encoded `Result<R, TaskError>` the child sent.
-    outcome: Option<Vec<u8>>,
+    /// What the child sent.
+    heard: Heard,
     joined: bool,
     _r: PhantomData<fn() -> R>,
+}
+
+/// What a `Process`'s child sent through its results queue.
+#[derive(Debug, Default)]
+struct Heard {
+    /// It reached `init` (spawned children).
+    started: bool,
+    /// The encoded `Result<R, TaskError>` it sent.
+    outcome: Option<Vec<u8>>,
+}
+
+impl Heard {
+    fn absorb(&mut self, reply: Reply) {
+        match reply {
+            Reply::Started { .. } => self.started = true,
+            Reply::Done { body, .. } => self.outcome = Some(body),
+            Reply::Ready { .. } | Reply::InitFailed { .. } => {}
+        }
+    }
 }
 
 impl Process<()> {
@@ -174,18 +191,10 @@ impl<R: DeserializeOwned> Process<R> {
         ProcessBuilder::default().spawn(f, arg)
     }
 
-    fn absorb(&mut self, reply: Reply) {
-        match reply {
-            Reply::Started { .. } => self.started = true,
-            Reply::Done { body, .. } => self.outcome = Some(body),
-            Reply::Ready { .. } | Reply::InitFailed { .. } => {}
-        }
-    }
-
     fn drain(&mut self) {
         loop {
             match self.results.try_get() {
-                Ok(reply) => self.absorb(reply),
+                Ok(reply) => self.heard.absorb(reply),
                 Err(GetError::Message { .. }) => continue,
                 Err(_) => break,
             }
@@ -195,29 +204,29 @@ impl<R: DeserializeOwned> Process<R> {
     /// Waits for a spawned child to reach `init` (its `Started` message).
     fn await_start(&mut self, timeout: Duration) -> Result<(), StartError> {
         let deadline = Instant::now() + timeout;
-        while !self.started {
-            match self.results.get_timeout(Duration::from_millis(20)) {
-                Ok(reply) => self.absorb(reply),
-                Err(_) => {
-                    if self.child.try_wait()?.is_some() {
-                        self.drain();
-                        if !self.started {
-                            return Err(StartError::InitNotCalled(
-                                "the spawned child exited without becoming a worker: call \
-                                 mproc::init() first thing in main",
-                            ));
-                        }
-                    } else if Instant::now() >= deadline {
-                        self.child.kill_and_reap();
-                        return Err(StartError::InitNotCalled(
-                            "the spawned child did not reach mproc::init() in time (killed): \
-                             call it first thing in main",
-                        ));
-                    }
-                }
+        let heard = std::cell::RefCell::new(std::mem::take(&mut self.heard));
+        let booted = await_boot(
+            &self.results,
+            Some(deadline),
+            |reply| heard.borrow_mut().absorb(reply),
+            || heard.borrow().started,
+            || self.child.try_wait(),
+        );
+        self.heard = heard.into_inner();
+        match booted? {
+            Booted::Done => Ok(()),
+            Booted::Ended(_) => Err(StartError::InitNotCalled(
+                "the spawned child exited without becoming a worker: call mproc::init() first \
+                 thing in main",
+            )),
+            Booted::Late => {
+                self.child.kill_and_reap();
+                Err(StartError::InitNotCalled(
+                    "the spawned child did not reach mproc::init() in time (killed): call it \
+                     first thing in main",
+                ))
             }
         }
-        Ok(())
     }
 
     /// The child's pidfd (readable once it has exited).
@@ -272,6 +281,7 @@ impl<R: DeserializeOwned> Process<R> {
         self.drain();
         self.joined = true;
         let outcome = self
+            .heard
             .outcome
             .take()
             .and_then(|body| decode_outcomes::<R>(&body, 1).next());
@@ -281,7 +291,7 @@ impl<R: DeserializeOwned> Process<R> {
             Some(Err(e)) => Err(JoinError::Decode {
                 message: e.to_string(),
             }),
-            None if !self.started && self.method == StartMethod::Spawn => {
+            None if !self.heard.started && self.method == StartMethod::Spawn => {
                 Err(JoinError::InitNotCalled(
                     "the spawned child exited without becoming a worker: call mproc::init() \
                      first thing in main",

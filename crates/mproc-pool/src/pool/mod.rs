@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::StartMethod;
+use crate::launch::{Booted, await_boot};
 use crate::worker::{Reply, results_options};
 use crate::{StartError, TaskError};
 use mproc_queue::Queue;
@@ -177,48 +178,41 @@ impl Pool {
     /// or (spawn) does not reach `init` in time fails the start; the caller's drop of
     /// `shared` then kills and reaps every worker.
     fn await_ready(shared: &Shared, start_timeout: Duration) -> Result<(), StartError> {
-        let deadline = Instant::now() + start_timeout;
-        loop {
-            let mut st = shared.lock();
-            if st.workers.iter().all(|w| w.ready) {
-                return Ok(());
-            }
-            if let Some(TaskError::InitializerFailed { message }) = st.broken.clone() {
-                return Err(StartError::InitializerFailed { message });
-            }
-            for w in &mut st.workers {
-                if let Some(status) = w.io.child.try_wait()? {
-                    drop(st);
-                    let mut st = shared.lock();
-                    st.drain_replies(shared);
-                    if let Some(TaskError::InitializerFailed { message }) = st.broken.clone() {
-                        return Err(StartError::InitializerFailed { message });
+        let spawn = shared.config.method == StartMethod::Spawn;
+        // Only a spawned worker can be late: it must reach `init` in a program we do not run.
+        let deadline = spawn.then(|| Instant::now() + start_timeout);
+        let booted = await_boot(
+            &shared.results,
+            deadline,
+            |reply| shared.lock().on_reply(reply),
+            || {
+                let st = shared.lock();
+                st.broken.is_some() || st.workers.iter().all(|w| w.ready)
+            },
+            || {
+                let st = shared.lock();
+                for w in &st.workers {
+                    if let Some(status) = w.io.child.try_wait()? {
+                        return Ok(Some(status));
                     }
-                    return Err(match status {
-                        _ if shared.config.method == StartMethod::Spawn => {
-                            StartError::InitNotCalled(
-                                "a spawned worker exited before it was ready: call \
-                                 mproc::init() first thing in main",
-                            )
-                        }
-                        status => StartError::WorkerEnded { status },
-                    });
                 }
-            }
-            let started_all = st.workers.iter().all(|w| w.ready);
-            drop(st);
-            if !started_all
-                && Instant::now() >= deadline
-                && shared.config.method == StartMethod::Spawn
-            {
-                return Err(StartError::InitNotCalled(
-                    "a spawned worker did not become ready in time: call mproc::init() first \
-                     thing in main",
-                ));
-            }
-            if let Ok(reply) = shared.results.get_timeout(Duration::from_millis(20)) {
-                shared.lock().on_reply(reply);
-            }
+                Ok(None)
+            },
+        )?;
+        if let Some(TaskError::InitializerFailed { message }) = shared.lock().broken.clone() {
+            return Err(StartError::InitializerFailed { message });
+        }
+        match booted {
+            Booted::Done => Ok(()),
+            Booted::Ended(_) if spawn => Err(StartError::InitNotCalled(
+                "a spawned worker exited before it was ready: call mproc::init() first thing in \
+                 main",
+            )),
+            Booted::Ended(status) => Err(StartError::WorkerEnded { status }),
+            Booted::Late => Err(StartError::InitNotCalled(
+                "a spawned worker did not become ready in time: call mproc::init() first thing \
+                 in main",
+            )),
         }
     }
 
