@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use mproc_queue::Queue;
 
-use crate::child::{ChildProc, ExitStatus, thread_count};
+use crate::child::{ChildProc, ExitStatus};
+use crate::forker::thread_count;
 use crate::worker::{Boot, ENV, Reply, check_may_start, worker_main};
 use crate::{OsError, StartError};
 

@@ -29,6 +29,7 @@
 mod call;
 mod child;
 mod error;
+mod forker;
 mod forkserver;
 mod launch;
 mod pool;

@@ -159,7 +159,7 @@ pub fn init() {
     let Some(value) = std::env::var_os(ENV) else {
         return;
     };
-    let threads = crate::child::thread_count();
+    let threads = crate::forker::thread_count();
     if threads > 1 {
         eprintln!(
             "mproc: init() ran after {} other threads were started in this spawned worker; \
@@ -277,7 +277,7 @@ fn send_done(results: &Queue<Reply>, worker: u32, pid: u32, req: &Request, body:
 /// parent (nothing to attach) and returns the exit status. The handle is never dropped here:
 /// the child ends with `_exit`.
 pub(crate) fn run_forked(req: &Request, results: &Queue<Reply>) -> i32 {
-    crate::child::make_undumpable();
+    crate::forker::make_undumpable();
     let mut body = Vec::new();
     // SAFETY: `req.func` was made by `FnRef::new` in the parent, of which this process is a
     // fork: the same binary at the same addresses.
@@ -288,7 +288,7 @@ pub(crate) fn run_forked(req: &Request, results: &Queue<Reply>) -> i32 {
 
 /// Runs a worker until its inbox is closed; returns its exit status.
 pub(crate) fn worker_main(boot: &Boot) -> i32 {
-    crate::child::make_undumpable();
+    crate::forker::make_undumpable();
     let attach = || -> Result<(Queue<Request>, Queue<Reply>), String> {
         let inbox = inbox_options(1, DEFAULT_ARENA_BYTES)
             .from_fd(dup(boot.inbox_fd)?)

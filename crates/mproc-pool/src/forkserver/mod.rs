@@ -156,12 +156,12 @@ impl Link {
         .map_err(|e| StartError::os("socketpair", e))?;
         let parent = std::process::id();
         let ours_raw = ours.as_raw_fd();
-        let server = crate::child::on_forker(move || {
+        let server = crate::forker::on_forker(move || {
             // SAFETY: the child only runs `serve` (plain system calls and allocation, which
             // glibc makes fork-safe) and `_exit`s; it never returns into the forker's loop.
             match unsafe { fork() }? {
                 ForkResult::Child => {
-                    crate::child::arm_parent_death(parent);
+                    crate::forker::arm_parent_death(parent);
                     // SAFETY: the server never uses the parent's end (it `_exit`s without
                     // dropping anything of the parent's).
                     unsafe { libc::close(ours_raw) };

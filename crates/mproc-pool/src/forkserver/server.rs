@@ -42,7 +42,7 @@ fn close_other_fds(keep: RawFd) {
 /// The server's loop: fork a worker per request, report exits, end at EOF.
 pub(super) fn serve(sock: OwnedFd) -> i32 {
     close_other_fds(sock.as_raw_fd());
-    crate::child::make_undumpable();
+    crate::forker::make_undumpable();
     // The server reaps its children to report their statuses: a parent that ignores SIGCHLD
     // (inherited here) would have the kernel reap them first and every status would be lost.
     // SAFETY: SIG_DFL installs no handler; the server has one thread.
@@ -155,7 +155,7 @@ fn fork_worker(
                 }
                 // It ends when the server does (the server has one thread: its death is the
                 // death of the thread that forked us).
-                crate::child::arm_parent_death(me);
+                crate::forker::arm_parent_death(me);
                 crate::worker::worker_main(&boot)
             }))
             .unwrap_or(crate::worker::EXIT_PANIC);

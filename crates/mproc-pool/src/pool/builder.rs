@@ -160,7 +160,7 @@ impl PoolBuilder {
     /// Starts the workers and waits until each has run the initializer.
     pub fn build(self) -> Result<Pool, StartError> {
         if self.undumpable_parent {
-            crate::child::make_undumpable();
+            crate::forker::make_undumpable();
         }
         Pool::start(self)
     }
