@@ -279,21 +279,14 @@ fn a_worker_that_exits_mid_task_is_reported_with_its_code() {
     });
 }
 
-/// A signal number nix's `Signal` enum does not name (a realtime signal, SIGRTMIN + 2): the
-/// status must still be read and reported, not lost as an unknown value after the kernel reaped
-/// the child (which would leave the task waiting forever).
-fn die_by_realtime_signal(_: u32) -> u32 {
-    // SAFETY: raise(2) with a realtime signal whose default action ends the process.
-    unsafe { libc::raise(libc::SIGRTMIN() + 2) };
-    unreachable!("the default action of a realtime signal is to terminate")
-}
-
+/// A signal nix's `Signal` enum does not name: its status must still be read and reported,
+/// not lost after the kernel reaped the worker (which would leave the task waiting forever).
 #[test]
 fn a_worker_killed_by_a_realtime_signal_is_reported_with_it() {
     with_deadline(DEADLINE, || {
         let p = pool(1);
-        let rt = libc::SIGRTMIN() + 2;
-        match p.apply(die_by_realtime_signal, 0) {
+        let rt = mproc_testkit::realtime_signal();
+        match p.apply(mproc_testkit::die_by_realtime_signal, 0) {
             Err(TaskError::WorkerDied { code, signal, .. }) => {
                 assert_eq!((code, signal), (None, Some(rt)));
             }

@@ -225,23 +225,17 @@ fn exit_status_reads_through_a_shared_reference_from_several_threads() {
     });
 }
 
-fn die_by_realtime_signal(_: u32) -> u32 {
-    // SAFETY: raise(2) with a realtime signal whose default action ends the process.
-    unsafe { libc::raise(libc::SIGRTMIN() + 2) };
-    unreachable!("the default action of a realtime signal is to terminate")
-}
-
 /// nix's `Signal` does not name realtime signals; the child's status must survive that, for
 /// every start method (the fork server reaps its children itself and reports them).
 #[test]
 fn a_child_killed_by_a_realtime_signal_is_reported_with_it() {
     with_deadline(DEADLINE, || {
-        let rt = libc::SIGRTMIN() + 2;
+        let rt = mproc_testkit::realtime_signal();
         for method in [StartMethod::Fork, StartMethod::ForkServer] {
             let mut p = Process::builder()
                 .start_method(method)
                 .threaded_fork(ThreadedFork::Allow)
-                .spawn(die_by_realtime_signal, 0)
+                .spawn(mproc_testkit::die_by_realtime_signal, 0)
                 .unwrap();
             match p.join_timeout(Duration::from_secs(20)) {
                 Err(JoinError::Signaled { signal }) => assert_eq!(signal, rt, "{method:?}"),

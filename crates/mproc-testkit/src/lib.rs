@@ -396,3 +396,17 @@ pub fn idle_cpu(wait: impl FnOnce(&dyn Fn()) -> bool, release: impl FnOnce()) ->
         _ => None,
     }
 }
+
+/// A signal nix's `Signal` enum does not name (a realtime one, `SIGRTMIN + 2`), whose default
+/// action ends the process: for tests that a child's end is reported whatever killed it.
+pub fn realtime_signal() -> i32 {
+    libc::SIGRTMIN() + 2
+}
+
+/// A task (`fn(u32) -> u32`, for `Process` and `Pool`) that kills its process with
+/// [`realtime_signal`].
+pub fn die_by_realtime_signal(_: u32) -> u32 {
+    // SAFETY: raise(2) with a realtime signal whose default action ends the process.
+    unsafe { libc::raise(realtime_signal()) };
+    unreachable!("the default action of a realtime signal is to terminate")
+}
