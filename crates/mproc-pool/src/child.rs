@@ -166,11 +166,11 @@ impl ChildProc {
         cmd.env(env.0, env.1);
         let keep = keep_fds.to_vec();
         let parent = std::process::id();
-        // SAFETY: the closure runs in the forked child before exec and only calls fcntl,
-        // prctl and getppid, which are async-signal-safe; it allocates nothing (`keep` was
-        // built before). The parent-death signal survives `exec`. `borrow_raw` is sound: the
-        // parent holds the fds in `keep` open (the queues it passes), so the child inherited
-        // them open.
+        // The closure runs in the forked child before exec; the parent-death signal it arms
+        // survives `exec`.
+        // SAFETY: it only calls fcntl, prctl and getppid (async-signal-safe) and allocates
+        // nothing (`keep` was built before); `borrow_raw` is sound: the parent holds the fds
+        // in `keep` open (the queues it passes), so the child inherited them open.
         unsafe {
             cmd.pre_exec(move || {
                 if die_with_parent {
