@@ -2,7 +2,7 @@
 //! taken over from a dead holder, a queue slot skipped because its producer died, a pool
 //! worker that died mid-task and was replaced. Every event is caused by a real process dying.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -56,23 +56,33 @@ fn logged(parts: &[&str], within: Duration) -> bool {
     }
 }
 
+/// The peer token a child reports (see `mproc_segment::liveness`): what the events name.
+fn peer_of(s: &mut std::os::unix::net::UnixStream) -> u32 {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).expect("the child reports its token");
+    u32::from_ne_bytes(b)
+}
+
 #[test]
 fn a_lock_taken_over_from_a_dead_holder_is_logged() {
     install();
     with_deadline(Duration::from_secs(60), || {
         let lock = Lock::new().unwrap();
+        let (mut here, mut there) = std::os::unix::net::UnixStream::pair().unwrap();
         let child = fork_child(|| {
             std::mem::forget(lock.lock().unwrap());
+            let _ = there.write_all(&mproc::segment::liveness::me().to_ne_bytes());
             0
         });
-        let pid = child.pid();
+        let peer = peer_of(&mut here);
         child.assert_success();
         match lock.lock_timeout(Duration::from_secs(10)) {
             Err(LockError::OwnerDied(g)) => g.make_consistent(),
             other => panic!("expected OwnerDied, got {other:?}"),
         }
         assert!(logged(
-            &["lock taken over", &format!("dead_holder_tid={pid}")],
+            &["lock taken over", &format!("dead_holder_peer={peer}")],
             Duration::ZERO
         ));
     });
@@ -84,18 +94,20 @@ fn a_slot_skipped_after_its_producer_died_is_logged_and_counted() {
     with_deadline(Duration::from_secs(60), || {
         let q: PodQueue<u64> = PodQueue::new(4).unwrap();
         // The child claims a slot to write in place, then exits without publishing it.
+        let (mut here, mut there) = std::os::unix::net::UnixStream::pair().unwrap();
         let child = fork_child(|| {
             std::mem::forget(q.loan().unwrap());
+            let _ = there.write_all(&mproc::segment::liveness::me().to_ne_bytes());
             0
         });
-        let pid = child.pid();
+        let peer = peer_of(&mut here);
         child.assert_success();
         q.put(7).unwrap();
         // The dead slot comes first; the consumer skips it and takes the next.
         assert_eq!(q.get_timeout(Duration::from_secs(10)).unwrap(), 7);
         assert_eq!(q.stats().dead_skipped, 1);
         assert!(logged(
-            &["queue slot skipped", &format!("producer_pid={pid}")],
+            &["queue slot skipped", &format!("producer_peer={peer}")],
             Duration::ZERO
         ));
     });

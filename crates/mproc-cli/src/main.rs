@@ -18,7 +18,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mproc_segment::{Kind, Segment, SegmentError};
+use mproc_segment::{Kind, SegmentError};
 
 mod report;
 mod scan;
@@ -236,16 +236,27 @@ fn inspect(name: &str) -> Result<(), String> {
     );
     println!("total length:    {} bytes", h.total_len);
     println!(
-        "creator:         pid {} ({})",
+        "creator:         pid {} in its namespace ({})",
         h.creator.pid,
-        if h.creator.is_alive() {
-            "alive"
-        } else {
-            "dead"
+        match p.creator_alive {
+            Some(true) => "alive",
+            Some(false) => "dead",
+            None => "unknown",
+        }
+    );
+    println!(
+        "in use:          {}",
+        match p.in_use {
+            Some(true) => "yes (held open by at least one process)",
+            Some(false) => "no (no process holds it open)",
+            None => "unknown",
         }
     );
     let mappers = scan::mapped_by(p.dev_ino);
-    println!("mapped by:       {}", describe_pids(&mappers));
+    println!(
+        "mapped by:       {} (as seen from here)",
+        describe_pids(&mappers)
+    );
     if h.kind == Kind::QUEUE {
         let mut ring = vec![0u8; std::mem::size_of::<mproc_queue::RingHeader>()];
         let n = p
@@ -278,34 +289,24 @@ fn describe_pids(pids: &[u32]) -> String {
     }
 }
 
-/// Why a segment may be removed, or `None` if it must stay: only this user's segments, whose
-/// creator is dead, and that no live process maps.
+/// Why a segment may be removed, or `None` if it must stay: only this user's segments that no
+/// process holds open and whose creator is gone (both asked of the kernel, so live users in
+/// other pid namespaces and non-dumpable ones count). `remove_stale` checks again under the
+/// exclusive in-use lock before it unlinks.
 fn collectable(e: &Entry) -> Option<String> {
-    if !e.mine() {
+    if !e.mine() || e.in_use {
         return None;
     }
-    let why = match &e.status {
-        Status::Mproc(h) if !e.creator_alive => {
-            format!("creator pid {} is dead, no process maps it", h.creator.pid)
-        }
+    match &e.status {
+        Status::Mproc(h) if !e.creator_alive => Some(format!(
+            "creator pid {} is gone, no process holds it open",
+            h.creator.pid
+        )),
         Status::Damaged(SegmentError::NotReady { creator_dead: true }) => {
-            "its creator died while creating it, no process maps it".to_owned()
+            Some("its creator died while creating it, no process holds it open".to_owned())
         }
-        _ => return None,
-    };
-    let dev_ino = e.dev_ino?;
-    scan::mapped_by(dev_ino).is_empty().then_some(why)
-}
-
-/// Unlinks `name` if it is still the object that was judged (same device and inode).
-fn remove_if_same(name: &str, dev_ino: Option<(u64, u64)>) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let now = std::fs::symlink_metadata(format!("{}/{name}", mproc_segment::SHM_DIR))
-        .map_err(|e| e.to_string())?;
-    if Some((now.dev(), now.ino())) != dev_ino {
-        return Err("it was replaced meanwhile".into());
+        _ => None,
     }
-    Segment::unlink(name).map_err(|e| e.to_string())
 }
 
 fn gc(prefix: &str, yes: bool) -> Result<(), String> {
@@ -317,9 +318,10 @@ fn gc(prefix: &str, yes: bool) -> Result<(), String> {
         };
         n += 1;
         if yes {
-            match remove_if_same(&e.name, e.dev_ino) {
-                Ok(()) => println!("removed {} ({why})", e.name),
-                Err(err) => println!("could not remove {}: {err}", e.name),
+            if mproc_segment::remove_stale(&e.name) {
+                println!("removed {} ({why})", e.name);
+            } else {
+                println!("could not remove {}: in use or replaced meanwhile", e.name);
             }
         } else {
             println!("would remove {} ({why})", e.name);

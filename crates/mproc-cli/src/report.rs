@@ -21,17 +21,19 @@ pub struct SegmentInfo {
     pub bytes: Option<u64>,
     pub creator_pid: Option<u32>,
     pub creator_alive: bool,
+    /// Whether any process holds it open (asked of the kernel: any pid namespace).
+    pub in_use: bool,
     pub owner_uid: Option<u32>,
     pub error: Option<String>,
     /// For queues: the ring's counters.
     pub queue: Option<mproc_queue::RingSnapshot>,
-    /// For locks and what holds one (arrays, values, conditions): the holder's thread id.
+    /// For locks and what holds one (arrays, values, conditions): the holder's peer token.
     pub lock_holder: Option<u32>,
     /// For locks and what holds one: the lock's counters.
     pub lock: Option<LockInfo>,
     /// For a pool's status board: its workers and counters.
     pub pool: Option<PoolInfo>,
-    /// Live processes that map it (`inspect` only).
+    /// Live processes that map it, as far as this process can see them (`inspect` only).
     pub mapped_by: Option<Vec<u32>>,
 }
 
@@ -132,6 +134,7 @@ pub fn info(e: &Entry, detail: bool) -> SegmentInfo {
         bytes: None,
         creator_pid: None,
         creator_alive: e.creator_alive,
+        in_use: e.in_use,
         owner_uid: e.owner,
         error: match &e.status {
             Status::Damaged(err) => Some(err.to_string()),

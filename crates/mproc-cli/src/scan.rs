@@ -1,6 +1,6 @@
 //! Reading /dev/shm and /proc without mapping anything: which entries are mproc segments (by
-//! `pread` of their header), whose creators live, and which processes map a segment (by
-//! device and inode). A file another user planted — truncated, huge, a FIFO, a symlink —
+//! `pread` of their header), whose creators live and who holds them open (asked of the
+//! kernel), and which processes this one can see mapping a segment (by device and inode). A file another user planted — truncated, huge, a FIFO, a symlink —
 //! cannot fault or block the tool.
 
 use mproc_segment::{Header, PeekError, SegmentError, peek};
@@ -25,12 +25,13 @@ pub enum Status {
 pub struct Entry {
     pub name: String,
     pub status: Status,
-    /// The creator recorded in the header is still running (same pid and start time).
+    /// The creator recorded in the header is still running (asked of the kernel by its peer
+    /// token; taken for alive when that cannot be asked).
     pub creator_alive: bool,
+    /// Some process holds the segment open (the kernel's in-use lock; any pid namespace).
+    pub in_use: bool,
     /// Owner uid, and whether it is the user running the tool.
     pub owner: Option<u32>,
-    /// Device and inode of the object.
-    pub dev_ino: Option<(u64, u64)>,
 }
 
 impl Entry {
@@ -55,33 +56,30 @@ pub fn scan(prefix: &str) -> std::io::Result<Vec<Entry>> {
 pub fn classify(name: String) -> Entry {
     let meta = std::fs::symlink_metadata(format!("{}/{name}", mproc_segment::SHM_DIR)).ok();
     let owner = meta.as_ref().map(std::os::unix::fs::MetadataExt::uid);
-    let (status, dev_ino) = match peek(&name) {
-        Ok(p) => (Status::Mproc(p.header), Some(p.dev_ino)),
-        Err(PeekError::NotRegular) => (Status::NotRegular, None),
-        Err(PeekError::Io(e)) => (Status::Unreadable(e.to_string()), None),
-        Err(PeekError::Segment(SegmentError::NotMproc { .. })) => (Status::Foreign, None),
-        Err(PeekError::Segment(e)) => {
-            use std::os::unix::fs::MetadataExt;
-            (
-                Status::Damaged(e),
-                meta.as_ref().map(|m| (m.dev(), m.ino())),
-            )
+    let mut liveness = (false, false);
+    let status = match peek(&name) {
+        Ok(p) => {
+            liveness = (p.creator_alive != Some(false), p.in_use != Some(false));
+            Status::Mproc(p.header)
         }
+        Err(PeekError::NotRegular) => Status::NotRegular,
+        Err(PeekError::Io(e)) => Status::Unreadable(e.to_string()),
+        Err(PeekError::Segment(SegmentError::NotMproc { .. })) => Status::Foreign,
+        Err(PeekError::Segment(e)) => Status::Damaged(e),
     };
-    let creator_alive = match &status {
-        Status::Mproc(h) => h.creator.is_alive(),
-        _ => false,
-    };
+    let (creator_alive, in_use) = liveness;
     Entry {
         name,
         status,
         creator_alive,
+        in_use,
         owner,
-        dev_ino,
     }
 }
 
-/// Pids of live processes that map the object with this device and inode.
+/// Pids of live processes that map the object with this device and inode, as far as this
+/// process can see them (its own pid namespace, processes it may inspect): for display.
+/// Decisions rest on the in-use lock ([`Entry::in_use`]).
 pub fn mapped_by(dev_ino: (u64, u64)) -> Vec<u32> {
     mproc_segment::mapped_by(dev_ino)
 }

@@ -275,7 +275,7 @@ fn json_and_metrics_describe_a_queue_and_a_held_lock() {
             .iter()
             .find(|e| e["name"] == lname.as_str())
             .unwrap();
-        assert_eq!(le["lock_holder"], nix::unistd::gettid().as_raw());
+        assert_eq!(le["lock_holder"], mproc_segment::liveness::me());
         assert_eq!(le["lock"]["acquisitions"], 1);
         assert_eq!(qe["queue"]["put_total"], 2);
 

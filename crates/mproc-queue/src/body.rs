@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use mproc_segment::current_pid;
+use mproc_segment::liveness;
 
 use crate::arena::{Alloc, Arena};
 use crate::raw::{RawQueue, ShmEntries};
@@ -195,7 +195,7 @@ impl RawQueue {
     /// Frees an arena chunk this process allocated and never sent.
     pub(crate) fn free_unsent(&self, pos: u64) {
         if let Some(arena) = self.arena() {
-            if let Some(w) = arena.writing(pos, current_pid()) {
+            if let Some(w) = arena.writing(pos, liveness::me()) {
                 arena.free(pos, w);
             }
         }
@@ -226,7 +226,7 @@ impl RawQueue {
     /// Pushes a reference to chunk `pos` (ours, filled with `size` bytes) and hands the chunk
     /// to the slot. If the push fails the chunk is freed, unless `keep` (a loan keeps it).
     pub(crate) fn link_chunk(&self, pos: u64, size: usize, wait: Wait, keep: bool) -> Sent {
-        let me = current_pid();
+        let me = liveness::me();
         let mut linked = false;
         let arena: Option<Arena<'_, ShmEntries<'_>>> = self.arena();
         let r = self.push_wait(wait, |slot, ring_pos| {

@@ -23,7 +23,8 @@ use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
-use mproc_segment::{Segment, SegmentError, SegmentOptions, ShmSafe, current_pid};
+use mproc_segment::liveness;
+use mproc_segment::{Segment, SegmentError, SegmentOptions, ShmSafe};
 use mproc_sync::Parking;
 
 use crate::arena::{Alloc, Arena, ArenaHeader, Entries, MAX_UNITS, MIN_UNIT, MIN_UNITS};
@@ -277,23 +278,23 @@ thread_local! {
     static LAST_ALIVE: std::cell::Cell<Option<(u32, Instant)>> = const { std::cell::Cell::new(None) };
 }
 
-/// Whether `pid` is alive (a signal probe and a /proc read). A peer found alive is believed
-/// alive for [`ALIVE_FOR`] more: a caller polling in a loop while that peer is between claiming
-/// a slot and publishing it (the usual reason to ask) does not pay two system calls per poll.
-/// A dead peer is then noticed at most that much later.
-fn peer_alive(pid: u32) -> bool {
-    if pid == current_pid() {
+/// Whether the peer with token `peer` is alive ([`liveness::peer_alive`]: one `fcntl`). A
+/// peer found alive is believed alive for [`ALIVE_FOR`] more: a caller polling in a loop
+/// while that peer is between claiming a slot and publishing it (the usual reason to ask)
+/// does not pay a system call per poll. A dead peer is then noticed at most that much later.
+fn peer_alive(peer: u32) -> bool {
+    if peer == liveness::me() {
         return true;
     }
     let now = Instant::now();
     if let Some((p, at)) = LAST_ALIVE.with(std::cell::Cell::get) {
-        if p == pid && now.duration_since(at) < ALIVE_FOR {
+        if p == peer && now.duration_since(at) < ALIVE_FOR {
             return true;
         }
     }
-    let alive = mproc_segment::ProcessId { pid, start_time: 0 }.is_alive();
+    let alive = liveness::peer_alive(peer);
     if alive {
-        LAST_ALIVE.with(|c| c.set(Some((pid, now))));
+        LAST_ALIVE.with(|c| c.set(Some((peer, now))));
     }
     alive
 }
@@ -517,7 +518,7 @@ impl RawQueue {
 
     /// A non-blocking push, checking peers holding slots only if `check_peers`.
     pub fn try_push_checked(&self, check_peers: bool, fill: impl FnMut(&mut [u8], u64)) -> Push {
-        let r = self.ring().try_push(current_pid(), check_peers, fill);
+        let r = self.ring().try_push(liveness::me(), check_peers, fill);
         if r == Push::Full {
             self.header().full_waits.fetch_add(1, Ordering::Relaxed);
         }
@@ -535,7 +536,7 @@ impl RawQueue {
         check_peers: bool,
         take: impl FnMut(&[u8], u64) -> R,
     ) -> Pop<R> {
-        self.ring().try_pop(current_pid(), check_peers, take)
+        self.ring().try_pop(liveness::me(), check_peers, take)
     }
 
     /// Pushes, waiting for room until `deadline` (forever if `None`).
@@ -545,7 +546,7 @@ impl RawQueue {
         mut fill: impl FnMut(&mut [u8], u64),
     ) -> Push {
         let hdr = self.header();
-        let me = current_pid();
+        let me = liveness::me();
         // Fast path first: no clock read (which `block` needs) when there is room.
         match self.ring().try_push(me, false, &mut fill) {
             Push::Full => {}
@@ -573,7 +574,7 @@ impl RawQueue {
         mut take: impl FnMut(&[u8], u64) -> R,
     ) -> Pop<R> {
         let hdr = self.header();
-        let me = current_pid();
+        let me = liveness::me();
         // Fast path first: no clock read (which `block` needs) when a message is there.
         match self.ring().try_pop(me, false, &mut take) {
             Pop::Empty | Pop::InProgress => {}
@@ -591,7 +592,7 @@ impl RawQueue {
     /// Claims a slot for writing, waiting for room until `deadline` (`Some(now)`-like
     /// deadlines and `nonblocking` give the `try_` behaviour).
     pub fn claim_push(&self, deadline: Option<Instant>, nonblocking: bool) -> Claim {
-        let me = current_pid();
+        let me = liveness::me();
         if nonblocking {
             let c = self.ring().try_claim_push(me, true);
             if matches!(c, Claim::Full) {
@@ -617,7 +618,7 @@ impl RawQueue {
 
     /// Claims a slot for reading, waiting for a message until `deadline`.
     pub fn claim_pop(&self, deadline: Option<Instant>, nonblocking: bool) -> Pop<Claimed> {
-        let me = current_pid();
+        let me = liveness::me();
         if nonblocking {
             return self.ring().try_claim_pop(me, true);
         }
@@ -641,7 +642,7 @@ impl RawQueue {
         let Some(arena) = self.arena() else {
             return Some(Alloc::NoSpace);
         };
-        let me = current_pid();
+        let me = liveness::me();
         if self.is_closed() {
             return None;
         }
@@ -694,24 +695,25 @@ impl Drop for RawQueue {
 }
 
 /// Parks on `parking` until `poll` succeeds or `deadline` passes, re-polling every
-/// [`REPOLL`] so that a dead peer's slot is eventually noticed even though it never wakes us.
-/// `poll(check_peers)` is asked to test peers' liveness only after the first [`REPOLL`] of
-/// waiting: a live peer in the middle of its copy is the common case and costs nothing to
-/// wait for, while a liveness test is a system call and a /proc read.
+/// [`REPOLL`] so that a dead peer's slot is noticed even though it never wakes us.
+///
+/// Every poll here asks after the peers that hold the way (`poll(true)`): the caller's fast
+/// path has already failed, and a liveness test is one `fcntl` (at most one a millisecond per
+/// peer, see [`peer_alive`]). So a wait of any length, however short its timeout, recovers a
+/// dead producer's slot, a dead reader's slot or a dead producer's chunk at its first look,
+/// exactly as a long blocking wait does: no state has to carry over from call to call.
 fn block<T>(
     parking: &Parking,
     deadline: Option<Instant>,
     mut poll: impl FnMut(bool) -> Option<T>,
 ) -> Option<T> {
-    let mut check_peers = false;
     loop {
         let d = mproc_sync::Deadline::at(deadline);
-        if let Some(v) = parking.block_on(Some(d.nap_end(REPOLL)), || poll(check_peers)) {
+        if let Some(v) = parking.block_on(Some(d.nap_end(REPOLL)), || poll(true)) {
             return Some(v);
         }
         if d.passed() {
             return None;
         }
-        check_peers = true;
     }
 }

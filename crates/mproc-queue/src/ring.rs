@@ -426,7 +426,7 @@ impl<S: Slots> Ring<'_, S> {
                         hdr.dead_reclaimed.fetch_add(1, Ordering::Relaxed);
                         mproc_segment::slow_path_event!(
                             position = pos,
-                            reader_pid = pid,
+                            reader_peer = pid,
                             "queue slot reclaimed: its reader died while reading"
                         );
                     }
@@ -529,7 +529,7 @@ impl<S: Slots> Ring<'_, S> {
                             hdr.dead_skipped.fetch_add(1, Ordering::Relaxed);
                             mproc_segment::slow_path_event!(
                                 position = pos,
-                                producer_pid = pid,
+                                producer_peer = pid,
                                 "queue slot skipped: its producer died before publishing"
                             );
                             Self::help_advance(&hdr.head, pos);

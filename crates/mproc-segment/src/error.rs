@@ -30,6 +30,14 @@ pub enum SegmentError {
         /// The name that was refused.
         name: String,
     },
+    /// This process could not register in its user's liveness roll (see
+    /// [`liveness`](crate::liveness)): without a token its peers could not tell it from a
+    /// dead process, so no shared object is opened.
+    #[error("cannot register this process's liveness token: {reason}")]
+    Liveness {
+        /// What went wrong.
+        reason: &'static str,
+    },
     /// The name is not a valid segment name (see [`crate::validate_name`]).
     #[error("invalid segment name {name:?}: {reason}")]
     InvalidName {

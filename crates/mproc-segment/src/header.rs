@@ -23,7 +23,7 @@
 //! | 64 | 8 | type hash (FNV-1a of name, size, align) | before Ready |
 //! | 72 | 8 | creator start time (clock ticks after boot) | before Ready |
 //! | 80 | 4 | type name length | before Ready |
-//! | 84 | 4 | reserved (0) | |
+//! | 84 | 4 | creator's peer token (see [`liveness`](crate::liveness)); 0 if unknown | before Ready |
 //! | 88 | 128 | type name, UTF-8, truncated to 128 bytes | before Ready |
 //! | 216 | 40 | reserved (0) | |
 //!
@@ -79,7 +79,7 @@ pub(crate) struct HeaderFields {
     pub type_hash: u64,
     pub creator_start: u64,
     pub type_name_len: u32,
-    pub reserved0: u32,
+    pub creator_peer: u32,
     pub type_name: [u8; TYPE_NAME_CAP],
     pub reserved1: [u8; 40],
 }
@@ -109,7 +109,7 @@ impl HeaderFields {
         let type_hash = u64::from_ne_bytes(take(8));
         let creator_start = u64::from_ne_bytes(take(8));
         let type_name_len = u32_of(take(4));
-        let reserved0 = u32_of(take(4));
+        let creator_peer = u32_of(take(4));
         let mut type_name = [0u8; TYPE_NAME_CAP];
         if let Some(src) = b.get(at..at + TYPE_NAME_CAP) {
             type_name.copy_from_slice(src);
@@ -126,7 +126,7 @@ impl HeaderFields {
             type_hash,
             creator_start,
             type_name_len,
-            reserved0,
+            creator_peer,
             type_name,
             reserved1: [0; 40],
         }
@@ -301,8 +301,12 @@ pub struct Header {
     pub payload_len: u64,
     /// Length of the whole segment (header, padding and payload) in bytes.
     pub total_len: u64,
-    /// The creating process.
+    /// The creating process, as its own pid namespace numbers it (for display: a pid means
+    /// nothing to a process in another namespace).
     pub creator: ProcessId,
+    /// The creator's peer token ([`liveness`](crate::liveness)): whether the creator still
+    /// runs is asked with it, in any namespace. 0 if unknown.
+    pub creator_peer: u32,
 }
 
 impl Header {
@@ -327,7 +331,7 @@ impl Header {
             type_hash: self.type_hash(),
             creator_start: self.creator.start_time,
             type_name_len: name.len() as u32,
-            reserved0: 0,
+            creator_peer: self.creator_peer,
             type_name,
             reserved1: [0; 40],
         }
@@ -397,6 +401,7 @@ impl Header {
                 pid: creator_pid,
                 start_time: f.creator_start,
             },
+            creator_peer: f.creator_peer,
         })
     }
 }

@@ -1,4 +1,6 @@
-//! Process identity that survives pid reuse: a pid plus the process's start time.
+//! Process identity as this pid namespace sees it: a pid plus the process's start time, for
+//! display (`mproc ls`), start-up bookkeeping and tests. Whether a *peer* of a shared object
+//! is alive is never decided from this: see [`liveness`](crate::liveness).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -24,15 +26,8 @@ static CACHED_START: AtomicU64 = AtomicU64::new(0);
 static PID: AtomicU32 = AtomicU32::new(0);
 static ATFORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-thread_local! {
-    /// The calling thread's task identity (`TaskId::pack`), 0 until first asked for.
-    static TASK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
 extern "C" fn forget_pid_in_child() {
     PID.store(0, Ordering::Relaxed);
-    // The child's one thread is the one that forked: it has a new task id.
-    TASK.with(|t| t.set(0));
 }
 
 /// Registers the fork handler once. Not a `Once`: a thread forking while another is inside
@@ -43,66 +38,9 @@ fn register_atfork() {
         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
         .is_ok()
     {
-        // SAFETY: registers a handler that only stores to an atomic and to a thread-local
-        // cell without destructor, which is async-signal-safe and valid in the child.
+        // SAFETY: registers a handler that only stores to an atomic, which is
+        // async-signal-safe and valid in the child.
         unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
-    }
-}
-
-/// A thread (a kernel task: its thread id) and the low 32 bits of its start time, so that a
-/// recycled thread id is not taken for the original thread. Thread ids are unique across
-/// processes (a process's pid is its main thread's id), so this names a thread anywhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TaskId {
-    /// The thread id (`gettid`), at most 2^30 − 1 (Linux's `pid_max` is at most 2^22).
-    pub tid: u32,
-    /// Low 32 bits of the start time in clock ticks after boot; 0 when unknown.
-    pub start: u32,
-}
-
-impl TaskId {
-    /// The calling thread: a thread-local read after the first call in each thread (and
-    /// renewed in a forked child).
-    #[inline]
-    pub fn current() -> TaskId {
-        let packed = TASK.with(std::cell::Cell::get);
-        if packed != 0 {
-            return TaskId::unpack(packed);
-        }
-        Self::current_slow()
-    }
-
-    #[cold]
-    fn current_slow() -> TaskId {
-        register_atfork();
-        let tid = nix::unistd::gettid().as_raw() as u32;
-        let start = read_start_time(tid).map_or(0, |s| s as u32);
-        let id = TaskId { tid, start };
-        TASK.with(|t| t.set(id.pack()));
-        id
-    }
-
-    /// `tid | start << 32`.
-    #[inline]
-    pub fn pack(self) -> u64 {
-        u64::from(self.tid) | (u64::from(self.start) << 32)
-    }
-
-    /// The inverse of [`pack`](Self::pack).
-    #[inline]
-    pub fn unpack(v: u64) -> TaskId {
-        TaskId {
-            tid: v as u32,
-            start: (v >> 32) as u32,
-        }
-    }
-
-    /// Whether this very thread (same id and start time) still runs. An exited thread, a
-    /// zombie process and a different task that got the same id all count as dead.
-    pub fn is_alive(&self) -> bool {
-        task_alive(self.tid, |start| {
-            self.start == 0 || start as u32 == self.start
-        })
     }
 }
 
@@ -130,7 +68,10 @@ impl ProcessId {
                 start_time: CACHED_START.load(Ordering::Relaxed),
             };
         }
-        let id = ProcessId::of(pid).unwrap_or(ProcessId { pid, start_time: 0 });
+        let id = ProcStat::of("self").map_or(ProcessId { pid, start_time: 0 }, |s| ProcessId {
+            pid,
+            start_time: s.start_time,
+        });
         CACHED_START.store(id.start_time, Ordering::Relaxed);
         CACHED_PID.store(u64::from(pid), Ordering::Release);
         id
@@ -142,8 +83,9 @@ impl ProcessId {
         Some(ProcessId { pid, start_time })
     }
 
-    /// Whether this very process (same pid and start time) is still running. A zombie (exited
-    /// but not yet reaped) counts as dead.
+    /// Whether this very process (same pid and start time) is still running, as seen from
+    /// this pid namespace: for a child this process started (tests, the pool's bookkeeping).
+    /// A zombie (exited but not yet reaped) counts as dead.
     pub fn is_alive(&self) -> bool {
         task_alive(self.pid, |start| {
             self.start_time == 0 || start == self.start_time
@@ -262,34 +204,6 @@ mod tests {
             !impostor.is_alive(),
             "a different start time is a different process"
         );
-    }
-
-    #[test]
-    fn task_ids_name_threads_and_die_with_them() {
-        let me = TaskId::current();
-        assert_eq!(me.tid, nix::unistd::gettid().as_raw() as u32);
-        assert!(me.start != 0 && me.is_alive());
-        assert_eq!(TaskId::unpack(me.pack()), me);
-        let other = std::thread::spawn(TaskId::current).join().unwrap();
-        assert_ne!(other.tid, me.tid);
-        assert!(!other.is_alive(), "an exited thread is dead");
-        assert!(
-            !TaskId {
-                start: me.start.wrapping_add(1),
-                ..me
-            }
-            .is_alive()
-        );
-        // In a forked child the one thread is the main thread: its id is the child's pid.
-        mproc_testkit::fork_child(|| {
-            let child = TaskId::current();
-            if child.tid == std::process::id() && child.is_alive() {
-                0
-            } else {
-                1
-            }
-        })
-        .assert_success();
     }
 
     #[test]

@@ -258,6 +258,10 @@ impl SegmentOptions {
         .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
         // From here on, any failure must unlink the name we just made.
         let guard = UnlinkGuard(Some(shm_name.clone()));
+        // In use from before its first byte: an opener that finds it half made and nobody
+        // holding it knows its creator died.
+        crate::liveness::register()?;
+        crate::shm_dir::hold(&fd)?;
         fchmod(&fd, Mode::from_bits_truncate(self.mode))
             .map_err(|e| SegmentError::io("fchmod", e))?;
         // The magic and "initialising" go in before the file has any length, so an opener
@@ -325,17 +329,32 @@ impl SegmentOptions {
         self.attach(fd, Some(shm_name))
     }
 
-    /// Opens the named object (never through a symlink) and applies the owner rules.
+    /// Opens the named object (never through a symlink), applies the owner rules and marks
+    /// it in use. An object removed by a reclaimer between our open and our in-use lock is
+    /// dropped and the name opened again, so an opener never ends up on an unlinked file.
     fn open_trusted(&self, name: &str) -> Result<(String, OwnedFd), SegmentError> {
         let shm_name = crate::validate_name(name)?;
-        let fd = shm_open(
-            shm_name.as_str(),
-            OFlag::O_RDWR | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        )
-        .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
-        crate::shm_dir::check_owner(&fd, name, self.allow_foreign)?;
-        Ok((shm_name, fd))
+        let path = crate::shm_dir::path_of(&shm_name);
+        crate::liveness::register()?;
+        for _ in 0..16 {
+            let fd = shm_open(
+                shm_name.as_str(),
+                OFlag::O_RDWR | OFlag::O_NOFOLLOW,
+                Mode::empty(),
+            )
+            .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;
+            crate::shm_dir::check_owner(&fd, name, self.allow_foreign)?;
+            crate::shm_dir::hold(&fd)?;
+            // SYNC POINT: a reclaimer unlinks only while holding the exclusive in-use lock,
+            // which our shared lock now excludes: if the name still refers to our file, it
+            // stays ours; if not, the file we hold is (or is being) removed.
+            if crate::shm_dir::still_named(&fd, &path) {
+                return Ok((shm_name, fd));
+            }
+        }
+        Err(SegmentError::NotReady {
+            creator_dead: false,
+        })
     }
 
     /// Maps a named object that mproc did not make (no header: the whole object is the
@@ -500,12 +519,15 @@ impl SegmentOptions {
             // are used, and a large queue arena costs only what it holds.
             nix::unistd::ftruncate(&fd, total as libc::off_t).map_err(out_of_space)?;
         }
+        let creator_peer = crate::liveness::register()?;
+        crate::shm_dir::hold(&fd)?;
         let map = MmapOptions::new()
             .len(total)
             .map_raw(fd.as_raw_fd())
             .map_err(|e| SegmentError::io("mmap", crate::errno_of(&e)))?;
         let creator = ProcessId::current();
         let header = Header {
+            creator_peer,
             version: FORMAT_VERSION,
             kind: self.kind,
             element: self.element.clone(),
@@ -538,6 +560,8 @@ impl SegmentOptions {
 
     /// Waits for Ready, snapshots and validates the header, and checks kind and type.
     fn attach(&self, fd: OwnedFd, name: Option<String>) -> Result<Segment, SegmentError> {
+        crate::liveness::register()?;
+        crate::shm_dir::hold(&fd)?;
         let deadline = Instant::now() + self.open_timeout;
         let mut wait = Wait::new(deadline);
         // The creator extends the file with one fallocate: length 0 means "not yet".
@@ -585,8 +609,9 @@ impl SegmentOptions {
             if magic == MAGIC && state_word.load(Ordering::Acquire) == STATE_READY {
                 break;
             }
-            let pid = pid_word.load(Ordering::Relaxed);
-            if magic == MAGIC && pid != 0 && ProcessId::of(pid).is_none() {
+            // The creator holds the in-use lock from before it wrote the magic: nobody else
+            // holding it means the creator died (asked of the kernel, in any namespace).
+            if magic == MAGIC && crate::shm_dir::in_use(&fd) == Some(false) {
                 // Re-check once: it may have become ready just before exiting.
                 if state_word.load(Ordering::Acquire) == STATE_READY {
                     break;

@@ -93,6 +93,12 @@ pub struct Peek {
     pub mode: u32,
     /// Its device and inode (what a process's memory maps list).
     pub dev_ino: (u64, u64),
+    /// Whether any process holds it open (the kernel's answer, in any pid namespace and
+    /// whatever the holder's dumpability; `None` if it could not be asked).
+    pub in_use: Option<bool>,
+    /// Whether its creator still runs (asked by the creator's peer token in the owner's
+    /// liveness roll; `None` if that could not be asked).
+    pub creator_alive: Option<bool>,
     file: std::fs::File,
 }
 
@@ -186,12 +192,19 @@ fn peek_file(file: std::fs::File) -> Result<Peek, PeekError> {
     let state = u32::from_ne_bytes(raw[8..12].try_into().unwrap_or_default());
     let pid = u32::from_ne_bytes(raw[12..16].try_into().unwrap_or_default());
     if state != STATE_READY {
-        let creator_dead = crate::ProcessId::of(pid).is_none();
+        // The creator holds the in-use lock from before it writes anything.
+        let creator_dead = in_use(&file) == Some(false);
         return Err(seg(SegmentError::NotReady { creator_dead }));
     }
     let fields = HeaderFields::from_bytes(&raw[std::mem::offset_of!(RawHeader, fields)..]);
     let header = Header::from_fields(&fields, pid, meta.len()).map_err(seg)?;
+    let creator_alive = match header.creator_peer {
+        0 => Some(false),
+        peer => crate::liveness::peer_alive_of_user(meta.uid(), peer),
+    };
     Ok(Peek {
+        in_use: in_use(&file),
+        creator_alive,
         owner: meta.uid(),
         mode: meta.mode() & 0o7777,
         dev_ino: (meta.dev(), meta.ino()),
@@ -233,26 +246,106 @@ pub fn mapped_by(dev_ino: (u64, u64)) -> Vec<u32> {
     pids
 }
 
-/// Removes the name `shm_name` if it holds a *stale* segment: one of this user's, not
-/// writable by others, whose creator is dead (pid and start time) or died while creating it,
-/// and that no live process maps — the rule `mproc gc` applies. Returns whether the name may
-/// now be free (`true`: removed, or gone meanwhile: try creating again).
-///
-/// Creators racing to reclaim the same name cannot both remove something: the remover holds
-/// an exclusive `flock` on the stale file, and unlinks only after checking that the name still
-/// refers to that very file (device and inode); a creator that finds the lock taken backs off.
-/// A live or mapped segment, a foreign file or another user's file is never touched.
-/// How long a creator waits for another's reclaim lock on a stale name (see
-/// [`reclaim_stale`]).
-const RECLAIM_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long an opener waits for a reclaimer's exclusive lock on the file it opened (a
+/// reclaim holds it for microseconds; a hostile holder cannot make `open` wait longer than
+/// its own timeout either).
+const HOLD_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
-pub(crate) fn reclaim_stale(shm_name: &str) -> bool {
+/// The byte of every segment file that its users lock: each handle holds a shared
+/// (read) open-file-description lock on it for as long as it exists, and the kernel drops
+/// it when the handle's descriptor closes — when the process dies, whatever its namespace
+/// and however it dies. A forked child shares its parent's lock (it maps the segment too).
+/// Reclaim and `gc` take an exclusive lock on it: they get it only when no handle anywhere
+/// is open, and while they hold it no opener can start using the file.
+const IN_USE_BYTE: i64 = 0;
+
+fn in_use_lock(kind: libc::c_int) -> libc::flock {
+    // SAFETY: `flock` is plain integers; all zeros is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = IN_USE_BYTE;
+    fl.l_len = 1;
+    fl
+}
+
+/// Marks `fd`'s segment as in use by this handle (see [`IN_USE_BYTE`]), waiting a bounded
+/// time while a reclaimer holds it.
+pub(crate) fn hold(fd: &impl std::os::fd::AsFd) -> Result<(), SegmentError> {
+    let deadline = std::time::Instant::now() + HOLD_WAIT;
+    let fl = in_use_lock(libc::F_RDLCK);
+    loop {
+        match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_OFD_SETLK(&fl)) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EAGAIN | Errno::EACCES) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            Err(Errno::EAGAIN | Errno::EACCES) => {
+                return Err(SegmentError::NotReady {
+                    creator_dead: false,
+                });
+            }
+            Err(e) => return Err(SegmentError::io("fcntl(F_OFD_SETLK)", e)),
+        }
+    }
+}
+
+/// Whether any handle other than those sharing `fd`'s open file description holds the
+/// segment open (`None` if the kernel could not be asked). Tools ask through a descriptor of
+/// their own, so for them this is "is anyone using it".
+pub fn in_use(fd: &impl std::os::fd::AsFd) -> Option<bool> {
+    let mut fl = in_use_lock(libc::F_WRLCK);
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut fl)).ok()?;
+    Some(i32::from(fl.l_type) != libc::F_UNLCK)
+}
+
+/// Takes the exclusive lock on `fd`'s in-use byte if nobody holds the segment: `true` if
+/// taken (then nobody can start using it until `fd` is closed).
+fn try_own(fd: &impl std::os::fd::AsFd) -> bool {
+    let fl = in_use_lock(libc::F_WRLCK);
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_OFD_SETLK(&fl)).is_ok()
+}
+
+/// Whether the file open as `fd` is still the one named `path` (same device and inode).
+pub(crate) fn still_named(fd: &impl std::os::fd::AsFd, path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ours) = fstat(fd) else {
+        return false;
+    };
+    std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == (ours.st_dev, ours.st_ino))
+}
+
+/// Whether a segment nobody holds may be removed: its creator (asked by peer token, in any
+/// pid namespace) is no longer alive, or it never finished being made. A segment kept with
+/// `persist` by a creator that still runs is not stale.
+fn creator_gone(peek: &Result<Peek, PeekError>, owner: u32) -> bool {
+    match peek {
+        Ok(p) => {
+            let peer = p.header.creator_peer;
+            peer == 0 || crate::liveness::peer_alive_of_user(owner, peer) == Some(false)
+        }
+        Err(PeekError::Segment(SegmentError::NotReady { .. })) => true,
+        Err(_) => false,
+    }
+}
+
+/// Removes the file `path` if it holds a *stale* mproc segment: no handle anywhere holds it
+/// open (asked of the kernel through the in-use lock, not read from `/proc`) and its creator
+/// is gone. `owner`: the uid the file must belong to (`None`: any, for root's `gc`). Returns
+/// whether the name may now be free (`true`: removed, or gone meanwhile).
+///
+/// Race-free against openers: the remover holds the exclusive in-use lock from its check to
+/// its unlink, so an opener that got the file meanwhile waits for its shared lock and then
+/// finds the name no longer refers to its file (it opens again); one that gets its shared
+/// lock first makes the remover's lock fail. Against other removers: only one gets the lock,
+/// and the unlink happens only if the name still refers to that very file.
+pub(crate) fn remove_if_stale(path: &str, owner: Option<u32>) -> bool {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let path = path_of(shm_name);
     let file = match std::fs::OpenOptions::new()
         .read(true)
+        .write(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
+        .open(path)
     {
         Ok(f) => f,
         Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
@@ -260,41 +353,46 @@ pub(crate) fn reclaim_stale(shm_name: &str) -> bool {
     let Ok(meta) = file.metadata() else {
         return false;
     };
-    let me = nix::unistd::geteuid().as_raw();
-    if !meta.file_type().is_file() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+    if !meta.file_type().is_file() || owner.is_some_and(|o| meta.uid() != o) {
         return false;
     }
-    // The lock says "another creator is reclaiming it". It belongs to the open file, so a
-    // process forked while some creator held it (in this process or another) holds it too
-    // until it exits or closes the inherited fd: wait a little for it rather than report
-    // the name taken at once. A real concurrent reclaim takes microseconds.
-    let deadline = std::time::Instant::now() + RECLAIM_LOCK_WAIT;
-    loop {
-        // SAFETY: flock takes an fd we own and flags; no pointers.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            break;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
+    if owner.is_some() && meta.mode() & 0o022 != 0 {
+        return false;
     }
-    let dev_ino = (meta.dev(), meta.ino());
-    // Read the header through a duplicate: `file` keeps the lock until we are done.
+    if !try_own(&file) {
+        return false;
+    }
     let Ok(dup) = file.try_clone() else {
         return false;
     };
-    let stale = match peek_file(dup) {
-        Ok(p) => !p.header.creator.is_alive(),
-        Err(PeekError::Segment(SegmentError::NotReady { creator_dead })) => creator_dead,
-        Err(_) => false,
-    };
-    if !stale || !mapped_by(dev_ino).is_empty() {
+    if !creator_gone(&peek_file(dup), meta.uid()) {
         return false;
     }
-    match std::fs::symlink_metadata(&path) {
-        Ok(now) if (now.dev(), now.ino()) == dev_ino => std::fs::remove_file(&path).is_ok(),
+    if !still_named(&file, path) {
         // Replaced or removed meanwhile: the caller tries again.
-        _ => true,
+        return true;
+    }
+    let removed = std::fs::remove_file(path).is_ok();
+    drop(file);
+    removed
+}
+
+/// Removes the name `shm_name` if it holds a stale segment of this user (see
+/// [`remove_if_stale`]): what `create` does before giving up on a taken name.
+pub(crate) fn reclaim_stale(shm_name: &str) -> bool {
+    remove_if_stale(&path_of(shm_name), Some(nix::unistd::geteuid().as_raw()))
+}
+
+/// Removes `/dev/shm/NAME` if it is a stale mproc segment (nobody holds it open, its creator
+/// is gone): what `mproc gc` does. Files of other users are removed only when the caller may
+/// (root). Returns whether it was removed.
+pub fn remove_stale(name: &str) -> bool {
+    let path = std::path::Path::new(SHM_DIR).join(name);
+    let Some(path) = path.to_str() else {
+        return false;
+    };
+    std::fs::symlink_metadata(path).is_ok() && remove_if_stale(path, None) && {
+        // `remove_if_stale` also says `true` for a name that vanished meanwhile.
+        std::fs::symlink_metadata(path).is_err()
     }
 }

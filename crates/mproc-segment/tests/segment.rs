@@ -17,6 +17,17 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Uid, ftruncate, setuid};
 
 /// Makes a foreign (non-mproc) object in /dev/shm holding `bytes`, like Python would.
+/// A one-byte lock request at offset 0 (the type is set by the caller).
+fn in_use_flock() -> libc::flock {
+    libc::flock {
+        l_type: libc::F_UNLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 1,
+        l_pid: 0,
+    }
+}
+
 fn foreign(name: &str, bytes: &[u8]) -> OwnedFd {
     let fd = shm_open(
         format!("/{name}").as_str(),
@@ -461,6 +472,10 @@ fn a_creator_that_died_before_ready_makes_open_fail_not_hang() {
     let stuck = unique_name("seg-stuck-creator");
     let _c2 = Cleanup(stuck.clone());
     let _fd = foreign(&stuck, &header_bytes(1, std::process::id()));
+    // A creator holds its segment's in-use lock (byte 0) from before it writes the header.
+    let mut fl: libc::flock = in_use_flock();
+    fl.l_type = libc::F_RDLCK as libc::c_short;
+    nix::fcntl::fcntl(&_fd, nix::fcntl::FcntlArg::F_OFD_SETLK(&fl)).unwrap();
     let err = SegmentOptions::any()
         .open_timeout(Duration::from_millis(30))
         .open(&stuck)

@@ -10,10 +10,13 @@
 //! asking whether the owner still exists.
 //!
 //! # The owner word (`AtomicU64`)
-//! `start (32 bits) | 0 | WAITERS | tid (30 bits)`: 0 is free; otherwise `tid` is the kernel
-//! thread id of the owner (unique across processes), `start` the low 32 bits of that thread's
-//! start time (so a recycled thread id is not taken for the owner), `WAITERS` says someone may
-//! sleep. Waiters sleep on the low 32 bits (a futex), which change at every hand-over.
+//! `thread number (31 bits) << 32 | TRACKED << 63 | WAITERS << 30 | peer token (22 bits)`:
+//! 0 is free; otherwise the word holds the owner's lock identity from
+//! [`mproc_segment::liveness`] (the owner process's peer token and its thread's number,
+//! neither of which a live process or thread shares with anyone, in any pid namespace), and
+//! `WAITERS` says someone may sleep. Waiters sleep on the low 32 bits (a futex). Whether the
+//! owner is alive is asked of the kernel (a lock on the owner's byte of the liveness roll),
+//! never read from `/proc`; re-entry and deadlock checks compare the whole identity.
 //!
 //! - **Lock**: CAS `0 -> me` (Acquire). Contended: set `WAITERS` on the current owner word by
 //!   CAS, sleep on it, and on waking take a free word as `me | WAITERS` (others may still
@@ -38,8 +41,11 @@ use crate::LockError;
 use crate::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::futex;
 
-const TID_MASK: u64 = (1 << 30) - 1;
+/// The owner's peer token: non-zero exactly when the lock is held.
+const PEER_MASK: u64 = mproc_segment::liveness::PEER_MASK as u64;
 const WAITERS: u64 = 1 << 30;
+/// Every bit of the owner's identity (everything but `WAITERS` and the unused bit 31).
+const ID_MASK: u64 = !(WAITERS | 1 << 31);
 
 /// How long a waiter sleeps before checking whether the owner is still alive
 /// ([`naps::LOCK_OWNER_CHECK`](crate::naps::LOCK_OWNER_CHECK)).
@@ -90,7 +96,7 @@ const _: () = assert!(std::mem::align_of::<RawLock>() == 8);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LockCounters {
-    /// The holder's thread id, if held.
+    /// The holder's peer token (its process's, see `mproc_segment::liveness`), if held.
     pub holder: Option<u32>,
     /// Acquisitions since the lock was made (re-entries of an `RLock` not counted).
     pub acquisitions: u64,
@@ -111,7 +117,7 @@ impl LockCounters {
         if bytes.len() < std::mem::size_of::<RawLock>() {
             return None;
         }
-        let tid = (u64_at(offset_of!(RawLock, word))? & TID_MASK) as u32;
+        let tid = (u64_at(offset_of!(RawLock, word))? & PEER_MASK) as u32;
         Some(LockCounters {
             holder: (tid != 0).then_some(tid),
             acquisitions: u64_at(offset_of!(RawLock, acquisitions))?,
@@ -131,13 +137,13 @@ unsafe impl mproc_segment::ShmSafe for RawLock {}
 #[cfg(not(loom))]
 #[inline]
 fn me() -> u64 {
-    mproc_segment::TaskId::current().pack() & !(WAITERS | 1 << 31)
+    mproc_segment::liveness::thread_me() & ID_MASK
 }
 
-/// Whether the owner named by `word` still runs.
+/// Whether the owner named by `word` still runs (asked of the kernel).
 #[cfg(not(loom))]
 fn owner_alive(word: u64) -> bool {
-    mproc_segment::TaskId::unpack(word & !(WAITERS | 1 << 31)).is_alive()
+    mproc_segment::liveness::thread_alive(word & ID_MASK)
 }
 
 /// Under loom every model thread runs on one OS thread: number them instead.
@@ -146,7 +152,7 @@ fn me() -> u64 {
     use std::sync::atomic::{AtomicU64 as StdU64, Ordering as StdOrdering};
     static NEXT: StdU64 = StdU64::new(1);
     loom::thread_local! {
-        static ID: u64 = NEXT.fetch_add(1, StdOrdering::Relaxed) % (1 << 29) + 1;
+        static ID: u64 = NEXT.fetch_add(1, StdOrdering::Relaxed) % (1 << 21) + 1;
     }
     ID.with(|id| *id)
 }
@@ -280,7 +286,7 @@ impl RawLock {
     /// sleep while the word reads `word`; `Err(None)` when it moved: look again.
     fn contend(&self, mine: u64) -> Result<(), Option<u64>> {
         let v = self.word.load(Ordering::Relaxed);
-        if v & TID_MASK == 0 {
+        if v & PEER_MASK == 0 {
             // SYNC POINT: Acquire, as in `acquire`.
             return self
                 .word
@@ -325,7 +331,7 @@ impl RawLock {
             return self.acquired(recursive, false);
         }
         let v = self.word.load(Ordering::Relaxed);
-        if v & TID_MASK == mine & TID_MASK {
+        if v & ID_MASK == mine & ID_MASK {
             if recursive {
                 let depth = self.count.load(Ordering::Relaxed);
                 self.count.store(depth.saturating_add(1), Ordering::Relaxed);
@@ -346,7 +352,7 @@ impl RawLock {
     fn take_if_free(&self, mine: u64) -> bool {
         let v = self.word.load(Ordering::Relaxed);
         // SYNC POINT: Acquire, as in `acquire`.
-        v & TID_MASK == 0
+        v & PEER_MASK == 0
             && self
                 .word
                 .compare_exchange(
@@ -364,7 +370,7 @@ impl RawLock {
             return self.acquired(recursive, false);
         }
         let v = self.word.load(Ordering::Relaxed);
-        if v & TID_MASK != 0 && !owner_alive(v) {
+        if v & PEER_MASK != 0 && !owner_alive(v) {
             return self.take_over(v, mine, recursive);
         }
         Err(LockError::WouldBlock)
@@ -434,7 +440,7 @@ impl RawLock {
             return Err(LockError::WouldBlock);
         }
         mproc_segment::slow_path_event!(
-            dead_holder_tid = v & TID_MASK,
+            dead_holder_peer = v & PEER_MASK,
             "lock taken over from a holder that died; the data it guards may be inconsistent"
         );
         self.acquired(recursive, true)
@@ -482,7 +488,7 @@ impl RawLock {
     pub(crate) fn release(&self, recursive: bool) -> Result<(), LockError<()>> {
         let mine = me();
         let v = self.word.load(Ordering::Relaxed);
-        if v & TID_MASK != mine & TID_MASK {
+        if v & ID_MASK != mine & ID_MASK {
             return Err(LockError::NotOwner);
         }
         if recursive {
@@ -511,9 +517,9 @@ impl RawLock {
         self.inconsistent.load(Ordering::Relaxed) != 0
     }
 
-    /// The thread id of the current holder, if any (a snapshot, for tools).
+    /// The peer token of the current holder's process, if any (a snapshot, for tools).
     pub fn holder(&self) -> Option<u32> {
-        let tid = (self.word.load(Ordering::Relaxed) & TID_MASK) as u32;
+        let tid = (self.word.load(Ordering::Relaxed) & PEER_MASK) as u32;
         (tid != 0).then_some(tid)
     }
 }

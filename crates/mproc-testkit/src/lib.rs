@@ -88,6 +88,67 @@ pub fn fork_child(f: impl FnOnce() -> i32) -> Child {
     }
 }
 
+/// Forks a child that runs `f` as process 1 of a new pid namespace (the kernel's
+/// `unshare(CLONE_NEWPID)`, as `unshare --pid --fork` does), with `/proc` of its own mounted
+/// in a private mount namespace when `own_proc` (as `--mount-proc`). The returned `Child` is
+/// the namespace's parent: it exits with `f`'s code (128 + the signal if `f`'s process was
+/// killed), and killing it kills the namespace. Needs root (CI runs as root); a namespace
+/// that cannot be made ends the child with code 90.
+pub fn fork_in_pid_namespace(own_proc: bool, f: impl FnOnce() -> i32) -> Child {
+    use nix::sched::CloneFlags;
+    fork_child(move || {
+        let mut flags = CloneFlags::CLONE_NEWPID;
+        if own_proc {
+            flags |= CloneFlags::CLONE_NEWNS;
+        }
+        if nix::sched::unshare(flags).is_err() {
+            return 90;
+        }
+        // SAFETY: this process has one thread (a forked child); the grandchild runs `f` and
+        // `_exit`s without returning.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {
+                // SAFETY: prctl with integer arguments only.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+                if own_proc && !mount_own_proc() {
+                    // SAFETY: ends the process without running the parent's handlers.
+                    unsafe { libc::_exit(91) };
+                }
+                let code = catch_unwind(AssertUnwindSafe(f)).unwrap_or(PANIC_EXIT);
+                // SAFETY: as above.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+                _ => 92,
+            },
+            Err(_) => 93,
+        }
+    })
+}
+
+/// Makes this process's mounts private and mounts a `/proc` that shows its own pid namespace.
+fn mount_own_proc() -> bool {
+    use nix::mount::{MsFlags, mount};
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .is_ok()
+        && mount(
+            Some("proc"),
+            "/proc",
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .is_ok()
+}
+
 impl Child {
     /// Adopts an already started child process (for example from `std::process::Command`,
     /// whose `Child::id` gives the pid). It must be a child of this process.

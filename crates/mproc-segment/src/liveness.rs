@@ -1,0 +1,569 @@
+//! Who is alive, decided by the kernel: the one place mproc asks whether a peer that left its
+//! name in shared memory still runs.
+//!
+//! # Why not pids
+//! A pid (plus a start time read from `/proc`) means nothing to a process in another pid
+//! namespace (two containers sharing `/dev/shm`), cannot be read for a non-dumpable process,
+//! and comes back after reuse. mproc's peers are therefore named by a *token* that the
+//! kernel itself withdraws when the process dies, whatever namespace it lives in.
+//!
+//! # The roll
+//! Each user has one roll file beside the segments, `/dev/shm/.mproc-roll-UID` (mode 0600,
+//! empty: it holds no data, only locks). A process that touches mproc objects registers once:
+//! - it picks a random *peer token* `P` (22 bits, the width the arena's chunk word has room
+//!   for) and takes an open-file-description write lock (`F_OFD_SETLK`) on the whole byte
+//!   range `[P << 32, (P + 1) << 32)` of the roll — failing if anyone holds any byte of it,
+//!   so two live processes never share a token — then gives back all of the range but its
+//!   first byte, which it keeps for its whole life;
+//! - each thread that takes a [`RawLock`](../mproc_sync/struct.RawLock.html)-style lock adds
+//!   a *thread number* `k` (31 bits, numbered from a random start) and locks byte
+//!   `P << 32 | k`, released by a thread-local destructor when the thread exits.
+//!
+//! The kernel releases OFD locks when the last descriptor of the open file description is
+//! closed: when the process dies, however it dies. Another process asks with `F_OFD_GETLK`
+//! through its own descriptor (a different open file description, so it sees its own
+//! process's locks too): *a peer is alive exactly while its byte is locked*. This holds
+//! across pid namespaces (the lock is on the file, not on a pid), for non-dumpable processes,
+//! and without `/proc`.
+//!
+//! Shared words store `P` (queue slots, arena chunks, segment creators) or `P | k << 32`
+//! (lock owners). A token cannot be reused while its holder lives; after it dies, a new
+//! process draws the same `P` with probability 2^-22 per registration — it then looks like
+//! the dead one until it exits too, which delays recovery of what the dead one held (never
+//! loses an item or grants a lock twice). A lock identity adds the thread number, so a stale
+//! lock word is taken for a live thread's with odds of 2^-53.
+//!
+//! # Fork
+//! A child inherits its parent's descriptors, and with them the open file description that
+//! holds the parent's locks: a child that kept it would keep a dead parent "alive". A
+//! `pthread_atfork` handler closes both roll descriptors in the child (`close` is
+//! async-signal-safe) and forgets the token; the child registers anew on first use.
+//!
+//! # When registration fails
+//! [`register`] reports why (no shared-memory directory, a roll planted by another user, out
+//! of descriptors); `create`/`open` of every object call it, so the usual failure is a typed
+//! error there. A hot path that finds the process unregistered (a forked child out of
+//! descriptors) uses [`UNKNOWN`]: peers take such a claim for alive for ever (its crash is
+//! then not recovered; nothing is lost or granted twice).
+//!
+//! # Limits
+//! - A process that closes descriptors it did not open (a daemon's close-all loop after
+//!   mproc registered) gives up its token: peers then take it for dead. mproc's own fork
+//!   paths keep the roll's descriptors ([`roll_fds`]).
+//! - Peers must share the directory holding the roll (the same `/dev/shm`); deleting the roll
+//!   file while mproc processes run makes later processes see the earlier ones as dead.
+//! - Rolls are per user: processes of different users sharing one object (opened with
+//!   `allow_foreign_owner`) do not see each other's tokens, so crash recovery between them
+//!   is not supported.
+
+use std::cell::Cell;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::SegmentError;
+
+/// Bits of a peer token.
+pub const PEER_BITS: u32 = 22;
+/// The mask of a peer token.
+pub const PEER_MASK: u32 = (1 << PEER_BITS) - 1;
+/// The token of a process that could not register: taken for alive by everyone.
+pub const UNKNOWN: u32 = PEER_MASK;
+/// In a thread identity ([`thread_me`]): the thread holds its own byte of the roll, so its
+/// exit can be seen (without it only the process's death can).
+pub const THREAD_TRACKED: u64 = 1 << 63;
+/// The mask of a thread identity's thread number (bits 32..63).
+const THREAD_NUM_MASK: u64 = ((1 << 31) - 1) << 32;
+
+const UNREGISTERED: u32 = 0;
+const REGISTERING: u32 = 1;
+const REGISTERED: u32 = 2;
+const FAILED: u32 = 3;
+
+/// Registration state of this process (reset in a forked child).
+static STATE: AtomicU32 = AtomicU32::new(UNREGISTERED);
+/// This process's peer token (valid when `STATE` is `REGISTERED`).
+static PEER: AtomicU32 = AtomicU32::new(0);
+/// The descriptor whose open file description holds this process's locks.
+static HOLD_FD: AtomicI32 = AtomicI32::new(-1);
+/// A second descriptor of the roll, for asking (its own open file description, so the
+/// locks held through `HOLD_FD` are visible to it).
+static ASK_FD: AtomicI32 = AtomicI32::new(-1);
+/// The next thread number to hand out (seeded at random at registration).
+static NEXT_THREAD: AtomicU32 = AtomicU32::new(0);
+/// Registration generation: bumped at every (re-)registration, so a thread's cached identity
+/// from before a fork is recognised as stale.
+static EPOCH: AtomicU64 = AtomicU64::new(0);
+/// When a failed registration may be tried again (ms since `BASE`).
+static RETRY_AT: AtomicU64 = AtomicU64::new(0);
+static ATFORK: AtomicBool = AtomicBool::new(false);
+
+/// How long after a failed registration the hot paths try again.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// This thread's identity (`P | k << 32 | THREAD_TRACKED`) and the epoch it belongs to;
+    /// releases the thread's byte when the thread exits.
+    static THREAD: ThreadToken = const { ThreadToken { id: Cell::new(0), epoch: Cell::new(0) } };
+}
+
+struct ThreadToken {
+    id: Cell<u64>,
+    epoch: Cell<u64>,
+}
+
+impl Drop for ThreadToken {
+    fn drop(&mut self) {
+        let id = self.id.get();
+        if id & THREAD_TRACKED != 0 && self.epoch.get() == EPOCH.load(Ordering::Acquire) {
+            let fd = HOLD_FD.load(Ordering::Acquire);
+            if fd >= 0 {
+                let _ = set_lock(fd, libc::F_UNLCK, thread_byte(id), 1);
+            }
+        }
+    }
+}
+
+/// The roll of the calling process's effective user.
+pub fn roll_path() -> String {
+    roll_path_of(nix::unistd::geteuid().as_raw())
+}
+
+/// The roll of user `uid`.
+pub fn roll_path_of(uid: u32) -> String {
+    format!("{}/.mproc-roll-{uid}", crate::SHM_DIR)
+}
+
+/// The calling process's peer token, registering it first if needed. Never fails: a process
+/// that cannot register gets [`UNKNOWN`] (see the module docs). One atomic load when
+/// registered.
+#[inline]
+pub fn me() -> u32 {
+    if STATE.load(Ordering::Acquire) == REGISTERED {
+        return PEER.load(Ordering::Relaxed);
+    }
+    me_slow()
+}
+
+#[cold]
+fn me_slow() -> u32 {
+    match STATE.load(Ordering::Acquire) {
+        FAILED if now_ms() < RETRY_AT.load(Ordering::Relaxed) => UNKNOWN,
+        _ => register().unwrap_or(UNKNOWN),
+    }
+}
+
+/// Registers the calling process in its user's roll (once; again in a forked child) and
+/// returns its peer token. `create`/`open` of every mproc object call this, so that a process
+/// that cannot be told apart from a dead one is refused there, with the reason.
+pub fn register() -> Result<u32, SegmentError> {
+    register_atfork();
+    loop {
+        match STATE.compare_exchange(
+            UNREGISTERED,
+            REGISTERING,
+            Ordering::Acquire,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => break,
+            Err(REGISTERED) => return Ok(PEER.load(Ordering::Relaxed)),
+            Err(REGISTERING) => std::thread::yield_now(),
+            Err(_) => {
+                // FAILED: try again (anyone may).
+                if STATE
+                    .compare_exchange(FAILED, REGISTERING, Ordering::Acquire, Ordering::Acquire)
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    match do_register() {
+        Ok((hold, ask, peer)) => {
+            HOLD_FD.store(hold, Ordering::Release);
+            ASK_FD.store(ask, Ordering::Release);
+            PEER.store(peer, Ordering::Relaxed);
+            NEXT_THREAD.store(random_u32() >> 1 | 1, Ordering::Relaxed);
+            EPOCH.fetch_add(1, Ordering::AcqRel);
+            // SYNC POINT: Release publishes PEER and the descriptors to `me`'s Acquire.
+            STATE.store(REGISTERED, Ordering::Release);
+            Ok(peer)
+        }
+        Err(e) => {
+            RETRY_AT.store(now_ms() + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
+            STATE.store(FAILED, Ordering::Release);
+            Err(e)
+        }
+    }
+}
+
+/// Opens (creating if needed) this user's roll twice and claims a token: (hold fd, ask fd,
+/// token).
+fn do_register() -> Result<(RawFd, RawFd, u32), SegmentError> {
+    let path = roll_path();
+    let hold = open_roll(&path, true)?;
+    let ask = match open_roll(&path, false) {
+        Ok(fd) => fd,
+        Err(e) => {
+            close(hold);
+            return Err(e);
+        }
+    };
+    // Both must be the same file (someone could swap the name between the two opens).
+    if file_id(hold) != file_id(ask) {
+        close(hold);
+        close(ask);
+        return Err(roll_error(
+            "the roll file was replaced while it was being opened",
+        ));
+    }
+    for _ in 0..64 {
+        let peer = random_u32() & PEER_MASK;
+        if peer == 0 || peer == UNKNOWN {
+            continue;
+        }
+        let start = u64::from(peer) << 32;
+        // All of the token's range: fails if any live process holds any byte of it.
+        match set_lock(hold, libc::F_WRLCK, start, 1 << 32) {
+            Ok(()) => {
+                // Keep the first byte; thread bytes are taken one by one later.
+                let _ = set_lock(hold, libc::F_UNLCK, start + 1, (1 << 32) - 1);
+                return Ok((hold, ask, peer));
+            }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => continue,
+            Err(e) => {
+                close(hold);
+                close(ask);
+                return Err(SegmentError::io("fcntl(F_OFD_SETLK) on the roll", e));
+            }
+        }
+    }
+    close(hold);
+    close(ask);
+    Err(roll_error("no free peer token after 64 draws"))
+}
+
+fn roll_error(reason: &'static str) -> SegmentError {
+    SegmentError::Liveness { reason }
+}
+
+/// Opens a roll: `own` creates it if missing and opens it for writing; the file must be a
+/// regular file of the calling user, writable by nobody else.
+fn open_roll(path: &str, own: bool) -> Result<RawFd, SegmentError> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let mut flags = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    flags |= if own {
+        OFlag::O_RDWR | OFlag::O_CREAT
+    } else {
+        OFlag::O_RDONLY
+    };
+    let fd = nix::fcntl::open(path, flags, Mode::from_bits_truncate(0o600)).map_err(|e| {
+        if e == nix::errno::Errno::ELOOP {
+            roll_error("the roll is a symbolic link")
+        } else {
+            SegmentError::io("open of the liveness roll", e)
+        }
+    })?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| SegmentError::io("fstat", e))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(roll_error("the roll is not a regular file"));
+    }
+    if own && (st.st_uid != me || st.st_mode & 0o022 != 0) {
+        return Err(roll_error(
+            "the roll belongs to another user or others may write it (planted?)",
+        ));
+    }
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(fd))
+}
+
+fn file_id(fd: RawFd) -> Option<(u64, u64)> {
+    // SAFETY: `fd` is open for the duration of this call (owned by the caller).
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::sys::stat::fstat(b).ok().map(|s| (s.st_dev, s.st_ino))
+}
+
+/// The calling thread's lock identity: `P | k << 32 | THREAD_TRACKED` (see the module docs).
+/// A thread-local read after the first call in each thread.
+#[inline]
+pub fn thread_me() -> u64 {
+    THREAD.with(|t| {
+        let id = t.id.get();
+        if id != 0 && t.epoch.get() == EPOCH.load(Ordering::Relaxed) {
+            id
+        } else {
+            thread_me_slow(t)
+        }
+    })
+}
+
+#[cold]
+fn thread_me_slow(t: &ThreadToken) -> u64 {
+    let peer = me();
+    let epoch = EPOCH.load(Ordering::Acquire);
+    if peer == UNKNOWN {
+        // Still a unique identity inside this process (threads are told apart), but nobody
+        // can judge its liveness: not cached, so registration is tried again later.
+        let k = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
+        return u64::from(peer) | (u64::from(k.max(1)) << 32);
+    }
+    let k = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
+    let k = k.max(1);
+    let mut id = u64::from(peer) | (u64::from(k) << 32);
+    let fd = HOLD_FD.load(Ordering::Acquire);
+    if fd >= 0 && set_lock(fd, libc::F_WRLCK, thread_byte(id), 1).is_ok() {
+        id |= THREAD_TRACKED;
+    }
+    t.id.set(id);
+    t.epoch.set(epoch);
+    id
+}
+
+fn thread_byte(id: u64) -> u64 {
+    (id & u64::from(PEER_MASK)) << 32 | (id & THREAD_NUM_MASK) >> 32
+}
+
+/// Whether the process with peer token `peer` is alive, asked of the kernel. The caller's own
+/// token is alive; [`UNKNOWN`] is taken for alive; 0 (no token) is dead. If the roll cannot
+/// be read, peers are taken for alive (never recovered rather than recovered wrongly).
+pub fn peer_alive(peer: u32) -> bool {
+    let peer = peer & PEER_MASK;
+    if peer == 0 {
+        return false;
+    }
+    if peer == UNKNOWN || peer == me() {
+        return true;
+    }
+    locked(u64::from(peer) << 32).unwrap_or(true)
+}
+
+/// Whether the thread named by a lock identity (see [`thread_me`]) is alive: its process is
+/// alive and, if the thread holds its own byte, the thread has not exited.
+pub fn thread_alive(id: u64) -> bool {
+    let peer = (id as u32) & PEER_MASK;
+    if !peer_alive(peer) {
+        return false;
+    }
+    if id & THREAD_TRACKED == 0 || peer == UNKNOWN {
+        return true;
+    }
+    locked(thread_byte(id)).unwrap_or(true)
+}
+
+/// Whether someone holds a lock on byte `at` of this user's roll; `None` if the roll cannot
+/// be asked.
+fn locked(at: u64) -> Option<bool> {
+    let mut fd = ASK_FD.load(Ordering::Acquire);
+    if fd < 0 {
+        // Not registered (a tool, or registration failed): an asking-only descriptor.
+        register().ok()?;
+        fd = ASK_FD.load(Ordering::Acquire);
+        if fd < 0 {
+            return None;
+        }
+    }
+    get_lock(fd, at)
+}
+
+/// A roll opened only to ask about its peers (tools reading other users' segments).
+#[derive(Debug)]
+pub struct Roll {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Roll {
+    /// Opens user `uid`'s roll for asking; `None` if it does not exist (then nobody of that
+    /// user is registered) or cannot be opened.
+    pub fn of_user(uid: u32) -> Result<Option<Roll>, SegmentError> {
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        match nix::fcntl::open(
+            roll_path_of(uid).as_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                let st = nix::sys::stat::fstat(&fd).map_err(|e| SegmentError::io("fstat", e))?;
+                if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_uid != uid {
+                    return Err(roll_error("the roll is not a regular file of its user"));
+                }
+                Ok(Some(Roll { fd }))
+            }
+            Err(nix::errno::Errno::ENOENT) => Ok(None),
+            Err(e) => Err(SegmentError::io("open of the liveness roll", e)),
+        }
+    }
+
+    /// Whether the peer with this token is alive (`None`: the kernel could not be asked).
+    pub fn peer_alive(&self, peer: u32) -> Option<bool> {
+        let peer = peer & PEER_MASK;
+        if peer == 0 {
+            return Some(false);
+        }
+        if peer == UNKNOWN {
+            return Some(true);
+        }
+        use std::os::fd::AsRawFd;
+        get_lock(self.fd.as_raw_fd(), u64::from(peer) << 32)
+    }
+}
+
+/// Whether the peer `peer` of user `uid` is alive, asked through a descriptor of that user's
+/// roll opened for the purpose (tools: nothing is registered). `Some(false)` if the user has
+/// no roll (nobody of theirs ever registered); `None` if the roll cannot be read.
+pub fn peer_alive_of_user(uid: u32, peer: u32) -> Option<bool> {
+    if uid == nix::unistd::geteuid().as_raw()
+        && peer & PEER_MASK == PEER.load(Ordering::Relaxed)
+        && STATE.load(Ordering::Acquire) == REGISTERED
+    {
+        return Some(true);
+    }
+    match Roll::of_user(uid) {
+        Ok(Some(roll)) => roll.peer_alive(peer),
+        Ok(None) => Some(peer & PEER_MASK == UNKNOWN),
+        Err(_) => None,
+    }
+}
+
+/// The roll descriptors this process holds (to keep when closing every other descriptor).
+pub fn roll_fds() -> [RawFd; 2] {
+    [
+        HOLD_FD.load(Ordering::Acquire),
+        ASK_FD.load(Ordering::Acquire),
+    ]
+}
+
+fn flock(kind: libc::c_int, start: u64, len: u64) -> libc::flock {
+    // SAFETY: `flock` is plain integers; all zeros is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    fl
+}
+
+/// `F_OFD_SETLK` on `fd` (raw: the descriptors live in statics so the fork handler can close
+/// them; nix's typed fcntl wants a borrowed descriptor, which we would have to forge anyway).
+fn set_lock(fd: RawFd, kind: libc::c_int, start: u64, len: u64) -> Result<(), nix::errno::Errno> {
+    let fl = flock(kind, start, len);
+    // SAFETY: F_OFD_SETLK reads the `flock` we pass by pointer, which lives across the call.
+    let r = unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// `F_OFD_GETLK` for a write lock on byte `at`: `Some(true)` if any other open file
+/// description holds a lock there.
+fn get_lock(fd: RawFd, at: u64) -> Option<bool> {
+    let mut fl = flock(libc::F_WRLCK, at, 1);
+    // SAFETY: F_OFD_GETLK reads and writes the `flock` we pass, which lives across the call.
+    let r = unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) };
+    (r == 0).then_some(i32::from(fl.l_type) != libc::F_UNLCK)
+}
+
+fn close(fd: RawFd) {
+    if fd >= 0 {
+        // SAFETY: closes a descriptor this module opened and nobody else uses.
+        unsafe { libc::close(fd) };
+    }
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n == 4 {
+        return u32::from_ne_bytes(b);
+    }
+    // No getrandom: mix the clock, the pid and a counter (uniqueness is checked anyway).
+    static MIX: AtomicU32 = AtomicU32::new(0x9e37_79b9);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let x = t
+        ^ u64::from(std::process::id()) << 32
+        ^ u64::from(MIX.fetch_add(0x9e37_79b9, Ordering::Relaxed));
+    (x ^ x >> 29).wrapping_mul(0xbf58_476d_1ce4_e5b9) as u32
+}
+
+fn now_ms() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// In a forked child: drop the parent's descriptors (and with them nothing of the parent's:
+/// the parent still holds its open file description) and forget the token.
+extern "C" fn forget_in_child() {
+    let hold = HOLD_FD.swap(-1, Ordering::Relaxed);
+    let ask = ASK_FD.swap(-1, Ordering::Relaxed);
+    close(hold);
+    close(ask);
+    PEER.store(0, Ordering::Relaxed);
+    STATE.store(UNREGISTERED, Ordering::Relaxed);
+    RETRY_AT.store(0, Ordering::Relaxed);
+    // The forking thread's cached identity is its parent's: a new epoch makes it stale.
+    EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Registers the fork handler once (a flag, not a `Once`: see `process::register_atfork`).
+fn register_atfork() {
+    if ATFORK
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        // SAFETY: registers a handler that only closes descriptors and stores to atomics,
+        // which is async-signal-safe and valid in a forked child.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_in_child)) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_process_and_thread_are_alive_and_others_are_not() {
+        let p = register().unwrap();
+        assert!(p != 0 && p != UNKNOWN);
+        assert_eq!(me(), p);
+        assert!(peer_alive(p));
+        let t = thread_me();
+        assert_eq!(t as u32 & PEER_MASK, p);
+        assert!(t & THREAD_TRACKED != 0);
+        assert!(thread_alive(t));
+        // A thread that exited is dead; its process is not.
+        let other = std::thread::spawn(thread_me).join().unwrap();
+        assert_ne!(other, t);
+        assert!(!thread_alive(other));
+        assert!(peer_alive(other as u32 & PEER_MASK));
+        assert!(!peer_alive(0));
+        assert!(peer_alive(UNKNOWN));
+    }
+
+    #[test]
+    fn forked_child_has_its_own_token_and_its_death_is_seen() {
+        let parent = me();
+        let mut pipe = [0; 2];
+        // SAFETY: pipe writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        let child = mproc_testkit::fork_child(move || {
+            let mine = me();
+            let ok = mine != parent && mine != 0 && mine != UNKNOWN && peer_alive(parent);
+            let bytes = mine.to_ne_bytes();
+            // SAFETY: writes 4 bytes from a live array to a pipe we own.
+            unsafe { libc::write(pipe[1], bytes.as_ptr().cast(), 4) };
+            if ok { 0 } else { 1 }
+        });
+        let mut b = [0u8; 4];
+        // SAFETY: reads 4 bytes into a live array from a pipe we own.
+        assert_eq!(unsafe { libc::read(pipe[0], b.as_mut_ptr().cast(), 4) }, 4);
+        let token = u32::from_ne_bytes(b);
+        child.assert_success();
+        assert!(!peer_alive(token), "a reaped child's token is dead");
+        assert!(peer_alive(parent));
+        close(pipe[0]);
+        close(pipe[1]);
+    }
+}
