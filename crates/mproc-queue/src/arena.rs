@@ -170,7 +170,10 @@ pub struct ArenaHeader {
     pub(crate) tail: AtomicU64,
     _pad1: [u64; 15],
     pub(crate) space: Parking,
-    _pad2: [u64; 15],
+    /// Units the tail was moved over because the chunk word there failed validation (a
+    /// scribbled length, state or lap tag): the message in them is lost, the arena is not.
+    pub(crate) corrupt_skipped: AtomicU64,
+    _pad2: [u64; 14],
 }
 
 #[cfg(not(loom))]
@@ -380,7 +383,24 @@ impl<E: Entries> Arena<'_, E> {
                 if hdr.tail.load(Ordering::SeqCst) != t {
                     continue; // our view was stale
                 }
-                break; // only a corrupted arena gets here
+                // Only a corrupted arena gets here: the chunk at `tail` was claimed (head is
+                // past it) but its word no longer says how long it is. Corrupt is not
+                // forever: a caller that asks after peers sets its first unit aside, and
+                // the units behind it are looked at one by one (a stale word from an earlier
+                // lap is set aside the same way) until a valid chunk or `head`. The message
+                // that was there is lost; later traffic flows.
+                if !check_peers {
+                    break;
+                }
+                if hdr
+                    .tail
+                    .compare_exchange(t, t + 1, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    hdr.corrupt_skipped.fetch_add(1, Ordering::Relaxed);
+                    moved = true;
+                }
+                continue;
             }
             let free = match d.state {
                 Chunk::Free => true,

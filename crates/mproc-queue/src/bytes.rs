@@ -213,3 +213,56 @@ impl ByteQueue {
     queue_state_methods!();
     arena_methods!();
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::arena::Entries;
+    use crate::atomic::Ordering;
+
+    /// A same-user peer writes an out-of-range length into a live chunk's word (2^24 units in
+    /// an arena of 512): the message is refused, and the queue goes on working — the chunk is
+    /// set aside and counted rather than wedging the arena's tail for ever.
+    #[test]
+    fn forked_peer_scribbling_a_chunk_is_set_aside_not_forever() {
+        let q = QueueOptions::new()
+            .capacity(8)
+            .slot_size(64)
+            .arena_bytes(64 * 1024)
+            .anonymous_bytes()
+            .unwrap();
+        let body = vec![9u8; 2000];
+        q.put(&body).unwrap();
+        let arena = q.raw.arena().unwrap();
+        // The peer: a forked process (it shares the memfd), scribbling the Linked chunk's
+        // length bits.
+        mproc_testkit::fork_child(|| {
+            let mut hit = 0;
+            for u in 0..arena.units as usize {
+                let w = arena.entries.word(u);
+                let v = w.load(Ordering::Relaxed);
+                if v >> 61 == 2 {
+                    w.store(v | 0xFF_FFFF, Ordering::Relaxed);
+                    hit += 1;
+                }
+            }
+            if hit == 1 { 0 } else { 1 }
+        })
+        .assert_success();
+        assert!(q.get_timeout(Duration::from_secs(1)).is_err(), "refused");
+        // Later traffic flows, with short timeouts (a chunk held by a dead writer or a
+        // corrupt one is recovered at a blocked call's first look).
+        let start = Instant::now();
+        for i in 0..200u32 {
+            let msg = vec![i as u8; 3000];
+            let put = q.put_timeout(&msg, Duration::from_millis(50));
+            assert!(put.is_ok(), "put {i} failed");
+            assert_eq!(q.get_timeout(Duration::from_millis(50)).unwrap(), msg);
+        }
+        assert!(start.elapsed() < Duration::from_secs(20));
+        assert_eq!(q.arena_used(), 0);
+        assert!(q.arena_corrupt_skipped() > 0);
+    }
+}

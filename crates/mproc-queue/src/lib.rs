@@ -101,6 +101,12 @@ macro_rules! arena_methods {
         pub fn arena_used(&self) -> u64 {
             self.raw.arena_used()
         }
+
+        /// Arena units set aside because the chunk word there failed validation (a peer
+        /// scribbled over it): the message there was lost, and traffic went on.
+        pub fn arena_corrupt_skipped(&self) -> u64 {
+            self.raw.arena_corrupt_skipped()
+        }
     };
 }
 

@@ -469,6 +469,12 @@ impl RawQueue {
         })
     }
 
+    /// Arena units set aside because their chunk word failed validation.
+    pub fn arena_corrupt_skipped(&self) -> u64 {
+        self.arena()
+            .map_or(0, |a| a.hdr.corrupt_skipped.load(Ordering::Relaxed))
+    }
+
     /// Bytes of the arena (0 without one).
     pub fn arena_bytes(&self) -> u64 {
         self.layout.units * self.layout.unit
