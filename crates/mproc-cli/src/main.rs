@@ -19,6 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mproc_segment::{Kind, SegmentError};
+use report::shown;
 
 mod report;
 mod scan;
@@ -126,20 +127,28 @@ fn ls(prefix: &str, all: bool) -> Result<(), String> {
         match &e.status {
             Status::Mproc(h) => println!(
                 "{:<40} {:<10} {:<28} {:>10} {:>12} {:>8} {:<6}",
-                e.name,
-                h.kind.to_string(),
-                truncate(&h.element.name, 28),
+                shown(&e.name),
+                shown(&h.kind.to_string()),
+                truncate(&shown(&h.element.name), 28),
                 h.capacity,
                 h.total_len,
                 h.creator.pid,
                 if e.creator_alive { "yes" } else { "no" }
             ),
             Status::Damaged(err) => {
-                println!("{:<40} damaged: {err}", e.name)
+                println!(
+                    "{:<40} damaged: {}",
+                    shown(&e.name),
+                    shown(&err.to_string())
+                )
             }
-            Status::Foreign if all => println!("{:<40} (not an mproc segment)", e.name),
-            Status::NotRegular if all => println!("{:<40} (not a regular file)", e.name),
-            Status::Unreadable(why) if all => println!("{:<40} (unreadable: {why})", e.name),
+            Status::Foreign if all => {
+                println!("{:<40} (not an mproc segment)", shown(&e.name))
+            }
+            Status::NotRegular if all => println!("{:<40} (not a regular file)", shown(&e.name)),
+            Status::Unreadable(why) if all => {
+                println!("{:<40} (unreadable: {})", shown(&e.name), shown(why))
+            }
             Status::Foreign | Status::NotRegular | Status::Unreadable(_) => {}
         }
     }
@@ -219,16 +228,18 @@ fn truncate(s: &str, n: usize) -> String {
 fn inspect(name: &str) -> Result<(), String> {
     mproc_segment::validate_name(name).map_err(|e| e.to_string())?;
     let p = mproc_segment::peek(name).map_err(|e| match e {
-        mproc_segment::PeekError::NotRegular => format!("{name}: not a regular file"),
-        mproc_segment::PeekError::Io(e) => format!("{name}: {e}"),
-        mproc_segment::PeekError::Segment(e) => format!("{name}: {e}"),
+        mproc_segment::PeekError::NotRegular => format!("{}: not a regular file", shown(name)),
+        mproc_segment::PeekError::Io(e) => format!("{}: {e}", shown(name)),
+        mproc_segment::PeekError::Segment(e) => {
+            format!("{}: {}", shown(name), shown(&e.to_string()))
+        }
     })?;
     let h = &p.header;
-    println!("name:            {name}");
+    println!("name:            {}", shown(name));
     println!("owner:           uid {}, mode {:#o}", p.owner, p.mode);
     println!("format version:  {}", h.version);
-    println!("kind:            {}", h.kind);
-    println!("element type:    {}", h.element);
+    println!("kind:            {}", shown(&h.kind.to_string()));
+    println!("element type:    {}", shown(&h.element.to_string()));
     println!("capacity:        {}", h.capacity);
     println!(
         "payload:         {} bytes at offset {}",
@@ -319,12 +330,15 @@ fn gc(prefix: &str, yes: bool) -> Result<(), String> {
         n += 1;
         if yes {
             if mproc_segment::remove_stale(&e.name) {
-                println!("removed {} ({why})", e.name);
+                println!("removed {} ({why})", shown(&e.name));
             } else {
-                println!("could not remove {}: in use or replaced meanwhile", e.name);
+                println!(
+                    "could not remove {}: in use or replaced meanwhile",
+                    shown(&e.name)
+                );
             }
         } else {
-            println!("would remove {} ({why})", e.name);
+            println!("would remove {} ({why})", shown(&e.name));
         }
     }
     if !yes && n > 0 {

@@ -194,9 +194,15 @@ pub fn info(e: &Entry, detail: bool) -> SegmentInfo {
 
 /// A label value in the exposition format: backslash, double quote and newline escaped.
 fn label(v: &str) -> String {
+    // The format's own escapes; every other control character becomes U+FFFD (the format
+    // has no escape for them, and an ESC in a planted name must not reach a terminal that
+    // shows the exposition).
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 /// Gauges go up and down; counters only go up (since the segment was made).
@@ -442,6 +448,21 @@ fn sample_of(i: &SegmentInfo) -> Sample {
 
 /// Per second, from two readings of a counter `secs` apart (0 if it went back: a segment that
 /// was replaced under the same name).
+/// Text as a terminal may show it: control characters (ESC, BEL, CR, newlines: what could
+/// move the cursor, rewrite a row or fake one) are written as escapes (`\u{1b}`). Names and
+/// type names come from files any user can plant; JSON and metrics escape on their own.
+pub fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn rate(now: u64, before: u64, secs: f64) -> f64 {
     now.checked_sub(before).map_or(0.0, |d| d as f64 / secs)
 }
@@ -529,7 +550,7 @@ impl Rates {
                 Some(q) => (
                     format!("{}/{}", q.len, q.capacity),
                     format!("{}p/{}c", q.blocked_producers, q.blocked_consumers),
-                    q.dead_skipped + q.dead_reclaimed,
+                    q.dead_skipped.saturating_add(q.dead_reclaimed),
                     format!("{put:.0}"),
                     format!("{got:.0}"),
                     q.len as f64,
@@ -560,15 +581,15 @@ impl Rates {
             };
             let line = format!(
                 "{:<40} {:<10} {:>13} {:>11} {:>11} {:>9} {:>11} {:>8} {:>6}",
-                i.name,
-                kind,
+                shown(&i.name),
+                shown(kind),
                 len,
                 put_s,
                 got_s,
                 asleep,
                 acq_s,
                 waits,
-                dead + deaths
+                dead.saturating_add(deaths)
             );
             let mut lines = vec![line];
             // A pool's workers, one row each: slot, pid, state, job, tasks done per second.

@@ -640,3 +640,84 @@ fn a_named_pool_publishes_workers_tasks_failures_and_restarts() {
         );
     });
 }
+
+/// A queue and a lock copied into files another user owns, with every counter at `u64::MAX`
+/// and names and type names full of terminal escapes (ESC, BEL, CR, newlines): `ls`,
+/// `inspect`, `top` and `gc` neither panic (saturating arithmetic) nor let a byte of those
+/// escapes reach the terminal (a fake row, a cleared screen).
+#[test]
+fn scribbled_counters_and_escape_names_cannot_crash_or_spoof_the_text_output() {
+    use std::os::unix::fs::PermissionsExt;
+    with_deadline(Duration::from_secs(60), || {
+        let prefix = unique_name("cli-esc");
+        let q = mproc_queue::Queue::<u64>::create(&format!("{prefix}-q"), 8).unwrap();
+        q.put(1).unwrap();
+        let l = mproc_sync::Lock::create(&format!("{prefix}-l")).unwrap();
+        drop(l.lock().unwrap());
+        let evil = |tag: &str| format!("{prefix}-\x1b[2J\x07\rfake row\n{tag}");
+        let mut planted = Vec::new();
+        for (src, tag) in [(format!("{prefix}-q"), "q"), (format!("{prefix}-l"), "l")] {
+            let mut bytes = std::fs::read(format!("/dev/shm/{src}")).unwrap();
+            // The type name (header bytes 88..216) gets escapes too; its hash no longer
+            // matches, so the header is reported damaged: both paths are printed.
+            let dst = format!("/dev/shm/{}", evil(tag));
+            let mut damaged = bytes.clone();
+            damaged[88..92].copy_from_slice(b"\x1b[1m");
+            std::fs::write(format!("{dst}-typename"), &damaged).unwrap();
+            planted.push(format!("{dst}-typename"));
+            // Every 8-byte word of the payload at u64::MAX: counters, lengths, lock words.
+            for w in bytes[256..].chunks_exact_mut(8) {
+                w.copy_from_slice(&u64::MAX.to_ne_bytes());
+            }
+            std::fs::write(&dst, &bytes).unwrap();
+            planted.push(dst);
+        }
+        let _cleanup = Planted(planted.clone());
+        for p in &planted {
+            std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let runs = [
+            vec!["ls", "--all", "--prefix", &prefix],
+            vec![
+                "top",
+                "--prefix",
+                &prefix,
+                "--interval-ms",
+                "50",
+                "--count",
+                "2",
+            ],
+            vec!["gc", "--prefix", &prefix],
+            vec!["metrics", "--prefix", &prefix],
+        ];
+        for args in runs {
+            let out = Command::new(env!("CARGO_BIN_EXE_mproc"))
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "mproc {args:?}: {out:?}");
+            for (what, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+                assert!(
+                    !text.iter().any(|&b| b == 0x1b || b == 0x07 || b == b'\r'),
+                    "mproc {args:?} wrote a raw control byte to {what}: {:?}",
+                    String::from_utf8_lossy(text)
+                );
+            }
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !stdout.lines().any(|l| l.starts_with("fake row")),
+                "mproc {args:?} let a name start a row: {stdout}"
+            );
+        }
+        // inspect takes a name; a name with control bytes is refused, with the name escaped.
+        let out = Command::new(env!("CARGO_BIN_EXE_mproc"))
+            .args(["inspect", &evil("q")])
+            .output()
+            .unwrap();
+        for text in [&out.stdout, &out.stderr] {
+            assert!(!text.iter().any(|&b| b == 0x1b || b == 0x07 || b == b'\r'));
+        }
+        drop((q, l));
+    });
+}
