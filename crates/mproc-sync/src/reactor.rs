@@ -197,24 +197,60 @@ fn per_process<T>(
     made
 }
 
+/// How long after a reactor thread could not be started (out of threads: RLIMIT_NPROC, a
+/// cgroup's pids.max) the next attempt waits; meanwhile futures use the re-poll fallback.
+const RESTART_AFTER: Duration = Duration::from_millis(10);
+
+/// Starts `run` on a thread of its own over `value`, which lives for the rest of the process
+/// if the thread starts. If it cannot start, `value` is dropped again (its descriptors closed,
+/// its memory freed: a process out of threads leaks nothing per attempt), and no new attempt
+/// is made for [`RESTART_AFTER`] (`last_failure`: when the last one failed, ms since `BASE`).
+fn start_thread<T: Sync + 'static>(
+    value: T,
+    name: &str,
+    run: fn(&'static T),
+    last_failure: &AtomicU64,
+) -> Option<&'static T> {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let now = BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+    let failed = last_failure.load(Ordering::Relaxed);
+    if failed != 0 && now < failed + RESTART_AFTER.as_millis() as u64 {
+        return None;
+    }
+    let raw: *mut T = Box::into_raw(Box::new(value));
+    // SAFETY: `raw` comes from `Box::into_raw`: valid, aligned and initialised; it is freed
+    // below only if the thread never started.
+    let shared: &'static T = unsafe { &*raw };
+    match std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || run(shared))
+    {
+        Ok(_) => Some(shared),
+        Err(_) => {
+            last_failure.store(now, Ordering::Relaxed);
+            // SAFETY: the thread was not created, so its closure (the only other holder of
+            // `shared`) was dropped without running; nothing refers to the allocation.
+            drop(unsafe { Box::from_raw(raw) });
+            None
+        }
+    }
+}
+
 /// The word reactor, started on first use in each process; `None` if its thread could not be
-/// started (then the next call tries again).
+/// started (then a later call tries again, see [`start_thread`]).
 fn words() -> Option<&'static Words> {
     static WORDS: AtomicPtr<Instance<Words>> = AtomicPtr::new(std::ptr::null_mut());
     static MAKING: AtomicU32 = AtomicU32::new(0);
+    static FAILED: AtomicU64 = AtomicU64::new(0);
     per_process(&WORDS, &MAKING, || {
-        let w: &'static Words = Box::leak(Box::new(Words {
+        let w = Words {
             table: Mutex::new(Table::default()),
             bell: AtomicU32::new(0),
             sleeping_on: Mutex::new(Vec::new()),
             awake: std::sync::atomic::AtomicBool::new(true),
-        }));
+        };
         // The thread lives as long as the process; it holds no resource but its stack.
-        std::thread::Builder::new()
-            .name("mproc-reactor".into())
-            .spawn(move || word_reactor(w))
-            .ok()?;
-        Some(w)
+        start_thread(w, "mproc-reactor", word_reactor, &FAILED)
     })
 }
 
@@ -465,6 +501,7 @@ struct Fds {
 fn fds() -> Option<&'static Fds> {
     static FDS: AtomicPtr<Instance<Fds>> = AtomicPtr::new(std::ptr::null_mut());
     static MAKING: AtomicU32 = AtomicU32::new(0);
+    static FAILED: AtomicU64 = AtomicU64::new(0);
     per_process(&FDS, &MAKING, || {
         // SAFETY: eventfd takes no pointers; a non-negative result is a new fd we own.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -473,15 +510,12 @@ fn fds() -> Option<&'static Fds> {
         }
         // SAFETY: `raw` was just returned by eventfd and is owned by nobody else.
         let bell = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-        let f: &'static Fds = Box::leak(Box::new(Fds {
+        let f = Fds {
             table: Mutex::new(Table::default()),
             bell,
-        }));
-        std::thread::Builder::new()
-            .name("mproc-fd-reactor".into())
-            .spawn(move || fd_reactor(f))
-            .ok()?;
-        Some(f)
+        };
+        // If the thread cannot start, `f` (and the eventfd) is dropped again.
+        start_thread(f, "mproc-fd-reactor", fd_reactor, &FAILED)
     })
 }
 

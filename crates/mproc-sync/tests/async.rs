@@ -307,3 +307,68 @@ fn a_leaked_future_whose_segment_is_gone_costs_nothing_but_a_wake_up() {
         child.assert_success();
     });
 }
+
+/// A process that cannot start threads (another user's, at its RLIMIT_NPROC): futures fall
+/// back to being woken at once on every poll (the caller re-polls), and a second of such
+/// polling leaks neither descriptors nor memory (it used to leak an eventfd or a boxed
+/// reactor per poll).
+#[test]
+fn forked_child_without_threads_polls_without_leaking() {
+    with_deadline(LIMIT, || {
+        let ev = Event::new().unwrap();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        fork_child(move || {
+            use nix::sys::resource::{Resource, setrlimit};
+            if nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).is_err()
+                || nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).is_err()
+                || setrlimit(Resource::RLIMIT_NPROC, 0, 0).is_err()
+            {
+                return 2;
+            }
+            if std::thread::Builder::new().spawn(|| ()).is_ok() {
+                return 3; // threads can still start: the test would prove nothing
+            }
+            // Unreadable (EMFILE) counts as a leak.
+            let fds = || std::fs::read_dir("/proc/self/fd").map_or(usize::MAX, |d| d.count());
+            let rss = || mproc_segment::resident_bytes().unwrap_or(u64::MAX);
+            let fds_before = fds();
+            let readable = Readable(std::os::fd::AsFd::as_fd(&r));
+            let sources: [&dyn Waitable; 1] = [&readable];
+            let mut poll_both = || {
+                let mut wait = Box::pin(ev.wait_async());
+                let mut sel = Box::pin(select_async(&sources));
+                // Pending (nothing is set or readable), and woken at once by the fallback.
+                poll_once(&mut wait).is_none() && poll_once(&mut sel).is_none()
+            };
+            for _ in 0..1000 {
+                if !poll_both() {
+                    return 4;
+                }
+            }
+            let (fds0, rss0) = (fds(), rss());
+            if fds0 != fds_before {
+                return 8;
+            }
+            let start = std::time::Instant::now();
+            let mut polls = 0u64;
+            while start.elapsed() < Duration::from_secs(1) {
+                if !poll_both() {
+                    return 4;
+                }
+                polls += 1;
+            }
+            let (fds1, rss1) = (fds(), rss());
+            if polls < 1000 {
+                return 5;
+            }
+            if fds1 > fds0 {
+                return 6;
+            }
+            if rss1 > rss0.saturating_add(1 << 20) {
+                return 7;
+            }
+            0
+        })
+        .assert_success();
+    });
+}
