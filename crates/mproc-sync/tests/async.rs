@@ -334,7 +334,7 @@ fn forked_child_without_threads_polls_without_leaking() {
             let fds_before = fds();
             let readable = Readable(std::os::fd::AsFd::as_fd(&r));
             let sources: [&dyn Waitable; 1] = [&readable];
-            let mut poll_both = || {
+            let poll_both = || {
                 let mut wait = Box::pin(ev.wait_async());
                 let mut sel = Box::pin(select_async(&sources));
                 // Pending (nothing is set or readable), and woken at once by the fallback.
