@@ -75,6 +75,10 @@ pub(crate) struct ChildProc {
     /// A child of the fork server, not of this process: it exits on its own (we see that on
     /// the pidfd) and the server reaps it and tells us its status.
     remote: bool,
+    /// The child leads a process group of its own (pool workers: `worker_main`), which holds
+    /// the processes its tasks started: a kill ends the whole group, and so does its end
+    /// (see [`ChildProc::group_of_tasks`]).
+    group: bool,
 }
 
 pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, StartError> {
@@ -124,6 +128,26 @@ fn exit_child(code: i32) -> ! {
 }
 
 impl ChildProc {
+    /// Marks the child as the leader of the process group its tasks' processes live in (it
+    /// calls `setpgid(0, 0)` first thing): a task's descendants then end with its worker —
+    /// when it is killed (a time limit, a cancel, the pool's drop) and when it exits (retired
+    /// after `max_tasks`, or dead). The group is signalled while the leader is not yet reaped
+    /// (its pid, and so the group's id, cannot have been reused), or while members remain
+    /// (they hold the id).
+    pub(crate) fn group_of_tasks(mut self) -> ChildProc {
+        self.group = true;
+        self
+    }
+
+    /// SIGKILLs what remains of the child's process group (not the child: see `signal`).
+    fn kill_group(&self) {
+        if self.group {
+            // ESRCH: no group (the child has not called setpgid yet, so it has started no
+            // task) or nobody left in it.
+            let _ = nix::sys::signal::killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+    }
+
     /// Forks a child that runs `f` and exits with its return value; with `die_with_parent`,
     /// the child ends when this process does (see [`arm_parent_death`]).
     ///
@@ -202,6 +226,7 @@ impl ChildProc {
                 pidfd,
                 status: std::sync::Mutex::new(None),
                 remote: false,
+                group: false,
             }),
             // Gone already, zombie and all: only possible if it ended at once and was reaped
             // by someone else — this program ignores SIGCHLD (the kernel reaps), or another
@@ -220,6 +245,7 @@ impl ChildProc {
                     pidfd: stand_in,
                     status: std::sync::Mutex::new(Some(ExitStatus::Unknown)),
                     remote: false,
+                    group: false,
                 })
             }
             Err(e) => {
@@ -235,6 +261,7 @@ impl ChildProc {
     /// A child of the fork server, known by the pidfd the server opened for it.
     pub(crate) fn remote(pid: i32, pidfd: OwnedFd) -> ChildProc {
         ChildProc {
+            group: false,
             pid,
             pidfd,
             status: std::sync::Mutex::new(None),
@@ -275,10 +302,19 @@ impl ChildProc {
             *status_slot = Some(s);
             return Ok(Some(s));
         }
+        // Its group first, while the child is a zombie that keeps the group's id ours.
+        if self.group && self.exited() {
+            self.kill_group();
+        }
         // Reaps exactly this child (our own, unreaped, so its pid is not recycled).
         match reap_nohang(self.pid) {
             Ok(reaped) => {
                 let s = reaped.map(|(_, s)| s);
+                if s.is_some() {
+                    // It ended between the look above and the reap: its group now, whose
+                    // remaining members still hold the group's id.
+                    self.kill_group();
+                }
                 *status_slot = s;
                 Ok(s)
             }
@@ -335,6 +371,9 @@ impl ChildProc {
     pub(crate) fn signal(&self, sig: Signal) -> Result<(), OsError> {
         if self.status().is_some() {
             return Ok(());
+        }
+        if sig == Signal::SIGKILL {
+            self.kill_group();
         }
         let Some(sig) = rustix::process::Signal::from_named_raw(sig as i32) else {
             return Err(OsError::new("pidfd_send_signal", Errno::EINVAL));

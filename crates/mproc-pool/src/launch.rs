@@ -81,13 +81,17 @@ pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc
         StartMethod::Fork => {
             let boot = boot.clone();
             ChildProc::fork(boot.die_with_parent, move || worker_main(&boot))
+                .map(ChildProc::group_of_tasks)
         }
         StartMethod::Spawn => ChildProc::spawn(
             (ENV, &boot.to_env()?),
             &[boot.inbox_fd, boot.results_fd],
             boot.die_with_parent,
-        ),
-        StartMethod::ForkServer => crate::forkserver::start_worker(boot),
+        )
+        .map(ChildProc::group_of_tasks),
+        StartMethod::ForkServer => {
+            crate::forkserver::start_worker(boot).map(ChildProc::group_of_tasks)
+        }
     }
 }
 

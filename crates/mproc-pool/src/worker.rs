@@ -289,6 +289,10 @@ pub(crate) fn run_forked(req: &Request, results: &Queue<Reply>) -> i32 {
 /// Runs a worker until its inbox is closed; returns its exit status.
 pub(crate) fn worker_main(boot: &Boot) -> i32 {
     crate::forker::make_undumpable();
+    // A process group of its own, holding whatever its tasks start: the pool ends the group
+    // with the worker (`ChildProc::group_of_tasks`). Failure (EPERM: a session leader) only
+    // means the descendants are not contained.
+    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
     let attach = || -> Result<(Queue<Request>, Queue<Reply>), String> {
         let inbox = inbox_options(1, DEFAULT_ARENA_BYTES)
             .from_fd(dup(boot.inbox_fd)?)

@@ -96,8 +96,22 @@ pub(super) fn serve(sock: OwnedFd) -> i32 {
 /// Reaps every exited child and tells the parent; false if the parent is gone.
 fn report_exits(sock: RawFd) -> bool {
     loop {
-        // The server's children are its workers; WNOHANG never blocks.
-        let Ok(Some((pid, exit))) = reap_nohang(-1) else {
+        // The server's children are its workers; WNOHANG never blocks. Each ended worker's
+        // process group (what its tasks started) is killed before the worker is reaped,
+        // while its zombie keeps the group's id from being reused.
+        // (nix's waitid fails for a realtime signal it cannot name: that worker is reaped
+        // without its group being killed.)
+        use nix::sys::wait::{Id, WaitPidFlag, waitid};
+        let ended = waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        )
+        .ok()
+        .and_then(|st| st.pid());
+        if let Some(ended) = ended {
+            let _ = nix::sys::signal::killpg(ended, Signal::SIGKILL);
+        }
+        let Ok(Some((pid, exit))) = reap_nohang(ended.map_or(-1, |p| p.as_raw())) else {
             return true;
         };
         let (signal, code) = exit.parts();
