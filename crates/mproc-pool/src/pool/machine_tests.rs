@@ -5,7 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mproc_queue::{GetError, PutError};
 
@@ -117,6 +117,8 @@ struct FakePool {
     replies: RefCell<VecDeque<Reply>>,
     next_pid: Cell<u32>,
     fail_start: Cell<bool>,
+    /// Starts that fail with EAGAIN (fork's "out of processes for now") before one works.
+    eagain_starts: Cell<u32>,
     config: Config,
 }
 
@@ -126,6 +128,10 @@ impl PoolIo for FakePool {
         self.replies.borrow_mut().pop_front().ok_or(GetError::Empty)
     }
     fn start_replacement(&self, _index: u32) -> Result<Fake, StartError> {
+        if self.eagain_starts.get() > 0 {
+            self.eagain_starts.set(self.eagain_starts.get() - 1);
+            return Err(StartError::os("fork", nix::errno::Errno::EAGAIN));
+        }
         if self.fail_start.get() {
             return Err(StartError::Encode {
                 message: "no more processes".into(),
@@ -165,6 +171,7 @@ fn pool(n: u32, config: Config) -> (State<Fake>, FakePool) {
         replies: RefCell::new(VecDeque::new()),
         next_pid: Cell::new(200),
         fail_start: Cell::new(false),
+        eagain_starts: Cell::new(0),
         config,
     };
     (State::new(workers), env)
@@ -434,6 +441,34 @@ fn workers_dying_before_they_are_ready_break_the_pool() {
         st.submit(FnRef::new(square as fn(u32) -> u32), 1, vec![], None),
         Err(TaskError::Start { .. })
     ));
+}
+
+#[test]
+fn a_replacement_refused_for_a_while_by_eagain_is_retried_and_the_pool_goes_on() {
+    let (mut st, env) = pool(1, config());
+    env.eagain_starts.set(4);
+    st.workers[0].io.exit(ExitStatus::Signaled(SIGKILL));
+    st.watch(&env);
+    assert!(st.broken.is_none(), "a passing fork failure broke the pool");
+    assert_eq!(st.restarts_due.len(), 1);
+    let id = submit(&mut st, None);
+    st.dispatch(&env.config);
+    assert_eq!(st.pending.len(), 1, "nothing is sent to a dead worker");
+    // Retried with backoff (10, 20, 40, 80 ms...) until the system lets it fork again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !st.restarts_due.is_empty() {
+        assert!(Instant::now() < deadline, "never retried");
+        std::thread::sleep(Duration::from_millis(5));
+        st.watch(&env);
+    }
+    assert!(st.broken.is_none());
+    assert_eq!(env.eagain_starts.get(), 0);
+    assert_eq!(st.restarts.died, 1);
+    st.dispatch(&env.config);
+    assert!(st.pending.is_empty(), "the replacement takes the job");
+    st.workers[0].io.take();
+    done(&mut st, 0, id);
+    assert!(matches!(outcome(&st, id), Some(Outcome::Body(_))));
 }
 
 #[test]

@@ -70,6 +70,14 @@ const WATCH_BUSY: Duration = Duration::from_millis(10);
 const WATCH_IDLE: Duration = Duration::from_millis(100);
 /// Workers that die before becoming ready, in a row, before the pool gives up.
 const START_FAILURES: u32 = 3;
+/// The first wait before a replacement that could not start for a passing reason (fork's
+/// EAGAIN or ENOMEM) is tried again; each failure doubles it, up to [`RESTART_MAX_DELAY`].
+const RESTART_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+/// The longest wait between two tries of such a replacement.
+const RESTART_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a replacement may keep failing for a passing reason before the pool is broken
+/// (the documented rule: a pool that cannot start workers for a minute is reported broken).
+const RESTART_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long `terminate` lets workers react to SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(1);
 

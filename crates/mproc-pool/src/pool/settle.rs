@@ -3,11 +3,11 @@
 //! crash, a time limit, a cancellation, the memory ceiling), and starts a replacement
 //! (`PoolIo::start_replacement`), counting restarts by cause for `Pool::stats` and the status board.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::START_FAILURES;
 use super::io::{PoolIo, WorkerIo};
 use super::state::State;
+use super::{RESTART_FIRST_DELAY, RESTART_GIVE_UP, RESTART_MAX_DELAY, START_FAILURES};
 use crate::TaskError;
 
 impl<W: WorkerIo> State<W> {
@@ -15,6 +15,7 @@ impl<W: WorkerIo> State<W> {
     pub(crate) fn watch(&mut self, pool: &impl PoolIo<Worker = W>) {
         self.enforce_limits();
         self.last_watch = Some(Instant::now());
+        self.retry_restarts(pool);
         let mut dead = Vec::new();
         for (i, w) in self.workers.iter_mut().enumerate() {
             if w.io.status().is_none() && w.io.reap().is_some() {
@@ -104,35 +105,117 @@ impl<W: WorkerIo> State<W> {
             }
         }
         match pool.start_replacement(i as u32) {
-            Ok(io) => {
+            Ok(io) => self.install(i, io, cause, pid),
+            Err(e) if is_passing(&e) => {
+                let now = Instant::now();
                 mproc_segment::slow_path_event!(
                     slot = i,
                     old_pid = pid,
-                    new_pid = io.pid(),
                     status = ?status,
-                    cause = cause.as_str(),
-                    "pool worker replaced"
+                    error = %e,
+                    "pool worker could not be replaced yet; trying again"
                 );
-                self.tasks_done += self.workers[i].completed;
-                self.workers[i] = super::state::Worker::new(io);
-                self.replaced += 1;
-                let r = &mut self.restarts;
-                *match cause {
-                    Cause::Died => &mut r.died,
-                    Cause::TimedOut => &mut r.timed_out,
-                    Cause::Cancelled => &mut r.cancelled,
-                    Cause::Memory => &mut r.memory,
-                    Cause::MaxTasks => &mut r.max_tasks,
-                } += 1;
+                self.restarts_due.push(RestartDue {
+                    slot: i,
+                    old_pid: pid,
+                    cause,
+                    at: now + RESTART_FIRST_DELAY,
+                    delay: RESTART_FIRST_DELAY,
+                    since: now,
+                });
             }
             Err(e) => self.break_pool(TaskError::Start {
                 message: e.to_string(),
             }),
         }
     }
+
+    /// Puts the replacement `io` in slot `i` and counts the restart by its cause.
+    fn install(&mut self, i: usize, io: W, cause: Cause, old_pid: u32) {
+        mproc_segment::slow_path_event!(
+            slot = i,
+            old_pid,
+            new_pid = io.pid(),
+            cause = cause.as_str(),
+            "pool worker replaced"
+        );
+        self.tasks_done += self.workers[i].completed;
+        self.workers[i] = super::state::Worker::new(io);
+        self.replaced += 1;
+        let r = &mut self.restarts;
+        *match cause {
+            Cause::Died => &mut r.died,
+            Cause::TimedOut => &mut r.timed_out,
+            Cause::Cancelled => &mut r.cancelled,
+            Cause::Memory => &mut r.memory,
+            Cause::MaxTasks => &mut r.max_tasks,
+        } += 1;
+    }
+
+    /// Tries again the replacements that failed for a passing reason and are due: a slot
+    /// gets its worker back once the system lets it fork again; the pool breaks only if a
+    /// replacement keeps failing for [`RESTART_GIVE_UP`], or fails for another reason.
+    fn retry_restarts(&mut self, pool: &impl PoolIo<Worker = W>) {
+        if self.restarts_due.is_empty() || self.stopping || self.broken.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<RestartDue> = {
+            let (due, later) = std::mem::take(&mut self.restarts_due)
+                .into_iter()
+                .partition(|r| r.at <= now);
+            self.restarts_due = later;
+            due
+        };
+        for mut r in due {
+            match pool.start_replacement(r.slot as u32) {
+                Ok(io) => self.install(r.slot, io, r.cause, r.old_pid),
+                Err(e) if is_passing(&e) && r.since.elapsed() < RESTART_GIVE_UP => {
+                    r.delay = (r.delay * 2).min(RESTART_MAX_DELAY);
+                    r.at = Instant::now() + r.delay;
+                    self.restarts_due.push(r);
+                }
+                Err(e) => {
+                    let message = if is_passing(&e) {
+                        format!(
+                            "a replacement worker could not start for {:?} (last: {e})",
+                            r.since.elapsed()
+                        )
+                    } else {
+                        e.to_string()
+                    };
+                    self.break_pool(TaskError::Start { message });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a worker failed to start for a reason that passes (the system is out of
+/// processes or memory for now: fork's EAGAIN and ENOMEM, however they reached us).
+fn is_passing(e: &crate::StartError) -> bool {
+    use nix::errno::Errno;
+    match e {
+        crate::StartError::Os(os) => matches!(os.errno, Errno::EAGAIN | Errno::ENOMEM),
+        _ => false,
+    }
+}
+
+/// A slot waiting to try its replacement again.
+#[derive(Debug)]
+pub(crate) struct RestartDue {
+    slot: usize,
+    old_pid: u32,
+    cause: Cause,
+    /// When to try next, how long the last wait was, since when it has been failing.
+    at: Instant,
+    delay: Duration,
+    since: Instant,
 }
 
 /// Why a worker was replaced.
+#[derive(Debug, Clone, Copy)]
 enum Cause {
     Died,
     TimedOut,

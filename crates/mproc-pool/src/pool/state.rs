@@ -136,6 +136,9 @@ pub(crate) struct State<W = Live> {
     /// Why the pool cannot go on (initializer failure, workers that cannot start, terminate).
     pub broken: Option<TaskError>,
     pub start_failures: u32,
+    /// Slots whose replacement could not start for a passing reason (EAGAIN, ENOMEM: out of
+    /// processes or memory for a while), to be tried again (see `settle.rs`).
+    pub restarts_due: Vec<super::settle::RestartDue>,
     pub last_watch: Option<Instant>,
     /// Workers replaced after dying or retiring.
     pub replaced: u64,
@@ -162,6 +165,7 @@ impl<W: WorkerIo> State<W> {
             closed: false,
             stopping: false,
             broken: None,
+            restarts_due: Vec::new(),
             start_failures: 0,
             last_watch: None,
             replaced: 0,
