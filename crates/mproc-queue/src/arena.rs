@@ -26,9 +26,10 @@
 //! (warm in cache, and untouched pages stay unallocated for memfd segments).
 //!
 //! # The chunk word
-//! `state (3 bits) | lap tag (15) | pid (22) | length - 1 (24)`, where the lap tag is the
+//! `state (3 bits) | lap tag (15) | peer (22) | length - 1 (24)`, where the lap tag is the
 //! chunk position's lap (truncated). States:
-//! - *Writing(pid)*: claimed by producer `pid`, which fills the body.
+//! - *Writing(peer)*: claimed by the producer whose peer token ([`mproc_segment::liveness`])
+//!   is `peer`, which fills the body.
 //! - *Linked*: the producer has put the chunk's reference in the ring slot at the ring
 //!   position stored in the link word (written before the word turns Linked). The chunk now
 //!   belongs to that slot: the consumer that takes the slot frees it.
@@ -40,7 +41,7 @@
 //! someone claimed `h`: help by moving `head` to `h + length`. Any other word is stale (an
 //! earlier lap), and if `h + need <= tail + units` the producer claims `h` with a CAS of that
 //! exact word to Writing(me), then moves `head` on (anyone who sees the claim helps). Because
-//! the claim and the claimer's pid are one atomic write, a producer killed at any instruction
+//! the claim and the claimer's token are one atomic write, a producer killed at any instruction
 //! leaves either nothing or a chunk naming it.
 //!
 //! # Freeing and reclaiming
@@ -185,7 +186,7 @@ pub(crate) trait Entries {
     fn word(&self, unit: usize) -> &AtomicU64;
     /// The link word of unit `unit`.
     fn link(&self, unit: usize) -> &AtomicU64;
-    /// Whether process `pid` is alive.
+    /// Whether the process with peer token `pid` is alive.
     fn is_alive(&self, pid: u32) -> bool;
     /// Whether the ring slot of ring position `pos` still holds its message (published, or
     /// being written or read by a live process).

@@ -2,10 +2,10 @@
 //! Dmitry Vyukov's bounded MPMC queue, made crash-aware.
 //!
 //! # Slots
-//! Each slot has one 64-bit state word: `lap << 32 | state << 30 | pid`, where `lap` is the
+//! Each slot has one 64-bit state word: `lap << 32 | state << 30 | peer`, where `lap` is the
 //! position divided by the capacity (truncated to 32 bits), `state` is one of
-//! Empty / Writing / Full / Reading, and `pid` is the process that claimed the slot
-//! (Writing/Reading). Position `pos` lives in slot `pos % capacity` and is meant for lap
+//! Empty / Writing / Full / Reading, and `peer` is the peer token
+//! ([`mproc_segment::liveness`]) of the process that claimed the slot (Writing/Reading). Position `pos` lives in slot `pos % capacity` and is meant for lap
 //! `pos / capacity`. A zero-filled ring is a valid empty ring (every slot Empty at lap 0).
 //!
 //! - A producer at position `pos` (the tail) claims the slot by a CAS
@@ -14,7 +14,7 @@
 //! - A consumer at `pos` (the head) claims `Full(lap) -> Reading(lap, me)`, advances the head
 //!   (again with helping), copies the message out and frees the slot as `Empty(lap + 1)`.
 //!
-//! Because the claim and the claimer's pid are one atomic write, a process killed at any
+//! Because the claim and the claimer's token are one atomic write, a process killed at any
 //! instruction leaves either an unclaimed slot or a slot naming it:
 //! - `Writing(lap, dead)`: the producer died before publishing; its `put` never returned `Ok`.
 //!   Consumers skip the slot (mark it `Empty(lap + 1)`).
@@ -22,9 +22,9 @@
 //!   had been taken). Producers reclaim the slot (`Empty(lap + 1)`).
 //!
 //! A live but stopped peer (SIGSTOP) holds up the queue at its slot until it continues.
-//! A dead peer whose pid has been reused by a new process before anyone looked is taken for
-//! alive: the slot then waits for that process to exit. Pid reuse within that window is rare
-//! (Linux cycles through `pid_max`, default 4 million, before reusing).
+//! Whether a claimer is alive is asked of the kernel through its token, in any pid namespace
+//! (see `mproc_segment::liveness`); a dead claimer's token drawn again by a new process
+//! (odds 2^-22) makes the slot wait for that process to exit too.
 //!
 //! # Memory ordering (SYNC POINTs)
 //! - Publish: the producer's data copy, then `Full` stored SeqCst (Release would do for the
@@ -354,8 +354,8 @@ impl<S: Slots> Ring<'_, S> {
     /// Tries to append one message, written into the slot by `fill(bytes, position)`.
     ///
     /// With `check_peers`, a slot held by a reader is tested for the reader's death (a
-    /// system call and a /proc read); without, such a slot just counts as full. Blocking
-    /// callers skip the check until they have waited a while, so the hot path stays cheap.
+    /// `fcntl` on the liveness roll); without, such a slot just counts as full. Blocking
+    /// callers skip the check on their first, fast look, so the hot path stays cheap.
     pub fn try_push(
         &self,
         me: u32,

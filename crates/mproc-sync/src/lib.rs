@@ -11,8 +11,9 @@
 //! sleeps. A process blocked in a wait uses no CPU.
 //!
 //! **Robustness.** A thread that exits or a process SIGKILLed while holding a [`Lock`] does
-//! not leave it locked: the lock word names its holder's thread, waiters check now and then
-//! that the holder still runs, and the next locker gets [`LockError::OwnerDied`] with the
+//! not leave it locked: the lock word names its holder's thread (by its liveness token, see
+//! `mproc_segment::liveness`), waiters ask the kernel now and then whether the holder still
+//! runs, and the next locker gets [`LockError::OwnerDied`] with the
 //! guard; the lock keeps reporting the death until someone calls `make_consistent()`.
 //! Nothing in a lock is a pointer (unlike a robust pthread mutex, whose robust-list links a
 //! peer could rewrite). Semaphore permits and barrier arrivals of a

@@ -10,8 +10,8 @@ use std::time::Duration;
 /// second is plenty; ten looks a second cost an idle waiter well under 0.1 % of a core.
 pub const PARKING: Duration = Duration::from_millis(100);
 
-/// A lock waiter's look at whether the holder is still alive (a system call and a `/proc`
-/// read). A holder that dies costs its waiters at most about this long; 50 looks a second
+/// A lock waiter's look at whether the holder is still alive (one `fcntl` on the liveness
+/// roll). A holder that dies costs its waiters at most about this long; 50 looks a second
 /// still cost a waiter well under 0.1 % of a core.
 pub const LOCK_OWNER_CHECK: Duration = Duration::from_millis(20);
 
