@@ -130,7 +130,9 @@ impl<W: WorkerIo> State<W> {
         }
     }
 
-    /// Puts the replacement `io` in slot `i` and counts the restart by its cause.
+    /// Puts the replacement `io` in slot `i` and counts the restart by its cause (`old_pid`:
+    /// the worker it replaces, for the event).
+    #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
     fn install(&mut self, i: usize, io: W, cause: Cause, old_pid: u32) {
         mproc_segment::slow_path_event!(
             slot = i,
