@@ -305,7 +305,7 @@ fn pod_echo(args: (String, String, u64)) {
     }
 }
 
-fn rtt(rounds: u64) -> f64 {
+pub fn rtt(rounds: u64) -> f64 {
     let (na, nb) = (name("rtt-a"), name("rtt-b"));
     let a = PodQueue::<u64>::create(&na, 64).expect("create");
     let b = PodQueue::<u64>::create(&nb, 64).expect("create");
@@ -546,7 +546,7 @@ fn bare_fork(starts: usize) -> f64 {
 
 // ---- locks, values, arrays ----
 
-fn lock_cycle(n: u64) -> f64 {
+pub fn lock_cycle(n: u64) -> f64 {
     let lock = Lock::new().expect("lock");
     let t = Instant::now();
     for _ in 0..n {

@@ -242,6 +242,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
+    // `--ab REPS`: the three figures the liveness work could move (uncontended lock ns,
+    // PodQueue 1→1 ns/item, blocking round trip µs), one line per repetition: run two builds'
+    // binaries alternately and compare (this VM has slow phases).
+    if let Some(reps) = args
+        .iter()
+        .position(|a| a == "--ab")
+        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
+    {
+        for _ in 0..reps {
+            println!(
+                "lock {:.2} ns | pod 1→1 {:.2} ns | rtt {:.2} µs",
+                figures::lock_cycle(plan.items),
+                figures::pod_1to1(plan.items),
+                figures::rtt(plan.rounds)
+            );
+        }
+        return Ok(());
+    }
+
     eprintln!("mproc-bench: {} run", if quick { "quick" } else { "full" });
     let f = figures::measure_all(&plan)?;
     let py = figures::python(quick);

@@ -47,6 +47,8 @@ const ENTRY_BYTES: usize = 16;
 /// How long a blocked `put`/`get` sleeps before looking again
 /// ([`naps::QUEUE_PEER_CHECK`](mproc_sync::naps::QUEUE_PEER_CHECK)).
 pub(crate) const REPOLL: Duration = mproc_sync::naps::QUEUE_PEER_CHECK;
+/// The first look at peers in a blocked wait ([`mproc_sync::naps::QUEUE_FIRST_PEER_CHECK`]).
+const FIRST_CHECK: Duration = mproc_sync::naps::QUEUE_FIRST_PEER_CHECK;
 
 /// The largest unit of an arena (bytes).
 const MAX_UNIT: u64 = 1 << 30;
@@ -700,26 +702,32 @@ impl Drop for RawQueue {
     }
 }
 
-/// Parks on `parking` until `poll` succeeds or `deadline` passes, re-polling every
-/// [`REPOLL`] so that a dead peer's slot is noticed even though it never wakes us.
+/// Parks on `parking` until `poll` succeeds or `deadline` passes, re-polling so that a dead
+/// peer's slot or chunk is noticed even though it never wakes us.
 ///
-/// Every poll here asks after the peers that hold the way (`poll(true)`): the caller's fast
-/// path has already failed, and a liveness test is one `fcntl` (at most one a millisecond per
-/// peer, see [`peer_alive`]). So a wait of any length, however short its timeout, recovers a
-/// dead producer's slot, a dead reader's slot or a dead producer's chunk at its first look,
-/// exactly as a long blocking wait does: no state has to carry over from call to call.
+/// `poll(check_peers)` asks after the peers that hold the way (one `fcntl`, at most once a
+/// millisecond per peer, see [`peer_alive`]) from [`FIRST_CHECK`] of waiting on, then every
+/// [`REPOLL`], and once more when the deadline passes. So a wait of any length, however
+/// short its timeout, recovers a dead producer's slot, a dead reader's slot or a dead
+/// producer's chunk by its end — a loop of `get_timeout(10 ms)` as fast as one blocking
+/// `get` — with no state carried from call to call; and a wait that is soon over (the
+/// usual, a live peer finishing its copy) asks nothing.
 fn block<T>(
     parking: &Parking,
     deadline: Option<Instant>,
     mut poll: impl FnMut(bool) -> Option<T>,
 ) -> Option<T> {
+    let mut check_peers = false;
     loop {
         let d = mproc_sync::Deadline::at(deadline);
-        if let Some(v) = parking.block_on(Some(d.nap_end(REPOLL)), || poll(true)) {
+        let nap = if check_peers { REPOLL } else { FIRST_CHECK };
+        if let Some(v) = parking.block_on(Some(d.nap_end(nap)), || poll(check_peers)) {
             return Some(v);
         }
         if d.passed() {
-            return None;
+            // The last look asks after the peers, whatever the timeout was.
+            return poll(true);
         }
+        check_peers = true;
     }
 }

@@ -16,9 +16,14 @@ pub const PARKING: Duration = Duration::from_millis(100);
 pub const LOCK_OWNER_CHECK: Duration = Duration::from_millis(20);
 
 /// A blocked queue `put`/`get`: looks for a peer that died holding the slot or arena chunk it
-/// waits for (and so never wakes it). The first look at peers' liveness comes only after
-/// this much waiting: a live peer in the middle of its copy is the common case.
+/// waits for (and so never wakes it) every this much waiting.
 pub const QUEUE_PEER_CHECK: Duration = Duration::from_millis(200);
+
+/// A blocked queue `put`/`get`: its first look at peers' liveness, after this much waiting
+/// (and in any case when its deadline passes, however short). Not at once: a live peer in
+/// the middle of its copy is the common case, and asking after it on every spin costs a
+/// round trip several times over (clock reads and `fcntl`s on a VM without a vDSO clock).
+pub const QUEUE_FIRST_PEER_CHECK: Duration = Duration::from_millis(1);
 
 /// `JoinableQueue::join`: the last item may leave without a wake-up (its producer or consumer
 /// died), so a few looks a second.
