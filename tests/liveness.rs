@@ -449,3 +449,61 @@ fn openers_and_reclaimers_never_split_a_name() {
         assert!(opened > 0, "the opener never won");
     });
 }
+
+/// Removes a name however the test ends.
+struct Unlink(String);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = Segment::unlink(&self.0);
+    }
+}
+
+/// A holder that is not dumpable (its `/proc/PID/maps` cannot be read, as for mproc's own
+/// pool workers) — of this user and of another — counts as a user of the segment for
+/// reclaim, `gc` and `inspect`; once it dies, the segment is stale.
+#[test]
+fn non_dumpable_holders_count_as_users_also_of_another_uid() {
+    with_deadline(DEADLINE, || {
+        for other_uid in [false, true] {
+            let name = unique_name("nondumpable");
+            let _cleanup = Unlink(name.clone());
+            let (mut here, mut there) = UnixStream::pair().unwrap();
+            let n = name.clone();
+            let child = fork_child(move || {
+                // SAFETY: prctl with integer arguments only.
+                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
+                if other_uid
+                    && (nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).is_err()
+                        || nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).is_err())
+                {
+                    return 2;
+                }
+                let Ok(mut seg) = Segment::create(&n, 64) else {
+                    return 3;
+                };
+                seg.persist();
+                report_and_hold(&mut there, 1);
+                0
+            });
+            await_byte(&mut here);
+            let p = mproc::segment::peek(&name).unwrap();
+            assert_eq!(p.owner, if other_uid { 65534 } else { 0 });
+            assert_eq!(p.in_use, Some(true), "other uid: {other_uid}");
+            assert_eq!(p.creator_alive, Some(true), "other uid: {other_uid}");
+            assert!(!mproc::segment::remove_stale(&name));
+            if !other_uid {
+                assert!(matches!(
+                    Segment::create(&name, 64),
+                    Err(SegmentError::AlreadyExists { .. })
+                ));
+            }
+            kill(child);
+            let p = mproc::segment::peek(&name).unwrap();
+            assert_eq!(p.in_use, Some(false), "other uid: {other_uid}");
+            assert_eq!(p.creator_alive, Some(false), "other uid: {other_uid}");
+            // Stale now: root's gc rule removes it (its own, or another user's).
+            assert!(mproc::segment::remove_stale(&name), "other uid: {other_uid}");
+        }
+    });
+}
