@@ -503,7 +503,10 @@ fn non_dumpable_holders_count_as_users_also_of_another_uid() {
             assert_eq!(p.in_use, Some(false), "other uid: {other_uid}");
             assert_eq!(p.creator_alive, Some(false), "other uid: {other_uid}");
             // Stale now: root's gc rule removes it (its own, or another user's).
-            assert!(mproc::segment::remove_stale(&name), "other uid: {other_uid}");
+            assert!(
+                mproc::segment::remove_stale(&name),
+                "other uid: {other_uid}"
+            );
         }
     });
 }

@@ -1,0 +1,131 @@
+//! A pool whose replacement worker cannot be forked for a while (the user is at its process
+//! limit: fork fails with EAGAIN) waits and goes on once processes are available again; it
+//! does not break for good.
+
+use std::time::Duration;
+
+use mproc_pool::{Pool, StartMethod, ThreadedFork};
+use mproc_testkit::{fork_child, with_deadline};
+
+fn my_pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Runs as user `nobody` with a process limit; returns 0 when the pool recovered.
+fn starve_and_restore() -> i32 {
+    use nix::sys::resource::{Resource, setrlimit};
+    use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, setgid, setuid};
+    if setgid(Gid::from_raw(65534)).is_err() || setuid(Uid::from_raw(65534)).is_err() {
+        return 2;
+    }
+    // Threads count against the limit too: room for the pool, then filled up below.
+    if setrlimit(Resource::RLIMIT_NPROC, 64, 64).is_err() {
+        return 3;
+    }
+    let Ok(pool) = Pool::builder()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .threaded_fork(ThreadedFork::Allow)
+        .build()
+    else {
+        return 4;
+    };
+    let Ok(worker) = pool.apply(my_pid, ()) else {
+        return 5;
+    };
+    // The fork server that replacements come from must exist before the user is full.
+    if pool.apply(square, 3) != Ok(9) {
+        return 6;
+    }
+    // Fill the user's process table, and keep it full: a hog process forks a filler into
+    // every slot that frees up (spinning on EAGAIN) until told to stop, so the slot the
+    // killed worker gives back goes to the hog, not to the pool's replacement.
+    let (fill_r, fill_w) = nix::unistd::pipe().unwrap();
+    let (stop_r, stop_w) = nix::unistd::pipe().unwrap();
+    let (full_r, full_w) = nix::unistd::pipe().unwrap();
+    // SAFETY: the hog only forks, polls, reads, waits and `_exit`s.
+    let hog = match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop((stop_w, full_r));
+            let mut full_told = false;
+            loop {
+                let mut fds = [nix::poll::PollFd::new(
+                    std::os::fd::AsFd::as_fd(&stop_r),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                if nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0) {
+                    break;
+                }
+                // SAFETY: the filler only blocks on a read and `_exit`s.
+                match unsafe { fork() } {
+                    Ok(ForkResult::Child) => {
+                        // Only the hog keeps the write end: its close ends every filler.
+                        // SAFETY: closes this process's copy of a descriptor it does not use.
+                        unsafe { libc::close(std::os::fd::AsRawFd::as_raw_fd(&fill_w)) };
+                        let mut b = [0u8; 1];
+                        let _ = nix::unistd::read(&fill_r, &mut b);
+                        // SAFETY: ends the filler without the hog's handlers.
+                        unsafe { libc::_exit(0) }
+                    }
+                    Ok(ForkResult::Parent { .. }) => {}
+                    Err(_) => {
+                        if !full_told {
+                            let _ = nix::unistd::write(&full_w, b"f");
+                            full_told = true;
+                        }
+                        std::thread::yield_now();
+                    }
+                }
+            }
+            drop(fill_w);
+            while nix::sys::wait::waitpid(None, None).is_ok() {}
+            // SAFETY: ends the hog without the test's handlers.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(_) => return 7,
+    };
+    drop((fill_r, fill_w, stop_r, full_w));
+    let mut b = [0u8; 1];
+    if nix::unistd::read(&full_r, &mut b) != Ok(1) {
+        return 8;
+    }
+    // The worker dies; its replacement cannot be forked now.
+    let _ = nix::sys::signal::kill(
+        Pid::from_raw(worker as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let Ok(job) = pool.apply_async(square, 7) else {
+        return 9;
+    };
+    // A while of failing forks (the pool retries with backoff meanwhile).
+    let ran_anyway = job.wait_timeout(Duration::from_millis(500));
+    // Processes come back: the replacement starts and takes the job.
+    drop(stop_w);
+    let _ = nix::sys::wait::waitpid(hog, None);
+    if ran_anyway {
+        return match job.get() {
+            Ok(_) => 10,  // the replacement won a freed slot: the test proved nothing
+            Err(_) => 13, // the pool gave up on the first refused fork
+        };
+    }
+    match job.get_timeout(Duration::from_secs(20)) {
+        Ok(49) => {}
+        _ => return 11,
+    }
+    if pool.apply(square, 5) != Ok(25) {
+        return 12;
+    }
+    0
+}
+
+#[test]
+fn a_pool_out_of_processes_for_a_while_recovers() {
+    with_deadline(Duration::from_secs(60), || {
+        fork_child(starve_and_restore).assert_success();
+    });
+}
