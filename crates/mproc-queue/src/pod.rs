@@ -262,3 +262,46 @@ impl<T: Pod> PodQueue<T> {
     #[cfg(feature = "async")]
     crate::wait_async::async_queue_methods!(T, raw);
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::atomic::Ordering;
+    use crate::ring::Slots;
+
+    /// A same-user peer scribbles impossible laps over a published slot (at the head) and
+    /// over the next free one (at the tail): the message there is lost, counted, and the
+    /// queue goes on — at a blocked call's look after peers, however short its timeout.
+    #[test]
+    fn forked_peer_scribbling_slot_words_cannot_wedge_the_ring() {
+        let q = PodQueue::<u64>::new(4).unwrap();
+        q.put(1).unwrap();
+        q.put(2).unwrap();
+        let ring = q.raw.ring();
+        mproc_testkit::fork_child(|| {
+            // Slot 0 holds item 1 (head); slot 2 is the tail's next free slot.
+            for idx in [0, 2] {
+                ring.slots
+                    .word(idx)
+                    .store(0x7777_0000_0000_0000 | 2 << 30, Ordering::Relaxed);
+            }
+            0
+        })
+        .assert_success();
+        // Item 1's slot is skipped; item 2 comes through.
+        assert_eq!(q.get_timeout(Duration::from_millis(20)), Ok(2));
+        // The scribbled tail slot is freed for producers.
+        for i in 0..4 {
+            assert!(
+                q.put_timeout(10 + i, Duration::from_millis(20)).is_ok(),
+                "put {i}"
+            );
+        }
+        for i in 0..4 {
+            assert_eq!(q.get_timeout(Duration::from_millis(20)), Ok(10 + i));
+        }
+        assert_eq!(q.stats().corrupt_slots, 2);
+    }
+}

@@ -123,6 +123,9 @@ pub struct RingHeader {
     pub(crate) full_waits: AtomicU64,
     /// Puts whose body found the arena full and had to wait (or failed).
     pub(crate) space_waits: AtomicU64,
+    /// Slot words found in a state no honest process writes (a lap the ring cannot be at)
+    /// and set aside: freed for producers, skipped by consumers.
+    pub(crate) corrupt_slots: AtomicU64,
 }
 
 /// How often (in ring positions) a producer samples the queue's depth for the high-water
@@ -137,7 +140,7 @@ const _: () = assert!(std::mem::size_of::<RingHeader>() == 384);
 #[cfg(not(loom))]
 const _: () = assert!(
     std::mem::offset_of!(RingHeader, all_done) == 320
-        && std::mem::offset_of!(RingHeader, space_waits) + 8 <= 384
+        && std::mem::offset_of!(RingHeader, corrupt_slots) + 8 <= 384
 );
 
 /// A point-in-time reading of a ring's control block, for tools (`mproc inspect`; serialized
@@ -180,6 +183,9 @@ pub struct RingSnapshot {
     pub full_waits: u64,
     /// Puts whose body found the arena full.
     pub space_waits: u64,
+    /// Slot words a peer scribbled over (a lap the ring cannot be at), set aside so that
+    /// traffic goes on; their messages, if any, are lost.
+    pub corrupt_slots: u64,
 }
 
 impl RingSnapshot {
@@ -215,6 +221,7 @@ impl RingSnapshot {
             high_water: u64_at(offset_of!(RingHeader, high_water))?,
             full_waits: u64_at(offset_of!(RingHeader, full_waits))?,
             space_waits: u64_at(offset_of!(RingHeader, space_waits))?,
+            corrupt_slots: u64_at(offset_of!(RingHeader, corrupt_slots))?,
         })
     }
 }
@@ -266,6 +273,7 @@ impl RingHeader {
             high_water: self.high_water.load(Ordering::Relaxed),
             full_waits: self.full_waits.load(Ordering::Relaxed),
             space_waits: self.space_waits.load(Ordering::Relaxed),
+            corrupt_slots: self.corrupt_slots.load(Ordering::Relaxed),
         }
     }
 }
@@ -436,6 +444,23 @@ impl<S: Slots> Ring<'_, S> {
                     hdr.note_high_water(self.mask + 1);
                     return Claim::Full;
                 }
+                continue;
+            }
+            // No honest word at the tail has another lap: if the tail has not moved, a peer
+            // scribbled over it. Corrupt is not forever: a caller that asks after peers frees
+            // the slot for this lap (whatever it held is lost) and counts it.
+            if check_peers
+                && hdr.tail.load(Ordering::SeqCst) == pos
+                && word
+                    .compare_exchange(
+                        w,
+                        encode(lap, State::Empty, 0),
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                hdr.corrupt_slots.fetch_add(1, Ordering::Relaxed);
             }
             // Our view was stale; look again.
         }
@@ -550,9 +575,30 @@ impl<S: Slots> Ring<'_, S> {
                 Self::help_advance(&hdr.head, pos);
                 continue;
             }
-            if wlap == lap.wrapping_sub(1) && hdr.tail.load(Ordering::SeqCst) <= pos {
-                // The slot still holds the previous lap (its reader is slow): nothing new.
-                return if closed { Pop::Closed } else { Pop::Empty };
+            if wlap == lap.wrapping_sub(1) {
+                if hdr.tail.load(Ordering::SeqCst) <= pos {
+                    // The slot still holds the previous lap (its reader is slow): nothing new.
+                    return if closed { Pop::Closed } else { Pop::Empty };
+                }
+                continue;
+            }
+            // Another lap at the head: a scribbled word (see `try_claim_push`). A caller that
+            // asks after peers skips the position (its message, if any, is lost) and counts it.
+            if check_peers
+                && hdr.head.load(Ordering::SeqCst) == pos
+                && hdr.tail.load(Ordering::SeqCst) > pos
+                && word
+                    .compare_exchange(
+                        w,
+                        encode(lap.wrapping_add(1), State::Empty, 0),
+                        Ordering::SeqCst,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                hdr.corrupt_slots.fetch_add(1, Ordering::Relaxed);
+                Self::help_advance(&hdr.head, pos);
+                hdr.not_full.wake_one();
             }
         }
         // Only a corrupted ring (or extreme contention) gets here: see `try_claim_push`.
