@@ -31,6 +31,20 @@ fn report_and_hold(s: &mut UnixStream, byte: u8) {
     let _ = s.read(&mut b);
 }
 
+/// Leaves a stale segment under `name`: its creator kept it (`persist`) and exited, and
+/// nobody holds it.
+fn make_stale(name: &str) {
+    let n = name.to_owned();
+    fork_child(move || match Segment::create(&n, 64) {
+        Ok(mut s) => {
+            s.persist();
+            0
+        }
+        Err(_) => 1,
+    })
+    .assert_success();
+}
+
 fn kill(mut child: Child) {
     child.signal(Signal::SIGKILL);
     child.wait();
@@ -127,15 +141,7 @@ fn reclaim_from_a_namespace_with_its_own_proc_spares_live_segments() {
         let seg = Segment::create(&live, 64).unwrap();
         seg.write_bytes(0, b"live").unwrap();
         // A segment kept by a creator that then died, and that nobody holds: stale.
-        let d = dead.clone();
-        fork_child(move || match Segment::create(&d, 64) {
-            Ok(mut s) => {
-                s.persist();
-                0
-            }
-            Err(_) => 1,
-        })
-        .assert_success();
+        make_stale(&dead);
         let (l, d) = (live.clone(), dead.clone());
         let mut child = fork_in_pid_namespace(true, move || {
             // The creator of `live` is not visible here (another namespace, another /proc).
@@ -376,15 +382,7 @@ fn short_put_timeouts_reclaim_a_dead_producers_chunk() {
 fn create_of_a_name_the_caller_holds_is_already_exists() {
     with_deadline(DEADLINE, || {
         let name = unique_name("held-by-me");
-        let n = name.clone();
-        fork_child(move || match Segment::create(&n, 64) {
-            Ok(mut s) => {
-                s.persist();
-                0
-            }
-            Err(_) => 1,
-        })
-        .assert_success();
+        make_stale(&name);
         let mine = Segment::open(&name).unwrap();
         assert!(matches!(
             Segment::create(&name, 64),
@@ -410,15 +408,7 @@ fn openers_and_reclaimers_never_split_a_name() {
         let mut opened = 0;
         for _ in 0..1000 {
             // A stale segment: its creator persisted it and exited.
-            let n = name.clone();
-            fork_child(move || match Segment::create(&n, 64) {
-                Ok(mut s) => {
-                    s.persist();
-                    0
-                }
-                Err(_) => 1,
-            })
-            .assert_success();
+            make_stale(&name);
             let n = name.clone();
             let opener = std::thread::spawn(move || Segment::open(&n).ok());
             let created = Segment::create(&name, 64);
