@@ -276,6 +276,12 @@ fn open_roll(path: &str, own: bool) -> Result<RawFd, SegmentError> {
             "the roll belongs to another user or others may write it (planted?)",
         ));
     }
+    // Made under a umask that took the owner's write bit: later processes of this user
+    // could not take their write locks. Ours: put the mode right.
+    if own && st.st_mode & 0o600 != 0o600 {
+        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| SegmentError::io("fchmod of the liveness roll", e))?;
+    }
     Ok(std::os::fd::IntoRawFd::into_raw_fd(fd))
 }
 
