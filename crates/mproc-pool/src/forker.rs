@@ -121,11 +121,16 @@ pub(crate) fn make_undumpable() {
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
 }
 
-/// The number of threads of this process (from `/proc/self/stat`), or 1 if unknown; the
-/// forker thread is not counted.
+/// The number of the user's threads in this process (from `/proc/self/stat`), or 1 if
+/// unknown: mproc's own threads — the forker, a pool's handler, the async reactors (each
+/// marked with `mproc_segment::OwnThread`) — are not counted, so a `Process::spawn` after
+/// `Pool::new` (the Quick start) forks without a warning.
 pub(crate) fn thread_count() -> usize {
     let forker = usize::from(FORKER_RUNNING.load(std::sync::atomic::Ordering::Relaxed));
-    os_thread_count().saturating_sub(forker).max(1)
+    os_thread_count()
+        .saturating_sub(forker)
+        .saturating_sub(mproc_segment::OwnThread::count())
+        .max(1)
 }
 
 fn os_thread_count() -> usize {

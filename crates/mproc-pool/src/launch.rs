@@ -35,7 +35,8 @@ pub enum StartMethod {
     ForkServer,
 }
 
-/// What the `Fork` start method does when the parent has more than one thread.
+/// What the `Fork` start method does when the parent has more than one thread of its own
+/// (mproc's own threads — a pool's handler, the forker, the async reactors — do not count).
 ///
 /// After `fork` only the forking thread exists in the child; a lock another thread held at
 /// that moment (inside `malloc` of some allocators, a logging library, your own `Mutex`)

@@ -28,6 +28,43 @@ static ATFORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::ne
 
 extern "C" fn forget_pid_in_child() {
     PID.store(0, Ordering::Relaxed);
+    // A forked child has one thread: the one that forked.
+    OWN_THREADS.store(0, Ordering::Relaxed);
+}
+
+/// Threads mproc itself runs in this process (a pool's handler, the async reactors), which
+/// the threaded-fork check does not count as the user's (see [`OwnThread`]).
+static OWN_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Marks one of mproc's own threads for as long as it lives: make it before spawning the
+/// thread and move it into the thread's closure (if the spawn fails, the closure and the
+/// mark are dropped with it). The check before `fork` counts a process's threads minus
+/// these: they run only mproc's code, never hold a lock a forked child would take (the
+/// child runs only its task; every per-process instance is re-made in it), so forking beside
+/// them is not the hazard the check warns of.
+#[derive(Debug)]
+pub struct OwnThread(());
+
+impl OwnThread {
+    /// Counts one more of mproc's own threads until the mark is dropped.
+    pub fn mark() -> OwnThread {
+        register_atfork();
+        OWN_THREADS.fetch_add(1, Ordering::Relaxed);
+        OwnThread(())
+    }
+
+    /// How many of mproc's own threads this process runs.
+    pub fn count() -> usize {
+        OWN_THREADS.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for OwnThread {
+    fn drop(&mut self) {
+        let _ = OWN_THREADS.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_sub(1))
+        });
+    }
 }
 
 /// Registers the fork handler once. Not a `Once`: a thread forking while another is inside

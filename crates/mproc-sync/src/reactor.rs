@@ -221,10 +221,13 @@ fn start_thread<T: Sync + 'static>(
     // SAFETY: `raw` comes from `Box::into_raw`: valid, aligned and initialised; it is freed
     // below only if the thread never started.
     let shared: &'static T = unsafe { &*raw };
+    let own = mproc_segment::OwnThread::mark();
     match std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || run(shared))
-    {
+        .spawn(move || {
+            let _own = own;
+            run(shared)
+        }) {
         Ok(_) => Some(shared),
         Err(_) => {
             last_failure.store(now, Ordering::Relaxed);

@@ -168,9 +168,13 @@ impl Pool {
         Self::await_ready(&shared, b.launch.start_timeout)?;
         let handler = {
             let shared = Arc::clone(&shared);
+            let own = mproc_segment::OwnThread::mark();
             std::thread::Builder::new()
                 .name("mproc-pool".into())
-                .spawn(move || handler(shared))
+                .spawn(move || {
+                    let _own = own;
+                    handler(shared)
+                })
                 .map_err(|e| StartError::os("thread spawn", mproc_segment::errno_of(&e)))?
         };
         Ok(Pool {

@@ -1,0 +1,51 @@
+//! What a new user sees: the README's Quick start, run as printed, prints nothing on stdout or
+//! stderr (no warning) and succeeds; and `examples/quick_start.rs` is the README's snippet.
+//! (CI also runs the example binary itself.)
+
+use std::time::Duration;
+
+use mproc_testkit::with_deadline;
+
+/// An example binary: `cargo test` builds every example before it runs the tests (CI runs
+/// `cargo test --workspace`), into `target/<profile>/examples`.
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>");
+    profile_dir.join("examples").join(name)
+}
+
+#[test]
+fn the_quick_start_is_the_readme_snippet() {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("## Quick start")
+        .expect("a Quick start section");
+    let code = &readme[start..];
+    let code = &code[code.find("```rust\n").expect("a rust block") + 8..];
+    let code = &code[..code.find("```").expect("the block ends")];
+    let example = include_str!("../examples/quick_start.rs");
+    assert!(
+        example.ends_with(code),
+        "examples/quick_start.rs differs from the README's Quick start"
+    );
+}
+
+/// Runs the Quick start as a program and reads what it prints: nothing, on stdout or stderr.
+#[test]
+fn the_quick_start_runs_silently() {
+    with_deadline(Duration::from_secs(120), || {
+        let out = std::process::Command::new(example("quick_start"))
+            .output()
+            .expect("run examples/quick_start (built by `cargo test` with the examples)");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "",
+            "the Quick start wrote to stderr"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    });
+}
