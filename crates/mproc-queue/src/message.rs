@@ -23,8 +23,10 @@ use crate::{GetError, PutError};
 pub const DEFAULT_SLOT_SIZE: usize = 128;
 /// Smallest slot size (room for the prefix and a reference into the arena).
 pub const MIN_SLOT_SIZE: usize = 64;
-/// The smallest default arena (bytes): see [`QueueOptions::arena_bytes`].
-pub const MIN_DEFAULT_ARENA: usize = 1 << 20;
+/// The smallest default arena (bytes): see [`QueueOptions::arena_bytes`]. 4 MiB: a default
+/// queue takes the messages people send, three 1 MiB `Vec<u8>`s waiting at once (a 1 MiB
+/// arena refused even one: its encoding is a few bytes longer than 1 MiB).
+pub const MIN_DEFAULT_ARENA: usize = 4 << 20;
 
 const _: () = assert!(MIN_SLOT_SIZE >= MIN_MESSAGE_SLOT);
 
@@ -88,7 +90,7 @@ impl QueueOptions {
     /// both the largest message (a larger one is [`PutError::TooLarge`]) and how many bytes
     /// of large messages can wait in the queue (a `put` that finds no room waits like one
     /// that finds no slot). Default: twice the slots' bytes (capacity × slot size), at least
-    /// [`MIN_DEFAULT_ARENA`] (1 MiB). A named queue reserves all of it at creation (a full
+    /// [`MIN_DEFAULT_ARENA`] (4 MiB). A named queue reserves all of it at creation (a full
     /// `/dev/shm` fails `create`, never a later `put`); an anonymous one gets pages as they
     /// are first used.
     pub fn arena_bytes(mut self, bytes: usize) -> Self {

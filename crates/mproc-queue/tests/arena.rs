@@ -370,3 +370,36 @@ fn four_by_four_mixed_sizes_exact_accounting() {
         assert_eq!(q.arena_used(), 0);
     });
 }
+
+/// A default queue takes the messages people send: a 1 MiB `Vec<u8>` (its encoding is a few
+/// bytes longer), three of them waiting at once; a message larger than the arena is refused
+/// with both sizes named, the value handed back.
+#[test]
+fn a_default_queue_takes_three_one_mib_messages_and_names_both_sizes_when_too_large() {
+    let q: Queue<Vec<u8>> = Queue::new(8).unwrap();
+    let mib = vec![7u8; 1 << 20];
+    for _ in 0..3 {
+        q.put(mib.clone()).unwrap();
+    }
+    for _ in 0..3 {
+        assert_eq!(q.get().unwrap(), mib);
+    }
+    let huge = vec![1u8; q.arena_bytes() as usize + 1];
+    match q.try_put(huge.clone()) {
+        Err(PutError::TooLarge { value, size, max }) => {
+            assert_eq!(value, huge);
+            assert!(size > huge.len() && max == q.arena_bytes(), "{size} {max}");
+            let text = PutError::TooLarge {
+                value: (),
+                size,
+                max,
+            }
+            .to_string();
+            assert!(
+                text.contains(&size.to_string()) && text.contains(&max.to_string()),
+                "{text}"
+            );
+        }
+        other => panic!("{:?}", other.map_err(|e| e.to_string())),
+    }
+}
