@@ -305,3 +305,43 @@ fn children_of_a_program_that_ignores_sigchld_are_still_seen_ending() {
         assert_eq!(reaped.exit, mproc_testkit::Exit::Code(0));
     });
 }
+
+fn refuse(_: u32) -> u32 {
+    panic!("refused on purpose")
+}
+
+/// A panic in a child is reported on stderr as the child's (`mproc process PID panicked`),
+/// not as the forker thread's it was forked from (`thread 'mproc-forker' panicked`).
+#[test]
+fn a_childs_panic_is_reported_as_the_childs() {
+    use std::io::Read;
+    mproc_testkit::with_deadline(std::time::Duration::from_secs(60), || {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut outer = mproc_testkit::fork_child(move || {
+            // SAFETY: dup2 onto this process's stderr descriptor.
+            if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&w), 2) } < 0 {
+                return 2;
+            }
+            drop(w);
+            let Ok(mut p) = Process::builder()
+                .threaded_fork(mproc_pool::ThreadedFork::Allow)
+                .spawn(refuse, 1)
+            else {
+                return 3;
+            };
+            match p.join() {
+                Err(mproc_pool::JoinError::Panicked { .. }) => 0,
+                _ => 4,
+            }
+        });
+        let exit = outer.wait().exit;
+        let mut said = String::new();
+        std::fs::File::from(r).read_to_string(&mut said).unwrap();
+        assert_eq!(exit, mproc_testkit::Exit::Code(0), "{said}");
+        assert!(
+            said.contains("mproc process ") && said.contains("refused on purpose"),
+            "{said}"
+        );
+        assert!(!said.contains("mproc-forker"), "{said}");
+    });
+}
