@@ -259,3 +259,18 @@ fn rust_doubles_an_array_python_created() {
         Err(SegmentError::NotFound { .. })
     ));
 }
+
+/// An `AtomicValue`'s element sits where the README tells Python readers to look: byte 320 of
+/// the shared-memory object (`mproc_array::PYTHON_OFFSET`).
+#[test]
+fn an_atomic_value_lives_at_byte_320_for_python_readers() {
+    let name = mproc_testkit::unique_name("atomic-at-320");
+    let v = mproc_array::AtomicValue::<u64>::create(&name, 0x1122_3344_5566_7788).unwrap();
+    v.fetch_add(1);
+    assert_eq!(mproc_array::PYTHON_OFFSET, 320);
+    let bytes = std::fs::read(format!("/dev/shm/{name}")).unwrap();
+    assert_eq!(
+        u64::from_ne_bytes(bytes[320..328].try_into().unwrap()),
+        0x1122_3344_5566_7789
+    );
+}
