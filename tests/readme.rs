@@ -49,3 +49,34 @@ fn the_quick_start_runs_silently() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     });
 }
+
+/// The README's Python lines, run as printed against a Rust `Array` (under a unique name):
+/// they double element 0 and print nothing — no `BufferError` at exit.
+#[test]
+fn the_readme_python_lines_run_silently() {
+    with_deadline(Duration::from_secs(60), || {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("**Python side, by name**")
+            .expect("the Python section");
+        let code = &readme[start..];
+        let code = &code[code.find("```python\n").expect("a python block") + 10..];
+        let code = &code[..code.find("```").expect("the block ends")];
+        let name = mproc_testkit::unique_name("readme-grid");
+        let grid = mproc::array::Array::<f64>::create(&name, 1_000_000).unwrap();
+        grid.set(0, 21.0).unwrap();
+        let script = code.replace("name=\"grid\"", &format!("name={name:?}"));
+        assert_ne!(script, code, "the snippet opens \"grid\"");
+        let out = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "",
+            "python wrote to stderr"
+        );
+        assert_eq!(grid.get(0).unwrap(), 42.0);
+    });
+}
