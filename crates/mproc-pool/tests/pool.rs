@@ -691,3 +691,25 @@ fn map_async_starmap_async_and_per_call_chunksize() {
         assert!(matches!(bad.get(), Err(TaskError::Panicked { .. })));
     });
 }
+
+/// A named pool's status board counts a task as soon as the call that waited for it
+/// returns: `mproc top` and `metrics` never show a finished `apply` or `map` as not done.
+#[test]
+fn a_named_pools_board_counts_a_task_as_soon_as_its_call_returns() {
+    with_deadline(Duration::from_secs(60), || {
+        let name = unique_name("board-lag");
+        let pool = builder(2).name(name.as_str()).build().unwrap();
+        let done = || {
+            let peek = mproc_segment::peek(&name).unwrap();
+            let mut bytes = vec![0u8; peek.header.payload_len as usize];
+            let n = peek.read_payload(0, &mut bytes).unwrap();
+            mproc_pool::BoardSnapshot::from_bytes(&bytes[..n])
+                .unwrap()
+                .tasks_done
+        };
+        for i in 1..=20u64 {
+            assert_eq!(pool.apply(square, i).unwrap(), i * i);
+            assert_eq!(done(), i, "the board lags the returned apply");
+        }
+    });
+}

@@ -164,6 +164,11 @@ impl Shared {
                     if st.take_reply(self.results.try_get()) == Took::Reply {
                         st.drain_replies(self);
                         st.dispatch(&self.config);
+                        // The board shows what the caller is about to see (a named pool's
+                        // counters must not lag a returned `map`).
+                        if let Some(board) = &self.board {
+                            board.publish(&st.board_snapshot());
+                        }
                         drop(st);
                         self.notify();
                         break;
