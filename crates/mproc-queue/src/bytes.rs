@@ -43,7 +43,7 @@ impl QueueOptions {
     /// Creates a named [`ByteQueue`] with these options (the type name is not used).
     pub fn create_bytes(&self, name: &str) -> Result<ByteQueue, SegmentError> {
         Ok(ByteQueue {
-            raw: RawQueue::create(options(), Some(name), self.layout()?)?,
+            raw: RawQueue::create(self.with_reclaim(options()), Some(name), self.layout()?)?,
         })
     }
 

@@ -54,6 +54,7 @@ pub struct QueueOptions {
     slot_size: usize,
     arena_bytes: Option<usize>,
     type_name: Option<Cow<'static, str>>,
+    fail_if_exists: bool,
 }
 
 impl Default for QueueOptions {
@@ -70,6 +71,7 @@ impl QueueOptions {
             slot_size: DEFAULT_SLOT_SIZE,
             arena_bytes: None,
             type_name: None,
+            fail_if_exists: false,
         }
     }
 
@@ -113,12 +115,41 @@ impl QueueOptions {
         self
     }
 
+    /// `create` fails with `AlreadyExists` when the name is taken, even by a stale queue
+    /// (one nobody holds, whose creator is gone) that it would otherwise remove and make
+    /// afresh: for a program that must not lose what a crashed predecessor left queued.
+    ///
+    /// ```
+    /// use mproc_queue::{Queue, QueueOptions};
+    /// let name = format!("mproc-doc-fail-if-exists-{}", std::process::id());
+    /// let q: Queue<u32> = QueueOptions::new().create(&name)?;
+    /// let again = QueueOptions::new().fail_if_exists().create::<u32>(&name);
+    /// assert!(matches!(again, Err(mproc_segment::SegmentError::AlreadyExists { .. })));
+    /// # Ok::<(), mproc_segment::SegmentError>(())
+    /// ```
+    pub fn fail_if_exists(mut self) -> Self {
+        self.fail_if_exists = true;
+        self
+    }
+
+    /// The segment options every queue of these options is made with.
+    pub(crate) fn with_reclaim(&self, options: SegmentOptions) -> SegmentOptions {
+        if self.fail_if_exists {
+            options.fail_if_exists()
+        } else {
+            options
+        }
+    }
+
     pub(crate) fn segment_options<T>(&self, flavour: &str) -> SegmentOptions {
         let name = self
             .type_name
             .clone()
             .unwrap_or(Cow::Borrowed(std::any::type_name::<T>()));
-        SegmentOptions::new(Kind::QUEUE).type_tag(TypeTag::named::<T>(format!("{flavour}:{name}")))
+        self.with_reclaim(
+            SegmentOptions::new(Kind::QUEUE)
+                .type_tag(TypeTag::named::<T>(format!("{flavour}:{name}"))),
+        )
     }
 
     pub(crate) fn layout(&self) -> Result<Layout, SegmentError> {

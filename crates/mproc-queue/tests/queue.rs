@@ -581,3 +581,41 @@ fn puts_sample_the_depth_for_the_high_water_mark_without_a_stats_call() {
         "{st:?}"
     );
 }
+
+/// `QueueOptions::fail_if_exists`: a stale queue (its creator died, nobody holds it) is
+/// reclaimed by a plain `create`, but not by one that opted out — its messages stay.
+#[test]
+fn fail_if_exists_keeps_a_stale_queue_and_its_messages() {
+    let name = mproc_testkit::unique_name("q-fail-if-exists");
+    let n = name.clone();
+    mproc_testkit::fork_child(move || {
+        let Ok(q) = mproc_queue::QueueOptions::new().create::<u32>(&n) else {
+            return 1;
+        };
+        if q.put(7).is_err() {
+            return 2;
+        }
+        std::mem::forget(q); // the name outlives its creator
+        0
+    })
+    .assert_success();
+    let refused = mproc_queue::QueueOptions::new()
+        .fail_if_exists()
+        .create::<u32>(&name);
+    assert!(matches!(
+        refused,
+        Err(mproc_segment::SegmentError::AlreadyExists { .. })
+    ));
+    let q = mproc_queue::Queue::<u32>::open(&name).unwrap();
+    assert_eq!(
+        q.try_get().unwrap(),
+        7,
+        "the stale queue's message is still there"
+    );
+    drop(q);
+    // Without the opt-out, create reclaims it.
+    let fresh = mproc_queue::QueueOptions::new()
+        .create::<u32>(&name)
+        .unwrap();
+    assert!(fresh.is_empty());
+}
