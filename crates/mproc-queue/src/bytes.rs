@@ -210,8 +210,25 @@ impl ByteQueue {
         self.get_loan_with(Wait::Until(Instant::now() + timeout))
     }
 
+    /// `try_get` for the futures: peers asked after only if `check_peers`.
+    #[cfg(feature = "async")]
+    fn try_get_polled(&self, check_peers: bool) -> Result<Vec<u8>, GetError> {
+        let mut buf = Vec::new();
+        self.get_with(Wait::poll(check_peers), &mut buf)?;
+        Ok(buf)
+    }
+
+    /// `try_put` for the futures: peers asked after only if `check_peers`.
+    #[cfg(feature = "async")]
+    fn try_put_polled(&self, bytes: Vec<u8>, check_peers: bool) -> Result<(), PutError<Vec<u8>>> {
+        self.put_with(bytes, Wait::poll(check_peers))
+    }
+
     queue_state_methods!();
     arena_methods!();
+
+    #[cfg(feature = "async")]
+    crate::wait_async::async_queue_methods!(Vec<u8>, raw);
 }
 
 #[cfg(all(test, not(loom)))]

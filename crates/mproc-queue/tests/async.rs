@@ -241,3 +241,44 @@ fn an_idle_async_consumer_uses_almost_no_cpu() {
         "idle async consumer used {used:?} of CPU in 1 s (limit 1 %)"
     );
 }
+
+/// `ByteQueue` has the futures and select sources the other queues have: messages of every
+/// size (inline and in the arena) from another process reach an async consumer in order; an
+/// async producer waits for arena space; `readable()` is a select source.
+#[test]
+fn byte_queue_futures_and_select_across_processes() {
+    with_deadline(LIMIT, || {
+        let q = mproc_queue::QueueOptions::new()
+            .capacity(8)
+            .arena_bytes(256 * 1024)
+            .anonymous_bytes()
+            .unwrap();
+        let ready = q.readable();
+        assert!(select(&[&ready as &dyn Waitable], Some(Duration::ZERO)).is_empty());
+        let mut first = Box::pin(q.get_async());
+        assert!(poll_once(&mut first).is_none(), "nothing put yet");
+        let size = |i: usize| [0, 10, 1000, 100_000][i % 4];
+        let producer = fork_child(|| {
+            for i in 0..200usize {
+                let msg = vec![i as u8; size(i)];
+                match block_on_for(LIMIT, q.put_async(msg)) {
+                    Some(Ok(())) => {}
+                    _ => return 1,
+                }
+            }
+            0
+        });
+        assert_eq!(block_on_for(LIMIT, first), Some(Ok(vec![0u8; 0])));
+        assert_eq!(block_on_for(LIMIT, select_async(&[&ready])), Some(vec![0]));
+        for i in 1..200usize {
+            let got = block_on_for(LIMIT, q.get_async()).unwrap().unwrap();
+            assert_eq!(got, vec![i as u8; size(i)], "message {i}");
+        }
+        producer.assert_success();
+        q.close();
+        assert_eq!(
+            block_on_for(LIMIT, q.get_async()),
+            Some(Err(GetError::Closed))
+        );
+    });
+}
