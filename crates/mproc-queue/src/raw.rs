@@ -662,6 +662,10 @@ impl RawQueue {
             arena.advance_tail(true);
             return Some(arena.try_alloc(me, units));
         }
+        // Counted for tools while it waits (see `RingHeader::space_sleepers`).
+        let hdr = self.header();
+        hdr.space_sleepers.fetch_add(1, Ordering::Relaxed);
+        let _counted = SpaceSleeper(hdr);
         block(&arena.hdr.space, deadline, |check| {
             if self.is_closed() {
                 return Some(None);
@@ -699,6 +703,20 @@ impl RawQueue {
 impl Drop for RawQueue {
     fn drop(&mut self) {
         self.detach();
+    }
+}
+
+/// One producer waiting for arena space, uncounted when dropped (also when unwinding).
+struct SpaceSleeper<'a>(&'a RingHeader);
+
+impl Drop for SpaceSleeper<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .space_sleepers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(1))
+            });
     }
 }
 

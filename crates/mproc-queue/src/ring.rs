@@ -126,6 +126,10 @@ pub struct RingHeader {
     /// Slot words found in a state no honest process writes (a lap the ring cannot be at)
     /// and set aside: freed for producers, skipped by consumers.
     pub(crate) corrupt_slots: AtomicU64,
+    /// Producers waiting for arena space now (they sleep on the arena's own parking word,
+    /// not on `not_full`); added to `blocked_producers`. Like the parking counts, it may
+    /// count a producer that died waiting.
+    pub(crate) space_sleepers: AtomicU32,
 }
 
 /// How often (in ring positions) a producer samples the queue's depth for the high-water
@@ -140,7 +144,7 @@ const _: () = assert!(std::mem::size_of::<RingHeader>() == 384);
 #[cfg(not(loom))]
 const _: () = assert!(
     std::mem::offset_of!(RingHeader, all_done) == 320
-        && std::mem::offset_of!(RingHeader, corrupt_slots) + 8 <= 384
+        && std::mem::offset_of!(RingHeader, space_sleepers) + 4 <= 384
 );
 
 /// A point-in-time reading of a ring's control block, for tools (`mproc inspect`; serialized
@@ -167,7 +171,8 @@ pub struct RingSnapshot {
     pub put_total: u64,
     /// Items taken since creation (the head).
     pub got_total: u64,
-    /// Producers asleep waiting for room now (may count processes that died asleep).
+    /// Producers asleep waiting for room now, for a slot or for arena space (may count
+    /// processes that died asleep).
     pub blocked_producers: u32,
     /// Consumers asleep waiting for an item now (likewise).
     pub blocked_consumers: u32,
@@ -214,7 +219,8 @@ impl RingSnapshot {
                 .saturating_mul(u64_at(offset_of!(RingHeader, arena_unit))?),
             put_total: tail,
             got_total: head,
-            blocked_producers: waiters(offset_of!(RingHeader, not_full))?,
+            blocked_producers: waiters(offset_of!(RingHeader, not_full))?
+                .saturating_add(u32_at(offset_of!(RingHeader, space_sleepers))?),
             blocked_consumers: waiters(offset_of!(RingHeader, not_empty))?,
             dead_skipped: u64_at(offset_of!(RingHeader, dead_skipped))?,
             dead_reclaimed: u64_at(offset_of!(RingHeader, dead_reclaimed))?,
@@ -266,7 +272,10 @@ impl RingHeader {
                 .saturating_mul(self.arena_unit.load(Ordering::Relaxed)),
             put_total: tail,
             got_total: head,
-            blocked_producers: self.not_full.waiters(),
+            blocked_producers: self
+                .not_full
+                .waiters()
+                .saturating_add(self.space_sleepers.load(Ordering::Relaxed)),
             blocked_consumers: self.not_empty.waiters(),
             dead_skipped: self.dead_skipped.load(Ordering::Relaxed),
             dead_reclaimed: self.dead_reclaimed.load(Ordering::Relaxed),

@@ -403,3 +403,29 @@ fn a_default_queue_takes_three_one_mib_messages_and_names_both_sizes_when_too_la
         other => panic!("{:?}", other.map_err(|e| e.to_string())),
     }
 }
+
+/// A producer waiting for arena space counts in `blocked_producers` (what `mproc top` shows
+/// as asleep and `metrics` exports), and stops counting when it gets in.
+#[test]
+fn a_producer_waiting_for_arena_space_counts_as_blocked() {
+    with_deadline(Duration::from_secs(30), || {
+        let q = QueueOptions::new()
+            .capacity(8)
+            .arena_bytes(64 * 1024)
+            .anonymous_bytes()
+            .unwrap();
+        let big = q.arena_bytes() as usize * 3 / 4;
+        let held = q.loan(big).unwrap();
+        std::thread::scope(|s| {
+            let producer = s.spawn(|| q.put_timeout(vec![1u8; big], Duration::from_secs(20)));
+            let start = std::time::Instant::now();
+            while q.stats().blocked_producers != 1 {
+                assert!(start.elapsed() < Duration::from_secs(10), "never counted");
+                std::thread::yield_now();
+            }
+            drop(held);
+            assert!(producer.join().unwrap().is_ok());
+        });
+        assert_eq!(q.stats().blocked_producers, 0);
+    });
+}
