@@ -8,7 +8,7 @@
 use std::ops::{Deref, DerefMut};
 
 use bytemuck::Pod;
-use mproc_segment::{Kind, Segment, SegmentError};
+use mproc_segment::{Kind, SegmentError};
 use mproc_sync::{LockError, RawGuard};
 
 use crate::ArrayError;
@@ -92,8 +92,21 @@ impl<T: Pod> Value<T> {
         self.lock().or_else(LockError::recover)
     }
 
-    /// The segment the value lives in.
-    pub fn segment(&self) -> &Segment {
+    /// The segment the value lives in: its name, header and descriptor (nothing that touches the
+    /// bytes, see [`SegmentInfo`](mproc_segment::SegmentInfo)).
+    pub fn segment(&self) -> mproc_segment::SegmentInfo<'_> {
+        mproc_segment::SegmentInfo::of(self.shared.segment())
+    }
+
+    /// The segment itself, whose `read_bytes`, `write_bytes` and `view` reach the
+    /// object's bytes (for tools and tests).
+    ///
+    /// # Safety
+    /// While this process uses the object (from any thread), nothing may access its bytes
+    /// through the segment: the object's own accesses are partly non-atomic, and a
+    /// concurrent access is a data race. Another process may (it cannot race with this
+    /// one's memory model; the object treats what it reads as untrusted).
+    pub unsafe fn raw_segment(&self) -> &mproc_segment::Segment {
         self.shared.segment()
     }
 }
@@ -276,8 +289,21 @@ impl<T: AtomicInt> AtomicValue<T> {
         T::compare_exchange(self.atomic(), current, new)
     }
 
-    /// The segment the value lives in.
-    pub fn segment(&self) -> &Segment {
+    /// The segment the value lives in: its name, header and descriptor (nothing that touches the
+    /// bytes, see [`SegmentInfo`](mproc_segment::SegmentInfo)).
+    pub fn segment(&self) -> mproc_segment::SegmentInfo<'_> {
+        mproc_segment::SegmentInfo::of(self.shared.segment())
+    }
+
+    /// The segment itself, whose `read_bytes`, `write_bytes` and `view` reach the
+    /// object's bytes (for tools and tests).
+    ///
+    /// # Safety
+    /// While this process uses the object (from any thread), nothing may access its bytes
+    /// through the segment: the object's own accesses are partly non-atomic, and a
+    /// concurrent access is a data race. Another process may (it cannot race with this
+    /// one's memory model; the object treats what it reads as untrusted).
+    pub unsafe fn raw_segment(&self) -> &mproc_segment::Segment {
         self.shared.segment()
     }
 }

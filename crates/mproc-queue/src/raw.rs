@@ -237,7 +237,9 @@ impl ShmEntries<'_> {
     #[inline]
     fn entry(&self, unit: usize, word: usize) -> &AtomicU64 {
         let l = &self.q.layout;
-        // SAFETY: unit < units (masked by the arena); the entries lie inside the payload
+        // Total: any unit names an entry, and an entry has two words.
+        let (unit, word) = (unit & (l.units.max(1) as usize - 1), word & 1);
+        // SAFETY: unit < units and word < 2 (masked above); the entries lie inside the payload
         // (body_offset + units * unit <= payload length, checked in `wrap`) at a 128-aligned
         // offset, so each 8-byte word is 8-aligned. Those bytes are only accessed as atomics.
         unsafe {
@@ -407,7 +409,10 @@ impl RawQueue {
 
     #[inline]
     fn slot_word_ptr(&self, idx: usize) -> *const AtomicU64 {
-        // SAFETY: callers pass idx < capacity; the slot lies inside the payload (`wrap`).
+        // Total: any index names a slot (the ring's positions are masked the same way).
+        let idx = idx & (self.layout.capacity - 1);
+        // SAFETY: idx < capacity (masked just above; capacity is a power of two); the slot
+        // lies inside the payload (`wrap`).
         unsafe {
             self.data
                 .as_ptr()
@@ -419,8 +424,9 @@ impl RawQueue {
     /// The first byte of slot `idx`'s message bytes (`slot_size` of them).
     #[inline]
     pub fn slot_ptr(&self, idx: usize) -> *mut u8 {
-        // SAFETY: callers pass idx < capacity (from a claim); the slot lies inside the
-        // payload (`wrap`).
+        let idx = idx & (self.layout.capacity - 1);
+        // SAFETY: idx < capacity (masked just above); the slot lies inside the payload
+        // (`wrap`).
         unsafe {
             self.data
                 .as_ptr()

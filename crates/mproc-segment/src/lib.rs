@@ -54,6 +54,6 @@ pub use error::{SegmentError, errno_of};
 pub use header::{FORMAT_VERSION, HEADER_LEN, Header, Kind, MAGIC, TYPE_NAME_CAP, TypeTag};
 pub use name::{MAX_NAME_LEN, validate_name};
 pub use process::{OwnThread, ProcStat, ProcessId, current_pid, resident_bytes};
-pub use segment::{DEFAULT_OPEN_TIMEOUT, Segment, SegmentOptions};
+pub use segment::{DEFAULT_OPEN_TIMEOUT, Segment, SegmentInfo, SegmentOptions};
 pub use shm_dir::{Peek, PeekError, SHM_DIR, in_use, mapped_by, peek, remove_stale};
 pub use view::ShmSafe;

@@ -1031,3 +1031,68 @@ mod atomic_copy {
         }
     }
 }
+
+/// What a typed shared object (a queue, an array, a lock, ...) tells about the segment it
+/// lives in: its name, header, length and file descriptor — and nothing that reads or writes
+/// the payload. The object itself accesses those bytes with its own protocol (some of it
+/// non-atomic, under a claim); a `&Segment` handed out beside it would let safe code race
+/// with that (`write_bytes` over a slot being filled is a data race), so the objects give
+/// this view instead, and `unsafe fn raw_segment` to code that takes that responsibility.
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// let q = mproc_segment::SegmentOptions::any();
+/// let seg = mproc_segment::Segment::anonymous(64)?;
+/// let info = mproc_segment::SegmentInfo::of(&seg);
+/// assert_eq!((info.name(), info.len()), (None, 64));
+/// let _fd = info.as_fd();
+/// # let _ = q;
+/// # Ok::<(), mproc_segment::SegmentError>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentInfo<'a>(&'a Segment);
+
+impl<'a> SegmentInfo<'a> {
+    /// The metadata view of `seg`.
+    pub fn of(seg: &'a Segment) -> SegmentInfo<'a> {
+        SegmentInfo(seg)
+    }
+
+    /// The name as `open` takes it, `None` if anonymous (see [`Segment::name`]).
+    pub fn name(&self) -> Option<&'a str> {
+        self.0.name()
+    }
+
+    /// The validated header (see [`Segment::header`]).
+    pub fn header(&self) -> Option<&'a Header> {
+        self.0.header()
+    }
+
+    /// Length of the payload in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Offset of the payload from the start of the object (see
+    /// [`Segment::payload_offset`]).
+    pub fn payload_offset(&self) -> usize {
+        self.0.payload_offset()
+    }
+
+    /// A duplicate of the descriptor without close-on-exec (see
+    /// [`Segment::inheritable_fd`]).
+    pub fn inheritable_fd(&self) -> Result<OwnedFd, SegmentError> {
+        self.0.inheritable_fd()
+    }
+}
+
+impl AsFd for SegmentInfo<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}

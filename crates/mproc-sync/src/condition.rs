@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mproc_segment::{Kind, Segment, SegmentError, ShmSafe};
+use mproc_segment::{Kind, SegmentError, ShmSafe};
 
 use crate::LockError;
 use crate::lock::LockGuard;
@@ -244,8 +244,21 @@ impl Condition {
         self.0.get().notify_all()
     }
 
-    /// The segment the condition lives in.
-    pub fn segment(&self) -> &Segment {
+    /// The segment the condition lives in: its name, header and descriptor (nothing that touches the
+    /// bytes, see [`SegmentInfo`](mproc_segment::SegmentInfo)).
+    pub fn segment(&self) -> mproc_segment::SegmentInfo<'_> {
+        mproc_segment::SegmentInfo::of(self.0.segment())
+    }
+
+    /// The segment itself, whose `read_bytes`, `write_bytes` and `view` reach the
+    /// object's bytes (for tools and tests).
+    ///
+    /// # Safety
+    /// While this process uses the object (from any thread), nothing may access its bytes
+    /// through the segment: the object's own accesses are partly non-atomic, and a
+    /// concurrent access is a data race. Another process may (it cannot race with this
+    /// one's memory model; the object treats what it reads as untrusted).
+    pub unsafe fn raw_segment(&self) -> &mproc_segment::Segment {
         self.0.segment()
     }
 }
