@@ -500,3 +500,53 @@ fn non_dumpable_holders_count_as_users_also_of_another_uid() {
         }
     });
 }
+
+/// A process forked by a lock holder that never touches mproc (it inherited the holder's
+/// roll descriptors) does not keep the holder "alive": once the holder dies, the next locker
+/// is told, while that child still runs.
+#[test]
+fn a_forked_child_does_not_keep_its_dead_parent_alive() {
+    with_deadline(DEADLINE, || {
+        let name = unique_name("fork-keeps-alive");
+        let lock = Lock::create(&name).unwrap();
+        let (mut here, mut there) = UnixStream::pair().unwrap();
+        let n = name.clone();
+        let holder = fork_child(move || {
+            let l = Lock::open(&n).unwrap();
+            let _g = l.lock().unwrap();
+            // A child that only sleeps (a worker of some other library, say).
+            // SAFETY: the grandchild only sleeps and `_exit`s.
+            let sleeper = match unsafe { nix::unistd::fork() } {
+                Ok(nix::unistd::ForkResult::Child) => {
+                    std::thread::sleep(Duration::from_secs(30));
+                    // SAFETY: ends the grandchild without the test's handlers.
+                    unsafe { libc::_exit(0) }
+                }
+                Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw() as u32,
+                Err(_) => return 1,
+            };
+            let _ = there.write_all(&sleeper.to_ne_bytes());
+            report_and_hold(&mut there, 1);
+            0
+        });
+        here.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut b = [0u8; 4];
+        here.read_exact(&mut b).unwrap();
+        let sleeper = mproc::segment::ProcessId::of(u32::from_ne_bytes(b)).unwrap();
+        await_byte(&mut here);
+        kill(holder);
+        assert!(sleeper.is_alive(), "the sleeping child still runs");
+        match lock.lock_timeout(Duration::from_secs(10)) {
+            Err(LockError::OwnerDied(g)) => g.make_consistent(),
+            other => panic!("expected OwnerDied, got {:?}", other.map(drop)),
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sleeper.pid as i32),
+            Signal::SIGKILL,
+        );
+        assert!(mproc_testkit::gone_within(Duration::from_secs(10), || {
+            sleeper.is_alive()
+        }));
+    });
+}
