@@ -41,10 +41,14 @@ macro_rules! slow_path_event {
     };
 }
 
+mod atomic_copy;
+mod create;
 mod error;
 mod header;
 pub mod liveness;
 mod name;
+mod open;
+mod options;
 mod process;
 mod segment;
 mod shm_dir;
@@ -53,7 +57,8 @@ mod view;
 pub use error::{SegmentError, errno_of};
 pub use header::{FORMAT_VERSION, HEADER_LEN, Header, Kind, MAGIC, TYPE_NAME_CAP, TypeTag};
 pub use name::{MAX_NAME_LEN, validate_name};
+pub use options::{DEFAULT_OPEN_TIMEOUT, SegmentOptions};
 pub use process::{OwnThread, ProcStat, ProcessId, current_pid, resident_bytes};
-pub use segment::{DEFAULT_OPEN_TIMEOUT, Segment, SegmentInfo, SegmentOptions};
+pub use segment::{Segment, SegmentInfo};
 pub use shm_dir::{Peek, PeekError, SHM_DIR, in_use, mapped_by, peek, remove_stale};
 pub use view::ShmSafe;
