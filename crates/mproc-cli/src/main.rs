@@ -21,8 +21,10 @@ use clap::{Parser, Subcommand};
 use mproc_segment::{Kind, SegmentError};
 use report::shown;
 
+mod metrics;
 mod report;
 mod scan;
+mod top;
 
 use scan::{Entry, Status, scan};
 
@@ -188,13 +190,13 @@ fn inspect_json(name: &str) -> Result<(), String> {
 fn metrics(prefix: &str) -> Result<(), String> {
     let entries = scan(prefix).map_err(|e| format!("cannot read /dev/shm: {e}"))?;
     let infos: Vec<_> = entries.iter().map(|e| report::info(e, false)).collect();
-    print!("{}", report::metrics(&infos));
+    print!("{}", metrics::metrics(&infos));
     Ok(())
 }
 
 fn top(prefix: &str, interval_ms: u64, count: Option<u64>, sort: &str) -> Result<(), String> {
-    use report::SortBy;
     use std::io::IsTerminal;
+    use top::SortBy;
     let sort = match sort {
         "name" => SortBy::Name,
         "put" => SortBy::Put,
@@ -209,9 +211,9 @@ fn top(prefix: &str, interval_ms: u64, count: Option<u64>, sort: &str) -> Result
     };
     let interval = std::time::Duration::from_millis(interval_ms);
     if count.is_none() && std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
-        report::top_interactive(prefix, interval, sort)
+        top::top_interactive(prefix, interval, sort)
     } else {
-        report::top_print(prefix, interval, count, sort)
+        top::top_print(prefix, interval, count, sort)
     }
 }
 
