@@ -40,9 +40,15 @@ mod barrier;
 mod deadline;
 mod error;
 mod event;
+// Building blocks mproc's own crates (mproc-queue, mproc-pool) wait with: public for them,
+// hidden from the documentation, not part of the API users program against.
+#[doc(hidden)]
 pub mod futex;
+#[doc(hidden)]
 pub mod naps;
+#[doc(hidden)]
 pub mod park;
+#[doc(hidden)]
 #[cfg(all(feature = "async", not(loom)))]
 pub mod reactor;
 #[cfg(all(feature = "async", not(loom)))]
