@@ -41,6 +41,14 @@ use crate::LockError;
 use crate::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::futex;
 
+mod counters;
+#[cfg(all(feature = "async", not(loom)))]
+mod future;
+#[cfg(all(feature = "async", not(loom)))]
+use future::LockFuture;
+
+pub use counters::LockCounters;
+
 /// The owner's peer token: non-zero exactly when the lock is held.
 const PEER_MASK: u64 = mproc_segment::liveness::PEER_MASK as u64;
 const WAITERS: u64 = 1 << 30;
@@ -84,48 +92,6 @@ pub struct RawLock {
 const _: () = assert!(std::mem::size_of::<RawLock>() == 48);
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::align_of::<RawLock>() == 8);
-
-/// What [`RawLock::counters`] reports: the holder and the counters since the lock was made.
-///
-/// ```
-/// use mproc_sync::RawLock;
-/// let l = RawLock::new(false);
-/// drop(l.lock().unwrap());
-/// let c = l.counters();
-/// assert_eq!((c.holder, c.acquisitions, c.owner_deaths), (None, 1, 0));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LockCounters {
-    /// The holder's peer token (its process's, see `mproc_segment::liveness`), if held.
-    pub holder: Option<u32>,
-    /// Acquisitions since the lock was made (re-entries of an `RLock` not counted).
-    pub acquisitions: u64,
-    /// Lockers that found it held and had to wait.
-    pub contentions: u32,
-    /// Take-overs from a holder that died.
-    pub owner_deaths: u32,
-}
-
-#[cfg(not(loom))]
-impl LockCounters {
-    /// Decodes the counters from a copy of a lock's 48 bytes (as tools read them with
-    /// `pread`, without mapping the segment); `None` if `bytes` is shorter than a lock.
-    pub fn from_bytes(bytes: &[u8]) -> Option<LockCounters> {
-        use std::mem::offset_of;
-        let u32_at = |at: usize| Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
-        let u64_at = |at: usize| Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
-        if bytes.len() < std::mem::size_of::<RawLock>() {
-            return None;
-        }
-        let tid = (u64_at(offset_of!(RawLock, word))? & PEER_MASK) as u32;
-        Some(LockCounters {
-            holder: (tid != 0).then_some(tid),
-            acquisitions: u64_at(offset_of!(RawLock, acquisitions))?,
-            contentions: u32_at(offset_of!(RawLock, contentions))?,
-            owner_deaths: u32_at(offset_of!(RawLock, owner_deaths))?,
-        })
-    }
-}
 
 // SAFETY: #[repr(C)] atomics and padding that is never written; every bit pattern is a lock
 // state (possibly nonsensical: held by a thread that does not exist, which waiters detect);
@@ -571,56 +537,5 @@ impl Drop for RawGuard<'_> {
         // Only fails if the word no longer names this thread (a forked child dropping its
         // copy of a guard, or a peer that rewrote the word): then there is nothing to release.
         let _ = self.lock.release(self.recursive);
-    }
-}
-
-/// The future of [`RawLock::lock_async`].
-#[cfg(all(feature = "async", not(loom)))]
-struct LockFuture<'a> {
-    lock: &'a RawLock,
-    watch: Option<crate::reactor::WordWatch>,
-}
-
-#[cfg(all(feature = "async", not(loom)))]
-impl<'a> std::future::Future for LockFuture<'a> {
-    type Output = Result<RawGuard<'a>, LockError<RawGuard<'a>>>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        if let Some(w) = self.watch.take() {
-            w.finish();
-        }
-        let lock = self.lock;
-        match lock.poll_acquire() {
-            Ok(r) => std::task::Poll::Ready(
-                r.map(|()| lock.guard(false))
-                    .map_err(|e| e.map(|()| lock.guard(false))),
-            ),
-            Err(expected) => {
-                self.watch = Some(crate::reactor::WordWatch::new_low(
-                    &lock.word,
-                    expected,
-                    cx.waker(),
-                    NAP,
-                ));
-                std::task::Poll::Pending
-            }
-        }
-    }
-}
-
-#[cfg(all(feature = "async", not(loom)))]
-impl Drop for LockFuture<'_> {
-    fn drop(&mut self) {
-        // An unlock wakes one sleeper: if it chose this future, pass the wake-up on.
-        if self
-            .watch
-            .take()
-            .is_some_and(crate::reactor::WordWatch::finish)
-        {
-            futex::wake_low(&self.lock.word, 1);
-        }
     }
 }
