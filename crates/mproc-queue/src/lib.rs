@@ -124,11 +124,13 @@ macro_rules! arena_methods {
 }
 
 mod error;
+mod layout;
 #[cfg(all(test, loom))]
 mod loom_arena;
 #[cfg(all(test, loom))]
 mod loom_tests;
 mod ring;
+mod stats;
 
 #[cfg(not(loom))]
 mod body;

@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 
 use crate::body::{MIN_MESSAGE_SLOT, Sent, Wait};
 use crate::error::{get_result, put_result};
-use crate::raw::{Layout, RawQueue};
+use crate::layout::Layout;
+use crate::raw::RawQueue;
 use crate::{GetError, PutError};
 
 /// Default bytes per slot: messages up to 120 encoded bytes travel inline.

@@ -7,8 +7,9 @@ use bytemuck::Pod;
 use mproc_segment::{Kind, SegmentError, SegmentOptions, TypeTag};
 
 use crate::body::Wait;
+use crate::layout::Layout;
 use crate::loan::{PodLoan, PodMessage};
-use crate::raw::{Layout, RawQueue};
+use crate::raw::RawQueue;
 use crate::ring::{Claim, Pop, Push};
 use crate::{GetError, PutError};
 
