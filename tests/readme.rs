@@ -80,3 +80,22 @@ fn the_readme_python_lines_run_silently() {
         assert_eq!(grid.get(0).unwrap(), 42.0);
     });
 }
+
+/// `join_and_wait` (one of its processes panics on purpose): the panic is reported as the
+/// child's (`thread 'mproc child' panicked`), not under the name of an mproc thread of the
+/// parent, and the parent reports it as the child's error.
+#[test]
+fn a_childs_panic_is_reported_as_the_childs() {
+    with_deadline(Duration::from_secs(120), || {
+        let out = std::process::Command::new(example("join_and_wait"))
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("run examples/join_and_wait (built by `cargo test` with the examples)");
+        assert!(out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("thread 'mproc child'"), "{err}");
+        assert!(!err.contains("mproc-forker"), "{err}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("child process panicked"), "{said}");
+    });
+}

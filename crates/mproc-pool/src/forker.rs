@@ -63,8 +63,12 @@ fn forker() -> Result<&'static Forker, StartError> {
         }
     }
     let (tx, rx) = std::sync::mpsc::channel::<ForkRequest>();
+    // Every child of this process starts as a copy of this thread, and Rust keeps its name:
+    // a panic in a child or a pool worker reads "thread 'mproc child' panicked". (Setting a
+    // panic hook in the child instead would take the hook's lock, which a thread of the
+    // parent may have held at the fork: a child must not.)
     std::thread::Builder::new()
-        .name("mproc-forker".into())
+        .name("mproc child".into())
         .spawn(move || {
             while let Ok((job, reply)) = rx.recv() {
                 let _ = reply.send(job());

@@ -278,7 +278,6 @@ fn send_done(results: &Queue<Reply>, worker: u32, pid: u32, req: &Request, body:
 /// the child ends with `_exit`.
 pub(crate) fn run_forked(req: &Request, results: &Queue<Reply>) -> i32 {
     crate::forker::make_undumpable();
-    name_panics("process");
     let mut body = Vec::new();
     // SAFETY: `req.func` was made by `FnRef::new` in the parent, of which this process is a
     // fork: the same binary at the same addresses.
@@ -287,30 +286,9 @@ pub(crate) fn run_forked(req: &Request, results: &Queue<Reply>) -> i32 {
     if panics > 0 { EXIT_PANIC } else { 0 }
 }
 
-/// Reports panics in this child as the child's, not as its thread's: a child forked by the
-/// forker thread runs on a copy of that thread, which Rust still calls `mproc-forker`, so the
-/// default message (`thread 'mproc-forker' panicked`) would name the wrong thing. The panic
-/// itself still comes back to the parent as `TaskError::Panicked` / `JoinError::Panicked`;
-/// this is what stderr shows. A backtrace follows when `RUST_BACKTRACE` asks for one.
-fn name_panics(what: &'static str) {
-    std::panic::set_hook(Box::new(move |info| {
-        use std::io::Write;
-        let bt = std::backtrace::Backtrace::capture();
-        let pid = std::process::id();
-        // Straight to the process's stderr (as the default hook writes).
-        let mut err = std::io::stderr().lock();
-        let _ = if bt.status() == std::backtrace::BacktraceStatus::Captured {
-            writeln!(err, "mproc {what} {pid} {info}\nstack backtrace:\n{bt}")
-        } else {
-            writeln!(err, "mproc {what} {pid} {info}")
-        };
-    }));
-}
-
 /// Runs a worker until its inbox is closed; returns its exit status.
 pub(crate) fn worker_main(boot: &Boot) -> i32 {
     crate::forker::make_undumpable();
-    name_panics("pool worker");
     // A process group of its own, holding whatever its tasks start: the pool ends the group
     // with the worker (`ChildProc::group_of_tasks`). Failure (EPERM: a session leader) only
     // means the descendants are not contained.
