@@ -58,7 +58,7 @@ pub use error::{SegmentError, errno_of};
 pub use header::{FORMAT_VERSION, HEADER_LEN, Header, Kind, MAGIC, TYPE_NAME_CAP, TypeTag};
 pub use name::{MAX_NAME_LEN, validate_name};
 pub use options::{DEFAULT_OPEN_TIMEOUT, SegmentOptions};
-pub use process::{OwnThread, ProcStat, ProcessId, current_pid, resident_bytes};
+pub use process::{OwnThread, ProcStat, ProcessId, current_pid, monotonic_ms, resident_bytes};
 pub use segment::{Segment, SegmentInfo};
 pub use shm_dir::{Peek, PeekError, SHM_DIR, in_use, mapped_by, peek, remove_stale};
 pub use view::ShmSafe;

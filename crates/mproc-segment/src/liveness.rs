@@ -59,7 +59,7 @@
 use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::SegmentError;
 
@@ -495,8 +495,7 @@ fn random_u32() -> u32 {
 }
 
 fn now_ms() -> u64 {
-    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64
+    crate::monotonic_ms()
 }
 
 /// In a forked child: drop the parent's descriptors (and with them nothing of the parent's:

@@ -198,6 +198,17 @@ impl ProcStat {
     }
 }
 
+/// Milliseconds on the monotonic clock (`CLOCK_MONOTONIC`), for coarse "not before" marks
+/// kept in atomics. Not an `Instant` base in a `OnceLock`: a forked child would block for ever
+/// on a `OnceLock` another thread of its parent was initialising at the fork.
+pub fn monotonic_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        (t.tv_sec() as u64)
+            .saturating_mul(1000)
+            .saturating_add(t.tv_nsec() as u64 / 1_000_000)
+    })
+}
+
 /// This process's resident memory in bytes (`/proc/self/statm` × the page size), if known.
 ///
 /// ```

@@ -189,8 +189,7 @@ fn start_thread<T: Sync + 'static>(
     run: fn(&'static T),
     last_failure: &AtomicU64,
 ) -> Option<&'static T> {
-    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let now = BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+    let now = mproc_segment::monotonic_ms().max(1);
     let failed = last_failure.load(Ordering::Relaxed);
     if failed != 0 && now < failed + RESTART_AFTER.as_millis() as u64 {
         return None;
