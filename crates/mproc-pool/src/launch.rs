@@ -4,7 +4,6 @@
 //! function that starts a worker by each method. Both builders take the same
 //! [`LaunchOptions`] and the same setters (written once, in [`launch_setters`]).
 
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use mproc_queue::Queue;
@@ -63,14 +62,17 @@ pub(crate) fn check_fork(policy: ThreadedFork) -> Result<(), StartError> {
         ThreadedFork::Allow => Ok(()),
         ThreadedFork::Refuse => Err(StartError::ThreadedFork { threads }),
         ThreadedFork::Warn => {
-            static WARN: Once = Once::new();
-            WARN.call_once(|| {
+            // Once per process: a flag, not a `Once` (a child forked while a parent thread
+            // was inside `call_once` would block on it for ever).
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 eprintln!(
                     "mproc: forking a process that has {threads} threads; a lock held by another \
                      thread stays locked in the child. Use StartMethod::Spawn, or \
                      ThreadedFork::Allow to silence this warning."
                 );
-            });
+            }
             Ok(())
         }
     }
