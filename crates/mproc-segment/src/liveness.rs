@@ -498,6 +498,20 @@ fn now_ms() -> u64 {
     crate::monotonic_ms()
 }
 
+/// Before a fork: let a registration in progress in another thread finish (a few system
+/// calls), so that the child does not inherit descriptors it opened but has not recorded yet
+/// — the child could not close them, and the one holding the new token's lock would keep the
+/// parent "alive" for as long as the child lives. Bounded: a registration that does not
+/// finish within ~100 ms (a stopped thread) is not waited for.
+extern "C" fn settle_before_fork() {
+    for _ in 0..100_000 {
+        if STATE.load(Ordering::Acquire) != REGISTERING {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// In a forked child: drop the parent's descriptors (and with them nothing of the parent's:
 /// the parent still holds its open file description) and forget the token.
 extern "C" fn forget_in_child() {
@@ -518,9 +532,10 @@ fn register_atfork() {
         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
         .is_ok()
     {
-        // SAFETY: registers a handler that only closes descriptors and stores to atomics,
-        // which is async-signal-safe and valid in a forked child.
-        unsafe { libc::pthread_atfork(None, None, Some(forget_in_child)) };
+        // SAFETY: registers handlers that only load atomics and yield (before the fork) and
+        // close descriptors and store to atomics (in the child): async-signal-safe, valid in
+        // a forked child.
+        unsafe { libc::pthread_atfork(Some(settle_before_fork), None, Some(forget_in_child)) };
     }
 }
 
