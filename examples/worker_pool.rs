@@ -1,13 +1,15 @@
 //! The main job: count the primes below 20 million with a pool of worker processes, check the
 //! answer against a single-process run, and show the speed-up and how the work was spread.
 //!
-//! Run with `cargo run --release --example worker_pool`.
+//! Run with `cargo run --release --example worker_pool`. An optional argument sets the limit
+//! (`tests/readme.rs` runs it with a smaller one and checks what it prints).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use mproc::prelude::*;
 
+/// The default limit: the primes below 20 million.
 const LIMIT: u64 = 20_000_000;
 const CHUNK: u64 = 250_000;
 
@@ -42,13 +44,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Needed for StartMethod::Spawn; harmless otherwise. Must come first.
     mproc::init();
 
-    let chunks: Vec<(u64, u64)> = (0..LIMIT)
+    let limit: u64 = match std::env::args().nth(1) {
+        Some(a) => a.parse()?,
+        None => LIMIT,
+    };
+    let chunks: Vec<(u64, u64)> = (0..limit)
         .step_by(CHUNK as usize)
-        .map(|lo| (lo, (lo + CHUNK).min(LIMIT)))
+        .map(|lo| (lo, (lo + CHUNK).min(limit)))
         .collect();
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
 
-    println!("counting primes below {LIMIT} in {} chunks", chunks.len());
+    println!("counting primes below {limit} in {} chunks", chunks.len());
     let t = Instant::now();
     let single: u64 = chunks.iter().map(|&c| count_primes(c)).sum();
     let single_time = t.elapsed();

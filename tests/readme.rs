@@ -99,3 +99,23 @@ fn a_childs_panic_is_reported_as_the_childs() {
         assert!(said.contains("child process panicked"), "{said}");
     });
 }
+
+/// The main example (`cargo run --release --example worker_pool`, here the test build with a
+/// smaller limit): the pool's answer agrees with one process's, every line it prints is
+/// there, and nothing goes to stderr.
+#[test]
+fn the_main_example_agrees_and_prints_nothing_to_stderr() {
+    with_deadline(Duration::from_secs(120), || {
+        let out = std::process::Command::new(example("worker_pool"))
+            .arg("1000000")
+            .output()
+            .expect("run examples/worker_pool (built by `cargo test` with the examples)");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "stderr");
+        let said = String::from_utf8_lossy(&out.stdout);
+        // 78498 primes below one million.
+        assert!(said.contains("one process:        78498 primes"), "{said}");
+        assert!(said.contains("answers agree: 78498"), "{said}");
+        assert!(said.contains("speed-up:"), "{said}");
+    });
+}
