@@ -60,7 +60,7 @@ fn bytes_consumer(args: (String, u64)) -> f64 {
     per(t.elapsed(), args.1 - 1, 1000.0)
 }
 
-fn bytes_1to1(size: usize, n: u64) -> f64 {
+pub fn bytes_1to1(size: usize, n: u64) -> f64 {
     let name = name("bytes");
     let q = options(size).create_bytes(&name).expect("create");
     let consumer = start(bytes_consumer, (name, n));
@@ -81,7 +81,7 @@ fn vec_consumer(args: (String, u64)) -> f64 {
     per(t.elapsed(), args.1 - 1, 1000.0)
 }
 
-fn vec_1to1(size: usize, n: u64) -> f64 {
+pub fn vec_1to1(size: usize, n: u64) -> f64 {
     let name = name("vec");
     let q: Queue<Vec<u8>> = options(size).create(&name).expect("create");
     let consumer = start(vec_consumer, (name, n));

@@ -242,6 +242,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
+    // `--bytes REPS`: `Queue<Vec<u8>>` beside `ByteQueue` between two processes, at 1 KiB and
+    // 64 KiB, µs per message, one line per repetition.
+    if let Some(reps) = args
+        .iter()
+        .position(|a| a == "--bytes")
+        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
+    {
+        for _ in 0..reps {
+            for size in [1 << 10, 64 << 10] {
+                let n = if size < 4096 { 200_000 } else { 20_000 };
+                let (b, v) = (bodies::bytes_1to1(size, n), bodies::vec_1to1(size, n));
+                println!(
+                    "{:>6}: ByteQueue {b:.3} µs | Queue<Vec<u8>> {v:.3} µs | ratio {:.2}",
+                    bodies::human(size),
+                    b / v
+                );
+            }
+        }
+        return Ok(());
+    }
     // `--ab REPS`: the three figures the liveness work could move (uncontended lock ns,
     // PodQueue 1→1 ns/item, blocking round trip µs), one line per repetition: run two builds'
     // binaries alternately and compare (this VM has slow phases).

@@ -131,6 +131,7 @@ mod loom_arena;
 mod loom_tests;
 mod ring;
 mod stats;
+mod whole;
 
 #[cfg(not(loom))]
 mod body;

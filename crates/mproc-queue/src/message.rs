@@ -202,9 +202,11 @@ const FLAVOUR: &str = "postcard+arena";
 ///
 /// A message whose encoding fits its slot travels inline; a larger one is encoded straight
 /// into the queue's body arena and decoded in place by the consumer: no system call per
-/// message at any size up to [`arena_bytes`](Self::arena_bytes). For large byte payloads,
-/// mark `Vec<u8>` fields `#[serde(with = "serde_bytes")]` (postcard then copies them in one
-/// go instead of byte by byte), or use [`ByteQueue`](crate::ByteQueue).
+/// message at any size up to [`arena_bytes`](Self::arena_bytes). A `Queue<Vec<u8>>` or
+/// `Queue<String>` copies each message in one piece (as fast as a
+/// [`ByteQueue`](crate::ByteQueue)); inside your own types, mark large `Vec<u8>` fields
+/// `#[serde(with = "serde_bytes")]` (postcard then copies them in one go instead of byte by
+/// byte).
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
@@ -226,9 +228,41 @@ pub struct Queue<T> {
     _t: PhantomData<fn(T) -> T>,
 }
 
+impl Queue<Vec<u8>> {
+    /// Takes the oldest message into `buf` (cleared first, its allocation reused), waiting
+    /// while the queue is empty; returns the message's length. One copy, out of the slot or
+    /// the arena.
+    ///
+    /// ```
+    /// let q: mproc_queue::Queue<Vec<u8>> = mproc_queue::Queue::new(8)?;
+    /// q.put(vec![1u8; 100_000]).unwrap();
+    /// let mut buf = Vec::new();
+    /// assert_eq!(q.get_into(&mut buf).unwrap(), 100_000);
+    /// # Ok::<(), mproc_segment::SegmentError>(())
+    /// ```
+    pub fn get_into(&self, buf: &mut Vec<u8>) -> Result<usize, GetError> {
+        let read = |message: &[u8]| match crate::whole::split(message) {
+            Some(bytes) => {
+                buf.clear();
+                buf.extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            None => Err("malformed byte message".to_string()),
+        };
+        match get_result(self.raw.receive(Wait::Forever, read), Wait::Forever) {
+            Ok(r) => r.map_err(|reason| GetError::Message { reason }),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Decodes `bytes` as a `T`; a panicking `Deserialize` impl is caught (the slot and chunk
-/// must always be released).
+/// must always be released). A whole-message byte type is copied out in one piece.
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    if let Some(kind) = crate::whole::kind::<T>() {
+        // SAFETY: `kind` is `kind::<T>()`.
+        return unsafe { crate::whole::decode::<T>(bytes, kind) };
+    }
     match std::panic::catch_unwind(|| postcard::from_bytes::<T>(bytes)) {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err("Deserialize panicked".into()),
@@ -291,8 +325,58 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Queue::checked(self.raw.try_clone()?)
     }
 
+    /// A whole-message byte type (`Vec<u8>`, `String`): its length prefix and its bytes,
+    /// each copied once, inline or into the arena (see `whole.rs`).
+    fn put_whole(
+        &self,
+        value: T,
+        kind: crate::whole::Whole,
+        wait: Wait,
+    ) -> Result<(), PutError<T>> {
+        // SAFETY: `kind` is `kind::<T>()` (the caller's check).
+        let bytes = unsafe { crate::whole::bytes_of(&value, kind) };
+        let mut prefix = [0u8; 10];
+        let n = crate::whole::length_prefix(bytes.len(), &mut prefix);
+        let size = n + bytes.len();
+        let sent = if size <= self.raw.inline_room() {
+            let mut buf = [0u8; 256];
+            match buf.get_mut(..size) {
+                Some(b) => {
+                    b[..n].copy_from_slice(&prefix[..n]);
+                    b[n..].copy_from_slice(bytes);
+                    self.raw.send_inline(b, wait)
+                }
+                // A slot larger than the stack buffer: through the arena below.
+                None => self.raw.send_arena(size, wait, |body| {
+                    body[..n].copy_from_slice(&prefix[..n]);
+                    body[n..].copy_from_slice(bytes);
+                    Ok(())
+                }),
+            }
+        } else {
+            self.raw.send_arena(size, wait, |body| {
+                body[..n].copy_from_slice(&prefix[..n]);
+                body[n..].copy_from_slice(bytes);
+                Ok(())
+            })
+        };
+        put_result(
+            sent,
+            value,
+            wait,
+            if size > self.raw.inline_room() {
+                size
+            } else {
+                0
+            },
+        )
+    }
+
     /// Encodes `value` (into its slot, or straight into the arena if larger) and sends it.
     fn put_with(&self, value: T, wait: Wait) -> Result<(), PutError<T>> {
+        if let Some(kind) = crate::whole::kind::<T>() {
+            return self.put_whole(value, kind, wait);
+        }
         let room = self.raw.inline_room();
         let inline = ENCODE_BUF.with(|cell| {
             // A re-entrant put from inside a Serialize impl finds the buffer borrowed and

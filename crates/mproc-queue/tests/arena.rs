@@ -431,3 +431,46 @@ fn a_producer_waiting_for_arena_space_counts_as_blocked() {
         assert_eq!(q.stats().blocked_producers, 0);
     });
 }
+
+/// `Queue<Vec<u8>>` and `Queue<String>` (one copy each way, postcard's bytes): every size,
+/// inline and in the arena, from another process, exactly and in order; `get_into` reuses
+/// its buffer.
+#[test]
+fn byte_and_string_queues_carry_every_size_across_processes() {
+    with_deadline(Duration::from_secs(60), || {
+        let sizes = [
+            0usize,
+            1,
+            100,
+            119,
+            120,
+            121,
+            127,
+            128,
+            1000,
+            65_536,
+            1 << 20,
+        ];
+        let bytes: Queue<Vec<u8>> = Queue::new(4).unwrap();
+        let text: Queue<String> = Queue::new(4).unwrap();
+        let producer = fork_child(|| {
+            for (i, &n) in sizes.iter().enumerate() {
+                if bytes.put(vec![i as u8; n]).is_err() || text.put("é".repeat(n / 2)).is_err() {
+                    return 1;
+                }
+            }
+            0
+        });
+        let mut buf = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            if i % 2 == 0 {
+                assert_eq!(bytes.get().unwrap(), vec![i as u8; n], "size {n}");
+            } else {
+                assert_eq!(bytes.get_into(&mut buf).unwrap(), n);
+                assert_eq!(buf, vec![i as u8; n], "size {n}");
+            }
+            assert_eq!(text.get().unwrap(), "é".repeat(n / 2), "size {n}");
+        }
+        producer.assert_success();
+    });
+}
