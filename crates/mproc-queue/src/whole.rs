@@ -1,4 +1,5 @@
-//! Messages that are a whole byte sequence — `Queue<Vec<u8>>`, `Queue<String>` — copied in
+//! Messages that are a whole byte sequence — `Queue<Vec<u8>>`, `Queue<String>`,
+//! `Queue<Box<[u8]>>` — copied in
 //! one piece each way instead of through serde's element-by-element path.
 //!
 //! serde hands a `Vec<u8>` to a serializer as a sequence of `u8`s, one call per byte, and
@@ -19,6 +20,8 @@ pub(crate) enum Whole {
     Bytes,
     /// `String` (UTF-8 checked on the way in).
     Text,
+    /// `Box<[u8]>`.
+    Boxed,
 }
 
 /// Whether `T` is a whole-message byte type. A constant per `T` after optimisation.
@@ -29,6 +32,8 @@ pub(crate) fn kind<T>() -> Option<Whole> {
         Some(Whole::Bytes)
     } else if t == typeid::of::<String>() {
         Some(Whole::Text)
+    } else if t == typeid::of::<Box<[u8]>>() {
+        Some(Whole::Boxed)
     } else {
         None
     }
@@ -44,6 +49,8 @@ pub(crate) unsafe fn bytes_of<T>(value: &T, kind: Whole) -> &[u8] {
         Whole::Bytes => unsafe { &*std::ptr::from_ref(value).cast::<Vec<u8>>() },
         // SAFETY: `T` is `String`, as above.
         Whole::Text => unsafe { &*std::ptr::from_ref(value).cast::<String>() }.as_bytes(),
+        // SAFETY: `T` is `Box<[u8]>`, as above.
+        Whole::Boxed => unsafe { &*std::ptr::from_ref(value).cast::<Box<[u8]>>() },
     }
 }
 
@@ -58,6 +65,11 @@ unsafe fn from_vec<T>(bytes: Vec<u8>, kind: Whole) -> Result<T, String> {
             let s = String::from_utf8(bytes).map_err(|_| "message is not UTF-8".to_string())?;
             // SAFETY: `T` is `String`: hand the `String` itself over, moved bit for bit.
             return Ok(unsafe { std::mem::transmute_copy(&std::mem::ManuallyDrop::new(s)) });
+        }
+        Whole::Boxed => {
+            let b = std::mem::ManuallyDrop::new(bytes.into_boxed_slice());
+            // SAFETY: `T` is `Box<[u8]>`: moved bit for bit, the original never dropped.
+            return Ok(unsafe { std::mem::transmute_copy(&b) });
         }
     };
     // SAFETY: `T` is `Vec<u8>`: the value is moved bit for bit (the original is never
@@ -131,6 +143,14 @@ mod tests {
         assert_eq!(back, s);
         assert_eq!(kind::<Vec<u8>>(), Some(Whole::Bytes));
         assert_eq!(kind::<String>(), Some(Whole::Text));
+        assert_eq!(kind::<Box<[u8]>>(), Some(Whole::Boxed));
+        let boxed: Box<[u8]> = vec![3u8; 500].into_boxed_slice();
+        let enc = postcard::to_allocvec(&boxed).unwrap();
+        // SAFETY: `kind::<Box<[u8]>>()` is `Boxed`.
+        let back: Box<[u8]> = unsafe { decode(&enc, Whole::Boxed) }.unwrap();
+        assert_eq!(back, boxed);
+        // SAFETY: as above.
+        assert_eq!(unsafe { bytes_of(&boxed, Whole::Boxed) }, &boxed[..]);
         assert_eq!(kind::<Vec<u16>>(), None);
         assert_eq!(kind::<(Vec<u8>,)>(), None);
     }

@@ -453,9 +453,13 @@ fn byte_and_string_queues_carry_every_size_across_processes() {
         ];
         let bytes: Queue<Vec<u8>> = Queue::new(4).unwrap();
         let text: Queue<String> = Queue::new(4).unwrap();
+        let boxed: Queue<Box<[u8]>> = Queue::new(4).unwrap();
         let producer = fork_child(|| {
             for (i, &n) in sizes.iter().enumerate() {
-                if bytes.put(vec![i as u8; n]).is_err() || text.put("é".repeat(n / 2)).is_err() {
+                if bytes.put(vec![i as u8; n]).is_err()
+                    || text.put("é".repeat(n / 2)).is_err()
+                    || boxed.put(vec![!(i as u8); n].into_boxed_slice()).is_err()
+                {
                     return 1;
                 }
             }
@@ -470,6 +474,7 @@ fn byte_and_string_queues_carry_every_size_across_processes() {
                 assert_eq!(buf, vec![i as u8; n], "size {n}");
             }
             assert_eq!(text.get().unwrap(), "é".repeat(n / 2), "size {n}");
+            assert_eq!(&*boxed.get().unwrap(), &vec![!(i as u8); n][..], "size {n}");
         }
         producer.assert_success();
     });
