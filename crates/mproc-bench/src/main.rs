@@ -202,6 +202,12 @@ fn body_rows(b: &bodies::Bodies, pyv: &dyn Fn(&str) -> Option<Stat>) -> Vec<Row>
     rows
 }
 
+/// The repetition count after `flag` (`--ab 3`), if the flag is there.
+fn reps_of(args: &[String], flag: &str) -> Option<usize> {
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1)?.parse().ok()
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     mproc::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -214,11 +220,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plan = Plan::new(quick);
     let started = Instant::now();
     // `--async REPS`: only the async figures, each repetition printed.
-    if let Some(reps) = args
-        .iter()
-        .position(|a| a == "--async")
-        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
-    {
+    if let Some(reps) = reps_of(&args, "--async") {
         for _ in 0..reps {
             println!(
                 "async rtt {:.2} µs | tokio UnixStream rtt {:.2} µs | async 1→1 {:.1} ns",
@@ -231,11 +233,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // `--pod-1to1 REPS`: only the PodQueue 1→1 figure, each repetition printed (for A/B runs
     // of two builds alternating on one machine).
-    if let Some(reps) = args
-        .iter()
-        .position(|a| a == "--pod-1to1")
-        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
-    {
+    if let Some(reps) = reps_of(&args, "--pod-1to1") {
         for _ in 0..reps {
             println!("{:.2}", figures::pod_1to1(plan.items));
         }
@@ -244,11 +242,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // `--bytes REPS`: `Queue<Vec<u8>>` beside `ByteQueue` between two processes, at 1 KiB and
     // 64 KiB, µs per message, one line per repetition.
-    if let Some(reps) = args
-        .iter()
-        .position(|a| a == "--bytes")
-        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
-    {
+    if let Some(reps) = reps_of(&args, "--bytes") {
         for _ in 0..reps {
             for size in [1 << 10, 64 << 10] {
                 let n = if size < 4096 { 200_000 } else { 20_000 };
@@ -265,11 +259,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `--ab REPS`: the three figures the liveness work could move (uncontended lock ns,
     // PodQueue 1→1 ns/item, blocking round trip µs), one line per repetition: run two builds'
     // binaries alternately and compare (this VM has slow phases).
-    if let Some(reps) = args
-        .iter()
-        .position(|a| a == "--ab")
-        .and_then(|i| args.get(i + 1)?.parse::<usize>().ok())
-    {
+    if let Some(reps) = reps_of(&args, "--ab") {
         for _ in 0..reps {
             println!(
                 "lock {:.2} ns | pod 1→1 {:.2} ns | rtt {:.2} µs",
