@@ -561,29 +561,4 @@ mod tests {
         assert!(!peer_alive(0));
         assert!(peer_alive(UNKNOWN));
     }
-
-    #[test]
-    fn forked_child_has_its_own_token_and_its_death_is_seen() {
-        let parent = me();
-        let mut pipe = [0; 2];
-        // SAFETY: pipe writes two descriptors into the array.
-        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
-        let child = mproc_testkit::fork_child(move || {
-            let mine = me();
-            let ok = mine != parent && mine != 0 && mine != UNKNOWN && peer_alive(parent);
-            let bytes = mine.to_ne_bytes();
-            // SAFETY: writes 4 bytes from a live array to a pipe we own.
-            unsafe { libc::write(pipe[1], bytes.as_ptr().cast(), 4) };
-            if ok { 0 } else { 1 }
-        });
-        let mut b = [0u8; 4];
-        // SAFETY: reads 4 bytes into a live array from a pipe we own.
-        assert_eq!(unsafe { libc::read(pipe[0], b.as_mut_ptr().cast(), 4) }, 4);
-        let token = u32::from_ne_bytes(b);
-        child.assert_success();
-        assert!(!peer_alive(token), "a reaped child's token is dead");
-        assert!(peer_alive(parent));
-        close(pipe[0]);
-        close(pipe[1]);
-    }
 }
