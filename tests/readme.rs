@@ -17,15 +17,33 @@ fn example(name: &str) -> std::path::PathBuf {
     profile_dir.join("examples").join(name)
 }
 
+/// The first ```` ```lang ```` block after `heading` in the README.
+fn readme_block(heading: &str, lang: &str) -> &'static str {
+    let readme = include_str!("../README.md");
+    let start = readme.find(heading).expect("the README section");
+    let fence = format!("```{lang}\n");
+    let code = &readme[start..];
+    let code = &code[code.find(&fence).expect("a code block") + fence.len()..];
+    &code[..code.find("```").expect("the block ends")]
+}
+
+/// Runs an example binary with `args` and returns (stdout, stderr), asserting success.
+fn run_example(name: &str, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    let out = std::process::Command::new(example(name))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("run examples/{name} (built by `cargo test`): {e}"));
+    assert!(out.status.success(), "{out:?}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn the_quick_start_is_the_readme_snippet() {
-    let readme = include_str!("../README.md");
-    let start = readme
-        .find("## Quick start")
-        .expect("a Quick start section");
-    let code = &readme[start..];
-    let code = &code[code.find("```rust\n").expect("a rust block") + 8..];
-    let code = &code[..code.find("```").expect("the block ends")];
+    let code = readme_block("## Quick start", "rust");
     let example = include_str!("../examples/quick_start.rs");
     assert!(
         example.ends_with(code),
@@ -37,16 +55,9 @@ fn the_quick_start_is_the_readme_snippet() {
 #[test]
 fn the_quick_start_runs_silently() {
     with_deadline(Duration::from_secs(120), || {
-        let out = std::process::Command::new(example("quick_start"))
-            .output()
-            .expect("run examples/quick_start (built by `cargo test` with the examples)");
-        assert!(out.status.success(), "{out:?}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stderr),
-            "",
-            "the Quick start wrote to stderr"
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+        let (said, err) = run_example("quick_start", &[], &[]);
+        assert_eq!(err, "", "the Quick start wrote to stderr");
+        assert_eq!(said, "");
     });
 }
 
@@ -55,13 +66,7 @@ fn the_quick_start_runs_silently() {
 #[test]
 fn the_readme_python_lines_run_silently() {
     with_deadline(Duration::from_secs(60), || {
-        let readme = include_str!("../README.md");
-        let start = readme
-            .find("**Python side, by name**")
-            .expect("the Python section");
-        let code = &readme[start..];
-        let code = &code[code.find("```python\n").expect("a python block") + 10..];
-        let code = &code[..code.find("```").expect("the block ends")];
+        let code = readme_block("**Python side, by name**", "python");
         let name = mproc_testkit::unique_name("readme-grid");
         let grid = mproc::array::Array::<f64>::create(&name, 1_000_000).unwrap();
         grid.set(0, 21.0).unwrap();
@@ -87,15 +92,9 @@ fn the_readme_python_lines_run_silently() {
 #[test]
 fn a_childs_panic_is_reported_as_the_childs() {
     with_deadline(Duration::from_secs(120), || {
-        let out = std::process::Command::new(example("join_and_wait"))
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .expect("run examples/join_and_wait (built by `cargo test` with the examples)");
-        assert!(out.status.success(), "{out:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (said, err) = run_example("join_and_wait", &[], &[("RUST_BACKTRACE", "0")]);
         assert!(err.contains("thread 'mproc child'"), "{err}");
         assert!(!err.contains("mproc-forker"), "{err}");
-        let said = String::from_utf8_lossy(&out.stdout);
         assert!(said.contains("child process panicked"), "{said}");
     });
 }
@@ -106,13 +105,8 @@ fn a_childs_panic_is_reported_as_the_childs() {
 #[test]
 fn the_main_example_agrees_and_prints_nothing_to_stderr() {
     with_deadline(Duration::from_secs(120), || {
-        let out = std::process::Command::new(example("worker_pool"))
-            .arg("1000000")
-            .output()
-            .expect("run examples/worker_pool (built by `cargo test` with the examples)");
-        assert!(out.status.success(), "{out:?}");
-        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "stderr");
-        let said = String::from_utf8_lossy(&out.stdout);
+        let (said, err) = run_example("worker_pool", &["1000000"], &[]);
+        assert_eq!(err, "", "stderr");
         // 78498 primes below one million.
         assert!(said.contains("one process:        78498 primes"), "{said}");
         assert!(said.contains("answers agree: 78498"), "{said}");
