@@ -219,7 +219,7 @@ pub(crate) fn await_boot(
             loop {
                 match results.try_get() {
                     Ok(reply) => absorb(reply),
-                    Err(mproc_queue::GetError::Message { .. }) => {}
+                    Err(mproc_queue::GetError::Unreadable { .. }) => {}
                     Err(_) => break,
                 }
             }

@@ -195,7 +195,7 @@ impl<R: DeserializeOwned> Process<R> {
         loop {
             match self.results.try_get() {
                 Ok(reply) => self.heard.absorb(reply),
-                Err(GetError::Message { .. }) => continue,
+                Err(GetError::Unreadable { .. }) => continue,
                 Err(_) => break,
             }
         }

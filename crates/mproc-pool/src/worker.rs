@@ -252,7 +252,7 @@ fn send_done(results: &Queue<Reply>, worker: u32, pid: u32, req: &Request, body:
     };
     match results.put(reply) {
         Ok(()) => true,
-        Err(e @ (PutError::Message { .. } | PutError::TooLarge { .. })) => {
+        Err(e @ (PutError::Unsendable { .. } | PutError::TooLarge { .. })) => {
             let failed: Result<(), TaskError> = Err(TaskError::Encode {
                 message: format!("result could not be sent: {e}"),
             });

@@ -13,13 +13,12 @@
 //! Everything read from a slot is checked: lengths against the slot and the arena, the chunk
 //! word against the ring position that references it (see [`Arena::linked`]).
 
-use std::time::Instant;
-
 use mproc_segment::liveness;
 
-use crate::arena::{Alloc, Arena};
+use crate::arena::Arena;
+use crate::error::GetError;
 use crate::raw::{RawQueue, ShmEntries};
-use crate::ring::{Claim, Claimed, Pop, Push};
+use crate::wait::{Refused, Wait};
 
 /// Bytes of the slot prefix (`len`, `kind`).
 pub(crate) const PREFIX: usize = 8;
@@ -29,80 +28,14 @@ const DROPPED: u32 = 3;
 /// Bytes of an arena reference after the prefix.
 const REF: usize = 16;
 
-/// How a call waits for room or for a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wait {
-    /// Until it can proceed.
-    Forever,
-    /// Until this instant (`*_timeout`).
-    Until(Instant),
-    /// Not at all (`try_*`).
-    No,
-    /// Not at all, and without asking whether peers that hold slots are alive (a system
-    /// call): the attempts of the async futures, which ask after each wake-up or nap.
-    Look,
-}
-
-impl Wait {
-    pub fn deadline(self) -> Option<Instant> {
-        match self {
-            Wait::Until(d) => Some(d),
-            _ => None,
-        }
-    }
-
-    pub fn nonblocking(self) -> bool {
-        matches!(self, Wait::No | Wait::Look)
-    }
-
-    /// Whether a non-blocking attempt asks after peers holding slots.
-    pub fn check_peers(self) -> bool {
-        self != Wait::Look
-    }
-
-    /// A non-blocking attempt, checking peers or not.
-    #[cfg_attr(not(feature = "async"), allow(dead_code))]
-    pub fn poll(check_peers: bool) -> Wait {
-        if check_peers { Wait::No } else { Wait::Look }
-    }
-
-    /// Whether running out of time is a timeout (rather than "full" / "empty").
-    pub fn timed(self) -> bool {
-        matches!(self, Wait::Until(_))
-    }
-}
-
-/// Outcome of sending one message.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Sent {
-    Done,
-    /// No room (a slot, or arena space) before the wait ended.
-    NoRoom,
-    Closed,
-    /// Larger than the whole arena (`max` bytes; 0 without an arena).
-    TooLarge {
-        max: u64,
-    },
-    /// Anything else (encoding failed, a peer rewrote our chunk).
-    Failed(String),
-}
-
 impl RawQueue {
-    fn push_wait(&self, wait: Wait, fill: impl FnMut(&mut [u8], u64)) -> Push {
-        if wait.nonblocking() {
-            self.try_push_checked(wait.check_peers(), fill)
-        } else {
-            self.push_deadline(wait.deadline(), fill)
-        }
-    }
-
     /// Pops one message and hands its bytes to `read` (inline: the slot; arena: the chunk,
     /// freed afterwards).
     pub(crate) fn receive<R>(
         &self,
         wait: Wait,
         mut read: impl FnMut(&[u8]) -> R,
-    ) -> Pop<Result<R, String>> {
+    ) -> Result<R, GetError> {
         let take = |slot: &[u8], ring_pos: u64| match self.locate(slot, ring_pos) {
             Ok(Located::Inline(body)) => Ok(read(body)),
             Ok(Located::Chunk { pos, word, len }) => {
@@ -118,11 +51,8 @@ impl RawQueue {
             }
             Err(e) => Err(e),
         };
-        if wait.nonblocking() {
-            self.try_pop_checked(wait.check_peers(), take)
-        } else {
-            self.pop_deadline(wait.deadline(), take)
-        }
+        self.pop(wait, take)?
+            .map_err(|reason| GetError::Unreadable { reason })
     }
 
     /// Finds the bytes of the message in `slot` (held Reading at `ring_pos`).
@@ -164,13 +94,12 @@ impl RawQueue {
     }
 
     /// Sends `bytes` inline (the caller checked that they fit the slot).
-    pub(crate) fn send_inline(&self, bytes: &[u8], wait: Wait) -> Sent {
-        let r = self.push_wait(wait, |slot, _| {
+    pub(crate) fn send_inline(&self, bytes: &[u8], wait: Wait) -> Result<(), Refused> {
+        self.push(wait, |slot, _| {
             slot[..4].copy_from_slice(&(bytes.len() as u32).to_ne_bytes());
             slot[4..8].copy_from_slice(&INLINE.to_ne_bytes());
             slot[PREFIX..PREFIX + bytes.len()].copy_from_slice(bytes);
-        });
-        sent(r)
+        })
     }
 
     /// Bytes a message may have to travel inline.
@@ -179,17 +108,13 @@ impl RawQueue {
     }
 
     /// Allocates an arena chunk for `size` bytes, waiting as `wait` says.
-    pub(crate) fn alloc_body(&self, size: usize, wait: Wait) -> Result<u64, Sent> {
+    pub(crate) fn alloc_body(&self, size: usize, wait: Wait) -> Result<u64, Refused> {
         let Some(units) = self.units_for(size) else {
-            return Err(Sent::TooLarge {
+            return Err(Refused::TooLarge {
                 max: self.arena_bytes(),
             });
         };
-        match self.alloc(units, wait.deadline(), wait.nonblocking()) {
-            Some(Alloc::Done(pos)) => Ok(pos),
-            Some(Alloc::NoSpace) => Err(Sent::NoRoom),
-            None => Err(Sent::Closed),
-        }
+        self.alloc(units, wait)
     }
 
     /// Frees an arena chunk this process allocated and never sent.
@@ -207,29 +132,32 @@ impl RawQueue {
         size: usize,
         wait: Wait,
         write: impl FnOnce(&mut [u8]) -> Result<(), String>,
-    ) -> Sent {
-        let pos = match self.alloc_body(size, wait) {
-            Ok(pos) => pos,
-            Err(sent) => return sent,
-        };
+    ) -> Result<(), Refused> {
+        let pos = self.alloc_body(size, wait)?;
         // SAFETY: the chunk at `pos` is ours (Writing(me), just allocated) and `size` bytes
         // from its start lie inside the arena (`units_for` and the allocator never let a chunk
         // wrap); nobody else reads or writes it until we link it.
         let body = unsafe { std::slice::from_raw_parts_mut(self.chunk_ptr(pos), size) };
         if let Err(e) = write(body) {
             self.free_unsent(pos);
-            return Sent::Failed(e);
+            return Err(Refused::Unsendable(e));
         }
         self.link_chunk(pos, size, wait, false)
     }
 
     /// Pushes a reference to chunk `pos` (ours, filled with `size` bytes) and hands the chunk
     /// to the slot. If the push fails the chunk is freed, unless `keep` (a loan keeps it).
-    pub(crate) fn link_chunk(&self, pos: u64, size: usize, wait: Wait, keep: bool) -> Sent {
+    pub(crate) fn link_chunk(
+        &self,
+        pos: u64,
+        size: usize,
+        wait: Wait,
+        keep: bool,
+    ) -> Result<(), Refused> {
         let me = liveness::me();
         let mut linked = false;
         let arena: Option<Arena<'_, ShmEntries<'_>>> = self.arena();
-        let r = self.push_wait(wait, |slot, ring_pos| {
+        let r = self.push(wait, |slot, ring_pos| {
             linked = arena.as_ref().is_some_and(|a| a.link(pos, me, ring_pos));
             let kind = if linked { ARENA } else { DROPPED };
             slot[..4].copy_from_slice(&(REF as u32).to_ne_bytes());
@@ -237,25 +165,15 @@ impl RawQueue {
             slot[PREFIX..PREFIX + 8].copy_from_slice(&pos.to_ne_bytes());
             slot[PREFIX + 8..PREFIX + REF].copy_from_slice(&(size as u64).to_ne_bytes());
         });
-        if r != Push::Done && !keep {
+        if r.is_err() && !keep {
             self.free_unsent(pos);
         }
-        match sent(r) {
-            Sent::Done if !linked => {
-                Sent::Failed("arena chunk was rewritten by a peer before it was sent".into())
-            }
-            s => s,
+        match r {
+            Ok(()) if !linked => Err(Refused::Unsendable(
+                "arena chunk was rewritten by a peer before it was sent".into(),
+            )),
+            r => r,
         }
-    }
-
-    /// Claims a slot for a loan to read in place (see [`crate::Message`]).
-    pub(crate) fn claim_message(&self, wait: Wait) -> Pop<Claimed> {
-        self.claim_pop(wait.deadline(), wait.nonblocking())
-    }
-
-    /// Claims a slot for writing in place (PodQueue loans).
-    pub(crate) fn claim_slot(&self, wait: Wait) -> Claim {
-        self.claim_push(wait.deadline(), wait.nonblocking())
     }
 }
 
@@ -263,14 +181,6 @@ impl RawQueue {
 pub(crate) enum Located<'s> {
     Inline(&'s [u8]),
     Chunk { pos: u64, word: u64, len: usize },
-}
-
-fn sent(r: Push) -> Sent {
-    match r {
-        Push::Done => Sent::Done,
-        Push::Full => Sent::NoRoom,
-        Push::Closed => Sent::Closed,
-    }
 }
 
 /// The smallest slot a message queue can have: the prefix and an arena reference.

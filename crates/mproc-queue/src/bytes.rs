@@ -2,16 +2,14 @@
 //! `recv_bytes`), with zero-copy loans.
 
 use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mproc_segment::{Kind, SegmentError, SegmentOptions, TypeTag};
 
-use crate::body::Wait;
-use crate::error::{get_result, put_result};
-use crate::loan::{Loan, Message};
-use crate::message::check_message_slots;
+use crate::loan::{Loan, ReadLoan};
+use crate::queue::check_message_slots;
 use crate::raw::RawQueue;
-use crate::ring::Pop;
+use crate::wait::Wait;
 use crate::{GetError, PutError, QueueOptions};
 
 /// The type tag of every byte queue.
@@ -97,7 +95,7 @@ impl ByteQueue {
             })
         };
         let size = b.len();
-        put_result(sent, bytes, wait, size)
+        sent.map_err(|e| e.with(bytes, size))
     }
 
     /// Appends a message, waiting while the queue (or its arena) is full. The bytes come
@@ -117,18 +115,15 @@ impl ByteQueue {
         bytes: B,
         timeout: Duration,
     ) -> Result<(), PutError<B>> {
-        self.put_with(bytes, Wait::Until(Instant::now() + timeout))
+        self.put_with(bytes, Wait::after(timeout))
     }
 
     fn get_with(&self, wait: Wait, buf: &mut Vec<u8>) -> Result<usize, GetError> {
-        get_result(
-            self.raw.receive(wait, |b| {
-                buf.clear();
-                buf.extend_from_slice(b);
-                b.len()
-            }),
-            wait,
-        )
+        self.raw.receive(wait, |b| {
+            buf.clear();
+            buf.extend_from_slice(b);
+            b.len()
+        })
     }
 
     /// Takes the oldest message, waiting while the queue is empty. `Err(Closed)` once closed
@@ -149,7 +144,7 @@ impl ByteQueue {
     /// Takes the oldest message, waiting at most `timeout`: `Err(Timeout)` otherwise.
     pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<u8>, GetError> {
         let mut buf = Vec::new();
-        self.get_with(Wait::Until(Instant::now() + timeout), &mut buf)?;
+        self.get_with(Wait::after(timeout), &mut buf)?;
         Ok(buf)
     }
 
@@ -162,9 +157,7 @@ impl ByteQueue {
     fn loan_with(&self, len: usize, wait: Wait) -> Result<Loan<'_>, PutError<()>> {
         match self.raw.alloc_body(len, wait) {
             Ok(pos) => Ok(Loan::new(&self.raw, pos, len)),
-            Err(sent) => Err(put_result(sent, (), wait, len)
-                .err()
-                .unwrap_or(PutError::Full(()))),
+            Err(e) => Err(e.with((), len)),
         }
     }
 
@@ -182,32 +175,27 @@ impl ByteQueue {
 
     /// As [`loan`](Self::loan), waiting at most `timeout`: `Err(Timeout)` otherwise.
     pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan<'_>, PutError<()>> {
-        self.loan_with(len, Wait::Until(Instant::now() + timeout))
+        self.loan_with(len, Wait::after(timeout))
     }
 
-    fn get_loan_with(&self, wait: Wait) -> Result<Message<'_>, GetError> {
-        match self.raw.claim_message(wait) {
-            Pop::Item(slot) => Message::take(&self.raw, slot),
-            Pop::Closed => Err(GetError::Closed),
-            Pop::Empty | Pop::InProgress if wait.timed() => Err(GetError::Timeout),
-            Pop::Empty | Pop::InProgress => Err(GetError::Empty),
-        }
+    fn get_loan_with(&self, wait: Wait) -> Result<ReadLoan<'_>, GetError> {
+        ReadLoan::take(&self.raw, self.raw.claim_pop(wait)?)
     }
 
     /// Takes the oldest message as a guard over its bytes in shared memory (no copy),
     /// waiting while the queue is empty. Dropping the guard frees the message.
-    pub fn get_loan(&self) -> Result<Message<'_>, GetError> {
+    pub fn get_loan(&self) -> Result<ReadLoan<'_>, GetError> {
         self.get_loan_with(Wait::Forever)
     }
 
     /// As [`get_loan`](Self::get_loan) if a message is there now: `Err(Empty)` otherwise.
-    pub fn try_get_loan(&self) -> Result<Message<'_>, GetError> {
+    pub fn try_get_loan(&self) -> Result<ReadLoan<'_>, GetError> {
         self.get_loan_with(Wait::No)
     }
 
     /// As [`get_loan`](Self::get_loan), waiting at most `timeout`.
-    pub fn get_loan_timeout(&self, timeout: Duration) -> Result<Message<'_>, GetError> {
-        self.get_loan_with(Wait::Until(Instant::now() + timeout))
+    pub fn get_loan_timeout(&self, timeout: Duration) -> Result<ReadLoan<'_>, GetError> {
+        self.get_loan_with(Wait::after(timeout))
     }
 
     /// `try_get` for the futures: peers asked after only if `check_peers`.
@@ -233,7 +221,7 @@ impl ByteQueue {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
     use crate::arena::Entries;
@@ -271,7 +259,7 @@ mod tests {
         assert!(q.get_timeout(Duration::from_secs(1)).is_err(), "refused");
         // Later traffic flows, with short timeouts (a chunk held by a dead writer or a
         // corrupt one is recovered at a blocked call's first look).
-        let start = Instant::now();
+        let start = std::time::Instant::now();
         for i in 0..200u32 {
             let msg = vec![i as u8; 3000];
             let put = q.put_timeout(&msg, Duration::from_millis(50));

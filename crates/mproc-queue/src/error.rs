@@ -27,7 +27,7 @@ pub enum PutError<T> {
     },
     /// The value could not be encoded, or its body could not be stored.
     #[error("message could not be stored: {reason}")]
-    Message {
+    Unsendable {
         /// The value.
         value: T,
         /// What went wrong.
@@ -40,7 +40,7 @@ impl<T> PutError<T> {
     pub fn into_inner(self) -> T {
         match self {
             PutError::Full(v) | PutError::Timeout(v) | PutError::Closed(v) => v,
-            PutError::Message { value, .. } | PutError::TooLarge { value, .. } => value,
+            PutError::Unsendable { value, .. } | PutError::TooLarge { value, .. } => value,
         }
     }
 
@@ -55,45 +55,11 @@ impl<T> PutError<T> {
                 size,
                 max,
             },
-            PutError::Message { value, reason } => PutError::Message {
+            PutError::Unsendable { value, reason } => PutError::Unsendable {
                 value: f(value),
                 reason,
             },
         }
-    }
-}
-
-/// The outcome of a send as the caller's `Result`, handing `value` back on failure.
-#[cfg(not(loom))]
-pub(crate) fn put_result<T>(
-    sent: crate::body::Sent,
-    value: T,
-    wait: crate::body::Wait,
-    size: usize,
-) -> Result<(), PutError<T>> {
-    use crate::body::Sent;
-    match sent {
-        Sent::Done => Ok(()),
-        Sent::NoRoom if wait.timed() => Err(PutError::Timeout(value)),
-        Sent::NoRoom => Err(PutError::Full(value)),
-        Sent::Closed => Err(PutError::Closed(value)),
-        Sent::TooLarge { max } => Err(PutError::TooLarge { value, size, max }),
-        Sent::Failed(reason) => Err(PutError::Message { value, reason }),
-    }
-}
-
-/// The outcome of a pop as the caller's `Result`.
-#[cfg(not(loom))]
-pub(crate) fn get_result<R>(
-    r: crate::ring::Pop<Result<R, String>>,
-    wait: crate::body::Wait,
-) -> Result<R, GetError> {
-    use crate::ring::Pop;
-    match r {
-        Pop::Item(r) => r.map_err(|reason| GetError::Message { reason }),
-        Pop::Closed => Err(GetError::Closed),
-        Pop::Empty | Pop::InProgress if wait.timed() => Err(GetError::Timeout),
-        Pop::Empty | Pop::InProgress => Err(GetError::Empty),
     }
 }
 
@@ -112,7 +78,7 @@ pub enum GetError {
     /// A message was taken but could not be decoded into the requested type, or its body
     /// was missing or corrupt (a peer rewrote it). The message is consumed.
     #[error("message could not be read: {reason}")]
-    Message {
+    Unreadable {
         /// What went wrong.
         reason: String,
     },
@@ -131,7 +97,7 @@ pub enum TaskDoneError {
 pub type OpenError = SegmentError;
 
 /// The body of `get_many`: waits for one value with `get`, then takes up to `max - 1` more with
-/// `try_get` without waiting. A value that cannot be read (`GetError::Message`) is reported;
+/// `try_get` without waiting. A value that cannot be read (`GetError::Unreadable`) is reported;
 /// `Empty`, `Closed` and `Timeout` just end the batch.
 #[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn get_batch<T>(
@@ -151,7 +117,7 @@ pub(crate) fn get_batch<T>(
                 out.push(v);
                 n += 1;
             }
-            Err(e @ GetError::Message { .. }) => return Err(e),
+            Err(e @ GetError::Unreadable { .. }) => return Err(e),
             Err(_) => break,
         }
     }

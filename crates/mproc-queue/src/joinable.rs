@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::atomic::Ordering;
-use crate::message::{Queue, QueueOptions};
+use crate::queue::{Queue, QueueOptions};
 use crate::{GetError, PutError, TaskDoneError};
 
 const FLAVOUR: &str = "postcard-joinable";
@@ -106,19 +106,19 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// Takes the oldest item (waiting); call `task_done` when it is processed.
     pub fn get(&self) -> Result<T, GetError> {
         self.queue
-            .get_hooked(crate::body::Wait::Forever, || self.count_taken())
+            .get_hooked(crate::wait::Wait::Forever, || self.count_taken())
     }
 
     /// Takes the oldest item if there is one now.
     pub fn try_get(&self) -> Result<T, GetError> {
         self.queue
-            .get_hooked(crate::body::Wait::No, || self.count_taken())
+            .get_hooked(crate::wait::Wait::No, || self.count_taken())
     }
 
     /// `try_get` for the futures: peers asked after only if `check_peers`.
     #[cfg(feature = "async")]
     fn try_get_polled(&self, check_peers: bool) -> Result<T, GetError> {
-        let wait = crate::body::Wait::poll(check_peers);
+        let wait = crate::wait::Wait::poll(check_peers);
         self.queue.get_hooked(wait, || self.count_taken())
     }
 
@@ -130,7 +130,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     /// Takes the oldest item, waiting at most `timeout`.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        let wait = crate::body::Wait::Until(Instant::now() + timeout);
+        let wait = crate::wait::Wait::after(timeout);
         self.queue.get_hooked(wait, || self.count_taken())
     }
 

@@ -5,7 +5,7 @@
 //! - [`Queue<T: Serialize + DeserializeOwned>`](Queue): any serde type (postcard; inline up
 //!   to the slot size, in the queue's body arena above it).
 //! - [`ByteQueue`]: byte messages of any length, one copy each way, or none with loans
-//!   ([`Loan`], [`Message`]).
+//!   ([`Loan`], [`ReadLoan`]).
 //! - [`JoinableQueue<T>`](JoinableQueue): `task_done` / `join`.
 //!
 //! All three share one ring (Vyukov's bounded MPMC algorithm with per-slot claim words that
@@ -142,11 +142,13 @@ mod joinable;
 #[cfg(not(loom))]
 mod loan;
 #[cfg(not(loom))]
-mod message;
-#[cfg(not(loom))]
 mod pod;
 #[cfg(not(loom))]
+mod queue;
+#[cfg(not(loom))]
 mod raw;
+#[cfg(not(loom))]
+mod wait;
 #[cfg(all(feature = "async", not(loom)))]
 mod wait_async;
 
@@ -159,10 +161,10 @@ pub use bytes::ByteQueue;
 #[cfg(not(loom))]
 pub use joinable::JoinableQueue;
 #[cfg(not(loom))]
-pub use loan::{Loan, Message, PodLoan, PodMessage};
-#[cfg(not(loom))]
-pub use message::{DEFAULT_SLOT_SIZE, MIN_DEFAULT_ARENA, MIN_SLOT_SIZE, Queue, QueueOptions};
+pub use loan::{Loan, PodLoan, PodReadLoan, ReadLoan};
 #[cfg(not(loom))]
 pub use pod::PodQueue;
+#[cfg(not(loom))]
+pub use queue::{DEFAULT_SLOT_SIZE, MIN_DEFAULT_ARENA, MIN_SLOT_SIZE, Queue, QueueOptions};
 #[cfg(all(feature = "async", not(loom)))]
 pub use wait_async::QueueReady;

@@ -4,7 +4,7 @@
 //! **Aliasing rules.** A loan is never visible to two processes as mutable:
 //! - a send loan ([`Loan`], [`PodLoan`]) is memory this process alone owns (an arena chunk in
 //!   state Writing(me), or a ring slot in state Writing(me)); nobody reads it before `send`;
-//! - a receive loan ([`Message`], [`PodMessage`]) is memory this process holds for reading
+//! - a receive loan ([`ReadLoan`], [`PodReadLoan`]) is memory this process holds for reading
 //!   (its ring slot in state Reading(me), and the message's arena chunk, still Linked to that
 //!   slot); nobody writes it until the guard is dropped.
 //!
@@ -23,9 +23,10 @@ use std::ops::{Deref, DerefMut};
 
 use bytemuck::Pod;
 
-use crate::body::{Located, Sent, Wait};
+use crate::body::Located;
 use crate::raw::RawQueue;
 use crate::ring::Claimed;
+use crate::wait::{Refused, Wait};
 use crate::{GetError, PutError};
 
 /// A body being written in place in a queue's arena, from
@@ -64,11 +65,11 @@ impl<'q> Loan<'q> {
 
     fn send_with(mut self, wait: Wait) -> Result<(), PutError<Loan<'q>>> {
         let sent = self.raw.link_chunk(self.pos, self.len, wait, true);
-        if matches!(sent, Sent::Done | Sent::Failed(_)) {
+        if matches!(sent, Ok(()) | Err(Refused::Unsendable(_))) {
             // Sent (or handed to a slot as dropped): the chunk is no longer ours to free.
             self.live = false;
         }
-        crate::error::put_result(sent, self, wait, 0)
+        sent.map_err(|e| e.with(self, 0))
     }
 
     /// Enqueues the message, waiting for a free slot. It fails only if the queue was closed
@@ -86,7 +87,7 @@ impl<'q> Loan<'q> {
 
     /// Enqueues the message, waiting at most `timeout` for a slot.
     pub fn send_timeout(self, timeout: std::time::Duration) -> Result<(), PutError<Loan<'q>>> {
-        self.send_with(Wait::Until(std::time::Instant::now() + timeout))
+        self.send_with(Wait::after(timeout))
     }
 }
 
@@ -118,7 +119,7 @@ impl Drop for Loan<'_> {
 /// [`Queue`](crate::Queue)-compatible bytes). Derefs to the message's bytes in shared memory;
 /// dropping it frees them.
 #[derive(Debug)]
-pub struct Message<'q> {
+pub struct ReadLoan<'q> {
     raw: &'q RawQueue,
     slot: Claimed,
     ptr: *const u8,
@@ -128,24 +129,24 @@ pub struct Message<'q> {
 
 // SAFETY: the guard refers to memory this process holds for reading (see the module docs);
 // reading it from another thread of the process is as safe as from this one.
-unsafe impl Send for Message<'_> {}
+unsafe impl Send for ReadLoan<'_> {}
 // SAFETY: as above; the guard only hands out shared references.
-unsafe impl Sync for Message<'_> {}
+unsafe impl Sync for ReadLoan<'_> {}
 
-impl<'q> Message<'q> {
+impl<'q> ReadLoan<'q> {
     /// Takes the message in the slot `slot` (held Reading by us) as a guard.
-    pub(crate) fn take(raw: &'q RawQueue, slot: Claimed) -> Result<Message<'q>, GetError> {
+    pub(crate) fn take(raw: &'q RawQueue, slot: Claimed) -> Result<ReadLoan<'q>, GetError> {
         // SAFETY: we hold the slot Reading; its bytes lie inside the payload.
         let bytes = unsafe { std::slice::from_raw_parts(raw.slot_ptr(slot.idx), raw.slot_size()) };
         match raw.locate(bytes, slot.pos) {
-            Ok(Located::Inline(body)) => Ok(Message {
+            Ok(Located::Inline(body)) => Ok(ReadLoan {
                 raw,
                 slot,
                 ptr: body.as_ptr(),
                 len: body.len(),
                 chunk: None,
             }),
-            Ok(Located::Chunk { pos, word, len }) => Ok(Message {
+            Ok(Located::Chunk { pos, word, len }) => Ok(ReadLoan {
                 raw,
                 slot,
                 ptr: raw.chunk_ptr(pos),
@@ -154,13 +155,13 @@ impl<'q> Message<'q> {
             }),
             Err(reason) => {
                 raw.ring().release(slot);
-                Err(GetError::Message { reason })
+                Err(GetError::Unreadable { reason })
             }
         }
     }
 }
 
-impl Deref for Message<'_> {
+impl Deref for ReadLoan<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         // SAFETY: `ptr..ptr + len` is the message's bytes, inside the slot or an arena chunk
@@ -169,7 +170,7 @@ impl Deref for Message<'_> {
     }
 }
 
-impl Drop for Message<'_> {
+impl Drop for ReadLoan<'_> {
     fn drop(&mut self) {
         if let (Some((pos, word)), Some(arena)) = (self.chunk, self.raw.arena()) {
             arena.free(pos, word);
@@ -236,15 +237,15 @@ impl<T> Drop for PodLoan<'_, T> {
 /// A `PodQueue` value read in place, from [`PodQueue::get_loan`](crate::PodQueue::get_loan):
 /// derefs to the `T` in its slot; dropping it frees the slot.
 #[derive(Debug)]
-pub struct PodMessage<'q, T> {
+pub struct PodReadLoan<'q, T> {
     raw: &'q RawQueue,
     slot: Claimed,
     _t: PhantomData<&'q T>,
 }
 
-impl<'q, T: Pod> PodMessage<'q, T> {
-    pub(crate) fn new(raw: &'q RawQueue, slot: Claimed) -> PodMessage<'q, T> {
-        PodMessage {
+impl<'q, T: Pod> PodReadLoan<'q, T> {
+    pub(crate) fn new(raw: &'q RawQueue, slot: Claimed) -> PodReadLoan<'q, T> {
+        PodReadLoan {
             raw,
             slot,
             _t: PhantomData,
@@ -252,7 +253,7 @@ impl<'q, T: Pod> PodMessage<'q, T> {
     }
 }
 
-impl<T: Pod> Deref for PodMessage<'_, T> {
+impl<T: Pod> Deref for PodReadLoan<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the slot is held Reading by us until drop; it is `size_of::<T>()` bytes
@@ -261,7 +262,7 @@ impl<T: Pod> Deref for PodMessage<'_, T> {
     }
 }
 
-impl<T> Drop for PodMessage<'_, T> {
+impl<T> Drop for PodReadLoan<'_, T> {
     fn drop(&mut self) {
         self.raw.ring().release(self.slot);
     }

@@ -1,16 +1,15 @@
 //! `PodQueue<T: Pod>`: zero-copy slots of `T`.
 
 use std::marker::PhantomData;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytemuck::Pod;
 use mproc_segment::{Kind, SegmentError, SegmentOptions, TypeTag};
 
-use crate::body::Wait;
 use crate::layout::Layout;
-use crate::loan::{PodLoan, PodMessage};
+use crate::loan::{PodLoan, PodReadLoan};
 use crate::raw::RawQueue;
-use crate::ring::{Claim, Pop, Push};
+use crate::wait::Wait;
 use crate::{GetError, PutError};
 
 /// A bounded multi-producer multi-consumer queue of plain-old-data values in shared memory:
@@ -110,46 +109,29 @@ impl<T: Pod> PodQueue<T> {
         bytemuck::pod_read_unaligned(&slot[..std::mem::size_of::<T>()])
     }
 
-    fn put_result(r: Push, value: T, timed: bool) -> Result<(), PutError<T>> {
-        match r {
-            Push::Done => Ok(()),
-            Push::Closed => Err(PutError::Closed(value)),
-            Push::Full if timed => Err(PutError::Timeout(value)),
-            Push::Full => Err(PutError::Full(value)),
-        }
+    fn put_with(&self, value: T, wait: Wait) -> Result<(), PutError<T>> {
+        self.raw
+            .push(wait, Self::fill(&value))
+            .map_err(|e| e.with(value, 0))
     }
 
-    fn get_result(r: Pop<T>, timed: bool) -> Result<T, GetError> {
-        match r {
-            Pop::Item(v) => Ok(v),
-            Pop::Closed => Err(GetError::Closed),
-            Pop::Empty | Pop::InProgress if timed => Err(GetError::Timeout),
-            Pop::Empty | Pop::InProgress => Err(GetError::Empty),
-        }
+    fn get_with(&self, wait: Wait) -> Result<T, GetError> {
+        self.raw.pop(wait, Self::take)
     }
 
     /// Appends `value`, waiting while the queue is full. `Err(Closed)` once closed.
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {
-        Self::put_result(
-            self.raw.push_deadline(None, Self::fill(&value)),
-            value,
-            false,
-        )
+        self.put_with(value, Wait::Forever)
     }
 
     /// Appends `value` if there is room now: `Err(Full)` otherwise.
     pub fn try_put(&self, value: T) -> Result<(), PutError<T>> {
-        Self::put_result(self.raw.try_push(Self::fill(&value)), value, false)
+        self.put_with(value, Wait::No)
     }
 
     /// Appends `value`, waiting at most `timeout` for room: `Err(Timeout)` otherwise.
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
-        let deadline = Some(Instant::now() + timeout);
-        Self::put_result(
-            self.raw.push_deadline(deadline, Self::fill(&value)),
-            value,
-            true,
-        )
+        self.put_with(value, Wait::after(timeout))
     }
 
     /// Appends every value of `values` in order, waiting for room as needed. On `Closed`,
@@ -164,31 +146,29 @@ impl<T: Pod> PodQueue<T> {
     /// Takes the oldest value, waiting while the queue is empty. `Err(Closed)` once closed
     /// and drained.
     pub fn get(&self) -> Result<T, GetError> {
-        Self::get_result(self.raw.pop_deadline(None, Self::take), false)
+        self.get_with(Wait::Forever)
     }
 
     /// Takes the oldest value if there is one now: `Err(Empty)` otherwise.
     pub fn try_get(&self) -> Result<T, GetError> {
-        Self::get_result(self.raw.try_pop(Self::take), false)
+        self.get_with(Wait::No)
     }
 
     /// `try_get` for the futures: peers asked after only if `check_peers`.
     #[cfg(feature = "async")]
     fn try_get_polled(&self, check_peers: bool) -> Result<T, GetError> {
-        Self::get_result(self.raw.try_pop_checked(check_peers, Self::take), false)
+        self.get_with(Wait::poll(check_peers))
     }
 
     /// `try_put` for the futures: peers asked after only if `check_peers`.
     #[cfg(feature = "async")]
     fn try_put_polled(&self, value: T, check_peers: bool) -> Result<(), PutError<T>> {
-        let r = self.raw.try_push_checked(check_peers, Self::fill(&value));
-        Self::put_result(r, value, false)
+        self.put_with(value, Wait::poll(check_peers))
     }
 
     /// Takes the oldest value, waiting at most `timeout`: `Err(Timeout)` otherwise.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        let deadline = Some(Instant::now() + timeout);
-        Self::get_result(self.raw.pop_deadline(deadline, Self::take), true)
+        self.get_with(Wait::after(timeout))
     }
 
     /// Waits for at least one value, then takes up to `max` without waiting further,
@@ -198,11 +178,9 @@ impl<T: Pod> PodQueue<T> {
     }
 
     fn loan_with(&self, wait: Wait) -> Result<PodLoan<'_, T>, PutError<()>> {
-        match self.raw.claim_slot(wait) {
-            Claim::Slot(c) => Ok(PodLoan::new(&self.raw, c)),
-            Claim::Closed => Err(PutError::Closed(())),
-            Claim::Full if wait.timed() => Err(PutError::Timeout(())),
-            Claim::Full => Err(PutError::Full(())),
+        match self.raw.claim_push(wait) {
+            Ok(c) => Ok(PodLoan::new(&self.raw, c)),
+            Err(e) => Err(e.with((), 0)),
         }
     }
 
@@ -230,32 +208,27 @@ impl<T: Pod> PodQueue<T> {
 
     /// As [`loan`](Self::loan), waiting at most `timeout`.
     pub fn loan_timeout(&self, timeout: Duration) -> Result<PodLoan<'_, T>, PutError<()>> {
-        self.loan_with(Wait::Until(Instant::now() + timeout))
+        self.loan_with(Wait::after(timeout))
     }
 
-    fn get_loan_with(&self, wait: Wait) -> Result<PodMessage<'_, T>, GetError> {
-        match self.raw.claim_message(wait) {
-            Pop::Item(c) => Ok(PodMessage::new(&self.raw, c)),
-            Pop::Closed => Err(GetError::Closed),
-            Pop::Empty | Pop::InProgress if wait.timed() => Err(GetError::Timeout),
-            Pop::Empty | Pop::InProgress => Err(GetError::Empty),
-        }
+    fn get_loan_with(&self, wait: Wait) -> Result<PodReadLoan<'_, T>, GetError> {
+        Ok(PodReadLoan::new(&self.raw, self.raw.claim_pop(wait)?))
     }
 
     /// Takes the oldest value as a guard over its slot (no copy), waiting while the queue is
     /// empty; dropping the guard frees the slot.
-    pub fn get_loan(&self) -> Result<PodMessage<'_, T>, GetError> {
+    pub fn get_loan(&self) -> Result<PodReadLoan<'_, T>, GetError> {
         self.get_loan_with(Wait::Forever)
     }
 
     /// As [`get_loan`](Self::get_loan) if a value is there now: `Err(Empty)` otherwise.
-    pub fn try_get_loan(&self) -> Result<PodMessage<'_, T>, GetError> {
+    pub fn try_get_loan(&self) -> Result<PodReadLoan<'_, T>, GetError> {
         self.get_loan_with(Wait::No)
     }
 
     /// As [`get_loan`](Self::get_loan), waiting at most `timeout`.
-    pub fn get_loan_timeout(&self, timeout: Duration) -> Result<PodMessage<'_, T>, GetError> {
-        self.get_loan_with(Wait::Until(Instant::now() + timeout))
+    pub fn get_loan_timeout(&self, timeout: Duration) -> Result<PodReadLoan<'_, T>, GetError> {
+        self.get_loan_with(Wait::after(timeout))
     }
 
     queue_state_methods!();

@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use mproc_segment::liveness;
 use mproc_segment::{Segment, SegmentError, SegmentOptions, ShmSafe};
-use mproc_sync::Parking;
 
-use crate::arena::{Alloc, Arena, ArenaHeader, Entries};
+use crate::arena::{Arena, ArenaHeader, Entries};
 use crate::atomic::{AtomicU64, Ordering};
 use crate::layout::{ARENA_HEADER_BYTES, ENTRY_BYTES, Layout};
-use crate::ring::{Claim, Claimed, Pop, Push, Ring, RingHeader, Slots};
+use crate::ring::{Ring, RingHeader, Slots};
 
 // SAFETY: RingHeader is #[repr(C)] atomics plus padding words that are never written; any bit
 // pattern is some (possibly nonsensical) ring state, which the ring's methods tolerate without
@@ -21,11 +20,6 @@ unsafe impl ShmSafe for RingHeader {}
 // SAFETY: as for RingHeader: #[repr(C)] atomics and unused padding; the arena's methods bound
 // every position by the unit count copied at open.
 unsafe impl ShmSafe for ArenaHeader {}
-/// How long a blocked `put`/`get` sleeps before looking again
-/// ([`naps::QUEUE_PEER_CHECK`](mproc_sync::naps::QUEUE_PEER_CHECK)).
-pub(crate) const REPOLL: Duration = mproc_sync::naps::QUEUE_PEER_CHECK;
-/// The first look at peers in a blocked wait ([`mproc_sync::naps::QUEUE_FIRST_PEER_CHECK`]).
-const FIRST_CHECK: Duration = mproc_sync::naps::QUEUE_FIRST_PEER_CHECK;
 
 /// A ring (and arena) in a segment. Owns the segment; cheap to turn into a [`Ring`] or an
 /// [`Arena`] per operation.
@@ -381,166 +375,6 @@ impl RawQueue {
         &self.seg
     }
 
-    /// A non-blocking push (`try_put`): checks whether peers holding slots are alive.
-    pub fn try_push(&self, fill: impl FnMut(&mut [u8], u64)) -> Push {
-        self.try_push_checked(true, fill)
-    }
-
-    /// A non-blocking push, checking peers holding slots only if `check_peers`.
-    pub fn try_push_checked(&self, check_peers: bool, fill: impl FnMut(&mut [u8], u64)) -> Push {
-        let r = self.ring().try_push(liveness::me(), check_peers, fill);
-        if r == Push::Full {
-            self.header().full_waits.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-
-    /// A non-blocking pop (`try_get`): checks whether peers holding slots are alive.
-    pub fn try_pop<R>(&self, take: impl FnMut(&[u8], u64) -> R) -> Pop<R> {
-        self.try_pop_checked(true, take)
-    }
-
-    /// A non-blocking pop, checking peers holding slots only if `check_peers`.
-    pub fn try_pop_checked<R>(
-        &self,
-        check_peers: bool,
-        take: impl FnMut(&[u8], u64) -> R,
-    ) -> Pop<R> {
-        self.ring().try_pop(liveness::me(), check_peers, take)
-    }
-
-    /// Pushes, waiting for room until `deadline` (forever if `None`).
-    pub fn push_deadline(
-        &self,
-        deadline: Option<Instant>,
-        mut fill: impl FnMut(&mut [u8], u64),
-    ) -> Push {
-        let hdr = self.header();
-        let me = liveness::me();
-        // Fast path first: no clock read (which `block` needs) when there is room.
-        match self.ring().try_push(me, false, &mut fill) {
-            Push::Full => {}
-            done => return done,
-        }
-        block(&hdr.not_full, deadline, |check| {
-            match self.ring().try_push(me, check, &mut fill) {
-                Push::Full => None,
-                done => Some(done),
-            }
-        })
-        .unwrap_or_else(|| {
-            // Counted only when the wait ran out: a producer that outpaces its consumers
-            // finds the ring full all the time, and a shared write per wait would cost it.
-            hdr.full_waits.fetch_add(1, Ordering::Relaxed);
-            Push::Full
-        })
-    }
-
-    /// Pops, waiting for a message until `deadline` (forever if `None`). `Pop::Empty` means
-    /// the deadline passed.
-    pub fn pop_deadline<R>(
-        &self,
-        deadline: Option<Instant>,
-        mut take: impl FnMut(&[u8], u64) -> R,
-    ) -> Pop<R> {
-        let hdr = self.header();
-        let me = liveness::me();
-        // Fast path first: no clock read (which `block` needs) when a message is there.
-        match self.ring().try_pop(me, false, &mut take) {
-            Pop::Empty | Pop::InProgress => {}
-            done => return done,
-        }
-        block(&hdr.not_empty, deadline, |check| {
-            match self.ring().try_pop(me, check, &mut take) {
-                Pop::Empty | Pop::InProgress => None,
-                done => Some(done),
-            }
-        })
-        .unwrap_or(Pop::Empty)
-    }
-
-    /// Claims a slot for writing, waiting for room until `deadline` (`Some(now)`-like
-    /// deadlines and `nonblocking` give the `try_` behaviour).
-    pub fn claim_push(&self, deadline: Option<Instant>, nonblocking: bool) -> Claim {
-        let me = liveness::me();
-        if nonblocking {
-            let c = self.ring().try_claim_push(me, true);
-            if matches!(c, Claim::Full) {
-                self.header().full_waits.fetch_add(1, Ordering::Relaxed);
-            }
-            return c;
-        }
-        match self.ring().try_claim_push(me, false) {
-            Claim::Full => {}
-            done => return done,
-        }
-        block(&self.header().not_full, deadline, |check| {
-            match self.ring().try_claim_push(me, check) {
-                Claim::Full => None,
-                done => Some(done),
-            }
-        })
-        .unwrap_or_else(|| {
-            self.header().full_waits.fetch_add(1, Ordering::Relaxed);
-            Claim::Full
-        })
-    }
-
-    /// Claims a slot for reading, waiting for a message until `deadline`.
-    pub fn claim_pop(&self, deadline: Option<Instant>, nonblocking: bool) -> Pop<Claimed> {
-        let me = liveness::me();
-        if nonblocking {
-            return self.ring().try_claim_pop(me, true);
-        }
-        match self.ring().try_claim_pop(me, false) {
-            Pop::Empty | Pop::InProgress => {}
-            done => return done,
-        }
-        block(&self.header().not_empty, deadline, |check| {
-            match self.ring().try_claim_pop(me, check) {
-                Pop::Empty | Pop::InProgress => None,
-                done => Some(done),
-            }
-        })
-        .unwrap_or(Pop::Empty)
-    }
-
-    /// Allocates an arena chunk of `units` units, waiting for space until `deadline`
-    /// (`nonblocking`: not at all, beyond reclaiming what dead peers left at the tail).
-    /// `None` once the queue is closed (a waiting allocation wakes up for that too).
-    pub fn alloc(&self, units: u64, deadline: Option<Instant>, nonblocking: bool) -> Option<Alloc> {
-        let Some(arena) = self.arena() else {
-            return Some(Alloc::NoSpace);
-        };
-        let me = liveness::me();
-        if self.is_closed() {
-            return None;
-        }
-        if let Alloc::Done(pos) = arena.try_alloc(me, units) {
-            return Some(Alloc::Done(pos));
-        }
-        self.header().space_waits.fetch_add(1, Ordering::Relaxed);
-        if nonblocking {
-            arena.advance_tail(true);
-            return Some(arena.try_alloc(me, units));
-        }
-        // Counted for tools while it waits (see `RingHeader::space_sleepers`).
-        let hdr = self.header();
-        hdr.space_sleepers.fetch_add(1, Ordering::Relaxed);
-        let _counted = SpaceSleeper(hdr);
-        block(&arena.hdr.space, deadline, |check| {
-            if self.is_closed() {
-                return Some(None);
-            }
-            arena.advance_tail(check);
-            match arena.try_alloc(me, units) {
-                Alloc::NoSpace => None,
-                done => Some(Some(done)),
-            }
-        })
-        .unwrap_or(Some(Alloc::NoSpace))
-    }
-
     pub fn close(&self) {
         self.ring().close();
         if let Some(arena) = self.arena() {
@@ -565,49 +399,5 @@ impl RawQueue {
 impl Drop for RawQueue {
     fn drop(&mut self) {
         self.detach();
-    }
-}
-
-/// One producer waiting for arena space, uncounted when dropped (also when unwinding).
-struct SpaceSleeper<'a>(&'a RingHeader);
-
-impl Drop for SpaceSleeper<'_> {
-    fn drop(&mut self) {
-        let _ = self
-            .0
-            .space_sleepers
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
-    }
-}
-
-/// Parks on `parking` until `poll` succeeds or `deadline` passes, re-polling so that a dead
-/// peer's slot or chunk is noticed even though it never wakes us.
-///
-/// `poll(check_peers)` asks after the peers that hold the way (one `fcntl`, at most once a
-/// millisecond per peer, see [`peer_alive`]) from [`FIRST_CHECK`] of waiting on, then every
-/// [`REPOLL`], and once more when the deadline passes. So a wait of any length, however
-/// short its timeout, recovers a dead producer's slot, a dead reader's slot or a dead
-/// producer's chunk by its end — a loop of `get_timeout(10 ms)` as fast as one blocking
-/// `get` — with no state carried from call to call; and a wait that is soon over (the
-/// usual, a live peer finishing its copy) asks nothing.
-fn block<T>(
-    parking: &Parking,
-    deadline: Option<Instant>,
-    mut poll: impl FnMut(bool) -> Option<T>,
-) -> Option<T> {
-    let mut check_peers = false;
-    loop {
-        let d = mproc_sync::Deadline::at(deadline);
-        let nap = if check_peers { REPOLL } else { FIRST_CHECK };
-        if let Some(v) = parking.block_on(Some(d.nap_end(nap)), || poll(check_peers)) {
-            return Some(v);
-        }
-        if d.passed() {
-            // The last look asks after the peers, whatever the timeout was.
-            return poll(true);
-        }
-        check_peers = true;
     }
 }

@@ -8,7 +8,8 @@ use std::task::Waker;
 use mproc_sync::{Parking, Registration, Waitable};
 
 use crate::atomic::Ordering;
-use crate::raw::{REPOLL, RawQueue};
+use crate::raw::RawQueue;
+use crate::wait::REPOLL;
 
 /// The futures of one queue type, delegated to its `try_get_polled` / `try_put_polled` (the
 /// `try_` calls, asking after peers that hold slots only once a wait has woken or napped, as
@@ -26,7 +27,7 @@ macro_rules! async_queue_methods {
         ) -> impl std::future::Future<Output = Result<$item, $crate::GetError>> + '_ {
             mproc_sync::park::wait_async(
                 self.$($raw)+.get_parkings(),
-                $crate::raw::REPOLL,
+                $crate::wait::REPOLL,
                 move |check| match self.try_get_polled(check) {
                     Err($crate::GetError::Empty) => None,
                     r => Some(r),
@@ -46,7 +47,7 @@ macro_rules! async_queue_methods {
             let mut value = Some(value);
             mproc_sync::park::wait_async(
                 self.$($raw)+.put_parkings(),
-                $crate::raw::REPOLL,
+                $crate::wait::REPOLL,
                 move |check| match self.try_put_polled(value.take()?, check) {
                     Err($crate::PutError::Full(v)) => {
                         value = Some(v);

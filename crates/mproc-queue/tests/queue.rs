@@ -428,7 +428,7 @@ impl<'de> Deserialize<'de> for Fragile {
 fn a_message_that_fails_to_decode_is_an_error_and_releases_its_slot() {
     let q: Queue<Fragile> = Queue::new(1).unwrap();
     q.put(Fragile { boom: true, n: 1 }).unwrap();
-    assert!(matches!(q.get(), Err(GetError::Message { .. })));
+    assert!(matches!(q.get(), Err(GetError::Unreadable { .. })));
     // The single slot was released: the queue keeps working.
     q.put(Fragile { boom: false, n: 2 }).unwrap();
     assert_eq!(q.get(), Ok(Fragile { boom: false, n: 2 }));

@@ -166,8 +166,9 @@ impl Kind {
     pub const BARRIER: Kind = Kind(10);
     /// A pool's internal state (`mproc-pool`).
     pub const POOL: Kind = Kind(11);
-    /// An out-of-line message body of a `Queue` (`mproc-queue`).
-    pub const MESSAGE: Kind = Kind(12);
+    // 12 was a separate segment for a `Queue`'s out-of-line message bodies, retired when
+    // bodies moved into the queue's own arena. It is never reused, so an old segment still
+    // shows as `kind#12` rather than as something it is not.
     /// An `AtomicValue` (mproc-array): an integer every access to which is atomic.
     pub const ATOMIC_VALUE: Kind = Kind(13);
 
@@ -185,7 +186,6 @@ impl Kind {
             Kind::CONDITION => "condition",
             Kind::BARRIER => "barrier",
             Kind::POOL => "pool",
-            Kind::MESSAGE => "message",
             Kind::ATOMIC_VALUE => "atomic",
             Kind(n) => return Cow::Owned(format!("kind#{n}")),
         })

@@ -546,7 +546,7 @@ fn an_initializer_failure_breaks_the_pool_and_kills_every_worker() {
 #[test]
 fn an_unreadable_reply_is_dropped_and_a_stale_pids_reply_moves_no_worker() {
     let (mut st, env) = pool(1, config());
-    let got = Err(GetError::Message {
+    let got = Err(GetError::Unreadable {
         reason: "garbage".into(),
     });
     assert_eq!(st.take_reply(got), Took::Unreadable);

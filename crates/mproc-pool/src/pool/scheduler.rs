@@ -85,7 +85,7 @@ impl<W: WorkerIo> State<W> {
                 }
                 Ok(())
             }
-            Err(e @ (PutError::Message { .. } | PutError::TooLarge { .. })) => {
+            Err(e @ (PutError::Unsendable { .. } | PutError::TooLarge { .. })) => {
                 let hint = match e {
                     PutError::TooLarge { .. } => {
                         " (PoolBuilder::arena_bytes, or a smaller chunksize)"

@@ -323,7 +323,7 @@ impl<W: WorkerIo> State<W> {
                 self.on_reply(reply);
                 Took::Reply
             }
-            Err(GetError::Message { reason }) => {
+            Err(GetError::Unreadable { reason }) => {
                 eprintln!("mproc pool: unreadable reply dropped: {reason}");
                 Took::Unreadable
             }

@@ -8,16 +8,16 @@
 use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mproc_segment::{Kind, SegmentError, SegmentOptions, TypeTag};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::body::{MIN_MESSAGE_SLOT, Sent, Wait};
-use crate::error::{get_result, put_result};
+use crate::body::MIN_MESSAGE_SLOT;
 use crate::layout::Layout;
 use crate::raw::RawQueue;
+use crate::wait::{Refused, Wait};
 use crate::{GetError, PutError};
 
 /// Default bytes per slot: messages up to 120 encoded bytes travel inline.
@@ -249,10 +249,9 @@ impl Queue<Vec<u8>> {
             }
             None => Err("malformed byte message".to_string()),
         };
-        match get_result(self.raw.receive(Wait::Forever, read), Wait::Forever) {
-            Ok(r) => r.map_err(|reason| GetError::Message { reason }),
-            Err(e) => Err(e),
-        }
+        self.raw
+            .receive(Wait::Forever, read)?
+            .map_err(|reason| GetError::Unreadable { reason })
     }
 }
 
@@ -360,16 +359,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Ok(())
             })
         };
-        put_result(
-            sent,
-            value,
-            wait,
-            if size > self.raw.inline_room() {
-                size
-            } else {
-                0
-            },
-        )
+        let size = if size > self.raw.inline_room() {
+            size
+        } else {
+            0
+        };
+        sent.map_err(|e| e.with(value, size))
     }
 
     /// Encodes `value` (into its slot, or straight into the arena if larger) and sends it.
@@ -411,11 +406,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     });
                     (sent, size)
                 }
-                Err(e) => (Sent::Failed(e.to_string()), 0),
+                Err(e) => (Err(Refused::Unsendable(e.to_string())), 0),
             },
-            Err(reason) => (Sent::Failed(reason), 0),
+            Err(reason) => (Err(Refused::Unsendable(reason)), 0),
         };
-        put_result(sent, value, wait, size)
+        sent.map_err(|e| e.with(value, size))
     }
 
     fn get_with(&self, wait: Wait) -> Result<T, GetError> {
@@ -432,10 +427,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             }
             r
         };
-        match get_result(self.raw.receive(wait, read), wait) {
-            Ok(r) => r.map_err(|reason| GetError::Message { reason }),
-            Err(e) => Err(e),
-        }
+        self.raw
+            .receive(wait, read)?
+            .map_err(|reason| GetError::Unreadable { reason })
     }
 
     /// Appends `value`, waiting while the queue (or its arena) is full. `Err(Closed)` once
@@ -451,7 +445,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Appends `value`, waiting at most `timeout` for room: `Err(Timeout)` otherwise.
     pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
-        self.put_with(value, Wait::Until(Instant::now() + timeout))
+        self.put_with(value, Wait::after(timeout))
     }
 
     /// Appends every value in order, waiting for room as needed. On an error, returns how
@@ -491,7 +485,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Takes the oldest message, waiting at most `timeout`: `Err(Timeout)` otherwise.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        self.get_with(Wait::Until(Instant::now() + timeout))
+        self.get_with(Wait::after(timeout))
     }
 
     /// Waits for at least one message, then takes up to `max` without waiting further.
