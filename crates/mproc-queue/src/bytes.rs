@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use mproc_segment::{Kind, SegmentError, SegmentOptions, TypeTag};
 
+use crate::body;
 use crate::loan::{Loan, ReadLoan};
 use crate::queue::check_message_slots;
 use crate::raw::RawQueue;
@@ -37,23 +38,21 @@ pub struct ByteQueue {
     raw: RawQueue,
 }
 
-impl QueueOptions {
-    /// Creates a named [`ByteQueue`] with these options (the type name is not used).
-    pub fn create_bytes(&self, name: &str) -> Result<ByteQueue, SegmentError> {
-        Ok(ByteQueue {
-            raw: RawQueue::create(self.with_reclaim(options()), Some(name), self.layout()?)?,
-        })
-    }
-
-    /// Creates an anonymous [`ByteQueue`] with these options.
-    pub fn anonymous_bytes(&self) -> Result<ByteQueue, SegmentError> {
-        Ok(ByteQueue {
-            raw: RawQueue::create(options(), None, self.layout()?)?,
-        })
-    }
-}
-
 impl ByteQueue {
+    /// A new byte queue laid out as `opts` says, named or anonymous.
+    pub(crate) fn create_with(
+        opts: &QueueOptions,
+        name: Option<&str>,
+    ) -> Result<ByteQueue, SegmentError> {
+        let segment = match name {
+            Some(_) => opts.with_reclaim(options()),
+            None => options(),
+        };
+        Ok(ByteQueue {
+            raw: RawQueue::create(segment, name, opts.layout()?)?,
+        })
+    }
+
     fn checked(raw: RawQueue) -> Result<ByteQueue, SegmentError> {
         check_message_slots(&raw)?;
         Ok(ByteQueue { raw })
@@ -86,10 +85,10 @@ impl ByteQueue {
 
     fn put_with<B: AsRef<[u8]>>(&self, bytes: B, wait: Wait) -> Result<(), PutError<B>> {
         let b = bytes.as_ref();
-        let sent = if b.len() <= self.raw.inline_room() {
-            self.raw.send_inline(b, wait)
+        let sent = if b.len() <= body::inline_room(&self.raw) {
+            body::send_inline(&self.raw, b, wait)
         } else {
-            self.raw.send_arena(b.len(), wait, |body| {
+            body::send_arena(&self.raw, b.len(), wait, |body| {
                 body.copy_from_slice(b);
                 Ok(())
             })
@@ -119,7 +118,7 @@ impl ByteQueue {
     }
 
     fn get_with(&self, wait: Wait, buf: &mut Vec<u8>) -> Result<usize, GetError> {
-        self.raw.receive(wait, |b| {
+        body::receive(&self.raw, wait, |b| {
             buf.clear();
             buf.extend_from_slice(b);
             b.len()
@@ -155,7 +154,7 @@ impl ByteQueue {
     }
 
     fn loan_with(&self, len: usize, wait: Wait) -> Result<Loan<'_>, PutError<()>> {
-        match self.raw.alloc_body(len, wait) {
+        match body::alloc_body(&self.raw, len, wait) {
             Ok(pos) => Ok(Loan::new(&self.raw, pos, len)),
             Err(e) => Err(e.with((), len)),
         }
@@ -179,7 +178,7 @@ impl ByteQueue {
     }
 
     fn get_loan_with(&self, wait: Wait) -> Result<ReadLoan<'_>, GetError> {
-        ReadLoan::take(&self.raw, self.raw.claim_pop(wait)?)
+        ReadLoan::take(&self.raw, wait.claim_pop(&self.raw)?)
     }
 
     /// Takes the oldest message as a guard over its bytes in shared memory (no copy),

@@ -23,6 +23,7 @@ use std::ops::{Deref, DerefMut};
 
 use bytemuck::Pod;
 
+use crate::body;
 use crate::body::Located;
 use crate::raw::RawQueue;
 use crate::ring::Claimed;
@@ -64,7 +65,7 @@ impl<'q> Loan<'q> {
     }
 
     fn send_with(mut self, wait: Wait) -> Result<(), PutError<Loan<'q>>> {
-        let sent = self.raw.link_chunk(self.pos, self.len, wait, true);
+        let sent = body::link_chunk(self.raw, self.pos, self.len, wait, true);
         if matches!(sent, Ok(()) | Err(Refused::Unsendable(_))) {
             // Sent (or handed to a slot as dropped): the chunk is no longer ours to free.
             self.live = false;
@@ -110,7 +111,7 @@ impl DerefMut for Loan<'_> {
 impl Drop for Loan<'_> {
     fn drop(&mut self) {
         if self.live {
-            self.raw.free_unsent(self.pos);
+            body::free_unsent(self.raw, self.pos);
         }
     }
 }
@@ -138,7 +139,7 @@ impl<'q> ReadLoan<'q> {
     pub(crate) fn take(raw: &'q RawQueue, slot: Claimed) -> Result<ReadLoan<'q>, GetError> {
         // SAFETY: we hold the slot Reading; its bytes lie inside the payload.
         let bytes = unsafe { std::slice::from_raw_parts(raw.slot_ptr(slot.idx), raw.slot_size()) };
-        match raw.locate(bytes, slot.pos) {
+        match body::locate(raw, bytes, slot.pos) {
             Ok(Located::Inline(body)) => Ok(ReadLoan {
                 raw,
                 slot,

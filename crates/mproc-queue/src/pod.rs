@@ -110,13 +110,12 @@ impl<T: Pod> PodQueue<T> {
     }
 
     fn put_with(&self, value: T, wait: Wait) -> Result<(), PutError<T>> {
-        self.raw
-            .push(wait, Self::fill(&value))
+        wait.push(&self.raw, Self::fill(&value))
             .map_err(|e| e.with(value, 0))
     }
 
     fn get_with(&self, wait: Wait) -> Result<T, GetError> {
-        self.raw.pop(wait, Self::take)
+        wait.pop(&self.raw, Self::take)
     }
 
     /// Appends `value`, waiting while the queue is full. `Err(Closed)` once closed.
@@ -178,7 +177,7 @@ impl<T: Pod> PodQueue<T> {
     }
 
     fn loan_with(&self, wait: Wait) -> Result<PodLoan<'_, T>, PutError<()>> {
-        match self.raw.claim_push(wait) {
+        match wait.claim_push(&self.raw) {
             Ok(c) => Ok(PodLoan::new(&self.raw, c)),
             Err(e) => Err(e.with((), 0)),
         }
@@ -212,7 +211,7 @@ impl<T: Pod> PodQueue<T> {
     }
 
     fn get_loan_with(&self, wait: Wait) -> Result<PodReadLoan<'_, T>, GetError> {
-        Ok(PodReadLoan::new(&self.raw, self.raw.claim_pop(wait)?))
+        Ok(PodReadLoan::new(&self.raw, wait.claim_pop(&self.raw)?))
     }
 
     /// Takes the oldest value as a guard over its slot (no copy), waiting while the queue is

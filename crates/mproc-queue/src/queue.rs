@@ -14,6 +14,8 @@ use mproc_segment::{Kind, SegmentError, SegmentOptions, TypeTag};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::ByteQueue;
+use crate::body;
 use crate::body::MIN_MESSAGE_SLOT;
 use crate::layout::Layout;
 use crate::raw::RawQueue;
@@ -194,6 +196,16 @@ impl QueueOptions {
     ) -> Result<Queue<T>, SegmentError> {
         Queue::checked(RawQueue::open(self.segment_options::<T>(FLAVOUR), name)?)
     }
+
+    /// Creates a named [`ByteQueue`] with these options (the type name is not used).
+    pub fn create_bytes(&self, name: &str) -> Result<ByteQueue, SegmentError> {
+        ByteQueue::create_with(self, Some(name))
+    }
+
+    /// Creates an anonymous [`ByteQueue`] with these options.
+    pub fn anonymous_bytes(&self) -> Result<ByteQueue, SegmentError> {
+        ByteQueue::create_with(self, None)
+    }
 }
 
 const FLAVOUR: &str = "postcard+arena";
@@ -249,8 +261,7 @@ impl Queue<Vec<u8>> {
             }
             None => Err("malformed byte message".to_string()),
         };
-        self.raw
-            .receive(Wait::Forever, read)?
+        body::receive(&self.raw, Wait::Forever, read)?
             .map_err(|reason| GetError::Unreadable { reason })
     }
 }
@@ -337,29 +348,29 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let mut prefix = [0u8; 10];
         let n = crate::whole::length_prefix(bytes.len(), &mut prefix);
         let size = n + bytes.len();
-        let sent = if size <= self.raw.inline_room() {
+        let sent = if size <= body::inline_room(&self.raw) {
             let mut buf = [0u8; 256];
             match buf.get_mut(..size) {
                 Some(b) => {
                     b[..n].copy_from_slice(&prefix[..n]);
                     b[n..].copy_from_slice(bytes);
-                    self.raw.send_inline(b, wait)
+                    body::send_inline(&self.raw, b, wait)
                 }
                 // A slot larger than the stack buffer: through the arena below.
-                None => self.raw.send_arena(size, wait, |body| {
+                None => body::send_arena(&self.raw, size, wait, |body| {
                     body[..n].copy_from_slice(&prefix[..n]);
                     body[n..].copy_from_slice(bytes);
                     Ok(())
                 }),
             }
         } else {
-            self.raw.send_arena(size, wait, |body| {
+            body::send_arena(&self.raw, size, wait, |body| {
                 body[..n].copy_from_slice(&prefix[..n]);
                 body[n..].copy_from_slice(bytes);
                 Ok(())
             })
         };
-        let size = if size > self.raw.inline_room() {
+        let size = if size > body::inline_room(&self.raw) {
             size
         } else {
             0
@@ -372,7 +383,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         if let Some(kind) = crate::whole::kind::<T>() {
             return self.put_whole(value, kind, wait);
         }
-        let room = self.raw.inline_room();
+        let room = body::inline_room(&self.raw);
         let inline = ENCODE_BUF.with(|cell| {
             // A re-entrant put from inside a Serialize impl finds the buffer borrowed and
             // uses a fresh one.
@@ -387,7 +398,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             }
             // Small messages encode straight into the reused buffer (no allocation).
             match postcard::to_slice(&value, &mut buf[..room]) {
-                Ok(used) => Ok(Some(self.raw.send_inline(used, wait))),
+                Ok(used) => Ok(Some(body::send_inline(&self.raw, used, wait))),
                 Err(postcard::Error::SerializeBufferFull) => Ok(None),
                 Err(e) => Err(e.to_string()),
             }
@@ -399,7 +410,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 postcard::ser_flavors::Size::default(),
             ) {
                 Ok(size) => {
-                    let sent = self.raw.send_arena(size, wait, |body| {
+                    let sent = body::send_arena(&self.raw, size, wait, |body| {
                         postcard::to_slice(&value, body)
                             .map(drop)
                             .map_err(|e| e.to_string())
@@ -427,9 +438,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             }
             r
         };
-        self.raw
-            .receive(wait, read)?
-            .map_err(|reason| GetError::Unreadable { reason })
+        body::receive(&self.raw, wait, read)?.map_err(|reason| GetError::Unreadable { reason })
     }
 
     /// Appends `value`, waiting while the queue (or its arena) is full. `Err(Closed)` once

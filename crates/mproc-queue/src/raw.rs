@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use mproc_segment::liveness;
 use mproc_segment::{Segment, SegmentError, SegmentOptions, ShmSafe};
+#[cfg(feature = "async")]
+use mproc_sync::Parking;
 
 use crate::arena::{Arena, ArenaHeader, Entries};
 use crate::atomic::{AtomicU64, Ordering};
@@ -154,6 +156,19 @@ fn peer_alive(peer: u32) -> bool {
 }
 
 impl RawQueue {
+    /// Where a waiting `get` sleeps (the futures).
+    #[cfg(feature = "async")]
+    pub(crate) fn get_parkings(&self) -> [Option<&Parking>; 2] {
+        [Some(&self.header().not_empty), None]
+    }
+
+    /// Where a waiting `put` sleeps (the futures): for a free slot, and for arena space.
+    #[cfg(feature = "async")]
+    pub(crate) fn put_parkings(&self) -> [Option<&Parking>; 2] {
+        let space = self.arena().map(|a| &a.hdr.space);
+        [Some(&self.header().not_full), space]
+    }
+
     /// Creates (named) or makes (anonymous, `name == None`) a ring segment.
     pub fn create(
         options: SegmentOptions,

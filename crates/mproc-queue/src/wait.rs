@@ -124,68 +124,72 @@ impl Refused {
     }
 }
 
-impl RawQueue {
+impl Wait {
     /// Pushes one item, written into its slot by `fill(slot, ring_pos)`.
-    pub fn push(&self, wait: Wait, mut fill: impl FnMut(&mut [u8], u64)) -> Result<(), Refused> {
-        let hdr = self.header();
+    pub fn push(self, raw: &RawQueue, mut fill: impl FnMut(&mut [u8], u64)) -> Result<(), Refused> {
+        let hdr = raw.header();
         let me = liveness::me();
-        wait.run(&hdr.not_full, |check| {
-            match self.ring().try_push(me, check, &mut fill) {
+        self.run(&hdr.not_full, |check| {
+            match raw.ring().try_push(me, check, &mut fill) {
                 Push::Full => None,
                 Push::Done => Some(Ok(())),
                 Push::Closed => Some(Err(Refused::Closed)),
             }
         })
-        .unwrap_or_else(|| Err(self.found_full(wait)))
+        .unwrap_or_else(|| Err(self.found_full(raw)))
     }
 
     /// Pops one item, handed to `take(slot, ring_pos)`.
-    pub fn pop<R>(&self, wait: Wait, mut take: impl FnMut(&[u8], u64) -> R) -> Result<R, GetError> {
+    pub fn pop<R>(
+        self,
+        raw: &RawQueue,
+        mut take: impl FnMut(&[u8], u64) -> R,
+    ) -> Result<R, GetError> {
         let me = liveness::me();
-        wait.run(&self.header().not_empty, |check| {
-            popped(self.ring().try_pop(me, check, &mut take))
+        self.run(&raw.header().not_empty, |check| {
+            popped(raw.ring().try_pop(me, check, &mut take))
         })
-        .unwrap_or(Err(wait.nothing()))
+        .unwrap_or(Err(self.nothing()))
     }
 
     /// Claims a slot for writing in place (a `PodQueue` loan).
-    pub fn claim_push(&self, wait: Wait) -> Result<Claimed, Refused> {
+    pub fn claim_push(self, raw: &RawQueue) -> Result<Claimed, Refused> {
         let me = liveness::me();
-        wait.run(&self.header().not_full, |check| {
-            match self.ring().try_claim_push(me, check) {
+        self.run(&raw.header().not_full, |check| {
+            match raw.ring().try_claim_push(me, check) {
                 Claim::Full => None,
                 Claim::Slot(c) => Some(Ok(c)),
                 Claim::Closed => Some(Err(Refused::Closed)),
             }
         })
-        .unwrap_or_else(|| Err(self.found_full(wait)))
+        .unwrap_or_else(|| Err(self.found_full(raw)))
     }
 
     /// Claims a slot for reading in place (the read loans).
-    pub fn claim_pop(&self, wait: Wait) -> Result<Claimed, GetError> {
+    pub fn claim_pop(self, raw: &RawQueue) -> Result<Claimed, GetError> {
         let me = liveness::me();
-        wait.run(&self.header().not_empty, |check| {
-            popped(self.ring().try_claim_pop(me, check))
+        self.run(&raw.header().not_empty, |check| {
+            popped(raw.ring().try_claim_pop(me, check))
         })
-        .unwrap_or(Err(wait.nothing()))
+        .unwrap_or(Err(self.nothing()))
     }
 
     /// Allocates an arena chunk of `units` units and returns its position. A non-blocking
     /// wait reclaims what dead peers left at the tail before it gives up.
-    pub fn alloc(&self, units: u64, wait: Wait) -> Result<u64, Refused> {
-        let Some(arena) = self.arena() else {
-            return Err(wait.no_room());
+    pub fn alloc(self, raw: &RawQueue, units: u64) -> Result<u64, Refused> {
+        let Some(arena) = raw.arena() else {
+            return Err(self.no_room());
         };
         let me = liveness::me();
-        if self.is_closed() {
+        if raw.is_closed() {
             return Err(Refused::Closed);
         }
         if let Alloc::Done(pos) = arena.try_alloc(me, units) {
             return Ok(pos);
         }
-        let hdr = self.header();
+        let hdr = raw.header();
         hdr.space_waits.fetch_add(1, Ordering::Relaxed);
-        if wait.nonblocking() {
+        if self.nonblocking() {
             arena.advance_tail(true);
             return match arena.try_alloc(me, units) {
                 Alloc::Done(pos) => Ok(pos),
@@ -195,8 +199,8 @@ impl RawQueue {
         // Counted for tools while it waits (see `RingHeader::space_sleepers`).
         hdr.space_sleepers.fetch_add(1, Ordering::Relaxed);
         let _counted = SpaceSleeper(hdr);
-        block(&arena.hdr.space, wait.deadline(), |check| {
-            if self.is_closed() {
+        block(&arena.hdr.space, self.deadline(), |check| {
+            if raw.is_closed() {
                 return Some(Err(Refused::Closed));
             }
             arena.advance_tail(check);
@@ -211,9 +215,9 @@ impl RawQueue {
     /// Counts a put that found the ring full and did not get room (not each wait: a producer
     /// that outpaces its consumers finds the ring full all the time, and a shared write per
     /// wait would cost it).
-    fn found_full(&self, wait: Wait) -> Refused {
-        self.header().full_waits.fetch_add(1, Ordering::Relaxed);
-        wait.no_room()
+    fn found_full(self, raw: &RawQueue) -> Refused {
+        raw.header().full_waits.fetch_add(1, Ordering::Relaxed);
+        self.no_room()
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::task::Waker;
 
-use mproc_sync::{Parking, Registration, Waitable};
+use mproc_sync::{Registration, Waitable};
 
 use crate::atomic::Ordering;
 use crate::raw::RawQueue;
@@ -95,19 +95,6 @@ macro_rules! async_queue_methods {
     };
 }
 pub(crate) use async_queue_methods;
-
-impl RawQueue {
-    /// Where a waiting `get` sleeps.
-    pub(crate) fn get_parkings(&self) -> [Option<&Parking>; 2] {
-        [Some(&self.header().not_empty), None]
-    }
-
-    /// Where a waiting `put` sleeps: for a free slot, and for arena space.
-    pub(crate) fn put_parkings(&self) -> [Option<&Parking>; 2] {
-        let space = self.arena().map(|a| &a.hdr.space);
-        [Some(&self.header().not_full), space]
-    }
-}
 
 /// One side of a queue as a [`Waitable`] source for [`select`](mproc_sync::select)
 /// (`queue.readable()`, `queue.writable()`). Readiness is a hint read from the ring's
