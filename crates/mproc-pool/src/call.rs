@@ -8,12 +8,10 @@
 //! encode `R`. Both come from one generic instantiation in [`FnRef::new`], which is what makes
 //! calling through them sound.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::TaskError;
+use crate::codec::run_chunk;
 
 /// Runs the function at `func` over `count` arguments encoded back to back in `input`,
 /// appending one encoded `Result<R, TaskError>` per argument to `out`; returns how many of the
@@ -76,7 +74,7 @@ impl FnRef {
     }
 
     /// Calls the function on each of `count` arguments encoded back to back in `input`
-    /// (see [`encode_into`]); appends one encoded `Result<R, TaskError>` per argument to `out`
+    /// (see [`encode_into`](crate::codec::encode_into)); appends one encoded `Result<R, TaskError>` per argument to `out`
     /// and returns how many calls panicked.
     ///
     /// # Safety
@@ -90,91 +88,6 @@ impl FnRef {
         // binary (an `invoke::<A, R>` instantiation), relocated to this process's load address.
         let invoker: Invoker = unsafe { std::mem::transmute::<*const (), Invoker>(addr as _) };
         invoker(address(self.func), input, count, out)
-    }
-}
-
-/// Appends to a borrowed buffer (postcard's `to_extend` takes its writer by value).
-struct Sink<'a>(&'a mut Vec<u8>);
-
-impl Extend<u8> for Sink<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
-        self.0.extend(iter)
-    }
-}
-
-/// Appends the postcard encoding of `value` to `out`; on error `out` is left as it was.
-pub(crate) fn encode_into<T: Serialize + ?Sized>(
-    value: &T,
-    out: &mut Vec<u8>,
-) -> Result<(), TaskError> {
-    let mark = out.len();
-    match postcard::to_extend(value, Sink(out)) {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            out.truncate(mark);
-            Err(TaskError::Encode {
-                message: e.to_string(),
-            })
-        }
-    }
-}
-
-/// Turns a panic payload into its message.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
-}
-
-/// The shared body of every invoker: decodes each argument with `take`, calls `f`, and
-/// appends the encoded outcome. An argument that cannot be decoded fails, and so do the rest
-/// of the chunk (their boundaries are lost).
-fn run_chunk<A: DeserializeOwned, R: Serialize>(
-    input: &[u8],
-    count: u32,
-    out: &mut Vec<u8>,
-    f: impl Fn(A) -> R,
-) -> u32 {
-    let mut rest = input;
-    let mut panics = 0;
-    for _ in 0..count {
-        let outcome: Result<R, TaskError> = match postcard::take_from_bytes::<A>(rest) {
-            Ok((a, tail)) => {
-                rest = tail;
-                catch_unwind(AssertUnwindSafe(|| f(a))).map_err(|p| {
-                    panics += 1;
-                    TaskError::Panicked {
-                        message: panic_message(p.as_ref()),
-                    }
-                })
-            }
-            Err(e) => {
-                rest = &[];
-                Err(TaskError::Encode {
-                    message: format!("argument: {e}"),
-                })
-            }
-        };
-        if let Err(e) = encode_into(&outcome, out) {
-            let failed: Result<R, TaskError> = Err(TaskError::Encode {
-                message: format!("result: {}", encode_message(e)),
-            });
-            // An error of plain strings always encodes.
-            let _ = encode_into(&failed, out);
-        }
-    }
-    panics
-}
-
-/// The message of an encoding error, without the variant's own prefix.
-pub(crate) fn encode_message(e: TaskError) -> String {
-    match e {
-        TaskError::Encode { message } => message,
-        other => other.to_string(),
     }
 }
 
@@ -202,31 +115,11 @@ fn invoke_pair<A: DeserializeOwned, B: DeserializeOwned, R: Serialize>(
     run_chunk(input, count, out, |(a, b): (A, B)| f(a, b))
 }
 
-/// Reads `count` outcomes written by an invoker; a malformed body fails the remaining items.
-pub(crate) fn decode_outcomes<R: DeserializeOwned>(
-    body: &[u8],
-    count: usize,
-) -> impl Iterator<Item = Result<R, TaskError>> + '_ {
-    let mut rest = body;
-    (0..count).map(
-        move |_| match postcard::take_from_bytes::<Result<R, TaskError>>(rest) {
-            Ok((outcome, tail)) => {
-                rest = tail;
-                outcome
-            }
-            Err(e) => {
-                rest = &[];
-                Err(TaskError::Encode {
-                    message: format!("result: {e}"),
-                })
-            }
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TaskError;
+    use crate::codec::{decode_outcomes, encode_into};
 
     fn run(f: FnRef, args: &[u32]) -> Vec<Result<u32, TaskError>> {
         let mut input = Vec::new();

@@ -10,7 +10,8 @@ use mproc_queue::Queue;
 
 use crate::child::{ChildProc, ExitStatus};
 use crate::forker::thread_count;
-use crate::worker::{Boot, ENV, Reply, check_may_start, worker_main};
+use crate::protocol::{Boot, ENV, Reply};
+use crate::worker::{check_may_start, worker_main};
 use crate::{OsError, StartError};
 
 /// How child processes are started.

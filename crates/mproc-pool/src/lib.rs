@@ -28,12 +28,14 @@
 
 mod call;
 mod child;
+mod codec;
 mod error;
 mod forker;
 mod forkserver;
 mod launch;
 mod pool;
 mod process;
+mod protocol;
 mod worker;
 
 pub use child::ExitStatus;
@@ -45,4 +47,5 @@ pub use pool::{
     MapResult, PREFETCH, Pool, PoolBuilder, PoolStats, RESTART_CAUSES, Restarts, WorkerStats,
 };
 pub use process::{Process, ProcessBuilder};
-pub use worker::{DEFAULT_ARENA_BYTES, init};
+pub use protocol::DEFAULT_ARENA_BYTES;
+pub use worker::init;

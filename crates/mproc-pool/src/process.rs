@@ -11,12 +11,12 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::call::{FnRef, decode_outcomes, encode_into, layout_check};
+use crate::call::{FnRef, layout_check};
 use crate::child::{ChildProc, ExitStatus};
+use crate::codec::{decode_outcomes, encode_into};
 use crate::launch::{Booted, LaunchOptions, StartMethod, await_boot, launch_setters, start_worker};
-use crate::worker::{
-    Boot, DEFAULT_ARENA_BYTES, Reply, Request, inbox_options, results_options, run_forked,
-};
+use crate::protocol::{Boot, DEFAULT_ARENA_BYTES, Reply, Request, inbox_options, results_options};
+use crate::worker::run_forked;
 use crate::{JoinError, OsError, StartError, TaskError};
 
 /// Builds a [`Process`] with a start method other than the default.

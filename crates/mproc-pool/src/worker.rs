@@ -1,5 +1,5 @@
-//! The worker side: what a child process runs, how it is told what to run (its [`Boot`]),
-//! and the messages it exchanges with its parent.
+//! The worker side: what a child process runs. What it is told and what it answers is the
+//! protocol in `protocol.rs`.
 //!
 //! A worker owns one *inbox* (`Queue<Request>`, written only by its parent) and shares one
 //! *results* queue (`Queue<Reply>`) with the other workers of its pool. It answers requests
@@ -9,128 +9,16 @@
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use mproc_queue::{GetError, PutError, Queue, QueueOptions};
+use mproc_queue::{GetError, PutError, Queue};
 use mproc_segment::current_pid;
-use serde::{Deserialize, Serialize};
 
-use crate::call::{FnRef, decode_outcomes, encode_into, layout_check};
+use crate::call::layout_check;
+use crate::codec::{decode_outcomes, failed_outcomes};
+use crate::protocol::{
+    Boot, DEFAULT_ARENA_BYTES, ENV, EXIT_BOOT, EXIT_INIT_FAILED, EXIT_MEMORY, EXIT_PANIC, Reply,
+    Request, inbox_options, results_options,
+};
 use crate::{StartError, TaskError};
-
-/// The environment variable that carries a spawned worker's [`Boot`].
-pub(crate) const ENV: &str = "MPROC_WORKER";
-
-pub(crate) use crate::child::EXIT_PANIC;
-/// Exit status of a worker whose initializer failed.
-pub(crate) const EXIT_INIT_FAILED: i32 = 3;
-/// Exit status of a worker that could not attach to its queues or was sent garbage (EX_CONFIG).
-pub(crate) const EXIT_BOOT: i32 = 78;
-/// Exit status of a worker that retired because it outgrew `max_memory_per_child`.
-pub(crate) const EXIT_MEMORY: i32 = 80;
-
-/// Everything a worker needs to start: fds of its queues (valid in the child: inherited by
-/// `fork`, or kept open across `exec`), and what to run first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Boot {
-    /// The worker's slot in its pool (0 for a `Process`).
-    pub index: u32,
-    pub inbox_fd: RawFd,
-    pub results_fd: RawFd,
-    /// [`layout_check`] of the parent: a child built from another binary refuses to run.
-    pub check: i64,
-    /// A `Process`: exit with status 1 if the function panicked.
-    pub one_shot: bool,
-    /// The pool's initializer and its encoded argument.
-    pub initializer: Option<(FnRef, Vec<u8>)>,
-    /// The parent process, and whether the worker ends when it does (a spawned worker sets
-    /// that up itself in `init`; a forked one is set up by the fork).
-    pub parent: u32,
-    pub die_with_parent: bool,
-    /// Retire (exit [`EXIT_MEMORY`]) after a task that leaves the worker larger than this.
-    pub max_rss: Option<u64>,
-}
-
-impl Boot {
-    /// The environment value for a spawned child: the postcard encoding, in hex.
-    pub(crate) fn to_env(&self) -> Result<String, StartError> {
-        let bytes = postcard::to_allocvec(self).map_err(|e| StartError::Encode {
-            message: e.to_string(),
-        })?;
-        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-    }
-
-    fn from_env(value: &str) -> Result<Boot, String> {
-        if value.len() % 2 != 0 {
-            return Err(format!("{ENV} is not hex"));
-        }
-        let bytes = (0..value.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(value.get(i..i + 2).unwrap_or("zz"), 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| format!("{ENV} is not hex"))?;
-        postcard::from_bytes(&bytes).map_err(|e| format!("{ENV} is malformed: {e}"))
-    }
-}
-
-/// A batch of calls of one function, sent to one worker.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Request {
-    pub job: u64,
-    pub func: FnRef,
-    /// How many arguments `args` holds.
-    pub count: u32,
-    /// The arguments, postcard-encoded back to back (as one byte string, not a sequence of
-    /// `u8`s: serde_bytes makes that a copy instead of a per-byte loop).
-    #[serde(with = "serde_bytes")]
-    pub args: Vec<u8>,
-}
-
-/// What workers tell their parent.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum Reply {
-    /// The worker attached to its queues (sent before the initializer runs).
-    Started { worker: u32, pid: u32 },
-    /// The initializer ran; the worker takes requests now.
-    Ready { worker: u32, pid: u32 },
-    /// The initializer failed; the worker exits with [`EXIT_INIT_FAILED`].
-    InitFailed {
-        worker: u32,
-        pid: u32,
-        message: String,
-    },
-    /// A request's outcomes: one encoded `Result<R, TaskError>` per argument, back to back.
-    Done {
-        worker: u32,
-        pid: u32,
-        job: u64,
-        #[serde(with = "serde_bytes")]
-        body: Vec<u8>,
-    },
-}
-
-/// Bytes of each pool queue's body arena by default: requests and replies larger than a slot
-/// travel there. The queues are memfds whose pages come only as they are used, and a queue
-/// whose reader keeps up reuses the arena's first pages, so the size costs address space, not
-/// memory: it bounds the largest encoded chunk of arguments or of results.
-pub const DEFAULT_ARENA_BYTES: usize = 64 << 20;
-
-/// Queue geometry of a worker's inbox: a request with small arguments travels inline, a
-/// larger one in the arena.
-pub(crate) fn inbox_options(capacity: usize, arena: usize) -> QueueOptions {
-    QueueOptions::new()
-        .capacity(capacity)
-        .slot_size(512)
-        .arena_bytes(arena)
-        .type_name("mproc-pool::Request")
-}
-
-/// Queue geometry of the results queue.
-pub(crate) fn results_options(capacity: usize, arena: usize) -> QueueOptions {
-    QueueOptions::new()
-        .capacity(capacity)
-        .slot_size(512)
-        .arena_bytes(arena)
-        .type_name("mproc-pool::Reply")
-}
 
 /// Set once `init()` has run in this process.
 static INIT_CALLED: AtomicBool = AtomicBool::new(false);
@@ -253,13 +141,10 @@ fn send_done(results: &Queue<Reply>, worker: u32, pid: u32, req: &Request, body:
     match results.put(reply) {
         Ok(()) => true,
         Err(e @ (PutError::Unsendable { .. } | PutError::TooLarge { .. })) => {
-            let failed: Result<(), TaskError> = Err(TaskError::Encode {
+            let failed = TaskError::Encode {
                 message: format!("result could not be sent: {e}"),
-            });
-            let mut body = Vec::new();
-            for _ in 0..req.count {
-                let _ = encode_into(&failed, &mut body);
-            }
+            };
+            let body = failed_outcomes(&failed, req.count);
             results
                 .put(Reply::Done {
                     worker,

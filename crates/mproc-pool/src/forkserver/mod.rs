@@ -37,7 +37,7 @@ use nix::unistd::{ForkResult, fork};
 use serde::{Deserialize, Serialize};
 
 use crate::child::{ChildProc, ExitStatus};
-use crate::worker::Boot;
+use crate::protocol::Boot;
 use crate::{OsError, StartError};
 use server::serve;
 

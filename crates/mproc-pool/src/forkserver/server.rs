@@ -12,7 +12,7 @@ use nix::unistd::{ForkResult, fork};
 
 use super::{ServerMsg, recv_raw, send};
 use crate::child::reap_nohang;
-use crate::worker::Boot;
+use crate::protocol::Boot;
 
 /// Closes every fd of this process but stdin, stdout, stderr and `keep`: the server (and so
 /// every worker forked from it) must not hold the parent's files — a pipe's write end kept
@@ -172,7 +172,7 @@ fn fork_worker(
                 crate::forker::arm_parent_death(me);
                 crate::worker::worker_main(&boot)
             }))
-            .unwrap_or(crate::worker::EXIT_PANIC);
+            .unwrap_or(crate::protocol::EXIT_PANIC);
             // SAFETY: `_exit` is always safe to call.
             unsafe { libc::_exit(code) }
         }

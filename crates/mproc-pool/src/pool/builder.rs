@@ -47,7 +47,7 @@ impl Default for PoolBuilder {
             launch: LaunchOptions::default(),
             initializer: None,
             max_tasks_per_child: None,
-            arena_bytes: crate::worker::DEFAULT_ARENA_BYTES,
+            arena_bytes: crate::protocol::DEFAULT_ARENA_BYTES,
             task_timeout: None,
             retries: 0,
             max_memory: None,
@@ -80,7 +80,7 @@ impl PoolBuilder {
     /// respawn loop.
     pub fn initializer<A: Serialize + DeserializeOwned>(mut self, f: fn(A), arg: A) -> Self {
         self.initializer = Some(
-            Pool::encode_chunk(&[arg])
+            crate::codec::encode_args(&[arg])
                 .map(|bytes| (FnRef::new(f), bytes))
                 .map_err(|e| e.to_string()),
         );

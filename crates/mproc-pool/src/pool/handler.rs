@@ -19,13 +19,7 @@ pub(crate) fn handler(shared: Arc<Shared>) {
             // other waiters, and waking us for each would cost it a system call per reply.
             std::thread::sleep(DRIVER_CHECK);
             let mut st = shared.lock();
-            if st.last_watch.is_none_or(|t| t.elapsed() >= WATCH_BUSY) {
-                st.watch(shared.as_ref());
-                st.dispatch(&shared.config);
-            }
-            if let Some(board) = &shared.board {
-                board.publish(&st.board_snapshot());
-            }
+            shared.round(&mut st, Took::Nothing);
             if st.stopping {
                 return;
             }
@@ -35,17 +29,8 @@ pub(crate) fn handler(shared: Arc<Shared>) {
         let wait = if busy { WATCH_BUSY } else { WATCH_IDLE };
         let first = shared.results.get_timeout(wait);
         let mut st = shared.lock();
-        if st.take_reply(first) != Took::Nothing {
-            st.drain_replies(shared.as_ref());
-        }
-        let due = st.last_watch.is_none_or(|t| t.elapsed() >= WATCH_BUSY);
-        if due {
-            st.watch(shared.as_ref());
-        }
-        st.dispatch(&shared.config);
-        if let Some(board) = &shared.board {
-            board.publish(&st.board_snapshot());
-        }
+        let took = st.take_reply(first);
+        shared.round(&mut st, took);
         let stop = st.stopping;
         drop(st);
         shared.notify();

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use mproc_queue::{GetError, PutError};
 
 use super::PREFETCH;
-use super::io::{PoolIo, WorkerIo};
+use super::seam::{PoolIo, WorkerIo};
 use super::state::{Config, Outcome, State, Took, Worker};
 use crate::call::FnRef;
 use crate::child::ExitStatus;
 use crate::launch::StartMethod;
-use crate::worker::{EXIT_MEMORY, Reply, Request};
+use crate::protocol::{EXIT_MEMORY, Reply, Request};
 use crate::{StartError, TaskError};
 
 const SIGKILL: i32 = 9;

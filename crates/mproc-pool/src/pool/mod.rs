@@ -33,6 +33,7 @@ mod io;
 mod machine_tests;
 mod results;
 mod scheduler;
+mod seam;
 mod settle;
 mod state;
 mod tasks;
@@ -46,7 +47,7 @@ use nix::sys::signal::Signal;
 
 use crate::StartMethod;
 use crate::launch::{Booted, await_boot};
-use crate::worker::{Reply, results_options};
+use crate::protocol::{Reply, results_options};
 use crate::{StartError, TaskError};
 use mproc_queue::Queue;
 
@@ -55,8 +56,9 @@ pub use board::{
 };
 pub use builder::{PoolBuilder, PoolStats, Restarts, WorkerStats};
 use handler::handler;
-use io::{WorkerIo, start_one};
+use io::start_one;
 pub use results::{AsyncResult, Imap, MapResult};
+use seam::WorkerIo;
 use state::{Config, State};
 use wakeup::Shared;
 

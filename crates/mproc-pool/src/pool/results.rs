@@ -12,7 +12,8 @@ use super::Pool;
 use super::state::{Outcome, abandon_job};
 use super::wakeup::Shared;
 use crate::TaskError;
-use crate::call::{FnRef, decode_outcomes};
+use crate::call::FnRef;
+use crate::codec::decode_outcomes;
 
 /// The `count` results of a finished job, decoded (a failed job fails every item).
 pub(crate) fn outcome_items<R: DeserializeOwned>(
@@ -303,7 +304,7 @@ where
             if len == 0 {
                 break;
             }
-            let slot = match Pool::encode_chunk(&chunk) {
+            let slot = match crate::codec::encode_args(&chunk) {
                 Err(error) => Slot::Failed { error, len },
                 Ok(args) => match self.pool.submit(self.func, len as u32, args) {
                     Ok(id) => Slot::Job { id, len },

@@ -8,10 +8,10 @@ use std::time::Instant;
 use mproc_queue::PutError;
 
 use super::PREFETCH;
-use super::io::WorkerIo;
+use super::seam::WorkerIo;
 use super::state::{Config, State};
 use crate::TaskError;
-use crate::worker::Request;
+use crate::protocol::Request;
 
 impl<W: WorkerIo> State<W> {
     /// Sends pending jobs to workers with room, oldest job first, each to the least loaded

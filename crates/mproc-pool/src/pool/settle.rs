@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::io::{PoolIo, WorkerIo};
+use super::seam::{PoolIo, WorkerIo};
 use super::state::State;
 use super::{RESTART_FIRST_DELAY, RESTART_GIVE_UP, RESTART_MAX_DELAY, START_FAILURES};
 use crate::TaskError;
@@ -52,7 +52,7 @@ impl<W: WorkerIo> State<W> {
         let w = &mut self.workers[i];
         let lost: Vec<u64> = w.sent.drain(..).collect();
         let (signal, code) = status.map_or((None, None), |s| s.parts());
-        let memory = status == Some(crate::ExitStatus::Code(crate::worker::EXIT_MEMORY));
+        let memory = status == Some(crate::ExitStatus::Code(crate::protocol::EXIT_MEMORY));
         let clean_exit = (status == Some(crate::ExitStatus::Code(0)) && w.retiring) || memory;
         let retries = pool.config().retries;
         let mut cause = if memory {

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use mproc_queue::GetError;
 
-use super::io::{Live, PoolIo, WorkerIo};
+use super::seam::{PoolIo, WorkerIo};
 use crate::TaskError;
 use crate::call::FnRef;
 use crate::launch::StartMethod;
-use crate::worker::Reply;
+use crate::protocol::Reply;
 
 /// What became of a job.
 #[derive(Debug, Clone)]
@@ -67,7 +67,7 @@ impl Job {
 
 /// One worker process and what the parent has sent it.
 #[derive(Debug)]
-pub(crate) struct Worker<W = Live> {
+pub(crate) struct Worker<W> {
     /// The process and its inbox.
     pub io: W,
     /// Jobs sent and not yet answered, oldest first.
@@ -124,7 +124,7 @@ pub(crate) struct Config {
 }
 
 #[derive(Debug)]
-pub(crate) struct State<W = Live> {
+pub(crate) struct State<W> {
     pub workers: Vec<Worker<W>>,
     pub pending: VecDeque<u64>,
     pub jobs: HashMap<u64, Job>,

@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 use super::state::{Outcome, abandon_job};
 use super::{AsyncResult, Imap, MapResult, Pool};
 use crate::TaskError;
-use crate::call::{FnRef, encode_into};
+use crate::call::FnRef;
+use crate::codec::encode_args;
 
 impl Pool {
     /// Queues a job and sends it to a worker if one has room.
@@ -61,17 +62,6 @@ impl Pool {
             .unwrap_or_else(|| n.div_ceil(4 * self.processes).max(1))
     }
 
-    /// Encodes a chunk of arguments back to back.
-    pub(super) fn encode_chunk<T: Serialize>(items: &[T]) -> Result<Vec<u8>, TaskError> {
-        let mut args = Vec::new();
-        for item in items {
-            encode_into(item, &mut args).map_err(|e| TaskError::Encode {
-                message: format!("argument: {}", crate::call::encode_message(e)),
-            })?;
-        }
-        Ok(args)
-    }
-
     /// Submits `items` in chunks of `chunk` (default: [`Self::default_chunksize`]) calls of
     /// `func`; returns each chunk's job id and length. Nothing stays submitted on an error.
     pub(super) fn submit_all<T: Serialize>(
@@ -85,8 +75,8 @@ impl Pool {
             .max(1);
         let mut ids = Vec::with_capacity(items.len().div_ceil(chunk));
         for part in items.chunks(chunk) {
-            let submitted = Self::encode_chunk(part)
-                .and_then(|args| self.submit(func, part.len() as u32, args));
+            let submitted =
+                encode_args(part).and_then(|args| self.submit(func, part.len() as u32, args));
             match submitted {
                 Ok(id) => ids.push((id, part.len())),
                 Err(e) => {
@@ -275,7 +265,7 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let id = self.submit(FnRef::new(f), 1, Self::encode_chunk(&[arg])?)?;
+        let id = self.submit(FnRef::new(f), 1, encode_args(&[arg])?)?;
         Ok(AsyncResult::new(Arc::clone(&self.shared), id))
     }
 }

@@ -9,18 +9,20 @@ use std::time::{Duration, Instant};
 
 use mproc_queue::{GetError, Queue};
 
-use super::io::{Live, PoolIo, start_one};
+use super::WATCH_BUSY;
+use super::io::{Live, start_one};
+use super::seam::PoolIo;
 
 use super::state::Took;
 use super::state::{Config, State};
 use crate::TaskError;
-use crate::worker::Reply;
+use crate::protocol::Reply;
 
 /// What the pool's threads share: the scheduling state behind one lock, the results queue,
 /// and how waiters are told the state changed.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub state: Mutex<State>,
+    pub state: Mutex<State<Live>>,
     pub changed: Condvar,
     /// Bumped after every change waiters may care about (see [`Shared::notify`]).
     pub generation: AtomicU64,
@@ -97,7 +99,7 @@ const SPIN_FOR: Duration = Duration::from_micros(100);
 pub(crate) const DRIVER_CHECK: Duration = Duration::from_millis(1);
 
 impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State<Live>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -118,9 +120,9 @@ impl Shared {
     /// that), counted in `sleepers` so that `notify` knows to signal.
     pub(crate) fn sleep<'a>(
         &self,
-        st: MutexGuard<'a, State>,
+        st: MutexGuard<'a, State<Live>>,
         timeout: Duration,
-    ) -> MutexGuard<'a, State> {
+    ) -> MutexGuard<'a, State<Live>> {
         self.sleepers.fetch_add(1, Ordering::SeqCst);
         let st = self
             .changed
@@ -140,7 +142,7 @@ impl Shared {
     pub(crate) fn wait_until<T>(
         &self,
         deadline: Option<Instant>,
-        mut check: impl FnMut(&mut State) -> Option<T>,
+        mut check: impl FnMut(&mut State<Live>) -> Option<T>,
     ) -> Result<T, TaskError> {
         let spin_until = Instant::now() + SPIN_FOR;
         let mut st = self.lock();
@@ -161,14 +163,9 @@ impl Shared {
                     // handler can settle a dead worker (which first drains the queue, also
                     // under the lock), so a finished job is never also reported dead.
                     let mut st = self.lock();
-                    if st.take_reply(self.results.try_get()) == Took::Reply {
-                        st.drain_replies(self);
-                        st.dispatch(&self.config);
-                        // The board shows what the caller is about to see (a named pool's
-                        // counters must not lag a returned `map`).
-                        if let Some(board) = &self.board {
-                            board.publish(&st.board_snapshot());
-                        }
+                    let took = st.take_reply(self.results.try_get());
+                    if took == Took::Reply {
+                        self.round(&mut st, took);
                         drop(st);
                         self.notify();
                         break;
@@ -188,6 +185,32 @@ impl Shared {
             let cap = Duration::from_millis(100);
             let wait = deadline.map_or(cap, |d| d.saturating_duration_since(now).min(cap));
             st = self.sleep(st, wait);
+        }
+    }
+}
+
+impl Shared {
+    /// One round of driving the pool, under the state lock, after a read of the results
+    /// queue that `took` what it says: every reply behind a taken one is recorded, dead
+    /// workers are settled if a look is due ([`WATCH_BUSY`] since the last), inboxes are
+    /// refilled, and the status board is published (so a named pool's counters never lag
+    /// what a returning `map` shows). The caller notifies after dropping the lock.
+    ///
+    /// The handler thread runs it after each wait on the results queue, and a caller
+    /// waiting for a result runs it after each reply it reads itself (see [`wait_until`]):
+    /// both drive the pool the same way.
+    ///
+    /// [`wait_until`]: Shared::wait_until
+    pub(crate) fn round(&self, st: &mut State<Live>, took: Took) {
+        if took != Took::Nothing {
+            st.drain_replies(self);
+        }
+        if st.last_watch.is_none_or(|t| t.elapsed() >= WATCH_BUSY) {
+            st.watch(self);
+        }
+        st.dispatch(&self.config);
+        if let Some(board) = &self.board {
+            board.publish(&st.board_snapshot());
         }
     }
 }
