@@ -99,7 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         println!("pool: {done} scores in {:.2?}", started.elapsed());
-        Ok::<u64, TaskError>(total)
+        Ok::<u64, PoolError>(total)
     };
 
     // 2. Two queues and a child process served by one select loop.

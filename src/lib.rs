@@ -53,8 +53,8 @@ mod readme {}
 pub mod prelude {
     pub use mproc_array::{Array, ArrayError, AtomicValue, RawArray, Value};
     pub use mproc_pool::{
-        AsyncResult, JoinError, LaunchOptions, Pool, Process, ProcessError, StartError,
-        StartMethod, TaskError, ThreadedFork,
+        AsyncResult, JoinError, LaunchOptions, Pool, PoolBroken, PoolError, Process, ProcessError,
+        StartError, StartMethod, SubmitError, TaskError, ThreadedFork, WaitError,
     };
     pub use mproc_queue::{
         ByteQueue, GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions,

@@ -124,7 +124,10 @@ fn a_pool_worker_dying_mid_task_is_logged_with_its_replacement() {
             .unwrap();
         let before = p.pids()[0];
         let r = p.apply(|code: i32| -> u32 { std::process::exit(code) }, 42);
-        assert!(matches!(r, Err(TaskError::WorkerDied { .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(PoolError::Task(TaskError::WorkerDied { .. }))),
+            "{r:?}"
+        );
         assert!(logged(
             &["pool task failed", &format!("worker_pid={before}")],
             Duration::from_secs(10)

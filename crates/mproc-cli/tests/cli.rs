@@ -528,7 +528,7 @@ fn json_entry_when(
 #[test]
 fn a_named_pool_publishes_workers_tasks_failures_and_restarts() {
     with_deadline(Duration::from_secs(90), || {
-        use mproc_pool::{Pool, TaskError, ThreadedFork};
+        use mproc_pool::{Pool, PoolError, TaskError, ThreadedFork};
         let name = unique_name("cli-pool");
         let p = Pool::builder()
             .processes(2)
@@ -539,7 +539,10 @@ fn a_named_pool_publishes_workers_tasks_failures_and_restarts() {
         let squares = p.map(|x: u64| x * x, 0..40).unwrap();
         assert_eq!(squares[39], 1521);
         let r = p.apply(|code: i32| -> u32 { std::process::exit(code) }, 3);
-        assert!(matches!(r, Err(TaskError::WorkerDied { .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(PoolError::Task(TaskError::WorkerDied { .. }))),
+            "{r:?}"
+        );
         assert_eq!(p.apply(|x: u32| x + 1, 1).unwrap(), 2);
 
         let mut pids = p.pids();

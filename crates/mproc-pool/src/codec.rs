@@ -15,7 +15,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::TaskError;
+use crate::{SubmitError, TaskError};
 
 /// Appends to a borrowed buffer (postcard's `to_extend` takes its writer by value).
 struct Sink<'a>(&'a mut Vec<u8>);
@@ -44,11 +44,11 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
 }
 
 /// Encodes a chunk of arguments back to back.
-pub(crate) fn encode_args<T: Serialize>(items: &[T]) -> Result<Vec<u8>, TaskError> {
+pub(crate) fn encode_args<T: Serialize>(items: &[T]) -> Result<Vec<u8>, SubmitError> {
     let mut args = Vec::new();
     for item in items {
-        encode_into(item, &mut args).map_err(|e| TaskError::Encode {
-            message: format!("argument: {}", encode_message(e)),
+        encode_into(item, &mut args).map_err(|e| SubmitError::Encode {
+            message: encode_message(e),
         })?;
     }
     Ok(args)

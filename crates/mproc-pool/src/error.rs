@@ -4,10 +4,14 @@ use mproc_segment::SegmentError;
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 
-/// Why a pool task (or a pool operation) produced no result.
+/// Why a pool task produced no result: its own outcome. The other tasks of the same `map`
+/// and the pool itself go on (unless the pool broke, [`TaskError::Broken`]).
 ///
-/// A task fails alone: the other tasks of the same `map` and the pool itself go on.
+/// The pool's errors are split by operation: [`SubmitError`] (the pool refused the task),
+/// `TaskError` (the task ran, or was meant to, and failed), [`WaitError`] (a caller stopped
+/// waiting) and [`PoolError`] for the calls that submit and wait (`map`, `apply`, `imap`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum TaskError {
     /// The task's function panicked; `message` is the panic's message.
     #[error("task panicked: {message}")]
@@ -32,39 +36,102 @@ pub enum TaskError {
         /// What serde or postcard said.
         message: String,
     },
-    /// The pool's initializer failed in a worker; the pool is stopped.
-    #[error("pool initializer failed: {message}")]
-    InitializerFailed {
-        /// The initializer's panic message, or how its worker ended.
-        message: String,
-    },
-    /// The pool no longer accepts tasks (`close`, `join` or `terminate` was called).
-    #[error("the pool is closed")]
-    Closed,
-    /// The pool was terminated before the task finished.
-    #[error("the pool was terminated before the task finished")]
-    Terminated,
-    /// `get_timeout` gave up; the task is still pending.
-    #[error("timed out waiting for the task")]
-    Timeout,
     /// The task ran longer than its time limit (`PoolBuilder::task_timeout`,
     /// `AsyncResult::timeout`): its worker was killed and replaced; the tasks queued behind it
-    /// ran elsewhere. (`Timeout`, by contrast, is a caller that stopped waiting.)
+    /// ran elsewhere. (A caller that stops waiting gets [`WaitError::Timeout`] instead, and
+    /// the task goes on.)
     #[error("task ran longer than its limit of {limit_ms} ms; its worker was stopped")]
-    TimedOut {
+    Timeout {
         /// The limit, in milliseconds.
         limit_ms: u64,
     },
     /// The task was cancelled (`AsyncResult::cancel`) before it finished.
     #[error("task was cancelled")]
     Cancelled,
-    /// A worker could not be started (fork, exec or shared-memory setup failed); the pool is
-    /// stopped.
-    #[error("could not start a worker: {message}")]
-    Start {
-        /// The underlying [`ProcessError`], as text.
+    /// The pool was terminated (`Pool::terminate`, or dropped) before the task finished.
+    #[error("the pool was terminated before the task finished")]
+    Terminated,
+    /// The pool broke before the task finished, and stopped.
+    #[error(transparent)]
+    Broken(#[from] PoolBroken),
+}
+
+/// Why a pool stopped for good: every unfinished task fails with
+/// [`TaskError::Broken`], later submissions with [`SubmitError::Broken`], and
+/// [`Pool::join`](crate::Pool::join) returns it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum PoolBroken {
+    /// The pool's initializer failed in a worker.
+    #[error("pool initializer failed: {message}")]
+    InitializerFailed {
+        /// The initializer's panic message, or how its worker ended.
         message: String,
     },
+    /// A worker could not be started, or replaced for a minute (fork, exec or shared-memory
+    /// setup failed).
+    #[error("could not start a worker: {message}")]
+    Start {
+        /// The underlying [`StartError`], as text.
+        message: String,
+    },
+}
+
+/// Why the pool did not accept a task (`apply_async`, `map_async`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The pool no longer accepts tasks (`close`, `join` or `terminate` was called).
+    #[error("the pool is closed")]
+    Closed,
+    /// An argument could not be encoded.
+    #[error("task argument could not be encoded: {message}")]
+    Encode {
+        /// What serde or postcard said.
+        message: String,
+    },
+    /// The pool broke and stopped.
+    #[error(transparent)]
+    Broken(#[from] PoolBroken),
+}
+
+/// Why waiting for a result with a timeout returned none (`get_timeout`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The timeout passed; the task is still pending, and a later `get` may return it.
+    #[error("timed out waiting for the task")]
+    Timeout,
+    /// The task failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+/// The error of a pool call that submits tasks and waits for them (`map`, `starmap`,
+/// `apply`, the items of `imap`): the submission's or a task's.
+///
+/// ```
+/// use mproc_pool::{Pool, PoolError, TaskError};
+/// let pool = Pool::new(1)?;
+/// let r = pool.map(|x: u32| if x == 2 { panic!("two") } else { x }, [1, 2]);
+/// assert!(matches!(r, Err(PoolError::Task(TaskError::Panicked { .. }))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The pool did not accept the tasks.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// A task failed (the first failure, in input order, for `map`).
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+impl From<PoolBroken> for PoolError {
+    fn from(b: PoolBroken) -> PoolError {
+        PoolError::Task(TaskError::Broken(b))
+    }
 }
 
 fn describe(signal: Option<i32>, code: Option<i32>) -> String {

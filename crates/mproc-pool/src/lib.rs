@@ -39,7 +39,10 @@ mod protocol;
 mod worker;
 
 pub use child::ExitStatus;
-pub use error::{JoinError, OsError, ProcessError, StartError, TaskError};
+pub use error::{
+    JoinError, OsError, PoolBroken, PoolError, ProcessError, StartError, SubmitError, TaskError,
+    WaitError,
+};
 pub use forkserver::start_forkserver;
 pub use launch::{LaunchOptions, StartMethod, ThreadedFork};
 pub use pool::{

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mproc_pool::{Pool, TaskError, ThreadedFork};
+use mproc_pool::{Pool, PoolError, TaskError, ThreadedFork};
 use mproc_testkit::{Rng, with_deadline};
 
 const ROUNDS: usize = 25;
@@ -65,7 +65,7 @@ fn killed_workers_fail_only_their_tasks() {
                     }
                 })
             };
-            let results: Vec<Result<u64, TaskError>> = pool.imap(work, 0..ITEMS).collect();
+            let results: Vec<Result<u64, PoolError>> = pool.imap(work, 0..ITEMS).collect();
             stop.store(true, Ordering::SeqCst);
             killer.join().unwrap();
             let killed = killed.lock().unwrap().clone();
@@ -75,7 +75,7 @@ fn killed_workers_fail_only_their_tasks() {
             for (i, r) in results.iter().enumerate() {
                 match r {
                     Ok(v) => assert_eq!(*v, work(i as u64), "item {i}"),
-                    Err(TaskError::WorkerDied { pid, signal, .. }) => {
+                    Err(PoolError::Task(TaskError::WorkerDied { pid, signal, .. })) => {
                         assert!(killed.contains(pid), "item {i}: {pid} was not killed");
                         assert_eq!(*signal, Some(9));
                         round_died += 1;

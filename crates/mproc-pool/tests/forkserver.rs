@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use mproc_pool::{JoinError, Pool, Process, StartMethod, TaskError, ThreadedFork};
+use mproc_pool::{JoinError, Pool, PoolError, Process, StartMethod, TaskError, ThreadedFork};
 use mproc_segment::{ProcessId, Segment};
 use mproc_testkit::{fork_child, with_deadline};
 use nix::sys::signal::Signal;
@@ -125,13 +125,13 @@ fn replacements_come_from_the_fork_server_while_a_thread_holds_stdout() {
         };
         // 50 worker deaths, each replaced while the printer runs.
         let items = (0..400u64).map(|i| if i % 8 == 0 { 0 } else { i });
-        let results: Vec<Result<u64, TaskError>> = pool.imap(die_on_zero, items).collect();
+        let results: Vec<Result<u64, PoolError>> = pool.imap(die_on_zero, items).collect();
         stop.store(true, Ordering::Relaxed);
         printer.join().unwrap();
         allocator.join().unwrap();
         let died = results
             .iter()
-            .filter(|r| matches!(r, Err(TaskError::WorkerDied { .. })))
+            .filter(|r| matches!(r, Err(PoolError::Task(TaskError::WorkerDied { .. }))))
             .count();
         assert_eq!(died, 50);
         assert!(

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mproc_array::Value;
-use mproc_pool::{Pool, PoolBuilder, StartError, TaskError, ThreadedFork};
+use mproc_pool::{
+    Pool, PoolBuilder, PoolError, StartError, SubmitError, TaskError, ThreadedFork, WaitError,
+};
 use mproc_queue::{ByteQueue, QueueOptions};
 use mproc_sync::Event;
 use mproc_testkit::{unique_name, with_deadline};
@@ -155,14 +157,14 @@ fn picky(x: u32) -> u32 {
 fn a_panicking_task_fails_alone_with_its_message() {
     with_deadline(DEADLINE, || {
         let p = pool(2);
-        let out: Vec<Result<u32, TaskError>> = p.imap(picky, 0..30).collect();
+        let out: Vec<Result<u32, PoolError>> = p.imap(picky, 0..30).collect();
         for (i, r) in out.iter().enumerate() {
             if i == 13 {
                 assert_eq!(
                     r,
-                    &Err(TaskError::Panicked {
+                    &Err(PoolError::Task(TaskError::Panicked {
                         message: "unlucky 13".into()
-                    })
+                    }))
                 );
             } else {
                 assert_eq!(r, &Ok(i as u32));
@@ -171,7 +173,7 @@ fn a_panicking_task_fails_alone_with_its_message() {
         // map reports the failure; the pool goes on.
         assert!(matches!(
             p.map(picky, 0..30),
-            Err(TaskError::Panicked { .. })
+            Err(PoolError::Task(TaskError::Panicked { .. }))
         ));
         assert_eq!(p.apply(picky, 12).unwrap(), 12);
         assert_eq!(p.replaced_workers(), 0, "a panic must not cost a worker");
@@ -195,10 +197,10 @@ impl Serialize for NoZero {
 fn a_result_that_cannot_be_serialized_fails_that_task_only() {
     with_deadline(DEADLINE, || {
         let p = pool(2);
-        let out: Vec<Result<NoZero, TaskError>> = p.imap(NoZero, [3u32, 0, 5]).collect();
+        let out: Vec<Result<NoZero, PoolError>> = p.imap(NoZero, [3u32, 0, 5]).collect();
         assert_eq!(out[0], Ok(NoZero(3)));
         assert!(
-            matches!(&out[1], Err(TaskError::Encode { message }) if message.starts_with("result")),
+            matches!(&out[1], Err(PoolError::Task(TaskError::Encode { message })) if message.starts_with("result")),
             "{:?}",
             out[1]
         );
@@ -244,11 +246,11 @@ fn a_sigkilled_worker_fails_only_its_task_and_is_replaced() {
             if i == 5 {
                 assert_eq!(
                     r,
-                    &Err(TaskError::WorkerDied {
+                    &Err(PoolError::Task(TaskError::WorkerDied {
                         pid: killed,
                         signal: Some(9),
                         code: None
-                    })
+                    }))
                 );
             } else {
                 assert_eq!(r, &Ok(i as u32), "item {i}");
@@ -270,7 +272,7 @@ fn a_worker_that_exits_mid_task_is_reported_with_its_code() {
         let p = pool(1);
         let r = p.apply(|code: i32| -> u32 { std::process::exit(code) }, 42);
         match r {
-            Err(TaskError::WorkerDied { code, signal, .. }) => {
+            Err(PoolError::Task(TaskError::WorkerDied { code, signal, .. })) => {
                 assert_eq!((code, signal), (Some(42), None));
             }
             other => panic!("expected WorkerDied, got {other:?}"),
@@ -287,7 +289,7 @@ fn a_worker_killed_by_a_realtime_signal_is_reported_with_it() {
         let p = pool(1);
         let rt = mproc_testkit::realtime_signal();
         match p.apply(mproc_testkit::die_by_realtime_signal, 0) {
-            Err(TaskError::WorkerDied { code, signal, .. }) => {
+            Err(PoolError::Task(TaskError::WorkerDied { code, signal, .. })) => {
                 assert_eq!((code, signal), (None, Some(rt)));
             }
             other => panic!("expected WorkerDied, got {other:?}"),
@@ -369,7 +371,7 @@ fn apply_async_results_can_be_waited_for_and_timed_out() {
         assert!(quick.ready() && quick.successful());
         assert_eq!(
             blocked.get_timeout(Duration::from_millis(50)),
-            Err(TaskError::Timeout)
+            Err(WaitError::Timeout)
         );
         assert!(!blocked.ready());
         assert!(!blocked.wait_timeout(Duration::from_millis(10)));
@@ -387,7 +389,10 @@ fn close_refuses_new_work_and_join_finishes_the_old() {
         let p = pool(2);
         let pending: Vec<_> = (0..20).map(|i| p.apply_async(square, i).unwrap()).collect();
         p.close();
-        assert_eq!(p.apply(square, 1), Err(TaskError::Closed));
+        assert_eq!(
+            p.apply(square, 1),
+            Err(PoolError::Submit(SubmitError::Closed))
+        );
         let pids = p.pids();
         p.join().unwrap();
         for (i, h) in pending.iter().enumerate() {
@@ -418,7 +423,10 @@ fn terminate_stops_busy_workers_within_a_bound() {
         for pid in pids {
             assert!(!alive(pid), "worker {pid} outlived terminate");
         }
-        assert_eq!(p.apply(square, 2), Err(TaskError::Terminated));
+        assert_eq!(
+            p.apply(square, 2),
+            Err(PoolError::Submit(SubmitError::Closed))
+        );
     });
 }
 
@@ -500,11 +508,15 @@ fn large_arguments_and_results_travel_in_the_arena_and_oversize_ones_fail_alone(
         // with a typed error naming the cause; the pool goes on.
         let small = builder(1).arena_bytes(64 << 10).build().unwrap();
         match small.apply(total_len, vec![0u8; 100_000]) {
-            Err(TaskError::Encode { message }) => assert!(message.contains("arena"), "{message}"),
+            Err(PoolError::Task(TaskError::Encode { message })) => {
+                assert!(message.contains("arena"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
         match small.apply(|n: usize| vec![1u8; n], 100_000) {
-            Err(TaskError::Encode { message }) => assert!(message.contains("arena"), "{message}"),
+            Err(PoolError::Task(TaskError::Encode { message })) => {
+                assert!(message.contains("arena"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(small.apply(square, 9), Ok(81));
@@ -537,10 +549,13 @@ fn a_task_over_its_time_limit_fails_alone_and_its_worker_is_replaced() {
             .unwrap();
         // One task that would sleep for a minute among 1,000 quick ones.
         let items = (0..1000u64).map(|i| if i == 300 { 60_000 } else { 0 });
-        let results: Vec<Result<u64, TaskError>> = p.imap(nap, items).collect();
+        let results: Vec<Result<u64, PoolError>> = p.imap(nap, items).collect();
         for (i, r) in results.iter().enumerate() {
             if i == 300 {
-                assert_eq!(r, &Err(TaskError::TimedOut { limit_ms: 500 }));
+                assert_eq!(
+                    r,
+                    &Err(PoolError::Task(TaskError::Timeout { limit_ms: 500 }))
+                );
             } else {
                 assert_eq!(r, &Ok(0), "item {i}");
             }
@@ -558,7 +573,7 @@ fn a_task_over_its_time_limit_fails_alone_and_its_worker_is_replaced() {
             .unwrap()
             .timeout(Duration::from_millis(200));
         let quick = q.apply_async(nap, 1).unwrap();
-        assert_eq!(slow.get(), Err(TaskError::TimedOut { limit_ms: 200 }));
+        assert_eq!(slow.get(), Err(TaskError::Timeout { limit_ms: 200 }));
         assert_eq!(quick.get(), Ok(1), "the task queued behind ran elsewhere");
     });
 }
@@ -627,7 +642,7 @@ fn retries_run_a_task_again_after_its_worker_died() {
         let q = pool(1);
         assert!(matches!(
             q.apply(die_once, name),
-            Err(TaskError::WorkerDied { .. })
+            Err(PoolError::Task(TaskError::WorkerDied { .. }))
         ));
     });
 }
@@ -681,7 +696,7 @@ fn map_async_starmap_async_and_per_call_chunksize() {
         let slow = p.map_async(nap, [300, 300]).unwrap();
         assert_eq!(
             slow.get_timeout(Duration::from_millis(10)),
-            Err(TaskError::Timeout)
+            Err(WaitError::Timeout)
         );
         assert_eq!(slow.get().unwrap(), vec![300, 300]);
         // A failure is the first failed item's error.

@@ -283,17 +283,20 @@ fn children_of_a_program_that_ignores_sigchld_are_still_seen_ending() {
                 .build()
                 .expect("pool");
             match pool.apply(|code: i32| -> u32 { std::process::exit(code) }, 3) {
-                Err(mproc_pool::TaskError::WorkerDied {
+                Err(mproc_pool::PoolError::Task(mproc_pool::TaskError::WorkerDied {
                     signal: None,
                     code: None,
                     ..
-                }) => {}
+                })) => {}
                 _ => return 12,
             }
             // The replacement comes from the fork server, which reaps its own children (it
             // resets SIGCHLD), so this death is reported with its code.
             match pool.apply(|code: i32| -> u32 { std::process::exit(code) }, 4) {
-                Err(mproc_pool::TaskError::WorkerDied { code: Some(4), .. }) => {}
+                Err(mproc_pool::PoolError::Task(mproc_pool::TaskError::WorkerDied {
+                    code: Some(4),
+                    ..
+                })) => {}
                 _ => return 13,
             }
             if pool.apply(|x: u32| x * 2, 21) != Ok(42) {

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use mproc_pool::{JoinError, Pool, Process, StartError, StartMethod, TaskError};
+use mproc_pool::{JoinError, Pool, PoolError, Process, StartError, StartMethod};
 use mproc_testkit::with_deadline;
 
 /// Set in the environment to make a re-executed child leave before reaching `init`.
@@ -90,7 +90,7 @@ fn spawn_pool_serves_and_replaces_a_killed_worker() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(!pool.pids().contains(&victim));
-    let r: Result<u64, TaskError> = pool.apply(triple, 5);
+    let r: Result<u64, PoolError> = pool.apply(triple, 5);
     assert_eq!(r, Ok(15));
     pool.join().unwrap();
 }

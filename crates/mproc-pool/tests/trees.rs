@@ -72,7 +72,7 @@ fn a_timed_out_task_takes_its_descendants_with_it() {
                 .unwrap()
                 .timeout(Duration::from_millis(500));
             let g = grandchild_of(&q);
-            assert!(matches!(r.get(), Err(TaskError::TimedOut { .. })), "{m:?}");
+            assert!(matches!(r.get(), Err(TaskError::Timeout { .. })), "{m:?}");
             assert!(
                 gone(g),
                 "{m:?}: the grandchild outlived its task's time limit"

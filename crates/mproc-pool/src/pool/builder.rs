@@ -88,7 +88,7 @@ impl PoolBuilder {
     }
 
     /// A time limit for every task (every chunk of a `map`): one that runs longer fails alone
-    /// with [`TaskError::TimedOut`](crate::TaskError::TimedOut); its worker is killed and replaced, and the tasks queued
+    /// with [`TaskError::Timeout`](crate::TaskError::Timeout); its worker is killed and replaced, and the tasks queued
     /// behind it run elsewhere. Measured from when its worker could start it; enforced within
     /// about 10 ms. Default: none. [`AsyncResult::timeout`](crate::AsyncResult::timeout) sets one per task.
     pub fn task_timeout(mut self, limit: Duration) -> Self {

@@ -42,14 +42,6 @@ fn poll_with<T>(
     }
 }
 
-/// A look that never waits: the outcome if it is there, `None` on "not yet".
-fn now<T>(r: Result<T, TaskError>) -> Option<Result<T, TaskError>> {
-    match r {
-        Err(TaskError::Timeout) => None,
-        r => Some(r),
-    }
-}
-
 /// Awaiting an `AsyncResult` gives what [`get`](AsyncResult::get) returns, without blocking
 /// a thread. Await it by reference (`(&mut handle).await`) to keep the handle; dropping a
 /// pending one before the result arrives abandons the task as dropping the handle does.
@@ -61,7 +53,7 @@ impl<R: DeserializeOwned> Future for AsyncResult<R> {
         let shared = Arc::clone(&this.shared);
         let mut registered = this.registered.take();
         let r = poll_with(&shared, &mut registered, cx.waker(), || {
-            now(this.outcome(Some(Instant::now())))
+            this.outcome(Some(Instant::now()))
         });
         this.registered = registered;
         r
@@ -78,7 +70,7 @@ impl<R: DeserializeOwned> Future for MapResult<R> {
         let shared = Arc::clone(&this.shared);
         let mut registered = this.registered.take();
         let r = poll_with(&shared, &mut registered, cx.waker(), || {
-            now(this.collect(Some(Instant::now())))
+            this.collect(Some(Instant::now()))
         });
         this.registered = registered;
         r
@@ -94,7 +86,7 @@ where
     I: Iterator<Item = A> + Unpin,
     R: DeserializeOwned,
 {
-    type Item = Result<R, TaskError>;
+    type Item = Result<R, crate::PoolError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();

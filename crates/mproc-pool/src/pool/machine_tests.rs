@@ -349,7 +349,7 @@ fn a_job_over_its_time_limit_has_its_worker_killed_and_fails_timed_out() {
     assert_eq!(st.workers[1].io.kills.get(), 0);
     assert_eq!(
         failed_with(&st, slow),
-        Some(TaskError::TimedOut { limit_ms: 0 })
+        Some(TaskError::Timeout { limit_ms: 0 })
     );
     assert!(outcome(&st, other).is_none());
     assert_eq!((st.restarts.timed_out, st.stopped_for_tasks), (1, 1));
@@ -431,15 +431,18 @@ fn workers_dying_before_they_are_ready_break_the_pool() {
         st.watch(&env);
         st.dispatch(&env.config);
     }
-    assert!(matches!(st.broken, Some(TaskError::Start { .. })));
+    assert!(matches!(
+        st.broken,
+        Some(TaskError::Broken(crate::PoolBroken::Start { .. }))
+    ));
     assert!(matches!(
         failed_with(&st, id),
-        Some(TaskError::Start { .. })
+        Some(TaskError::Broken(crate::PoolBroken::Start { .. }))
     ));
     assert!(st.stopping && st.closed);
     assert!(matches!(
         st.submit(FnRef::new(square as fn(u32) -> u32), 1, vec![], None),
-        Err(TaskError::Start { .. })
+        Err(crate::SubmitError::Broken(crate::PoolBroken::Start { .. }))
     ));
 }
 
@@ -481,7 +484,7 @@ fn a_replacement_that_cannot_start_breaks_the_pool_and_kills_the_rest() {
     st.workers[0].io.exit(ExitStatus::Signaled(SIGKILL));
     st.watch(&env);
     assert!(
-        matches!(st.broken, Some(TaskError::Start { ref message }) if message.contains("no more processes"))
+        matches!(st.broken, Some(TaskError::Broken(crate::PoolBroken::Start { ref message })) if message.contains("no more processes"))
     );
     assert!(matches!(
         failed_with(&st, id),
@@ -519,7 +522,7 @@ fn shutdown_fails_every_unfinished_job_and_refuses_new_ones() {
     assert!(st.workers.iter().all(|w| w.io.kills.get() == 0));
     assert_eq!(
         st.submit(FnRef::new(square as fn(u32) -> u32), 1, vec![], None),
-        Err(TaskError::Terminated)
+        Err(crate::SubmitError::Closed)
     );
     st.break_pool(TaskError::Terminated);
     // Already broken: break_pool does not signal again.
@@ -536,9 +539,9 @@ fn an_initializer_failure_breaks_the_pool_and_kills_every_worker() {
     });
     assert_eq!(
         st.broken,
-        Some(TaskError::InitializerFailed {
+        Some(TaskError::Broken(crate::PoolBroken::InitializerFailed {
             message: "no config".into()
-        })
+        }))
     );
     assert!(st.workers.iter().all(|w| w.io.kills.get() == 1));
 }

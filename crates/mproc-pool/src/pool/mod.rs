@@ -48,7 +48,7 @@ use nix::sys::signal::Signal;
 use crate::StartMethod;
 use crate::launch::{Booted, await_boot};
 use crate::protocol::{Reply, results_options};
-use crate::{StartError, TaskError};
+use crate::{PoolBroken, StartError, TaskError};
 use mproc_queue::Queue;
 
 pub use board::{
@@ -213,7 +213,9 @@ impl Pool {
                 Ok(None)
             },
         )?;
-        if let Some(TaskError::InitializerFailed { message }) = shared.lock().broken.clone() {
+        if let Some(TaskError::Broken(crate::PoolBroken::InitializerFailed { message })) =
+            shared.lock().broken.clone()
+        {
             return Err(StartError::InitializerFailed { message });
         }
         match booted {
@@ -297,7 +299,7 @@ impl Pool {
 
     /// Closes the pool, waits for every queued task to finish, stops the workers and reaps
     /// them. Results of `AsyncResult`s remain available.
-    pub fn join(&self) -> Result<(), TaskError> {
+    pub fn join(&self) -> Result<(), PoolBroken> {
         {
             let mut st = self.shared.lock();
             st.closed = true;
@@ -307,8 +309,8 @@ impl Pool {
         }
         self.stop(false);
         match self.shared.lock().broken.clone() {
-            Some(TaskError::Terminated) | None => Ok(()),
-            Some(e) => Err(e),
+            Some(TaskError::Broken(b)) => Err(b),
+            _ => Ok(()),
         }
     }
 

@@ -11,9 +11,9 @@ use serde::de::DeserializeOwned;
 use super::Pool;
 use super::state::{Outcome, abandon_job};
 use super::wakeup::Shared;
-use crate::TaskError;
 use crate::call::FnRef;
 use crate::codec::decode_outcomes;
+use crate::{PoolError, SubmitError, TaskError, WaitError};
 
 /// The `count` results of a finished job, decoded (a failed job fails every item).
 pub(crate) fn outcome_items<R: DeserializeOwned>(
@@ -60,7 +60,7 @@ impl<R> AsyncResult<R> {
 
 impl<R> AsyncResult<R> {
     /// Gives this task a time limit (replacing the pool's `task_timeout`), counted from when
-    /// its worker could start it: if it runs longer it fails with [`TaskError::TimedOut`] and
+    /// its worker could start it: if it runs longer it fails with [`TaskError::Timeout`] and
     /// its worker is replaced. Returns `self` to chain after `apply_async`.
     pub fn timeout(self, limit: Duration) -> Self {
         let mut st = self.shared.lock();
@@ -82,27 +82,34 @@ impl<R> AsyncResult<R> {
 }
 
 impl<R: DeserializeOwned> AsyncResult<R> {
-    /// Waits for the job (or `deadline`) and decodes its result.
-    pub(crate) fn outcome(&self, deadline: Option<Instant>) -> Result<R, TaskError> {
+    /// Waits for the job and decodes its result; `None` if `deadline` passed first.
+    pub(crate) fn outcome(&self, deadline: Option<Instant>) -> Option<Result<R, TaskError>> {
         let outcome = self
             .shared
             .wait_until(deadline, |st| match st.jobs.get(&self.id) {
                 Some(job) => job.outcome.clone(),
                 None => Some(Outcome::Failed(TaskError::Terminated)),
             })?;
-        outcome_items(outcome, 1)
-            .pop()
-            .unwrap_or(Err(TaskError::Terminated))
+        Some(
+            outcome_items(outcome, 1)
+                .pop()
+                .unwrap_or(Err(TaskError::Terminated)),
+        )
     }
 
     /// Waits for the task and returns its result (can be called again).
     pub fn get(&self) -> Result<R, TaskError> {
-        self.outcome(None)
+        // Without a deadline the wait ends only with an outcome.
+        self.outcome(None).unwrap_or(Err(TaskError::Terminated))
     }
 
-    /// As [`get`](AsyncResult::get), giving up with [`TaskError::Timeout`] after `timeout`.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<R, TaskError> {
-        self.outcome(Some(Instant::now() + timeout))
+    /// As [`get`](AsyncResult::get), giving up with [`WaitError::Timeout`] after `timeout`
+    /// (the task goes on; ask again later).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R, WaitError> {
+        match self.outcome(Some(Instant::now() + timeout)) {
+            Some(r) => Ok(r?),
+            None => Err(WaitError::Timeout),
+        }
     }
 
     /// Waits until the task has finished (successfully or not).
@@ -112,10 +119,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 
     /// Waits up to `timeout`; true if the task has finished.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        !matches!(
-            self.outcome(Some(Instant::now() + timeout)),
-            Err(TaskError::Timeout)
-        )
+        self.outcome(Some(Instant::now() + timeout)).is_some()
     }
 
     /// Whether the task has finished.
@@ -182,7 +186,7 @@ impl<R> MapResult<R> {
         let _ = self.wait_deadline(None);
     }
 
-    fn wait_deadline(&self, deadline: Option<Instant>) -> Result<(), TaskError> {
+    fn wait_deadline(&self, deadline: Option<Instant>) -> Option<()> {
         self.shared.wait_until(deadline, |st| {
             self.ids
                 .iter()
@@ -193,8 +197,14 @@ impl<R> MapResult<R> {
 }
 
 impl<R: DeserializeOwned> MapResult<R> {
-    pub(crate) fn collect(&self, deadline: Option<Instant>) -> Result<Vec<R>, TaskError> {
+    /// Every result in input order, or the first failure; `None` if `deadline` passed
+    /// before they were all in.
+    pub(crate) fn collect(&self, deadline: Option<Instant>) -> Option<Result<Vec<R>, TaskError>> {
         self.wait_deadline(deadline)?;
+        Some(self.collected())
+    }
+
+    fn collected(&self) -> Result<Vec<R>, TaskError> {
         let st = self.shared.lock();
         let mut out = Vec::new();
         for &(id, len) in &self.ids {
@@ -212,12 +222,17 @@ impl<R: DeserializeOwned> MapResult<R> {
 
     /// Waits for every task and returns the results in input order (can be called again).
     pub fn get(&self) -> Result<Vec<R>, TaskError> {
-        self.collect(None)
+        // Without a deadline the wait ends only when every task has an outcome.
+        self.collect(None).unwrap_or(Err(TaskError::Terminated))
     }
 
-    /// As [`get`](Self::get), giving up with [`TaskError::Timeout`] after `timeout`.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, TaskError> {
-        self.collect(Some(Instant::now() + timeout))
+    /// As [`get`](Self::get), giving up with [`WaitError::Timeout`] after `timeout` (the
+    /// tasks go on; ask again later).
+    pub fn get_timeout(&self, timeout: Duration) -> Result<Vec<R>, WaitError> {
+        match self.collect(Some(Instant::now() + timeout)) {
+            Some(r) => Ok(r?),
+            None => Err(WaitError::Timeout),
+        }
     }
 }
 
@@ -237,11 +252,12 @@ impl<R> Drop for MapResult<R> {
 #[derive(Debug)]
 enum Slot {
     Job { id: u64, len: usize },
-    Failed { error: TaskError, len: usize },
+    Failed { error: SubmitError, len: usize },
 }
 
 /// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: yields one
-/// `Result<R, TaskError>` per input item.
+/// `Result<R, PoolError>` per input item: the task's outcome, or why its chunk could not be
+/// submitted.
 ///
 /// ```
 /// use mproc_pool::Pool;
@@ -262,7 +278,7 @@ pub struct Imap<'p, I, R> {
     chunksize: usize,
     window: VecDeque<Slot>,
     max_window: usize,
-    ready: VecDeque<Result<R, TaskError>>,
+    ready: VecDeque<Result<R, PoolError>>,
     ordered: bool,
     exhausted: bool,
     /// Its waker's registration while polled as a stream and not ready.
@@ -319,7 +335,8 @@ where
     }
 
     fn collect_slot(&mut self, outcome: Outcome, len: usize) {
-        self.ready.extend(outcome_items(outcome, len));
+        self.ready
+            .extend(outcome_items(outcome, len).into_iter().map(|r| Ok(r?)));
     }
 }
 
@@ -329,7 +346,7 @@ where
     I: Iterator<Item = A>,
     R: DeserializeOwned,
 {
-    type Item = Result<R, TaskError>;
+    type Item = Result<R, PoolError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.advance(None).unwrap_or(None)
@@ -347,7 +364,7 @@ where
     pub(crate) fn advance(
         &mut self,
         deadline: Option<Instant>,
-    ) -> Result<Option<Result<R, TaskError>>, ()> {
+    ) -> Result<Option<Result<R, PoolError>>, ()> {
         loop {
             if let Some(r) = self.ready.pop_front() {
                 return Ok(Some(r));
@@ -367,7 +384,8 @@ where
             };
             if let Some(i) = failed {
                 if let Some(Slot::Failed { error, len }) = self.window.remove(i) {
-                    self.ready.extend((0..len).map(|_| Err(error.clone())));
+                    self.ready
+                        .extend((0..len).map(|_| Err(PoolError::Submit(error.clone()))));
                 }
                 continue;
             }
@@ -381,21 +399,15 @@ where
                 })
                 .collect();
             let ids: Vec<u64> = candidates.iter().map(|c| c.0).collect();
-            match self.pool.wait_any(&ids, deadline, true) {
-                Ok((i, outcome)) => {
-                    let (id, len) = candidates[i];
-                    self.window
-                        .retain(|s| !matches!(s, Slot::Job { id: j, .. } if *j == id));
-                    self.collect_slot(outcome, len);
-                }
-                Err(TaskError::Timeout) if deadline.is_some() => return Err(()),
-                Err(e) => {
-                    let (id, len) = candidates[0];
-                    self.window
-                        .retain(|s| !matches!(s, Slot::Job { id: j, .. } if *j == id));
-                    self.ready.extend((0..len).map(|_| Err(e.clone())));
-                }
-            }
+            let Some((i, outcome)) = self.pool.wait_any(&ids, deadline, true) else {
+                return Err(());
+            };
+            let Some(&(id, len)) = candidates.get(i) else {
+                return Err(());
+            };
+            self.window
+                .retain(|s| !matches!(s, Slot::Job { id: j, .. } if *j == id));
+            self.collect_slot(outcome, len);
         }
     }
 }

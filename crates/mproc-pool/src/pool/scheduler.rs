@@ -139,7 +139,7 @@ impl<W: WorkerIo> State<W> {
     }
 
     /// Kills the worker running a job that overran its time limit (the job then fails with
-    /// `TimedOut` when the death is settled; the jobs queued behind it are sent elsewhere).
+    /// `Timeout` when the death is settled; the jobs queued behind it are sent elsewhere).
     pub(super) fn enforce_limits(&mut self) {
         let now = Instant::now();
         for w in &self.workers {
@@ -163,7 +163,7 @@ impl<W: WorkerIo> State<W> {
                 // Marked only once the signal is sent: a failed kill is tried again at the
                 // next watch instead of leaving the task to run on.
                 if w.io.kill() {
-                    job.kill_reason = Some(TaskError::TimedOut {
+                    job.kill_reason = Some(TaskError::Timeout {
                         limit_ms: limit.as_millis() as u64,
                     });
                     self.stopped_for_tasks += 1;

@@ -68,7 +68,7 @@ impl<W: WorkerIo> State<W> {
             };
             if let Some(reason) = job.kill_reason.take() {
                 cause = match reason {
-                    TaskError::TimedOut { .. } => Cause::TimedOut,
+                    TaskError::Timeout { .. } => Cause::TimedOut,
                     _ => Cause::Cancelled,
                 };
                 self.fail(id, &reason);
@@ -96,7 +96,7 @@ impl<W: WorkerIo> State<W> {
         if !was_ready && !clean_exit {
             self.start_failures += 1;
             if self.start_failures >= START_FAILURES {
-                self.break_pool(TaskError::Start {
+                self.break_pool(crate::PoolBroken::Start {
                     message: format!(
                         "{START_FAILURES} workers in a row died before they were ready (last: pid {pid}, {status:?})"
                     ),
@@ -124,7 +124,7 @@ impl<W: WorkerIo> State<W> {
                     since: now,
                 });
             }
-            Err(e) => self.break_pool(TaskError::Start {
+            Err(e) => self.break_pool(crate::PoolBroken::Start {
                 message: e.to_string(),
             }),
         }
@@ -186,7 +186,7 @@ impl<W: WorkerIo> State<W> {
                     } else {
                         e.to_string()
                     };
-                    self.break_pool(TaskError::Start { message });
+                    self.break_pool(crate::PoolBroken::Start { message });
                     return;
                 }
             }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use mproc_queue::GetError;
 
 use super::seam::{PoolIo, WorkerIo};
-use crate::TaskError;
 use crate::call::FnRef;
 use crate::launch::StartMethod;
 use crate::protocol::Reply;
+use crate::{SubmitError, TaskError};
 
 /// What became of a job.
 #[derive(Debug, Clone)]
@@ -184,12 +184,12 @@ impl<W: WorkerIo> State<W> {
         count: u32,
         args: Vec<u8>,
         limit: Option<Duration>,
-    ) -> Result<u64, TaskError> {
-        if let Some(e) = &self.broken {
-            return Err(e.clone());
+    ) -> Result<u64, SubmitError> {
+        if let Some(TaskError::Broken(b)) = &self.broken {
+            return Err(SubmitError::Broken(b.clone()));
         }
-        if self.closed {
-            return Err(TaskError::Closed);
+        if self.closed || self.broken.is_some() {
+            return Err(SubmitError::Closed);
         }
         let id = self.next_job;
         self.next_job += 1;
@@ -224,7 +224,7 @@ impl<W: WorkerIo> State<W> {
         {
             self.failures[match error {
                 TaskError::WorkerDied { .. } => 0,
-                TaskError::TimedOut { .. } => 1,
+                TaskError::Timeout { .. } => 1,
                 TaskError::Cancelled => 2,
                 _ => 3,
             }] += 1;
@@ -267,7 +267,7 @@ impl<W: WorkerIo> State<W> {
                 }
             }
             Reply::InitFailed { message, .. } => {
-                self.break_pool(TaskError::InitializerFailed { message });
+                self.break_pool(crate::PoolBroken::InitializerFailed { message });
             }
             Reply::Done {
                 worker,
@@ -297,7 +297,8 @@ impl<W: WorkerIo> State<W> {
     }
 
     /// Fails every unfinished job with `error`, stops accepting work and kills the workers.
-    pub(crate) fn break_pool(&mut self, error: TaskError) {
+    pub(crate) fn break_pool(&mut self, error: impl Into<TaskError>) {
+        let error = error.into();
         if self.broken.is_some() {
             return;
         }

@@ -9,27 +9,32 @@ use serde::de::DeserializeOwned;
 
 use super::state::{Outcome, abandon_job};
 use super::{AsyncResult, Imap, MapResult, Pool};
-use crate::TaskError;
 use crate::call::FnRef;
 use crate::codec::encode_args;
+use crate::{PoolError, SubmitError, TaskError};
 
 impl Pool {
     /// Queues a job and sends it to a worker if one has room.
-    pub(super) fn submit(&self, func: FnRef, count: u32, args: Vec<u8>) -> Result<u64, TaskError> {
+    pub(super) fn submit(
+        &self,
+        func: FnRef,
+        count: u32,
+        args: Vec<u8>,
+    ) -> Result<u64, SubmitError> {
         let mut st = self.shared.lock();
         let id = st.submit(func, count, args, self.shared.config.task_timeout)?;
         st.dispatch(&self.shared.config);
         Ok(id)
     }
 
-    /// Waits for any of `ids` to finish (or `deadline`); returns its index in `ids` and
-    /// removes the job if `take`.
+    /// Waits for any of `ids` to finish; returns its index in `ids` and removes the job if
+    /// `take`. `None` if `deadline` passed first.
     pub(super) fn wait_any(
         &self,
         ids: &[u64],
         deadline: Option<Instant>,
         take: bool,
-    ) -> Result<(usize, Outcome), TaskError> {
+    ) -> Option<(usize, Outcome)> {
         self.shared.wait_until(deadline, |st| {
             for (i, id) in ids.iter().enumerate() {
                 match st.jobs.get(id) {
@@ -69,7 +74,7 @@ impl Pool {
         func: FnRef,
         items: &[T],
         chunk: Option<usize>,
-    ) -> Result<Vec<(u64, usize)>, TaskError> {
+    ) -> Result<Vec<(u64, usize)>, SubmitError> {
         let chunk = chunk
             .unwrap_or_else(|| self.default_chunksize(items.len()))
             .max(1);
@@ -94,7 +99,7 @@ impl Pool {
         func: FnRef,
         items: Vec<T>,
         chunk: Option<usize>,
-    ) -> Result<Vec<R>, TaskError> {
+    ) -> Result<Vec<R>, PoolError> {
         let n = items.len();
         let ids = self.submit_all(func, &items, chunk)?;
         drop(items);
@@ -110,13 +115,10 @@ impl Pool {
         });
         let mut out = Vec::with_capacity(n);
         for (k, &(id, len)) in ids.iter().enumerate() {
-            let outcome = match self.wait_any(&[id], None, true) {
-                Ok((_, o)) => o,
-                Err(e) => {
-                    self.abandon(ids[k..].iter().map(|j| j.0));
-                    return Err(e);
-                }
-            };
+            // No deadline: only a vanished job (the pool was dropped) ends the wait early.
+            let outcome = self
+                .wait_any(&[id], None, true)
+                .map_or(Outcome::Failed(TaskError::Terminated), |(_, o)| o);
             #[cfg(feature = "progress")]
             if let Some(bar) = &bar {
                 bar.inc(len as u64);
@@ -131,7 +133,7 @@ impl Pool {
                     Ok(v) => out.push(v),
                     Err(e) => {
                         self.abandon(ids[k + 1..].iter().map(|j| j.0));
-                        return Err(e);
+                        return Err(e.into());
                     }
                 }
             }
@@ -150,7 +152,7 @@ impl Pool {
         &self,
         f: fn(A) -> R,
         items: impl IntoIterator<Item = A>,
-    ) -> Result<Vec<R>, TaskError>
+    ) -> Result<Vec<R>, PoolError>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
@@ -165,7 +167,7 @@ impl Pool {
         f: fn(A) -> R,
         items: impl IntoIterator<Item = A>,
         chunksize: usize,
-    ) -> Result<Vec<R>, TaskError>
+    ) -> Result<Vec<R>, PoolError>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
@@ -187,7 +189,7 @@ impl Pool {
         &self,
         f: fn(A) -> R,
         items: impl IntoIterator<Item = A>,
-    ) -> Result<MapResult<R>, TaskError>
+    ) -> Result<MapResult<R>, SubmitError>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
@@ -203,7 +205,7 @@ impl Pool {
         &self,
         f: fn(A, B) -> R,
         items: impl IntoIterator<Item = (A, B)>,
-    ) -> Result<Vec<R>, TaskError>
+    ) -> Result<Vec<R>, PoolError>
     where
         A: Serialize + DeserializeOwned,
         B: Serialize + DeserializeOwned,
@@ -217,7 +219,7 @@ impl Pool {
         &self,
         f: fn(A, B) -> R,
         items: impl IntoIterator<Item = (A, B)>,
-    ) -> Result<MapResult<R>, TaskError>
+    ) -> Result<MapResult<R>, SubmitError>
     where
         A: Serialize + DeserializeOwned,
         B: Serialize + DeserializeOwned,
@@ -251,16 +253,16 @@ impl Pool {
     }
 
     /// Runs `f(arg)` in a worker and waits for the result.
-    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, TaskError>
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, PoolError>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        self.apply_async(f, arg)?.get()
+        Ok(self.apply_async(f, arg)?.get()?)
     }
 
     /// Starts `f(arg)` in a worker; the [`AsyncResult`] gives the result later.
-    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>, TaskError>
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>, SubmitError>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,

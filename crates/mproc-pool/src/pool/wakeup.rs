@@ -15,7 +15,6 @@ use super::seam::PoolIo;
 
 use super::state::Took;
 use super::state::{Config, State};
-use crate::TaskError;
 use crate::protocol::Reply;
 
 /// What the pool's threads share: the scheduling state behind one lock, the results queue,
@@ -133,8 +132,8 @@ impl Shared {
         st
     }
 
-    /// Waits until `check` finds what it looks for in the state, or `deadline` passes
-    /// (`Err(TaskError::Timeout)`).
+    /// Waits until `check` finds what it looks for in the state; `None` if `deadline` passed
+    /// first.
     ///
     /// For the first [`SPIN_FOR`] the caller reads the results queue itself (replies it takes
     /// are handled exactly as the handler would: under the lock, then notified); after that it
@@ -143,16 +142,16 @@ impl Shared {
         &self,
         deadline: Option<Instant>,
         mut check: impl FnMut(&mut State<Live>) -> Option<T>,
-    ) -> Result<T, TaskError> {
+    ) -> Option<T> {
         let spin_until = Instant::now() + SPIN_FOR;
         let mut st = self.lock();
         loop {
             if let Some(v) = check(&mut st) {
-                return Ok(v);
+                return Some(v);
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                return Err(TaskError::Timeout);
+                return None;
             }
             if now < spin_until {
                 let seen = self.generation.load(Ordering::SeqCst);
