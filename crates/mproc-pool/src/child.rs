@@ -97,8 +97,11 @@ pub(crate) fn errno_of(e: rustix::io::Errno) -> Errno {
 /// ended. The one place mproc reads a wait status (`ChildProc` and the fork server use it).
 ///
 /// Raw `waitpid` on purpose: nix's typed `waitpid` fails with `EINVAL` for a signal its
-/// `Signal` enum does not name (a realtime signal) — after the kernel has reaped the child, so
-/// the status would be lost and the child's end never seen.
+/// `Signal` enum does not name (a realtime signal) — after the kernel has reaped the child,
+/// so the status would be lost and the child's end never seen. (rustix's `waitpid` keeps the
+/// raw status, but swapping it in broke the pool's fault-injection test, whose killed workers
+/// were then reported with pids nobody had killed; until that is understood, the call that
+/// is known to be right stays.)
 pub(crate) fn reap_nohang(pid: i32) -> Result<Option<(i32, ExitStatus)>, Errno> {
     let mut status = 0;
     // SAFETY: waitpid writes the status through a valid pointer; callers pass their own child
@@ -122,7 +125,7 @@ pub(crate) const EXIT_PANIC: i32 = 1;
 /// does not flush stdout: that takes stdout's lock, which another thread of the parent may
 /// have held at the fork (the child would hang forever). Rust's stdout writes each complete
 /// line as it is printed; only a last line without a newline is lost.
-fn exit_child(code: i32) -> ! {
+pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` is always safe to call; it ends the process immediately.
     unsafe { libc::_exit(code) }
 }
@@ -168,7 +171,7 @@ impl ChildProc {
                     }
                     let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
                         .unwrap_or(EXIT_PANIC);
-                    exit_child(code)
+                    exit_now(code)
                 }
                 ForkResult::Parent { child } => Ok(child.as_raw()),
             }

@@ -9,6 +9,7 @@
 use nix::errno::Errno;
 
 use crate::StartError;
+use mproc_segment::ProcessCell;
 
 /// The exit code of a child whose parent died before it could arm its parent-death signal.
 pub(crate) const EXIT_ORPHANED: i32 = 79;
@@ -26,8 +27,7 @@ pub(crate) fn arm_parent_death(parent: u32) {
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
     if ppid != parent {
-        // SAFETY: _exit takes an exit code and never returns; async-signal-safe.
-        unsafe { libc::_exit(EXIT_ORPHANED) };
+        crate::child::exit_now(EXIT_ORPHANED);
     }
 }
 
@@ -38,60 +38,38 @@ type ForkJob = Box<dyn FnOnce() -> Result<i32, Errno> + Send>;
 /// A job and where to send its result.
 type ForkRequest = (ForkJob, std::sync::mpsc::SyncSender<Result<i32, Errno>>);
 
-/// This process's forker thread, tagged with the process that started it (a forked child
-/// starts its own: the parent's thread does not exist there).
+/// This process's forker thread (a forked child starts its own: the parent's thread does not
+/// exist there, see [`ProcessCell`]).
 struct Forker {
-    owner: u32,
     tx: std::sync::Mutex<std::sync::mpsc::Sender<ForkRequest>>,
 }
 
-static FORKER: std::sync::atomic::AtomicPtr<Forker> =
-    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static FORKER: ProcessCell<Forker> = ProcessCell::new();
 
 /// Whether this process has a forker thread (not counted by [`thread_count`]: it holds no
 /// lock while another thread could fork).
 static FORKER_RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn forker() -> Result<&'static Forker, StartError> {
-    use std::sync::atomic::Ordering;
-    let me = mproc_segment::current_pid();
-    let cur = FORKER.load(Ordering::Acquire);
-    // SAFETY: a non-null FORKER points at a leaked `Forker` that is never freed.
-    if let Some(f) = unsafe { cur.as_ref() } {
-        if f.owner == me {
-            return Ok(f);
-        }
-    }
-    let (tx, rx) = std::sync::mpsc::channel::<ForkRequest>();
-    // Every child of this process starts as a copy of this thread, and Rust keeps its name:
-    // a panic in a child or a pool worker reads "thread 'mproc child' panicked". (Setting a
-    // panic hook in the child instead would take the hook's lock, which a thread of the
-    // parent may have held at the fork: a child must not.)
-    std::thread::Builder::new()
-        .name("mproc child".into())
-        .spawn(move || {
-            while let Ok((job, reply)) = rx.recv() {
-                let _ = reply.send(job());
-            }
-        })
-        .map_err(|e| StartError::os("spawn forker thread", mproc_segment::errno_of(&e)))?;
-    FORKER_RUNNING.store(true, Ordering::Relaxed);
-    let new = Box::into_raw(Box::new(Forker {
-        owner: me,
-        tx: std::sync::Mutex::new(tx),
-    }));
-    match FORKER.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
-        // SAFETY: just published; never freed.
-        Ok(_) => Ok(unsafe { &*new }),
-        Err(other) => {
-            // Another thread of this process won the race: use its forker (ours exits when
-            // its channel closes).
-            // SAFETY: `new` was never published; we own it.
-            drop(unsafe { Box::from_raw(new) });
-            // SAFETY: as above.
-            Ok(unsafe { &*other })
-        }
-    }
+    FORKER.get_or_try_make(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<ForkRequest>();
+        // Every child of this process starts as a copy of this thread, and Rust keeps its
+        // name: a panic in a child or a pool worker reads "thread 'mproc child' panicked".
+        // (Setting a panic hook in the child instead would take the hook's lock, which a
+        // thread of the parent may have held at the fork: a child must not.)
+        std::thread::Builder::new()
+            .name("mproc child".into())
+            .spawn(move || {
+                while let Ok((job, reply)) = rx.recv() {
+                    let _ = reply.send(job());
+                }
+            })
+            .map_err(|e| StartError::os("spawn forker thread", mproc_segment::errno_of(&e)))?;
+        FORKER_RUNNING.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(Box::leak(Box::new(Forker {
+            tx: std::sync::Mutex::new(tx),
+        })))
+    })
 }
 
 /// Runs `fork_here` on this process's forker thread and returns what it returns: the fork

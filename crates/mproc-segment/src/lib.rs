@@ -50,6 +50,7 @@ mod name;
 mod open;
 mod options;
 mod process;
+mod process_cell;
 mod segment;
 mod shm_dir;
 mod view;
@@ -59,6 +60,7 @@ pub use header::{FORMAT_VERSION, HEADER_LEN, Header, Kind, MAGIC, TYPE_NAME_CAP,
 pub use name::{MAX_NAME_LEN, validate_name};
 pub use options::{DEFAULT_OPEN_TIMEOUT, SegmentOptions};
 pub use process::{OwnThread, ProcStat, ProcessId, current_pid, monotonic_ms, resident_bytes};
+pub use process_cell::ProcessCell;
 pub use segment::{Segment, SegmentInfo};
 pub use shm_dir::{Peek, PeekError, SHM_DIR, in_use, mapped_by, peek, remove_stale};
 pub use view::ShmSafe;

@@ -50,36 +50,26 @@ pub fn wake_low(word: &AtomicU64, n: u32) {
 
 #[cfg(not(loom))]
 mod imp {
+    use rustix::thread::futex::{self, Flags, Timespec};
+
     use super::*;
 
-    /// The address of the low 32 bits of a 64-bit word.
-    fn low_half(word: &AtomicU64) -> *mut u32 {
+    /// The half of `word` holding its low 32 bits, as the futex word the kernel compares.
+    fn low_half(word: &AtomicU64) -> &AtomicU32 {
         let p = word.as_ptr().cast::<u32>();
-        if cfg!(target_endian = "big") {
+        let p = if cfg!(target_endian = "big") {
             p.wrapping_add(1)
         } else {
             p
-        }
+        };
+        // SAFETY: `p` points at 4 bytes inside `word` (8-aligned, so these are 4-aligned),
+        // valid for as long as `word` is borrowed. We never access them through the
+        // `AtomicU32`: it only carries the address to the kernel's futex calls, which compare
+        // the value atomically; every access of ours is to the whole `AtomicU64`.
+        unsafe { AtomicU32::from_ptr(p) }
     }
 
     pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> bool {
-        wait_at(word.as_ptr(), expected, deadline)
-    }
-
-    pub fn wake(word: &AtomicU32, n: u32) {
-        wake_at(word.as_ptr(), n)
-    }
-
-    pub fn wait_low(word: &AtomicU64, expected: u32, deadline: Option<Instant>) -> bool {
-        wait_at(low_half(word), expected, deadline)
-    }
-
-    pub fn wake_low(word: &AtomicU64, n: u32) {
-        wake_at(low_half(word), n)
-    }
-
-    /// FUTEX_WAIT on the aligned 32-bit word at `addr`, which the caller keeps alive.
-    fn wait_at(addr: *mut u32, expected: u32, deadline: Option<Instant>) -> bool {
         let timeout = match deadline {
             None => None,
             Some(d) => {
@@ -87,48 +77,30 @@ mod imp {
                 if left.is_zero() {
                     return false;
                 }
-                Some(libc::timespec {
-                    tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
-                    tv_nsec: left.subsec_nanos() as libc::c_long,
+                Some(Timespec {
+                    tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()),
                 })
             }
         };
-        let ts_ptr = timeout
-            .as_ref()
-            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-        // SAFETY: `addr` is a live, 4-aligned word (an atomic's, or half of one) for the
-        // duration of the call; the kernel only reads it. FUTEX_WAIT (shared) takes a
-        // relative timeout or null.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                addr,
-                libc::FUTEX_WAIT,
-                expected,
-                ts_ptr,
-                std::ptr::null::<u32>(),
-                0u32,
-            )
-        };
-        if r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
-            return deadline.is_none_or(|d| Instant::now() < d);
+        // Not `Flags::PRIVATE`: the word may be in memory shared with other processes.
+        match futex::wait(word, Flags::empty(), expected, timeout.as_ref()) {
+            Err(rustix::io::Errno::TIMEDOUT) => deadline.is_none_or(|d| Instant::now() < d),
+            // Woken, the value already differed (EAGAIN), or interrupted: look again.
+            _ => true,
         }
-        true
     }
 
-    fn wake_at(addr: *mut u32, n: u32) {
-        // SAFETY: FUTEX_WAKE only uses the address as a key; `addr` is live and aligned.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                addr,
-                libc::FUTEX_WAKE,
-                n.min(i32::MAX as u32),
-                std::ptr::null::<libc::timespec>(),
-                std::ptr::null::<u32>(),
-                0u32,
-            );
-        }
+    pub fn wake(word: &AtomicU32, n: u32) {
+        let _ = futex::wake(word, Flags::empty(), n.min(i32::MAX as u32));
+    }
+
+    pub fn wait_low(word: &AtomicU64, expected: u32, deadline: Option<Instant>) -> bool {
+        wait(low_half(word), expected, deadline)
+    }
+
+    pub fn wake_low(word: &AtomicU64, n: u32) {
+        wake(low_half(word), n)
     }
 }
 

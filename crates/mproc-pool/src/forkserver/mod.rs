@@ -27,6 +27,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use mproc_segment::ProcessCell;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
@@ -72,48 +73,28 @@ struct Link {
 /// This process's link, behind a lock that belongs to this process. After a `fork` the child
 /// must not use the parent's lock: a thread of the parent may have held it at that moment, and
 /// that thread does not exist in the child, so the lock would stay held forever. So the lock
-/// lives in a heap cell tagged with the process that made it, and a forked child makes its own.
+/// lives in a [`ProcessCell`], and a forked child makes its own.
 struct Slot {
-    owner: u32,
     link: Mutex<Option<Link>>,
 }
 
-static SLOT: std::sync::atomic::AtomicPtr<Slot> =
-    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static SLOT: ProcessCell<Slot> = ProcessCell::new();
 
 fn slot() -> &'static Slot {
-    use std::sync::atomic::Ordering;
-    let me = mproc_segment::current_pid();
-    loop {
-        let cur = SLOT.load(Ordering::Acquire);
-        // SAFETY: a non-null SLOT points at a leaked `Slot` that is never freed.
-        if let Some(s) = unsafe { cur.as_ref() } {
-            if s.owner == me {
-                return s;
+    let made: Result<_, std::convert::Infallible> = SLOT.get_or_try_make(|| {
+        // The slot inherited from a parent holds the parent's socket: close our copy if
+        // nobody holds its lock (else leave it: leaked, like the slot).
+        if let Some(old) = SLOT.inherited() {
+            if let Ok(mut g) = old.link.try_lock() {
+                drop(g.take());
             }
         }
-        let new = Box::into_raw(Box::new(Slot {
-            owner: me,
+        Ok(Box::leak(Box::new(Slot {
             link: Mutex::new(None),
-        }));
-        match SLOT.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {
-                // SAFETY: as above; the inherited slot is the parent's: close our copy of its
-                // socket if nobody holds its lock (else leave it: leaked, like the slot).
-                if let Some(old) = unsafe { cur.as_ref() } {
-                    if let Ok(mut g) = old.link.try_lock() {
-                        drop(g.take());
-                    }
-                }
-                // SAFETY: just published; never freed.
-                return unsafe { &*new };
-            }
-            Err(_) => {
-                // SAFETY: `new` was never published; we own it.
-                drop(unsafe { Box::from_raw(new) });
-            }
-        }
-    }
+        })))
+    });
+    let Ok(slot) = made;
+    slot
 }
 
 /// Starts this process's fork server now, if it has none. Call it early in `main` (before
@@ -168,8 +149,7 @@ impl Link {
                     let code =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(theirs)))
                             .unwrap_or(1);
-                    // SAFETY: `_exit` is always safe to call.
-                    unsafe { libc::_exit(code) }
+                    crate::child::exit_now(code)
                 }
                 ForkResult::Parent { child } => {
                     drop(theirs);

@@ -173,8 +173,7 @@ fn fork_worker(
                 crate::worker::worker_main(&boot)
             }))
             .unwrap_or(crate::protocol::EXIT_PANIC);
-            // SAFETY: `_exit` is always safe to call.
-            unsafe { libc::_exit(code) }
+            crate::child::exit_now(code)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(received);

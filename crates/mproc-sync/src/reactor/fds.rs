@@ -3,11 +3,13 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use super::{Instance, Table, lock, per_process, start_thread, wake_all};
+use mproc_segment::ProcessCell;
+
+use super::{Table, lock, start_thread, wake_all};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Fd {
@@ -22,24 +24,19 @@ struct Fds {
 
 /// The fd reactor of this process (as [`words`]).
 fn fds() -> Option<&'static Fds> {
-    static FDS: AtomicPtr<Instance<Fds>> = AtomicPtr::new(std::ptr::null_mut());
-    static MAKING: AtomicU32 = AtomicU32::new(0);
+    static FDS: ProcessCell<Fds> = ProcessCell::new();
     static FAILED: AtomicU64 = AtomicU64::new(0);
-    per_process(&FDS, &MAKING, || {
-        // SAFETY: eventfd takes no pointers; a non-negative result is a new fd we own.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if raw < 0 {
-            return None;
-        }
-        // SAFETY: `raw` was just returned by eventfd and is owned by nobody else.
-        let bell = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    FDS.get_or_try_make(|| {
+        use rustix::event::{EventfdFlags, eventfd};
+        let bell = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(drop)?;
         let f = Fds {
             table: Mutex::new(Table::default()),
             bell,
         };
         // If the thread cannot start, `f` (and the eventfd) is dropped again.
-        start_thread(f, "mproc-fd-reactor", fd_reactor, &FAILED)
+        start_thread(f, "mproc-fd-reactor", fd_reactor, &FAILED).ok_or(())
     })
+    .ok()
 }
 
 fn fd_reactor(f: &'static Fds) {
@@ -75,16 +72,18 @@ fn fd_reactor(f: &'static Fds) {
             // Round up: waking a little late is fine, early means a wasted turn.
             left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
         });
+        // Raw `poll`, not rustix's: its `PollFd` borrows each descriptor for the call, and a
+        // registered one may be closed by its owner at any moment (it then comes back as
+        // POLLNVAL and wakes its future, which is what we want), so no borrow can be promised.
         // SAFETY: `pfds` is a live array of pollfd of the length passed; poll only writes
-        // `revents`. A registered fd that was closed meanwhile comes back as POLLNVAL.
+        // `revents`.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
         if n <= 0 {
             continue;
         }
         if pfds[0].revents != 0 {
-            let mut buf = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into a live local buffer (drains the eventfd).
-            let _ = unsafe { libc::read(pfds[0].fd, buf.as_mut_ptr().cast(), 8) };
+            // Drains the doorbell.
+            let _ = rustix::io::read(&f.bell, &mut [0u8; 8]);
         }
         for (p, k) in pfds[1..].iter().zip(&list) {
             if p.revents != 0 {
@@ -115,9 +114,7 @@ impl FdWatch {
             events: libc::POLLIN,
         };
         let id = lock(&f.table).insert(key, waker, nap);
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live local to the eventfd (the doorbell).
-        let _ = unsafe { libc::write(f.bell.as_raw_fd(), one.as_ptr().cast(), 8) };
+        let _ = rustix::io::write(&f.bell, &1u64.to_ne_bytes());
         FdWatch { id: Some(id) }
     }
 }

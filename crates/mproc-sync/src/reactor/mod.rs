@@ -31,7 +31,7 @@
 //! waking every registration each millisecond: correct, but no longer idle.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -126,53 +126,6 @@ fn wake_all(wakers: Vec<Waker>) {
     for w in wakers {
         w.wake();
     }
-}
-
-/// This process's instance of a reactor.
-struct Instance<T: 'static> {
-    pid: u32,
-    value: &'static T,
-}
-
-/// The reactor of the calling process, made by `make` on first use. A forked child inherits
-/// the parent's statics but not its threads: an instance made by another pid is ignored and a
-/// new one (with its own thread) is made. `lock` holds the pid making an instance (0: none);
-/// one inherited from a parent that forked mid-way counts as free.
-fn per_process<T>(
-    slot: &AtomicPtr<Instance<T>>,
-    lock: &AtomicU32,
-    make: impl FnOnce() -> Option<&'static T>,
-) -> Option<&'static T> {
-    let me = mproc_segment::current_pid();
-    let current = |slot: &AtomicPtr<Instance<T>>| {
-        let p = slot.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer in `slot` comes from `Box::leak` below and is never
-        // freed, so it is valid for 'static.
-        let inst = unsafe { p.as_ref() }?;
-        (inst.pid == me).then_some(inst.value)
-    };
-    if let Some(v) = current(slot) {
-        return Some(v);
-    }
-    loop {
-        let held = lock.load(Ordering::Acquire);
-        if held != me
-            && lock
-                .compare_exchange(held, me, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        {
-            break;
-        }
-        std::thread::yield_now();
-    }
-    let made = current(slot).or_else(|| {
-        let value = make()?;
-        let inst: &'static Instance<T> = Box::leak(Box::new(Instance { pid: me, value }));
-        slot.store(std::ptr::from_ref(inst).cast_mut(), Ordering::Release);
-        Some(value)
-    });
-    lock.store(0, Ordering::Release);
-    made
 }
 
 /// How long after a reactor thread could not be started (out of threads: RLIMIT_NPROC, a

@@ -2,11 +2,14 @@
 //! word (and a doorbell), waking the futures whose word changed or whose nap ran out.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use super::{Instance, OVERFLOW_NAP, Table, WAITV_MAX, lock, per_process, start_thread, wake_all};
+use mproc_segment::ProcessCell;
+use rustix::thread::futex;
+
+use super::{OVERFLOW_NAP, Table, WAITV_MAX, lock, start_thread, wake_all};
 
 // ---- futex words ----------------------------------------------------------------------------
 
@@ -32,74 +35,51 @@ struct Words {
 /// The word reactor, started on first use in each process; `None` if its thread could not be
 /// started (then a later call tries again, see [`start_thread`]).
 fn words() -> Option<&'static Words> {
-    static WORDS: AtomicPtr<Instance<Words>> = AtomicPtr::new(std::ptr::null_mut());
-    static MAKING: AtomicU32 = AtomicU32::new(0);
+    static WORDS: ProcessCell<Words> = ProcessCell::new();
     static FAILED: AtomicU64 = AtomicU64::new(0);
-    per_process(&WORDS, &MAKING, || {
-        let w = Words {
-            table: Mutex::new(Table::default()),
-            bell: AtomicU32::new(0),
-            sleeping_on: Mutex::new(Vec::new()),
-            awake: std::sync::atomic::AtomicBool::new(true),
-        };
-        // The thread lives as long as the process; it holds no resource but its stack.
-        start_thread(w, "mproc-reactor", word_reactor, &FAILED)
-    })
+    WORDS
+        .get_or_try_make(|| {
+            let w = Words {
+                table: Mutex::new(Table::default()),
+                bell: AtomicU32::new(0),
+                sleeping_on: Mutex::new(Vec::new()),
+                awake: std::sync::atomic::AtomicBool::new(true),
+            };
+            // The thread lives as long as the process; it holds no resource but its stack.
+            start_thread(w, "mproc-reactor", word_reactor, &FAILED).ok_or(())
+        })
+        .ok()
 }
 
-/// `struct futex_waitv` (linux/futex.h).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct FutexWaitv {
-    val: u64,
-    uaddr: u64,
-    flags: u32,
-    reserved: u32,
+/// One entry of a `futex_waitv` call: wait while the 32-bit word at `addr` holds `expected`.
+fn waitv_entry(addr: usize, expected: u32) -> futex::Wait {
+    let mut w = futex::Wait::new();
+    w.val = u64::from(expected);
+    // An address, not a reference: the word may be unmapped by the time the kernel looks
+    // (it then answers EFAULT; nothing is dereferenced in user space).
+    w.uaddr = futex::WaitPtr::new(addr as *mut std::ffi::c_void);
+    w.flags = futex::WaitFlags::SIZE_U32;
+    w
 }
-
-const FUTEX2_SIZE_U32: u32 = 0x02;
 
 /// `futex_waitv` until `until`: `Ok(index woken)` or `Err(errno)`.
-fn futex_waitv(v: &[FutexWaitv], until: Instant) -> Result<usize, i32> {
+fn futex_waitv(v: &[futex::Wait], until: Instant) -> Result<usize, i32> {
+    use rustix::time::{ClockId, Timespec, clock_gettime};
     // The timeout is absolute on CLOCK_MONOTONIC, the clock `Instant` reads.
     let left = until.saturating_duration_since(Instant::now());
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the local we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let now = clock_gettime(ClockId::Monotonic);
     let nanos = now.tv_nsec as u64 + u64::from(left.subsec_nanos());
-    let ts = libc::timespec {
-        tv_sec: now.tv_sec
-            + left.as_secs().min(1 << 31) as libc::time_t
-            + (nanos / 1_000_000_000) as libc::time_t,
-        tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+    let ts = Timespec {
+        tv_sec: now.tv_sec + left.as_secs().min(1 << 31) as i64 + (nanos / 1_000_000_000) as i64,
+        tv_nsec: (nanos % 1_000_000_000) as i64,
     };
-    // SAFETY: `v` is a live array of `v.len()` futex_waitv structs and `ts` a live timespec;
-    // the kernel reads them and the words they name (it validates those addresses itself and
-    // answers EFAULT for an unmapped one: nothing here is dereferenced in user space).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_futex_waitv,
-            v.as_ptr(),
-            v.len() as u32,
-            0u32,
-            &ts as *const libc::timespec,
-            libc::CLOCK_MONOTONIC,
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EINVAL))
-    } else {
-        Ok(r as usize)
-    }
+    futex::waitv(v, futex::WaitvFlags::empty(), Some(&ts), ClockId::Monotonic)
+        .map_err(|e| e.raw_os_error())
 }
 
 /// Whether the kernel still sees `w.expected` at `w.addr` (a zero-timeout FUTEX_WAIT: EAGAIN
-/// means changed, EFAULT unmapped, ETIMEDOUT unchanged).
+/// means changed, EFAULT unmapped, ETIMEDOUT unchanged). A raw system call, not rustix's
+/// `futex::wait`: that takes a reference, and the word may have been unmapped meanwhile.
 fn unchanged(w: Word) -> bool {
     let zero = libc::timespec {
         tv_sec: 0,
@@ -170,18 +150,8 @@ fn word_reactor(w: &'static Words) {
             (list, until)
         };
         let mut v = Vec::with_capacity(list.len() + 1);
-        v.push(FutexWaitv {
-            val: u64::from(bell),
-            uaddr: w.bell.as_ptr() as u64,
-            flags: FUTEX2_SIZE_U32,
-            reserved: 0,
-        });
-        v.extend(list.iter().map(|k| FutexWaitv {
-            val: u64::from(k.expected),
-            uaddr: k.addr as u64,
-            flags: FUTEX2_SIZE_U32,
-            reserved: 0,
-        }));
+        v.push(waitv_entry(w.bell.as_ptr() as usize, bell));
+        v.extend(list.iter().map(|k| waitv_entry(k.addr, k.expected)));
         let r = if no_waitv {
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
             Err(libc::ETIMEDOUT)
