@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use mproc::prelude::*;
 
-use crate::figures::{join, name, per, pipe, read_exact, start, write_all};
+use crate::figures::{join, name, per, start};
+use crate::pipes::{pipe, read_exact, write_all};
 use crate::stats::Stat;
 
 /// Body sizes of the 1→1 rows.

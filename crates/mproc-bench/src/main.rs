@@ -20,6 +20,8 @@ mod asyncs;
 mod bodies;
 mod figures;
 mod locks;
+mod pipes;
+mod pools;
 mod stats;
 
 use stats::Stat;
