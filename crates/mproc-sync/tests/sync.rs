@@ -2,37 +2,20 @@
 //! blocked waits sleep. Children are forked with deadlines and reaped; named segments use
 //! unique names and are unlinked by their creators.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mproc_segment::{Segment, SegmentError};
 use mproc_sync::{
-    Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, LockError, RLock, Semaphore,
-    SemaphoreError,
+    Barrier, BoundedSemaphore, Event, Lock, LockError, RLock, Semaphore, SemaphoreError,
 };
 use mproc_testkit::{Child, Exit, fork_child, unique_name};
 use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// A pipe the child uses to say "I am there" (e.g. holding the lock).
-struct Signal1 {
-    r: std::os::fd::OwnedFd,
-    w: std::os::fd::OwnedFd,
-}
-impl Signal1 {
-    fn new() -> Self {
-        let (r, w) = nix::unistd::pipe().unwrap();
-        Signal1 { r, w }
-    }
-    fn notify(&self) {
-        nix::unistd::write(&self.w, b"x").unwrap();
-    }
-    fn wait(&self) {
-        let mut b = [0u8];
-        assert_eq!(nix::unistd::read(&self.r, &mut b).unwrap(), 1);
-    }
-}
+mod common;
+use common::Signal1;
 
 #[test]
 fn two_processes_increment_under_the_lock_without_losing_updates() {
@@ -379,148 +362,6 @@ fn semaphore_hands_out_permits_across_processes() {
         BoundedSemaphore::open(&name),
         Err(SegmentError::TypeMismatch { .. })
     ));
-}
-
-#[test]
-fn condition_notifies_a_waiting_process() {
-    let cond = Condition::new().unwrap();
-    let mem = Segment::anonymous(64).unwrap();
-    let flag: &AtomicU32 = mem.view(0).unwrap();
-    let waiting = Signal1::new();
-    let child = fork_child(|| {
-        let g = cond.lock().unwrap();
-        waiting.notify();
-        let (g, timed_out) = cond
-            .wait_while(g, Some(LONG), || flag.load(Ordering::Relaxed) == 0)
-            .unwrap();
-        drop(g);
-        if timed_out { 1 } else { 0 }
-    });
-    waiting.wait();
-    {
-        // The child holds the lock until it sleeps in wait_while, so this lock() returns
-        // only once it is waiting.
-        let _g = cond.lock().unwrap();
-        flag.store(1, Ordering::Relaxed);
-        cond.notify_all();
-    }
-    child.assert_success();
-
-    // Timeout paths.
-    let g = cond.lock().unwrap();
-    let (g, timed_out) = cond.wait_timeout(g, Duration::from_millis(20)).unwrap();
-    assert!(timed_out);
-    let (g, still) = cond
-        .wait_while(g, Some(Duration::from_millis(20)), || true)
-        .unwrap();
-    assert!(still);
-    drop(g);
-}
-
-#[test]
-fn condition_notify_one_wakes_one_of_many() {
-    let cond = Condition::new().unwrap();
-    let mem = Segment::anonymous(64).unwrap();
-    let tickets: &AtomicU32 = mem.view(0).unwrap();
-    let ready: &AtomicU32 = mem.view(4).unwrap();
-    let children: Vec<Child> = (0..3)
-        .map(|_| {
-            fork_child(|| {
-                let g = cond.lock().unwrap();
-                ready.fetch_add(1, Ordering::SeqCst);
-                let (g, timed_out) = cond
-                    .wait_while(g, Some(LONG), || tickets.load(Ordering::Relaxed) == 0)
-                    .unwrap();
-                tickets.fetch_sub(1, Ordering::Relaxed);
-                drop(g);
-                if timed_out { 1 } else { 0 }
-            })
-        })
-        .collect();
-    // Hand out three tickets one at a time, each with notify_one.
-    for _ in 0..3 {
-        let _g = cond.lock().unwrap();
-        tickets.fetch_add(1, Ordering::Relaxed);
-        cond.notify_one();
-    }
-    for c in children {
-        c.assert_success();
-    }
-    assert_eq!(tickets.load(Ordering::Relaxed), 0);
-    assert_eq!(ready.load(Ordering::SeqCst), 3);
-}
-
-#[test]
-fn barrier_releases_all_parties_with_distinct_indices() {
-    let barrier = Barrier::new(4).unwrap();
-    let mem = Segment::anonymous(64).unwrap();
-    let seen: &[AtomicU32] = mem.view_slice(0, 4).unwrap();
-    for round in 0..3u32 {
-        let children: Vec<Child> = (0..3)
-            .map(|_| {
-                fork_child(|| match barrier.wait_timeout(LONG) {
-                    Ok(i) => {
-                        seen[i as usize].fetch_add(1, Ordering::SeqCst);
-                        0
-                    }
-                    Err(_) => 1,
-                })
-            })
-            .collect();
-        let mine = barrier.wait_timeout(LONG).unwrap();
-        seen[mine as usize].fetch_add(1, Ordering::SeqCst);
-        for c in children {
-            c.assert_success();
-        }
-        for s in seen {
-            assert_eq!(
-                s.load(Ordering::SeqCst),
-                round + 1,
-                "each index once per round"
-            );
-        }
-    }
-    assert!(!barrier.is_broken());
-}
-
-#[test]
-fn a_barrier_timeout_breaks_it_for_everyone_until_reset() {
-    let barrier = Barrier::new(3).unwrap();
-    let arrived = Signal1::new();
-    let child = fork_child(|| {
-        arrived.notify();
-        match barrier.wait_timeout(LONG) {
-            Err(BarrierError::Broken) => 0,
-            _ => 1,
-        }
-    });
-    arrived.wait();
-    // Two of three parties: the parent's short wait times out and breaks the barrier, which
-    // releases the child with Broken.
-    assert_eq!(
-        barrier.wait_timeout(Duration::from_millis(50)),
-        Err(BarrierError::Timeout)
-    );
-    child.assert_success();
-    assert!(barrier.is_broken());
-    assert_eq!(barrier.wait(), Err(BarrierError::Broken));
-    barrier.reset();
-    assert!(!barrier.is_broken());
-    let kids: Vec<Child> = (0..2)
-        .map(|_| {
-            fork_child(|| {
-                if barrier.wait_timeout(LONG).is_ok() {
-                    0
-                } else {
-                    1
-                }
-            })
-        })
-        .collect();
-    assert!(barrier.wait_timeout(LONG).is_ok());
-    for k in kids {
-        k.assert_success();
-    }
 }
 
 #[test]
