@@ -52,6 +52,15 @@ impl<T: Pod> Array<T> {
         Shared::create(Kind::ARRAY, Some(name), len, None).map(|shared| Array { shared })
     }
 
+    /// As [`create`](Self::create), never reclaiming a stale segment of that name.
+    ///
+    /// A segment of that name left behind by a dead creator is not reclaimed: the call fails
+    /// with `AlreadyExists`, and the old contents stay for you to inspect (as
+    /// `SegmentOptions::fail_if_exists`; [`create`](Self::create) reclaims it).
+    pub fn create_exclusive(name: &str, len: usize) -> Result<Array<T>, SegmentError> {
+        Shared::create_as(Kind::ARRAY, Some(name), len, None, true).map(|shared| Array { shared })
+    }
+
     /// A named array holding a copy of `values`.
     pub fn create_from(name: &str, values: &[T]) -> Result<Array<T>, SegmentError> {
         Shared::create(Kind::ARRAY, Some(name), values.len(), Some(values))

@@ -80,12 +80,27 @@ impl<T: Pod> Shared<T> {
         len: usize,
         init: Option<&[T]>,
     ) -> Result<Self, SegmentError> {
+        Self::create_as(kind, name, len, init, false)
+    }
+
+    /// As [`create`](Self::create); `exclusive`: never reclaim a stale segment of that name
+    /// (`AlreadyExists` instead, see `SegmentOptions::fail_if_exists`).
+    pub fn create_as(
+        kind: Kind,
+        name: Option<&str>,
+        len: usize,
+        init: Option<&[T]>,
+        exclusive: bool,
+    ) -> Result<Self, SegmentError> {
         if len == 0 || std::mem::size_of::<T>() == 0 {
             return Err(SegmentError::InvalidSize {
                 reason: "arrays need at least one element of non-zero size",
             });
         }
-        let options = Self::options(kind, len)?;
+        let mut options = Self::options(kind, len)?;
+        if exclusive {
+            options = options.fail_if_exists();
+        }
         let seg = match name {
             Some(name) => options.create_with(name, Self::init(init))?,
             None => options.anonymous_with(Self::init(init))?,

@@ -49,6 +49,16 @@ impl<T: Pod> Value<T> {
         Shared::create(Kind::VALUE, Some(name), 1, Some(&[value])).map(|shared| Value { shared })
     }
 
+    /// As [`create`](Self::create), never reclaiming a stale segment of that name.
+    ///
+    /// A segment of that name left behind by a dead creator is not reclaimed: the call fails
+    /// with `AlreadyExists`, and the old contents stay for you to inspect (as
+    /// `SegmentOptions::fail_if_exists`; [`create`](Self::create) reclaims it).
+    pub fn create_exclusive(name: &str, value: T) -> Result<Value<T>, SegmentError> {
+        Shared::create_as(Kind::VALUE, Some(name), 1, Some(&[value]), true)
+            .map(|shared| Value { shared })
+    }
+
     /// Opens a value created by another process; its type must be `T`.
     pub fn open(name: &str) -> Result<Value<T>, SegmentError> {
         Shared::open(Kind::VALUE, name).map(|shared| Value { shared })
@@ -244,6 +254,16 @@ impl<T: AtomicInt> AtomicValue<T> {
     /// An atomic value in a new named segment.
     pub fn create(name: &str, value: T) -> Result<AtomicValue<T>, SegmentError> {
         Shared::create(Kind::ATOMIC_VALUE, Some(name), 1, Some(&[value]))
+            .map(|shared| AtomicValue { shared })
+    }
+
+    /// As [`create`](Self::create), never reclaiming a stale segment of that name.
+    ///
+    /// A segment of that name left behind by a dead creator is not reclaimed: the call fails
+    /// with `AlreadyExists`, and the old contents stay for you to inspect (as
+    /// `SegmentOptions::fail_if_exists`; [`create`](Self::create) reclaims it).
+    pub fn create_exclusive(name: &str, value: T) -> Result<AtomicValue<T>, SegmentError> {
+        Shared::create_as(Kind::ATOMIC_VALUE, Some(name), 1, Some(&[value]), true)
             .map(|shared| AtomicValue { shared })
     }
 

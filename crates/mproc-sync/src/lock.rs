@@ -50,7 +50,20 @@ impl Lock {
 
     /// A lock in a new named segment.
     pub fn create(name: &str) -> Result<Lock, SegmentError> {
-        Placed::create(name, |l: &RawLock| {
+        Self::create_as(name, false)
+    }
+
+    /// As [`create`](Self::create), never reclaiming a stale segment of that name.
+    ///
+    /// A segment of that name left behind by a dead creator is not reclaimed: the call fails
+    /// with `AlreadyExists`, and the old contents stay for you to inspect (as
+    /// `SegmentOptions::fail_if_exists`; [`create`](Self::create) reclaims it).
+    pub fn create_exclusive(name: &str) -> Result<Lock, SegmentError> {
+        Self::create_as(name, true)
+    }
+
+    fn create_as(name: &str, exclusive: bool) -> Result<Lock, SegmentError> {
+        Placed::create_as(name, exclusive, |l: &RawLock| {
             // SAFETY: as in `new`: inside the creator's initialiser, before publication.
             unsafe { l.init(false) };
             Ok(())
@@ -187,7 +200,20 @@ impl RLock {
 
     /// A re-entrant lock in a new named segment.
     pub fn create(name: &str) -> Result<RLock, SegmentError> {
-        Placed::create(name, |l: &RLockCell| {
+        Self::create_as(name, false)
+    }
+
+    /// As [`create`](Self::create), never reclaiming a stale segment of that name.
+    ///
+    /// A segment of that name left behind by a dead creator is not reclaimed: the call fails
+    /// with `AlreadyExists`, and the old contents stay for you to inspect (as
+    /// `SegmentOptions::fail_if_exists`; [`create`](Self::create) reclaims it).
+    pub fn create_exclusive(name: &str) -> Result<RLock, SegmentError> {
+        Self::create_as(name, true)
+    }
+
+    fn create_as(name: &str, exclusive: bool) -> Result<RLock, SegmentError> {
+        Placed::create_as(name, exclusive, |l: &RLockCell| {
             // SAFETY: as in `new`: inside the creator's initialiser, before publication.
             unsafe { l.0.init(true) };
             Ok(())

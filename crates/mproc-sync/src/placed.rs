@@ -58,7 +58,20 @@ impl<P: Primitive> Placed<P> {
         name: &str,
         init: impl FnOnce(&P) -> Result<(), SegmentError>,
     ) -> Result<Self, SegmentError> {
-        let seg = Self::options().create_with(name, |seg| init(seg.view::<P>(0)?))?;
+        Self::create_as(name, false, init)
+    }
+
+    /// As [`create`](Self::create); `exclusive`: never reclaim a stale segment of that name.
+    pub fn create_as(
+        name: &str,
+        exclusive: bool,
+        init: impl FnOnce(&P) -> Result<(), SegmentError>,
+    ) -> Result<Self, SegmentError> {
+        let mut options = Self::options();
+        if exclusive {
+            options = options.fail_if_exists();
+        }
+        let seg = options.create_with(name, |seg| init(seg.view::<P>(0)?))?;
         Self::wrap(seg)
     }
 
