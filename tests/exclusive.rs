@@ -1,7 +1,7 @@
 //! `create_exclusive` across real processes: a named object whose creator exited without
 //! unlinking it is refused (`AlreadyExists`, its contents kept) by `create_exclusive`, and
-//! reclaimed by `create`. For every named type that reclaims stale names besides `Queue`
-//! (whose opt-out is `QueueOptions::fail_if_exists`, tested with the queue).
+//! reclaimed by `create`. For every named type besides `Queue` (whose opt-out is
+//! `QueueOptions::fail_if_exists`, tested with the queue).
 
 use mproc::prelude::*;
 use mproc_testkit::{fork_child, unique_name};
@@ -64,4 +64,31 @@ fn create_exclusive_refuses_a_stale_name_that_create_reclaims() {
     left_behind("excl-rlock", RLock::create, RLock::create_exclusive, |n| {
         RLock::open(n).is_ok()
     });
+    left_behind("excl-event", Event::create, Event::create_exclusive, |n| {
+        Event::open(n).is_ok()
+    });
+    left_behind(
+        "excl-condition",
+        Condition::create,
+        Condition::create_exclusive,
+        |n| Condition::open(n).is_ok(),
+    );
+    left_behind(
+        "excl-semaphore",
+        |n| Semaphore::create(n, 3),
+        |n| Semaphore::create_exclusive(n, 1),
+        |n| Semaphore::open(n).is_ok_and(|s| s.value() == 3),
+    );
+    left_behind(
+        "excl-bounded",
+        |n| BoundedSemaphore::create(n, 2),
+        |n| BoundedSemaphore::create_exclusive(n, 1),
+        |n| BoundedSemaphore::open(n).is_ok(),
+    );
+    left_behind(
+        "excl-barrier",
+        |n| Barrier::create(n, 4),
+        |n| Barrier::create_exclusive(n, 1),
+        |n| Barrier::open(n).is_ok_and(|b| b.parties() == 4),
+    );
 }

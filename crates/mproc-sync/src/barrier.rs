@@ -203,6 +203,15 @@ mod handle {
             Placed::create(name, init(parties)).map(Barrier)
         }
 
+        /// As [`create`](Self::create), never reclaiming a stale segment of that name.
+        ///
+        /// A segment of that name left behind by a dead creator is not reclaimed: the call fails
+        /// with `AlreadyExists`, and the old contents stay for you to inspect (as
+        /// `SegmentOptions::fail_if_exists`; [`create`](Self::create) reclaims it).
+        pub fn create_exclusive(name: &str, parties: u32) -> Result<Barrier, SegmentError> {
+            Placed::create_as(name, true, init(parties)).map(Barrier)
+        }
+
         /// Opens a barrier created by another process.
         pub fn open(name: &str) -> Result<Barrier, SegmentError> {
             Placed::open(name).map(Barrier)

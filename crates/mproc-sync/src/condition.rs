@@ -126,7 +126,20 @@ impl Condition {
 
     /// A condition in a new named segment.
     pub fn create(name: &str) -> Result<Condition, SegmentError> {
-        Placed::create(name, |c: &RawCondition| {
+        Self::create_as(name, false)
+    }
+
+    /// As [`create`](Self::create), never reclaiming a stale segment of that name.
+    ///
+    /// A segment of that name left behind by a dead creator is not reclaimed: the call fails
+    /// with `AlreadyExists`, and the old contents stay for you to inspect (as
+    /// `SegmentOptions::fail_if_exists`; [`create`](Self::create) reclaims it).
+    pub fn create_exclusive(name: &str) -> Result<Condition, SegmentError> {
+        Self::create_as(name, true)
+    }
+
+    fn create_as(name: &str, exclusive: bool) -> Result<Condition, SegmentError> {
+        Placed::create_as(name, exclusive, |c: &RawCondition| {
             // SAFETY: as in `new`: inside the creator's initialiser, before publication.
             unsafe { c.init() };
             Ok(())

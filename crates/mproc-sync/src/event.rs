@@ -121,6 +121,15 @@ mod handle {
             Placed::create(name, |_| Ok(())).map(Event)
         }
 
+        /// As [`create`](Self::create), never reclaiming a stale segment of that name.
+        ///
+        /// A segment of that name left behind by a dead creator is not reclaimed: the call fails
+        /// with `AlreadyExists`, and the old contents stay for you to inspect (as
+        /// `SegmentOptions::fail_if_exists`; [`create`](Self::create) reclaims it).
+        pub fn create_exclusive(name: &str) -> Result<Event, SegmentError> {
+            Placed::create_as(name, true, |_| Ok(())).map(Event)
+        }
+
         /// Opens an event created by another process.
         pub fn open(name: &str) -> Result<Event, SegmentError> {
             Placed::open(name).map(Event)

@@ -162,7 +162,20 @@ mod handle {
 
         /// A semaphore with `value` permits, in a new named segment.
         pub fn create(name: &str, value: u32) -> Result<Semaphore, SegmentError> {
-            Placed::create(name, |s: &RawSemaphore| {
+            Self::create_as(name, value, false)
+        }
+
+        /// As [`create`](Self::create), never reclaiming a stale segment of that name.
+        ///
+        /// A segment of that name left behind by a dead creator is not reclaimed: the call fails
+        /// with `AlreadyExists`, and the old contents stay for you to inspect (as
+        /// `SegmentOptions::fail_if_exists`; [`create`](Self::create) reclaims it).
+        pub fn create_exclusive(name: &str, value: u32) -> Result<Semaphore, SegmentError> {
+            Self::create_as(name, value, true)
+        }
+
+        fn create_as(name: &str, value: u32, exclusive: bool) -> Result<Semaphore, SegmentError> {
+            Placed::create_as(name, exclusive, |s: &RawSemaphore| {
                 s.init(value, None);
                 Ok(())
             })
@@ -287,6 +300,15 @@ mod handle {
         /// A bounded semaphore with `value` (>= 1) permits, in a new named segment.
         pub fn create(name: &str, value: u32) -> Result<BoundedSemaphore, SegmentError> {
             Placed::create(name, init_bounded(value)).map(BoundedSemaphore)
+        }
+
+        /// As [`create`](Self::create), never reclaiming a stale segment of that name.
+        ///
+        /// A segment of that name left behind by a dead creator is not reclaimed: the call fails
+        /// with `AlreadyExists`, and the old contents stay for you to inspect (as
+        /// `SegmentOptions::fail_if_exists`; [`create`](Self::create) reclaims it).
+        pub fn create_exclusive(name: &str, value: u32) -> Result<BoundedSemaphore, SegmentError> {
+            Placed::create_as(name, true, init_bounded(value)).map(BoundedSemaphore)
         }
 
         /// Opens a bounded semaphore created by another process.
