@@ -1,7 +1,7 @@
 //! The scheduler's seam to the world. The scheduling state (`state.rs`, `scheduler.rs`,
 //! `settle.rs`) is a pure state machine: it never touches a queue, a process or a signal
 //! itself, only these two traits. The pool runs it over `Live` workers (`io.rs`: a child process and
-//! its inbox) and the results queue; the unit tests in `machine_tests.rs` run it over fakes and
+//! its inbox) and the results queue; the unit tests in `machine_tests/` run it over fakes and
 //! drive it through dispatch, stealing, deaths, limits, cancellation and retirement.
 
 use mproc_queue::{GetError, PutError};
