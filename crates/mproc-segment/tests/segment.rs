@@ -5,59 +5,15 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use mproc_segment::{
-    FORMAT_VERSION, HEADER_LEN, Kind, MAGIC, Segment, SegmentError, SegmentOptions, TypeTag,
+    FORMAT_VERSION, HEADER_LEN, Kind, Segment, SegmentError, SegmentOptions, TypeTag,
 };
 use mproc_testkit::{Exit, fork_child, shm_entries, unique_name};
-use nix::fcntl::OFlag;
-use nix::sys::mman::shm_open;
-use nix::sys::stat::Mode;
 use nix::unistd::{Uid, ftruncate, setuid};
 
-/// Makes a foreign (non-mproc) object in /dev/shm holding `bytes`, like Python would.
-/// A one-byte lock request at offset 0 (the type is set by the caller).
-fn in_use_flock() -> libc::flock {
-    libc::flock {
-        l_type: libc::F_UNLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 1,
-        l_pid: 0,
-    }
-}
-
-fn foreign(name: &str, bytes: &[u8]) -> OwnedFd {
-    let fd = shm_open(
-        format!("/{name}").as_str(),
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
-        Mode::from_bits_truncate(0o600),
-    )
-    .unwrap();
-    ftruncate(&fd, bytes.len() as i64).unwrap();
-    if !bytes.is_empty() {
-        let seg = Segment::open_raw(name).unwrap();
-        seg.write_bytes(0, bytes).unwrap();
-    }
-    fd
-}
-
-/// Removes a name when the test ends, however it ends.
-struct Cleanup(String);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Segment::unlink(&self.0);
-    }
-}
-
-fn header_bytes(state: u32, pid: u32) -> Vec<u8> {
-    let mut b = vec![0u8; 4096];
-    b[0..8].copy_from_slice(&MAGIC.to_ne_bytes());
-    b[8..12].copy_from_slice(&state.to_ne_bytes());
-    b[12..16].copy_from_slice(&pid.to_ne_bytes());
-    b
-}
+mod common;
+use common::*;
 
 #[test]
 fn child_opens_by_name_and_writes_parent_reads() {
@@ -341,166 +297,6 @@ fn a_panicking_owner_leaves_nothing_behind() {
     });
     assert_eq!(child.wait().exit, Exit::Code(mproc_testkit::PANIC_EXIT));
     assert!(shm_entries(&name2).is_empty());
-}
-
-#[test]
-fn a_segment_gets_its_name_only_once_initialised() {
-    let name = unique_name("seg-race");
-    let (go_r, go_w) = nix::unistd::pipe().unwrap();
-    let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
-    let n = name.clone();
-    let mut child = fork_child(move || {
-        let r = SegmentOptions::new(Kind::ARRAY)
-            .element::<u32>()
-            .capacity(16)
-            .create_with(&n, |seg| {
-                let cell: &AtomicU32 = seg.view(0)?;
-                cell.store(0xC0FFEE, Ordering::Relaxed);
-                // Tell the parent we are inside init, then wait for its go.
-                nix::unistd::write(&ready_w, b"i").unwrap();
-                let mut b = [0u8];
-                nix::unistd::read(&go_r, &mut b).unwrap();
-                Ok::<(), SegmentError>(())
-            });
-        let Ok(mut seg) = r else { return 7 };
-        // Hand the name to the parent, which unlinks it.
-        seg.persist();
-        nix::unistd::write(&ready_w, b"d").unwrap();
-        0
-    });
-    let mut b = [0u8];
-    nix::unistd::read(&ready_r, &mut b).unwrap();
-    let _cleanup = Cleanup(name.clone());
-
-    // While the creator is inside init, the name does not exist yet: nobody can see (or
-    // wait on) a half-made segment.
-    assert!(matches!(
-        SegmentOptions::any().open(&name),
-        Err(SegmentError::NotFound { .. })
-    ));
-    assert!(shm_entries(&name).is_empty());
-    nix::unistd::write(&go_w, b"g").unwrap();
-    nix::unistd::read(&ready_r, &mut b).unwrap();
-    // Once it has a name, it is complete.
-    let seg = SegmentOptions::new(Kind::ARRAY)
-        .element::<u32>()
-        .open(&name)
-        .unwrap();
-    assert_eq!(
-        seg.view::<AtomicU32>(0).unwrap().load(Ordering::Relaxed),
-        0xC0FFEE
-    );
-    assert_eq!(child.wait().exit, Exit::Code(0));
-}
-
-#[test]
-fn racing_creators_one_creates_the_others_open() {
-    let name = unique_name("seg-race-create");
-    let _cleanup = Cleanup(name.clone());
-    // Every child stays until all have tried: a creator that had left would leave a stale
-    // name, which the next `open_or_create` would (rightly) reclaim and create again.
-    let done_mem = Segment::anonymous(8).unwrap();
-    let done: &AtomicU32 = done_mem.view(0).unwrap();
-    let created: Vec<_> = (0..4)
-        .map(|_| {
-            let n = name.clone();
-            fork_child(move || {
-                let r = SegmentOptions::new(Kind::RAW)
-                    .payload_len(64)
-                    .open_or_create_with(&n, |seg| {
-                        seg.view::<AtomicU32>(0)?.store(7, Ordering::Relaxed);
-                        Ok::<(), SegmentError>(())
-                    });
-                let code = match &r {
-                    // Exit 10 + whether this one created it; the value is always initialised.
-                    Ok((seg, created))
-                        if seg
-                            .view::<AtomicU32>(0)
-                            .is_ok_and(|c| c.load(Ordering::Relaxed) == 7) =>
-                    {
-                        10 + i32::from(*created)
-                    }
-                    _ => 1,
-                };
-                done.fetch_add(1, Ordering::SeqCst);
-                let end = Instant::now() + Duration::from_secs(30);
-                while done.load(Ordering::SeqCst) < 4 && Instant::now() < end {
-                    std::thread::yield_now();
-                }
-                if let Ok((mut seg, _)) = r {
-                    seg.persist(); // the parent's Cleanup unlinks the name
-                }
-                code
-            })
-        })
-        .collect();
-    let codes: Vec<_> = created
-        .into_iter()
-        .map(|mut c| match c.wait().exit {
-            Exit::Code(n) => n,
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    assert!(codes.iter().all(|&c| c == 10 || c == 11), "{codes:?}");
-    assert_eq!(codes.iter().filter(|&&c| c == 11).count(), 1, "{codes:?}");
-}
-
-#[test]
-fn a_creator_that_died_before_ready_makes_open_fail_not_hang() {
-    // A child writes the start of a header (magic, Initializing, its pid) and exits, as a
-    // creator SIGKILLed inside `create` would leave it.
-    let name = unique_name("seg-dead-creator");
-    let _c = Cleanup(name.clone());
-    let n = name.clone();
-    let mut child = fork_child(move || {
-        let _fd = foreign(&n, &header_bytes(1, std::process::id()));
-        0
-    });
-    assert_eq!(child.wait().exit, Exit::Code(0));
-    let start = Instant::now();
-    let err = SegmentOptions::any()
-        .open_timeout(Duration::from_secs(30))
-        .open(&name)
-        .unwrap_err();
-    assert_eq!(err, SegmentError::NotReady { creator_dead: true });
-    assert!(
-        start.elapsed() < Duration::from_secs(30),
-        "a dead creator is noticed before the timeout"
-    );
-
-    // A live creator that never finishes: NotReady after the timeout.
-    let stuck = unique_name("seg-stuck-creator");
-    let _c2 = Cleanup(stuck.clone());
-    let _fd = foreign(&stuck, &header_bytes(1, std::process::id()));
-    // A creator holds its segment's in-use lock (byte 0) from before it writes the header.
-    let mut fl: libc::flock = in_use_flock();
-    fl.l_type = libc::F_RDLCK as libc::c_short;
-    nix::fcntl::fcntl(&_fd, nix::fcntl::FcntlArg::F_OFD_SETLK(&fl)).unwrap();
-    let err = SegmentOptions::any()
-        .open_timeout(Duration::from_millis(30))
-        .open(&stuck)
-        .unwrap_err();
-    assert_eq!(
-        err,
-        SegmentError::NotReady {
-            creator_dead: false
-        }
-    );
-}
-
-#[test]
-fn a_full_dev_shm_is_out_of_space_at_create() {
-    let st = nix::sys::statvfs::statvfs("/dev/shm").unwrap();
-    let fs_size = st.blocks() as u64 * st.fragment_size() as u64;
-    let name = unique_name("seg-huge");
-    let err = Segment::create(&name, (fs_size * 2) as usize).unwrap_err();
-    assert_eq!(
-        err,
-        SegmentError::OutOfSpace {
-            requested: fs_size * 2 + HEADER_LEN as u64
-        }
-    );
-    assert!(shm_entries(&name).is_empty(), "a failed create unlinks");
 }
 
 #[test]
