@@ -211,6 +211,39 @@ impl ByteQueue {
         self.put_with(bytes, Wait::poll(check_peers))
     }
 
+    /// Borrows `len` bytes of the arena without blocking a thread, waiting for space: the
+    /// async form of [`loan`](Self::loan). Cancellation-safe: a future dropped before it
+    /// completes holds no space.
+    #[cfg(feature = "async")]
+    pub fn loan_async(
+        &self,
+        len: usize,
+    ) -> impl std::future::Future<Output = Result<Loan<'_>, PutError<()>>> + '_ {
+        let parkings = self.raw.put_parkings();
+        mproc_sync::park::wait_async(parkings, crate::wait::REPOLL, move |check| {
+            match self.loan_with(len, Wait::poll(check)) {
+                Err(PutError::Full(())) => None,
+                r => Some(r),
+            }
+        })
+    }
+
+    /// Takes the oldest message as a guard over its bytes without blocking a thread: the
+    /// async form of [`get_loan`](Self::get_loan). Cancellation-safe: a future dropped
+    /// before it completes has taken nothing.
+    #[cfg(feature = "async")]
+    pub fn get_loan_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<ReadLoan<'_>, GetError>> + '_ {
+        let parkings = self.raw.get_parkings();
+        mproc_sync::park::wait_async(parkings, crate::wait::REPOLL, move |check| {
+            match self.get_loan_with(Wait::poll(check)) {
+                Err(GetError::Empty) => None,
+                r => Some(r),
+            }
+        })
+    }
+
     queue_state_methods!();
     arena_methods!();
 

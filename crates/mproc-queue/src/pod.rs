@@ -230,6 +230,38 @@ impl<T: Pod> PodQueue<T> {
         self.get_loan_with(Wait::after(timeout))
     }
 
+    /// Claims the next slot without blocking a thread, waiting for room: the async form of
+    /// [`loan`](Self::loan). Cancellation-safe: a future dropped before it completes holds
+    /// no slot.
+    #[cfg(feature = "async")]
+    pub fn loan_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<PodLoan<'_, T>, PutError<()>>> + '_ {
+        let parkings = self.raw.put_parkings();
+        mproc_sync::park::wait_async(parkings, crate::wait::REPOLL, move |check| {
+            match self.loan_with(Wait::poll(check)) {
+                Err(PutError::Full(())) => None,
+                r => Some(r),
+            }
+        })
+    }
+
+    /// Takes the oldest value as a guard over its slot without blocking a thread: the async
+    /// form of [`get_loan`](Self::get_loan). Cancellation-safe: a future dropped before it
+    /// completes has taken nothing.
+    #[cfg(feature = "async")]
+    pub fn get_loan_async(
+        &self,
+    ) -> impl std::future::Future<Output = Result<PodReadLoan<'_, T>, GetError>> + '_ {
+        let parkings = self.raw.get_parkings();
+        mproc_sync::park::wait_async(parkings, crate::wait::REPOLL, move |check| {
+            match self.get_loan_with(Wait::poll(check)) {
+                Err(GetError::Empty) => None,
+                r => Some(r),
+            }
+        })
+    }
+
     queue_state_methods!();
 
     #[cfg(feature = "async")]

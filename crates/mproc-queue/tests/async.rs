@@ -282,3 +282,75 @@ fn byte_queue_futures_and_select_across_processes() {
         );
     });
 }
+
+#[test]
+fn loans_have_futures_that_wait_for_another_process() {
+    with_deadline(LIMIT, || {
+        use mproc_queue::{ByteQueue, QueueOptions};
+        // A read loan waits for a message a child sends.
+        let bq = ByteQueue::new(4).unwrap();
+        let mut got = Box::pin(bq.get_loan_async());
+        assert!(poll_once(&mut got).is_none(), "nothing sent yet");
+        let sender = fork_child(|| match bq.put(vec![7u8; 100_000]) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        });
+        match block_on_for(LIMIT, got) {
+            Some(Ok(loan)) => assert!(loan.len() == 100_000 && loan.iter().all(|&b| b == 7)),
+            other => panic!(
+                "expected a read loan, got {:?}",
+                other.map(|r| r.map(|l| l.len()))
+            ),
+        }
+        sender.assert_success();
+
+        // A write loan waits for arena space a child frees by taking a message.
+        let small = QueueOptions::new()
+            .capacity(4)
+            .arena_bytes(64 << 10)
+            .anonymous_bytes()
+            .unwrap();
+        small.put(vec![1u8; 40 << 10]).unwrap();
+        let mut room = Box::pin(small.loan_async(40 << 10));
+        assert!(poll_once(&mut room).is_none(), "the arena is full");
+        let taker = fork_child(|| match small.get() {
+            Ok(m) if m.len() == 40 << 10 => 0,
+            _ => 1,
+        });
+        let mut loan = match block_on_for(LIMIT, room) {
+            Some(Ok(loan)) => loan,
+            other => panic!("expected a write loan, got {:?}", other.map(|r| r.is_ok())),
+        };
+        taker.assert_success();
+        loan.fill(9);
+        loan.send().unwrap();
+        assert_eq!(small.get().unwrap(), vec![9u8; 40 << 10]);
+
+        // PodQueue: a slot loan waits for room, a read loan for a value.
+        let pq: PodQueue<[u64; 8]> = PodQueue::new(1).unwrap();
+        pq.put([1; 8]).unwrap();
+        let mut slot = Box::pin(pq.loan_async());
+        assert!(poll_once(&mut slot).is_none(), "the ring is full");
+        let taker = fork_child(|| match pq.get() {
+            Ok(v) if v == [1; 8] => 0,
+            _ => 1,
+        });
+        let mut slot = match block_on_for(LIMIT, slot) {
+            Some(Ok(slot)) => slot,
+            other => panic!("expected a slot, got {:?}", other.map(|r| r.is_ok())),
+        };
+        taker.assert_success();
+        *slot = [2; 8];
+        slot.send();
+        let read = block_on_for(LIMIT, pq.get_loan_async()).unwrap().unwrap();
+        assert_eq!(*read, [2; 8]);
+        drop(read);
+        let mut empty = Box::pin(pq.get_loan_async());
+        assert!(poll_once(&mut empty).is_none(), "nothing left");
+        pq.close();
+        assert!(matches!(
+            block_on_for(LIMIT, empty),
+            Some(Err(GetError::Closed))
+        ));
+    });
+}
