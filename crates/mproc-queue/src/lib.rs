@@ -92,6 +92,67 @@ macro_rules! queue_state_methods {
     };
 }
 
+/// The waiting forms of `put` and `get`, each one [`Wait`](crate::wait::Wait) over the
+/// type's `put_with(value, wait)` and `get_with(wait)`: `put` / `try_put` / `put_timeout`,
+/// `get` / `try_get` / `get_timeout`, and the polls the futures make.
+#[cfg(not(loom))]
+macro_rules! wait_forms {
+    ($item:ty) => {
+        /// Appends `value`, waiting while the queue (or its arena) is full. `Err(Closed)` once
+        /// closed; for a `Queue`, `Err(TooLarge)` if its encoding exceeds the whole arena. The
+        /// value comes back in the error.
+        pub fn put(&self, value: $item) -> Result<(), $crate::PutError<$item>> {
+            self.put_with(value, $crate::wait::Wait::Forever)
+        }
+
+        /// Appends `value` if there is room now: `Err(Full)` otherwise.
+        pub fn try_put(&self, value: $item) -> Result<(), $crate::PutError<$item>> {
+            self.put_with(value, $crate::wait::Wait::No)
+        }
+
+        /// Appends `value`, waiting at most `timeout` for room: `Err(Timeout)` otherwise.
+        pub fn put_timeout(
+            &self,
+            value: $item,
+            timeout: std::time::Duration,
+        ) -> Result<(), $crate::PutError<$item>> {
+            self.put_with(value, $crate::wait::Wait::after(timeout))
+        }
+
+        /// Takes the oldest item, waiting while the queue is empty. `Err(Closed)` once closed
+        /// and drained.
+        pub fn get(&self) -> Result<$item, $crate::GetError> {
+            self.get_with($crate::wait::Wait::Forever)
+        }
+
+        /// Takes the oldest item if there is one now: `Err(Empty)` otherwise.
+        pub fn try_get(&self) -> Result<$item, $crate::GetError> {
+            self.get_with($crate::wait::Wait::No)
+        }
+
+        /// Takes the oldest item, waiting at most `timeout`: `Err(Timeout)` otherwise.
+        pub fn get_timeout(&self, timeout: std::time::Duration) -> Result<$item, $crate::GetError> {
+            self.get_with($crate::wait::Wait::after(timeout))
+        }
+
+        /// `try_get` for the futures: peers asked after only if `check_peers`.
+        #[cfg(feature = "async")]
+        pub(crate) fn try_get_polled(&self, check_peers: bool) -> Result<$item, $crate::GetError> {
+            self.get_with($crate::wait::Wait::poll(check_peers))
+        }
+
+        /// `try_put` for the futures: peers asked after only if `check_peers`.
+        #[cfg(feature = "async")]
+        pub(crate) fn try_put_polled(
+            &self,
+            value: $item,
+            check_peers: bool,
+        ) -> Result<(), $crate::PutError<$item>> {
+            self.put_with(value, $crate::wait::Wait::poll(check_peers))
+        }
+    };
+}
+
 mod arena;
 /// The slot and arena accessors of the message queues (`Queue`, `ByteQueue`).
 #[cfg(not(loom))]

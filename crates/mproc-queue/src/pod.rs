@@ -118,21 +118,6 @@ impl<T: Pod> PodQueue<T> {
         wait.pop(&self.raw, Self::take)
     }
 
-    /// Appends `value`, waiting while the queue is full. `Err(Closed)` once closed.
-    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
-        self.put_with(value, Wait::Forever)
-    }
-
-    /// Appends `value` if there is room now: `Err(Full)` otherwise.
-    pub fn try_put(&self, value: T) -> Result<(), PutError<T>> {
-        self.put_with(value, Wait::No)
-    }
-
-    /// Appends `value`, waiting at most `timeout` for room: `Err(Timeout)` otherwise.
-    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
-        self.put_with(value, Wait::after(timeout))
-    }
-
     /// Appends every value of `values` in order, waiting for room as needed. On `Closed`,
     /// returns how many were put before.
     pub fn put_many(&self, values: &[T]) -> Result<(), (usize, PutError<T>)> {
@@ -140,34 +125,6 @@ impl<T: Pod> PodQueue<T> {
             self.put(*v).map_err(|e| (i, e))?;
         }
         Ok(())
-    }
-
-    /// Takes the oldest value, waiting while the queue is empty. `Err(Closed)` once closed
-    /// and drained.
-    pub fn get(&self) -> Result<T, GetError> {
-        self.get_with(Wait::Forever)
-    }
-
-    /// Takes the oldest value if there is one now: `Err(Empty)` otherwise.
-    pub fn try_get(&self) -> Result<T, GetError> {
-        self.get_with(Wait::No)
-    }
-
-    /// `try_get` for the futures: peers asked after only if `check_peers`.
-    #[cfg(feature = "async")]
-    fn try_get_polled(&self, check_peers: bool) -> Result<T, GetError> {
-        self.get_with(Wait::poll(check_peers))
-    }
-
-    /// `try_put` for the futures: peers asked after only if `check_peers`.
-    #[cfg(feature = "async")]
-    fn try_put_polled(&self, value: T, check_peers: bool) -> Result<(), PutError<T>> {
-        self.put_with(value, Wait::poll(check_peers))
-    }
-
-    /// Takes the oldest value, waiting at most `timeout`: `Err(Timeout)` otherwise.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        self.get_with(Wait::after(timeout))
     }
 
     /// Waits for at least one value, then takes up to `max` without waiting further,
@@ -262,6 +219,7 @@ impl<T: Pod> PodQueue<T> {
         })
     }
 
+    wait_forms!(T);
     queue_state_methods!();
 
     #[cfg(feature = "async")]

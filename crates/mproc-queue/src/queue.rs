@@ -8,7 +8,6 @@
 use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
 
 use mproc_segment::{Kind, SegmentError, SegmentOptions, TypeTag};
 use serde::Serialize;
@@ -441,22 +440,6 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         body::receive(&self.raw, wait, read)?.map_err(|reason| GetError::Unreadable { reason })
     }
 
-    /// Appends `value`, waiting while the queue (or its arena) is full. `Err(Closed)` once
-    /// closed; `Err(TooLarge)` if its encoding exceeds the whole arena.
-    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
-        self.put_with(value, Wait::Forever)
-    }
-
-    /// Appends `value` if there is room now: `Err(Full)` otherwise.
-    pub fn try_put(&self, value: T) -> Result<(), PutError<T>> {
-        self.put_with(value, Wait::No)
-    }
-
-    /// Appends `value`, waiting at most `timeout` for room: `Err(Timeout)` otherwise.
-    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
-        self.put_with(value, Wait::after(timeout))
-    }
-
     /// Appends every value in order, waiting for room as needed. On an error, returns how
     /// many were put before it, and the error with the value that failed.
     pub fn put_many(
@@ -469,39 +452,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Ok(())
     }
 
-    /// Takes the oldest message, waiting while the queue is empty. `Err(Closed)` once closed
-    /// and drained.
-    pub fn get(&self) -> Result<T, GetError> {
-        self.get_with(Wait::Forever)
-    }
-
-    /// Takes the oldest message if there is one now: `Err(Empty)` otherwise.
-    pub fn try_get(&self) -> Result<T, GetError> {
-        self.get_with(Wait::No)
-    }
-
-    /// `try_get` for the futures: peers asked after only if `check_peers`.
-    #[cfg(feature = "async")]
-    fn try_get_polled(&self, check_peers: bool) -> Result<T, GetError> {
-        self.get_with(Wait::poll(check_peers))
-    }
-
-    /// `try_put` for the futures: peers asked after only if `check_peers`.
-    #[cfg(feature = "async")]
-    pub(crate) fn try_put_polled(&self, value: T, check_peers: bool) -> Result<(), PutError<T>> {
-        self.put_with(value, Wait::poll(check_peers))
-    }
-
-    /// Takes the oldest message, waiting at most `timeout`: `Err(Timeout)` otherwise.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        self.get_with(Wait::after(timeout))
-    }
-
     /// Waits for at least one message, then takes up to `max` without waiting further.
     pub fn get_many(&self, out: &mut Vec<T>, max: usize) -> Result<usize, GetError> {
         crate::error::get_batch(out, max, || self.get(), || self.try_get())
     }
 
+    wait_forms!(T);
     queue_state_methods!();
 
     #[cfg(feature = "async")]
