@@ -40,6 +40,11 @@ pub use mproc_queue as queue;
 pub use mproc_segment as segment;
 pub use mproc_sync as sync;
 
+/// The error number the operating-system variants of mproc's errors carry
+/// (`SegmentError::Io`, `LockError::Os`, `StartError::Os`): rustix's, compared with its
+/// constants (`Errno::NOSPC`, `Errno::ACCESS`) or read with `raw_os_error()`.
+pub use mproc_segment::Errno;
+
 #[cfg(feature = "async")]
 pub use mproc_sync::{Readable, Waitable, select, select_async};
 

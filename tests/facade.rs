@@ -103,7 +103,7 @@ fn every_error_type_is_a_send_sync_static_error() {
         boxed(JoinError::Timeout),
         boxed(OsError {
             call: "kill",
-            errno: nix::errno::Errno::ESRCH,
+            errno: mproc::Errno::SRCH,
         }),
         boxed(ProcessError::from(JoinError::AlreadyJoined)),
     ];

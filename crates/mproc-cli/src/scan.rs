@@ -37,7 +37,7 @@ pub struct Entry {
 impl Entry {
     /// Whether the entry belongs to the user running the tool.
     pub fn mine(&self) -> bool {
-        self.owner == Some(nix::unistd::geteuid().as_raw())
+        self.owner == Some(rustix::process::geteuid().as_raw())
     }
 }
 

@@ -8,12 +8,10 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Instant;
 
-use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::waitpid;
-use nix::unistd::{ForkResult, Pid, fork};
+use mproc_segment::Errno;
+use rustix::process::{Pid, Signal};
+
+use crate::sys::{Forked, exit_now, fork, reap_nohang};
 
 use crate::forker::{arm_parent_death, on_forker};
 use crate::{OsError, StartError};
@@ -40,18 +38,6 @@ impl ExitStatus {
             ExitStatus::Code(c) => c,
             ExitStatus::Signaled(s) => -s,
             ExitStatus::Unknown => 0,
-        }
-    }
-
-    /// The status word `waitpid` filled in, if it says the child ended (not a stop or a
-    /// resume).
-    fn from_raw_wait(status: i32) -> Option<ExitStatus> {
-        if libc::WIFSIGNALED(status) {
-            Some(ExitStatus::Signaled(libc::WTERMSIG(status)))
-        } else if libc::WIFEXITED(status) {
-            Some(ExitStatus::Code(libc::WEXITSTATUS(status)))
-        } else {
-            None
         }
     }
 
@@ -83,35 +69,9 @@ pub(crate) struct ChildProc {
 
 pub(crate) fn pidfd_open(pid: i32) -> Result<OwnedFd, StartError> {
     let pid = rustix::process::Pid::from_raw(pid)
-        .ok_or_else(|| StartError::os("pidfd_open", Errno::ESRCH))?;
+        .ok_or_else(|| StartError::os("pidfd_open", Errno::SRCH))?;
     rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-        .map_err(|e| StartError::os("pidfd_open", errno_of(e)))
-}
-
-/// A rustix error as the `Errno` mproc's errors carry.
-pub(crate) fn errno_of(e: rustix::io::Errno) -> Errno {
-    mproc_segment::errno_of(&e.into())
-}
-
-/// Reaps child `pid` (`-1`: any child) if it has ended, without blocking: its pid and how it
-/// ended. The one place mproc reads a wait status (`ChildProc` and the fork server use it).
-///
-/// Raw `waitpid` on purpose: nix's typed `waitpid` fails with `EINVAL` for a signal its
-/// `Signal` enum does not name (a realtime signal) — after the kernel has reaped the child,
-/// so the status would be lost and the child's end never seen. (rustix's `waitpid` keeps the
-/// raw status, but swapping it in broke the pool's fault-injection test, whose killed workers
-/// were then reported with pids nobody had killed; until that is understood, the call that
-/// is known to be right stays.)
-pub(crate) fn reap_nohang(pid: i32) -> Result<Option<(i32, ExitStatus)>, Errno> {
-    let mut status = 0;
-    // SAFETY: waitpid writes the status through a valid pointer; callers pass their own child
-    // (or -1 in the fork server, whose children are all its workers).
-    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-    match r {
-        0 => Ok(None),
-        r if r > 0 => Ok(ExitStatus::from_raw_wait(status).map(|s| (r, s))),
-        _ => Err(Errno::last()),
-    }
+        .map_err(|e| StartError::os("pidfd_open", e))
 }
 
 /// How long `wait_until` polls for the child's exit before sleeping on its pidfd.
@@ -120,15 +80,6 @@ const EXIT_SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 /// Exit status of a one-shot worker (a `Process`) whose function panicked (Python's 1), and
 /// of a forked child whose closure panicked.
 pub(crate) const EXIT_PANIC: i32 = 1;
-
-/// Ends a forked child without running the parent's `atexit` handlers or destructors. It
-/// does not flush stdout: that takes stdout's lock, which another thread of the parent may
-/// have held at the fork (the child would hang forever). Rust's stdout writes each complete
-/// line as it is printed; only a last line without a newline is lost.
-pub(crate) fn exit_now(code: i32) -> ! {
-    // SAFETY: `_exit` is always safe to call; it ends the process immediately.
-    unsafe { libc::_exit(code) }
-}
 
 impl ChildProc {
     /// Marks the child as the leader of the process group its tasks' processes live in (it
@@ -147,7 +98,9 @@ impl ChildProc {
         if self.group {
             // ESRCH: no group (the child has not called setpgid yet, so it has started no
             // task) or nobody left in it.
-            let _ = nix::sys::signal::killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+            if let Some(group) = Pid::from_raw(self.pid) {
+                let _ = rustix::process::kill_process_group(group, Signal::KILL);
+            }
         }
     }
 
@@ -165,7 +118,7 @@ impl ChildProc {
             // SAFETY: in the child we only run `f` and `_exit`; we never return into the
             // forker's loop, and the parent's other threads do not exist in the child.
             match unsafe { fork() }? {
-                ForkResult::Child => {
+                Forked::Child => {
                     if die_with_parent {
                         arm_parent_death(parent);
                     }
@@ -173,7 +126,7 @@ impl ChildProc {
                         .unwrap_or(EXIT_PANIC);
                     exit_now(code)
                 }
-                ForkResult::Parent { child } => Ok(child.as_raw()),
+                Forked::Parent(child) => Ok(child),
             }
         })?;
         Self::adopt(pid)
@@ -205,7 +158,7 @@ impl ChildProc {
                 }
                 for &fd in &keep {
                     let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
-                    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
                 }
                 Ok(())
             });
@@ -237,11 +190,11 @@ impl ChildProc {
             // stands in for the pidfd: always readable ("exited"), never signalled (a child
             // with a status is not).
             Err(StartError::Os(OsError {
-                errno: Errno::ESRCH,
-                ..
+                errno: Errno::SRCH, ..
             })) => {
-                let (stand_in, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                    .map_err(|e| StartError::os("pipe2", e))?;
+                let (stand_in, write_end) =
+                    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                        .map_err(|e| StartError::os("pipe2", e))?;
                 drop(write_end);
                 Ok(ChildProc {
                     pid,
@@ -254,8 +207,11 @@ impl ChildProc {
             Err(e) => {
                 // Do not leave the child running unwatched. `pid` is our unreaped child, so it
                 // cannot have been recycled.
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                let _ = waitpid(Pid::from_raw(pid), None);
+                if let Some(p) = Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(p, Signal::KILL);
+                    let _ =
+                        rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+                }
                 Err(e)
             }
         }
@@ -287,8 +243,7 @@ impl ChildProc {
 
     /// Whether the pidfd says the process has exited (reaped or not); never blocks.
     fn exited(&self) -> bool {
-        let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
-        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        crate::sys::readable(self.pidfd.as_fd(), Some(std::time::Duration::ZERO)).unwrap_or(false)
     }
 
     /// Reaps the child if it has exited; never blocks.
@@ -321,10 +276,10 @@ impl ChildProc {
                 *status_slot = s;
                 Ok(s)
             }
-            Err(Errno::EINTR) => Ok(None),
+            Err(Errno::INTR) => Ok(None),
             // Reaped by someone else (SIGCHLD ignored, or a waitpid(-1) elsewhere): if the
             // pidfd says it has exited, it ended with a status nobody can tell us any more.
-            Err(Errno::ECHILD) if self.exited() => {
+            Err(Errno::CHILD) if self.exited() => {
                 *status_slot = Some(ExitStatus::Unknown);
                 Ok(Some(ExitStatus::Unknown))
             }
@@ -351,22 +306,17 @@ impl ChildProc {
                 return Ok(Some(s));
             }
             let timeout = match deadline {
-                None => PollTimeout::NONE,
+                None => None,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Ok(None);
                     }
-                    // Round up so we do not spin on a sub-millisecond remainder.
-                    let ms = left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1;
-                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+                    Some(left)
                 }
             };
-            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(OsError::new("poll", e)),
-            }
+            crate::sys::readable(self.pidfd.as_fd(), timeout)
+                .map_err(|e| OsError::new("poll", e))?;
         }
     }
 
@@ -375,23 +325,20 @@ impl ChildProc {
         if self.status().is_some() {
             return Ok(());
         }
-        if sig == Signal::SIGKILL {
+        if sig == Signal::KILL {
             self.kill_group();
         }
-        let Some(sig) = rustix::process::Signal::from_named_raw(sig as i32) else {
-            return Err(OsError::new("pidfd_send_signal", Errno::EINVAL));
-        };
         match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
             // ESRCH: it already exited (but is not reaped yet) — nothing to signal.
-            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-            Err(e) => Err(OsError::new("pidfd_send_signal", errno_of(e))),
+            Ok(()) | Err(Errno::SRCH) => Ok(()),
+            Err(e) => Err(OsError::new("pidfd_send_signal", e)),
         }
     }
 
     /// SIGKILLs the child (if it still runs) and reaps it.
     pub(crate) fn kill_and_reap(&self) -> Option<ExitStatus> {
         if self.status().is_none() {
-            let _ = self.signal(Signal::SIGKILL);
+            let _ = self.signal(Signal::KILL);
             let _ = self.wait_until(None);
         }
         self.status()

@@ -1,7 +1,7 @@
 //! Errors of processes and pools.
 
+use mproc_segment::Errno;
 use mproc_segment::SegmentError;
-use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 
 /// Why a pool task produced no result: its own outcome. The other tasks of the same `map`

@@ -6,7 +6,7 @@
 //! Also here: how many threads this process has (the threaded-fork policy asks), and making a
 //! process non-dumpable.
 
-use nix::errno::Errno;
+use mproc_segment::Errno;
 
 use crate::StartError;
 use mproc_segment::ProcessCell;
@@ -27,7 +27,7 @@ pub(crate) fn arm_parent_death(parent: u32) {
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
     if ppid != parent {
-        crate::child::exit_now(EXIT_ORPHANED);
+        crate::sys::exit_now(EXIT_ORPHANED);
     }
 }
 
@@ -88,10 +88,10 @@ pub(crate) fn on_forker(
     f.tx.lock()
         .unwrap_or_else(|e| e.into_inner())
         .send((job, reply_tx))
-        .map_err(|_| StartError::os("forker thread", Errno::EPIPE))?;
+        .map_err(|_| StartError::os("forker thread", Errno::PIPE))?;
     match reply_rx.recv() {
         Ok(r) => r.map_err(|e| StartError::os("fork", e)),
-        Err(_) => Err(StartError::os("forker thread", Errno::EPIPE)),
+        Err(_) => Err(StartError::os("forker thread", Errno::PIPE)),
     }
 }
 

@@ -80,7 +80,11 @@ pub(crate) fn check_fork(policy: ThreadedFork) -> Result<(), StartError> {
 }
 
 /// Starts a worker process for `boot` by `method`.
-pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc, StartError> {
+pub(crate) fn start_worker(
+    method: StartMethod,
+    boot: &Boot,
+    queues: [std::os::fd::BorrowedFd<'_>; 2],
+) -> Result<ChildProc, StartError> {
     match method {
         StartMethod::Fork => {
             let boot = boot.clone();
@@ -94,7 +98,7 @@ pub(crate) fn start_worker(method: StartMethod, boot: &Boot) -> Result<ChildProc
         )
         .map(ChildProc::group_of_tasks),
         StartMethod::ForkServer => {
-            crate::forkserver::start_worker(boot).map(ChildProc::group_of_tasks)
+            crate::forkserver::start_worker(boot, queues).map(ChildProc::group_of_tasks)
         }
     }
 }

@@ -36,6 +36,7 @@ mod launch;
 mod pool;
 mod process;
 mod protocol;
+mod sys;
 mod worker;
 
 pub use child::ExitStatus;

@@ -6,8 +6,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use mproc_queue::{GetError, Queue};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -107,7 +106,14 @@ impl ProcessBuilder {
                     die_with_parent: self.daemon,
                     max_rss: None,
                 };
-                (start_worker(method, &boot)?, Some(inbox))
+                (
+                    start_worker(
+                        method,
+                        &boot,
+                        [inbox.segment().as_fd(), results.segment().as_fd()],
+                    )?,
+                    Some(inbox),
+                )
             }
         };
         let mut p = Process {
@@ -245,8 +251,8 @@ impl<R: DeserializeOwned> Process<R> {
         if self.child.status().is_some() {
             return false;
         }
-        let mut fds = [PollFd::new(self.child.pidfd().as_fd(), PollFlags::POLLIN)];
-        !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        !crate::sys::readable(self.child.pidfd().as_fd(), Some(std::time::Duration::ZERO))
+            .unwrap_or(false)
     }
 
     /// Python's `exitcode`: `None` while the child runs; then 0 on success, 1 if the function
@@ -307,11 +313,11 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// Sends SIGTERM (Python's `terminate`).
     pub fn terminate(&self) -> Result<(), OsError> {
-        self.child.signal(Signal::SIGTERM)
+        self.child.signal(Signal::TERM)
     }
 
     /// Sends SIGKILL (Python's `kill`).
     pub fn kill(&self) -> Result<(), OsError> {
-        self.child.signal(Signal::SIGKILL)
+        self.child.signal(Signal::KILL)
     }
 }

@@ -6,7 +6,7 @@
 //! strictly in order, one at a time; this is what lets the parent know, when a worker dies,
 //! exactly which request was in its hands (see `pool/settle.rs`).
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use mproc_queue::{GetError, PutError, Queue};
@@ -91,20 +91,9 @@ pub(crate) fn check_may_start(spawn: bool) -> Result<(), StartError> {
     Ok(())
 }
 
-/// A close-on-exec copy of fd number `fd` from the parent. Raw `fcntl` on purpose: the typed
-/// calls (nix, rustix) take a borrowed fd, which must be open, and this number came from
-/// another process: it may not be, and that is the error to report.
+/// A close-on-exec copy of fd number `fd` from the parent, or why it is not there.
 fn dup(fd: RawFd) -> Result<OwnedFd, String> {
-    // SAFETY: F_DUPFD_CLOEXEC makes a new fd (or fails with EBADF); `fd` is only read.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if new < 0 {
-        return Err(format!(
-            "fd {fd} from the parent is not open: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: fcntl returned a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    crate::sys::dup_inherited(fd).map_err(|e| format!("fd {fd} from the parent is not open: {e}"))
 }
 
 /// How long an idle worker keeps polling its inbox before it sleeps in the kernel. A worker
@@ -177,7 +166,7 @@ pub(crate) fn worker_main(boot: &Boot) -> i32 {
     // A process group of its own, holding whatever its tasks start: the pool ends the group
     // with the worker (`ChildProc::group_of_tasks`). Failure (EPERM: a session leader) only
     // means the descendants are not contained.
-    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    let _ = rustix::process::setpgid(None, None);
     let attach = || -> Result<(Queue<Request>, Queue<Reply>), String> {
         let inbox = inbox_options(1, DEFAULT_ARENA_BYTES)
             .from_fd(dup(boot.inbox_fd)?)

@@ -6,11 +6,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use memmap2::MmapOptions;
-use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, SealFlag, fcntl};
-use nix::sys::memfd::{MFdFlags, memfd_create};
-use nix::sys::mman::{shm_open, shm_unlink};
-use nix::sys::stat::{Mode, fchmod};
+use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags, fchmod, memfd_create};
+use rustix::io::Errno;
+use rustix::shm::unlink as shm_unlink;
 
 use crate::header::{HEADER_LEN, MAGIC, RawHeader, STATE_INITIALIZING};
 use crate::{FORMAT_VERSION, Header, ProcessId, Segment, SegmentError, SegmentOptions};
@@ -97,17 +95,17 @@ impl SegmentOptions {
     ) -> Result<(Segment, UnlinkGuard), SegmentError> {
         let shm_name = crate::validate_name(name)?;
         let (offset, payload_len, total) = self.sizes()?;
+        let path = crate::shm_dir::path_of(&shm_name);
+        // What glibc's `shm_open(O_CREAT | O_EXCL)` does.
         let excl = || {
-            shm_open(
-                shm_name.as_str(),
-                OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
+            rustix::fs::open(
+                path.as_str(),
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_bits_truncate(self.mode),
             )
         };
         let fd = match excl() {
-            Err(Errno::EEXIST)
-                if self.reclaim_stale && crate::shm_dir::reclaim_stale(&shm_name) =>
-            {
+            Err(Errno::EXIST) if self.reclaim_stale && crate::shm_dir::reclaim_stale(&shm_name) => {
                 excl()
             }
             r => r,
@@ -127,8 +125,8 @@ impl SegmentOptions {
         prefix[..8].copy_from_slice(&MAGIC.to_ne_bytes());
         prefix[8..12].copy_from_slice(&STATE_INITIALIZING.to_ne_bytes());
         prefix[12..16].copy_from_slice(&crate::current_pid().to_ne_bytes());
-        nix::sys::uio::pwrite(&fd, &prefix, 0).map_err(|e| match e {
-            Errno::ENOSPC | Errno::EDQUOT => SegmentError::OutOfSpace {
+        rustix::io::pwrite(&fd, &prefix, 0).map_err(|e| match e {
+            Errno::NOSPC | Errno::DQUOT => SegmentError::OutOfSpace {
                 requested: total as u64,
             },
             e => SegmentError::io("pwrite", e),
@@ -163,17 +161,14 @@ impl SegmentOptions {
         let (offset, payload_len, total) = self.sizes()?;
         let fd = memfd_create(
             c"mproc-anonymous",
-            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
         )
         .map_err(|e| SegmentError::io("memfd_create", e))?;
         let seg = self.build(fd, None, offset, payload_len, total)?;
         // Its size is final: nobody who gets hold of the fd (a child, or a process that opens
         // /proc/PID/fd/N) can shrink it under a mapping (SIGBUS) or grow it.
-        fcntl(
-            &seg.fd,
-            FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
-        )
-        .map_err(|e| SegmentError::io("fcntl(F_ADD_SEALS)", e))?;
+        rustix::fs::fcntl_add_seals(&seg.fd, SealFlags::SHRINK | SealFlags::GROW)
+            .map_err(|e| SegmentError::io("fcntl(F_ADD_SEALS)", e))?;
         init(&seg)?;
         seg.publish();
         Ok(seg)
@@ -189,7 +184,7 @@ impl SegmentOptions {
         total: usize,
     ) -> Result<Segment, SegmentError> {
         let out_of_space = |e| match e {
-            Errno::ENOSPC | Errno::ENOMEM | Errno::EFBIG => SegmentError::OutOfSpace {
+            Errno::NOSPC | Errno::NOMEM | Errno::FBIG => SegmentError::OutOfSpace {
                 requested: total as u64,
             },
             e => SegmentError::io("posix_fallocate", e),
@@ -197,13 +192,20 @@ impl SegmentOptions {
         if name.is_some() {
             // Reserve every page now so that a full /dev/shm fails here and not with SIGBUS
             // later.
-            nix::fcntl::posix_fallocate(&fd, 0, total as libc::off_t).map_err(out_of_space)?;
+            let len = total as u64;
+            match rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, len) {
+                // A filesystem without fallocate (glibc's posix_fallocate would write zeros
+                // instead; tmpfs has had it since Linux 3.5, so this is for the exotic).
+                Err(Errno::OPNOTSUPP) => rustix::fs::ftruncate(&fd, len),
+                r => r,
+            }
+            .map_err(out_of_space)?;
         } else {
             // A memfd lives on the kernel's internal tmpfs, which has no size limit: a page
             // first touched later cannot fail for want of space (only for want of memory,
             // which is the OOM killer's, as for any anonymous memory). So pages come as they
             // are used, and a large queue arena costs only what it holds.
-            nix::unistd::ftruncate(&fd, total as libc::off_t).map_err(out_of_space)?;
+            rustix::fs::ftruncate(&fd, total as u64).map_err(out_of_space)?;
         }
         let creator_peer = crate::liveness::register()?;
         crate::shm_dir::hold(&fd)?;

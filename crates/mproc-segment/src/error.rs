@@ -3,7 +3,7 @@
 //! and opened through a segment, and fails with this type there. What the objects do once open
 //! has errors of its own (`PutError`, `GetError`, `LockError`, `ArrayError`, ...).
 
-use nix::errno::Errno;
+pub use rustix::io::Errno;
 
 /// Why creating, opening or viewing a segment failed.
 ///
@@ -169,11 +169,11 @@ impl SegmentError {
     /// Maps the errno of `shm_open` / `shm_unlink` on `name` to the precise variant.
     pub(crate) fn from_open_errno(call: &'static str, name: &str, errno: Errno) -> Self {
         match errno {
-            Errno::ENOENT => SegmentError::NotFound { name: name.into() },
-            Errno::EEXIST => SegmentError::AlreadyExists { name: name.into() },
-            Errno::EACCES | Errno::EPERM => SegmentError::PermissionDenied { name: name.into() },
-            Errno::ENOSPC | Errno::EDQUOT => SegmentError::OutOfSpace { requested: 0 },
-            Errno::ENAMETOOLONG | Errno::EINVAL => SegmentError::InvalidName {
+            Errno::NOENT => SegmentError::NotFound { name: name.into() },
+            Errno::EXIST => SegmentError::AlreadyExists { name: name.into() },
+            Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied { name: name.into() },
+            Errno::NOSPC | Errno::DQUOT => SegmentError::OutOfSpace { requested: 0 },
+            Errno::NAMETOOLONG | Errno::INVAL => SegmentError::InvalidName {
                 name: name.into(),
                 reason: "rejected by the operating system",
             },
@@ -182,16 +182,15 @@ impl SegmentError {
     }
 }
 
-/// The `Errno` of an I/O error, as mproc's errors carry it (`EIO` for an error that carries no
-/// OS code). The one place errors from `std`, rustix and nix meet: a rustix error converts
-/// with `errno_of(&e.into())`.
+/// The [`Errno`] of an I/O error, as mproc's errors carry it (`IO` for an error that carries
+/// no OS code): the one place errors from `std` and the system layer (rustix) meet.
 ///
 /// ```
-/// use nix::errno::Errno;
-/// let e = std::io::Error::from_raw_os_error(libc::ENOSPC);
-/// assert_eq!(mproc_segment::errno_of(&e), Errno::ENOSPC);
-/// assert_eq!(mproc_segment::errno_of(&std::io::Error::other("no code")), Errno::EIO);
+/// use mproc_segment::Errno;
+/// let e = std::io::Error::from_raw_os_error(28); // ENOSPC
+/// assert_eq!(mproc_segment::errno_of(&e), Errno::NOSPC);
+/// assert_eq!(mproc_segment::errno_of(&std::io::Error::other("no code")), Errno::IO);
 /// ```
-pub fn errno_of(e: &std::io::Error) -> nix::errno::Errno {
-    nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+pub fn errno_of(e: &std::io::Error) -> Errno {
+    Errno::from_io_error(e).unwrap_or(Errno::IO)
 }

@@ -47,6 +47,7 @@ mod error;
 mod header;
 pub mod liveness;
 mod name;
+mod ofd;
 mod open;
 mod options;
 mod process;
@@ -55,7 +56,7 @@ mod segment;
 mod shm_dir;
 mod view;
 
-pub use error::{SegmentError, errno_of};
+pub use error::{Errno, SegmentError, errno_of};
 pub use header::{FORMAT_VERSION, HEADER_LEN, Header, Kind, MAGIC, TYPE_NAME_CAP, TypeTag};
 pub use name::{MAX_NAME_LEN, validate_name};
 pub use options::{DEFAULT_OPEN_TIMEOUT, SegmentOptions};

@@ -7,9 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use memmap2::MmapOptions;
-use nix::fcntl::OFlag;
-use nix::sys::mman::shm_open;
-use nix::sys::stat::{Mode, fstat};
+use rustix::fs::{Mode, OFlags, fstat};
 
 use crate::create::Unnamed;
 use crate::header::{HEADER_LEN, HeaderFields, MAGIC, RawHeader, STATE_READY};
@@ -31,9 +29,10 @@ impl SegmentOptions {
         let path = crate::shm_dir::path_of(&shm_name);
         crate::liveness::register()?;
         for _ in 0..16 {
-            let fd = shm_open(
-                shm_name.as_str(),
-                OFlag::O_RDWR | OFlag::O_NOFOLLOW,
+            // What glibc's `shm_open` does, with `O_NOFOLLOW` ours to give.
+            let fd = rustix::fs::open(
+                path.as_str(),
+                OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
             .map_err(|e| SegmentError::from_open_errno("shm_open", name, e))?;

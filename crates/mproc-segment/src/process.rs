@@ -4,9 +4,8 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use nix::errno::Errno;
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
+use rustix::io::Errno;
+use rustix::process::{Pid, test_kill_process};
 
 /// A process, identified by its pid and its start time (clock ticks after boot, field 22 of
 /// `/proc/PID/stat`), so that a recycled pid is not mistaken for the original process.
@@ -76,7 +75,8 @@ fn register_atfork() {
         .is_ok()
     {
         // SAFETY: registers a handler that only stores to an atomic, which is
-        // async-signal-safe and valid in the child.
+        // async-signal-safe and valid in the child. (Raw libc: rustix has no
+        // `pthread_atfork`; it is libc's, not the kernel's.)
         unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
     }
 }
@@ -137,8 +137,11 @@ fn task_alive(id: u32, same_start: impl FnOnce(u64) -> bool) -> bool {
     if id == 0 || id > i32::MAX as u32 {
         return false;
     }
-    match kill(Pid::from_raw(id as i32), None) {
-        Ok(()) | Err(Errno::EPERM) => {}
+    let Some(pid) = Pid::from_raw(id as i32) else {
+        return false;
+    };
+    match test_kill_process(pid) {
+        Ok(()) | Err(Errno::PERM) => {}
         Err(_) => return false,
     }
     match ProcStat::read(&id.to_string()) {
@@ -202,11 +205,10 @@ impl ProcStat {
 /// kept in atomics. Not an `Instant` base in a `OnceLock`: a forked child would block for ever
 /// on a `OnceLock` another thread of its parent was initialising at the fork.
 pub fn monotonic_ms() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        (t.tv_sec() as u64)
-            .saturating_mul(1000)
-            .saturating_add(t.tv_nsec() as u64 / 1_000_000)
-    })
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .saturating_mul(1000)
+        .saturating_add(t.tv_nsec as u64 / 1_000_000)
 }
 
 /// This process's resident memory in bytes (`/proc/self/statm` × the page size), if known.
@@ -218,8 +220,7 @@ pub fn monotonic_ms() -> u64 {
 pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
-    Some(pages * u64::try_from(page).ok()?)
+    Some(pages * rustix::param::page_size() as u64)
 }
 
 #[cfg(test)]

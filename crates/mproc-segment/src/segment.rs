@@ -4,9 +4,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use memmap2::MmapRaw;
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-use nix::sys::mman::shm_unlink;
-use nix::sys::stat::fstat;
+use rustix::fs::fstat;
+use rustix::shm::unlink as shm_unlink;
 
 use crate::atomic_copy;
 use crate::header::{RawHeader, STATE_READY};
@@ -226,7 +225,8 @@ impl Segment {
             .fd
             .try_clone()
             .map_err(|e| SegmentError::io("dup", crate::errno_of(&e)))?;
-        fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| SegmentError::io("fcntl", e))?;
+        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty())
+            .map_err(|e| SegmentError::io("fcntl", e))?;
         Ok(fd)
     }
 

@@ -4,9 +4,10 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{Mode, fstat};
+use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, fstat};
+use rustix::io::Errno;
+
+use crate::ofd::{self, Lock};
 
 use crate::Header;
 use crate::SegmentError;
@@ -24,14 +25,14 @@ pub(crate) fn path_of(shm_name: &str) -> String {
 /// there, it gets its name only when complete (see [`publish`]). `None` if the filesystem
 /// does not support unnamed files (the caller falls back to creating by name).
 pub(crate) fn unnamed(mode: u32) -> Result<Option<OwnedFd>, SegmentError> {
-    match nix::fcntl::open(
+    match rustix::fs::open(
         SHM_DIR,
-        OFlag::O_TMPFILE | OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
         Mode::from_bits_truncate(mode),
     ) {
         Ok(fd) => Ok(Some(fd)),
-        Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL | Errno::ENOENT) => Ok(None),
-        Err(Errno::ENOSPC | Errno::EDQUOT) => Err(SegmentError::OutOfSpace { requested: 0 }),
+        Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => Ok(None),
+        Err(Errno::NOSPC | Errno::DQUOT) => Err(SegmentError::OutOfSpace { requested: 0 }),
         Err(e) => Err(SegmentError::io("open(O_TMPFILE)", e)),
     }
 }
@@ -42,15 +43,15 @@ pub(crate) fn unnamed(mode: u32) -> Result<Option<OwnedFd>, SegmentError> {
 pub(crate) fn publish(fd: &OwnedFd, shm_name: &str, name: &str) -> Result<bool, SegmentError> {
     let from = format!("/proc/self/fd/{}", fd.as_raw_fd());
     let to = path_of(shm_name);
-    match nix::unistd::linkat(
-        nix::fcntl::AT_FDCWD,
+    match rustix::fs::linkat(
+        CWD,
         from.as_str(),
-        nix::fcntl::AT_FDCWD,
+        CWD,
         to.as_str(),
-        AtFlags::AT_SYMLINK_FOLLOW,
+        AtFlags::SYMLINK_FOLLOW,
     ) {
         Ok(()) => Ok(true),
-        Err(Errno::ENOENT) if !std::path::Path::new("/proc/self/fd").exists() => Ok(false),
+        Err(Errno::NOENT) if !std::path::Path::new("/proc/self/fd").exists() => Ok(false),
         Err(e) => Err(SegmentError::from_open_errno("linkat", name, e)),
     }
 }
@@ -63,13 +64,13 @@ pub(crate) fn check_owner(
     allow_foreign: bool,
 ) -> Result<(), SegmentError> {
     let st = fstat(fd).map_err(|e| SegmentError::io("fstat", e))?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(SegmentError::NotRegular { name: name.into() });
     }
     if allow_foreign {
         return Ok(());
     }
-    let me = nix::unistd::geteuid().as_raw();
+    let me = rustix::process::geteuid().as_raw();
     let mode = st.st_mode & 0o7777;
     if st.st_uid != me || mode & 0o022 != 0 {
         return Err(SegmentError::Untrusted {
@@ -141,10 +142,10 @@ pub fn peek(name: &str) -> Result<Peek, PeekError> {
     let path = std::path::Path::new(SHM_DIR).join(name);
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC).bits() as i32)
         .open(&path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => PeekError::NotRegular,
+        .map_err(|e| match Errno::from_io_error(&e) {
+            Some(Errno::LOOP) => PeekError::NotRegular,
             _ => PeekError::Io(e),
         })?;
     peek_file(file)
@@ -220,8 +221,8 @@ pub fn mapped_by(dev_ino: (u64, u64)) -> Vec<u32> {
     let (dev, ino) = dev_ino;
     let want_dev = format!(
         "{:02x}:{:02x}",
-        nix::sys::stat::major(dev),
-        nix::sys::stat::minor(dev)
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev)
     );
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -257,30 +258,20 @@ const HOLD_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// and however it dies. A forked child shares its parent's lock (it maps the segment too).
 /// Reclaim and `gc` take an exclusive lock on it: they get it only when no handle anywhere
 /// is open, and while they hold it no opener can start using the file.
-const IN_USE_BYTE: i64 = 0;
-
-fn in_use_lock(kind: libc::c_int) -> libc::flock {
-    // SAFETY: `flock` is plain integers; all zeros is a valid value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = IN_USE_BYTE;
-    fl.l_len = 1;
-    fl
-}
+const IN_USE_BYTE: u64 = 0;
 
 /// Marks `fd`'s segment as in use by this handle (see [`IN_USE_BYTE`]), waiting a bounded
 /// time while a reclaimer holds it.
 pub(crate) fn hold(fd: &impl std::os::fd::AsFd) -> Result<(), SegmentError> {
     let deadline = std::time::Instant::now() + HOLD_WAIT;
-    let fl = in_use_lock(libc::F_RDLCK);
+    let fd = fd.as_fd().as_raw_fd();
     loop {
-        match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_OFD_SETLK(&fl)) {
-            Ok(_) => return Ok(()),
-            Err(Errno::EAGAIN | Errno::EACCES) if std::time::Instant::now() < deadline => {
+        match ofd::set(fd, Lock::Read, IN_USE_BYTE, 1) {
+            Ok(()) => return Ok(()),
+            Err(Errno::AGAIN | Errno::ACCESS) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_micros(200));
             }
-            Err(Errno::EAGAIN | Errno::EACCES) => {
+            Err(Errno::AGAIN | Errno::ACCESS) => {
                 return Err(SegmentError::NotReady {
                     creator_dead: false,
                 });
@@ -294,16 +285,13 @@ pub(crate) fn hold(fd: &impl std::os::fd::AsFd) -> Result<(), SegmentError> {
 /// segment open (`None` if the kernel could not be asked). Tools ask through a descriptor of
 /// their own, so for them this is "is anyone using it".
 pub fn in_use(fd: &impl std::os::fd::AsFd) -> Option<bool> {
-    let mut fl = in_use_lock(libc::F_WRLCK);
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut fl)).ok()?;
-    Some(i32::from(fl.l_type) != libc::F_UNLCK)
+    ofd::held_elsewhere(fd.as_fd().as_raw_fd(), IN_USE_BYTE, 1)
 }
 
 /// Takes the exclusive lock on `fd`'s in-use byte if nobody holds the segment: `true` if
 /// taken (then nobody can start using it until `fd` is closed).
 fn try_own(fd: &impl std::os::fd::AsFd) -> bool {
-    let fl = in_use_lock(libc::F_WRLCK);
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_OFD_SETLK(&fl)).is_ok()
+    ofd::set(fd.as_fd().as_raw_fd(), Lock::Write, IN_USE_BYTE, 1).is_ok()
 }
 
 /// Whether the file open as `fd` is still the one named `path` (same device and inode).
@@ -344,7 +332,7 @@ pub(crate) fn remove_if_stale(path: &str, owner: Option<u32>) -> bool {
     let file = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC).bits() as i32)
         .open(path)
     {
         Ok(f) => f,
@@ -380,7 +368,10 @@ pub(crate) fn remove_if_stale(path: &str, owner: Option<u32>) -> bool {
 /// Removes the name `shm_name` if it holds a stale segment of this user (see
 /// [`remove_if_stale`]): what `create` does before giving up on a taken name.
 pub(crate) fn reclaim_stale(shm_name: &str) -> bool {
-    remove_if_stale(&path_of(shm_name), Some(nix::unistd::geteuid().as_raw()))
+    remove_if_stale(
+        &path_of(shm_name),
+        Some(rustix::process::geteuid().as_raw()),
+    )
 }
 
 /// Removes `/dev/shm/NAME` if it is a stale mproc segment (nobody holds it open, its creator

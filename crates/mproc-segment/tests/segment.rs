@@ -362,7 +362,7 @@ fn an_fd_that_cannot_be_mapped_shared_is_an_io_error_with_its_errno() {
         err,
         SegmentError::Io {
             call: "mmap",
-            errno: nix::errno::Errno::EACCES
+            errno: mproc_segment::Errno::ACCESS
         }
     );
 }

@@ -1,6 +1,6 @@
 //! Errors of the synchronisation primitives.
 
-use nix::errno::Errno;
+use mproc_segment::Errno;
 
 /// Why acquiring a [`Lock`](crate::Lock) or [`RLock`](crate::RLock) did not simply succeed.
 ///
@@ -23,10 +23,6 @@ pub enum LockError<G> {
     /// `release` was called by a thread that does not hold the lock.
     #[error("lock released by a thread that does not hold it")]
     NotOwner,
-    /// The lock was left unusable by code outside mproc (unlocked after an owner died without
-    /// being made consistent).
-    #[error("lock is not recoverable")]
-    Unrecoverable,
     /// An unexpected error from the pthread call.
     #[error("{call} failed: {errno}")]
     Os {
@@ -63,7 +59,6 @@ impl<G> LockError<G> {
             LockError::WouldBlock => LockError::WouldBlock,
             LockError::Timeout => LockError::Timeout,
             LockError::NotOwner => LockError::NotOwner,
-            LockError::Unrecoverable => LockError::Unrecoverable,
             LockError::Os { call, errno } => LockError::Os { call, errno },
         }
     }

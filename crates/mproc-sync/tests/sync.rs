@@ -125,7 +125,7 @@ fn a_plain_lock_taken_twice_by_one_thread_is_an_error_not_a_hang() {
     assert!(matches!(
         lock.lock(),
         Err(LockError::Os {
-            errno: nix::errno::Errno::EDEADLK,
+            errno: mproc_segment::Errno::DEADLK,
             ..
         })
     ));

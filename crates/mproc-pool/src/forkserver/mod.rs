@@ -23,18 +23,17 @@
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use mproc_segment::Errno;
 use mproc_segment::ProcessCell;
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recvmsg, sendmsg, socketpair,
 };
-use nix::unistd::{ForkResult, fork};
 use serde::{Deserialize, Serialize};
 
 use crate::child::{ChildProc, ExitStatus};
@@ -122,17 +121,17 @@ fn with_link<R>(f: impl FnOnce(&mut Link) -> Result<R, StartError>) -> Result<R,
     }
     let link = guard
         .as_mut()
-        .ok_or(StartError::os("forkserver", Errno::EIO))?;
+        .ok_or(StartError::os("forkserver", Errno::IO))?;
     f(link)
 }
 
 impl Link {
     fn start() -> Result<Link, StartError> {
         let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
             None,
-            SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| StartError::os("socketpair", e))?;
         let parent = std::process::id();
@@ -140,20 +139,20 @@ impl Link {
         let server = crate::forker::on_forker(move || {
             // SAFETY: the child only runs `serve` (plain system calls and allocation, which
             // glibc makes fork-safe) and `_exit`s; it never returns into the forker's loop.
-            match unsafe { fork() }? {
-                ForkResult::Child => {
+            match unsafe { crate::sys::fork() }? {
+                crate::sys::Forked::Child => {
                     crate::forker::arm_parent_death(parent);
-                    // SAFETY: the server never uses the parent's end (it `_exit`s without
-                    // dropping anything of the parent's).
-                    unsafe { libc::close(ours_raw) };
+                    // The server never uses the parent's end (it `_exit`s without dropping
+                    // anything of the parent's).
+                    crate::sys::close_inherited(ours_raw);
                     let code =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(theirs)))
                             .unwrap_or(1);
-                    crate::child::exit_now(code)
+                    crate::sys::exit_now(code)
                 }
-                ForkResult::Parent { child } => {
+                crate::sys::Forked::Parent(child) => {
                     drop(theirs);
-                    Ok(child.as_raw())
+                    Ok(child)
                 }
             }
         })?;
@@ -169,17 +168,12 @@ impl Link {
         &mut self,
         timeout: Duration,
     ) -> Result<Option<(ServerMsg, Option<OwnedFd>)>, StartError> {
-        let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(0) => return Ok(None),
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(StartError::os("poll", e)),
+        if !crate::sys::readable(self.sock.as_fd(), Some(timeout))
+            .map_err(|e| StartError::os("poll", e))?
+        {
+            return Ok(None);
         }
-        recv(self.sock.as_raw_fd())
+        recv(self.sock.as_fd())
     }
 
     /// Reads messages until `want` returns something, keeping exit statuses for others.
@@ -204,10 +198,10 @@ impl Link {
 }
 
 /// Receives one message and the fds attached to it.
-fn recv(sock: RawFd) -> Result<Option<(ServerMsg, Option<OwnedFd>)>, StartError> {
+fn recv(sock: BorrowedFd<'_>) -> Result<Option<(ServerMsg, Option<OwnedFd>)>, StartError> {
     let (msg, mut fds) = recv_raw(sock)?;
     let Some(bytes) = msg else {
-        return Err(StartError::os("forkserver (it exited)", Errno::EPIPE));
+        return Err(StartError::os("forkserver (it exited)", Errno::PIPE));
     };
     let msg: ServerMsg = postcard::from_bytes(&bytes).map_err(|e| StartError::Encode {
         message: format!("forkserver message: {e}"),
@@ -216,32 +210,25 @@ fn recv(sock: RawFd) -> Result<Option<(ServerMsg, Option<OwnedFd>)>, StartError>
 }
 
 /// One datagram and its `SCM_RIGHTS` fds; `None` at EOF.
-fn recv_raw(sock: RawFd) -> Result<(Option<Vec<u8>>, Vec<OwnedFd>), StartError> {
+fn recv_raw(sock: BorrowedFd<'_>) -> Result<(Option<Vec<u8>>, Vec<OwnedFd>), StartError> {
     let mut buf = vec![0u8; MSG_MAX];
-    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-    let (n, fds) = loop {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let n = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
-            Ok(m) => {
-                let mut fds = Vec::new();
-                if let Ok(cmsgs) = m.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(raw) = c {
-                            // SAFETY: the kernel installed these fds for us just now; nothing
-                            // else owns them.
-                            fds.extend(
-                                raw.into_iter()
-                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                            );
-                        }
-                    }
-                }
-                break (m.bytes, fds);
-            }
-            Err(Errno::EINTR) => continue,
+        match recvmsg(sock, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC) {
+            Ok(m) => break m.bytes,
+            Err(Errno::INTR) => continue,
             Err(e) => return Err(StartError::os("recvmsg", e)),
         }
     };
+    // The kernel installed these fds for us just now: rustix hands them over owned.
+    let mut fds = Vec::new();
+    for message in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
     if n == 0 {
         return Ok((None, fds));
     }
@@ -249,35 +236,40 @@ fn recv_raw(sock: RawFd) -> Result<(Option<Vec<u8>>, Vec<OwnedFd>), StartError> 
     Ok((Some(buf), fds))
 }
 
-fn send(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Errno> {
     let iov = [IoSlice::new(bytes)];
-    let cmsgs = [ControlMessage::ScmRights(fds)];
-    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsgs };
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Errno::INVAL);
+    }
     loop {
-        match sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+        match sendmsg(sock, &iov, &mut cmsg, SendFlags::NOSIGNAL) {
             Ok(_) => return Ok(()),
-            Err(Errno::EINTR) => continue,
+            Err(Errno::INTR) => continue,
             Err(e) => return Err(e),
         }
     }
 }
 
 /// Starts a worker for `boot` through the fork server.
-pub(crate) fn start_worker(boot: &Boot) -> Result<ChildProc, StartError> {
+pub(crate) fn start_worker(
+    boot: &Boot,
+    queues: [BorrowedFd<'_>; 2],
+) -> Result<ChildProc, StartError> {
     let bytes = postcard::to_allocvec(boot).map_err(|e| StartError::Encode {
         message: e.to_string(),
     })?;
-    let fds = [boot.inbox_fd, boot.results_fd];
     for attempt in 0..2 {
         let r = with_link(|link| {
-            send(link.sock.as_raw_fd(), &bytes, &fds)
+            send(link.sock.as_fd(), &bytes, &queues)
                 .map_err(|e| StartError::os("forkserver request", e))?;
             let deadline = Instant::now() + Duration::from_secs(30);
             let started = link.read_until(deadline, |link, msg, fd| match msg {
                 ServerMsg::Started { pid } => Some(Ok((pid, fd))),
                 ServerMsg::Failed { errno } => Some(Err(StartError::os(
                     "fork (forkserver)",
-                    Errno::from_raw(errno),
+                    Errno::from_raw_os_error(errno),
                 ))),
                 ServerMsg::Exited { pid, signal, code } => {
                     link.exits.insert(pid, status_of(signal, code));
@@ -286,15 +278,15 @@ pub(crate) fn start_worker(boot: &Boot) -> Result<ChildProc, StartError> {
             })?;
             match started {
                 Some(Ok((pid, Some(pidfd)))) => Ok(ChildProc::remote(pid as i32, pidfd)),
-                Some(Ok((_, None))) => Err(StartError::os("forkserver (no pidfd)", Errno::EIO)),
+                Some(Ok((_, None))) => Err(StartError::os("forkserver (no pidfd)", Errno::IO)),
                 Some(Err(e)) => Err(e),
-                None => Err(StartError::os("forkserver (no answer)", Errno::ETIMEDOUT)),
+                None => Err(StartError::os("forkserver (no answer)", Errno::TIMEDOUT)),
             }
         });
         match r {
             // The server died: start another and try once more.
             Err(StartError::Os(OsError { errno, .. }))
-                if attempt == 0 && matches!(errno, Errno::EPIPE | Errno::ECONNRESET) =>
+                if attempt == 0 && matches!(errno, Errno::PIPE | Errno::CONNRESET) =>
             {
                 let mut g = slot().link.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(old) = g.take() {
@@ -305,19 +297,22 @@ pub(crate) fn start_worker(boot: &Boot) -> Result<ChildProc, StartError> {
             r => return r,
         }
     }
-    Err(StartError::os("forkserver", Errno::EPIPE))
+    Err(StartError::os("forkserver", Errno::PIPE))
 }
 
 fn reap_server(pid: u32) {
     // The server is our own child; WNOHANG never blocks.
-    let _ = crate::child::reap_nohang(pid as i32);
+    let _ = crate::sys::reap_nohang(pid as i32);
 }
+
+/// SIGKILL's number: how a worker the server could not report on most likely ended.
+const KILLED: i32 = rustix::process::Signal::KILL.as_raw();
 
 fn status_of(signal: Option<i32>, code: Option<i32>) -> ExitStatus {
     match (signal, code) {
         (Some(s), _) => ExitStatus::Signaled(s),
         (None, Some(c)) => ExitStatus::Code(c),
-        (None, None) => ExitStatus::Signaled(libc::SIGKILL),
+        (None, None) => ExitStatus::Signaled(KILLED),
     }
 }
 
@@ -347,7 +342,5 @@ pub(crate) fn exit_status(pid: u32) -> ExitStatus {
             _ => None,
         })
     });
-    r.ok()
-        .flatten()
-        .unwrap_or(ExitStatus::Signaled(libc::SIGKILL))
+    r.ok().flatten().unwrap_or(ExitStatus::Signaled(KILLED))
 }

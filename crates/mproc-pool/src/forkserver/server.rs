@@ -2,91 +2,52 @@
 //! worker per request and reporting its children's exits. The client side (starting the
 //! server, asking it for workers, reading exit statuses) is in `mod.rs`.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::unistd::{ForkResult, fork};
+use mproc_segment::Errno;
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, Signal};
 
 use super::{ServerMsg, recv_raw, send};
-use crate::child::reap_nohang;
 use crate::protocol::Boot;
-
-/// Closes every fd of this process but stdin, stdout, stderr and `keep`: the server (and so
-/// every worker forked from it) must not hold the parent's files — a pipe's write end kept
-/// open here would keep its reader from ever seeing EOF.
-///
-/// Raw system calls on purpose: neither nix nor rustix wraps `close_range`, and the fallback
-/// closes fd numbers, not fds this process holds handles to.
-fn close_other_fds(keep: RawFd) {
-    let close_range = |first: u32, last: u32| {
-        // SAFETY: close_range takes two fd numbers and flags; it only closes fds.
-        unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) == 0 }
-    };
-    let keep = keep as u32;
-    let ok = (keep <= 3 || close_range(3, keep - 1)) && close_range(keep + 1, u32::MAX);
-    if !ok {
-        // Kernels before 5.9: one by one, up to a generous bound.
-        for fd in 3..4096 {
-            if fd != keep as i32 {
-                // SAFETY: the server owns no Rust handle to these fds (they are the parent's,
-                // inherited); closing an unused number is harmless.
-                unsafe { libc::close(fd) };
-            }
-        }
-    }
-}
+use crate::sys::{ChildSignals, Forked, reap_nohang};
 
 /// The server's loop: fork a worker per request, report exits, end at EOF.
 pub(super) fn serve(sock: OwnedFd) -> i32 {
-    close_other_fds(sock.as_raw_fd());
+    crate::sys::close_other_fds(sock.as_raw_fd());
     crate::forker::make_undumpable();
-    // The server reaps its children to report their statuses: a parent that ignores SIGCHLD
-    // (inherited here) would have the kernel reap them first and every status would be lost.
-    // SAFETY: SIG_DFL installs no handler; the server has one thread.
-    if unsafe { nix::sys::signal::signal(Signal::SIGCHLD, nix::sys::signal::SigHandler::SigDfl) }
-        .is_err()
-    {
-        return 2;
-    }
-    let mut chld = SigSet::empty();
-    chld.add(Signal::SIGCHLD);
-    if sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).is_err() {
-        return 2;
-    }
-    let Ok(sigfd) = SignalFd::with_flags(&chld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-    else {
+    // The server reaps its children to report their statuses (it has one thread, so the
+    // signal mask is the process's).
+    let Ok(sigfd) = ChildSignals::open() else {
         return 2;
     };
     let me = std::process::id();
     loop {
         let mut fds = [
-            PollFd::new(sock.as_fd(), PollFlags::POLLIN),
-            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(&sock, PollFlags::IN),
+            PollFd::new(&sigfd, PollFlags::IN),
         ];
-        match poll(&mut fds, PollTimeout::NONE) {
+        match rustix::event::poll(&mut fds, None) {
             Ok(_) => {}
-            Err(Errno::EINTR) => continue,
+            Err(Errno::INTR) => continue,
             Err(_) => return 3,
         }
-        let sock_ev = fds[0].revents().unwrap_or(PollFlags::empty());
-        let sig_ev = fds[1].revents().unwrap_or(PollFlags::empty());
-        if sig_ev.contains(PollFlags::POLLIN) {
-            while let Ok(Some(_)) = sigfd.read_signal() {}
-            if !report_exits(sock.as_raw_fd()) {
+        let sock_ev = fds[0].revents();
+        let sig_ev = fds[1].revents();
+        if sig_ev.contains(PollFlags::IN) {
+            sigfd.drain();
+            if !report_exits(sock.as_fd()) {
                 return 0;
             }
         }
-        if sock_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-            let Ok((msg, received)) = recv_raw(sock.as_raw_fd()) else {
+        if sock_ev.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+            let Ok((msg, received)) = recv_raw(sock.as_fd()) else {
                 return 0;
             };
             let Some(bytes) = msg else {
                 return 0; // the parent is gone
             };
-            if !fork_worker(&sock, &sigfd, &chld, &bytes, received, me) {
+            if !fork_worker(&sock, &sigfd, &bytes, received, me) {
                 return 0;
             }
         }
@@ -94,24 +55,17 @@ pub(super) fn serve(sock: OwnedFd) -> i32 {
 }
 
 /// Reaps every exited child and tells the parent; false if the parent is gone.
-fn report_exits(sock: RawFd) -> bool {
+fn report_exits(sock: BorrowedFd<'_>) -> bool {
     loop {
         // The server's children are its workers; WNOHANG never blocks. Each ended worker's
         // process group (what its tasks started) is killed before the worker is reaped,
         // while its zombie keeps the group's id from being reused.
-        // (nix's waitid fails for a realtime signal it cannot name: that worker is reaped
-        // without its group being killed.)
-        use nix::sys::wait::{Id, WaitPidFlag, waitid};
-        let ended = waitid(
-            Id::All,
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
-        )
-        .ok()
-        .and_then(|st| st.pid());
+        let ended = crate::sys::ended_child().and_then(Pid::from_raw);
         if let Some(ended) = ended {
-            let _ = nix::sys::signal::killpg(ended, Signal::SIGKILL);
+            let _ = rustix::process::kill_process_group(ended, Signal::KILL);
         }
-        let Ok(Some((pid, exit))) = reap_nohang(ended.map_or(-1, |p| p.as_raw())) else {
+        let Ok(Some((pid, exit))) = reap_nohang(ended.map_or(-1, |p| p.as_raw_nonzero().get()))
+        else {
             return true;
         };
         let (signal, code) = exit.parts();
@@ -133,23 +87,22 @@ fn report_exits(sock: RawFd) -> bool {
 /// parent is gone.
 fn fork_worker(
     sock: &OwnedFd,
-    sigfd: &SignalFd,
-    chld: &SigSet,
+    sigfd: &ChildSignals,
     bytes: &[u8],
     received: Vec<OwnedFd>,
     me: u32,
 ) -> bool {
-    let reply = |msg: ServerMsg, fds: &[RawFd]| {
+    let reply = |msg: ServerMsg, fds: &[BorrowedFd<'_>]| {
         postcard::to_allocvec(&msg)
-            .map_err(|_| Errno::EINVAL)
-            .and_then(|b| send(sock.as_raw_fd(), &b, fds))
+            .map_err(|_| Errno::INVAL)
+            .and_then(|b| send(sock.as_fd(), &b, fds))
             .is_ok()
     };
     let boot: Result<Boot, _> = postcard::from_bytes(bytes);
     let (Ok(mut boot), [inbox, results]) = (boot, &received[..]) else {
         return reply(
             ServerMsg::Failed {
-                errno: libc::EINVAL,
+                errno: Errno::INVAL.raw_os_error(),
             },
             &[],
         );
@@ -157,36 +110,39 @@ fn fork_worker(
     boot.inbox_fd = inbox.as_raw_fd();
     boot.results_fd = results.as_raw_fd();
     // SAFETY: the server has one thread; the child runs the worker and `_exit`s.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(chld), None);
+    match unsafe { crate::sys::fork() } {
+        Ok(Forked::Child) => {
+            sigfd.unblock();
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                // SAFETY: the worker never uses these handles (or drops them: it `_exit`s);
-                // closing them keeps it from holding the server's socket open.
-                unsafe {
-                    libc::close(sock.as_raw_fd());
-                    libc::close(sigfd.as_fd().as_raw_fd());
-                }
+                // The worker never uses these handles (or drops them: it `_exit`s); closing
+                // them keeps it from holding the server's socket open.
+                crate::sys::close_inherited(sock.as_raw_fd());
+                crate::sys::close_inherited(sigfd.as_fd().as_raw_fd());
                 // It ends when the server does (the server has one thread: its death is the
                 // death of the thread that forked us).
                 crate::forker::arm_parent_death(me);
                 crate::worker::worker_main(&boot)
             }))
             .unwrap_or(crate::protocol::EXIT_PANIC);
-            crate::child::exit_now(code)
+            crate::sys::exit_now(code)
         }
-        Ok(ForkResult::Parent { child }) => {
+        Ok(Forked::Parent(child)) => {
             drop(received);
-            match crate::child::pidfd_open(child.as_raw()) {
-                Ok(pidfd) => reply(
-                    ServerMsg::Started {
-                        pid: child.as_raw() as u32,
+            match crate::child::pidfd_open(child) {
+                Ok(pidfd) => reply(ServerMsg::Started { pid: child as u32 }, &[pidfd.as_fd()]),
+                Err(_) => reply(
+                    ServerMsg::Failed {
+                        errno: Errno::IO.raw_os_error(),
                     },
-                    &[pidfd.as_raw_fd()],
+                    &[],
                 ),
-                Err(_) => reply(ServerMsg::Failed { errno: libc::EIO }, &[]),
             }
         }
-        Err(e) => reply(ServerMsg::Failed { errno: e as i32 }, &[]),
+        Err(e) => reply(
+            ServerMsg::Failed {
+                errno: e.raw_os_error(),
+            },
+            &[],
+        ),
     }
 }

@@ -4,7 +4,7 @@
 use std::os::fd::{AsFd, AsRawFd};
 
 use mproc_queue::{PutError, Queue};
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 
 use super::PREFETCH;
 use super::seam::WorkerIo;
@@ -42,7 +42,7 @@ impl WorkerIo for Live {
         self.child.try_wait().ok().flatten()
     }
     fn kill(&self) -> bool {
-        self.child.signal(Signal::SIGKILL).is_ok()
+        self.child.signal(Signal::KILL).is_ok()
     }
 }
 
@@ -73,6 +73,7 @@ pub(crate) fn start_one(
         StartMethod::Fork if replacement => StartMethod::ForkServer,
         m => m,
     };
-    let child = start_worker(method, &boot)?;
+    let queues = [inbox.segment(), shared_results.segment()];
+    let child = start_worker(method, &boot, [queues[0].as_fd(), queues[1].as_fd()])?;
     Ok(Worker::new(Live { child, inbox }))
 }

@@ -43,7 +43,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 
 use crate::StartMethod;
 use crate::launch::{Booted, await_boot};
@@ -341,7 +341,7 @@ impl Pool {
         let mut workers = std::mem::take(&mut self.shared.lock().workers);
         for w in &workers {
             if terminate {
-                let _ = w.io.child.signal(Signal::SIGTERM);
+                let _ = w.io.child.signal(Signal::TERM);
             } else {
                 w.io.close_inbox();
             }

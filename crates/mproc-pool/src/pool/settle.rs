@@ -197,9 +197,9 @@ impl<W: WorkerIo> State<W> {
 /// Whether a worker failed to start for a reason that passes (the system is out of
 /// processes or memory for now: fork's EAGAIN and ENOMEM, however they reached us).
 fn is_passing(e: &crate::StartError) -> bool {
-    use nix::errno::Errno;
+    use mproc_segment::Errno;
     match e {
-        crate::StartError::Os(os) => matches!(os.errno, Errno::EAGAIN | Errno::ENOMEM),
+        crate::StartError::Os(os) => matches!(os.errno, Errno::AGAIN | Errno::NOMEM),
         _ => false,
     }
 }

@@ -64,8 +64,9 @@ use std::time::Duration;
 use crate::SegmentError;
 
 mod roll;
+use crate::ofd::{self, Lock};
 pub use roll::{Roll, roll_path, roll_path_of};
-use roll::{close, file_id, get_lock, open_roll, random_u32, roll_error, set_lock};
+use roll::{close, file_id, open_roll, random_u32, roll_error};
 
 /// Bits of a peer token.
 pub const PEER_BITS: u32 = 22;
@@ -122,7 +123,7 @@ impl Drop for ThreadToken {
         if id & THREAD_TRACKED != 0 && self.epoch.get() == EPOCH.load(Ordering::Acquire) {
             let fd = HOLD_FD.load(Ordering::Acquire);
             if fd >= 0 {
-                let _ = set_lock(fd, libc::F_UNLCK, thread_byte(id), 1);
+                let _ = ofd::set(fd, Lock::Unlock, thread_byte(id), 1);
             }
         }
     }
@@ -219,13 +220,13 @@ fn do_register() -> Result<(RawFd, RawFd, u32), SegmentError> {
         }
         let start = u64::from(peer) << 32;
         // All of the token's range: fails if any live process holds any byte of it.
-        match set_lock(hold, libc::F_WRLCK, start, 1 << 32) {
+        match ofd::set(hold, Lock::Write, start, 1 << 32) {
             Ok(()) => {
                 // Keep the first byte; thread bytes are taken one by one later.
-                let _ = set_lock(hold, libc::F_UNLCK, start + 1, (1 << 32) - 1);
+                let _ = ofd::set(hold, Lock::Unlock, start + 1, (1 << 32) - 1);
                 return Ok((hold, ask, peer));
             }
-            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => continue,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::ACCESS) => continue,
             Err(e) => {
                 close(hold);
                 close(ask);
@@ -266,7 +267,7 @@ fn thread_me_slow(t: &ThreadToken) -> u64 {
     let k = k.max(1);
     let mut id = u64::from(peer) | (u64::from(k) << 32);
     let fd = HOLD_FD.load(Ordering::Acquire);
-    if fd >= 0 && set_lock(fd, libc::F_WRLCK, thread_byte(id), 1).is_ok() {
+    if fd >= 0 && ofd::set(fd, Lock::Write, thread_byte(id), 1).is_ok() {
         id |= THREAD_TRACKED;
     }
     t.id.set(id);
@@ -317,14 +318,14 @@ fn locked(at: u64) -> Option<bool> {
             return None;
         }
     }
-    get_lock(fd, at)
+    ofd::held_elsewhere(fd, at, 1)
 }
 
 /// Whether the peer `peer` of user `uid` is alive, asked through a descriptor of that user's
 /// roll opened for the purpose (tools: nothing is registered). `Some(false)` if the user has
 /// no roll (nobody of theirs ever registered); `None` if the roll cannot be read.
 pub fn peer_alive_of_user(uid: u32, peer: u32) -> Option<bool> {
-    if uid == nix::unistd::geteuid().as_raw()
+    if uid == rustix::process::geteuid().as_raw()
         && peer & PEER_MASK == PEER.load(Ordering::Relaxed)
         && STATE.load(Ordering::Acquire) == REGISTERED
     {

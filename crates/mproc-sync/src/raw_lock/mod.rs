@@ -305,7 +305,7 @@ impl RawLock {
             }
             return Err(LockError::Os {
                 call: "lock",
-                errno: nix::errno::Errno::EDEADLK,
+                errno: mproc_segment::Errno::DEADLK,
             });
         }
         if nonblocking {

@@ -132,7 +132,7 @@ impl PoolIo for FakePool {
     fn start_replacement(&self, _index: u32) -> Result<Fake, StartError> {
         if self.eagain_starts.get() > 0 {
             self.eagain_starts.set(self.eagain_starts.get() - 1);
-            return Err(StartError::os("fork", nix::errno::Errno::EAGAIN));
+            return Err(StartError::os("fork", mproc_segment::Errno::AGAIN));
         }
         if self.fail_start.get() {
             return Err(StartError::Encode {
