@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mproc::prelude::*;
 use mproc_testkit::{Child, fork_child, fork_in_pid_namespace, unique_name, with_deadline};
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -46,7 +46,7 @@ fn make_stale(name: &str) {
 }
 
 fn kill(mut child: Child) {
-    child.signal(Signal::SIGKILL);
+    child.signal(Signal::KILL);
     child.wait();
 }
 
@@ -190,8 +190,7 @@ fn a_recycled_pid_never_owns_a_dead_holders_lock() {
 
 /// Runs as pid 1 of a fresh namespace with its own /proc; returns 0 when all held.
 fn recycle_pids(plain: &str, re: &str) -> i32 {
-    use nix::sys::wait::{WaitStatus, waitpid};
-    use nix::unistd::{ForkResult, fork};
+    use mproc_testkit::{Exit, Forked, exit_now, fork};
     if std::fs::write("/proc/sys/kernel/pid_max", "400").is_err() {
         return 10; // needs Linux 6.14+ (a pid_max per namespace)
     }
@@ -199,19 +198,15 @@ fn recycle_pids(plain: &str, re: &str) -> i32 {
     let spawn = |f: &dyn Fn() -> i32| -> i32 {
         // SAFETY: the child runs `f` and `_exit`s; this process has one thread.
         match unsafe { fork() } {
-            Ok(ForkResult::Child) => {
-                let code = f();
-                // SAFETY: ends the child without the parent's handlers.
-                unsafe { libc::_exit(code) }
-            }
-            Ok(ForkResult::Parent { child }) => child.as_raw(),
+            Ok(Forked::Child) => exit_now(f()),
+            Ok(Forked::Parent(child)) => child,
             Err(_) => -1,
         }
     };
-    let reap = |pid: i32| match waitpid(nix::unistd::Pid::from_raw(pid), None) {
-        Ok(WaitStatus::Exited(_, c)) => c,
-        Ok(WaitStatus::Signaled(..)) => -2,
-        _ => -3,
+    let reap = |pid: i32| match mproc_testkit::waitpid(pid) {
+        Some(Exit::Code(c)) => c,
+        Some(Exit::Signaled(_)) => -2,
+        None => -3,
     };
     // Move the pid counter into the range that is reused after a wrap (300..400).
     loop {
@@ -243,7 +238,7 @@ fn recycle_pids(plain: &str, re: &str) -> i32 {
     if await_byte(&mut a) != 1 {
         return 13;
     }
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder), Signal::SIGKILL);
+    mproc_testkit::kill(holder, Signal::KILL);
     reap(holder);
     drop(b);
     // Fork until a child gets the holder's pid; it must not be taken for the owner.
@@ -414,7 +409,7 @@ fn openers_and_reclaimers_never_split_a_name() {
             let created = Segment::create(&name, 64);
             let held = opener.join().unwrap();
             let on_disk = std::fs::metadata(&path).ok().map(|m| m.ino());
-            let ino_of = |s: &Segment| nix::sys::stat::fstat(s.as_fd()).unwrap().st_ino;
+            let ino_of = |s: &Segment| rustix::fs::fstat(s.as_fd()).unwrap().st_ino;
             if let Ok(c) = &created {
                 assert_eq!(
                     Some(ino_of(c)),
@@ -461,12 +456,10 @@ fn non_dumpable_holders_count_as_users_also_of_another_uid() {
             let (mut here, mut there) = UnixStream::pair().unwrap();
             let n = name.clone();
             let child = fork_child(move || {
-                // SAFETY: prctl with integer arguments only.
-                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0) };
-                if other_uid
-                    && (nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).is_err()
-                        || nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).is_err())
-                {
+                let _ = rustix::process::set_dumpable_behavior(
+                    rustix::process::DumpableBehavior::NotDumpable,
+                );
+                if other_uid && !mproc_testkit::become_nobody() {
                     return 2;
                 }
                 let Ok(mut seg) = Segment::create(&n, 64) else {
@@ -516,13 +509,12 @@ fn a_forked_child_does_not_keep_its_dead_parent_alive() {
             let _g = l.lock().unwrap();
             // A child that only sleeps (a worker of some other library, say).
             // SAFETY: the grandchild only sleeps and `_exit`s.
-            let sleeper = match unsafe { nix::unistd::fork() } {
-                Ok(nix::unistd::ForkResult::Child) => {
+            let sleeper = match unsafe { mproc_testkit::fork() } {
+                Ok(mproc_testkit::Forked::Child) => {
                     std::thread::sleep(Duration::from_secs(30));
-                    // SAFETY: ends the grandchild without the test's handlers.
-                    unsafe { libc::_exit(0) }
+                    mproc_testkit::exit_now(0)
                 }
-                Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw() as u32,
+                Ok(mproc_testkit::Forked::Parent(child)) => child as u32,
                 Err(_) => return 1,
             };
             let _ = there.write_all(&sleeper.to_ne_bytes());
@@ -541,10 +533,7 @@ fn a_forked_child_does_not_keep_its_dead_parent_alive() {
             Err(LockError::OwnerDied(g)) => g.make_consistent(),
             other => panic!("expected OwnerDied, got {:?}", other.map(drop)),
         }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(sleeper.pid as i32),
-            Signal::SIGKILL,
-        );
+        mproc_testkit::kill(sleeper.pid as i32, Signal::KILL);
         assert!(mproc_testkit::gone_within(Duration::from_secs(10), || {
             sleeper.is_alive()
         }));

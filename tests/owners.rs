@@ -6,7 +6,6 @@ use std::os::fd::AsFd;
 
 use mproc::prelude::*;
 use mproc_testkit::{fork_child, unique_name};
-use nix::unistd::{Uid, setuid};
 
 /// The tests of this file fork children that do real work (create segments as another
 /// user): they run one at a time, so no other test thread holds a lock at a fork.
@@ -28,7 +27,7 @@ impl Drop for Unlink {
 #[test]
 fn names_squatted_by_another_user_are_refused() {
     let _serial = serial();
-    if !Uid::effective().is_root() {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("not root: cannot become `nobody` to squat a name; skipped");
         return;
     }
@@ -43,7 +42,7 @@ fn names_squatted_by_another_user_are_refused() {
     // `nobody` creates the names first, readable and writable by everyone, and leaves.
     let (q2, a2, r2) = (queue.clone(), array.clone(), raw.clone());
     fork_child(move || {
-        if setuid(Uid::from_raw(65534)).is_err() {
+        if !mproc_testkit::become_nobody() {
             return 4;
         }
         let mut q = match QueueOptions::new().capacity(8).create::<String>(&q2) {
@@ -122,11 +121,8 @@ fn anonymous_segments_cannot_be_shrunk_or_grown() {
     let _serial = serial();
     let seg = Segment::anonymous(4096).unwrap();
     let fd = seg.as_fd();
-    assert_eq!(nix::unistd::ftruncate(fd, 0), Err(nix::errno::Errno::EPERM));
-    assert_eq!(
-        nix::unistd::ftruncate(fd, 1 << 20),
-        Err(nix::errno::Errno::EPERM)
-    );
+    assert_eq!(rustix::fs::ftruncate(fd, 0), Err(mproc::Errno::PERM));
+    assert_eq!(rustix::fs::ftruncate(fd, 1 << 20), Err(mproc::Errno::PERM));
     // Still usable.
     seg.write_bytes(0, b"ok").unwrap();
 }
@@ -137,9 +133,12 @@ fn a_planted_fifo_or_symlink_is_not_opened() {
     let fifo = unique_name("owners-fifo");
     let link = unique_name("owners-link");
     let (pf, pl) = (format!("/dev/shm/{fifo}"), format!("/dev/shm/{link}"));
-    nix::unistd::mkfifo(
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
         pf.as_str(),
-        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        0,
     )
     .unwrap();
     std::os::unix::fs::symlink("/etc/hostname", &pl).unwrap();

@@ -20,18 +20,18 @@ impl Drop for Unlink {
 /// A child that creates a named queue holding one item, then is SIGKILLed: the name stays
 /// behind, stale (its creator is dead, nobody maps it).
 fn leave_stale_queue(name: &str) {
-    let (r, w) = nix::unistd::pipe().unwrap();
+    let (r, w) = rustix::pipe::pipe().unwrap();
     let n = name.to_owned();
     let mut child = fork_child(move || {
         let q: Queue<u32> = Queue::create(&n, 8).unwrap();
         q.put(7).unwrap();
-        nix::unistd::write(&w, b"x").unwrap();
+        rustix::io::write(&w, b"x").unwrap();
         std::thread::sleep(Duration::from_secs(60));
         0
     });
     let mut b = [0u8];
-    nix::unistd::read(&r, &mut b).unwrap();
-    child.signal(nix::sys::signal::Signal::SIGKILL);
+    rustix::io::read(&r, &mut b).unwrap();
+    child.signal(rustix::process::Signal::KILL);
     child.wait();
     assert!(
         Segment::open_raw(name).is_ok(),
@@ -68,16 +68,16 @@ fn a_stale_name_that_a_live_process_maps_is_left_alone() {
         let _u = Unlink(name.clone());
         leave_stale_queue(&name);
         // A live reader still has it mapped (and would keep reading what is left).
-        let (r, w) = nix::unistd::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
         let n = name.clone();
         let reader: Child = fork_child(move || {
             let q: Queue<u32> = Queue::open(&n).unwrap();
-            nix::unistd::write(&w, b"x").unwrap();
+            rustix::io::write(&w, b"x").unwrap();
             std::thread::sleep(Duration::from_secs(60));
             i32::from(q.is_empty())
         });
         let mut b = [0u8];
-        nix::unistd::read(&r, &mut b).unwrap();
+        rustix::io::read(&r, &mut b).unwrap();
         assert!(matches!(
             Queue::<u32>::create(&name, 8),
             Err(SegmentError::AlreadyExists { .. })

@@ -163,19 +163,19 @@ fn typed_errors() {
 #[test]
 fn a_writer_killed_inside_the_lock_makes_the_array_report_inconsistency() {
     let a: Array<u32> = Array::new(2).unwrap();
-    let (r, w) = nix::unistd::pipe().unwrap();
+    let (r, w) = rustix::pipe::pipe().unwrap();
     let mut child = fork_child(|| {
         let mut g = a.lock().unwrap();
         g[0] = 1; // half of an update that should keep g[0] == g[1]
         std::mem::forget(g);
-        nix::unistd::write(&w, b"x").unwrap();
+        rustix::io::write(&w, b"x").unwrap();
         loop {
-            nix::unistd::pause();
+            rustix::event::pause();
         }
     });
     let mut b = [0u8];
-    nix::unistd::read(&r, &mut b).unwrap();
-    child.signal(nix::sys::signal::Signal::SIGKILL);
+    rustix::io::read(&r, &mut b).unwrap();
+    child.signal(rustix::process::Signal::KILL);
     assert_eq!(child.wait().exit, Exit::Signaled(9));
     assert_eq!(a.get(0), Err(ArrayError::Inconsistent));
     match a.lock() {
@@ -239,7 +239,7 @@ fn rust_doubles_an_array_python_created() {
     // Reaped (and killed on failure) through the testkit's Child, by pid.
     #[allow(clippy::zombie_processes)]
     let mut proc = cmd.spawn().unwrap();
-    let mut guard = Child::from_pid(nix::unistd::Pid::from_raw(proc.id() as i32));
+    let mut guard = Child::from_pid(proc.id() as i32);
     let mut line = String::new();
     BufReader::new(proc.stdout.take().unwrap())
         .read_line(&mut line)

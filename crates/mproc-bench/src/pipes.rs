@@ -49,7 +49,7 @@ pub(crate) fn fd_sink(args: (RawFd, u64)) -> f64 {
 }
 
 pub(crate) fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe().expect("pipe")
+    rustix::pipe::pipe().expect("pipe")
 }
 
 pub(crate) fn socketpair() -> (OwnedFd, OwnedFd) {

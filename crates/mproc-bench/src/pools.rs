@@ -82,14 +82,15 @@ pub(crate) fn process_start(method: StartMethod, starts: usize) -> f64 {
 pub(crate) fn bare_fork(starts: usize) -> f64 {
     let t = Instant::now();
     for _ in 0..starts {
-        // SAFETY: the child only calls `_exit`.
-        match unsafe { nix::unistd::fork() }.expect("fork") {
-            nix::unistd::ForkResult::Child => {
-                // SAFETY: `_exit` is always safe to call.
-                unsafe { libc::_exit(0) }
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                nix::sys::wait::waitpid(child, None).expect("waitpid");
+        // SAFETY: the child only calls `_exit` (always safe to call).
+        match unsafe { libc::fork() } {
+            // SAFETY: `_exit` is always safe to call.
+            0 => unsafe { libc::_exit(0) },
+            child => {
+                assert!(child > 0, "fork: {}", std::io::Error::last_os_error());
+                let mut status = 0;
+                // SAFETY: waits for our own child, writing its status into `status`.
+                assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
             }
         }
     }

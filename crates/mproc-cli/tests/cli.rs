@@ -20,7 +20,7 @@ fn gc_removes_only_segments_of_dead_creators() {
         let _live = Segment::create_for::<u64>(&live, Kind::ARRAY, 16).unwrap();
 
         // A child creates a queue-kind segment, keeps it past its own death, and is killed.
-        let (r, w) = nix::unistd::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
         let orphan_c = orphan.clone();
         let mut child = fork_child(move || {
             let mut seg = SegmentOptions::new(Kind::ARRAY)
@@ -29,13 +29,13 @@ fn gc_removes_only_segments_of_dead_creators() {
                 .create(&orphan_c)
                 .unwrap();
             seg.persist();
-            nix::unistd::write(&w, b"x").unwrap();
+            rustix::io::write(&w, b"x").unwrap();
             std::thread::sleep(Duration::from_secs(60));
             0
         });
         let mut buf = [0u8; 1];
-        nix::unistd::read(&r, &mut buf).unwrap();
-        child.signal(nix::sys::signal::Signal::SIGKILL);
+        rustix::io::read(&r, &mut buf).unwrap();
+        child.signal(rustix::process::Signal::KILL);
         child.wait();
 
         let ls = mproc(&["ls", "--prefix", &prefix]);
@@ -82,18 +82,18 @@ fn inspect_shows_a_queue_state_and_rejects_foreign_segments() {
 
         // A shared-memory object made by someone else: a clear error, exit status 1.
         let foreign = unique_name("cli-foreign");
-        let fd = nix::sys::mman::shm_open(
+        let fd = rustix::shm::open(
             format!("/{foreign}").as_str(),
-            nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_RDWR,
-            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+            rustix::shm::OFlags::CREATE | rustix::shm::OFlags::RDWR,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
         )
         .unwrap();
-        nix::unistd::ftruncate(&fd, 4096).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_mproc"))
             .args(["inspect", &foreign])
             .output()
             .unwrap();
-        let _ = nix::sys::mman::shm_unlink(format!("/{foreign}").as_str());
+        let _ = rustix::shm::unlink(format!("/{foreign}").as_str());
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains(&foreign));
     });
@@ -135,19 +135,21 @@ fn planted_files_cannot_crash_or_block_ls_inspect_or_gc() {
         huge[40..48].copy_from_slice(&(1u64 << 40).to_ne_bytes());
         std::fs::write(path("huge"), &huge).unwrap();
         // A FIFO (opening it for reading would block), a symlink, a zero-filled file.
-        nix::unistd::mkfifo(path("fifo").as_str(), nix::sys::stat::Mode::S_IRUSR).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path("fifo").as_str(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR,
+            0,
+        )
+        .unwrap();
         std::os::unix::fs::symlink("/etc/passwd", path("link")).unwrap();
         std::fs::write(path("zero"), vec![0u8; 8192]).unwrap();
         // A whole valid-looking segment file owned by another user.
         std::fs::write(path("nobody"), &bytes).unwrap();
-        let is_root = nix::unistd::geteuid().is_root();
+        let is_root = rustix::process::geteuid().is_root();
         if is_root {
-            nix::unistd::chown(
-                path("nobody").as_str(),
-                Some(nix::unistd::Uid::from_raw(65534)),
-                None,
-            )
-            .unwrap();
+            std::os::unix::fs::chown(path("nobody"), Some(65534), None).unwrap();
         }
 
         let ls = mproc(&["ls", "--all", "--prefix", &prefix]);

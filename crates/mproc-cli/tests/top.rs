@@ -96,14 +96,25 @@ fn top_on_a_terminal_redraws_sorts_and_quits_on_q() {
         let prefix = unique_name("cli-tty");
         let qname = format!("{prefix}-q");
         let q: mproc_queue::PodQueue<u64> = mproc_queue::PodQueue::create(&qname, 64).unwrap();
-        let size = nix::pty::Winsize {
+        // A pseudo-terminal of 30 rows by 160 columns (what openpty(3) does).
+        use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+        let master =
+            openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let slave = rustix::fs::open(
+            ptsname(&master, Vec::new()).unwrap().as_c_str(),
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let size = rustix::termios::Winsize {
             ws_row: 30,
             ws_col: 160,
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
-        let pty = nix::pty::openpty(Some(&size), None).unwrap();
-        let slave = pty.slave;
+        rustix::termios::tcsetwinsize(&slave, size).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mproc"))
             .args(["top", "--prefix", &prefix, "--interval-ms", "100"])
             .stdin(Stdio::from(slave.try_clone().unwrap()))
@@ -111,7 +122,7 @@ fn top_on_a_terminal_redraws_sorts_and_quits_on_q() {
             .stderr(Stdio::from(slave))
             .spawn()
             .unwrap();
-        let mut master = std::fs::File::from(pty.master);
+        let mut master = std::fs::File::from(master);
         let screen = Arc::new(Mutex::new(Vec::new()));
         {
             // Reads until the terminal closes (EIO once the program exits).

@@ -57,10 +57,7 @@ fn killed_workers_fail_only_their_tasks() {
                         }
                         let pids = pool.pids();
                         let victim = pids[(s.next_u64() % pids.len() as u64) as usize];
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(victim as i32),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
+                        mproc_testkit::kill(victim as i32, rustix::process::Signal::KILL);
                         killed.lock().unwrap().insert(victim);
                     }
                 })

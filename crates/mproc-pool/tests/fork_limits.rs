@@ -17,13 +17,12 @@ fn square(x: u64) -> u64 {
 
 /// Runs as user `nobody` with a process limit; returns 0 when the pool recovered.
 fn starve_and_restore() -> i32 {
-    use nix::sys::resource::{Resource, setrlimit};
-    use nix::unistd::{ForkResult, Gid, Pid, Uid, fork, setgid, setuid};
-    if setgid(Gid::from_raw(65534)).is_err() || setuid(Uid::from_raw(65534)).is_err() {
+    use mproc_testkit::{Forked, exit_now, fork};
+    if !mproc_testkit::become_nobody() {
         return 2;
     }
     // Threads count against the limit too: room for the pool, then filled up below.
-    if setrlimit(Resource::RLIMIT_NPROC, 64, 64).is_err() {
+    if !mproc_testkit::set_limit(rustix::process::Resource::Nproc, 64) {
         return 3;
     }
     let Ok(pool) = Pool::builder()
@@ -44,37 +43,41 @@ fn starve_and_restore() -> i32 {
     // Fill the user's process table, and keep it full: a hog process forks a filler into
     // every slot that frees up (spinning on EAGAIN) until told to stop, so the slot the
     // killed worker gives back goes to the hog, not to the pool's replacement.
-    let (fill_r, fill_w) = nix::unistd::pipe().unwrap();
-    let (stop_r, stop_w) = nix::unistd::pipe().unwrap();
-    let (full_r, full_w) = nix::unistd::pipe().unwrap();
+    let (fill_r, fill_w) = rustix::pipe::pipe().unwrap();
+    let (stop_r, stop_w) = rustix::pipe::pipe().unwrap();
+    let (full_r, full_w) = rustix::pipe::pipe().unwrap();
     // SAFETY: the hog only forks, polls, reads, waits and `_exit`s.
     let hog = match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
+        Ok(Forked::Child) => {
             drop((stop_w, full_r));
             let mut full_told = false;
             loop {
-                let mut fds = [nix::poll::PollFd::new(
-                    std::os::fd::AsFd::as_fd(&stop_r),
-                    nix::poll::PollFlags::POLLIN,
+                let mut fds = [rustix::event::PollFd::new(
+                    &stop_r,
+                    rustix::event::PollFlags::IN,
                 )];
-                if nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0) {
+                let now = rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                if rustix::event::poll(&mut fds, Some(&now)).is_ok_and(|n| n > 0) {
                     break;
                 }
                 // SAFETY: the filler only blocks on a read and `_exit`s.
                 match unsafe { fork() } {
-                    Ok(ForkResult::Child) => {
+                    Ok(Forked::Child) => {
                         // Only the hog keeps the write end: its close ends every filler.
-                        // SAFETY: closes this process's copy of a descriptor it does not use.
+                        // SAFETY: closes this process's copy of a descriptor it does not use
+                        // (the handle is the hog's; this filler `_exit`s without dropping it).
                         unsafe { libc::close(std::os::fd::AsRawFd::as_raw_fd(&fill_w)) };
                         let mut b = [0u8; 1];
-                        let _ = nix::unistd::read(&fill_r, &mut b);
-                        // SAFETY: ends the filler without the hog's handlers.
-                        unsafe { libc::_exit(0) }
+                        let _ = rustix::io::read(&fill_r, &mut b);
+                        exit_now(0)
                     }
-                    Ok(ForkResult::Parent { .. }) => {}
+                    Ok(Forked::Parent(_)) => {}
                     Err(_) => {
                         if !full_told {
-                            let _ = nix::unistd::write(&full_w, b"f");
+                            let _ = rustix::io::write(&full_w, b"f");
                             full_told = true;
                         }
                         std::thread::yield_now();
@@ -82,23 +85,19 @@ fn starve_and_restore() -> i32 {
                 }
             }
             drop(fill_w);
-            while nix::sys::wait::waitpid(None, None).is_ok() {}
-            // SAFETY: ends the hog without the test's handlers.
-            unsafe { libc::_exit(0) }
+            while rustix::process::wait(rustix::process::WaitOptions::empty()).is_ok() {}
+            exit_now(0)
         }
-        Ok(ForkResult::Parent { child }) => child,
+        Ok(Forked::Parent(child)) => child,
         Err(_) => return 7,
     };
     drop((fill_r, fill_w, stop_r, full_w));
     let mut b = [0u8; 1];
-    if nix::unistd::read(&full_r, &mut b) != Ok(1) {
+    if rustix::io::read(&full_r, &mut b) != Ok(1) {
         return 8;
     }
     // The worker dies; its replacement cannot be forked now.
-    let _ = nix::sys::signal::kill(
-        Pid::from_raw(worker as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    mproc_testkit::kill(worker as i32, rustix::process::Signal::KILL);
     let Ok(job) = pool.apply_async(square, 7) else {
         return 9;
     };
@@ -106,7 +105,7 @@ fn starve_and_restore() -> i32 {
     let ran_anyway = job.wait_timeout(Duration::from_millis(500));
     // Processes come back: the replacement starts and takes the job.
     drop(stop_w);
-    let _ = nix::sys::wait::waitpid(hog, None);
+    let _ = mproc_testkit::waitpid(hog);
     if ran_anyway {
         return match job.get() {
             Ok(_) => 10,  // the replacement won a freed slot: the test proved nothing

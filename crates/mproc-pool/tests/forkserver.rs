@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mproc_pool::{JoinError, Pool, PoolError, Process, StartMethod, TaskError, ThreadedFork};
 use mproc_segment::{ProcessId, Segment};
 use mproc_testkit::{fork_child, with_deadline};
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 
 fn square(x: u64) -> u64 {
     x * x
@@ -200,7 +200,7 @@ fn fork_server_workers_end_with_a_parent_killed_by(sig: Signal) {
 #[test]
 fn fork_server_workers_end_with_their_parent() {
     with_deadline(Duration::from_secs(120), || {
-        for sig in [Signal::SIGKILL, Signal::SIGTERM, Signal::SIGINT] {
+        for sig in [Signal::KILL, Signal::TERM, Signal::INT] {
             fork_server_workers_end_with_a_parent_killed_by(sig);
         }
     });
@@ -211,7 +211,7 @@ fn the_fork_server_does_not_keep_the_parents_files_open() {
     with_deadline(Duration::from_secs(60), || {
         // A fresh process (its own fork server) with a pipe open when the server starts.
         fork_child(|| {
-            let (r, w) = nix::unistd::pipe().unwrap();
+            let (r, w) = rustix::pipe::pipe().unwrap();
             mproc_pool::start_forkserver().unwrap();
             let pool = Pool::builder()
                 .processes(1)
@@ -222,7 +222,7 @@ fn the_fork_server_does_not_keep_the_parents_files_open() {
             drop(w);
             // Neither the server nor its worker holds the write end: the reader sees EOF.
             let mut b = [0u8; 1];
-            match nix::unistd::read(&r, &mut b) {
+            match rustix::io::read(&r, &mut b) {
                 Ok(0) => 0,
                 _ => 1,
             }

@@ -9,16 +9,13 @@ use std::time::{Duration, Instant};
 use mproc_pool::{Pool, ThreadedFork};
 use mproc_segment::Segment;
 use mproc_testkit::{Exit, fork_child, with_deadline};
-use nix::unistd::{Uid, setuid};
-
-const NOBODY: u32 = 65534;
 
 fn become_nobody() -> bool {
     // After a uid change the kernel makes a process non-dumpable; make it an ordinary
     // process of that user again.
-    setuid(Uid::from_raw(NOBODY)).is_ok()
-        // SAFETY: prctl(PR_SET_DUMPABLE, 1) takes integers only.
-        && unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong) } == 0
+    mproc_testkit::become_nobody()
+        && rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable)
+            .is_ok()
 }
 
 /// How many memfds of process `pid` this process can open for writing through /proc.
@@ -50,7 +47,7 @@ fn wait_for(flag: &AtomicU32) {
 
 #[test]
 fn a_same_user_process_cannot_open_a_pools_queues() {
-    if !Uid::effective().is_root() {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("not root: cannot run the processes as `nobody`; skipped");
         return;
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mproc_pool::{Pool, Process, ThreadedFork};
 use mproc_segment::{ProcessId, Segment};
 use mproc_testkit::{Exit, fork_child, with_deadline};
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 
 /// A task that keeps its worker busy far longer than the test.
 fn busy(_: u32) -> u32 {
@@ -88,7 +88,7 @@ fn parent_ends(how: End) {
     }
     let r = parent.wait();
     if let End::Signal(sig) = how {
-        assert_eq!(r.exit, Exit::Signaled(sig as i32), "{how:?}");
+        assert_eq!(r.exit, Exit::Signaled(sig.as_raw()), "{how:?}");
     }
     for (what, id) in ["worker", "worker", "daemonic process"].iter().zip(&ids) {
         assert!(
@@ -103,17 +103,14 @@ fn parent_ends(how: End) {
         lasting.is_alive(),
         "{how:?}: daemon(false) ended with its parent"
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(lasting.pid as i32),
-        Signal::SIGKILL,
-    );
+    mproc_testkit::kill(lasting.pid as i32, Signal::KILL);
     assert!(gone_within(lasting, Duration::from_secs(5)));
 }
 
 #[test]
 fn a_killed_parent_leaves_no_worker_behind() {
     with_deadline(Duration::from_secs(120), || {
-        for sig in [Signal::SIGKILL, Signal::SIGTERM, Signal::SIGINT] {
+        for sig in [Signal::KILL, Signal::TERM, Signal::INT] {
             parent_ends(End::Signal(sig));
         }
     });

@@ -198,11 +198,7 @@ fn a_sigkilled_worker_fails_only_its_task_and_is_replaced() {
             if results.len() == 5 && killed == 0 {
                 eventually("the victim's pid", || victim.get().unwrap() != 0);
                 killed = victim.get().unwrap();
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(killed as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .unwrap();
+                mproc_testkit::kill(killed as i32, rustix::process::Signal::KILL);
             }
         }
         assert_eq!(results.len(), 40);
@@ -245,7 +241,7 @@ fn a_worker_that_exits_mid_task_is_reported_with_its_code() {
     });
 }
 
-/// A signal nix's `Signal` enum does not name: its status must still be read and reported,
+/// A realtime signal, which no signal enum names: its status must still be read and reported,
 /// not lost after the kernel reaped the worker (which would leave the task waiting forever).
 #[test]
 fn a_worker_killed_by_a_realtime_signal_is_reported_with_it() {

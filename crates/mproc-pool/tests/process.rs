@@ -12,7 +12,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 fn alive(pid: u32) -> bool {
     // Signal 0 tests for existence; a reaped child is gone.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+    mproc_testkit::exists(pid as i32)
 }
 
 /// Waits (bounded) on a named event; a task's way to block until the test releases it.
@@ -225,7 +225,7 @@ fn exit_status_reads_through_a_shared_reference_from_several_threads() {
     });
 }
 
-/// nix's `Signal` does not name realtime signals; the child's status must survive that, for
+/// No signal enum names realtime signals; the child's status must survive that, for
 /// every start method (the fork server reaps its children itself and reports them).
 #[test]
 fn a_child_killed_by_a_realtime_signal_is_reported_with_it() {

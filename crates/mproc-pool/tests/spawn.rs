@@ -74,11 +74,7 @@ fn spawn_pool_serves_and_replaces_a_killed_worker() {
     assert!(!pids.contains(&std::process::id()));
 
     let victim = pool.pids()[0];
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    mproc_testkit::kill(victim as i32, rustix::process::Signal::KILL);
     // The pool notices, spawns a replacement, and keeps serving.
     assert_eq!(pool.map(triple, 0..100).unwrap()[99], 297);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -116,15 +112,15 @@ fn busy(_: u32) -> u32 {
 
 fn spawned_workers_end_with_their_killed_parent() {
     for sig in [
-        nix::sys::signal::Signal::SIGKILL,
-        nix::sys::signal::Signal::SIGTERM,
-        nix::sys::signal::Signal::SIGINT,
+        rustix::process::Signal::KILL,
+        rustix::process::Signal::TERM,
+        rustix::process::Signal::INT,
     ] {
         spawned_workers_end_with_a_parent_killed_by(sig);
     }
 }
 
-fn spawned_workers_end_with_a_parent_killed_by(sig: nix::sys::signal::Signal) {
+fn spawned_workers_end_with_a_parent_killed_by(sig: rustix::process::Signal) {
     use std::sync::atomic::{AtomicU32, Ordering};
     let mem = mproc_segment::Segment::anonymous(64).unwrap();
     let pids: &[AtomicU32] = mem.view_slice(0, 4).unwrap();

@@ -18,13 +18,12 @@ fn fork_grandchild((queue, hang): (String, bool)) -> u32 {
         return 0;
     };
     // SAFETY: the child only sleeps and `_exit`s.
-    let pid = match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
+    let pid = match unsafe { mproc_testkit::fork() } {
+        Ok(mproc_testkit::Forked::Child) => {
             std::thread::sleep(Duration::from_secs(60));
-            // SAFETY: ends the grandchild without running the worker's handlers.
-            unsafe { libc::_exit(0) }
+            mproc_testkit::exit_now(0)
         }
-        Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw() as u32,
+        Ok(mproc_testkit::Forked::Parent(child)) => child as u32,
         Err(_) => return 0,
     };
     let _ = q.put(pid);

@@ -128,7 +128,7 @@ fn serde_one_to_one(c: &mut Criterion) {
 }
 
 fn pipe_pair() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe().expect("pipe")
+    rustix::pipe::pipe().expect("pipe")
 }
 
 fn round_trip(c: &mut Criterion) {
@@ -163,18 +163,18 @@ fn round_trip(c: &mut Criterion) {
             let echo = fork_child(|| {
                 let mut buf = [0u8; 8];
                 for _ in 0..iters {
-                    if nix::unistd::read(&ping_r, &mut buf) != Ok(8) {
+                    if rustix::io::read(&ping_r, &mut buf) != Ok(8) {
                         return 1;
                     }
-                    nix::unistd::write(&pong_w, &buf).expect("write");
+                    rustix::io::write(&pong_w, &buf).expect("write");
                 }
                 0
             });
             let mut buf = [0u8; 8];
             let start = Instant::now();
             for i in 0..iters {
-                nix::unistd::write(&ping_w, &i.to_ne_bytes()).expect("write");
-                nix::unistd::read(&pong_r, &mut buf).expect("read");
+                rustix::io::write(&ping_w, &i.to_ne_bytes()).expect("write");
+                rustix::io::read(&pong_r, &mut buf).expect("read");
             }
             let t = start.elapsed();
             echo.assert_success();

@@ -127,8 +127,7 @@ fn a_consumer_out_of_file_descriptors_still_gets_every_message() {
         }
         let child = fork_child(|| {
             // No descriptor can be opened at all (EMFILE for any open).
-            use nix::sys::resource::{Resource, setrlimit};
-            if setrlimit(Resource::RLIMIT_NOFILE, 0, 0).is_err() {
+            if !mproc_testkit::set_limit(rustix::process::Resource::Nofile, 0) {
                 return 9;
             }
             if std::fs::File::open("/dev/null").is_ok() {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use mproc_queue::{ByteQueue, GetError, QueueOptions};
 use mproc_segment::Segment;
 use mproc_testkit::{Child, Rng, fork_child, reap_round};
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 
 const ROUNDS: u64 = 100;
 const PER_PRODUCER: u64 = 40;
@@ -126,7 +126,7 @@ fn random_sigkills_with_large_bodies_lose_nothing_acknowledged_and_free_the_aren
 
         let victim = (rng.next_u64() % 4) as usize;
         std::thread::sleep(Duration::from_micros(rng.next_u64() % 20_000));
-        procs[victim].signal(Signal::SIGKILL);
+        procs[victim].signal(Signal::KILL);
 
         let kill = reap_round(&mut procs, 2, victim, DEADLINE, round, || q.close());
         kills_landed += u64::from(kill.landed);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use mproc_queue::{GetError, JoinableQueue, PodQueue, PutError, Queue};
 use mproc_sync::{Waitable, select, select_async};
 use mproc_testkit::{Rng, block_on_for, fork_child, poll_once, with_deadline};
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -138,23 +138,23 @@ fn futures_dropped_at_random_points_lose_and_duplicate_nothing() {
 fn an_async_get_skips_the_slot_of_a_producer_that_died_without_waking_anyone() {
     with_deadline(LIMIT, || {
         let q: PodQueue<u64> = PodQueue::new(4).unwrap();
-        let (r, w) = nix::unistd::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
         // The child claims the next slot to write in place and holds it.
         let mut holder = fork_child(|| {
             let loan = q.loan().unwrap();
-            nix::unistd::write(&w, b"x").unwrap();
+            rustix::io::write(&w, b"x").unwrap();
             std::thread::sleep(Duration::from_secs(60));
             drop(loan);
             0
         });
         let mut b = [0u8];
-        nix::unistd::read(&r, &mut b).unwrap();
+        rustix::io::read(&r, &mut b).unwrap();
         q.put(7).unwrap();
         // The held slot comes first: the future waits for its (live) writer...
         let mut get = Box::pin(q.get_async());
         assert!(poll_once(&mut get).is_none());
         // ...who dies without publishing or waking anyone. The re-poll notices.
-        holder.signal(Signal::SIGKILL);
+        holder.signal(Signal::KILL);
         holder.wait();
         assert_eq!(block_on_for(LIMIT, get), Some(Ok(7)));
         assert_eq!(q.stats().dead_skipped, 1);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use mproc_queue::{GetError, PodQueue};
 use mproc_segment::Segment;
 use mproc_testkit::{Child, Rng, fork_child, reap_round};
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 
 const ROUNDS: u64 = 150;
 const PER_PRODUCER: u64 = 3000;
@@ -59,7 +59,7 @@ fn random_sigkills_lose_nothing_acknowledged_and_never_hang() {
         // The injection moment: a random delay, then SIGKILL one random process.
         let victim = (rng.next_u64() % 4) as usize;
         std::thread::sleep(Duration::from_micros(rng.next_u64() % 3000));
-        procs[victim].signal(Signal::SIGKILL);
+        procs[victim].signal(Signal::KILL);
 
         let kill = reap_round(&mut procs, 2, victim, DEADLINE, round, || q.close());
         kills_landed += u64::from(kill.landed);

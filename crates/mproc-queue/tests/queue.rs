@@ -302,7 +302,7 @@ fn a_producer_killed_inside_put_cannot_make_join_hang() {
             }
         }
         std::thread::sleep(Duration::from_micros(rng.next_u64() % 2000));
-        producer.signal(nix::sys::signal::Signal::SIGKILL);
+        producer.signal(rustix::process::Signal::KILL);
         producer.wait();
         // Drain what it finished putting (a slot it died writing is skipped after a re-poll).
         while q.get_timeout(Duration::from_millis(400)).is_ok() {
@@ -372,16 +372,16 @@ fn opening_with_the_wrong_type_is_refused() {
 #[test]
 fn an_idle_blocked_consumer_uses_almost_no_cpu() {
     let q: PodQueue<u64> = PodQueue::new(4).unwrap();
-    let (r, w) = nix::unistd::pipe().unwrap();
+    let (r, w) = rustix::pipe::pipe().unwrap();
     let mut child = fork_child(|| {
-        nix::unistd::write(&w, b"x").unwrap();
+        rustix::io::write(&w, b"x").unwrap();
         match q.get() {
             Ok(1) => 0,
             _ => 1,
         }
     });
     let mut b = [0u8];
-    nix::unistd::read(&r, &mut b).unwrap();
+    rustix::io::read(&r, &mut b).unwrap();
     // The measured interval: the consumer must sleep through it.
     std::thread::sleep(Duration::from_secs(1));
     q.put(1).unwrap();

@@ -14,8 +14,8 @@ use common::*;
 #[test]
 fn a_segment_gets_its_name_only_once_initialised() {
     let name = unique_name("seg-race");
-    let (go_r, go_w) = nix::unistd::pipe().unwrap();
-    let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
+    let (go_r, go_w) = rustix::pipe::pipe().unwrap();
+    let (ready_r, ready_w) = rustix::pipe::pipe().unwrap();
     let n = name.clone();
     let mut child = fork_child(move || {
         let r = SegmentOptions::new(Kind::ARRAY)
@@ -25,19 +25,19 @@ fn a_segment_gets_its_name_only_once_initialised() {
                 let cell: &AtomicU32 = seg.view(0)?;
                 cell.store(0xC0FFEE, Ordering::Relaxed);
                 // Tell the parent we are inside init, then wait for its go.
-                nix::unistd::write(&ready_w, b"i").unwrap();
+                rustix::io::write(&ready_w, b"i").unwrap();
                 let mut b = [0u8];
-                nix::unistd::read(&go_r, &mut b).unwrap();
+                rustix::io::read(&go_r, &mut b).unwrap();
                 Ok::<(), SegmentError>(())
             });
         let Ok(mut seg) = r else { return 7 };
         // Hand the name to the parent, which unlinks it.
         seg.persist();
-        nix::unistd::write(&ready_w, b"d").unwrap();
+        rustix::io::write(&ready_w, b"d").unwrap();
         0
     });
     let mut b = [0u8];
-    nix::unistd::read(&ready_r, &mut b).unwrap();
+    rustix::io::read(&ready_r, &mut b).unwrap();
     let _cleanup = Cleanup(name.clone());
 
     // While the creator is inside init, the name does not exist yet: nobody can see (or
@@ -47,8 +47,8 @@ fn a_segment_gets_its_name_only_once_initialised() {
         Err(SegmentError::NotFound { .. })
     ));
     assert!(shm_entries(&name).is_empty());
-    nix::unistd::write(&go_w, b"g").unwrap();
-    nix::unistd::read(&ready_r, &mut b).unwrap();
+    rustix::io::write(&go_w, b"g").unwrap();
+    rustix::io::read(&ready_r, &mut b).unwrap();
     // Once it has a name, it is complete.
     let seg = SegmentOptions::new(Kind::ARRAY)
         .element::<u32>()
@@ -143,7 +143,9 @@ fn a_creator_that_died_before_ready_makes_open_fail_not_hang() {
     // A creator holds its segment's in-use lock (byte 0) from before it writes the header.
     let mut fl: libc::flock = in_use_flock();
     fl.l_type = libc::F_RDLCK as libc::c_short;
-    nix::fcntl::fcntl(&_fd, nix::fcntl::FcntlArg::F_OFD_SETLK(&fl)).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&_fd);
+    // SAFETY: F_OFD_SETLK reads the `flock` we pass, which lives across the call.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) }, 0);
     let err = SegmentOptions::any()
         .open_timeout(Duration::from_millis(30))
         .open(&stuck)
@@ -158,8 +160,8 @@ fn a_creator_that_died_before_ready_makes_open_fail_not_hang() {
 
 #[test]
 fn a_full_dev_shm_is_out_of_space_at_create() {
-    let st = nix::sys::statvfs::statvfs("/dev/shm").unwrap();
-    let fs_size = st.blocks() as u64 * st.fragment_size() as u64;
+    let st = rustix::fs::statvfs("/dev/shm").unwrap();
+    let fs_size = st.f_blocks * st.f_frsize;
     let name = unique_name("seg-huge");
     let err = Segment::create(&name, (fs_size * 2) as usize).unwrap_err();
     assert_eq!(

@@ -59,8 +59,8 @@ fn anonymous_segment_crosses_exec() {
         assert_eq!(c.load(Ordering::SeqCst), 1234 * i as u64);
     }
     // The segment's own fd is close-on-exec: a plain exec'd child cannot see it.
-    let flags = nix::fcntl::fcntl(&seg, nix::fcntl::FcntlArg::F_GETFD).unwrap();
-    assert_ne!(flags & libc::FD_CLOEXEC, 0);
+    let flags = rustix::io::fcntl_getfd(&seg).unwrap();
+    assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
 }
 
 fn named_segment_opened_after_exec() {

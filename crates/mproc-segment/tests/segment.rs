@@ -10,7 +10,7 @@ use mproc_segment::{
     FORMAT_VERSION, HEADER_LEN, Kind, Segment, SegmentError, SegmentOptions, TypeTag,
 };
 use mproc_testkit::{Exit, fork_child, shm_entries, unique_name};
-use nix::unistd::{Uid, ftruncate, setuid};
+use rustix::fs::ftruncate;
 
 mod common;
 use common::*;
@@ -219,13 +219,13 @@ fn mode_is_0600_and_another_user_is_denied() {
     let meta = std::fs::metadata(format!("/dev/shm/{shared}")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
 
-    if !Uid::effective().is_root() {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("not root: cannot switch to `nobody`; the uid check needs root");
         return;
     }
     let child_name = name.clone();
     let child = fork_child(move || {
-        if setuid(Uid::from_raw(65534)).is_err() {
+        if !mproc_testkit::become_nobody() {
             return 4;
         }
         match Segment::open(&child_name) {

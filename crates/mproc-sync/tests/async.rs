@@ -120,12 +120,12 @@ fn select_returns_the_source_another_process_made_ready() {
 #[test]
 fn select_over_a_pipe_fires_when_a_child_writes_or_dies() {
     with_deadline(LIMIT, || {
-        let (r, w) = nix::unistd::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
         let ev = Event::new().unwrap();
         let pipe = Readable(std::os::fd::AsFd::as_fd(&r));
         let sources: [&dyn Waitable; 2] = [&ev, &pipe];
         let child = fork_child(move || {
-            nix::unistd::write(&w, b"x").unwrap();
+            rustix::io::write(&w, b"x").unwrap();
             0
         });
         assert_eq!(select(&sources, Some(LIMIT)), vec![1]);
@@ -187,18 +187,18 @@ fn lock_async_gets_the_lock_when_a_child_releases_it_or_dies_holding_it() {
         child.assert_success();
 
         // A holder that dies: nobody unlocks or wakes; the 20 ms liveness look finds it.
-        let (r, w) = nix::unistd::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
         let mut holder = fork_child(|| {
             std::mem::forget(lock.lock().unwrap());
-            nix::unistd::write(&w, b"x").unwrap();
+            rustix::io::write(&w, b"x").unwrap();
             std::thread::sleep(Duration::from_secs(60));
             0
         });
         let mut b = [0u8];
-        nix::unistd::read(&r, &mut b).unwrap();
+        rustix::io::read(&r, &mut b).unwrap();
         let mut fut = Box::pin(lock.lock_async());
         assert!(poll_once(&mut fut).is_none());
-        holder.signal(nix::sys::signal::Signal::SIGKILL);
+        holder.signal(rustix::process::Signal::KILL);
         holder.wait();
         match block_on_for(LIMIT, fut).expect("stuck") {
             Err(LockError::OwnerDied(g)) => g.make_consistent(),
@@ -318,12 +318,10 @@ fn a_leaked_future_whose_segment_is_gone_costs_nothing_but_a_wake_up() {
 fn forked_child_without_threads_polls_without_leaking() {
     with_deadline(LIMIT, || {
         let ev = Event::new().unwrap();
-        let (r, _w) = nix::unistd::pipe().unwrap();
+        let (r, _w) = rustix::pipe::pipe().unwrap();
         fork_child(move || {
-            use nix::sys::resource::{Resource, setrlimit};
-            if nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).is_err()
-                || nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).is_err()
-                || setrlimit(Resource::RLIMIT_NPROC, 0, 0).is_err()
+            if !mproc_testkit::become_nobody()
+                || !mproc_testkit::set_limit(rustix::process::Resource::Nproc, 0)
             {
                 return 2;
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use mproc_segment::Segment;
 use mproc_sync::{Barrier, Event, Lock, LockError};
 use mproc_testkit::{Exit, Rng, fork_child, unique_name, with_deadline};
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 
 const ROUNDS: u64 = 200;
 const WORKERS: usize = 3;
@@ -56,7 +56,7 @@ fn a_lock_holder_killed_mid_update_is_reported_and_the_data_stays_exact() {
                 .collect();
             std::thread::sleep(Duration::from_micros(rng.next_u64() % 3000));
             let victim = (rng.next_u64() % WORKERS as u64) as usize;
-            children[victim].signal(Signal::SIGKILL);
+            children[victim].signal(Signal::KILL);
             let mut killed = false;
             for (i, c) in children.iter_mut().enumerate() {
                 let r = c.wait_deadline(Duration::from_secs(30));
@@ -112,7 +112,7 @@ fn killed_waiters_and_missing_parties_never_hang_the_others() {
                 .collect();
             std::thread::sleep(Duration::from_micros(rng.next_u64() % 2000));
             let victim = (rng.next_u64() % 4) as usize;
-            waiters[victim].signal(Signal::SIGKILL);
+            waiters[victim].signal(Signal::KILL);
             ev.set();
             for (i, w) in waiters.iter_mut().enumerate() {
                 let r = w.wait_deadline(Duration::from_secs(30));
@@ -136,7 +136,7 @@ fn killed_waiters_and_missing_parties_never_hang_the_others() {
                 .collect();
             std::thread::sleep(Duration::from_micros(rng.next_u64() % 2000));
             let victim = (rng.next_u64() % 3) as usize;
-            parties[victim].signal(Signal::SIGKILL);
+            parties[victim].signal(Signal::KILL);
             for (i, p) in parties.iter_mut().enumerate() {
                 let r = p.wait_deadline(Duration::from_secs(30));
                 if i != victim {

@@ -10,7 +10,7 @@ use mproc_sync::{
     Barrier, BoundedSemaphore, Event, Lock, LockError, RLock, Semaphore, SemaphoreError,
 };
 use mproc_testkit::{Child, Exit, fork_child, unique_name};
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -53,7 +53,7 @@ fn owner_dies(lock: &Lock, die: fn() -> !) -> Child {
 
 fn block_forever() -> ! {
     loop {
-        nix::unistd::pause();
+        rustix::event::pause();
     }
 }
 
@@ -90,7 +90,7 @@ fn a_sigkilled_owner_is_reported_and_the_lock_recovers() {
     let lock = Lock::new().unwrap();
     for _round in 0..25 {
         let mut child = owner_dies(&lock, block_forever);
-        child.signal(Signal::SIGKILL);
+        child.signal(Signal::KILL);
         assert_eq!(child.wait().exit, Exit::Signaled(libc::SIGKILL));
         check_recovery(&lock);
     }
@@ -381,7 +381,7 @@ fn lock_counters_count_acquisitions_waits_and_owner_deaths() {
     let c = lock.raw().counters();
     assert_eq!(c.acquisitions, 4);
     assert!(c.holder.is_some());
-    child.signal(Signal::SIGKILL);
+    child.signal(Signal::KILL);
     child.wait();
     match lock.lock_timeout(LONG) {
         Err(LockError::OwnerDied(g)) => g.make_consistent(),

@@ -4,15 +4,94 @@
 //! Not part of mproc's public API.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::{ForkResult, Pid, fork};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+pub use rustix::process::Signal;
+use rustix::process::{Pid, kill_process};
+
+/// Which side of [`fork`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// The new process.
+    Child,
+    /// The caller; the child's pid.
+    Parent(i32),
+}
+
+/// `fork(2)` (libc's: rustix has only `kernel_fork`, which skips libc's fork handlers), for
+/// the tests that manage a process by hand; most use [`fork_child`].
+///
+/// # Safety
+/// The child must only use what the forking thread owns and end with [`exit_now`].
+pub unsafe fn fork() -> Result<Forked, Errno> {
+    // SAFETY: the caller's contract.
+    match unsafe { libc::fork() } {
+        0 => Ok(Forked::Child),
+        pid if pid > 0 => Ok(Forked::Parent(pid)),
+        _ => Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO)),
+    }
+}
+
+/// Whether process `pid` exists (a zombie included): the signal-0 probe.
+pub fn exists(pid: i32) -> bool {
+    Pid::from_raw(pid).is_some_and(|p| {
+        matches!(
+            rustix::process::test_kill_process(p),
+            Ok(()) | Err(Errno::PERM)
+        )
+    })
+}
+
+/// Sends `sig` to process `pid` (errors ignored: the process may be gone).
+pub fn kill(pid: i32, sig: Signal) {
+    if let Some(p) = Pid::from_raw(pid) {
+        let _ = kill_process(p, sig);
+    }
+}
+
+/// Waits for (and reaps) child `pid`: how it ended, `None` if it is not our child.
+pub fn waitpid(pid: i32) -> Option<Exit> {
+    let (_, st) =
+        rustix::process::waitpid(Pid::from_raw(pid), rustix::process::WaitOptions::empty())
+            .ok()??;
+    match (st.exit_status(), st.terminating_signal()) {
+        (Some(code), _) => Some(Exit::Code(code)),
+        (None, Some(sig)) => Some(Exit::Signaled(sig)),
+        _ => None,
+    }
+}
+
+/// Makes this (forked, single-threaded) process the unprivileged user `nobody` (65534),
+/// group first: whether it worked (only root can).
+pub fn become_nobody() -> bool {
+    // SAFETY: setgid/setuid take integers; in a single-threaded child they change the whole
+    // process's credentials (glibc's wrappers also broadcast to any other thread).
+    unsafe { libc::setgid(65534) == 0 && libc::setuid(65534) == 0 }
+}
+
+/// Sets a resource limit of this process (soft and hard): whether it worked.
+pub fn set_limit(resource: rustix::process::Resource, limit: u64) -> bool {
+    rustix::process::setrlimit(
+        resource,
+        rustix::process::Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        },
+    )
+    .is_ok()
+}
+
+/// Ends a forked child without the parent's atexit handlers or destructors.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` ends the process at once; always safe to call.
+    unsafe { libc::_exit(code) }
+}
 
 /// The deadline a test child gets unless the test says otherwise.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
@@ -20,8 +99,7 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 /// Exit code of a child whose closure panicked.
 pub const PANIC_EXIT: i32 = 101;
 
-/// Held while forking, so two tests never fork at the same instant (the way nix's own tests
-/// serialise their forks).
+/// Held while forking, so two tests never fork at the same instant.
 static FORK_LOCK: Mutex<()> = Mutex::new(());
 
 /// A name unique to this process, this call and this moment: `mproc-test-TAG-PID-N-NANOS`.
@@ -57,7 +135,7 @@ pub struct Reaped {
 /// failing test never leaves a process behind.
 #[derive(Debug)]
 pub struct Child {
-    pid: Pid,
+    pid: i32,
     pidfd: OwnedFd,
     reaped: bool,
 }
@@ -72,16 +150,14 @@ pub fn fork_child(f: impl FnOnce() -> i32) -> Child {
     // threads, which do not exist in the child.
     let result = unsafe { fork() }.expect("fork failed");
     match result {
-        ForkResult::Child => {
+        Forked::Child => {
             let code = match catch_unwind(AssertUnwindSafe(f)) {
                 Ok(code) => code,
                 Err(_) => PANIC_EXIT,
             };
-            // SAFETY: `_exit` ends the process without running the parent's atexit handlers or
-            // destructors (which belong to the parent).
-            unsafe { libc::_exit(code) }
+            exit_now(code)
         }
-        ForkResult::Parent { child } => {
+        Forked::Parent(child) => {
             drop(guard);
             Child::from_pid(child)
         }
@@ -95,33 +171,32 @@ pub fn fork_child(f: impl FnOnce() -> i32) -> Child {
 /// killed), and killing it kills the namespace. Needs root (CI runs as root); a namespace
 /// that cannot be made ends the child with code 90.
 pub fn fork_in_pid_namespace(own_proc: bool, f: impl FnOnce() -> i32) -> Child {
-    use nix::sched::CloneFlags;
+    use rustix::thread::UnshareFlags;
     fork_child(move || {
-        let mut flags = CloneFlags::CLONE_NEWPID;
+        let mut flags = UnshareFlags::NEWPID;
         if own_proc {
-            flags |= CloneFlags::CLONE_NEWNS;
+            flags |= UnshareFlags::NEWNS;
         }
-        if nix::sched::unshare(flags).is_err() {
+        // SAFETY: no `FILES` flag (the one that splits descriptor tables between threads);
+        // this forked child has one thread anyway.
+        if unsafe { rustix::thread::unshare_unsafe(flags) }.is_err() {
             return 90;
         }
         // SAFETY: this process has one thread (a forked child); the grandchild runs `f` and
         // `_exit`s without returning.
         match unsafe { fork() } {
-            Ok(ForkResult::Child) => {
-                // SAFETY: prctl with integer arguments only.
-                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            Ok(Forked::Child) => {
+                let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
                 if own_proc && !mount_own_proc() {
-                    // SAFETY: ends the process without running the parent's handlers.
-                    unsafe { libc::_exit(91) };
+                    exit_now(91);
                 }
                 let code = catch_unwind(AssertUnwindSafe(f)).unwrap_or(PANIC_EXIT);
-                // SAFETY: as above.
-                unsafe { libc::_exit(code) }
+                exit_now(code)
             }
-            Ok(ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
-                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
-                _ => 92,
+            Ok(Forked::Parent(child)) => match waitpid(child) {
+                Some(Exit::Code(code)) => code,
+                Some(Exit::Signaled(sig)) => 128 + sig,
+                None => 92,
             },
             Err(_) => 93,
         }
@@ -130,21 +205,18 @@ pub fn fork_in_pid_namespace(own_proc: bool, f: impl FnOnce() -> i32) -> Child {
 
 /// Makes this process's mounts private and mounts a `/proc` that shows its own pid namespace.
 fn mount_own_proc() -> bool {
-    use nix::mount::{MsFlags, mount};
-    mount(
-        None::<&str>,
+    use rustix::mount::{MountFlags, MountPropagationFlags, mount, mount_change};
+    mount_change(
         "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
     )
     .is_ok()
         && mount(
-            Some("proc"),
+            "proc",
             "/proc",
-            Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None::<&str>,
+            "proc",
+            MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+            None,
         )
         .is_ok()
 }
@@ -152,18 +224,14 @@ fn mount_own_proc() -> bool {
 impl Child {
     /// Adopts an already started child process (for example from `std::process::Command`,
     /// whose `Child::id` gives the pid). It must be a child of this process.
-    pub fn from_pid(pid: Pid) -> Child {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-        assert!(
-            fd >= 0,
-            "pidfd_open failed: {}",
-            std::io::Error::last_os_error()
-        );
+    pub fn from_pid(pid: i32) -> Child {
+        let pidfd = Pid::from_raw(pid)
+            .ok_or(Errno::SRCH)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+            .unwrap_or_else(|e| panic!("pidfd_open({pid}) failed: {e}"));
         Child {
             pid,
-            // SAFETY: pidfd_open returned a fresh fd that nothing else owns.
-            pidfd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+            pidfd,
             reaped: false,
         }
     }
@@ -174,18 +242,18 @@ impl Child {
     #[allow(clippy::zombie_processes)]
     pub fn spawn(cmd: &mut std::process::Command) -> std::io::Result<Child> {
         let child = cmd.spawn()?;
-        Ok(Child::from_pid(Pid::from_raw(child.id() as i32)))
+        Ok(Child::from_pid(child.id() as i32))
     }
 
     /// The child's pid.
-    pub fn pid(&self) -> Pid {
+    pub fn pid(&self) -> i32 {
         self.pid
     }
 
     /// Sends a signal.
     pub fn signal(&self, sig: Signal) {
         if !self.reaped {
-            let _ = kill(self.pid, sig);
+            kill(self.pid, sig);
         }
     }
 
@@ -196,13 +264,15 @@ impl Child {
         let end = Instant::now() + timeout;
         loop {
             let left = end.saturating_duration_since(Instant::now());
-            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
-                .unwrap_or(PollTimeout::MAX);
-            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, ms) {
+            let timeout = Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
                 Ok(n) if n > 0 => return Some(self.reap()),
                 Ok(_) if Instant::now() >= end => return None,
-                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) | Err(Errno::INTR) => continue,
                 Err(e) => panic!("poll on pidfd failed: {e}"),
             }
         }
@@ -214,7 +284,7 @@ impl Child {
         match self.wait_timeout(deadline) {
             Some(r) => r,
             None => {
-                self.signal(Signal::SIGKILL);
+                self.signal(Signal::KILL);
                 let _ = self.reap();
                 panic!(
                     "child {} still running after {deadline:?}; killed",
@@ -242,8 +312,8 @@ impl Child {
         loop {
             // SAFETY: `status` and `usage` are valid for writes; the pid is our own child, so
             // this never reaps another test's process.
-            let r = unsafe { libc::wait4(self.pid.as_raw(), &mut status, 0, &mut usage) };
-            if r == self.pid.as_raw() {
+            let r = unsafe { libc::wait4(self.pid, &mut status, 0, &mut usage) };
+            if r == self.pid {
                 break;
             }
             let err = std::io::Error::last_os_error();
@@ -270,7 +340,7 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         if !self.reaped {
-            let _ = kill(self.pid, Signal::SIGKILL);
+            self.signal(Signal::KILL);
             let _ = self.reap();
         }
     }
@@ -347,7 +417,7 @@ pub fn reap_round(
     let mut reap = |i: usize, child: &mut Child| {
         let r = child.wait_deadline(deadline);
         if i == victim {
-            kill.landed = r.exit == Exit::Signaled(Signal::SIGKILL as i32);
+            kill.landed = r.exit == Exit::Signaled(Signal::KILL.as_raw());
             kill.consumer_died = kill.landed && i >= producers;
         } else {
             assert_eq!(r.exit, Exit::Code(0), "round {round}: process {i} failed");
@@ -416,12 +486,16 @@ pub fn block_on_for<F: std::future::Future>(limit: Duration, f: F) -> Option<F::
 
 /// CPU time (user + system) this process has used so far.
 pub fn cpu_time() -> Duration {
-    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
-        .expect("getrusage");
-    let tv = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite. (libc: rustix
+    // has no getrusage.)
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we pass, which lives across the call.
+    let r = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    assert_eq!(r, 0, "getrusage");
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
-    tv(u.user_time()) + tv(u.system_time())
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// The CPU a waiter uses while idle: forks a child that runs `wait(ready)`, where `wait` sets
@@ -431,12 +505,12 @@ pub fn cpu_time() -> Duration {
 /// the CPU the child (all its threads) used between `ready()` and the end of the wait, or
 /// `None` if the child reported a failure.
 pub fn idle_cpu(wait: impl FnOnce(&dyn Fn()) -> bool, release: impl FnOnce()) -> Option<Duration> {
-    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let (r, w) = rustix::pipe::pipe().expect("pipe");
     let mut child = fork_child(|| {
         let start = std::cell::Cell::new(None);
         let ready = || {
             start.set(Some(cpu_time()));
-            nix::unistd::write(&w, b"x").expect("write");
+            rustix::io::write(&w, b"x").expect("write");
         };
         let ok = wait(&ready);
         match (ok, start.get()) {
@@ -448,7 +522,7 @@ pub fn idle_cpu(wait: impl FnOnce(&dyn Fn()) -> bool, release: impl FnOnce()) ->
     // Our copy of the write end closed: a child that fails before `ready()` gives EOF.
     drop(w);
     let mut b = [0u8];
-    if nix::unistd::read(&r, &mut b).expect("read") == 1 {
+    if rustix::io::read(&r, &mut b).expect("read") == 1 {
         std::thread::sleep(Duration::from_secs(1));
     }
     release();
@@ -458,7 +532,7 @@ pub fn idle_cpu(wait: impl FnOnce(&dyn Fn()) -> bool, release: impl FnOnce()) ->
     }
 }
 
-/// A signal nix's `Signal` enum does not name (a realtime one, `SIGRTMIN + 2`), whose default
+/// A realtime signal (`SIGRTMIN + 2`, which no signal enum names), whose default
 /// action ends the process: for tests that a child's end is reported whatever killed it.
 pub fn realtime_signal() -> i32 {
     libc::SIGRTMIN() + 2

@@ -20,7 +20,7 @@ pub fn pool(n: usize) -> Pool {
 }
 
 pub fn alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+    mproc_testkit::exists(pid as i32)
 }
 
 pub fn square(x: u64) -> u64 {

@@ -4,12 +4,12 @@
 use std::os::fd::OwnedFd;
 
 use mproc_segment::{MAGIC, Segment};
-use nix::fcntl::OFlag;
-use nix::sys::mman::shm_open;
-use nix::sys::stat::Mode;
-use nix::unistd::ftruncate;
+use rustix::fs::{Mode, ftruncate};
+use rustix::shm::OFlags;
 
-/// A one-byte lock request at offset 0 (the type is set by the caller).
+/// A one-byte lock request at offset 0 (the type is set by the caller). Raw `flock`: the
+/// open-file-description range locks segments use are not in rustix (its `fcntl_lock` takes
+/// a process-owned lock on the whole file).
 pub fn in_use_flock() -> libc::flock {
     libc::flock {
         l_type: libc::F_UNLCK as libc::c_short,
@@ -22,13 +22,13 @@ pub fn in_use_flock() -> libc::flock {
 
 /// Makes a foreign (non-mproc) object in /dev/shm holding `bytes`, like Python would.
 pub fn foreign(name: &str, bytes: &[u8]) -> OwnedFd {
-    let fd = shm_open(
+    let fd = rustix::shm::open(
         format!("/{name}").as_str(),
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
         Mode::from_bits_truncate(0o600),
     )
     .unwrap();
-    ftruncate(&fd, bytes.len() as i64).unwrap();
+    ftruncate(&fd, bytes.len() as u64).unwrap();
     if !bytes.is_empty() {
         let seg = Segment::open_raw(name).unwrap();
         seg.write_bytes(0, bytes).unwrap();

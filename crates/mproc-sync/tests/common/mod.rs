@@ -7,14 +7,14 @@ pub struct Signal1 {
 }
 impl Signal1 {
     pub fn new() -> Self {
-        let (r, w) = nix::unistd::pipe().unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
         Signal1 { r, w }
     }
     pub fn notify(&self) {
-        nix::unistd::write(&self.w, b"x").unwrap();
+        rustix::io::write(&self.w, b"x").unwrap();
     }
     pub fn wait(&self) {
         let mut b = [0u8];
-        assert_eq!(nix::unistd::read(&self.r, &mut b).unwrap(), 1);
+        assert_eq!(rustix::io::read(&self.r, &mut b).unwrap(), 1);
     }
 }
