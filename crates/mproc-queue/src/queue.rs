@@ -268,9 +268,8 @@ impl Queue<Vec<u8>> {
 /// Decodes `bytes` as a `T`; a panicking `Deserialize` impl is caught (the slot and chunk
 /// must always be released). A whole-message byte type is copied out in one piece.
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    if let Some(kind) = crate::whole::kind::<T>() {
-        // SAFETY: `kind` is `kind::<T>()`.
-        return unsafe { crate::whole::decode::<T>(bytes, kind) };
+    if let Some(r) = crate::whole::decode::<T>(bytes) {
+        return r;
     }
     match std::panic::catch_unwind(|| postcard::from_bytes::<T>(bytes)) {
         Ok(r) => r.map_err(|e| e.to_string()),
@@ -334,16 +333,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Queue::checked(self.raw.try_clone()?)
     }
 
-    /// A whole-message byte type (`Vec<u8>`, `String`): its length prefix and its bytes,
-    /// each copied once, inline or into the arena (see `whole.rs`).
-    fn put_whole(
-        &self,
-        value: T,
-        kind: crate::whole::Whole,
-        wait: Wait,
-    ) -> Result<(), PutError<T>> {
-        // SAFETY: `kind` is `kind::<T>()` (the caller's check).
-        let bytes = unsafe { crate::whole::bytes_of(&value, kind) };
+    /// A whole-message byte type (`Vec<u8>`, `String`, `Box<[u8]>`): its length prefix and
+    /// its bytes, each copied once, inline or into the arena (see `whole.rs`). `None` if `T`
+    /// is not one (`value` comes back).
+    fn put_whole(&self, value: T, wait: Wait) -> Result<Result<(), PutError<T>>, T> {
+        let Some(bytes) = crate::whole::bytes_of(&value) else {
+            return Err(value);
+        };
         let mut prefix = [0u8; 10];
         let n = crate::whole::length_prefix(bytes.len(), &mut prefix);
         let size = n + bytes.len();
@@ -374,14 +370,19 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         } else {
             0
         };
-        sent.map_err(|e| e.with(value, size))
+        Ok(sent.map_err(|e| e.with(value, size)))
     }
 
     /// Encodes `value` (into its slot, or straight into the arena if larger) and sends it.
     fn put_with(&self, value: T, wait: Wait) -> Result<(), PutError<T>> {
-        if let Some(kind) = crate::whole::kind::<T>() {
-            return self.put_whole(value, kind, wait);
-        }
+        let value = if crate::whole::is_whole::<T>() {
+            match self.put_whole(value, wait) {
+                Ok(sent) => return sent,
+                Err(value) => value,
+            }
+        } else {
+            value
+        };
         let room = body::inline_room(&self.raw);
         let inline = ENCODE_BUF.with(|cell| {
             // A re-entrant put from inside a Serialize impl finds the buffer borrowed and

@@ -13,68 +13,87 @@
 //! Byte sequences *inside* a larger message still go through serde (mark such fields
 //! `#[serde(with = "serde_bytes")]`, which postcard copies in one piece).
 
-/// Which whole-message byte type a queue carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Whole {
-    /// `Vec<u8>`.
-    Bytes,
-    /// `String` (UTF-8 checked on the way in).
-    Text,
-    /// `Box<[u8]>`.
-    Boxed,
+/// The whole-message byte types. Each has no lifetime parameter, which is what makes the
+/// casts below sound: `typeid` (like `TypeId`) ignores lifetimes, so two types with equal ids
+/// are the same type up to lifetimes — and a type without any is then exactly itself.
+trait Plain: Sized + 'static {
+    /// The value's bytes.
+    fn bytes(&self) -> &[u8];
+    /// A value from bytes (`Err` if they do not make one: a `String` that is not UTF-8).
+    fn from_bytes(bytes: Vec<u8>) -> Result<Self, String>;
+}
+
+impl Plain for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn from_bytes(bytes: Vec<u8>) -> Result<Self, String> {
+        Ok(bytes)
+    }
+}
+
+impl Plain for String {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn from_bytes(bytes: Vec<u8>) -> Result<Self, String> {
+        String::from_utf8(bytes).map_err(|_| "message is not UTF-8".to_string())
+    }
+}
+
+impl Plain for Box<[u8]> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn from_bytes(bytes: Vec<u8>) -> Result<Self, String> {
+        Ok(bytes.into_boxed_slice())
+    }
+}
+
+/// `value` as a `U`, if `T` is `U`.
+fn as_plain<T, U: Plain>(value: &T) -> Option<&U> {
+    (typeid::of::<T>() == typeid::of::<U>()).then(|| {
+        // SAFETY: `U` has no lifetime parameter and its id equals `T`'s, so `T` is `U`: the
+        // same type, the same layout; the reference keeps `value`'s lifetime.
+        unsafe { &*std::ptr::from_ref(value).cast::<U>() }
+    })
+}
+
+/// `value` as a `T`, if `T` is `U` (else handed back).
+fn into_t<T, U: Plain>(value: U) -> Result<T, U> {
+    if typeid::of::<T>() != typeid::of::<U>() {
+        return Err(value);
+    }
+    let value = std::mem::ManuallyDrop::new(value);
+    // SAFETY: `T` is `U`, as in `as_plain`: the value moves bit for bit, and the original is
+    // never dropped (`ManuallyDrop`), so it is owned exactly once.
+    Ok(unsafe { std::mem::transmute_copy::<U, T>(&value) })
 }
 
 /// Whether `T` is a whole-message byte type. A constant per `T` after optimisation.
 #[inline]
-pub(crate) fn kind<T>() -> Option<Whole> {
+pub(crate) fn is_whole<T>() -> bool {
     let t = typeid::of::<T>();
-    if t == typeid::of::<Vec<u8>>() {
-        Some(Whole::Bytes)
-    } else if t == typeid::of::<String>() {
-        Some(Whole::Text)
-    } else if t == typeid::of::<Box<[u8]>>() {
-        Some(Whole::Boxed)
-    } else {
-        None
-    }
+    t == typeid::of::<Vec<u8>>() || t == typeid::of::<String>() || t == typeid::of::<Box<[u8]>>()
 }
 
-/// The bytes of `value`, which is of the type `kind` names.
-///
-/// # Safety
-/// `kind` must be `kind::<T>()` (so `T` is `Vec<u8>` or `String`).
-pub(crate) unsafe fn bytes_of<T>(value: &T, kind: Whole) -> &[u8] {
-    match kind {
-        // SAFETY: `T` is `Vec<u8>` (the caller's contract): the same type, so the same layout.
-        Whole::Bytes => unsafe { &*std::ptr::from_ref(value).cast::<Vec<u8>>() },
-        // SAFETY: `T` is `String`, as above.
-        Whole::Text => unsafe { &*std::ptr::from_ref(value).cast::<String>() }.as_bytes(),
-        // SAFETY: `T` is `Box<[u8]>`, as above.
-        Whole::Boxed => unsafe { &*std::ptr::from_ref(value).cast::<Box<[u8]>>() },
-    }
+/// The bytes of `value` if `T` is a whole-message byte type.
+pub(crate) fn bytes_of<T>(value: &T) -> Option<&[u8]> {
+    as_plain::<T, Vec<u8>>(value)
+        .map(Plain::bytes)
+        .or_else(|| as_plain::<T, String>(value).map(Plain::bytes))
+        .or_else(|| as_plain::<T, Box<[u8]>>(value).map(Plain::bytes))
 }
 
-/// A `T` made from `bytes` (already checked to be UTF-8 for `Text`).
-///
-/// # Safety
-/// `kind` must be `kind::<T>()`.
-unsafe fn from_vec<T>(bytes: Vec<u8>, kind: Whole) -> Result<T, String> {
-    let value = match kind {
-        Whole::Bytes => std::mem::ManuallyDrop::new(bytes),
-        Whole::Text => {
-            let s = String::from_utf8(bytes).map_err(|_| "message is not UTF-8".to_string())?;
-            // SAFETY: `T` is `String`: hand the `String` itself over, moved bit for bit.
-            return Ok(unsafe { std::mem::transmute_copy(&std::mem::ManuallyDrop::new(s)) });
-        }
-        Whole::Boxed => {
-            let b = std::mem::ManuallyDrop::new(bytes.into_boxed_slice());
-            // SAFETY: `T` is `Box<[u8]>`: moved bit for bit, the original never dropped.
-            return Ok(unsafe { std::mem::transmute_copy(&b) });
-        }
-    };
-    // SAFETY: `T` is `Vec<u8>`: the value is moved bit for bit (the original is never
-    // dropped: `ManuallyDrop`).
-    Ok(unsafe { std::mem::transmute_copy(&value) })
+/// `bytes` as a `T` of type `U`, if `T` is `U`.
+fn make<T, U: Plain>(bytes: &[u8]) -> Option<Result<T, String>> {
+    if typeid::of::<T>() != typeid::of::<U>() {
+        return None;
+    }
+    match U::from_bytes(bytes.to_vec()) {
+        Ok(u) => into_t::<T, U>(u).ok().map(Ok),
+        Err(e) => Some(Err(e)),
+    }
 }
 
 /// The varint postcard writes before a sequence's bytes: `out[..n]` for the returned `n`.
@@ -108,14 +127,17 @@ pub(crate) fn split(message: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// Decodes a whole-message byte type.
-///
-/// # Safety
-/// `kind` must be `kind::<T>()`.
-pub(crate) unsafe fn decode<T>(message: &[u8], kind: Whole) -> Result<T, String> {
-    let bytes = split(message).ok_or_else(|| "malformed byte message".to_string())?;
-    // SAFETY: the caller's contract.
-    unsafe { from_vec(bytes.to_vec(), kind) }
+/// Decodes a whole-message byte type: `None` if `T` is not one.
+pub(crate) fn decode<T>(message: &[u8]) -> Option<Result<T, String>> {
+    if !is_whole::<T>() {
+        return None;
+    }
+    let Some(bytes) = split(message) else {
+        return Some(Err("malformed byte message".to_string()));
+    };
+    make::<T, Vec<u8>>(bytes)
+        .or_else(|| make::<T, String>(bytes))
+        .or_else(|| make::<T, Box<[u8]>>(bytes))
 }
 
 #[cfg(test)]
@@ -132,27 +154,29 @@ mod tests {
             ours.extend_from_slice(&v);
             assert_eq!(ours, postcard::to_allocvec(&v).unwrap(), "len {len}");
             assert_eq!(split(&ours), Some(&v[..]));
-            // SAFETY: `kind::<Vec<u8>>()` is `Bytes`.
-            let back: Vec<u8> = unsafe { decode(&ours, Whole::Bytes) }.unwrap();
+            let back: Vec<u8> = decode(&ours).unwrap().unwrap();
             assert_eq!(back, v);
         }
         let s = "héllo".to_string();
         let enc = postcard::to_allocvec(&s).unwrap();
-        // SAFETY: `kind::<String>()` is `Text`.
-        let back: String = unsafe { decode(&enc, Whole::Text) }.unwrap();
+        let back: String = decode(&enc).unwrap().unwrap();
         assert_eq!(back, s);
-        assert_eq!(kind::<Vec<u8>>(), Some(Whole::Bytes));
-        assert_eq!(kind::<String>(), Some(Whole::Text));
-        assert_eq!(kind::<Box<[u8]>>(), Some(Whole::Boxed));
+        assert_eq!(bytes_of(&s), Some(s.as_bytes()));
         let boxed: Box<[u8]> = vec![3u8; 500].into_boxed_slice();
         let enc = postcard::to_allocvec(&boxed).unwrap();
-        // SAFETY: `kind::<Box<[u8]>>()` is `Boxed`.
-        let back: Box<[u8]> = unsafe { decode(&enc, Whole::Boxed) }.unwrap();
+        let back: Box<[u8]> = decode(&enc).unwrap().unwrap();
         assert_eq!(back, boxed);
-        // SAFETY: as above.
-        assert_eq!(unsafe { bytes_of(&boxed, Whole::Boxed) }, &boxed[..]);
-        assert_eq!(kind::<Vec<u16>>(), None);
-        assert_eq!(kind::<(Vec<u8>,)>(), None);
+        assert_eq!(bytes_of(&boxed), Some(&boxed[..]));
+    }
+
+    #[test]
+    fn other_types_are_not_whole() {
+        assert!(is_whole::<Vec<u8>>() && is_whole::<String>() && is_whole::<Box<[u8]>>());
+        assert!(!is_whole::<Vec<u16>>() && !is_whole::<(Vec<u8>,)>() && !is_whole::<&str>());
+        assert_eq!(bytes_of(&vec![1u16]), None);
+        assert_eq!(bytes_of(&"borrowed"), None);
+        assert!(decode::<Vec<u16>>(&[1, 1]).is_none());
+        assert!(decode::<&'static str>(&[1, b'a']).is_none());
     }
 
     #[test]
@@ -160,7 +184,7 @@ mod tests {
         assert_eq!(split(&[]), None);
         assert_eq!(split(&[0x80; 11]), None);
         assert_eq!(split(&[5, 1, 2]), None, "shorter than its length");
-        // SAFETY: `kind::<String>()` is `Text`.
-        assert!(unsafe { decode::<String>(&[2, 0xff, 0xfe], Whole::Text) }.is_err());
+        assert!(decode::<String>(&[2, 0xff, 0xfe]).unwrap().is_err());
+        assert!(decode::<Vec<u8>>(&[5, 1]).unwrap().is_err());
     }
 }
