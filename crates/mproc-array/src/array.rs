@@ -7,7 +7,9 @@ use std::ops::{Deref, DerefMut};
 
 use bytemuck::Pod;
 use mproc_segment::{Kind, Segment, SegmentError};
-use mproc_sync::{LockError, RawGuard};
+use mproc_sync::LockError;
+
+use crate::shared::Locked;
 
 use crate::ArrayError;
 use crate::shared::Shared;
@@ -42,8 +44,7 @@ pub struct Array<T> {
 #[must_use = "the lock is released when the guard is dropped"]
 #[derive(Debug)]
 pub struct ArrayGuard<'a, T> {
-    guard: RawGuard<'a>,
-    array: &'a Array<T>,
+    held: Locked<'a, T>,
 }
 
 impl<T: Pod> Array<T> {
@@ -110,18 +111,13 @@ impl<T: Pod> Array<T> {
     /// The element at `index` (under the lock).
     pub fn get(&self, index: usize) -> Result<T, ArrayError> {
         self.check(index)?;
-        // SAFETY: index < len, inside the checked data region; the lock is held, and every
-        // safe writer takes it, so nothing writes this element meanwhile.
-        self.shared
-            .locked(|| unsafe { self.ptr().add(index).read() })
+        self.shared.locked(|data| data[index])
     }
 
     /// Sets the element at `index` (under the lock).
     pub fn set(&self, index: usize, value: T) -> Result<(), ArrayError> {
         self.check(index)?;
-        // SAFETY: as in `get`; the lock gives this write exclusive access.
-        self.shared
-            .locked(|| unsafe { self.ptr().add(index).write(value) })
+        self.shared.locked(|data| data[index] = value)
     }
 
     /// Sets every element to `value` (under the lock).
@@ -174,8 +170,8 @@ impl<T: Pod> Array<T> {
     /// Takes the lock and returns a guard that derefs to `[T]`. If a process died holding
     /// the lock, the guard comes in `Err(LockError::OwnerDied(guard))`.
     pub fn lock(&self) -> Result<ArrayGuard<'_, T>, LockError<ArrayGuard<'_, T>>> {
-        let wrap = |guard| ArrayGuard { guard, array: self };
-        self.shared.lock_raw().map(wrap).map_err(|e| e.map(wrap))
+        let wrap = |held| ArrayGuard { held };
+        self.shared.lock().map(wrap).map_err(|e| e.map(wrap))
     }
 
     /// Takes the lock for `?`: a holder's death is reported by `guard.owner_died()`, not as
@@ -228,29 +224,26 @@ impl<T: Pod> Array<T> {
 impl<T> ArrayGuard<'_, T> {
     /// Declares the data consistent again after an owner death.
     pub fn make_consistent(&self) {
-        self.guard.make_consistent()
+        self.held.guard.make_consistent()
     }
 
     /// Whether a holder died holding the lock and nobody has called `make_consistent` since:
     /// the data may be half-updated.
     pub fn owner_died(&self) -> bool {
-        self.guard.owner_died()
+        self.held.guard.owner_died()
     }
 }
 
 impl<T: Pod> Deref for ArrayGuard<'_, T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        // SAFETY: the lock is held by this guard; every safe writer takes the lock.
-        unsafe { std::slice::from_raw_parts(self.array.ptr(), self.array.len()) }
+        self.held.data()
     }
 }
 
 impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        // SAFETY: the lock held by this guard gives exclusive access; `&mut self` makes this
-        // the only slice handed out by the guard at a time.
-        unsafe { std::slice::from_raw_parts_mut(self.array.ptr(), self.array.len()) }
+        self.held.data_mut()
     }
 }
 

@@ -61,10 +61,12 @@ impl<T: Pod> Shared<T> {
 
     fn init(init: Option<&[T]>) -> impl FnOnce(&Segment) -> Result<(), SegmentError> + '_ {
         move |seg| {
-            let lock = seg.view::<RawLock>(0)?;
-            // SAFETY: this runs in the creator's initialiser, before the segment is published:
-            // nobody else can reach the lock.
-            unsafe { lock.init(false) };
+            // A new segment is zero-filled: its lock was never marked.
+            if !seg.view::<RawLock>(0)?.init(false) {
+                return Err(SegmentError::InvalidArgument {
+                    reason: "the new segment's lock was already initialised",
+                });
+            }
             if let Some(values) = init {
                 seg.write_bytes(data_offset::<T>(), bytemuck::cast_slice(values))?;
             }
@@ -158,16 +160,48 @@ impl<T: Pod> Shared<T> {
         unsafe { self.lock.as_ref() }
     }
 
-    /// Takes the lock for a short internal operation; a past owner death is an error.
-    pub fn locked<R>(&self, f: impl FnOnce() -> R) -> Result<R, ArrayError> {
-        match self.raw_lock().lock() {
-            Ok(_guard) => Ok(f()),
-            Err(LockError::OwnerDied(_guard)) => Err(ArrayError::Inconsistent),
+    /// Runs `f` on the elements under the lock (a short internal operation); a past owner
+    /// death is an error.
+    pub fn locked<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R, ArrayError> {
+        match self.lock() {
+            Ok(mut held) => Ok(f(held.data_mut())),
+            Err(LockError::OwnerDied(_)) => Err(ArrayError::Inconsistent),
             Err(e) => Err(ArrayError::Lock(e.map(|_| ()))),
         }
     }
 
-    pub fn lock_raw(&self) -> Result<RawGuard<'_>, LockError<RawGuard<'_>>> {
-        self.raw_lock().lock()
+    /// Takes the lock: the elements are reachable through the returned [`Locked`] (and only
+    /// there, for safe code) while it lives.
+    pub fn lock(&self) -> Result<Locked<'_, T>, LockError<Locked<'_, T>>> {
+        let wrap = |guard| Locked {
+            guard,
+            shared: self,
+        };
+        self.raw_lock().lock().map(wrap).map_err(|e| e.map(wrap))
+    }
+}
+
+/// The lock of a [`Shared`], held: the one way safe code reaches the elements of a locked
+/// `Array` or `Value`.
+#[derive(Debug)]
+pub(crate) struct Locked<'a, T> {
+    pub(crate) guard: RawGuard<'a>,
+    shared: &'a Shared<T>,
+}
+
+impl<T> Locked<'_, T> {
+    /// The elements.
+    pub fn data(&self) -> &[T] {
+        // SAFETY: `len` initialised Pod elements lie at `data` inside the mapping (checked in
+        // `wrap`); the lock is held, and every safe writer takes it, so nothing writes them
+        // while this shared borrow of the holder lives.
+        unsafe { std::slice::from_raw_parts(self.shared.data.as_ptr(), self.shared.len) }
+    }
+
+    /// The elements, to change.
+    pub fn data_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `data`; the held lock gives exclusive access, and `&mut self` makes
+        // this the only slice handed out at a time.
+        unsafe { std::slice::from_raw_parts_mut(self.shared.data.as_ptr(), self.shared.len) }
     }
 }

@@ -9,7 +9,9 @@ use std::ops::{Deref, DerefMut};
 
 use bytemuck::Pod;
 use mproc_segment::{Kind, SegmentError};
-use mproc_sync::{LockError, RawGuard};
+use mproc_sync::LockError;
+
+use crate::shared::Locked;
 
 use crate::ArrayError;
 use crate::shared::Shared;
@@ -34,8 +36,7 @@ pub struct Value<T> {
 #[must_use = "the lock is released when the guard is dropped"]
 #[derive(Debug)]
 pub struct ValueGuard<'a, T> {
-    guard: RawGuard<'a>,
-    value: &'a Value<T>,
+    held: Locked<'a, T>,
 }
 
 impl<T: Pod> Value<T> {
@@ -64,20 +65,14 @@ impl<T: Pod> Value<T> {
         Shared::open(Kind::VALUE, name).map(|shared| Value { shared })
     }
 
-    fn ptr(&self) -> *mut T {
-        self.shared.data().as_ptr()
-    }
-
     /// The value (under the lock).
     pub fn get(&self) -> Result<T, ArrayError> {
-        // SAFETY: the data region holds one T; the lock is held.
-        self.shared.locked(|| unsafe { self.ptr().read() })
+        self.shared.locked(|data| data[0])
     }
 
     /// Replaces the value (under the lock).
     pub fn set(&self, value: T) -> Result<(), ArrayError> {
-        // SAFETY: as in `get`; the lock gives exclusive access.
-        self.shared.locked(|| unsafe { self.ptr().write(value) })
+        self.shared.locked(|data| data[0] = value)
     }
 
     /// Runs `f` on the value under the lock (a read-modify-write no other process can
@@ -92,8 +87,8 @@ impl<T: Pod> Value<T> {
 
     /// Takes the lock and returns a guard that derefs to `T`.
     pub fn lock(&self) -> Result<ValueGuard<'_, T>, LockError<ValueGuard<'_, T>>> {
-        let wrap = |guard| ValueGuard { guard, value: self };
-        self.shared.lock_raw().map(wrap).map_err(|e| e.map(wrap))
+        let wrap = |held| ValueGuard { held };
+        self.shared.lock().map(wrap).map_err(|e| e.map(wrap))
     }
 
     /// Takes the lock for `?`: a holder's death is reported by `guard.owner_died()`, not as
@@ -124,28 +119,27 @@ impl<T: Pod> Value<T> {
 impl<T> ValueGuard<'_, T> {
     /// Declares the value consistent again after an owner death.
     pub fn make_consistent(&self) {
-        self.guard.make_consistent()
+        self.held.guard.make_consistent()
     }
 
     /// Whether a holder died holding the lock and nobody has called `make_consistent` since:
     /// the value may be half-updated.
     pub fn owner_died(&self) -> bool {
-        self.guard.owner_died()
+        self.held.guard.owner_died()
     }
 }
 
 impl<T: Pod> Deref for ValueGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        // SAFETY: the lock is held; the data region holds one initialised T.
-        unsafe { &*self.value.ptr() }
+        // A value is an array of one (its creation checked the length).
+        &self.held.data()[0]
     }
 }
 
 impl<T: Pod> DerefMut for ValueGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the lock held by this guard gives exclusive access.
-        unsafe { &mut *self.value.ptr() }
+        &mut self.held.data_mut()[0]
     }
 }
 

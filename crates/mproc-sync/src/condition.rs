@@ -38,14 +38,10 @@ impl Primitive for RawCondition {
 pub type WaitResult<'a, T> = Result<T, LockError<LockGuard<'a>>>;
 
 impl RawCondition {
-    /// Initialises the lock (before others can see the condition).
-    /// Marks the condition's zero-filled lock plain.
-    ///
-    /// # Safety
-    /// As [`RawLock::init`]: nobody else may use the condition yet.
-    pub unsafe fn init(&self) {
-        // SAFETY: forwarded: nobody else uses the lock yet.
-        unsafe { self.lock.init(false) }
+    /// Marks the condition's zero-filled lock plain (see [`RawLock::init`]): `false` if it
+    /// already was.
+    pub fn init(&self) -> bool {
+        self.lock.init(false)
     }
 
     /// Atomically releases `guard`'s lock and sleeps until notified (or spuriously), then
@@ -116,12 +112,7 @@ pub struct Condition(Placed<RawCondition>);
 impl Condition {
     /// A condition in a new anonymous segment.
     pub fn new() -> Result<Condition, SegmentError> {
-        Placed::anonymous(|c: &RawCondition| {
-            // SAFETY: the segment is not published yet: nobody else can reach the condition.
-            unsafe { c.init() };
-            Ok(())
-        })
-        .map(Condition)
+        Placed::anonymous(|c: &RawCondition| crate::placed::fresh(c.init())).map(Condition)
     }
 
     /// A condition in a new named segment.
@@ -140,9 +131,7 @@ impl Condition {
 
     fn create_as(name: &str, exclusive: bool) -> Result<Condition, SegmentError> {
         Placed::create_as(name, exclusive, |c: &RawCondition| {
-            // SAFETY: as in `new`: inside the creator's initialiser, before publication.
-            unsafe { c.init() };
-            Ok(())
+            crate::placed::fresh(c.init())
         })
         .map(Condition)
     }

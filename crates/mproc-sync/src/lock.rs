@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use mproc_segment::{Kind, SegmentError, ShmSafe};
 
 use crate::LockError;
-use crate::placed::{Placed, Primitive};
+use crate::placed::{Placed, Primitive, fresh};
 use crate::raw_lock::{RawGuard, RawLock};
 
 /// Guard of a [`Lock`]: the lock is held until it is dropped.
@@ -40,12 +40,7 @@ impl Primitive for RawLock {
 impl Lock {
     /// A lock in a new anonymous segment (children get it through `fork`).
     pub fn new() -> Result<Lock, SegmentError> {
-        Placed::anonymous(|l: &RawLock| {
-            // SAFETY: the segment is not published yet: nobody else can reach the lock.
-            unsafe { l.init(false) };
-            Ok(())
-        })
-        .map(Lock)
+        Placed::anonymous(|l: &RawLock| fresh(l.init(false))).map(Lock)
     }
 
     /// A lock in a new named segment.
@@ -63,12 +58,7 @@ impl Lock {
     }
 
     fn create_as(name: &str, exclusive: bool) -> Result<Lock, SegmentError> {
-        Placed::create_as(name, exclusive, |l: &RawLock| {
-            // SAFETY: as in `new`: inside the creator's initialiser, before publication.
-            unsafe { l.init(false) };
-            Ok(())
-        })
-        .map(Lock)
+        Placed::create_as(name, exclusive, |l: &RawLock| fresh(l.init(false))).map(Lock)
     }
 
     /// Opens a lock created by another process.
@@ -190,12 +180,7 @@ impl Primitive for RLockCell {
 impl RLock {
     /// A re-entrant lock in a new anonymous segment.
     pub fn new() -> Result<RLock, SegmentError> {
-        Placed::anonymous(|l: &RLockCell| {
-            // SAFETY: the segment is not published yet: nobody else can reach the lock.
-            unsafe { l.0.init(true) };
-            Ok(())
-        })
-        .map(RLock)
+        Placed::anonymous(|l: &RLockCell| fresh(l.0.init(true))).map(RLock)
     }
 
     /// A re-entrant lock in a new named segment.
@@ -213,12 +198,7 @@ impl RLock {
     }
 
     fn create_as(name: &str, exclusive: bool) -> Result<RLock, SegmentError> {
-        Placed::create_as(name, exclusive, |l: &RLockCell| {
-            // SAFETY: as in `new`: inside the creator's initialiser, before publication.
-            unsafe { l.0.init(true) };
-            Ok(())
-        })
-        .map(RLock)
+        Placed::create_as(name, exclusive, |l: &RLockCell| fresh(l.0.init(true))).map(RLock)
     }
 
     /// Opens a re-entrant lock created by another process.

@@ -12,6 +12,18 @@ pub(crate) trait Primitive: ShmSafe {
     const TYPE_NAME: &'static str;
 }
 
+/// What a creator's initialiser returns after marking a fresh primitive: it must have been
+/// unmarked (a new segment is zero-filled), or the segment is not the creator's to set up.
+pub(crate) fn fresh(initialised: bool) -> Result<(), SegmentError> {
+    if initialised {
+        Ok(())
+    } else {
+        Err(SegmentError::InvalidArgument {
+            reason: "the new segment's primitive was already initialised",
+        })
+    }
+}
+
 /// Owns a segment whose payload starts with a `P`.
 #[derive(Debug)]
 pub(crate) struct Placed<P> {

@@ -144,27 +144,19 @@ impl RawLock {
         l
     }
 
-    /// Marks a zero-filled lock plain or re-entrant (what `open` checks) and resets it to free
-    /// and consistent.
-    ///
-    /// # Safety
-    /// No other thread or process may use the lock yet (call it before the segment holding it
-    /// is published, as `create_with`'s initialiser does). Resetting a lock in use would let a
-    /// second holder in while the first still holds it — and code that hands out `&mut`
-    /// access to the data it protects relies on that never happening.
-    pub unsafe fn init(&self, recursive: bool) {
-        self.word.store(0, Ordering::Relaxed);
-        self.count.store(0, Ordering::Relaxed);
-        self.inconsistent.store(0, Ordering::Relaxed);
-        self.acquisitions.store(0, Ordering::Relaxed);
-        self.contentions.store(0, Ordering::Relaxed);
-        self.owner_deaths.store(0, Ordering::Relaxed);
+    /// Marks a zero-filled lock (a fresh segment's: free, consistent, no counts) plain or
+    /// re-entrant, which is what `open` checks. Only a lock never marked can be: `false`, and
+    /// nothing changes, for one already initialised — so no call can reset a lock in use
+    /// (which would let a second holder in while the first still holds it).
+    pub fn init(&self, recursive: bool) -> bool {
         let kind = if recursive {
             KIND_RECURSIVE
         } else {
             KIND_PLAIN
         };
-        self.kind.store(kind, Ordering::Release);
+        self.kind
+            .compare_exchange(0, kind, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Whether `init` made this lock re-entrant (`Some(true)`), plain (`Some(false)`), or
