@@ -68,11 +68,11 @@ pub(crate) fn reap_nohang(pid: i32) -> Result<Option<(i32, ExitStatus)>, Errno> 
 /// Any way it ended counts, a realtime signal included. Through libc: rustix's `waitid`
 /// does not report the pid.
 pub(crate) fn ended_child() -> Option<i32> {
-    // SAFETY: `siginfo_t` is plain data; all zeros is valid (and what "nothing ended" leaves).
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid writes into the `siginfo_t` we pass, which lives across the call; for a
-    // WEXITED report the kernel fills `si_pid`, which `si_pid()` reads.
+    // SAFETY: `siginfo_t` is plain data, all zeros valid (and what "nothing ended" leaves);
+    // waitid writes into it, and it lives across the call; for a WEXITED report the kernel
+    // fills `si_pid`, which `si_pid()` reads.
     let pid = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
         if libc::waitid(
             libc::P_ALL,
             0,
@@ -139,13 +139,15 @@ pub(crate) fn close_other_fds(keep: RawFd) {
 /// open for us. Raw `fcntl`: the typed calls take a borrowed fd, which must be open, and this
 /// number came from elsewhere: it may not be, and that is the error to report (`EBADF`).
 pub(crate) fn dup_inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
-    // SAFETY: F_DUPFD_CLOEXEC makes a new fd (or fails with EBADF); `fd` is only read.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if new < 0 {
-        return Err(last_errno());
+    // SAFETY: F_DUPFD_CLOEXEC makes a new fd (or fails with EBADF); `fd` is only read. A
+    // new fd is fresh: nothing else owns it.
+    unsafe {
+        let new = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0);
+        if new < 0 {
+            return Err(last_errno());
+        }
+        Ok(OwnedFd::from_raw_fd(new))
     }
-    // SAFETY: fcntl returned a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Waits until `fd` is readable or `timeout` passes (`None`: no limit): whether it is.
@@ -180,11 +182,11 @@ impl ChildSignals {
     /// Sets SIGCHLD up as above. Call it in a process with one thread (the mask is the
     /// thread's).
     pub(crate) fn open() -> Result<ChildSignals, Errno> {
-        // SAFETY: `sigset_t` is plain data; sigemptyset initialises it before any other use.
-        let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: each call gets valid pointers to the set above (or null for the old set);
-        // SIG_DFL installs no handler.
-        let fd = unsafe {
+        // SAFETY: `sigset_t` is plain data, all zeros valid, and sigemptyset initialises it
+        // before any other use; each call gets valid pointers to it (or null for the old
+        // set); SIG_DFL installs no handler; a new signalfd is fresh: nothing else owns it.
+        unsafe {
+            let mut mask: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut mask);
             libc::sigaddset(&mut mask, libc::SIGCHLD);
             if libc::signal(libc::SIGCHLD, libc::SIG_DFL) == libc::SIG_ERR
@@ -192,14 +194,13 @@ impl ChildSignals {
             {
                 return Err(last_errno());
             }
-            libc::signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
-        };
-        if fd < 0 {
-            return Err(last_errno());
+            let fd = libc::signalfd(-1, &mask, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+            if fd < 0 {
+                return Err(last_errno());
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            Ok(ChildSignals { fd, mask })
         }
-        // SAFETY: signalfd returned a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(ChildSignals { fd, mask })
     }
 
     /// Reads every pending notification (they only say "some child changed state").

@@ -272,31 +272,27 @@ impl RawQueue {
         unsafe { self.hdr.as_ref() }
     }
 
+    /// Slot `idx`'s state word. Total: any index names a slot (masked, as the ring masks its
+    /// positions; capacity is a power of two), and every slot lies inside the payload
+    /// (`wrap`). The pointer is computed without `unsafe`; those who dereference it rely on
+    /// this.
     #[inline]
     fn slot_word_ptr(&self, idx: usize) -> *const AtomicU64 {
-        // Total: any index names a slot (the ring's positions are masked the same way).
         let idx = idx & (self.layout.capacity - 1);
-        // SAFETY: idx < capacity (masked just above; capacity is a power of two); the slot
-        // lies inside the payload (`wrap`).
-        unsafe {
-            self.data
-                .as_ptr()
-                .add(idx * self.layout.stride)
-                .cast::<AtomicU64>()
-        }
+        self.data
+            .as_ptr()
+            .wrapping_add(idx * self.layout.stride)
+            .cast::<AtomicU64>()
     }
 
-    /// The first byte of slot `idx`'s message bytes (`slot_size` of them).
+    /// The first byte of slot `idx`'s message bytes (`slot_size` of them), inside the
+    /// payload for any `idx` (masked, as in `slot_word_ptr`).
     #[inline]
     pub fn slot_ptr(&self, idx: usize) -> *mut u8 {
         let idx = idx & (self.layout.capacity - 1);
-        // SAFETY: idx < capacity (masked just above); the slot lies inside the payload
-        // (`wrap`).
-        unsafe {
-            self.data
-                .as_ptr()
-                .add(idx * self.layout.stride + self.layout.lead)
-        }
+        self.data
+            .as_ptr()
+            .wrapping_add(idx * self.layout.stride + self.layout.lead)
     }
 
     #[inline]
@@ -364,18 +360,15 @@ impl RawQueue {
 
     /// The first byte of the chunk at arena position `pos`. Callers check (through the chunk
     /// word) that the chunk's units lie inside the arena before touching its bytes.
+    /// Total: `unit < units` (masked), so the unit's first byte lies inside the body area,
+    /// which lies inside the payload (`wrap`).
     #[inline]
     pub fn chunk_ptr(&self, pos: u64) -> *mut u8 {
         let l = &self.layout;
         let unit = (pos & (l.units.max(1) - 1)) as usize;
-        // SAFETY: unit < units, so the unit's first byte lies inside the body area, which lies
-        // inside the payload (`wrap`).
-        unsafe {
-            self.data
-                .as_ptr()
-                .add(l.body_offset - l.data_offset)
-                .add(unit * l.unit as usize)
-        }
+        self.data
+            .as_ptr()
+            .wrapping_add(l.body_offset - l.data_offset + unit * l.unit as usize)
     }
 
     pub fn capacity(&self) -> usize {
