@@ -2,6 +2,8 @@
 //! bytes. Both sides of every pool request and of a `Process` use it, and nothing else
 //! encodes them.
 //!
+//! Encodings are postcard's, byte vectors copied in one piece (`mproc_queue::codec`).
+//!
 //! - **Arguments** ([`encode_args`]): `count` postcard encodings of `A` (or `(A, B)` for
 //!   `starmap`), back to back, with no length prefixes (postcard encodings delimit
 //!   themselves).
@@ -17,22 +19,14 @@ use serde::de::DeserializeOwned;
 
 use crate::{SubmitError, TaskError};
 
-/// Appends to a borrowed buffer (postcard's `to_extend` takes its writer by value).
-struct Sink<'a>(&'a mut Vec<u8>);
-
-impl Extend<u8> for Sink<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
-        self.0.extend(iter)
-    }
-}
-
-/// Appends the postcard encoding of `value` to `out`; on error `out` is left as it was.
+/// Appends the encoding of `value` to `out` (postcard's, byte vectors in one copy: see
+/// `mproc_queue::codec`); on error `out` is left as it was.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), TaskError> {
     let mark = out.len();
-    match postcard::to_extend(value, Sink(out)) {
+    match mproc_queue::codec::encode_into(value, out) {
         Ok(_) => Ok(()),
         Err(e) => {
             out.truncate(mark);
@@ -77,7 +71,7 @@ pub(crate) fn run_chunk<A: DeserializeOwned, R: Serialize>(
     let mut rest = input;
     let mut panics = 0;
     for _ in 0..count {
-        let outcome: Result<R, TaskError> = match postcard::take_from_bytes::<A>(rest) {
+        let outcome: Result<R, TaskError> = match mproc_queue::codec::take_from_bytes::<A>(rest) {
             Ok((a, tail)) => {
                 rest = tail;
                 catch_unwind(AssertUnwindSafe(|| f(a))).map_err(|p| {
@@ -119,8 +113,8 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     count: usize,
 ) -> impl Iterator<Item = Result<R, TaskError>> + '_ {
     let mut rest = body;
-    (0..count).map(
-        move |_| match postcard::take_from_bytes::<Result<R, TaskError>>(rest) {
+    (0..count).map(move |_| {
+        match mproc_queue::codec::take_from_bytes::<Result<R, TaskError>>(rest) {
             Ok((outcome, tail)) => {
                 rest = tail;
                 outcome
@@ -131,8 +125,8 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
                     message: format!("result: {e}"),
                 })
             }
-        },
-    )
+        }
+    })
 }
 
 /// Turns a panic payload into its message.

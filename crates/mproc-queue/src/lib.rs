@@ -154,6 +154,7 @@ macro_rules! wait_forms {
 }
 
 mod arena;
+pub mod codec;
 /// The slot and arena accessors of the message queues (`Queue`, `ByteQueue`).
 #[cfg(not(loom))]
 macro_rules! arena_methods {

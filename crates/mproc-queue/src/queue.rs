@@ -1,6 +1,7 @@
 //! `Queue<T>`: any serde type, any size (Python's pickling `multiprocessing.Queue`).
 //!
-//! Messages are encoded with postcard. A message that fits its slot (after an 8-byte
+//! Messages are encoded with postcard's format, byte vectors copied in one piece (see
+//! [`codec`](crate::codec)). A message that fits its slot (after an 8-byte
 //! length/kind prefix) is stored inline; a larger one is encoded straight into the queue's
 //! body arena (see `arena.rs`), and the consumer decodes it in place there. No system call
 //! per message, whatever its size, up to the arena's size.
@@ -213,11 +214,10 @@ const FLAVOUR: &str = "postcard+arena";
 ///
 /// A message whose encoding fits its slot travels inline; a larger one is encoded straight
 /// into the queue's body arena and decoded in place by the consumer: no system call per
-/// message at any size up to [`arena_bytes`](Self::arena_bytes). A `Queue<Vec<u8>>` or
-/// `Queue<String>` copies each message in one piece (as fast as a
-/// [`ByteQueue`](crate::ByteQueue)); inside your own types, mark large `Vec<u8>` fields
-/// `#[serde(with = "serde_bytes")]` (postcard then copies them in one go instead of byte by
-/// byte).
+/// message at any size up to [`arena_bytes`](Self::arena_bytes). Byte vectors are copied
+/// in one piece wherever they sit — a `Queue<Vec<u8>>` or `Queue<String>`, and a `Vec<u8>`
+/// field of your own struct or enum alike, with nothing to annotate (see
+/// [`codec`](crate::codec)).
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
@@ -271,7 +271,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     if let Some(r) = crate::whole::decode::<T>(bytes) {
         return r;
     }
-    match std::panic::catch_unwind(|| postcard::from_bytes::<T>(bytes)) {
+    match std::panic::catch_unwind(|| crate::codec::decode::<T>(bytes)) {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err("Deserialize panicked".into()),
     }
@@ -397,7 +397,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 buf.resize(room, 0);
             }
             // Small messages encode straight into the reused buffer (no allocation).
-            match postcard::to_slice(&value, &mut buf[..room]) {
+            match crate::codec::encode_to_slice(&value, &mut buf[..room]) {
                 Ok(used) => Ok(Some(body::send_inline(&self.raw, used, wait))),
                 Err(postcard::Error::SerializeBufferFull) => Ok(None),
                 Err(e) => Err(e.to_string()),
@@ -405,13 +405,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         });
         let (sent, size) = match inline {
             Ok(Some(sent)) => (sent, 0),
-            Ok(None) => match postcard::serialize_with_flavor::<T, _, usize>(
-                &value,
-                postcard::ser_flavors::Size::default(),
-            ) {
+            Ok(None) => match crate::codec::encoded_len(&value) {
                 Ok(size) => {
                     let sent = body::send_arena(&self.raw, size, wait, |body| {
-                        postcard::to_slice(&value, body)
+                        crate::codec::encode_to_slice(&value, body)
                             .map(drop)
                             .map_err(|e| e.to_string())
                     });
