@@ -1,4 +1,5 @@
-//! Large messages: `ByteQueue` and `Queue<Vec<u8>>` 1→1 with bodies of 1 KiB to 16 MiB and
+//! Large messages: `ByteQueue`, `Queue<Vec<u8>>`, a `Queue` of a struct carrying a
+//! `Vec<u8>` payload and `Queue<String>` 1→1 with bodies of 1 KiB to 16 MiB and
 //! the loan round trip from 64 B to 4 MiB, beside a pipe with the same sizes, Python's
 //! `mp.Queue` of `bytes` (in `baselines.py`) and one `memcpy` of the body in one process (the
 //! physical reference).
@@ -32,6 +33,10 @@ pub fn human(size: usize) -> String {
 pub struct Bodies {
     pub bytes: Vec<Option<Stat>>,
     pub vec: Vec<Option<Stat>>,
+    /// `Queue<Frame>` (`{ id: u64, payload: Vec<u8> }`, nothing annotated).
+    pub frame: Vec<Option<Stat>>,
+    /// `Queue<String>`.
+    pub string: Vec<Option<Stat>>,
     pub pipe: Vec<Option<Stat>>,
     pub memcpy: Vec<Option<Stat>>,
     pub loan_rtt: Vec<Option<Stat>>,
@@ -91,6 +96,62 @@ pub fn vec_1to1(size: usize, n: u64) -> f64 {
         q.put(msg.clone()).expect("put");
     }
     join(consumer)
+}
+
+/// A message type people write: an id and a byte payload, with no serde annotation.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Frame {
+    id: u64,
+    payload: Vec<u8>,
+}
+
+fn typed_consumer<T: serde::Serialize + serde::de::DeserializeOwned>(args: (String, u64)) -> f64 {
+    let q: Queue<T> = QueueOptions::new().open(&args.0).expect("open");
+    black_box(q.get().expect("get"));
+    let t = Instant::now();
+    for _ in 1..args.1 {
+        black_box(q.get().expect("get"));
+    }
+    per(t.elapsed(), args.1 - 1, 1000.0)
+}
+
+/// `Queue<T>` 1→1 with `n` messages made by `make(size)` (each producer-side clone included,
+/// as in `vec_1to1`).
+pub fn typed_1to1<T: serde::Serialize + serde::de::DeserializeOwned + Clone>(
+    size: usize,
+    n: u64,
+    make: fn(usize) -> T,
+) -> f64 {
+    let name = name("typed");
+    let q: Queue<T> = options(size).create(&name).expect("create");
+    let consumer = start(typed_consumer::<T>, (name, n));
+    let msg = make(size);
+    for _ in 0..n {
+        if q.put(msg.clone()).is_err() {
+            panic!("put refused");
+        }
+    }
+    join(consumer)
+}
+
+impl Clone for Frame {
+    fn clone(&self) -> Frame {
+        Frame {
+            id: self.id,
+            payload: self.payload.clone(),
+        }
+    }
+}
+
+pub fn frame_of(size: usize) -> Frame {
+    Frame {
+        id: 7,
+        payload: vec![5u8; size],
+    }
+}
+
+pub fn string_of(size: usize) -> String {
+    "x".repeat(size)
 }
 
 fn pipe_sink(args: (RawFd, usize, u64)) -> f64 {
@@ -171,6 +232,12 @@ pub fn measure(reps: usize, rounds: u64, quick: bool) -> Bodies {
         b.bytes.push(Stat::repeat(reps, || bytes_1to1(size, n)));
         b.vec.push(Stat::repeat(reps, || {
             vec_1to1(size, n.min(count(size, true)))
+        }));
+        b.frame.push(Stat::repeat(reps, || {
+            typed_1to1(size, n.min(count(size, true)), frame_of)
+        }));
+        b.string.push(Stat::repeat(reps, || {
+            typed_1to1(size, n.min(count(size, true)), string_of)
         }));
         b.pipe.push(Stat::repeat(reps, || pipe_1to1(size, n)));
         b.memcpy.push(Stat::repeat(reps, || memcpy(size, n)));

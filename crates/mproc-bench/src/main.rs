@@ -169,7 +169,7 @@ fn body_rows(b: &bodies::Bodies, pyv: &dyn Fn(&str) -> Option<Stat>) -> Vec<Row>
         });
         rows.push(Row {
             what: format!("`ByteQueue` 1→1, {h} messages, µs/msg"),
-            mproc: bytes,
+            mproc: bytes.clone(),
             baseline_name: format!("one `memcpy` of {h}, one process"),
             baseline: b.memcpy.get(i).cloned().flatten(),
             rule: if size == 1 << 20 {
@@ -178,12 +178,55 @@ fn body_rows(b: &bodies::Bodies, pyv: &dyn Fn(&str) -> Option<Stat>) -> Vec<Row>
                 Rule::Info
             },
         });
+        let vec = b.vec.get(i).cloned().flatten();
         rows.push(Row {
             what: format!("`Queue<Vec<u8>>` 1→1, {h} messages, µs/msg"),
-            mproc: b.vec.get(i).cloned().flatten(),
+            mproc: vec.clone(),
             baseline_name: format!("Python `mp.Queue` of {h} `bytes`"),
             baseline: pyv(&format!("queue_bytes_{size}")),
-            rule: Rule::Info,
+            rule: if size == 64 << 10 {
+                Rule::FasterBy(10.0)
+            } else {
+                Rule::Info
+            },
+        });
+        rows.push(Row {
+            what: format!("`Queue<Vec<u8>>` 1→1, {h} messages, µs/msg"),
+            mproc: vec.clone(),
+            baseline_name: format!("`ByteQueue` 1→1, {h}"),
+            baseline: bytes.clone(),
+            rule: Rule::FasterBy(0.7),
+        });
+        if size == 1 << 10 {
+            rows.push(Row {
+                what: format!("`Queue<Vec<u8>>` 1→1, {h} messages, µs/msg"),
+                mproc: vec.clone(),
+                baseline_name: format!("pipe, {h} writes"),
+                baseline: b.pipe.get(i).cloned().flatten(),
+                rule: Rule::FasterBy(2.0),
+            });
+        }
+        rows.push(Row {
+            what: format!("`Queue<Frame {{ id: u64, payload: Vec<u8> }}>` 1→1, {h} payloads, µs/msg"),
+            mproc: b.frame.get(i).cloned().flatten(),
+            baseline_name: format!("`Queue<Vec<u8>>` 1→1, {h}"),
+            baseline: vec.clone(),
+            rule: if size == 64 << 10 {
+                Rule::FasterBy(1.0 / 1.5)
+            } else {
+                Rule::Info
+            },
+        });
+        rows.push(Row {
+            what: format!("`Queue<String>` 1→1, {h} messages, µs/msg"),
+            mproc: b.string.get(i).cloned().flatten(),
+            baseline_name: format!("`ByteQueue` 1→1, {h}"),
+            baseline: bytes.clone(),
+            rule: if size == 1 << 10 {
+                Rule::FasterBy(0.7)
+            } else {
+                Rule::Info
+            },
         });
     }
     let small = b.loan_rtt.first().cloned().flatten();
@@ -242,17 +285,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
-    // `--bytes REPS`: `Queue<Vec<u8>>` beside `ByteQueue` between two processes, at 1 KiB and
-    // 64 KiB, µs per message, one line per repetition.
+    // `--bytes REPS`: `Queue<Vec<u8>>`, `Queue<Frame>` (a struct with a `Vec<u8>` payload)
+    // and `Queue<String>` beside `ByteQueue` between two processes, at 1 KiB and 64 KiB, µs
+    // per message, one line per repetition.
     if let Some(reps) = reps_of(&args, "--bytes") {
         for _ in 0..reps {
             for size in [1 << 10, 64 << 10] {
                 let n = if size < 4096 { 200_000 } else { 20_000 };
                 let (b, v) = (bodies::bytes_1to1(size, n), bodies::vec_1to1(size, n));
+                let f = bodies::typed_1to1(size, n, bodies::frame_of);
+                let s = bodies::typed_1to1(size, n, bodies::string_of);
                 println!(
-                    "{:>6}: ByteQueue {b:.3} µs | Queue<Vec<u8>> {v:.3} µs | ratio {:.2}",
+                    "{:>6}: ByteQueue {b:.3} µs | Queue<Vec<u8>> {v:.3} µs ({:.2}×) | \
+                     Queue<Frame> {f:.3} µs ({:.2}× the Vec) | Queue<String> {s:.3} µs ({:.2}×)",
                     bodies::human(size),
-                    b / v
+                    b / v,
+                    v / f,
+                    b / s
                 );
             }
         }
