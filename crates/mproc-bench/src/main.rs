@@ -207,7 +207,9 @@ fn body_rows(b: &bodies::Bodies, pyv: &dyn Fn(&str) -> Option<Stat>) -> Vec<Row>
             });
         }
         rows.push(Row {
-            what: format!("`Queue<Frame {{ id: u64, payload: Vec<u8> }}>` 1→1, {h} payloads, µs/msg"),
+            what: format!(
+                "`Queue<Frame {{ id: u64, payload: Vec<u8> }}>` 1→1, {h} payloads, µs/msg"
+            ),
             mproc: b.frame.get(i).cloned().flatten(),
             baseline_name: format!("`Queue<Vec<u8>>` 1→1, {h}"),
             baseline: vec.clone(),

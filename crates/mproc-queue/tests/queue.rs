@@ -208,6 +208,54 @@ fn named_serde_queue_between_processes_inline_and_out_of_line() {
     assert_eq!(q.arena_used(), 0);
 }
 
+/// A message type people write: byte payloads in a struct field, an enum and an `Option`,
+/// with nothing annotated (the codec copies each in one piece).
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+enum Part {
+    Header(u32),
+    Body(Vec<u8>),
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct Frame {
+    id: u64,
+    pixels: Vec<u8>,
+    parts: Vec<Part>,
+    thumbnail: Option<Vec<u8>>,
+}
+
+fn frame(id: u64) -> Frame {
+    let size = if id % 2 == 0 { 10 } else { 200_000 };
+    Frame {
+        id,
+        pixels: (0..size).map(|i| (i as u64 * 31 + id) as u8).collect(),
+        parts: vec![Part::Header(id as u32), Part::Body(vec![id as u8; 3000])],
+        thumbnail: (id % 3 == 0).then(|| vec![7; 500]),
+    }
+}
+
+#[test]
+fn structs_with_byte_payloads_cross_processes_intact() {
+    let q: Queue<Frame> = QueueOptions::new()
+        .capacity(8)
+        .arena_bytes(4 << 20)
+        .anonymous()
+        .unwrap();
+    let child = fork_child(|| {
+        for id in 0..12u64 {
+            if q.put_timeout(frame(id), LONG).is_err() {
+                return 1;
+            }
+        }
+        0
+    });
+    for id in 0..12u64 {
+        assert_eq!(q.get_timeout(LONG).unwrap(), frame(id));
+    }
+    child.assert_success();
+    assert_eq!(q.arena_used(), 0);
+}
+
 #[test]
 fn a_64_mib_message_round_trips_through_the_arena() {
     let q: Queue<Vec<u8>> = QueueOptions::new()

@@ -248,3 +248,21 @@ fn byte_runs_are_one_copy_each_way() {
         assert!(pops.get() < 32, "{} one-byte reads", pops.get());
     }
 }
+
+#[test]
+fn bytes_bytes_fields_are_one_copy_too() {
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Packet {
+        seq: u32,
+        body: bytes::Bytes,
+    }
+    let p = Packet {
+        seq: 3,
+        body: bytes::Bytes::from(vec![9u8; 50_000]),
+    };
+    same_as_postcard(&p);
+    let mut count = CountPushes(0, 0);
+    let mut s = postcard::Serializer { output: &mut count };
+    p.serialize(Ser(&mut s)).unwrap();
+    assert!(count.0 < 16, "{} one-byte writes", count.0);
+}
