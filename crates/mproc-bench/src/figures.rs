@@ -28,7 +28,13 @@ pub const DEFINITIONS: &str = "
   processes share two CPUs); wall time from the producers' start to the last item, per item.
 - **pipe 1→1**: 8-byte `write`s into a pipe, 8-byte `read`s out of it, between two processes.
 - **Round trip**: a message to a process that echoes it back, per round (two queues, two pipes
-  or one socketpair).
+  or one socketpair), both sides blocking in `get`. The busy-poll round trip is the same pair
+  of `PodQueue`s with both sides looping on `try_get` and never sleeping: the floor. A
+  blocking wait spins for a while before it sleeps when its thread's last wait was short
+  (`naps::ADAPTIVE_SPIN`, 50 µs), so a responsive peer is met without a futex sleep and
+  wake-up on either side; an earlier BENCHMARKS.md showed 12 µs here because every wait
+  slept and every answer paid two wake-ups, while other harnesses that spun measured
+  0.4–0.9 µs. Both figures were right for what they ran.
 - **Async**: the same round trip and 1→1 run with `get_async`/`put_async` on both sides,
   each process driving its futures on its own tokio current-thread runtime (the waiting side
   sleeps through mproc's reactor thread, which wakes the runtime); the baseline round trip is
@@ -75,6 +81,7 @@ pub struct Figures {
     pub crossbeam_1to1: Option<Stat>,
     pub pipe_1to1: Option<Stat>,
     pub rtt: Option<Stat>,
+    pub rtt_busy: Option<Stat>,
     pub rtt_1k: Option<Stat>,
     pub pipe_rtt_8: Option<Stat>,
     pub pipe_rtt_1k: Option<Stat>,
@@ -323,6 +330,50 @@ pub fn rtt(rounds: u64) -> f64 {
     us
 }
 
+fn pod_echo_busy(args: (String, String, u64)) {
+    let a = PodQueue::<u64>::open(&args.0).expect("open");
+    let b = PodQueue::<u64>::open(&args.1).expect("open");
+    for _ in 0..args.2 {
+        let v = loop {
+            match a.try_get() {
+                Ok(v) => break v,
+                Err(_) => std::hint::spin_loop(),
+            }
+        };
+        while b.try_put(v).is_err() {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// The round trip of [`rtt`] with both sides busy-polling (`try_get` in a loop, never
+/// sleeping): the floor a blocking round trip is measured against.
+pub fn rtt_busy(rounds: u64) -> f64 {
+    let (na, nb) = (name("rttb-a"), name("rttb-b"));
+    let a = PodQueue::<u64>::create(&na, 64).expect("create");
+    let b = PodQueue::<u64>::create(&nb, 64).expect("create");
+    let echo = start(pod_echo_busy, (na, nb, rounds + 1));
+    let round = |i: u64| {
+        while a.try_put(i).is_err() {
+            std::hint::spin_loop();
+        }
+        loop {
+            if b.try_get().is_ok() {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    };
+    round(0);
+    let t = Instant::now();
+    for i in 0..rounds {
+        round(i);
+    }
+    let us = per(t.elapsed(), rounds, 1000.0);
+    join(echo);
+    us
+}
+
 fn bytes_options() -> QueueOptions {
     QueueOptions::new().capacity(64).slot_size(2048)
 }
@@ -434,6 +485,7 @@ pub fn measure_all(plan: &Plan) -> Result<Figures, Box<dyn std::error::Error>> {
     f.msg_4to4 = Stat::repeat(r, || msg_4to4(plan.items));
     step("round trips");
     f.rtt = Stat::repeat(r, || rtt(plan.rounds));
+    f.rtt_busy = Stat::repeat(r, || rtt_busy(plan.rounds));
     f.rtt_1k = Stat::repeat(r, || rtt_1k(plan.rounds));
     f.pipe_rtt_8 = Stat::repeat(r, || pipe_rtt(8, plan.rounds));
     f.pipe_rtt_1k = Stat::repeat(r, || pipe_rtt(1024, plan.rounds));

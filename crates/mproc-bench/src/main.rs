@@ -315,10 +315,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(reps) = reps_of(&args, "--ab") {
         for _ in 0..reps {
             println!(
-                "lock {:.2} ns | pod 1→1 {:.2} ns | rtt {:.2} µs",
+                "lock {:.2} ns | pod 1→1 {:.2} ns | rtt {:.2} µs | busy-poll rtt {:.2} µs",
                 figures::lock_cycle(plan.items),
                 figures::pod_1to1(plan.items),
-                figures::rtt(plan.rounds)
+                figures::rtt(plan.rounds),
+                figures::rtt_busy(plan.rounds)
             );
         }
         return Ok(());
@@ -378,6 +379,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             baseline_name: "two pipes, 8 B".into(),
             baseline: f.pipe_rtt_8.clone(),
             rule: Rule::FasterBy(20.0),
+        },
+        Row {
+            what: "ping-pong round trip (blocking `get`/`put`), µs".into(),
+            mproc: f.rtt.clone(),
+            baseline_name: "the same pair busy-polling (`try_get` loops)".into(),
+            baseline: f.rtt_busy.clone(),
+            rule: Rule::WithinTimes(2.0),
         },
         Row {
             what: "ping-pong round trip, µs".into(),

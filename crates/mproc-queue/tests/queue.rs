@@ -442,6 +442,35 @@ fn an_idle_blocked_consumer_uses_almost_no_cpu() {
     );
 }
 
+/// A consumer fresh from a busy exchange (every wait short, so its waits spin before they
+/// sleep) that then waits idle: the spin is bounded, and the idle second costs it almost no
+/// CPU.
+#[test]
+fn a_consumer_idle_after_a_busy_exchange_uses_almost_no_cpu() {
+    let q: PodQueue<u64> = PodQueue::new(4).unwrap();
+    let used = mproc_testkit::idle_cpu(
+        |ready| {
+            let (Ok(ping), Ok(pong)) = (PodQueue::<u64>::new(4), PodQueue::<u64>::new(4)) else {
+                return false;
+            };
+            let echo = std::thread::scope(|s| {
+                let echo =
+                    s.spawn(|| (0..2000).all(|_| ping.get().is_ok_and(|v| pong.put(v).is_ok())));
+                let asked = (0..2000u64).all(|i| ping.put(i).is_ok() && pong.get() == Ok(i));
+                asked && echo.join().unwrap_or(false)
+            });
+            ready();
+            echo && q.get() == Ok(1)
+        },
+        || q.put(1).unwrap(),
+    )
+    .expect("the child failed");
+    assert!(
+        used < Duration::from_millis(50),
+        "idle consumer used {used:?}"
+    );
+}
+
 #[test]
 fn items_are_distinct_values_not_aliases() {
     // A sanity check of zero-copy slots: values survive the slot being reused many times.

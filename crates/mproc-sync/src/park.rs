@@ -62,21 +62,22 @@ impl Parking {
         deadline: Option<Instant>,
         mut poll: impl FnMut() -> Option<T>,
     ) -> Option<T> {
+        let waited = WaitTimer::start();
         if let Some(v) = spin(&mut poll) {
-            return Some(v);
+            return waited.done(Some(v));
         }
         loop {
             let waiting = self.prepare();
             if let Some(v) = poll() {
-                return Some(v);
+                return waited.done(Some(v));
             }
             waiting.sleep(nap_until(deadline));
             drop(waiting);
             if let Some(v) = poll() {
-                return Some(v);
+                return waited.done(Some(v));
             }
             if crate::Deadline::at(deadline).passed() {
-                return None;
+                return waited.done(None);
             }
         }
     }
@@ -175,6 +176,56 @@ fn waker_fence() {
     fence(Ordering::SeqCst);
 }
 
+/// Spin hints between two looks of the adaptive spin (a few hundred nanoseconds).
+#[cfg(not(loom))]
+const SPIN_GAP: u32 = 16;
+
+#[cfg(not(loom))]
+std::thread_local! {
+    /// How long this thread's last blocking wait took, in microseconds (saturating;
+    /// `u32::MAX` before its first). A plain `Cell` with a constant initialiser: no lazy
+    /// initialisation and no destructor, so it is sound in a forked child.
+    static LAST_WAIT_US: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
+}
+
+/// Times one blocking wait, for the next one's spin (see [`ADAPTIVE_SPIN`]).
+///
+/// [`ADAPTIVE_SPIN`]: crate::naps::ADAPTIVE_SPIN
+#[cfg(not(loom))]
+struct WaitTimer(Instant);
+
+#[cfg(not(loom))]
+impl WaitTimer {
+    fn start() -> WaitTimer {
+        WaitTimer(Instant::now())
+    }
+
+    fn done<T>(self, r: Option<T>) -> Option<T> {
+        let us = u32::try_from(self.0.elapsed().as_micros()).unwrap_or(u32::MAX);
+        LAST_WAIT_US.with(|c| c.set(us));
+        r
+    }
+}
+
+#[cfg(loom)]
+struct WaitTimer;
+
+#[cfg(loom)]
+impl WaitTimer {
+    fn start() -> WaitTimer {
+        WaitTimer
+    }
+    fn done<T>(self, r: Option<T>) -> Option<T> {
+        r
+    }
+}
+
+/// Looks for a while before the caller sleeps: a short exponential backoff always, then —
+/// if this thread's last wait was over within [`ADAPTIVE_SPIN`] — up to that long more,
+/// with spin hints and a yield of the CPU every 16 looks (a peer that needs this core gets
+/// it).
+///
+/// [`ADAPTIVE_SPIN`]: crate::naps::ADAPTIVE_SPIN
 #[cfg(not(loom))]
 fn spin<T>(poll: &mut impl FnMut() -> Option<T>) -> Option<T> {
     let backoff = crossbeam_utils::Backoff::new();
@@ -183,6 +234,29 @@ fn spin<T>(poll: &mut impl FnMut() -> Option<T>) -> Option<T> {
             return Some(v);
         }
         backoff.snooze();
+    }
+    let budget = crate::naps::ADAPTIVE_SPIN;
+    let recent = LAST_WAIT_US.with(|c| c.get());
+    if u128::from(recent) > budget.as_micros() {
+        return None;
+    }
+    let end = Instant::now() + budget;
+    for look in 1u32.. {
+        if let Some(v) = poll() {
+            return Some(v);
+        }
+        if look % 16 == 0 {
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::yield_now();
+        } else {
+            // Looks spaced out: each one reads the lines a producer is writing, and a look
+            // per pause would keep pulling them away from it.
+            for _ in 0..SPIN_GAP {
+                std::hint::spin_loop();
+            }
+        }
     }
     None
 }
