@@ -22,8 +22,13 @@ pub const DEFINITIONS: &str = "
 
 - **1→1 throughput**: one producer process puts N items, one consumer process takes them; the
   consumer times from its first item to its last. crossbeam's `ArrayQueue` does the same
-  between two threads of one process: the same algorithm without process boundaries, so the
-  ceiling for a shared-memory queue.
+  between two threads of one process, both busy-polling (it has no blocking calls).
+- **Pinned, blocking**: the fair in-process reference. Producer pinned to one CPU and
+  consumer to the other, both blocking (`put`/`get`, or `send`/`recv`), the same loop: a
+  `PodQueue<u64>` between two processes, the same `PodQueue` between two threads of one
+  process, and std's `sync_channel` (crossbeam-channel's algorithm since Rust 1.67) between
+  two threads. The two `PodQueue` rows show what the process boundary costs (nothing
+  measurable); the std row is the ceiling.
 - **4→4**: four producer and four consumer processes on one queue (on a 2-core machine, eight
   processes share two CPUs); wall time from the producers' start to the last item, per item.
 - **pipe 1→1**: 8-byte `write`s into a pipe, 8-byte `read`s out of it, between two processes.
@@ -79,6 +84,12 @@ pub struct Figures {
     pub msg_1to1: Option<Stat>,
     pub msg_4to4: Option<Stat>,
     pub crossbeam_1to1: Option<Stat>,
+    /// The fair references: one loop shape (blocking `put`/`get`, or `send`/`recv`), the
+    /// producer pinned to one CPU and the consumer to the other.
+    pub pinned_pod_procs: Option<Stat>,
+    pub pinned_pod_threads: Option<Stat>,
+    pub pinned_std_threads: Option<Stat>,
+    pub pinned_pod_batch_procs: Option<Stat>,
     pub pipe_1to1: Option<Stat>,
     pub rtt: Option<Stat>,
     pub rtt_busy: Option<Stat>,
@@ -270,6 +281,110 @@ fn msg_4to4(n: u64) -> f64 {
     let name = name("msg44");
     let q = Queue::<Small>::create(&name, 4096).expect("create");
     four_by_four(n, name, || q.close(), msg_producer, msg_drain)
+}
+
+// ---- the fair in-process references: the same loop, pinned ----
+
+/// Pins the calling thread to CPU `cpu` (modulo the CPUs it may use); `None` undoes it
+/// (every CPU it had). Pinning fails quietly where it is not allowed: the figures are then
+/// unpinned, like the others.
+fn pin(cpu: Option<usize>) {
+    use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
+    static ALL: std::sync::OnceLock<Option<CpuSet>> = std::sync::OnceLock::new();
+    let all = ALL.get_or_init(|| sched_getaffinity(None).ok());
+    let Some(all) = all else { return };
+    let set = match cpu {
+        None => *all,
+        Some(i) => {
+            let usable: Vec<usize> = (0..CpuSet::MAX_CPU).filter(|&c| all.is_set(c)).collect();
+            let Some(&c) = usable.get(i % usable.len().max(1)) else {
+                return;
+            };
+            let mut one = CpuSet::new();
+            one.set(c);
+            one
+        }
+    };
+    let _ = sched_setaffinity(None, &set);
+}
+
+fn pinned_pod_consumer(args: (String, u64)) -> f64 {
+    pin(Some(1));
+    pod_consumer(args)
+}
+
+/// `PodQueue<u64>` 1→1 between two processes, blocking on both sides, pinned.
+pub fn pinned_pod_procs(n: u64) -> f64 {
+    let name = name("podp");
+    let q = PodQueue::<u64>::create(&name, 4096).expect("create");
+    let c = start(pinned_pod_consumer, (name, n));
+    pin(Some(0));
+    for i in 0..n {
+        q.put(i).expect("put");
+    }
+    pin(None);
+    join(c)
+}
+
+fn pinned_batch_consumer(args: (String, u64)) -> f64 {
+    pin(Some(1));
+    pod_batch_consumer(args)
+}
+
+/// `put_many`/`get_many` ×64 between two processes, pinned.
+pub fn pinned_pod_batch_procs(n: u64) -> f64 {
+    let name = name("podbp");
+    let q = PodQueue::<u64>::create(&name, 4096).expect("create");
+    let c = start(pinned_batch_consumer, (name, n));
+    pin(Some(0));
+    let chunk: Vec<u64> = (0..64).collect();
+    for _ in 0..n / 64 {
+        q.put_many(&chunk).expect("put_many");
+    }
+    pin(None);
+    join(c)
+}
+
+/// Two pinned threads of this process: `produce(i)` for every item on one, `consume()` on
+/// the other, timed by the consumer from its first item to its last, as the process rows.
+fn pinned_threads(
+    n: u64,
+    mut produce: impl FnMut(u64) + Send,
+    mut consume: impl FnMut() -> u64 + Send,
+) -> f64 {
+    std::thread::scope(|s| {
+        let consumer = s.spawn(move || {
+            pin(Some(1));
+            let mut sum = consume();
+            let t = Instant::now();
+            for _ in 1..n {
+                sum = sum.wrapping_add(consume());
+            }
+            black_box(sum);
+            per(t.elapsed(), n - 1, 1.0)
+        });
+        s.spawn(move || {
+            pin(Some(0));
+            for i in 0..n {
+                produce(i);
+            }
+        });
+        consumer.join().expect("consumer thread")
+    })
+}
+
+/// `PodQueue<u64>` between two pinned threads, blocking `put`/`get`.
+pub fn pinned_pod_threads(n: u64) -> f64 {
+    let q = PodQueue::<u64>::new(4096).expect("create");
+    let q = &q;
+    pinned_threads(n, move |i| q.put(i).expect("put"), move || q.get().expect("get"))
+}
+
+/// std's bounded channel (crossbeam-channel's algorithm since Rust 1.67) between two
+/// pinned threads, blocking `send`/`recv`, the same capacity.
+pub fn pinned_std_threads(n: u64) -> f64 {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(4096);
+    pinned_threads(n, move |i| tx.send(i).expect("send"), move || rx.recv().expect("recv"))
 }
 
 fn crossbeam_1to1(n: u64) -> f64 {
@@ -478,6 +593,10 @@ pub fn measure_all(plan: &Plan) -> Result<Figures, Box<dyn std::error::Error>> {
     f.pod_1to1 = Stat::repeat(r, || pod_1to1(plan.items));
     f.pod_1to1_batch = Stat::repeat(r, || pod_1to1_batch(plan.items / 64 * 64));
     f.crossbeam_1to1 = Stat::repeat(r, || crossbeam_1to1(plan.items));
+    f.pinned_pod_procs = Stat::repeat(r, || pinned_pod_procs(plan.items));
+    f.pinned_pod_threads = Stat::repeat(r, || pinned_pod_threads(plan.items));
+    f.pinned_std_threads = Stat::repeat(r, || pinned_std_threads(plan.items));
+    f.pinned_pod_batch_procs = Stat::repeat(r, || pinned_pod_batch_procs(plan.items));
     f.msg_1to1 = Stat::repeat(r, || msg_1to1(plan.items));
     f.pipe_1to1 = Stat::repeat(r, || pipe_1to1(plan.items / 4));
     step("queues 4→4");
