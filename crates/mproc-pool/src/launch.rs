@@ -53,8 +53,19 @@ pub enum ThreadedFork {
     Refuse,
 }
 
+/// Whether the threaded-fork warning was printed (once per process: a flag, not a `Once` —
+/// a child forked while a parent thread was inside `call_once` would block on it for ever).
+static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Applies the threaded-fork policy before forking from user code.
 pub(crate) fn check_fork(policy: ThreadedFork) -> Result<(), StartError> {
+    // Allow needs no count; Warn needs none once its one warning is out (counting reads
+    // /proc/self/stat: nine system calls on every start).
+    if policy == ThreadedFork::Allow
+        || (policy == ThreadedFork::Warn && WARNED.load(std::sync::atomic::Ordering::Relaxed))
+    {
+        return Ok(());
+    }
     let threads = thread_count();
     if threads <= 1 {
         return Ok(());
@@ -63,10 +74,6 @@ pub(crate) fn check_fork(policy: ThreadedFork) -> Result<(), StartError> {
         ThreadedFork::Allow => Ok(()),
         ThreadedFork::Refuse => Err(StartError::ThreadedFork { threads }),
         ThreadedFork::Warn => {
-            // Once per process: a flag, not a `Once` (a child forked while a parent thread
-            // was inside `call_once` would block on it for ever).
-            static WARNED: std::sync::atomic::AtomicBool =
-                std::sync::atomic::AtomicBool::new(false);
             if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 eprintln!(
                     "mproc: forking a process that has {threads} threads; a lock held by another \
