@@ -377,14 +377,22 @@ fn pinned_threads(
 pub fn pinned_pod_threads(n: u64) -> f64 {
     let q = PodQueue::<u64>::new(4096).expect("create");
     let q = &q;
-    pinned_threads(n, move |i| q.put(i).expect("put"), move || q.get().expect("get"))
+    pinned_threads(
+        n,
+        move |i| q.put(i).expect("put"),
+        move || q.get().expect("get"),
+    )
 }
 
 /// std's bounded channel (crossbeam-channel's algorithm since Rust 1.67) between two
 /// pinned threads, blocking `send`/`recv`, the same capacity.
 pub fn pinned_std_threads(n: u64) -> f64 {
     let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(4096);
-    pinned_threads(n, move |i| tx.send(i).expect("send"), move || rx.recv().expect("recv"))
+    pinned_threads(
+        n,
+        move |i| tx.send(i).expect("send"),
+        move || rx.recv().expect("recv"),
+    )
 }
 
 fn crossbeam_1to1(n: u64) -> f64 {

@@ -360,8 +360,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rule: Rule::Info,
         },
         Row {
-            what: "`PodQueue<u64>` `put_many`/`get_many` ×64, 2 processes, pinned, ns/item"
-                .into(),
+            what: "`PodQueue<u64>` `put_many`/`get_many` ×64, 2 processes, pinned, ns/item".into(),
             mproc: f.pinned_pod_batch_procs.clone(),
             baseline_name: "std `sync_channel`, 2 threads, pinned, blocking".into(),
             baseline: f.pinned_std_threads.clone(),

@@ -220,7 +220,7 @@ impl ByteQueue {
         len: usize,
     ) -> impl std::future::Future<Output = Result<Loan<'_>, PutError<()>>> + '_ {
         let parkings = self.raw.put_parkings();
-        mproc_sync::park::wait_async(parkings, crate::wait::REPOLL, move |check| {
+        mproc_sync::__private::wait_async(parkings, crate::wait::REPOLL, move |check| {
             match self.loan_with(len, Wait::poll(check)) {
                 Err(PutError::Full(())) => None,
                 r => Some(r),
@@ -236,7 +236,7 @@ impl ByteQueue {
         &self,
     ) -> impl std::future::Future<Output = Result<ReadLoan<'_>, GetError>> + '_ {
         let parkings = self.raw.get_parkings();
-        mproc_sync::park::wait_async(parkings, crate::wait::REPOLL, move |check| {
+        mproc_sync::__private::wait_async(parkings, crate::wait::REPOLL, move |check| {
             match self.get_loan_with(Wait::poll(check)) {
                 Err(GetError::Empty) => None,
                 r => Some(r),

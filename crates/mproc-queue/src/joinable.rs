@@ -181,9 +181,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     pub fn join_async(&self) -> impl std::future::Future<Output = ()> + '_ {
         let hdr = self.queue.raw().header();
         // The same 50 ms naps as `join`: the last item may leave without a wake.
-        mproc_sync::park::wait_async(
+        mproc_sync::__private::wait_async(
             [Some(&hdr.all_done), None],
-            mproc_sync::naps::JOIN_CHECK,
+            mproc_sync::__private::JOIN_CHECK,
             move |_| (self.unfinished_tasks() == 0).then_some(()),
         )
     }
@@ -197,7 +197,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         // died); a few looks a second notice that.
         let d = mproc_sync::Deadline::at(deadline);
         loop {
-            let until = d.nap_end(mproc_sync::naps::JOIN_CHECK);
+            let until = d.nap_end(mproc_sync::__private::JOIN_CHECK);
             if hdr
                 .all_done
                 .block_on(Some(until), || (self.unfinished_tasks() == 0).then_some(()))

@@ -195,7 +195,7 @@ impl<T: Pod> PodQueue<T> {
         &self,
     ) -> impl std::future::Future<Output = Result<PodLoan<'_, T>, PutError<()>>> + '_ {
         let parkings = self.raw.put_parkings();
-        mproc_sync::park::wait_async(parkings, crate::wait::REPOLL, move |check| {
+        mproc_sync::__private::wait_async(parkings, crate::wait::REPOLL, move |check| {
             match self.loan_with(Wait::poll(check)) {
                 Err(PutError::Full(())) => None,
                 r => Some(r),
@@ -211,7 +211,7 @@ impl<T: Pod> PodQueue<T> {
         &self,
     ) -> impl std::future::Future<Output = Result<PodReadLoan<'_, T>, GetError>> + '_ {
         let parkings = self.raw.get_parkings();
-        mproc_sync::park::wait_async(parkings, crate::wait::REPOLL, move |check| {
+        mproc_sync::__private::wait_async(parkings, crate::wait::REPOLL, move |check| {
             match self.get_loan_with(Wait::poll(check)) {
                 Err(GetError::Empty) => None,
                 r => Some(r),

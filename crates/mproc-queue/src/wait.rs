@@ -20,10 +20,10 @@ use crate::raw::RawQueue;
 use crate::ring::{Claim, Claimed, Pop, Push, RingHeader};
 
 /// How long a blocked `put`/`get` sleeps before looking again
-/// ([`naps::QUEUE_PEER_CHECK`](mproc_sync::naps::QUEUE_PEER_CHECK)).
-pub(crate) const REPOLL: Duration = mproc_sync::naps::QUEUE_PEER_CHECK;
-/// The first look at peers in a blocked wait ([`mproc_sync::naps::QUEUE_FIRST_PEER_CHECK`]).
-const FIRST_CHECK: Duration = mproc_sync::naps::QUEUE_FIRST_PEER_CHECK;
+/// ([`naps::QUEUE_PEER_CHECK`](mproc_sync::__private::QUEUE_PEER_CHECK)).
+pub(crate) const REPOLL: Duration = mproc_sync::__private::QUEUE_PEER_CHECK;
+/// The first look at peers in a blocked wait ([`mproc_sync::__private::QUEUE_FIRST_PEER_CHECK`]).
+const FIRST_CHECK: Duration = mproc_sync::__private::QUEUE_FIRST_PEER_CHECK;
 
 /// How a call waits for room or for a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

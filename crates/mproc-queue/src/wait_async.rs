@@ -1,6 +1,6 @@
 //! The queues' futures and select sources (the `async` feature): the same operations as
 //! `try_get` / `try_put`, retried whenever the reactor reports that the side the caller waits
-//! for moved (see `mproc_sync::reactor`), and after every [`REPOLL`] to look for dead peers,
+//! for moved (see mproc-sync's `reactor` module), and after every [`REPOLL`] to look for dead peers,
 //! as the blocking calls do.
 
 use std::task::Waker;
@@ -25,7 +25,7 @@ macro_rules! async_queue_methods {
         pub fn get_async(
             &self,
         ) -> impl std::future::Future<Output = Result<$item, $crate::GetError>> + '_ {
-            mproc_sync::park::wait_async(
+            mproc_sync::__private::wait_async(
                 self.$($raw)+.get_parkings(),
                 $crate::wait::REPOLL,
                 move |check| match self.try_get_polled(check) {
@@ -45,7 +45,7 @@ macro_rules! async_queue_methods {
             value: $item,
         ) -> impl std::future::Future<Output = Result<(), $crate::PutError<$item>>> + '_ {
             let mut value = Some(value);
-            mproc_sync::park::wait_async(
+            mproc_sync::__private::wait_async(
                 self.$($raw)+.put_parkings(),
                 $crate::wait::REPOLL,
                 move |check| match self.try_put_polled(value.take()?, check) {

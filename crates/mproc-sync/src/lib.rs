@@ -40,17 +40,11 @@ mod barrier;
 mod deadline;
 mod error;
 mod event;
-// Building blocks mproc's own crates (mproc-queue, mproc-pool) wait with: public for them,
-// hidden from the documentation, not part of the API users program against.
-#[doc(hidden)]
-pub mod futex;
-#[doc(hidden)]
-pub mod naps;
-#[doc(hidden)]
-pub mod park;
-#[doc(hidden)]
+mod futex;
+mod naps;
+mod park;
 #[cfg(all(feature = "async", not(loom)))]
-pub mod reactor;
+mod reactor;
 #[cfg(all(feature = "async", not(loom)))]
 mod select;
 mod semaphore;
@@ -63,11 +57,23 @@ mod lock;
 mod placed;
 mod raw_lock;
 
+/// Building blocks mproc's own crates (mproc-queue, mproc-pool) wait with, through one
+/// door: not part of the API users program against, no stability promise, hidden from the
+/// documentation. The modules behind it are private.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::naps::{JOIN_CHECK, PARKING, QUEUE_FIRST_PEER_CHECK, QUEUE_PEER_CHECK};
+    #[cfg(all(feature = "async", not(loom)))]
+    pub use crate::park::{ParkFuture, wait_async};
+    #[cfg(all(feature = "async", not(loom)))]
+    pub use crate::reactor::FdWatch;
+}
+
 pub use barrier::RawBarrier;
 pub use deadline::Deadline;
 pub use error::{BarrierError, LockError, SemaphoreError};
 pub use event::RawEvent;
-pub use park::Parking;
+pub use park::{Parking, Waiting};
 pub use raw_lock::{LockCounters, RawGuard, RawLock};
 pub use semaphore::RawSemaphore;
 

@@ -132,14 +132,14 @@ impl<R: DeserializeOwned> Process<R> {
     /// [`join`](Process::join) returns. The child's pidfd is watched by the process's fd
     /// reactor (`poll`). Dropping the future leaves the child running and joinable.
     pub async fn join_async(&mut self) -> Result<R, crate::JoinError> {
-        let mut watch: Option<mproc_sync::reactor::FdWatch> = None;
+        let mut watch: Option<mproc_sync::__private::FdWatch> = None;
         std::future::poll_fn(|cx| {
             watch = None;
             if self.is_alive() {
-                watch = Some(mproc_sync::reactor::FdWatch::readable(
+                watch = Some(mproc_sync::__private::FdWatch::readable(
                     self.pidfd().as_fd(),
                     cx.waker(),
-                    mproc_sync::naps::PARKING,
+                    mproc_sync::__private::PARKING,
                 ));
                 // Registered, then looked again: an exit in between has made the fd readable.
                 if self.is_alive() {
