@@ -309,6 +309,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
+    // `--pool REPS`: Pool.map (chunksize 1 and default) µs/task, apply_async round trip µs,
+    // Pool(2) start + join µs, Process start + join by fork and a bare fork µs.
+    if let Some(reps) = reps_of(&args, "--pool") {
+        for _ in 0..reps {
+            let m = |s: Option<Stat>| s.map_or(f64::NAN, |s| s.median);
+            println!(
+                "map c1 {:.3} µs | map default {:.3} µs | apply {:.3} µs | Pool(2) {:.0} µs | \
+                 Process fork {:.0} µs | bare fork {:.0} µs",
+                m(pools::pool_map(Some(1), 1)),
+                m(pools::pool_map(None, 1)),
+                m(pools::pool_apply(2000, 1)),
+                pools::pool_start(20),
+                pools::process_start(mproc::prelude::StartMethod::Fork, 200),
+                pools::bare_fork(200)
+            );
+        }
+        return Ok(());
+    }
     // `--fair REPS`: the fair in-process references (one loop shape, pinned), ns per item.
     if let Some(reps) = reps_of(&args, "--fair") {
         for _ in 0..reps {
