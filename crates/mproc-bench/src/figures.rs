@@ -61,9 +61,12 @@ pub const DEFINITIONS: &str = "
   child's first pass also maps every page into its address space (one minor fault per 4 KiB
   page); the second pass is the steady state, which the target is about.
 - **Large messages**: one producer process puts N messages of the given size into a
-  `ByteQueue` (`put(&[u8])`, one copy into the queue's arena) or a `Queue<Vec<u8>>` (postcard,
-  which encodes a `Vec<u8>` byte by byte), one consumer process takes them (`get_into`, one
-  copy out; `get`); the consumer times from its first message to its last. The pipe row does
+  `ByteQueue` (`put(&[u8])`, one copy into the queue's arena), a `Queue<Vec<u8>>`, a
+  `Queue<Frame { id: u64, payload: Vec<u8> }>` (no serde annotation) or a `Queue<String>`
+  (postcard's bytes, each byte vector copied in one piece: `mproc_queue::codec`), one
+  consumer process takes them (`get_into`, one copy out; `get`, which allocates the value);
+  the producer of a typed queue clones its message for each `put` (a clone is in the time);
+  the consumer times from its first message to its last. The pipe row does
   the same with `write`/`read` of the whole message; the `memcpy` row copies the body once in
   one process (the physical reference: a queue copies it twice, in and out). Each queue's
   arena holds four messages (at least 4 MiB).
