@@ -233,8 +233,10 @@ pub fn measure(reps: usize, rounds: u64, quick: bool) -> Bodies {
         // As many messages as the ByteQueue rows: fewer would be timed mostly on the first
         // touches of the arena's pages (a 64 KiB row of 256 messages ran at half speed).
         b.vec.push(Stat::repeat(reps, || vec_1to1(size, n)));
-        b.frame.push(Stat::repeat(reps, || typed_1to1(size, n, frame_of)));
-        b.string.push(Stat::repeat(reps, || typed_1to1(size, n, string_of)));
+        b.frame
+            .push(Stat::repeat(reps, || typed_1to1(size, n, frame_of)));
+        b.string
+            .push(Stat::repeat(reps, || typed_1to1(size, n, string_of)));
         b.pipe.push(Stat::repeat(reps, || pipe_1to1(size, n)));
         b.memcpy.push(Stat::repeat(reps, || memcpy(size, n)));
     }
