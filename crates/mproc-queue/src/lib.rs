@@ -192,6 +192,7 @@ mod loom_arena;
 #[cfg(all(test, loom))]
 mod loom_tests;
 mod ring;
+mod runs;
 mod stats;
 mod whole;
 

@@ -167,3 +167,108 @@ fn one_producer_two_consumers_with_close() {
         assert_eq!(all, vec![0, 1]);
     });
 }
+
+impl Model {
+    /// Puts `values` in runs, falling back to the blocking single push when no run can be
+    /// claimed (as `PodQueue::put_many` does).
+    fn push_run(&self, me: u32, values: &[u64]) -> Push {
+        let ring = self.ring();
+        let mut done = 0;
+        while done < values.len() {
+            match ring.claim_push_run(me, values.len() - done) {
+                None => return Push::Closed,
+                Some(run) if run.len > 0 => {
+                    ring.fill_run(&run, |s, i| {
+                        s.copy_from_slice(&values[done + i].to_ne_bytes())
+                    });
+                    done += run.len;
+                    ring.publish_run(run);
+                }
+                Some(_) => match self.push(me, values[done]) {
+                    Push::Done => done += 1,
+                    other => return other,
+                },
+            }
+        }
+        Push::Done
+    }
+
+    /// Takes one value (blocking), then up to `max - 1` more in runs (as
+    /// `PodQueue::get_many` does); empty once the queue is closed and drained.
+    fn pop_run(&self, me: u32, max: usize) -> Vec<u64> {
+        let mut got = Vec::new();
+        let Some(first) = self.pop(me) else {
+            return got;
+        };
+        got.push(first);
+        let ring = self.ring();
+        let run = ring.claim_pop_run(me, max - 1);
+        ring.read_run(&run, |s, _| {
+            got.push(u64::from_ne_bytes(s.try_into().unwrap()))
+        });
+        ring.release_run(run);
+        got
+    }
+}
+
+#[test]
+fn runs_two_producers_one_consumer() {
+    model(2, || {
+        let m = Model::new(2);
+        let runner = {
+            let m = m.clone();
+            thread::spawn(move || m.push_run(1, &[10, 11]))
+        };
+        let single = {
+            let m = m.clone();
+            thread::spawn(move || m.push(2, 20))
+        };
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            got.extend(m.pop_run(9, 2));
+        }
+        assert_eq!(runner.join().unwrap(), Push::Done);
+        assert_eq!(single.join().unwrap(), Push::Done);
+        // One producer's run arrives in order.
+        let run: Vec<u64> = got.iter().copied().filter(|&v| v != 20).collect();
+        assert_eq!(run, vec![10, 11]);
+        got.sort();
+        assert_eq!(got, vec![10, 11, 20]);
+    });
+}
+
+#[test]
+fn runs_one_producer_two_consumers_with_close() {
+    model(2, || {
+        let m = Model::new(2);
+        let runner = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                loop {
+                    let run = m.pop_run(5, 2);
+                    if run.is_empty() {
+                        return got;
+                    }
+                    got.extend(run);
+                }
+            })
+        };
+        let single = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                while let Some(v) = m.pop(6) {
+                    got.push(v);
+                }
+                got
+            })
+        };
+        assert_eq!(m.push_run(1, &[0, 1]), Push::Done);
+        m.ring().close();
+        let mut all = runner.join().unwrap();
+        all.extend(single.join().unwrap());
+        all.sort();
+        assert_eq!(all, vec![0, 1]);
+    });
+}

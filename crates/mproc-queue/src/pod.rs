@@ -120,17 +120,64 @@ impl<T: Pod> PodQueue<T> {
 
     /// Appends every value of `values` in order, waiting for room as needed. On `Closed`,
     /// returns how many were put before.
+    ///
+    /// Values go in runs: as many consecutive free slots as there are claimed in one pass,
+    /// filled, and published together (one move of the tail and one wake-up per run).
     pub fn put_many(&self, values: &[T]) -> Result<(), (usize, PutError<T>)> {
-        for (i, v) in values.iter().enumerate() {
-            self.put(*v).map_err(|e| (i, e))?;
+        let ring = self.raw.ring();
+        let me = mproc_segment::liveness::me();
+        let mut done = 0;
+        while let Some(rest) = values.get(done..).filter(|r| !r.is_empty()) {
+            match ring.claim_push_run(me, rest.len()) {
+                None => return Err((done, PutError::Closed(rest[0]))),
+                Some(run) if run.len > 0 => {
+                    ring.fill_run(&run, |slot, i| Self::fill(&rest[i])(slot, 0));
+                    done += run.len;
+                    ring.publish_run(run);
+                }
+                // Full, or a slot the one-value path must look at: it waits and sees to it.
+                Some(_) => {
+                    self.put(rest[0]).map_err(|e| (done, e))?;
+                    done += 1;
+                }
+            }
         }
         Ok(())
     }
 
     /// Waits for at least one value, then takes up to `max` without waiting further,
     /// appending them to `out`. Returns how many were taken.
+    ///
+    /// Values come out in runs: as many consecutive published slots as there are claimed in
+    /// one pass, read, and freed together.
     pub fn get_many(&self, out: &mut Vec<T>, max: usize) -> Result<usize, GetError> {
-        crate::error::get_batch(out, max, || self.get(), || self.try_get())
+        if max == 0 {
+            return Ok(0);
+        }
+        out.push(self.get()?);
+        let ring = self.raw.ring();
+        let me = mproc_segment::liveness::me();
+        let mut n = 1;
+        while n < max {
+            let run = ring.claim_pop_run(me, max - n);
+            if run.len == 0 {
+                // Nothing plainly published: one look by the one-value path, which also
+                // skips or reclaims dead peers' slots.
+                match self.try_get() {
+                    Ok(v) => {
+                        out.push(v);
+                        n += 1;
+                        continue;
+                    }
+                    Err(e @ GetError::Unreadable { .. }) => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            ring.read_run(&run, |slot, _| out.push(Self::take(slot, 0)));
+            n += run.len;
+            ring.release_run(run);
+        }
+        Ok(n)
     }
 
     fn loan_with(&self, wait: Wait) -> Result<PodLoan<'_, T>, PutError<()>> {

@@ -14,8 +14,9 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// `producers` processes put `per_producer` tagged items each into one queue; `consumers`
 /// processes take them until it is closed. Every item must arrive exactly once, and each
-/// producer's items in order at any one consumer.
-fn stress(producers: u64, consumers: usize, per_producer: u64) {
+/// producer's items in order at any one consumer. `batched`: producers use `put_many` with
+/// batches of 1 to 50 items and consumers `get_many` of up to 64 (the run paths).
+fn stress(producers: u64, consumers: usize, per_producer: u64, batched: bool) {
     let total = (producers * per_producer) as usize;
     let q: PodQueue<u64> = PodQueue::new(4096).unwrap();
     // One counter per item, in shared memory: how many times it was received.
@@ -26,6 +27,20 @@ fn stress(producers: u64, consumers: usize, per_producer: u64) {
         .map(|p| {
             let q = &q;
             fork_child(move || {
+                if batched {
+                    let mut i = 0;
+                    let mut size = p + 1;
+                    while i < per_producer {
+                        size = size * 7 % 50 + 1;
+                        let end = (i + size).min(per_producer);
+                        let batch: Vec<u64> = (i..end).map(|i| p << 32 | i).collect();
+                        if q.put_many(&batch).is_err() {
+                            return 1;
+                        }
+                        i = end;
+                    }
+                    return 0;
+                }
                 for i in 0..per_producer {
                     if q.put(p << 32 | i).is_err() {
                         return 1;
@@ -39,20 +54,32 @@ fn stress(producers: u64, consumers: usize, per_producer: u64) {
         .map(|_| {
             fork_child(|| {
                 let mut last = vec![None::<u64>; producers as usize];
+                let mut batch = Vec::with_capacity(64);
                 loop {
-                    match q.get() {
-                        Ok(item) => {
-                            let (p, i) = ((item >> 32) as usize, item & 0xffff_ffff);
-                            if p >= producers as usize || i >= per_producer {
-                                return 2;
+                    let got = if batched {
+                        batch.clear();
+                        q.get_many(&mut batch, 64).map(|_| ())
+                    } else {
+                        q.get().map(|item| {
+                            batch.clear();
+                            batch.push(item);
+                        })
+                    };
+                    match got.map(|()| batch.iter().copied()) {
+                        Ok(items) => {
+                            for item in items {
+                                let (p, i) = ((item >> 32) as usize, item & 0xffff_ffff);
+                                if p >= producers as usize || i >= per_producer {
+                                    return 2;
+                                }
+                                // Each producer's items arrive in order at any one consumer.
+                                if last[p].is_some_and(|l| l >= i) {
+                                    return 3;
+                                }
+                                last[p] = Some(i);
+                                seen[p * per_producer as usize + i as usize]
+                                    .fetch_add(1, Ordering::Relaxed);
                             }
-                            // Each producer's items arrive in order at any one consumer.
-                            if last[p].is_some_and(|l| l >= i) {
-                                return 3;
-                            }
-                            last[p] = Some(i);
-                            seen[p * per_producer as usize + i as usize]
-                                .fetch_add(1, Ordering::Relaxed);
                         }
                         Err(GetError::Closed) => return 0,
                         Err(_) => return 4,
@@ -87,7 +114,12 @@ fn stress(producers: u64, consumers: usize, per_producer: u64) {
 
 #[test]
 fn four_producers_three_consumers_deliver_a_million_items_exactly_once_in_order() {
-    stress(4, 3, 250_000);
+    stress(4, 3, 250_000, false);
+}
+
+#[test]
+fn runs_of_put_many_and_get_many_deliver_exactly_once_in_order() {
+    stress(4, 3, 250_000, true);
 }
 
 /// Eight producers and eight consumers on this 2-core machine, 10,000,000 items (a few seconds
@@ -99,7 +131,7 @@ fn eight_producers_eight_consumers_exact_accounting() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
     let started = Instant::now();
-    stress(8, 8, total / 8);
+    stress(8, 8, total / 8, false);
     println!(
         "8x8 load: {} items exactly once in {:.1?}",
         total / 8 * 8,

@@ -43,17 +43,21 @@ pub const ADAPTIVE_SPIN: Duration = Duration::from_micros(50);
 /// two thread switches (reactor, then runtime): in the benchmark's async ping-pong this is
 /// 4–6 µs a round against 30–35 µs without it. The price is at most this long on the
 /// executor's thread per pending poll.
+#[cfg_attr(any(not(feature = "async"), loom), allow(dead_code))] // the futures' and reactor's
 pub const ASYNC_SPIN: Duration = Duration::from_micros(10);
 
 /// How long the reactor stays awake after waking futures because something changed, for
 /// their next registration: a future woken by a message usually handles it and waits again
 /// within microseconds, and registering with an awake reactor costs no system call and no
 /// thread switch. It yields the CPU while it waits.
+#[cfg_attr(any(not(feature = "async"), loom), allow(dead_code))] // the futures' and reactor's
 pub const REACTOR_LINGER: Duration = Duration::from_micros(50);
 
 /// How often the reactor re-polls waits it could not put into its `futex_waitv` call (past
 /// the kernel's 128 words, or on a kernel without `futex_waitv`).
+#[cfg_attr(any(not(feature = "async"), loom), allow(dead_code))] // the futures' and reactor's
 pub const REACTOR_OVERFLOW: Duration = Duration::from_millis(1);
 
 /// Naps that end this close together are served by one reactor wake-up.
+#[cfg_attr(any(not(feature = "async"), loom), allow(dead_code))] // the futures' and reactor's
 pub const REACTOR_SLACK: Duration = Duration::from_millis(2);
