@@ -179,6 +179,8 @@ fn pod_batch_consumer(args: (String, u64)) -> f64 {
 }
 
 fn pod_1to1_batch(n: u64) -> f64 {
+    // Whole batches: the consumer counts to `n`.
+    let n = n / 64 * 64;
     let name = name("podb");
     let q = PodQueue::<u64>::create(&name, 4096).expect("create");
     let c = start(pod_batch_consumer, (name, n));
@@ -336,6 +338,8 @@ fn pinned_batch_consumer(args: (String, u64)) -> f64 {
 
 /// `put_many`/`get_many` ×64 between two processes, pinned.
 pub fn pinned_pod_batch_procs(n: u64) -> f64 {
+    // Whole batches: the consumer counts to `n`.
+    let n = n / 64 * 64;
     let name = name("podbp");
     let q = PodQueue::<u64>::create(&name, 4096).expect("create");
     let c = start(pinned_batch_consumer, (name, n));
@@ -602,7 +606,7 @@ pub fn measure_all(plan: &Plan) -> Result<Figures, Box<dyn std::error::Error>> {
     let mut f = Figures::default();
     step("queues 1→1");
     f.pod_1to1 = Stat::repeat(r, || pod_1to1(plan.items));
-    f.pod_1to1_batch = Stat::repeat(r, || pod_1to1_batch(plan.items / 64 * 64));
+    f.pod_1to1_batch = Stat::repeat(r, || pod_1to1_batch(plan.items));
     f.crossbeam_1to1 = Stat::repeat(r, || crossbeam_1to1(plan.items));
     f.pinned_pod_procs = Stat::repeat(r, || pinned_pod_procs(plan.items));
     f.pinned_pod_threads = Stat::repeat(r, || pinned_pod_threads(plan.items));
