@@ -89,15 +89,19 @@ impl Row {
     }
 
     fn verdict(&self) -> String {
+        // A target as people write it: 0.67, not 0.6666666666666666.
+        let short = |t: f64| (t * 100.0).round() / 100.0;
         match (self.rule, self.ratio()) {
             (_, None) => "not measured".into(),
-            (Rule::FasterBy(t), Some(r)) if r >= t => format!("met (target ≥ {t}×)"),
-            (Rule::FasterBy(t), Some(_)) => format!("**missed** (target ≥ {t}×)"),
+            (Rule::FasterBy(t), Some(r)) if r >= t => format!("met (target ≥ {}×)", short(t)),
+            (Rule::FasterBy(t), Some(_)) => format!("**missed** (target ≥ {}×)", short(t)),
             (Rule::Info, Some(_)) => "—".into(),
             (Rule::WithinTimes(t), Some(r)) if 1.0 / r <= t => {
-                format!("met (target: within {t}× of it)")
+                format!("met (target: within {}× of it)", short(t))
             }
-            (Rule::WithinTimes(t), Some(_)) => format!("**missed** (target: within {t}× of it)"),
+            (Rule::WithinTimes(t), Some(_)) => {
+                format!("**missed** (target: within {}× of it)", short(t))
+            }
         }
     }
 }
