@@ -58,6 +58,30 @@ impl<S: Slots> Ring<'_, S> {
         }
     }
 
+    /// Claims slots from position `first` on while each is plainly `from` (of its own lap),
+    /// one CAS each to `to` naming `me`, up to `max` of them; how many it claimed.
+    fn claim_consecutive(&self, first: u64, max: usize, from: State, to: State, me: u32) -> usize {
+        let mut len = 0;
+        while len < max.min(self.mask as usize + 1) {
+            let c = self.claimed_at(first + len as u64);
+            let word = self.slots.word(c.idx);
+            let w = word.load(Ordering::Acquire);
+            let (wlap, state, _) = decode(w);
+            if wlap != c.lap || state != from {
+                break;
+            }
+            let claim = encode(c.lap, to, me);
+            if word
+                .compare_exchange(w, claim, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+            {
+                break;
+            }
+            len += 1;
+        }
+        len
+    }
+
     /// Claims up to `max` consecutive free slots at the tail for writing. `None` if the
     /// queue is closed; a run of length 0 if the tail slot is not plainly free (full, or
     /// anything the single-slot path must look at).
@@ -67,26 +91,11 @@ impl<S: Slots> Ring<'_, S> {
             return None;
         }
         let first = hdr.tail.load(Ordering::SeqCst);
-        let mut len = 0;
-        while len < max.min(self.mask as usize + 1) {
-            let c = self.claimed_at(first + len as u64);
-            let word = self.slots.word(c.idx);
-            let w = word.load(Ordering::Acquire);
-            let (wlap, state, _) = decode(w);
-            if wlap != c.lap || state != State::Empty {
-                break;
-            }
-            let claim = encode(c.lap, State::Writing, me);
-            if word
-                .compare_exchange(w, claim, Ordering::SeqCst, Ordering::Relaxed)
-                .is_err()
-            {
-                break;
-            }
+        let len = self.claim_consecutive(first, max, State::Empty, State::Writing, me);
+        for c in (Run { first, len }).slots(self) {
             if c.pos & (crate::HIGH_WATER_EVERY - 1) == 0 {
                 hdr.sample_depth(c.pos);
             }
-            len += 1;
         }
         if len == 0 {
             return Some(Run { first, len });
@@ -154,24 +163,7 @@ impl<S: Slots> Ring<'_, S> {
     pub fn claim_pop_run(&self, me: u32, max: usize) -> Run {
         let hdr = self.hdr;
         let first = hdr.head.load(Ordering::SeqCst);
-        let mut len = 0;
-        while len < max.min(self.mask as usize + 1) {
-            let c = self.claimed_at(first + len as u64);
-            let word = self.slots.word(c.idx);
-            let w = word.load(Ordering::Acquire);
-            let (wlap, state, _) = decode(w);
-            if wlap != c.lap || state != State::Full {
-                break;
-            }
-            let claim = encode(c.lap, State::Reading, me);
-            if word
-                .compare_exchange(w, claim, Ordering::SeqCst, Ordering::Relaxed)
-                .is_err()
-            {
-                break;
-            }
-            len += 1;
-        }
+        let len = self.claim_consecutive(first, max, State::Full, State::Reading, me);
         if len > 0 {
             advance_to(&hdr.head, first + len as u64);
         }
