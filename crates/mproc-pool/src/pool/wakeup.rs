@@ -88,9 +88,9 @@ impl Wakers {
     }
 }
 
-/// How long a waiting caller polls for replies itself before it sleeps until the handler
-/// thread wakes it. Short tasks then come back without two thread wake-ups in between
-/// (worker → handler → caller). The caller yields the CPU between polls, so on a machine
+/// How long a waiting caller polls for replies itself, after it starts waiting or after the
+/// last reply it read, before it sleeps until the handler thread wakes it. Short tasks then
+/// come back without two thread wake-ups in between (worker → handler → caller). The caller yields the CPU between polls, so on a machine
 /// with as many workers as CPUs it does not slow the workers down.
 const SPIN_FOR: Duration = Duration::from_micros(100);
 
@@ -135,15 +135,16 @@ impl Shared {
     /// Waits until `check` finds what it looks for in the state; `None` if `deadline` passed
     /// first.
     ///
-    /// For the first [`SPIN_FOR`] the caller reads the results queue itself (replies it takes
-    /// are handled exactly as the handler would: under the lock, then notified); after that it
-    /// sleeps on the condition variable and the handler thread does the reading.
+    /// While replies come within [`SPIN_FOR`] of each other (and for the first `SPIN_FOR`)
+    /// the caller reads the results queue itself (replies it takes are handled exactly as the
+    /// handler would: under the lock, then notified); after that it sleeps on the condition
+    /// variable and the handler thread does the reading.
     pub(crate) fn wait_until<T>(
         &self,
         deadline: Option<Instant>,
         mut check: impl FnMut(&mut State<Live>) -> Option<T>,
     ) -> Option<T> {
-        let spin_until = Instant::now() + SPIN_FOR;
+        let mut spin_until = Instant::now() + SPIN_FOR;
         let mut st = self.lock();
         loop {
             if let Some(v) = check(&mut st) {
@@ -167,6 +168,10 @@ impl Shared {
                         self.round(&mut st, took);
                         drop(st);
                         self.notify();
+                        // Replies keep coming: keep reading them here (a `map` of short tasks
+                        // is then driven by its caller from start to end, with no hand-over
+                        // to the handler thread and back for each reply).
+                        spin_until = Instant::now() + SPIN_FOR;
                         break;
                     }
                     drop(st);
