@@ -33,6 +33,18 @@ pub enum PutError<T> {
         /// What went wrong.
         reason: String,
     },
+    /// The queue's store could not be reached or refused the call (a queue on a server,
+    /// such as `mproc-redis`'s: the server is down, the connection broke, or it denied
+    /// access). Whether the value was enqueued is unknown only if the connection broke after
+    /// the request was sent; a refused or unsent request enqueued nothing. A shared-memory
+    /// queue never returns it.
+    #[error("queue store unavailable: {reason}")]
+    Unavailable {
+        /// The value.
+        value: T,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl<T> PutError<T> {
@@ -40,7 +52,9 @@ impl<T> PutError<T> {
     pub fn into_inner(self) -> T {
         match self {
             PutError::Full(v) | PutError::Timeout(v) | PutError::Closed(v) => v,
-            PutError::Unsendable { value, .. } | PutError::TooLarge { value, .. } => value,
+            PutError::Unsendable { value, .. }
+            | PutError::TooLarge { value, .. }
+            | PutError::Unavailable { value, .. } => value,
         }
     }
 
@@ -56,6 +70,10 @@ impl<T> PutError<T> {
                 max,
             },
             PutError::Unsendable { value, reason } => PutError::Unsendable {
+                value: f(value),
+                reason,
+            },
+            PutError::Unavailable { value, reason } => PutError::Unavailable {
                 value: f(value),
                 reason,
             },
@@ -82,14 +100,40 @@ pub enum GetError {
         /// What went wrong.
         reason: String,
     },
+    /// The queue's store could not be reached or refused the call (a queue on a server:
+    /// see [`PutError::Unavailable`]). Nothing was taken. A shared-memory queue never
+    /// returns it.
+    #[error("queue store unavailable: {reason}")]
+    Unavailable {
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Errors of [`JoinableQueue::task_done`](crate::JoinableQueue::task_done).
-#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum TaskDoneError {
     /// `task_done` was called more times than items were put.
     #[error("task_done() called more times than there were items")]
     TooManyCalls,
+    /// The queue's store could not be reached (a queue on a server). Nothing was counted.
+    #[error("queue store unavailable: {reason}")]
+    Unavailable {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A queue's store could not be reached or refused the call: what the [`MessageQueue`]
+/// calls without a value of their own return (`len`, `close`, `join`). A shared-memory queue
+/// never returns it.
+///
+/// [`MessageQueue`]: crate::MessageQueue
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("queue store unavailable: {reason}")]
+pub struct Unavailable {
+    /// What went wrong.
+    pub reason: String,
 }
 
 /// Errors of creating or opening a queue: those of its segment (a queue is created and
@@ -117,7 +161,7 @@ pub(crate) fn get_batch<T>(
                 out.push(v);
                 n += 1;
             }
-            Err(e @ GetError::Unreadable { .. }) => return Err(e),
+            Err(e @ (GetError::Unreadable { .. } | GetError::Unavailable { .. })) => return Err(e),
             Err(_) => break,
         }
     }

@@ -205,6 +205,8 @@ mod joinable;
 #[cfg(not(loom))]
 mod loan;
 #[cfg(not(loom))]
+mod message;
+#[cfg(not(loom))]
 mod pod;
 #[cfg(not(loom))]
 mod queue;
@@ -216,7 +218,7 @@ mod wait;
 mod wait_async;
 
 pub use arena::ArenaHeader;
-pub use error::{GetError, OpenError, PutError, TaskDoneError};
+pub use error::{GetError, OpenError, PutError, TaskDoneError, Unavailable};
 pub use ring::{HIGH_WATER_EVERY, RingHeader, RingSnapshot};
 
 #[cfg(not(loom))]
@@ -225,6 +227,8 @@ pub use bytes::ByteQueue;
 pub use joinable::JoinableQueue;
 #[cfg(not(loom))]
 pub use loan::{Loan, PodLoan, PodReadLoan, ReadLoan};
+#[cfg(not(loom))]
+pub use message::{JoinableMessageQueue, MessageQueue};
 #[cfg(not(loom))]
 pub use pod::PodQueue;
 #[cfg(not(loom))]

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 pub use rustix::process::Signal;
+
+mod redis;
+pub use redis::RedisServer;
 use rustix::process::{Pid, kill_process};
 
 /// Which side of [`fork`] this is.

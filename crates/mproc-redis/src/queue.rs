@@ -1,0 +1,897 @@
+//! `RedisQueue` and `RedisJoinableQueue`: a bounded queue in a Redis stream with one consumer
+//! group. See the crate docs for what "acknowledged" means and for the delivery guarantee.
+
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use mproc_queue::{GetError, PutError, TaskDoneError, Unavailable, codec};
+use redis::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::conn::{COMMAND_TIMEOUT, Redis, check_name, identity};
+use crate::error::RedisError;
+use crate::reply::{Entry, int_of, parse_entries};
+use crate::scripts;
+
+/// The format version written in every queue's meta hash.
+const VERSION: &str = "1";
+/// The longest a blocked call waits on the server before it looks again (for a close, a
+/// lapsed lease, or its own deadline).
+const MAX_BLOCK: Duration = Duration::from_millis(200);
+/// What the HMAC of a queue entry is bound to (besides the queue's name).
+const DOMAIN: &str = "mproc-redis queue v1";
+
+/// Options for creating or opening a queue: [`Redis::queue`].
+#[derive(Debug, Clone)]
+pub struct RedisQueueOptions<'r> {
+    redis: &'r Redis,
+    name: String,
+    capacity: usize,
+    lease: Duration,
+}
+
+impl Redis {
+    /// Options for the queue called `name` (capacity 1024, lease 30 s until set).
+    pub fn queue(&self, name: &str) -> RedisQueueOptions<'_> {
+        RedisQueueOptions {
+            redis: self,
+            name: name.to_string(),
+            capacity: 1024,
+            lease: Duration::from_secs(30),
+        }
+    }
+
+    /// Deletes every key of the queue `name` (waiting producers and consumers then fail).
+    /// Whether it existed.
+    pub fn unlink_queue(&self, name: &str) -> Result<bool, RedisError> {
+        check_name(name)?;
+        let keys: Vec<String> = ["meta", "s", "room", "n", "done"]
+            .iter()
+            .map(|p| self.key(name, p))
+            .collect();
+        let n: i64 = self
+            .run(COMMAND_TIMEOUT, |c| redis::cmd("DEL").arg(&keys).query(c))
+            .map_err(|reason| RedisError::Unavailable { reason })?;
+        Ok(n > 0)
+    }
+}
+
+impl RedisQueueOptions<'_> {
+    /// How many messages the queue holds, taken or not yet acknowledged included (a `put`
+    /// waits while it is full). At least 1.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// How long a consumer may hold a message without acknowledging it before it is
+    /// delivered to another consumer (default 30 s). A live consumer's leases are renewed
+    /// in the background, so this bounds how long a dead consumer's messages wait, not how
+    /// long processing may take.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Creates the queue, or opens it if it exists with the same element type, kind and
+    /// capacity.
+    pub fn create<T: Serialize + DeserializeOwned>(self) -> Result<RedisQueue<T>, RedisError> {
+        Ok(RedisQueue::wrap(self.attach::<T>(false, true)?))
+    }
+
+    /// Opens an existing queue ([`RedisError::NotFound`] otherwise).
+    pub fn open<T: Serialize + DeserializeOwned>(self) -> Result<RedisQueue<T>, RedisError> {
+        Ok(RedisQueue::wrap(self.attach::<T>(false, false)?))
+    }
+
+    /// Creates (or opens) a joinable queue.
+    pub fn create_joinable<T: Serialize + DeserializeOwned>(
+        self,
+    ) -> Result<RedisJoinableQueue<T>, RedisError> {
+        Ok(RedisJoinableQueue(RedisQueue::wrap(
+            self.attach::<T>(true, true)?,
+        )))
+    }
+
+    /// Opens an existing joinable queue.
+    pub fn open_joinable<T: Serialize + DeserializeOwned>(
+        self,
+    ) -> Result<RedisJoinableQueue<T>, RedisError> {
+        Ok(RedisJoinableQueue(RedisQueue::wrap(
+            self.attach::<T>(true, false)?,
+        )))
+    }
+
+    fn attach<T>(self, joinable: bool, create: bool) -> Result<Core, RedisError> {
+        check_name(&self.name)?;
+        if self.capacity == 0 || self.lease < Duration::from_millis(10) {
+            return Err(RedisError::Invalid {
+                reason: "a queue needs a capacity of at least 1 and a lease of at least 10 ms"
+                    .into(),
+            });
+        }
+        let r = self.redis;
+        let kind = if joinable { "joinable" } else { "queue" };
+        let type_name = std::any::type_name::<T>();
+        let auth = if r.is_authenticated() { "1" } else { "0" };
+        let (meta, stream) = (r.key(&self.name, "meta"), r.key(&self.name, "s"));
+        let reply: Value = r
+            .run(COMMAND_TIMEOUT, |c| {
+                if create {
+                    scripts::CREATE
+                        .key(&meta)
+                        .key(&stream)
+                        .arg(kind)
+                        .arg(type_name)
+                        .arg(self.capacity)
+                        .arg(self.lease.as_millis() as u64)
+                        .arg(auth)
+                        .arg(VERSION)
+                        .invoke(c)
+                } else {
+                    redis::cmd("HMGET")
+                        .arg(&meta)
+                        .arg(&["kind", "type", "cap", "lease_ms", "auth", "version"])
+                        .query(c)
+                }
+            })
+            .map_err(|reason| RedisError::Unavailable { reason })?;
+        let (mut capacity, mut lease) = (self.capacity, self.lease);
+        if let Value::Array(fields) = reply {
+            let s = |i: usize| match fields.get(i) {
+                Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            };
+            let Some(found_kind) = s(0) else {
+                return Err(RedisError::NotFound {
+                    kind: "queue",
+                    name: self.name,
+                });
+            };
+            let mismatch = |what, expected: &str, found: Option<String>| RedisError::Mismatch {
+                name: self.name.clone(),
+                what,
+                expected: expected.to_string(),
+                found: found.unwrap_or_default(),
+            };
+            if s(5).as_deref() != Some(VERSION) {
+                return Err(mismatch("version", VERSION, s(5)));
+            }
+            if found_kind != kind {
+                return Err(mismatch("kind", kind, Some(found_kind)));
+            }
+            if s(1).as_deref() != Some(type_name) {
+                return Err(mismatch("type", type_name, s(1)));
+            }
+            let found_cap = s(2).and_then(|c| c.parse::<usize>().ok()).unwrap_or(0);
+            if create && found_cap != self.capacity {
+                return Err(mismatch(
+                    "capacity",
+                    &self.capacity.to_string(),
+                    Some(found_cap.to_string()),
+                ));
+            }
+            if s(4).as_deref() != Some(auth) {
+                let reason = if auth == "1" {
+                    "was created without an auth key: its entries cannot be checked"
+                } else {
+                    "was created with an auth key, and this connection has none"
+                };
+                return Err(RedisError::AuthMismatch {
+                    name: self.name,
+                    reason,
+                });
+            }
+            capacity = found_cap.max(1);
+            lease = Duration::from_millis(s(3).and_then(|l| l.parse().ok()).unwrap_or(30_000));
+        }
+        Ok(Core {
+            redis: r.clone(),
+            room: r.key(&self.name, "room"),
+            n: r.key(&self.name, "n"),
+            done: r.key(&self.name, "done"),
+            name: self.name,
+            meta,
+            stream,
+            consumer: identity(),
+            capacity,
+            lease,
+            joinable,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// Who holds a taken entry until it is acknowledged: the thread that took it (a plain queue
+/// acknowledges it at that thread's next `get`), or the handle (a joinable queue's
+/// `task_done`, from any thread).
+type Holder = Option<ThreadId>;
+
+/// What a queue handle shares with its lease-renewing thread.
+pub(crate) struct Core {
+    redis: Redis,
+    name: String,
+    meta: String,
+    stream: String,
+    room: String,
+    n: String,
+    done: String,
+    consumer: String,
+    capacity: usize,
+    lease: Duration,
+    joinable: bool,
+    held: Mutex<HashMap<Holder, VecDeque<String>>>,
+}
+
+/// A message with its delivery details: what [`RedisQueue::get_item`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery<T> {
+    /// The entry's id on the server (`MILLIS-SEQ`), the same on every delivery of this
+    /// message: what a consumer dedupes by.
+    pub id: String,
+    /// Whether the message was delivered before (to a consumer whose lease lapsed).
+    pub redelivered: bool,
+    /// The message.
+    pub value: T,
+}
+
+/// A bounded FIFO queue of `T` on a Redis server, shared by processes on any host that
+/// reach it: the same calls as [`mproc_queue::Queue`] (and the same
+/// [`MessageQueue`](mproc_queue::MessageQueue) trait), with at-least-once delivery.
+///
+/// A message taken by `get` is **leased** to this consumer until it is **acknowledged**,
+/// which happens when the same thread calls `get` (or `try_get`, `get_timeout`, `get_many`,
+/// `get_item`) again, calls [`ack`](Self::ack), or when the handle is dropped outside a
+/// panic. While a consumer lives, a background thread renews its leases. If it dies (or
+/// stops reaching the server) before acknowledging, the message is delivered to another
+/// consumer once its lease lapses, with the same [`Delivery::id`].
+pub struct RedisQueue<T> {
+    core: Arc<Core>,
+    renewer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> std::fmt::Debug for RedisQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisQueue")
+            .field("name", &self.core.name)
+            .field("capacity", &self.core.capacity)
+            .field("lease", &self.core.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable_put<T>(value: T, reason: String) -> PutError<T> {
+    PutError::Unavailable { value, reason }
+}
+
+impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
+    fn wrap(core: Core) -> RedisQueue<T> {
+        RedisQueue {
+            core: Arc::new(core),
+            renewer: Mutex::new(None),
+            _t: PhantomData,
+        }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    /// How many messages it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.core.capacity
+    }
+
+    /// How long a dead consumer's messages wait before they are delivered again.
+    pub fn lease(&self) -> Duration {
+        self.core.lease
+    }
+
+    /// Appends `value`, waiting while the queue is full.
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.put_until(value, Some(None))
+    }
+
+    /// Appends `value` if there is room now.
+    pub fn try_put(&self, value: T) -> Result<(), PutError<T>> {
+        self.put_until(value, None)
+    }
+
+    /// Appends `value`, waiting at most `timeout` for room.
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.put_until(value, Some(Some(Instant::now() + timeout)))
+    }
+
+    fn encode(&self, value: &T, out: &mut Vec<Vec<u8>>) -> Result<(), String> {
+        let mut body = Vec::new();
+        codec::encode_into(value, &mut body).map_err(|e| e.to_string())?;
+        let tag = match self.core.redis.authkey() {
+            Some(k) => k.sign(DOMAIN, &self.core.name, &body),
+            None => Vec::new(),
+        };
+        out.push(body);
+        out.push(tag);
+        Ok(())
+    }
+
+    /// `wait`: `None` = do not wait; `Some(None)` = forever; `Some(Some(t))` = until `t`.
+    fn put_until(&self, value: T, wait: Option<Option<Instant>>) -> Result<(), PutError<T>> {
+        let mut args = Vec::with_capacity(2);
+        if let Err(reason) = self.encode(&value, &mut args) {
+            return Err(PutError::Unsendable { value, reason });
+        }
+        loop {
+            match self.push(&args) {
+                Ok(1) => return Ok(()),
+                Ok(-1) => return Err(PutError::Closed(value)),
+                Ok(-2) => return Err(unavailable_put(value, self.gone())),
+                Ok(_) => {}
+                Err(reason) => return Err(unavailable_put(value, reason)),
+            }
+            let Some(deadline) = wait else {
+                return Err(PutError::Full(value));
+            };
+            if let Err(reason) = self.wait_for_room(deadline) {
+                return Err(match reason {
+                    None => PutError::Timeout(value),
+                    Some(reason) => unavailable_put(value, reason),
+                });
+            }
+        }
+    }
+
+    fn gone(&self) -> String {
+        format!("queue {:?} no longer exists on the server", self.core.name)
+    }
+
+    /// Runs PUT with `args` (value, mac pairs): how many were added, -1 closed, -2 gone.
+    fn push(&self, args: &[Vec<u8>]) -> Result<i64, String> {
+        let c = &self.core;
+        c.redis.run(COMMAND_TIMEOUT, |con| {
+            scripts::PUT
+                .key(&c.meta)
+                .key(&c.stream)
+                .key(&c.n)
+                .arg(args)
+                .invoke(con)
+        })
+    }
+
+    /// Waits for a room token (pushed by acknowledgements and by `close`), at most
+    /// [`MAX_BLOCK`] and not past `deadline`. `Err(None)`: the deadline passed.
+    fn wait_for_room(&self, deadline: Option<Instant>) -> Result<(), Option<String>> {
+        let block = block_for(deadline).ok_or(None)?;
+        let room = &self.core.room;
+        self.core
+            .redis
+            .run(block + COMMAND_TIMEOUT, |c| {
+                redis::cmd("BLPOP")
+                    .arg(room)
+                    .arg(block.as_secs_f64())
+                    .query::<Value>(c)
+            })
+            .map(drop)
+            .map_err(Some)
+    }
+
+    /// Appends every value in order, waiting for room as needed, sending as many as fit in
+    /// each round trip. On an error, how many were put before it, and the error with the
+    /// value that failed.
+    pub fn put_many(&self, values: Vec<T>) -> Result<(), (usize, PutError<T>)> {
+        let mut args = Vec::with_capacity(values.len() * 2);
+        for (i, v) in values.iter().enumerate() {
+            if let Err(reason) = self.encode(v, &mut args) {
+                let value = values.into_iter().nth(i).unwrap_or_else(|| unreachable!());
+                return Err((0, PutError::Unsendable { value, reason }));
+            }
+        }
+        let mut done = 0;
+        let fail = |done: usize, values: Vec<T>, e: fn(T) -> PutError<T>| {
+            let v = values
+                .into_iter()
+                .nth(done)
+                .unwrap_or_else(|| unreachable!());
+            Err((done, e(v)))
+        };
+        while done < values.len() {
+            match self.push(&args[done * 2..]) {
+                Ok(n) if n > 0 => done += n as usize,
+                Ok(-1) => return fail(done, values, PutError::Closed),
+                Ok(-2) => {
+                    let reason = self.gone();
+                    let v = values
+                        .into_iter()
+                        .nth(done)
+                        .unwrap_or_else(|| unreachable!());
+                    return Err((done, unavailable_put(v, reason)));
+                }
+                Ok(_) => {
+                    if let Err(Some(reason)) = self.wait_for_room(None) {
+                        let v = values
+                            .into_iter()
+                            .nth(done)
+                            .unwrap_or_else(|| unreachable!());
+                        return Err((done, unavailable_put(v, reason)));
+                    }
+                }
+                Err(reason) => {
+                    let v = values
+                        .into_iter()
+                        .nth(done)
+                        .unwrap_or_else(|| unreachable!());
+                    return Err((done, unavailable_put(v, reason)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the oldest message, waiting while the queue is empty.
+    pub fn get(&self) -> Result<T, GetError> {
+        self.get_item().map(|d| d.value)
+    }
+
+    /// Takes the oldest message if there is one now.
+    pub fn try_get(&self) -> Result<T, GetError> {
+        self.take_one(None).map(|d| d.value)
+    }
+
+    /// Takes the oldest message, waiting at most `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.take_one(Some(Some(Instant::now() + timeout)))
+            .map(|d| d.value)
+    }
+
+    /// Takes the oldest message with its id and whether it was delivered before, waiting
+    /// while the queue is empty.
+    pub fn get_item(&self) -> Result<Delivery<T>, GetError> {
+        self.take_one(Some(None))
+    }
+
+    /// Waits for at least one message, then takes up to `max` (in one round trip when they
+    /// are there).
+    pub fn get_many(&self, out: &mut Vec<T>, max: usize) -> Result<usize, GetError> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let got = self.take(Some(None), max)?;
+        let n = got.len();
+        out.extend(got.into_iter().map(|d| d.value));
+        Ok(n)
+    }
+
+    fn take_one(&self, wait: Option<Option<Instant>>) -> Result<Delivery<T>, GetError> {
+        let mut got = self.take(wait, 1)?;
+        got.pop().ok_or(GetError::Empty)
+    }
+
+    fn holder(&self) -> Holder {
+        if self.core.joinable {
+            None
+        } else {
+            Some(std::thread::current().id())
+        }
+    }
+
+    /// Takes up to `count` entries (at least one, or an error).
+    fn take(
+        &self,
+        wait: Option<Option<Instant>>,
+        count: usize,
+    ) -> Result<Vec<Delivery<T>>, GetError> {
+        let c = &self.core;
+        let holder = self.holder();
+        // A plain queue acknowledges what this thread took before, in the same round trip.
+        let mut ack: Vec<String> = if c.joinable {
+            Vec::new()
+        } else {
+            lock(&c.held)
+                .remove(&holder)
+                .map(Vec::from)
+                .unwrap_or_default()
+        };
+        loop {
+            let reply: Result<Value, String> = c.redis.run(COMMAND_TIMEOUT, |con| {
+                scripts::TAKE
+                    .key(&c.meta)
+                    .key(&c.stream)
+                    .key(&c.room)
+                    .arg("mproc")
+                    .arg(&c.consumer)
+                    .arg(c.lease.as_millis() as u64)
+                    .arg(count)
+                    .arg(&ack)
+                    .invoke(con)
+            });
+            let reply = match reply {
+                Ok(r) => r,
+                Err(reason) => {
+                    // Not acknowledged: keep holding them (the next call tries again).
+                    lock(&c.held).entry(holder).or_default().extend(ack);
+                    return Err(GetError::Unavailable { reason });
+                }
+            };
+            ack.clear();
+            match int_of(&reply) {
+                Some(-1) => return Err(GetError::Closed),
+                Some(-2) => {
+                    return Err(GetError::Unavailable {
+                        reason: self.gone(),
+                    });
+                }
+                _ => {}
+            }
+            let entries = parse_entries(&reply);
+            if !entries.is_empty() {
+                return self.deliver(entries, holder);
+            }
+            let Some(deadline) = wait else {
+                return Err(GetError::Empty);
+            };
+            let Some(block) = block_for(deadline) else {
+                return Err(GetError::Timeout);
+            };
+            let block = block.min(c.lease / 4).max(Duration::from_millis(1));
+            let reply: Value = c
+                .redis
+                .run(block + COMMAND_TIMEOUT, |con| {
+                    redis::cmd("XREADGROUP")
+                        .arg(&["GROUP", "mproc"])
+                        .arg(&c.consumer)
+                        .arg("COUNT")
+                        .arg(count)
+                        .arg("BLOCK")
+                        .arg(block.as_millis() as u64)
+                        .arg("STREAMS")
+                        .arg(&c.stream)
+                        .arg(">")
+                        .query(con)
+                })
+                .map_err(|reason| GetError::Unavailable { reason })?;
+            let entries = crate::reply::parse_read(&reply);
+            if !entries.is_empty() {
+                return self.deliver(entries, holder);
+            }
+        }
+    }
+
+    /// Checks and decodes taken entries and records them as held. An entry that fails its
+    /// HMAC or does not decode is acknowledged and dropped (it is never delivered again),
+    /// and reported if nothing else was taken.
+    fn deliver(&self, entries: Vec<Entry>, holder: Holder) -> Result<Vec<Delivery<T>>, GetError> {
+        let c = &self.core;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut refused = Vec::new();
+        let mut reason = String::new();
+        for e in entries {
+            let checked = match c.redis.authkey() {
+                Some(k) if !k.verify(DOMAIN, &c.name, &e.value, &e.tag) => Err(format!(
+                    "entry {} of queue {:?} failed its HMAC check (not written with this \
+                     queue's auth key, or altered): refused",
+                    e.id, c.name
+                )),
+                _ => codec::decode::<T>(&e.value).map_err(|err| {
+                    format!(
+                        "entry {} of queue {:?} could not be decoded: {err}",
+                        e.id, c.name
+                    )
+                }),
+            };
+            match checked {
+                Ok(value) => out.push(Delivery {
+                    id: e.id,
+                    redelivered: e.redelivered,
+                    value,
+                }),
+                Err(r) => {
+                    refused.push(e.id);
+                    reason = r;
+                }
+            }
+        }
+        if !refused.is_empty() {
+            // Best effort: if this fails, the entries come back after their lease and are
+            // refused again.
+            let _ = self.acknowledge(&refused, false);
+        }
+        if out.is_empty() {
+            return Err(GetError::Unreadable { reason });
+        }
+        lock(&c.held)
+            .entry(holder)
+            .or_default()
+            .extend(out.iter().map(|d| d.id.clone()));
+        self.start_renewer();
+        Ok(out)
+    }
+
+    /// Acknowledges `ids` (held by this consumer); with `done`, also counts them done.
+    fn acknowledge(&self, ids: &[String], done: bool) -> Result<i64, String> {
+        let c = &self.core;
+        c.redis.run(COMMAND_TIMEOUT, |con| {
+            scripts::ACK
+                .key(&c.stream)
+                .key(&c.room)
+                .key(&c.n)
+                .key(&c.done)
+                .arg("mproc")
+                .arg(&c.consumer)
+                .arg(if done { "1" } else { "0" })
+                .arg(ids)
+                .invoke(con)
+        })
+    }
+
+    /// Acknowledges the messages this thread took and still holds now, rather than at its
+    /// next `get`: they will not be delivered again. Returns how many (a message whose lease
+    /// lapsed and which went to another consumer is not counted).
+    pub fn ack(&self) -> Result<usize, Unavailable> {
+        let holder = self.holder();
+        let ids: Vec<String> = lock(&self.core.held)
+            .remove(&holder)
+            .map(Vec::from)
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        match self.acknowledge(&ids, false) {
+            Ok(n) => Ok(n as usize),
+            Err(reason) => {
+                lock(&self.core.held).entry(holder).or_default().extend(ids);
+                Err(Unavailable { reason })
+            }
+        }
+    }
+
+    /// Closes the queue for every user: `put` fails from now on; `get` drains what is left,
+    /// then returns [`GetError::Closed`] (a consumer blocked in `get` sees it within 200 ms).
+    pub fn close(&self) -> Result<(), Unavailable> {
+        let c = &self.core;
+        c.redis
+            .run(COMMAND_TIMEOUT, |con| {
+                scripts::CLOSE.key(&c.meta).key(&c.room).invoke::<i64>(con)
+            })
+            .map(drop)
+            .map_err(|reason| Unavailable { reason })
+    }
+
+    fn state(&self) -> Result<(usize, bool), Unavailable> {
+        let c = &self.core;
+        let v: Value = c
+            .redis
+            .run(COMMAND_TIMEOUT, |con| {
+                scripts::STATE.key(&c.meta).key(&c.stream).invoke(con)
+            })
+            .map_err(|reason| Unavailable { reason })?;
+        match &v {
+            Value::Array(a) if a.len() == 2 => {
+                let n = int_of(&a[0]).unwrap_or(0).max(0) as usize;
+                Ok((n, int_of(&a[1]) == Some(1)))
+            }
+            _ => Err(Unavailable {
+                reason: self.gone(),
+            }),
+        }
+    }
+
+    /// How many messages wait to be taken (leased ones not counted).
+    pub fn len(&self) -> Result<usize, Unavailable> {
+        self.state().map(|s| s.0)
+    }
+
+    /// Whether no message waits to be taken.
+    pub fn is_empty(&self) -> Result<bool, Unavailable> {
+        self.len().map(|n| n == 0)
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> Result<bool, Unavailable> {
+        self.state().map(|s| s.1)
+    }
+
+    /// A new handle on the same queue: a consumer of its own (its own leases).
+    pub fn try_clone(&self) -> Result<RedisQueue<T>, RedisError> {
+        let opts = self.core.redis.queue(&self.core.name);
+        Ok(RedisQueue::wrap(
+            opts.attach::<T>(self.core.joinable, false)?,
+        ))
+    }
+
+    fn start_renewer(&self) {
+        let mut r = lock(&self.renewer);
+        if r.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel::<()>();
+        let weak = Arc::downgrade(&self.core);
+        let every = self.core.lease / 3;
+        let spawned = std::thread::Builder::new()
+            .name("mproc-redis-lease".into())
+            .spawn(move || renew_loop(weak, rx, every));
+        // Without the thread (out of threads), leases are not renewed: a consumer slower than
+        // its lease has its message delivered twice, which at-least-once allows.
+        if let Ok(h) = spawned {
+            *r = Some((tx, h));
+        }
+    }
+}
+
+fn renew_loop(core: Weak<Core>, stop: mpsc::Receiver<()>, every: Duration) {
+    loop {
+        match stop.recv_timeout(every) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let Some(c) = core.upgrade() else { return };
+        let ids: Vec<String> = lock(&c.held).values().flatten().cloned().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let lost: Result<Vec<String>, String> = c.redis.run(COMMAND_TIMEOUT, |con| {
+            scripts::RENEW
+                .key(&c.stream)
+                .arg("mproc")
+                .arg(&c.consumer)
+                .arg(&ids)
+                .invoke(con)
+        });
+        if let Ok(lost) = lost
+            && !lost.is_empty()
+        {
+            for q in lock(&c.held).values_mut() {
+                q.retain(|id| !lost.contains(id));
+            }
+        }
+    }
+}
+
+impl<T> Drop for RedisQueue<T> {
+    fn drop(&mut self) {
+        if let Some((tx, h)) = lock(&self.renewer).take() {
+            drop(tx);
+            let _ = h.join();
+        }
+        // What was taken was handed to the program: acknowledge it, unless the thread is
+        // unwinding from a panic (then the messages are delivered again after their lease).
+        // A joinable queue's messages wait for `task_done`: theirs lapse and are redelivered.
+        if std::thread::panicking() || self.core.joinable {
+            return;
+        }
+        let c = &self.core;
+        let ids: Vec<String> = lock(&c.held).drain().flat_map(|(_, q)| q).collect();
+        if !ids.is_empty() {
+            let _ = c.redis.run(COMMAND_TIMEOUT, |con| {
+                scripts::ACK
+                    .key(&c.stream)
+                    .key(&c.room)
+                    .key(&c.n)
+                    .key(&c.done)
+                    .arg("mproc")
+                    .arg(&c.consumer)
+                    .arg("0")
+                    .arg(&ids)
+                    .invoke::<i64>(con)
+            });
+        }
+    }
+}
+
+/// How long the next blocking call may wait: at most [`MAX_BLOCK`], and not past
+/// `deadline` (`None`: it passed).
+fn block_for(deadline: Option<Instant>) -> Option<Duration> {
+    match deadline {
+        None => Some(MAX_BLOCK),
+        Some(d) => {
+            let left = d.checked_duration_since(Instant::now())?;
+            (!left.is_zero()).then(|| left.min(MAX_BLOCK))
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps stay valid if a holder panicked: carry on with them.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A [`RedisQueue`] whose consumers call [`task_done`](Self::task_done) for each message, so
+/// a producer can [`join`](Self::join) until all are processed: Python's `JoinableQueue`.
+///
+/// Here a message is acknowledged by `task_done` (from any thread of the handle), not by the
+/// next `get`: a consumer that dies before calling it has the message delivered again after
+/// its lease, and the count stays right (a message is counted done once, by the consumer
+/// that holds it).
+pub struct RedisJoinableQueue<T>(RedisQueue<T>);
+
+impl<T> std::fmt::Debug for RedisJoinableQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RedisJoinableQueue").field(&self.0).finish()
+    }
+}
+
+impl<T> std::ops::Deref for RedisJoinableQueue<T> {
+    type Target = RedisQueue<T>;
+    fn deref(&self) -> &RedisQueue<T> {
+        &self.0
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> RedisJoinableQueue<T> {
+    /// Marks the oldest message this handle took and has not marked done as processed.
+    /// [`TaskDoneError::TooManyCalls`] if it holds none. A message whose lease lapsed and
+    /// went to another consumer is that consumer's to count: `Ok` without counting.
+    pub fn task_done(&self) -> Result<(), TaskDoneError> {
+        let c = &self.0.core;
+        let Some(id) = lock(&c.held).get_mut(&None).and_then(|q| q.pop_front()) else {
+            return Err(TaskDoneError::TooManyCalls);
+        };
+        match self.0.acknowledge(std::slice::from_ref(&id), true) {
+            Ok(_) => Ok(()),
+            Err(reason) => {
+                lock(&c.held).entry(None).or_default().push_front(id);
+                Err(TaskDoneError::Unavailable { reason })
+            }
+        }
+    }
+
+    /// Messages put and not yet marked done.
+    pub fn unfinished_tasks(&self) -> Result<u64, Unavailable> {
+        let n = &self.0.core.n;
+        let v: Option<i64> = self
+            .0
+            .core
+            .redis
+            .run(COMMAND_TIMEOUT, |c| redis::cmd("GET").arg(n).query(c))
+            .map_err(|reason| Unavailable { reason })?;
+        Ok(v.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Waits until every message put so far has been marked done.
+    pub fn join(&self) -> Result<(), Unavailable> {
+        self.join_until(None).map(drop)
+    }
+
+    /// Waits at most `timeout`; whether every message was done.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, Unavailable> {
+        self.join_until(Some(Instant::now() + timeout))
+    }
+
+    fn join_until(&self, deadline: Option<Instant>) -> Result<bool, Unavailable> {
+        let c = &self.0.core;
+        loop {
+            if self.unfinished_tasks()? == 0 {
+                return Ok(true);
+            }
+            let Some(block) = block_for(deadline) else {
+                return Ok(false);
+            };
+            // The done token is put back for the next joiner while the count is still 0.
+            let woke: i64 = c
+                .redis
+                .run(block + COMMAND_TIMEOUT, |con| {
+                    let got: Value = redis::cmd("BLPOP")
+                        .arg(&c.done)
+                        .arg(block.as_secs_f64())
+                        .query(con)?;
+                    if got == Value::Nil {
+                        return Ok(0);
+                    }
+                    scripts::PASS_ON
+                        .key(&c.n)
+                        .key(&c.done)
+                        .arg("zero")
+                        .invoke(con)
+                })
+                .map_err(|reason| Unavailable { reason })?;
+            if woke == 1 {
+                return Ok(true);
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Reading the server's replies. Anything of an unexpected shape (another client wrote
+//! the keys) reads as "nothing there", never as a panic.
+
+use redis::Value;
+
+/// A stream entry as taken by a consumer.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub id: String,
+    pub value: Vec<u8>,
+    pub tag: Vec<u8>,
+    pub redelivered: bool,
+}
+
+pub(crate) fn int_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+pub(crate) fn string_of(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// An entry `[id, [field, value, ...]]`; `v` and `h` are the fields read.
+fn entry_of(v: &Value, redelivered: bool) -> Option<Entry> {
+    let Value::Array(parts) = v else { return None };
+    let id = string_of(parts.first()?)?;
+    let Value::Array(fields) = parts.get(1)? else {
+        return None;
+    };
+    let (mut value, mut tag) = (None, Vec::new());
+    for pair in fields.chunks(2) {
+        if let [Value::BulkString(k), Value::BulkString(v)] = pair {
+            match k.as_slice() {
+                b"v" => value = Some(v.clone()),
+                b"h" => tag = v.clone(),
+                _ => {}
+            }
+        }
+    }
+    Some(Entry {
+        id,
+        value: value.unwrap_or_default(),
+        tag,
+        redelivered,
+    })
+}
+
+/// The TAKE script's `{ {id, fields, redelivered}, ... }`.
+pub(crate) fn parse_entries(v: &Value) -> Vec<Entry> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(t) = item else { return None };
+            let again = t.get(2).and_then(int_of) == Some(1);
+            entry_of(&Value::Array(t.get(..2)?.to_vec()), again)
+        })
+        .collect()
+}
+
+/// An `XREADGROUP` reply: `[[stream, [entry, ...]]]` (or a map of stream to entries).
+pub(crate) fn parse_read(v: &Value) -> Vec<Entry> {
+    let streams: Vec<&Value> = match v {
+        Value::Array(s) => s
+            .iter()
+            .filter_map(|s| match s {
+                Value::Array(kv) => kv.get(1),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(m) => m.iter().map(|(_, e)| e).collect(),
+        _ => Vec::new(),
+    };
+    streams
+        .into_iter()
+        .filter_map(|e| match e {
+            Value::Array(entries) => Some(entries),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|e| entry_of(e, false))
+        .collect()
+}

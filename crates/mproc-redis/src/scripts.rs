@@ -1,0 +1,199 @@
+//! The Lua scripts: each queue, lock and value operation is one script, so it is one atomic
+//! step on the server (no other client's command runs in between) and one round trip.
+//!
+//! Queue keys (`K` = `PREFIX:{NAME}`; the braces keep a queue's keys in one cluster slot):
+//! - `K:s`: the stream of entries (fields `v`: the encoded value, `h`: its HMAC or empty),
+//!   with one consumer group, `mproc`. Its length is the queue's occupancy: an entry leaves the
+//!   stream only when it is acknowledged.
+//! - `K:meta`: a hash: `kind`, `type`, `cap`, `lease_ms`, `auth`, `closed`, `version`.
+//! - `K:room`: a list of tokens pushed by acknowledgements, for `put`s waiting for room.
+//! - `K:n`: unfinished tasks (joinable queues). `K:done`: a token when it reaches 0.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Creates a queue's keys unless its meta hash exists. KEYS: meta, stream. ARGV: kind, type,
+/// cap, lease_ms, auth, version. Returns 1 if created, else the existing
+/// `{kind, type, cap, lease_ms, auth, version}`.
+pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local m = redis.call('HMGET', KEYS[1], 'kind', 'type', 'cap', 'lease_ms', 'auth', 'version')
+if m[1] then return m end
+redis.call('HSET', KEYS[1], 'kind', ARGV[1], 'type', ARGV[2], 'cap', ARGV[3],
+  'lease_ms', ARGV[4], 'auth', ARGV[5], 'closed', '0', 'version', ARGV[6])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DEL', KEYS[2]) end
+redis.call('XGROUP', 'CREATE', KEYS[2], 'mproc', '$', 'MKSTREAM')
+return 1
+",
+    )
+});
+
+/// Appends entries while there is room. KEYS: meta, stream, n. ARGV: pairs of (value, mac).
+/// Returns how many were added, -1 if the queue is closed, -2 if it does not exist.
+pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local m = redis.call('HMGET', KEYS[1], 'cap', 'closed', 'kind')
+if not m[1] then return -2 end
+if m[2] == '1' then return -1 end
+local cap = tonumber(m[1])
+local len = redis.call('XLEN', KEYS[2])
+local n = 0
+local i = 1
+while i < #ARGV and len < cap do
+  redis.call('XADD', KEYS[2], '*', 'v', ARGV[i], 'h', ARGV[i + 1])
+  i = i + 2
+  len = len + 1
+  n = n + 1
+end
+if n > 0 and m[3] == 'joinable' then redis.call('INCRBY', KEYS[3], n) end
+return n
+",
+    )
+});
+
+/// Acknowledges (ARGV[3..]) the entries this consumer (ARGV[2]) still holds, then takes up to
+/// ARGV[5] entries: first those whose lease (ARGV[4] ms) lapsed, then new ones. KEYS: meta,
+/// stream, room. ARGV: group, consumer, lease_ms, count, ids to acknowledge...
+/// Returns `{ {id, fields, redelivered}, ... }`, or -1 if closed and empty, -2 if missing,
+/// or an empty table.
+pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local acked = 0
+for i = 5, #ARGV do
+  local p = redis.call('XPENDING', KEYS[2], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XACK', KEYS[2], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[2], ARGV[i])
+    acked = acked + 1
+  end
+end
+if acked > 0 then
+  redis.call('RPUSH', KEYS[3], acked)
+  redis.call('LTRIM', KEYS[3], -64, -1)
+end
+local want = tonumber(ARGV[4])
+local out = {}
+if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
+local c = redis.call('XAUTOCLAIM', KEYS[2], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', want)
+for _, e in ipairs(c[2]) do
+  if e and e[2] then table.insert(out, {e[1], e[2], 1}) end
+end
+if #out < want then
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want - #out,
+    'STREAMS', KEYS[2], '>')
+  if r then
+    for _, e in ipairs(r[1][2]) do table.insert(out, {e[1], e[2], 0}) end
+  end
+end
+if #out == 0 and redis.call('HGET', KEYS[1], 'closed') == '1'
+   and redis.call('XLEN', KEYS[2]) == 0 then
+  return -1
+end
+return out
+",
+    )
+});
+
+/// Acknowledges entries this consumer holds; with `done` = '1', also counts each one done
+/// (joinable queues). KEYS: stream, room, n, done. ARGV: group, consumer, done, ids...
+/// Returns how many were acknowledged (an entry whose lease lapsed and which another
+/// consumer took is not this consumer's to acknowledge: it is skipped).
+pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local acked = 0
+for i = 4, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    acked = acked + 1
+  end
+end
+if acked > 0 then
+  redis.call('RPUSH', KEYS[2], acked)
+  redis.call('LTRIM', KEYS[2], -64, -1)
+  if ARGV[3] == '1' then
+    local left = redis.call('DECRBY', KEYS[3], acked)
+    if left <= 0 then
+      redis.call('SET', KEYS[3], 0)
+      redis.call('DEL', KEYS[4])
+      redis.call('RPUSH', KEYS[4], 1)
+      redis.call('PEXPIRE', KEYS[4], 1000)
+    end
+  end
+end
+return acked
+",
+    )
+});
+
+/// Renews the leases of entries this consumer still holds (resets their idle time). KEYS:
+/// stream. ARGV: group, consumer, ids... Returns the ids no longer held by this consumer.
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+",
+    )
+});
+
+/// Messages waiting to be taken: the stream's length minus the entries leased out. KEYS:
+/// meta, stream. Returns `{waiting, closed}`, or -2 if missing.
+pub(crate) static STATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local closed = redis.call('HGET', KEYS[1], 'closed')
+if not closed then return -2 end
+local len = redis.call('XLEN', KEYS[2])
+local p = redis.call('XPENDING', KEYS[2], 'mproc')
+return {len - p[1], tonumber(closed)}
+",
+    )
+});
+
+/// Closes a queue and wakes its waiting producers. KEYS: meta, room. Returns 0 if missing.
+pub(crate) static CLOSE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'closed', '1')
+redis.call('RPUSH', KEYS[2], 1)
+redis.call('LTRIM', KEYS[2], -64, -1)
+return 1
+",
+    )
+});
+
+/// After a waiter took a wake-up token: if the condition still holds (ARGV[1] = `exists`:
+/// KEYS[1] exists; `zero`: KEYS[1] is missing or 0), puts the token back in KEYS[2] for the
+/// next waiter (for a second) and returns 1; else 0.
+pub(crate) static PASS_ON: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local holds
+if ARGV[1] == 'exists' then
+  holds = redis.call('EXISTS', KEYS[1]) == 1
+else
+  holds = (tonumber(redis.call('GET', KEYS[1]) or '0') or 0) <= 0
+end
+if not holds then return 0 end
+redis.call('RPUSH', KEYS[2], 1)
+redis.call('PEXPIRE', KEYS[2], 1000)
+return 1
+",
+    )
+});

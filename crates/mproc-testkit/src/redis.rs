@@ -1,0 +1,124 @@
+//! A real `redis-server` for one test: started on 127.0.0.1 with a free port and a temporary
+//! directory, without persistence, and stopped (SIGKILL, reaped, directory removed) when the
+//! handle drops.
+//!
+//! The binary comes from Debian's `redis-server` package; `cargo xtask test` installs it
+//! when it is missing. A test that cannot start one fails with that advice: a test that
+//! needs Redis never passes without it.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Child, Signal};
+
+/// A running `redis-server` owned by a test.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    killed: bool,
+}
+
+/// The server binary: `$MPROC_REDIS_SERVER`, else `redis-server` on the `PATH`.
+fn binary() -> String {
+    std::env::var("MPROC_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+impl RedisServer {
+    /// Starts a server with no password.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a server with extra configuration directives (`["--requirepass", "pw"]`).
+    /// Panics, with the reason, if none can be started within 10 s.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match RedisServer::try_start(extra) {
+                Ok(s) => return s,
+                Err(e) => last = e,
+            }
+        }
+        panic!(
+            "could not start {}: {last}. `cargo xtask test` installs Debian's redis-server \
+             package when it is missing",
+            binary()
+        )
+    }
+
+    fn try_start(extra: &[&str]) -> Result<RedisServer, String> {
+        // A free port: bind port 0, read what the kernel chose, close it. Another process could
+        // take it in between; the caller then tries again with a new one.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let dir = std::env::temp_dir().join(crate::unique_name("redis"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+        let mut cmd = Command::new(binary());
+        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--dir")
+            .arg(&dir)
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--protected-mode", "no", "--loglevel", "warning"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = Child::spawn(&mut cmd).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            format!("spawn: {e}")
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(RedisServer {
+                    child,
+                    port,
+                    dir,
+                    killed: false,
+                });
+            }
+            if child.wait_timeout(Duration::from_millis(0)).is_some() || Instant::now() > deadline {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(format!("redis-server on port {port} did not come up"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's pid (to stop or kill it in a test of an unreachable server).
+    pub fn pid(&self) -> i32 {
+        self.child.pid()
+    }
+
+    /// Kills the server now (SIGKILL) and reaps it: clients see a dead server.
+    pub fn kill(&mut self) {
+        if std::mem::replace(&mut self.killed, true) {
+            return;
+        }
+        self.child.signal(Signal::KILL);
+        let _ = self.child.wait_timeout(Duration::from_secs(10));
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
