@@ -1,0 +1,120 @@
+//! `cargo xtask test [ARGS]`: the README's test command.
+//!
+//! It makes sure what the suites need is on the machine, installing what is missing, and then
+//! runs every suite (`cargo test --workspace ARGS`). The suites start and stop their own
+//! services (a `redis-server` per test, on a free port of 127.0.0.1).
+//!
+//! Needed, and installed when missing:
+//! - `redis-server` (Debian's package, with `apt-get`; as root, or through `sudo`). A
+//!   different binary can be named with `MPROC_REDIS_SERVER`.
+
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => match test(&args[1..]) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("deps") => match ensure_redis() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!(
+                "usage: cargo xtask test [ARGS]   install what the suites need, then run \
+                 `cargo test --workspace ARGS`\n       cargo xtask deps          only install"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn test(extra: &[String]) -> Result<ExitCode, String> {
+    ensure_redis()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["test", "--workspace"])
+        .args(extra)
+        .status()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Whether `cmd --version` runs.
+fn runs(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ensure_redis() -> Result<(), String> {
+    let server = std::env::var("MPROC_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    if runs(&server) {
+        return Ok(());
+    }
+    eprintln!("xtask: {server} is missing: installing Debian's redis-server package");
+    apt_install(&["redis-server"])?;
+    if runs(&server) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{server} still does not run after installing redis-server"
+        ))
+    }
+}
+
+/// `apt-get install -y PKGS`, as root or through sudo; `apt-get update` first if the
+/// package lists are stale.
+fn apt_install(pkgs: &[&str]) -> Result<(), String> {
+    let root = is_root();
+    let run = |args: &[&str]| -> bool {
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        cmd.args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend_from_slice(pkgs);
+    if run(&install) {
+        return Ok(());
+    }
+    if run(&["update"]) && run(&install) {
+        return Ok(());
+    }
+    Err(format!(
+        "could not install {} with apt-get (run as root, or with sudo)",
+        pkgs.join(" ")
+    ))
+}
+
+/// Whether this process runs as root (from `/proc/self/status`, so xtask needs no crates).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
