@@ -91,7 +91,7 @@ fn keys_must_match_between_producers_and_consumers() {
         // The key also comes from the environment, in a process that sets it.
         let url = s.url();
         let child = fork_child(move || {
-            // SAFETY (of the test): a forked child has one thread.
+            // SAFETY: a forked child has one thread: nothing reads the environment meanwhile.
             unsafe { std::env::set_var(mproc_redis::AUTHKEY_ENV, "right") };
             let r = Redis::connect(&url).unwrap();
             let q = r.queue("k").open::<u32>().unwrap();
