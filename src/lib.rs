@@ -17,6 +17,11 @@
 //! - [`pool`] (`mproc-pool`): `Process` and `Pool` with fork and spawn start methods; a
 //!   worker that dies fails only its own task.
 //!
+//! - [`redis`] (`mproc-redis`, the `redis` feature): the same queues, locks, events and
+//!   values on a Redis server, for processes on more than one host. The queue traits
+//!   [`MessageQueue`] and [`JoinableMessageQueue`] cover both, and [`open_queue`] picks
+//!   where a queue lives from a URL.
+//!
 //! Programs that use the spawn start method call [`init`] first thing in `main`.
 //!
 //! With the `async` feature every wait has a future (`get_async`, `put_async`,
@@ -39,6 +44,16 @@ pub use mproc_pool::init;
 pub use mproc_queue as queue;
 pub use mproc_segment as segment;
 pub use mproc_sync as sync;
+
+/// mproc's vocabulary on a Redis server, for more than one host (the `redis` feature):
+/// `RedisQueue`, `RedisJoinableQueue`, `RedisLock`, `RedisEvent`, `RedisValue`,
+/// `RedisAtomic`.
+#[cfg(feature = "redis")]
+pub use mproc_redis as redis;
+
+mod url;
+pub use mproc_queue::{JoinableMessageQueue, MessageQueue};
+pub use url::{QueueUrlError, open_queue, redact};
 
 /// The error number the operating-system variants of mproc's errors carry
 /// (`SegmentError::Io`, `LockError::Os`, `StartError::Os`): rustix's, compared with its
