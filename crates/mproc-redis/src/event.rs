@@ -115,7 +115,7 @@ impl RedisEvent {
                     if got == Value::Nil {
                         return Ok(0);
                     }
-                    crate::scripts::PASS_ON
+                    crate::scripts::pass_on()
                         .key(&self.flag)
                         .key(&self.wake)
                         .arg("exists")

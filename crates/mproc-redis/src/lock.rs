@@ -5,9 +5,9 @@
 //! acquisitions; `K:dirty` marks a lock whose holder lost its lease while holding it, until
 //! someone calls `make_consistent`; `K:free` is a wake-up token for waiters.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use crate::conn::{COMMAND_TIMEOUT, Redis, check_name, identity};
 use crate::error::RedisError;
 use crate::reply::int_of;
 
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+fn acquire() -> Script {
     Script::new(
         r"
 local pttl = redis.call('PTTL', KEYS[1])
@@ -29,9 +29,9 @@ redis.call('SET', KEYS[3], ARGV[1])
 return {1, f, redis.call('EXISTS', KEYS[4])}
 ",
     )
-});
+}
 
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+fn release() -> Script {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -41,9 +41,9 @@ redis.call('PEXPIRE', KEYS[3], 1000)
 return 1
 ",
     )
-});
+}
 
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
+fn renew() -> Script {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -51,9 +51,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ",
     )
-});
+}
 
-static CONSISTENT: LazyLock<Script> = LazyLock::new(|| {
+fn consistent() -> Script {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -61,7 +61,7 @@ redis.call('DEL', KEYS[2])
 return 1
 ",
     )
-});
+}
 
 /// Why acquiring or releasing a [`RedisLock`] did not simply succeed; `G` is the guard, as in
 /// mproc's shared-memory `LockError`.
@@ -186,7 +186,7 @@ impl RedisLock {
         let token = identity();
         let k = &self.keys;
         let v: Value = self.redis.run(COMMAND_TIMEOUT, |c| {
-            ACQUIRE
+            acquire()
                 .key(&k[0])
                 .key(&k[1])
                 .key(&k[2])
@@ -260,7 +260,7 @@ impl RedisLock {
                         _ => return,
                     }
                     let r: Result<i64, String> = redis.run(COMMAND_TIMEOUT, |c| {
-                        RENEW
+                        renew()
                             .key(&owner)
                             .arg(&tok)
                             .arg(lease.as_millis() as u64)
@@ -304,7 +304,11 @@ impl RedisLockGuard<'_> {
             .lock
             .redis
             .run(COMMAND_TIMEOUT, |c| {
-                CONSISTENT.key(&k[0]).key(&k[3]).arg(&self.token).invoke(c)
+                consistent()
+                    .key(&k[0])
+                    .key(&k[3])
+                    .arg(&self.token)
+                    .invoke(c)
             })
             .map_err(|reason| RedisLockError::Unavailable { reason })?;
         if n == 1 {
@@ -334,7 +338,7 @@ impl RedisLockGuard<'_> {
             .lock
             .redis
             .run(COMMAND_TIMEOUT, |c| {
-                RELEASE
+                release()
                     .key(&k[0])
                     .key(&k[2])
                     .key(&k[4])

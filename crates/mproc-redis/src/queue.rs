@@ -33,6 +33,7 @@ pub struct RedisQueueOptions<'r> {
     name: String,
     capacity: usize,
     lease: Duration,
+    manual_ack: bool,
 }
 
 impl Redis {
@@ -43,6 +44,7 @@ impl Redis {
             name: name.to_string(),
             capacity: 1024,
             lease: Duration::from_secs(30),
+            manual_ack: false,
         }
     }
 
@@ -75,6 +77,15 @@ impl RedisQueueOptions<'_> {
     /// long processing may take.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// Messages taken through this handle are acknowledged only one by one, with
+    /// [`RedisQueue::ack_item`] (or, for all of them, [`RedisQueue::ack`]), not by the next
+    /// `get` nor by dropping the handle: for a consumer that works on several messages at
+    /// once and finishes them in any order.
+    pub fn manual_ack(mut self) -> Self {
+        self.manual_ack = true;
         self
     }
 
@@ -123,7 +134,7 @@ impl RedisQueueOptions<'_> {
         let reply: Value = r
             .run(COMMAND_TIMEOUT, |c| {
                 if create {
-                    scripts::CREATE
+                    scripts::create()
                         .key(&meta)
                         .key(&stream)
                         .arg(kind)
@@ -202,6 +213,7 @@ impl RedisQueueOptions<'_> {
             capacity,
             lease,
             joinable,
+            manual: joinable || self.manual_ack,
             held: Mutex::new(HashMap::new()),
         })
     }
@@ -225,6 +237,9 @@ pub(crate) struct Core {
     capacity: usize,
     lease: Duration,
     joinable: bool,
+    /// Acknowledged one by one (joinable queues, `manual_ack`): held by the handle, not by
+    /// a thread, and not acknowledged by the next `get`.
+    manual: bool,
     held: Mutex<HashMap<Holder, VecDeque<String>>>,
 }
 
@@ -236,6 +251,8 @@ pub struct Delivery<T> {
     pub id: String,
     /// Whether the message was delivered before (to a consumer whose lease lapsed).
     pub redelivered: bool,
+    /// How many times it was delivered, this time included (1: the first time).
+    pub deliveries: u64,
     /// The message.
     pub value: T,
 }
@@ -355,7 +372,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     fn push(&self, args: &[Vec<u8>]) -> Result<i64, String> {
         let c = &self.core;
         c.redis.run(COMMAND_TIMEOUT, |con| {
-            scripts::PUT
+            scripts::put()
                 .key(&c.meta)
                 .key(&c.stream)
                 .key(&c.n)
@@ -467,13 +484,57 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         Ok(n)
     }
 
+    /// Takes up to `max` messages with their delivery details, waiting at most `wait` for
+    /// the first (`None`: not at all).
+    pub fn get_items(
+        &self,
+        max: usize,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Delivery<T>>, GetError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.take(wait.map(|w| Some(Instant::now() + w)), max)
+    }
+
+    /// Acknowledges the message `id` taken through this handle: it will not be delivered
+    /// again. Whether it was still this consumer's (a message whose lease lapsed and which
+    /// went to another consumer is not).
+    pub fn ack_item(&self, id: &str) -> Result<bool, Unavailable> {
+        let found = {
+            let mut held = lock(&self.core.held);
+            let mut found = false;
+            for q in held.values_mut() {
+                if let Some(i) = q.iter().position(|h| h == id) {
+                    q.remove(i);
+                    found = true;
+                }
+            }
+            found
+        };
+        if !found {
+            return Ok(false);
+        }
+        let ids = [id.to_string()];
+        match self.acknowledge(&ids, false) {
+            Ok(n) => Ok(n == 1),
+            Err(reason) => {
+                lock(&self.core.held)
+                    .entry(self.holder())
+                    .or_default()
+                    .push_back(ids[0].clone());
+                Err(Unavailable { reason })
+            }
+        }
+    }
+
     fn take_one(&self, wait: Option<Option<Instant>>) -> Result<Delivery<T>, GetError> {
         let mut got = self.take(wait, 1)?;
         got.pop().ok_or(GetError::Empty)
     }
 
     fn holder(&self) -> Holder {
-        if self.core.joinable {
+        if self.core.manual {
             None
         } else {
             Some(std::thread::current().id())
@@ -489,7 +550,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         let c = &self.core;
         let holder = self.holder();
         // A plain queue acknowledges what this thread took before, in the same round trip.
-        let mut ack: Vec<String> = if c.joinable {
+        let mut ack: Vec<String> = if c.manual {
             Vec::new()
         } else {
             lock(&c.held)
@@ -499,7 +560,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         };
         loop {
             let reply: Result<Value, String> = c.redis.run(COMMAND_TIMEOUT, |con| {
-                scripts::TAKE
+                scripts::take()
                     .key(&c.meta)
                     .key(&c.stream)
                     .key(&c.room)
@@ -587,7 +648,8 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
             match checked {
                 Ok(value) => out.push(Delivery {
                     id: e.id,
-                    redelivered: e.redelivered,
+                    redelivered: e.deliveries > 1,
+                    deliveries: e.deliveries,
                     value,
                 }),
                 Err(r) => {
@@ -616,7 +678,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     fn acknowledge(&self, ids: &[String], done: bool) -> Result<i64, String> {
         let c = &self.core;
         c.redis.run(COMMAND_TIMEOUT, |con| {
-            scripts::ACK
+            scripts::ack()
                 .key(&c.stream)
                 .key(&c.room)
                 .key(&c.n)
@@ -656,7 +718,10 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         let c = &self.core;
         c.redis
             .run(COMMAND_TIMEOUT, |con| {
-                scripts::CLOSE.key(&c.meta).key(&c.room).invoke::<i64>(con)
+                scripts::close()
+                    .key(&c.meta)
+                    .key(&c.room)
+                    .invoke::<i64>(con)
             })
             .map(drop)
             .map_err(|reason| Unavailable { reason })
@@ -667,7 +732,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         let v: Value = c
             .redis
             .run(COMMAND_TIMEOUT, |con| {
-                scripts::STATE.key(&c.meta).key(&c.stream).invoke(con)
+                scripts::state().key(&c.meta).key(&c.stream).invoke(con)
             })
             .map_err(|reason| Unavailable { reason })?;
         match &v {
@@ -735,7 +800,7 @@ fn renew_loop(core: Weak<Core>, stop: mpsc::Receiver<()>, every: Duration) {
             continue;
         }
         let lost: Result<Vec<String>, String> = c.redis.run(COMMAND_TIMEOUT, |con| {
-            scripts::RENEW
+            scripts::renew()
                 .key(&c.stream)
                 .arg("mproc")
                 .arg(&c.consumer)
@@ -760,15 +825,16 @@ impl<T> Drop for RedisQueue<T> {
         }
         // What was taken was handed to the program: acknowledge it, unless the thread is
         // unwinding from a panic (then the messages are delivered again after their lease).
-        // A joinable queue's messages wait for `task_done`: theirs lapse and are redelivered.
-        if std::thread::panicking() || self.core.joinable {
+        // A joinable or manual queue's messages wait for `task_done` or `ack_item`: theirs
+        // lapse and are redelivered.
+        if std::thread::panicking() || self.core.manual {
             return;
         }
         let c = &self.core;
         let ids: Vec<String> = lock(&c.held).drain().flat_map(|(_, q)| q).collect();
         if !ids.is_empty() {
             let _ = c.redis.run(COMMAND_TIMEOUT, |con| {
-                scripts::ACK
+                scripts::ack()
                     .key(&c.stream)
                     .key(&c.room)
                     .key(&c.n)
@@ -882,7 +948,7 @@ impl<T: Serialize + DeserializeOwned> RedisJoinableQueue<T> {
                     if got == Value::Nil {
                         return Ok(0);
                     }
-                    scripts::PASS_ON
+                    scripts::pass_on()
                         .key(&c.n)
                         .key(&c.done)
                         .arg("zero")

@@ -9,7 +9,8 @@ pub(crate) struct Entry {
     pub id: String,
     pub value: Vec<u8>,
     pub tag: Vec<u8>,
-    pub redelivered: bool,
+    /// How many times it was delivered, this time included.
+    pub deliveries: u64,
 }
 
 pub(crate) fn int_of(v: &Value) -> Option<i64> {
@@ -30,7 +31,7 @@ pub(crate) fn string_of(v: &Value) -> Option<String> {
 }
 
 /// An entry `[id, [field, value, ...]]`; `v` and `h` are the fields read.
-fn entry_of(v: &Value, redelivered: bool) -> Option<Entry> {
+fn entry_of(v: &Value, deliveries: u64) -> Option<Entry> {
     let Value::Array(parts) = v else { return None };
     let id = string_of(parts.first()?)?;
     let Value::Array(fields) = parts.get(1)? else {
@@ -50,11 +51,11 @@ fn entry_of(v: &Value, redelivered: bool) -> Option<Entry> {
         id,
         value: value.unwrap_or_default(),
         tag,
-        redelivered,
+        deliveries,
     })
 }
 
-/// The TAKE script's `{ {id, fields, redelivered}, ... }`.
+/// The TAKE script's `{ {id, fields, deliveries}, ... }`.
 pub(crate) fn parse_entries(v: &Value) -> Vec<Entry> {
     let Value::Array(items) = v else {
         return Vec::new();
@@ -63,8 +64,8 @@ pub(crate) fn parse_entries(v: &Value) -> Vec<Entry> {
         .iter()
         .filter_map(|item| {
             let Value::Array(t) = item else { return None };
-            let again = t.get(2).and_then(int_of) == Some(1);
-            entry_of(&Value::Array(t.get(..2)?.to_vec()), again)
+            let n = t.get(2).and_then(int_of).unwrap_or(1).max(1) as u64;
+            entry_of(&Value::Array(t.get(..2)?.to_vec()), n)
         })
         .collect()
 }
@@ -89,6 +90,6 @@ pub(crate) fn parse_read(v: &Value) -> Vec<Entry> {
             _ => None,
         })
         .flatten()
-        .filter_map(|e| entry_of(e, false))
+        .filter_map(|e| entry_of(e, 1))
         .collect()
 }

@@ -9,14 +9,12 @@
 //! - `K:room`: a list of tokens pushed by acknowledgements, for `put`s waiting for room.
 //! - `K:n`: unfinished tasks (joinable queues). `K:done`: a token when it reaches 0.
 
-use std::sync::LazyLock;
-
 use redis::Script;
 
 /// Creates a queue's keys unless its meta hash exists. KEYS: meta, stream. ARGV: kind, type,
 /// cap, lease_ms, auth, version. Returns 1 if created, else the existing
 /// `{kind, type, cap, lease_ms, auth, version}`.
-pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) fn create() -> Script {
     Script::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'kind', 'type', 'cap', 'lease_ms', 'auth', 'version')
@@ -28,11 +26,11 @@ redis.call('XGROUP', 'CREATE', KEYS[2], 'mproc', '$', 'MKSTREAM')
 return 1
 ",
     )
-});
+}
 
 /// Appends entries while there is room. KEYS: meta, stream, n. ARGV: pairs of (value, mac).
 /// Returns how many were added, -1 if the queue is closed, -2 if it does not exist.
-pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) fn put() -> Script {
     Script::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'cap', 'closed', 'kind')
@@ -52,14 +50,14 @@ if n > 0 and m[3] == 'joinable' then redis.call('INCRBY', KEYS[3], n) end
 return n
 ",
     )
-});
+}
 
 /// Acknowledges (ARGV[3..]) the entries this consumer (ARGV[2]) still holds, then takes up to
 /// ARGV[5] entries: first those whose lease (ARGV[4] ms) lapsed, then new ones. KEYS: meta,
 /// stream, room. ARGV: group, consumer, lease_ms, count, ids to acknowledge...
-/// Returns `{ {id, fields, redelivered}, ... }`, or -1 if closed and empty, -2 if missing,
+/// Returns `{ {id, fields, deliveries}, ... }`, or -1 if closed and empty, -2 if missing,
 /// or an empty table.
-pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) fn take() -> Script {
     Script::new(
         r"
 local acked = 0
@@ -80,13 +78,18 @@ local out = {}
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local c = redis.call('XAUTOCLAIM', KEYS[2], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', want)
 for _, e in ipairs(c[2]) do
-  if e and e[2] then table.insert(out, {e[1], e[2], 1}) end
+  if e and e[2] then
+    local p = redis.call('XPENDING', KEYS[2], ARGV[1], e[1], e[1], 1)
+    local n = 2
+    if p[1] then n = p[1][4] end
+    table.insert(out, {e[1], e[2], n})
+  end
 end
 if #out < want then
   local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', want - #out,
     'STREAMS', KEYS[2], '>')
   if r then
-    for _, e in ipairs(r[1][2]) do table.insert(out, {e[1], e[2], 0}) end
+    for _, e in ipairs(r[1][2]) do table.insert(out, {e[1], e[2], 1}) end
   end
 end
 if #out == 0 and redis.call('HGET', KEYS[1], 'closed') == '1'
@@ -96,13 +99,13 @@ end
 return out
 ",
     )
-});
+}
 
 /// Acknowledges entries this consumer holds; with `done` = '1', also counts each one done
 /// (joinable queues). KEYS: stream, room, n, done. ARGV: group, consumer, done, ids...
 /// Returns how many were acknowledged (an entry whose lease lapsed and which another
 /// consumer took is not this consumer's to acknowledge: it is skipped).
-pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) fn ack() -> Script {
     Script::new(
         r"
 local acked = 0
@@ -130,11 +133,11 @@ end
 return acked
 ",
     )
-});
+}
 
 /// Renews the leases of entries this consumer still holds (resets their idle time). KEYS:
 /// stream. ARGV: group, consumer, ids... Returns the ids no longer held by this consumer.
-pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) fn renew() -> Script {
     Script::new(
         r"
 local lost = {}
@@ -149,11 +152,11 @@ end
 return lost
 ",
     )
-});
+}
 
 /// Messages waiting to be taken: the stream's length minus the entries leased out. KEYS:
 /// meta, stream. Returns `{waiting, closed}`, or -2 if missing.
-pub(crate) static STATE: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) fn state() -> Script {
     Script::new(
         r"
 local closed = redis.call('HGET', KEYS[1], 'closed')
@@ -163,10 +166,10 @@ local p = redis.call('XPENDING', KEYS[2], 'mproc')
 return {len - p[1], tonumber(closed)}
 ",
     )
-});
+}
 
 /// Closes a queue and wakes its waiting producers. KEYS: meta, room. Returns 0 if missing.
-pub(crate) static CLOSE: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) fn close() -> Script {
     Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -176,12 +179,12 @@ redis.call('LTRIM', KEYS[2], -64, -1)
 return 1
 ",
     )
-});
+}
 
 /// After a waiter took a wake-up token: if the condition still holds (ARGV[1] = `exists`:
 /// KEYS[1] exists; `zero`: KEYS[1] is missing or 0), puts the token back in KEYS[2] for the
 /// next waiter (for a second) and returns 1; else 0.
-pub(crate) static PASS_ON: LazyLock<Script> = LazyLock::new(|| {
+pub(crate) fn pass_on() -> Script {
     Script::new(
         r"
 local holds
@@ -196,4 +199,4 @@ redis.call('PEXPIRE', KEYS[2], 1000)
 return 1
 ",
     )
-});
+}

@@ -1,13 +1,11 @@
 //! `RedisValue<T>` (any serde value) and `RedisAtomic<N>` (a number with `fetch_add`), each
 //! a hash `PREFIX:{NAME}:value` with fields `type` (the element type's name) and `v`.
 
-use std::marker::PhantomData;
-use std::sync::LazyLock;
-
 use mproc_queue::codec;
 use redis::{Script, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
 
 use crate::auth::TAG_LEN;
 use crate::conn::{COMMAND_TIMEOUT, Redis, check_name};
@@ -18,7 +16,7 @@ use crate::reply::{int_of, string_of};
 const DOMAIN: &str = "mproc-redis value v1";
 
 /// KEYS: hash. ARGV: type, initial. 1 if created, else the existing type (or "" if none).
-static CREATE: LazyLock<Script> = LazyLock::new(|| {
+fn create_script() -> Script {
     Script::new(
         r"
 local t = redis.call('HGET', KEYS[1], 'type')
@@ -27,11 +25,11 @@ redis.call('HSET', KEYS[1], 'type', ARGV[1], 'v', ARGV[2])
 return 1
 ",
     )
-});
+}
 
 /// KEYS: hash. ARGV: mode (`set`, `swap`, `cas`, `casf`, `add`, `addf`), a, b.
 /// Returns `{status, old}`: status 1 done, 0 compare failed, -2 missing.
-static OP: LazyLock<Script> = LazyLock::new(|| {
+fn op_script() -> Script {
     Script::new(
         r"
 local old = redis.call('HGET', KEYS[1], 'v')
@@ -53,7 +51,7 @@ end
 return {1, old}
 ",
     )
-});
+}
 
 fn unavailable(reason: String) -> RedisError {
     RedisError::Unavailable { reason }
@@ -70,7 +68,11 @@ fn attach(
     let key = redis.key(name, "value");
     let found: Value = redis
         .run(COMMAND_TIMEOUT, |c| match &create {
-            Some(initial) => CREATE.key(&key).arg(type_name).arg(initial).invoke(c),
+            Some(initial) => create_script()
+                .key(&key)
+                .arg(type_name)
+                .arg(initial)
+                .invoke(c),
             None => redis::cmd("HGET").arg(&key).arg("type").query(c),
         })
         .map_err(unavailable)?;
@@ -102,7 +104,7 @@ fn op(
 ) -> Result<(i64, Vec<u8>), RedisError> {
     let v: Value = redis
         .run(COMMAND_TIMEOUT, |c| {
-            OP.key(key).arg(mode).arg(a).arg(b).invoke(c)
+            op_script().key(key).arg(mode).arg(a).arg(b).invoke(c)
         })
         .map_err(unavailable)?;
     let Value::Array(mut a) = v else {
