@@ -1,0 +1,243 @@
+//! RemotePool and Worker: workers in other processes (standing for other hosts), a real
+//! redis-server, tasks by name.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use mproc_pool::TaskError;
+use mproc_redis::{Redis, RedisAtomic, RemoteError, RemotePool, Task, Worker};
+use mproc_testkit::{Child, RedisServer, Signal, fork_child, with_deadline};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+fn boom(x: u64) -> u64 {
+    panic!("boom at {x}")
+}
+fn spin(ms: u64) -> u64 {
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_millis(ms) {
+        std::hint::spin_loop();
+    }
+    ms
+}
+/// Counts its runs in the atomic "runs" (at the URL in the argument); the first run sets
+/// the event "started" and hangs until its process is killed.
+fn first_run_hangs(url: String) -> i64 {
+    let r = Redis::connect(&url).unwrap();
+    let runs = RedisAtomic::<i64>::open(&r, "runs").unwrap();
+    let n = runs.fetch_add(1).unwrap();
+    if n == 0 {
+        r.event("started").unwrap().set().unwrap();
+        loop {
+            std::thread::park();
+        }
+    }
+    n
+}
+/// Counts its runs in "marks".
+fn mark(url: String) -> i64 {
+    let r = Redis::connect(&url).unwrap();
+    RedisAtomic::<i64>::open(&r, "marks")
+        .unwrap()
+        .fetch_add(1)
+        .unwrap()
+        + 1
+}
+
+const SQUARE: Task<u64, u64> = Task::new("square", square);
+const BOOM: Task<u64, u64> = Task::new("boom", boom);
+const SPIN: Task<u64, u64> = Task::new("spin", spin);
+const HANGS: Task<String, i64> = Task::new("first_run_hangs", first_run_hangs);
+const MARK: Task<String, i64> = Task::new("mark", mark);
+const NOT_REGISTERED: Task<u64, u64> = Task::new("nobody_has_this", square);
+
+fn worker(url: &str, pool: &str, key: Option<&'static str>) -> Child {
+    let (url, pool) = (url.to_string(), pool.to_string());
+    fork_child(move || {
+        let mut b = Redis::builder(&url);
+        if let Some(k) = key {
+            b = b.authkey(k);
+        }
+        let r = b.connect().unwrap();
+        Worker::new(&r, &pool)
+            .processes(2)
+            .lease(Duration::from_millis(500))
+            .register(&SQUARE)
+            .register(&BOOM)
+            .register(&SPIN)
+            .register(&HANGS)
+            .register(&MARK)
+            .run()
+            .map(|_| 0)
+            .unwrap_or(3)
+    })
+}
+
+#[test]
+fn map_imap_and_apply_run_on_remote_workers_with_errors_per_task() {
+    with_deadline(DEADLINE, || {
+        let s = RedisServer::start();
+        let r = Redis::connect(&s.url()).unwrap();
+        let pool = RemotePool::connect(&r, "p")
+            .unwrap()
+            .chunksize(7)
+            .task_timeout(Duration::from_secs(1));
+        let workers = [worker(&s.url(), "p", None), worker(&s.url(), "p", None)];
+        let args: Vec<u64> = (0..200).collect();
+        let want: Vec<u64> = args.iter().map(|x| x * x).collect();
+        assert_eq!(pool.map(&SQUARE, args.clone()).unwrap(), want);
+        let ordered: Vec<u64> = pool
+            .imap(&SQUARE, args.clone())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(ordered, want);
+        let unordered: BTreeSet<u64> = pool
+            .imap_unordered(&SQUARE, args.clone())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(unordered, want.iter().copied().collect());
+        assert_eq!(pool.apply_async(&SQUARE, 12).unwrap().get().unwrap(), 144);
+
+        // A panic fails its own task, with the message, and nothing else.
+        match pool.apply(&BOOM, 5) {
+            Err(RemoteError::Task {
+                error: TaskError::Panicked { message },
+                ..
+            }) => assert!(message.contains("boom at 5"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        // Past its limit: Timeout, and the worker goes on.
+        assert!(matches!(
+            pool.apply(&SPIN, 5_000),
+            Err(RemoteError::Task {
+                error: TaskError::Timeout { limit_ms: 1000 },
+                ..
+            })
+        ));
+        assert_eq!(pool.apply(&SPIN, 1).unwrap(), 1);
+        assert!(matches!(
+            pool.apply(&NOT_REGISTERED, 1),
+            Err(RemoteError::UnknownTask { .. })
+        ));
+        // The map's other results still come back when one fails.
+        let mixed: Vec<_> = pool.imap(&BOOM, vec![1, 2]).unwrap().collect();
+        assert_eq!(mixed.len(), 2);
+        pool.close().unwrap();
+        for w in workers {
+            w.assert_success();
+        }
+        assert!(matches!(pool.apply(&SQUARE, 1), Err(RemoteError::Closed)));
+    });
+}
+
+#[test]
+fn a_worker_host_killed_mid_task_has_the_task_rerun_elsewhere_once() {
+    with_deadline(DEADLINE, || {
+        let s = RedisServer::start();
+        let r = Redis::connect(&s.url()).unwrap();
+        let runs = RedisAtomic::create(&r, "runs", 0i64).unwrap();
+        let pool = RemotePool::connect_with_lease(&r, "p", Duration::from_millis(500))
+            .unwrap()
+            .retries(1);
+        let mut a = worker(&s.url(), "p", None);
+        let result = pool.apply_async(&HANGS, s.url()).unwrap();
+        // Wait until host A is running it, then kill A (its local pool dies with it).
+        r.event("started").unwrap().wait().unwrap();
+        a.signal(Signal::KILL);
+        a.wait();
+        let b = worker(&s.url(), "p", None);
+        assert_eq!(result.get().unwrap(), 1, "the second run answers");
+        assert_eq!(runs.load().unwrap(), 2);
+        pool.close().unwrap();
+        b.assert_success();
+    });
+}
+
+#[test]
+fn retries_bound_the_reruns_of_a_task_whose_workers_vanish() {
+    with_deadline(DEADLINE, || {
+        let s = RedisServer::start();
+        let r = Redis::connect(&s.url()).unwrap();
+        let runs = RedisAtomic::create(&r, "runs", 0i64).unwrap();
+        let pool = RemotePool::connect_with_lease(&r, "p", Duration::from_millis(500))
+            .unwrap()
+            .retries(0);
+        let mut a = worker(&s.url(), "p", None);
+        let result = pool.apply_async(&HANGS, s.url()).unwrap();
+        r.event("started").unwrap().wait().unwrap();
+        a.signal(Signal::KILL);
+        a.wait();
+        let b = worker(&s.url(), "p", None);
+        assert_eq!(result.get(), Err(RemoteError::Lost { attempts: 1 }));
+        assert_eq!(runs.load().unwrap(), 1, "not run again");
+        pool.close().unwrap();
+        b.assert_success();
+    });
+}
+
+#[test]
+fn cancelled_and_forged_tasks_never_run() {
+    with_deadline(DEADLINE, || {
+        let s = RedisServer::start();
+        let r = Redis::builder(&s.url())
+            .authkey("pool-key")
+            .connect()
+            .unwrap();
+        let marks = RedisAtomic::create(&r, "marks", 0i64).unwrap();
+        let pool = RemotePool::connect(&r, "p").unwrap();
+        // Cancelled before any worker exists.
+        let c = pool.apply_async(&MARK, s.url()).unwrap();
+        assert!(c.cancel().unwrap());
+        // A well-formed "mark" task written by a client without the key (the fields of a
+        // task message, in order, in the queue's format).
+        #[derive(serde::Serialize)]
+        struct Forged {
+            id: u64,
+            reply: String,
+            task: String,
+            args: Vec<u8>,
+            timeout_ms: Option<u64>,
+            retries: u32,
+        }
+        let mut args = Vec::new();
+        mproc_queue::codec::encode_into(&vec![s.url()], &mut args).unwrap();
+        let forged = Forged {
+            id: 999,
+            reply: "elsewhere".into(),
+            task: "mark".into(),
+            args,
+            timeout_ms: None,
+            retries: 0,
+        };
+        let mut body = Vec::new();
+        mproc_queue::codec::encode_into(&forged, &mut body).unwrap();
+        let raw = redis::Client::open(s.url()).unwrap();
+        let mut con = raw.get_connection().unwrap();
+        for tag in [&[][..], &[7u8; 32][..]] {
+            let _: String = redis::cmd("XADD")
+                .arg("mproc:{p}:s")
+                .arg("*")
+                .arg("v")
+                .arg(&body)
+                .arg("h")
+                .arg(tag)
+                .query(&mut con)
+                .unwrap();
+        }
+        let w = worker(&s.url(), "p", Some("pool-key"));
+        assert_eq!(
+            pool.apply(&MARK, s.url()).unwrap(),
+            1,
+            "only the genuine task ran"
+        );
+        assert_eq!(c.get(), Err(RemoteError::Cancelled));
+        pool.close().unwrap();
+        w.assert_success();
+        assert_eq!(marks.load().unwrap(), 1);
+    });
+}
