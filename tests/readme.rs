@@ -113,3 +113,19 @@ fn the_main_example_agrees_and_prints_nothing_to_stderr() {
         assert!(said.contains("speed-up:"), "{said}");
     });
 }
+
+/// `examples/cluster_pool.rs` (the README's "Beyond one machine"): two worker processes
+/// standing for hosts count the primes through a redis-server the example starts itself;
+/// both take chunks, the answer agrees, nothing goes to stderr.
+#[test]
+fn the_cluster_example_agrees_across_worker_hosts_and_prints_nothing_to_stderr() {
+    with_deadline(Duration::from_secs(120), || {
+        let (said, err) = run_example("cluster_pool", &["2000000"], &[]);
+        assert_eq!(err, "", "stderr");
+        // 148933 primes below two million, in 8 chunks.
+        assert!(said.contains("one process:        148933 primes"), "{said}");
+        assert!(said.contains("answers agree: 148933"), "{said}");
+        let hosts = said.lines().filter(|l| l.contains("host (pid")).count();
+        assert!((1..=2).contains(&hosts), "{said}");
+    });
+}
