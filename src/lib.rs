@@ -17,7 +17,7 @@
 //! - [`pool`] (`mproc-pool`): `Process` and `Pool` with fork and spawn start methods; a
 //!   worker that dies fails only its own task.
 //!
-//! - [`redis`] (`mproc-redis`, the `redis` feature): the same queues, locks, events and
+//! - `redis` (`mproc-redis`, the `redis` feature): the same queues, locks, events and
 //!   values on a Redis server, for processes on more than one host. The queue traits
 //!   [`MessageQueue`] and [`JoinableMessageQueue`] cover both, and [`open_queue`] picks
 //!   where a queue lives from a URL.

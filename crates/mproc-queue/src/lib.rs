@@ -201,6 +201,8 @@ mod body;
 #[cfg(not(loom))]
 mod bytes;
 #[cfg(not(loom))]
+mod encoded;
+#[cfg(not(loom))]
 mod joinable;
 #[cfg(not(loom))]
 mod loan;
@@ -223,6 +225,8 @@ pub use ring::{HIGH_WATER_EVERY, RingHeader, RingSnapshot};
 
 #[cfg(not(loom))]
 pub use bytes::ByteQueue;
+#[cfg(not(loom))]
+pub use encoded::EncodedQueue;
 #[cfg(not(loom))]
 pub use joinable::JoinableQueue;
 #[cfg(not(loom))]

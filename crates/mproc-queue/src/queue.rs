@@ -208,7 +208,7 @@ impl QueueOptions {
     }
 }
 
-const FLAVOUR: &str = "postcard+arena";
+pub(crate) const FLAVOUR: &str = "postcard+arena";
 
 /// A bounded multi-producer multi-consumer queue of any serde type, in shared memory.
 ///

@@ -118,7 +118,30 @@ impl RedisQueueOptions<'_> {
         )))
     }
 
+    /// Creates (or opens) the queue for messages already encoded as `type_name`'s (what
+    /// `mproc bridge` forwards from a shared-memory queue): bytes are put and taken as they
+    /// are, and typed consumers and producers of `type_name` share the queue.
+    pub fn create_encoded(self, type_name: &str) -> Result<RedisQueue<Vec<u8>>, RedisError> {
+        let core = self.attach_named(type_name, false, true)?;
+        Ok(RedisQueue::with_codec(core, raw_encode, raw_decode))
+    }
+
+    /// Opens an existing queue of `type_name`'s messages, as bytes.
+    pub fn open_encoded(self, type_name: &str) -> Result<RedisQueue<Vec<u8>>, RedisError> {
+        let core = self.attach_named(type_name, false, false)?;
+        Ok(RedisQueue::with_codec(core, raw_encode, raw_decode))
+    }
+
     fn attach<T>(self, joinable: bool, create: bool) -> Result<Core, RedisError> {
+        self.attach_named(std::any::type_name::<T>(), joinable, create)
+    }
+
+    fn attach_named(
+        self,
+        type_name: &str,
+        joinable: bool,
+        create: bool,
+    ) -> Result<Core, RedisError> {
         check_name(&self.name)?;
         if self.capacity == 0 || self.lease < Duration::from_millis(10) {
             return Err(RedisError::Invalid {
@@ -128,7 +151,6 @@ impl RedisQueueOptions<'_> {
         }
         let r = self.redis;
         let kind = if joinable { "joinable" } else { "queue" };
-        let type_name = std::any::type_name::<T>();
         let auth = if r.is_authenticated() { "1" } else { "0" };
         let (meta, stream) = (r.key(&self.name, "meta"), r.key(&self.name, "s"));
         let reply: Value = r
@@ -214,6 +236,7 @@ impl RedisQueueOptions<'_> {
             lease,
             joinable,
             manual: joinable || self.manual_ack,
+            type_name: type_name.to_string(),
             held: Mutex::new(HashMap::new()),
         })
     }
@@ -240,6 +263,7 @@ pub(crate) struct Core {
     /// Acknowledged one by one (joinable queues, `manual_ack`): held by the handle, not by
     /// a thread, and not acknowledged by the next `get`.
     manual: bool,
+    type_name: String,
     held: Mutex<HashMap<Holder, VecDeque<String>>>,
 }
 
@@ -269,6 +293,8 @@ pub struct Delivery<T> {
 /// consumer once its lease lapses, with the same [`Delivery::id`].
 pub struct RedisQueue<T> {
     core: Arc<Core>,
+    encode: Encode<T>,
+    decode: Decode<T>,
     renewer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     _t: PhantomData<fn(T) -> T>,
 }
@@ -283,14 +309,40 @@ impl<T> std::fmt::Debug for RedisQueue<T> {
     }
 }
 
+type Encode<T> = fn(&T, &mut Vec<u8>) -> Result<(), String>;
+type Decode<T> = fn(&[u8]) -> Result<T, String>;
+
+fn codec_encode<T: Serialize>(v: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    codec::encode_into(v, out).map_err(|e| e.to_string())
+}
+
+fn codec_decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    codec::decode(b).map_err(|e| e.to_string())
+}
+
+fn raw_encode(v: &Vec<u8>, out: &mut Vec<u8>) -> Result<(), String> {
+    out.extend_from_slice(v);
+    Ok(())
+}
+
+fn raw_decode(b: &[u8]) -> Result<Vec<u8>, String> {
+    Ok(b.to_vec())
+}
+
 fn unavailable_put<T>(value: T, reason: String) -> PutError<T> {
     PutError::Unavailable { value, reason }
 }
 
 impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     fn wrap(core: Core) -> RedisQueue<T> {
+        RedisQueue::with_codec(core, codec_encode::<T>, codec_decode::<T>)
+    }
+
+    fn with_codec(core: Core, encode: Encode<T>, decode: Decode<T>) -> RedisQueue<T> {
         RedisQueue {
             core: Arc::new(core),
+            encode,
+            decode,
             renewer: Mutex::new(None),
             _t: PhantomData,
         }
@@ -328,7 +380,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
 
     fn encode(&self, value: &T, out: &mut Vec<Vec<u8>>) -> Result<(), String> {
         let mut body = Vec::new();
-        codec::encode_into(value, &mut body).map_err(|e| e.to_string())?;
+        (self.encode)(value, &mut body)?;
         let tag = match self.core.redis.authkey() {
             Some(k) => k.sign(DOMAIN, &self.core.name, &body),
             None => Vec::new(),
@@ -638,7 +690,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                      queue's auth key, or altered): refused",
                     e.id, c.name
                 )),
-                _ => codec::decode::<T>(&e.value).map_err(|err| {
+                _ => (self.decode)(&e.value).map_err(|err| {
                     format!(
                         "entry {} of queue {:?} could not be decoded: {err}",
                         e.id, c.name
@@ -763,10 +815,10 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
 
     /// A new handle on the same queue: a consumer of its own (its own leases).
     pub fn try_clone(&self) -> Result<RedisQueue<T>, RedisError> {
-        let opts = self.core.redis.queue(&self.core.name);
-        Ok(RedisQueue::wrap(
-            opts.attach::<T>(self.core.joinable, false)?,
-        ))
+        let mut opts = self.core.redis.queue(&self.core.name);
+        opts.manual_ack = self.core.manual;
+        let core = opts.attach_named(&self.core.type_name, self.core.joinable, false)?;
+        Ok(RedisQueue::with_codec(core, self.encode, self.decode))
     }
 
     fn start_renewer(&self) {
