@@ -9,6 +9,9 @@
 //!                                     queue and lock rates (puts/s, gets/s, acquisitions/s),
 //!                                     sleepers and dead-peer recoveries, every interval; on a
 //!                                     terminal a live view (s: sort, q: quit)
+//! mproc bridge FROM TO [--count N]
+//!                                     forward a queue's messages to another queue: shm:NAME
+//!                                     to redis://HOST/?queue=NAME or back
 //! mproc gc [--prefix P] [--yes]
 //!                                     unlink segments whose creator is dead and that no live
 //!                                     process maps (dry run unless --yes)
@@ -21,6 +24,7 @@ use clap::{Parser, Subcommand};
 use mproc_segment::{Kind, SegmentError};
 use report::shown;
 
+mod bridge;
 mod metrics;
 mod report;
 mod scan;
@@ -81,6 +85,18 @@ enum Command {
         #[arg(long, default_value = "name")]
         sort: String,
     },
+    /// Forward every message of one queue to another: a shared-memory queue (`shm:NAME`) to
+    /// a queue on a Redis server (`redis://HOST[:PORT][/DB]?queue=NAME[&capacity=N]`), or
+    /// back. Runs until the source is closed and drained (then closes the destination).
+    Bridge {
+        /// Where messages come from.
+        from: String,
+        /// Where they go.
+        to: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Unlink segments whose creator is dead and that no live process maps.
     Gc {
         /// Only names starting with this prefix.
@@ -109,6 +125,7 @@ fn main() -> ExitCode {
             sort,
         } => top(&prefix, interval_ms, count, &sort),
         Command::Gc { prefix, yes } => gc(&prefix, yes),
+        Command::Bridge { from, to, count } => bridge::bridge(&from, &to, count),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

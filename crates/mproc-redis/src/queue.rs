@@ -320,6 +320,8 @@ fn codec_decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
     codec::decode(b).map_err(|e| e.to_string())
 }
 
+// The signature is `Encode<Vec<u8>>`'s: a `&[u8]` would not fit the field.
+#[allow(clippy::ptr_arg)]
 fn raw_encode(v: &Vec<u8>, out: &mut Vec<u8>) -> Result<(), String> {
     out.extend_from_slice(v);
     Ok(())
