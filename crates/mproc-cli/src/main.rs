@@ -9,6 +9,7 @@
 //!                                     queue and lock rates (puts/s, gets/s, acquisitions/s),
 //!                                     sleepers and dead-peer recoveries, every interval; on a
 //!                                     terminal a live view (s: sort, q: quit)
+//! mproc ls|metrics|top --redis URL  the same views of the queues on a Redis server
 //! mproc bridge FROM TO [--count N]
 //!                                     forward a queue's messages to another queue: shm:NAME
 //!                                     to redis://HOST/?queue=NAME or back
@@ -26,6 +27,7 @@ use report::shown;
 
 mod bridge;
 mod metrics;
+mod redis_view;
 mod report;
 mod scan;
 mod top;
@@ -53,6 +55,10 @@ enum Command {
         /// Print a JSON array (every entry, with its status) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show the queues on this Redis server (`redis://HOST[:PORT][/DB]`) instead of
+        /// the shared-memory segments.
+        #[arg(long)]
+        redis: Option<String>,
     },
     /// Show a segment's header; for a queue, also its length and state.
     Inspect {
@@ -67,6 +73,10 @@ enum Command {
         /// Only names starting with this prefix.
         #[arg(long, default_value = "")]
         prefix: String,
+        /// Show the queues on this Redis server (`redis://HOST[:PORT][/DB]`) instead of
+        /// the shared-memory segments.
+        #[arg(long)]
+        redis: Option<String>,
     },
     /// Every interval, print each queue's and lock's rates (items put and taken per second,
     /// acquisitions per second), its sleepers, and recoveries from dead peers.
@@ -84,6 +94,10 @@ enum Command {
         /// The column to sort by, largest first: name, put, get, length, acquire.
         #[arg(long, default_value = "name")]
         sort: String,
+        /// Show the queues on this Redis server (`redis://HOST[:PORT][/DB]`) instead of
+        /// the shared-memory segments.
+        #[arg(long)]
+        redis: Option<String>,
     },
     /// Forward every message of one queue to another: a shared-memory queue (`shm:NAME`) to
     /// a queue on a Redis server (`redis://HOST[:PORT][/DB]?queue=NAME[&capacity=N]`), or
@@ -112,17 +126,40 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ls {
+            prefix,
+            json,
+            redis: Some(url),
+            ..
+        } => redis_view::ls(&url, &prefix, json),
+        Command::Ls {
             prefix, json: true, ..
         } => ls_json(&prefix),
         Command::Ls { prefix, all, .. } => ls(&prefix, all),
         Command::Inspect { name, json: true } => inspect_json(&name),
         Command::Inspect { name, .. } => inspect(&name),
-        Command::Metrics { prefix } => metrics(&prefix),
+        Command::Metrics {
+            prefix,
+            redis: Some(url),
+        } => redis_view::metrics(&url, &prefix),
+        Command::Metrics { prefix, .. } => metrics(&prefix),
+        Command::Top {
+            prefix,
+            interval_ms,
+            count,
+            redis: Some(url),
+            ..
+        } => redis_view::top(
+            &url,
+            &prefix,
+            std::time::Duration::from_millis(interval_ms),
+            count,
+        ),
         Command::Top {
             prefix,
             interval_ms,
             count,
             sort,
+            ..
         } => top(&prefix, interval_ms, count, &sort),
         Command::Gc { prefix, yes } => gc(&prefix, yes),
         Command::Bridge { from, to, count } => bridge::bridge(&from, &to, count),

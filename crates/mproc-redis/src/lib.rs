@@ -60,6 +60,7 @@ mod pool;
 mod queue;
 mod reply;
 mod scripts;
+mod stats;
 mod traits;
 mod value;
 
@@ -69,4 +70,5 @@ pub use event::RedisEvent;
 pub use lock::{RedisLock, RedisLockError, RedisLockGuard};
 pub use pool::{RemoteError, RemoteMap, RemotePool, RemoteResult, Task, Worker, WorkerReport};
 pub use queue::{Delivery, RedisJoinableQueue, RedisQueue, RedisQueueOptions};
+pub use stats::QueueStats;
 pub use value::{RedisAtomic, RedisNumber, RedisValue};
