@@ -69,6 +69,6 @@ pub use error::RedisError;
 pub use event::RedisEvent;
 pub use lock::{RedisLock, RedisLockError, RedisLockGuard};
 pub use pool::{RemoteError, RemoteMap, RemotePool, RemoteResult, Task, Worker, WorkerReport};
-pub use queue::{Delivery, RedisJoinableQueue, RedisQueue, RedisQueueOptions};
+pub use queue::{DeadLetter, Delivery, RedisJoinableQueue, RedisQueue, RedisQueueOptions};
 pub use stats::QueueStats;
 pub use value::{RedisAtomic, RedisNumber, RedisValue};

@@ -34,6 +34,7 @@ pub struct RedisQueueOptions<'r> {
     capacity: usize,
     lease: Duration,
     manual_ack: bool,
+    max_message: usize,
 }
 
 impl Redis {
@@ -45,6 +46,7 @@ impl Redis {
             capacity: 1024,
             lease: Duration::from_secs(30),
             manual_ack: false,
+            max_message: 64 << 20,
         }
     }
 
@@ -52,7 +54,7 @@ impl Redis {
     /// Whether it existed.
     pub fn unlink_queue(&self, name: &str) -> Result<bool, RedisError> {
         check_name(name)?;
-        let keys: Vec<String> = ["meta", "s", "room", "n", "done"]
+        let keys: Vec<String> = ["meta", "s", "room", "n", "done", "dead"]
             .iter()
             .map(|p| self.key(name, p))
             .collect();
@@ -77,6 +79,14 @@ impl RedisQueueOptions<'_> {
     /// long processing may take.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// The largest message this handle puts or accepts (default 64 MiB): a larger `put` is
+    /// [`PutError::TooLarge`], and a larger entry found in the queue is refused and set
+    /// aside as a dead letter.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
         self
     }
 
@@ -228,6 +238,8 @@ impl RedisQueueOptions<'_> {
             room: r.key(&self.name, "room"),
             n: r.key(&self.name, "n"),
             done: r.key(&self.name, "done"),
+            dead: r.key(&self.name, "dead"),
+            max_message: self.max_message,
             name: self.name,
             meta,
             stream,
@@ -256,7 +268,9 @@ pub(crate) struct Core {
     room: String,
     n: String,
     done: String,
+    dead: String,
     consumer: String,
+    max_message: usize,
     capacity: usize,
     lease: Duration,
     joinable: bool,
@@ -279,6 +293,17 @@ pub struct Delivery<T> {
     pub deliveries: u64,
     /// The message.
     pub value: T,
+}
+
+/// An entry consumers refused, kept aside: [`RedisQueue::dead_letters`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its id in the queue.
+    pub id: String,
+    /// Why it was refused.
+    pub reason: String,
+    /// Its bytes as they were found.
+    pub bytes: Vec<u8>,
 }
 
 /// A bounded FIFO queue of `T` on a Redis server, shared by processes on any host that
@@ -397,6 +422,13 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         let mut args = Vec::with_capacity(2);
         if let Err(reason) = self.encode(&value, &mut args) {
             return Err(PutError::Unsendable { value, reason });
+        }
+        if args[0].len() > self.core.max_message {
+            return Err(PutError::TooLarge {
+                value,
+                size: args[0].len(),
+                max: self.core.max_message as u64,
+            });
         }
         loop {
             match self.push(&args) {
@@ -683,10 +715,17 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     fn deliver(&self, entries: Vec<Entry>, holder: Holder) -> Result<Vec<Delivery<T>>, GetError> {
         let c = &self.core;
         let mut out = Vec::with_capacity(entries.len());
-        let mut refused = Vec::new();
-        let mut reason = String::new();
+        let mut refused: Vec<(Entry, String)> = Vec::new();
         for e in entries {
             let checked = match c.redis.authkey() {
+                _ if e.value.len() > c.max_message => Err(format!(
+                    "entry {} of queue {:?} holds {} bytes, more than this consumer's limit \
+                     of {} (RedisQueueOptions::max_message_bytes)",
+                    e.id,
+                    c.name,
+                    e.value.len(),
+                    c.max_message
+                )),
                 Some(k) if !k.verify(DOMAIN, &c.name, &e.value, &e.tag) => Err(format!(
                     "entry {} of queue {:?} failed its HMAC check (not written with this \
                      queue's auth key, or altered): refused",
@@ -706,16 +745,14 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                     deliveries: e.deliveries,
                     value,
                 }),
-                Err(r) => {
-                    refused.push(e.id);
-                    reason = r;
-                }
+                Err(r) => refused.push((e, r)),
             }
         }
+        let reason = refused.last().map(|r| r.1.clone()).unwrap_or_default();
         if !refused.is_empty() {
             // Best effort: if this fails, the entries come back after their lease and are
             // refused again.
-            let _ = self.acknowledge(&refused, false);
+            let _ = self.set_aside(&refused);
         }
         if out.is_empty() {
             return Err(GetError::Unreadable { reason });
@@ -726,6 +763,43 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
             .extend(out.iter().map(|d| d.id.clone()));
         self.start_renewer();
         Ok(out)
+    }
+
+    /// Moves refused entries (held by this consumer) to the queue's dead letters, with the
+    /// reason: out of the queue for good, kept for inspection ([`Self::dead_letters`]).
+    fn set_aside(&self, refused: &[(Entry, String)]) -> Result<i64, String> {
+        let c = &self.core;
+        c.redis.run(COMMAND_TIMEOUT, |con| {
+            let script = scripts::dead_letter();
+            let mut inv = script.key(&c.stream);
+            inv.key(&c.dead).key(&c.room).key(&c.n).key(&c.done);
+            inv.arg("mproc").arg(&c.consumer);
+            for (e, why) in refused {
+                inv.arg(&e.id).arg(&e.value).arg(&e.tag).arg(why);
+            }
+            inv.invoke(con)
+        })
+    }
+
+    /// Up to `max` of the entries consumers refused (a failed HMAC check, bytes that do not
+    /// decode, more bytes than a consumer's limit), oldest first: they left the queue and
+    /// wait here for inspection. At most the last 10,000 are kept.
+    pub fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, Unavailable> {
+        let dead = &self.core.dead;
+        let v: Value = self
+            .core
+            .redis
+            .run(COMMAND_TIMEOUT, |c| {
+                redis::cmd("XRANGE")
+                    .arg(dead)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query(c)
+            })
+            .map_err(|reason| Unavailable { reason })?;
+        Ok(crate::reply::parse_dead(&v))
     }
 
     /// Acknowledges `ids` (held by this consumer); with `done`, also counts them done.

@@ -93,3 +93,37 @@ pub(crate) fn parse_read(v: &Value) -> Vec<Entry> {
         .filter_map(|e| entry_of(e, 1))
         .collect()
 }
+
+/// An `XRANGE` of the dead-letter stream: entries with fields `id`, `v`, `reason`.
+pub(crate) fn parse_dead(v: &Value) -> Vec<crate::queue::DeadLetter> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(parts) = item else {
+                return None;
+            };
+            let Value::Array(fields) = parts.get(1)? else {
+                return None;
+            };
+            let mut d = crate::queue::DeadLetter {
+                id: String::new(),
+                reason: String::new(),
+                bytes: Vec::new(),
+            };
+            for pair in fields.chunks(2) {
+                if let [Value::BulkString(k), Value::BulkString(val)] = pair {
+                    match k.as_slice() {
+                        b"id" => d.id = String::from_utf8_lossy(val).into_owned(),
+                        b"reason" => d.reason = String::from_utf8_lossy(val).into_owned(),
+                        b"v" => d.bytes = val.clone(),
+                        _ => {}
+                    }
+                }
+            }
+            Some(d)
+        })
+        .collect()
+}

@@ -200,3 +200,39 @@ return 1
 ",
     )
 }
+
+/// Sets refused entries aside. KEYS: stream, dead, room, n, done. ARGV: group, consumer,
+/// then (id, value, mac, reason) for each. An entry this consumer still holds is copied to
+/// the dead-letter stream (capped near 10,000), acknowledged and deleted; a joinable queue
+/// counts it done (it will never be processed). Returns how many.
+pub(crate) fn dead_letter() -> Script {
+    Script::new(
+        r"
+local moved = 0
+for i = 3, #ARGV, 4 do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'id', ARGV[i], 'v', ARGV[i + 1],
+      'h', ARGV[i + 2], 'reason', ARGV[i + 3])
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    moved = moved + 1
+  end
+end
+if moved > 0 then
+  redis.call('RPUSH', KEYS[3], moved)
+  redis.call('LTRIM', KEYS[3], -64, -1)
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    local left = redis.call('DECRBY', KEYS[4], moved)
+    if left <= 0 then
+      redis.call('SET', KEYS[4], 0)
+      redis.call('DEL', KEYS[5])
+      redis.call('RPUSH', KEYS[5], 1)
+      redis.call('PEXPIRE', KEYS[5], 1000)
+    end
+  end
+end
+return moved
+",
+    )
+}
