@@ -37,6 +37,21 @@ fn first_run_hangs(url: String) -> i64 {
     }
     n
 }
+/// The first run sets "started" and waits for "release"; later runs answer at once. Returns
+/// which run it was.
+fn first_run_waits(url: String) -> i64 {
+    let r = Redis::connect(&url).unwrap();
+    let n = RedisAtomic::<i64>::open(&r, "runs")
+        .unwrap()
+        .fetch_add(1)
+        .unwrap()
+        + 1;
+    if n == 1 {
+        r.event("started").unwrap().set().unwrap();
+        r.event("release").unwrap().wait().unwrap();
+    }
+    n
+}
 /// Counts its runs in "marks".
 fn mark(url: String) -> i64 {
     let r = Redis::connect(&url).unwrap();
@@ -52,6 +67,7 @@ const BOOM: Task<u64, u64> = Task::new("boom", boom);
 const SPIN: Task<u64, u64> = Task::new("spin", spin);
 const HANGS: Task<String, i64> = Task::new("first_run_hangs", first_run_hangs);
 const MARK: Task<String, i64> = Task::new("mark", mark);
+const WAITS: Task<String, i64> = Task::new("first_run_waits", first_run_waits);
 const NOT_REGISTERED: Task<u64, u64> = Task::new("nobody_has_this", square);
 
 fn worker(url: &str, pool: &str, key: Option<&'static str>) -> Child {
@@ -70,6 +86,7 @@ fn worker(url: &str, pool: &str, key: Option<&'static str>) -> Child {
             .register(&SPIN)
             .register(&HANGS)
             .register(&MARK)
+            .register(&WAITS)
             .run()
             .map(|_| 0)
             .unwrap_or(3)
@@ -239,5 +256,38 @@ fn cancelled_and_forged_tasks_never_run() {
         pool.close().unwrap();
         w.assert_success();
         assert_eq!(marks.load().unwrap(), 1);
+    });
+}
+
+#[test]
+fn a_worker_paused_past_its_lease_has_its_late_answer_dropped() {
+    with_deadline(DEADLINE, || {
+        let s = RedisServer::start();
+        let r = Redis::connect(&s.url()).unwrap();
+        let runs = RedisAtomic::create(&r, "runs", 0i64).unwrap();
+        let pool = RemotePool::connect_with_lease(&r, "p", Duration::from_millis(500)).unwrap();
+        let a = worker(&s.url(), "p", None);
+        let result = pool.apply_async(&WAITS, s.url()).unwrap();
+        r.event("started").unwrap().wait().unwrap();
+        // Host A stops (its lease renewals with it); B takes the task after the lease.
+        a.signal(Signal::STOP);
+        let b = worker(&s.url(), "p", None);
+        assert_eq!(result.get().unwrap(), 2, "B's run answers");
+        // A resumes and finishes its run: its answer arrives and is dropped.
+        a.signal(Signal::CONT);
+        r.event("release").unwrap().set().unwrap();
+        let t = std::time::Instant::now();
+        while pool.dropped_answers() == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "A's late answer never came"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(pool.dropped_answers(), 1);
+        assert_eq!(runs.load().unwrap(), 2);
+        pool.close().unwrap();
+        a.assert_success();
+        b.assert_success();
     });
 }

@@ -374,3 +374,79 @@ fn a_dead_server_is_a_typed_error_not_a_hang_or_a_panic() {
         ));
     });
 }
+
+#[test]
+fn eight_producers_and_eight_consumers_account_for_every_item_once() {
+    with_deadline(DEADLINE, || {
+        let s = RedisServer::start();
+        let r = connect(&s);
+        let q = r.queue("mpmc").capacity(64).create::<u32>().unwrap();
+        let seen = r
+            .queue("seen")
+            .capacity(100_000)
+            .create::<Vec<u32>>()
+            .unwrap();
+        let url = s.url();
+        let producers: Vec<_> = (0..8u32)
+            .map(|p| {
+                let url = url.clone();
+                fork_child(move || {
+                    let r = Redis::connect(&url).unwrap();
+                    let q = r.queue("mpmc").open::<u32>().unwrap();
+                    // Half one at a time, half in batches.
+                    for i in 0..100 {
+                        q.put(p * 1000 + i).unwrap();
+                    }
+                    q.put_many((100..200).map(|i| p * 1000 + i).collect())
+                        .unwrap();
+                    0
+                })
+            })
+            .collect();
+        let consumers: Vec<_> = (0..8)
+            .map(|_| {
+                let url = url.clone();
+                fork_child(move || {
+                    let r = Redis::connect(&url).unwrap();
+                    let q = r.queue("mpmc").open::<u32>().unwrap();
+                    let seen = r.queue("seen").open::<Vec<u32>>().unwrap();
+                    let mut got = Vec::new();
+                    let mut batch = Vec::new();
+                    loop {
+                        batch.clear();
+                        match q.get_many(&mut batch, 16) {
+                            Ok(_) => got.extend_from_slice(&batch),
+                            Err(GetError::Closed) => break,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    q.ack().unwrap();
+                    seen.put(got).unwrap();
+                    0
+                })
+            })
+            .collect();
+        for p in producers {
+            p.assert_success();
+        }
+        q.close().unwrap();
+        for c in consumers {
+            c.assert_success();
+        }
+        let mut all = Vec::new();
+        for _ in 0..8 {
+            all.extend(seen.get().unwrap());
+        }
+        all.sort();
+        let want: Vec<u32> = (0..8u32)
+            .flat_map(|p| (0..200).map(move |i| p * 1000 + i))
+            .collect();
+        assert_eq!(all, want, "every item taken exactly once");
+        let stats = r.queue_stats("mpmc").unwrap();
+        assert_eq!(stats.len(), 1);
+        assert_eq!(
+            (stats[0].added, stats[0].waiting, stats[0].leased),
+            (1600, 0, 0)
+        );
+    });
+}

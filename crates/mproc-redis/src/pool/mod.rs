@@ -166,6 +166,9 @@ struct Board {
     open: HashSet<u64>,
     /// The receiver's last failure to read the result queue, if it keeps failing.
     trouble: Option<String>,
+    /// Answers dropped: a second answer to a task that ran twice, or one to a task the
+    /// caller cancelled or stopped waiting for.
+    dropped: u64,
 }
 
 struct Shared {
@@ -277,6 +280,13 @@ impl RemotePool {
     pub fn chunksize(mut self, n: usize) -> Self {
         self.chunksize = n.max(1);
         self
+    }
+
+    /// How many answers this caller dropped so far: second answers to tasks that ran twice
+    /// (a worker paused or cut off past its lease, whose task was run again elsewhere), and
+    /// answers to tasks it cancelled or stopped waiting for.
+    pub fn dropped_answers(&self) -> u64 {
+        lock(&self.shared.board).dropped
     }
 
     /// Stops accepting tasks, for every caller of the pool: workers finish what is queued
@@ -459,6 +469,8 @@ fn receive(shared: &Shared, results: &RedisQueue<ResultMsg>) {
                 if b.open.remove(&msg.id) {
                     b.answers.insert(msg.id, msg);
                     shared.answered.notify_all();
+                } else {
+                    b.dropped += 1;
                 }
             }
             Err(GetError::Timeout | GetError::Empty | GetError::Unreadable { .. }) => {}
