@@ -207,6 +207,36 @@ pub fn fork_in_pid_namespace(own_proc: bool, f: impl FnOnce() -> i32) -> Child {
 }
 
 /// Makes this process's mounts private and mounts a `/proc` that shows its own pid namespace.
+/// Forks a child that runs `f` in a mount namespace of its own with an empty tmpfs on
+/// `/dev/shm`: it shares no shared memory with this process (nor this process's liveness
+/// roll). Needs root (CI runs as root); a namespace that cannot be made ends the child with
+/// code 94.
+pub fn fork_with_own_shm(f: impl FnOnce() -> i32) -> Child {
+    use rustix::mount::{MountFlags, MountPropagationFlags, mount, mount_change};
+    use rustix::thread::UnshareFlags;
+    fork_child(move || {
+        // SAFETY: no `FILES` flag; this forked child has one thread.
+        let own = unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS) }.is_ok()
+            && mount_change(
+                "/",
+                MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+            )
+            .is_ok()
+            && mount(
+                "tmpfs",
+                "/dev/shm",
+                "tmpfs",
+                MountFlags::NOSUID | MountFlags::NODEV,
+                None,
+            )
+            .is_ok();
+        if !own {
+            return 94;
+        }
+        f()
+    })
+}
+
 fn mount_own_proc() -> bool {
     use rustix::mount::{MountFlags, MountPropagationFlags, mount, mount_change};
     mount_change(

@@ -20,6 +20,7 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     killed: bool,
+    extra: Vec<String>,
 }
 
 /// The server binary: `$MPROC_REDIS_SERVER`, else `redis-server` on the `PATH`.
@@ -59,32 +60,59 @@ impl RedisServer {
             .port();
         let dir = std::env::temp_dir().join(crate::unique_name("redis"));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = RedisServer::spawn(port, &dir, &extra).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
+        Ok(RedisServer {
+            child,
+            port,
+            dir,
+            killed: false,
+            extra,
+        })
+    }
+
+    /// Kills the server (SIGKILL, as a crash) if it runs, and starts it again on the same
+    /// port and directory with the same settings: what was persisted (`--appendonly yes`)
+    /// is read back.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut last = String::new();
+        for _ in 0..50 {
+            match RedisServer::spawn(self.port, &self.dir, &self.extra) {
+                Ok(child) => {
+                    self.child = child;
+                    self.killed = false;
+                    return;
+                }
+                // The port may linger for a moment after the kill.
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("could not restart redis-server: {last}");
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Result<Child, String> {
         let mut cmd = Command::new(binary());
         cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir)
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--protected-mode", "no", "--loglevel", "warning"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = Child::spawn(&mut cmd).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&dir);
-            format!("spawn: {e}")
-        })?;
+        let mut child = Child::spawn(&mut cmd).map_err(|e| format!("spawn: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(RedisServer {
-                    child,
-                    port,
-                    dir,
-                    killed: false,
-                });
+                return Ok(child);
             }
             if child.wait_timeout(Duration::from_millis(0)).is_some() || Instant::now() > deadline {
-                let _ = std::fs::remove_dir_all(&dir);
                 return Err(format!("redis-server on port {port} did not come up"));
             }
             std::thread::sleep(Duration::from_millis(5));
