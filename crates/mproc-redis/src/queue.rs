@@ -495,42 +495,27 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                 return Err((0, PutError::Unsendable { value, reason }));
             }
         }
-        let mut done = 0;
-        let fail = |done: usize, values: Vec<T>, e: fn(T) -> PutError<T>| {
+        // The value at `done`, handed back with the error that stopped the batch.
+        let stop = |values: Vec<T>, done: usize, e: &dyn Fn(T) -> PutError<T>| {
             let v = values
                 .into_iter()
                 .nth(done)
-                .unwrap_or_else(|| unreachable!());
+                .unwrap_or_else(|| unreachable!("done < len"));
             Err((done, e(v)))
         };
+        let mut done = 0;
         while done < values.len() {
+            let unavailable = |reason: String| move |v| unavailable_put(v, reason.clone());
             match self.push(&args[done * 2..]) {
                 Ok(n) if n > 0 => done += n as usize,
-                Ok(-1) => return fail(done, values, PutError::Closed),
-                Ok(-2) => {
-                    let reason = self.gone();
-                    let v = values
-                        .into_iter()
-                        .nth(done)
-                        .unwrap_or_else(|| unreachable!());
-                    return Err((done, unavailable_put(v, reason)));
-                }
+                Ok(-1) => return stop(values, done, &PutError::Closed),
+                Ok(-2) => return stop(values, done, &unavailable(self.gone())),
                 Ok(_) => {
                     if let Err(Some(reason)) = self.wait_for_room(None) {
-                        let v = values
-                            .into_iter()
-                            .nth(done)
-                            .unwrap_or_else(|| unreachable!());
-                        return Err((done, unavailable_put(v, reason)));
+                        return stop(values, done, &unavailable(reason));
                     }
                 }
-                Err(reason) => {
-                    let v = values
-                        .into_iter()
-                        .nth(done)
-                        .unwrap_or_else(|| unreachable!());
-                    return Err((done, unavailable_put(v, reason)));
-                }
+                Err(reason) => return stop(values, done, &unavailable(reason)),
             }
         }
         Ok(())

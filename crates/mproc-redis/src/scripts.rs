@@ -11,6 +11,42 @@
 
 use redis::Script;
 
+/// A Lua function the scripts that acknowledge share: acknowledges and deletes the entries
+/// `ARGV[first..last]` (every `step`-th) that consumer `ARGV[2]` of group `ARGV[1]` still
+/// holds in `stream`, pushes that many room tokens to `room`, returns how many.
+const ACK_OWNED: &str = r"
+local function ack_owned(stream, room, first, last, step)
+  local acked = 0
+  for i = first, last, step do
+    local p = redis.call('XPENDING', stream, ARGV[1], ARGV[i], ARGV[i], 1)
+    if p[1] and p[1][2] == ARGV[2] then
+      redis.call('XACK', stream, ARGV[1], ARGV[i])
+      redis.call('XDEL', stream, ARGV[i])
+      acked = acked + 1
+    end
+  end
+  if acked > 0 then
+    redis.call('RPUSH', room, acked)
+    redis.call('LTRIM', room, -64, -1)
+  end
+  return acked
+end
+local function count_done(n, done, k)
+  local left = redis.call('DECRBY', n, k)
+  if left <= 0 then
+    redis.call('SET', n, 0)
+    redis.call('DEL', done)
+    redis.call('RPUSH', done, 1)
+    redis.call('PEXPIRE', done, 1000)
+  end
+end
+";
+
+/// A script whose body calls `ack_owned`.
+fn with_ack(body: &str) -> Script {
+    Script::new(&format!("{ACK_OWNED}{body}"))
+}
+
 /// Creates a queue's keys unless its meta hash exists. KEYS: meta, stream. ARGV: kind, type,
 /// cap, lease_ms, auth, version. Returns 1 if created, else the existing
 /// `{kind, type, cap, lease_ms, auth, version}`.
@@ -58,21 +94,9 @@ return n
 /// Returns `{ {id, fields, deliveries}, ... }`, or -1 if closed and empty, -2 if missing,
 /// or an empty table.
 pub(crate) fn take() -> Script {
-    Script::new(
+    with_ack(
         r"
-local acked = 0
-for i = 5, #ARGV do
-  local p = redis.call('XPENDING', KEYS[2], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XACK', KEYS[2], ARGV[1], ARGV[i])
-    redis.call('XDEL', KEYS[2], ARGV[i])
-    acked = acked + 1
-  end
-end
-if acked > 0 then
-  redis.call('RPUSH', KEYS[3], acked)
-  redis.call('LTRIM', KEYS[3], -64, -1)
-end
+ack_owned(KEYS[2], KEYS[3], 5, #ARGV, 1)
 local want = tonumber(ARGV[4])
 local out = {}
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
@@ -106,30 +130,10 @@ return out
 /// Returns how many were acknowledged (an entry whose lease lapsed and which another
 /// consumer took is not this consumer's to acknowledge: it is skipped).
 pub(crate) fn ack() -> Script {
-    Script::new(
+    with_ack(
         r"
-local acked = 0
-for i = 4, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-    redis.call('XDEL', KEYS[1], ARGV[i])
-    acked = acked + 1
-  end
-end
-if acked > 0 then
-  redis.call('RPUSH', KEYS[2], acked)
-  redis.call('LTRIM', KEYS[2], -64, -1)
-  if ARGV[3] == '1' then
-    local left = redis.call('DECRBY', KEYS[3], acked)
-    if left <= 0 then
-      redis.call('SET', KEYS[3], 0)
-      redis.call('DEL', KEYS[4])
-      redis.call('RPUSH', KEYS[4], 1)
-      redis.call('PEXPIRE', KEYS[4], 1000)
-    end
-  end
-end
+local acked = ack_owned(KEYS[1], KEYS[2], 4, #ARGV, 1)
+if acked > 0 and ARGV[3] == '1' then count_done(KEYS[3], KEYS[4], acked) end
 return acked
 ",
     )
@@ -206,32 +210,17 @@ return 1
 /// the dead-letter stream (capped near 10,000), acknowledged and deleted; a joinable queue
 /// counts it done (it will never be processed). Returns how many.
 pub(crate) fn dead_letter() -> Script {
-    Script::new(
+    with_ack(
         r"
-local moved = 0
 for i = 3, #ARGV, 4 do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if p[1] and p[1][2] == ARGV[2] then
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'id', ARGV[i], 'v', ARGV[i + 1],
       'h', ARGV[i + 2], 'reason', ARGV[i + 3])
-    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-    redis.call('XDEL', KEYS[1], ARGV[i])
-    moved = moved + 1
   end
 end
-if moved > 0 then
-  redis.call('RPUSH', KEYS[3], moved)
-  redis.call('LTRIM', KEYS[3], -64, -1)
-  if redis.call('EXISTS', KEYS[4]) == 1 then
-    local left = redis.call('DECRBY', KEYS[4], moved)
-    if left <= 0 then
-      redis.call('SET', KEYS[4], 0)
-      redis.call('DEL', KEYS[5])
-      redis.call('RPUSH', KEYS[5], 1)
-      redis.call('PEXPIRE', KEYS[5], 1000)
-    end
-  end
-end
+local moved = ack_owned(KEYS[1], KEYS[3], 3, #ARGV, 4)
+if moved > 0 and redis.call('EXISTS', KEYS[4]) == 1 then count_done(KEYS[4], KEYS[5], moved) end
 return moved
 ",
     )

@@ -152,48 +152,43 @@ fn map_imap_and_apply_run_on_remote_workers_with_errors_per_task() {
     });
 }
 
+/// Host A takes a `first_run_hangs` task and is SIGKILLed while running it (its local pool
+/// dies with it); host B starts. Returns what the caller then gets and the runs counted.
+fn kill_the_first_host(retries: u32) -> (Result<i64, RemoteError>, i64) {
+    let s = RedisServer::start();
+    let r = Redis::connect(&s.url()).unwrap();
+    let runs = RedisAtomic::create(&r, "runs", 0i64).unwrap();
+    let pool = RemotePool::connect_with_lease(&r, "p", Duration::from_millis(500))
+        .unwrap()
+        .retries(retries);
+    let mut a = worker(&s.url(), "p", None);
+    let result = pool.apply_async(&HANGS, s.url()).unwrap();
+    r.event("started").unwrap().wait().unwrap();
+    a.signal(Signal::KILL);
+    a.wait();
+    let b = worker(&s.url(), "p", None);
+    let got = result.get();
+    let n = runs.load().unwrap();
+    pool.close().unwrap();
+    b.assert_success();
+    (got, n)
+}
+
 #[test]
 fn a_worker_host_killed_mid_task_has_the_task_rerun_elsewhere_once() {
     with_deadline(DEADLINE, || {
-        let s = RedisServer::start();
-        let r = Redis::connect(&s.url()).unwrap();
-        let runs = RedisAtomic::create(&r, "runs", 0i64).unwrap();
-        let pool = RemotePool::connect_with_lease(&r, "p", Duration::from_millis(500))
-            .unwrap()
-            .retries(1);
-        let mut a = worker(&s.url(), "p", None);
-        let result = pool.apply_async(&HANGS, s.url()).unwrap();
-        // Wait until host A is running it, then kill A (its local pool dies with it).
-        r.event("started").unwrap().wait().unwrap();
-        a.signal(Signal::KILL);
-        a.wait();
-        let b = worker(&s.url(), "p", None);
-        assert_eq!(result.get().unwrap(), 1, "the second run answers");
-        assert_eq!(runs.load().unwrap(), 2);
-        pool.close().unwrap();
-        b.assert_success();
+        let (got, runs) = kill_the_first_host(1);
+        assert_eq!(got, Ok(1), "the second run answers");
+        assert_eq!(runs, 2);
     });
 }
 
 #[test]
 fn retries_bound_the_reruns_of_a_task_whose_workers_vanish() {
     with_deadline(DEADLINE, || {
-        let s = RedisServer::start();
-        let r = Redis::connect(&s.url()).unwrap();
-        let runs = RedisAtomic::create(&r, "runs", 0i64).unwrap();
-        let pool = RemotePool::connect_with_lease(&r, "p", Duration::from_millis(500))
-            .unwrap()
-            .retries(0);
-        let mut a = worker(&s.url(), "p", None);
-        let result = pool.apply_async(&HANGS, s.url()).unwrap();
-        r.event("started").unwrap().wait().unwrap();
-        a.signal(Signal::KILL);
-        a.wait();
-        let b = worker(&s.url(), "p", None);
-        assert_eq!(result.get(), Err(RemoteError::Lost { attempts: 1 }));
-        assert_eq!(runs.load().unwrap(), 1, "not run again");
-        pool.close().unwrap();
-        b.assert_success();
+        let (got, runs) = kill_the_first_host(0);
+        assert_eq!(got, Err(RemoteError::Lost { attempts: 1 }));
+        assert_eq!(runs, 1, "not run again");
     });
 }
 
