@@ -22,6 +22,7 @@ mod figures;
 mod locks;
 mod pipes;
 mod pools;
+mod redisq;
 mod stats;
 
 use stats::Stat;
@@ -331,6 +332,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
+    // `--redis REPS`: only the Redis rows (queues and the remote pool against bare redis-rs).
+    if let Some(reps) = reps_of(&args, "--redis") {
+        for r in redisq::rows(reps, quick) {
+            println!(
+                "{}: {} | {}: {} | {}",
+                r.what,
+                fmt_stat(&r.mproc),
+                r.baseline_name,
+                fmt_stat(&r.baseline),
+                r.ratio().map_or("n/a".into(), |x| format!("{x:.2}×"))
+            );
+        }
+        return Ok(());
+    }
     // `--fair REPS`: the fair in-process references (one loop shape, pinned), ns per item.
     if let Some(reps) = reps_of(&args, "--fair") {
         for _ in 0..reps {
@@ -597,6 +612,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let b = bodies::measure(plan.reps, plan.rounds, quick);
     rows.extend(body_rows(&b, &pyv));
+    rows.extend(redisq::rows(plan.reps, quick));
 
     let mut md = String::new();
     writeln!(md, "# mproc benchmarks\n")?;

@@ -1,0 +1,328 @@
+//! Queues and the remote pool on Redis, against bare redis-rs loops on the same local
+//! redis-server, in the same run. A producer thread and a consumer thread, each with its own
+//! connection; µs per message (or per task).
+
+use std::time::{Duration, Instant};
+
+use mproc::redis::{Redis, RemotePool, Task, Worker};
+use mproc_testkit::RedisServer;
+use redis::Commands;
+
+use crate::stats::Stat;
+use crate::{Row, Rule};
+
+const BATCH: usize = 64;
+
+fn per(t: Duration, n: usize) -> f64 {
+    t.as_secs_f64() * 1e6 / n as f64
+}
+
+fn bare(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connect to the benchmark's redis-server")
+}
+
+/// Runs `produce` and `consume` on two threads; µs per message over `n`.
+fn pair(n: usize, produce: impl FnOnce() + Send, consume: impl FnOnce() + Send) -> f64 {
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(produce);
+        s.spawn(consume);
+    });
+    per(t.elapsed(), n)
+}
+
+fn mproc_single(url: &str, name: &str, n: usize) -> f64 {
+    let r = Redis::connect(url).expect("connect");
+    let q = r
+        .queue(name)
+        .capacity(1 << 20)
+        .create::<u64>()
+        .expect("queue");
+    let c = q.try_clone().expect("clone");
+    let v = pair(
+        n,
+        || (0..n as u64).for_each(|i| q.put(i).expect("put")),
+        || {
+            for _ in 0..n {
+                c.get().expect("get");
+            }
+        },
+    );
+    drop((q, c));
+    r.unlink_queue(name).expect("unlink");
+    v
+}
+
+fn mproc_batch(url: &str, name: &str, n: usize) -> f64 {
+    let r = Redis::connect(url).expect("connect");
+    let q = r
+        .queue(name)
+        .capacity(1 << 20)
+        .create::<u64>()
+        .expect("queue");
+    let c = q.try_clone().expect("clone");
+    let v = pair(
+        n,
+        || {
+            for b in (0..n as u64).collect::<Vec<_>>().chunks(BATCH) {
+                q.put_many(b.to_vec()).expect("put_many");
+            }
+        },
+        || {
+            let (mut got, mut buf) = (0, Vec::new());
+            while got < n {
+                buf.clear();
+                got += c.get_many(&mut buf, BATCH).expect("get_many");
+            }
+            c.ack().expect("ack");
+        },
+    );
+    drop((q, c));
+    r.unlink_queue(name).expect("unlink");
+    v
+}
+
+/// LPUSH / BRPOP, one item per command: no acknowledgement.
+fn bare_list(url: &str, key: &str, n: usize) -> f64 {
+    let (mut p, mut c) = (bare(url), bare(url));
+    pair(
+        n,
+        || (0..n as u64).for_each(|i| p.lpush::<_, _, ()>(key, i).expect("lpush")),
+        || {
+            for _ in 0..n {
+                let _: (String, u64) = c.brpop(key, 0.0).expect("brpop");
+            }
+        },
+    )
+}
+
+/// The reliable list: BLMOVE into a processing list, LREM to acknowledge; one at a time.
+fn bare_reliable(url: &str, key: &str, n: usize) -> f64 {
+    let (mut p, mut c) = (bare(url), bare(url));
+    let work = format!("{key}:processing");
+    pair(
+        n,
+        || (0..n as u64).for_each(|i| p.lpush::<_, _, ()>(key, i).expect("lpush")),
+        || {
+            for _ in 0..n {
+                let v: u64 = redis::cmd("BLMOVE")
+                    .arg(key)
+                    .arg(&work)
+                    .arg("RIGHT")
+                    .arg("LEFT")
+                    .arg(0)
+                    .query(&mut c)
+                    .expect("blmove");
+                let _: i64 = c.lrem(&work, 1, v).expect("lrem");
+            }
+        },
+    )
+}
+
+/// LPUSH of 64 values / LPOP with a count of 64 (no acknowledgement).
+fn bare_list_batch(url: &str, key: &str, n: usize) -> f64 {
+    let (mut p, mut c) = (bare(url), bare(url));
+    pair(
+        n,
+        || {
+            for b in (0..n as u64).collect::<Vec<_>>().chunks(BATCH) {
+                p.lpush::<_, _, ()>(key, b).expect("lpush");
+            }
+        },
+        || {
+            let mut got = 0;
+            while got < n {
+                let v: Option<Vec<u64>> = redis::cmd("RPOP")
+                    .arg(key)
+                    .arg(BATCH)
+                    .query(&mut c)
+                    .expect("rpop");
+                got += v.map_or(0, |v| v.len());
+            }
+        },
+    )
+}
+
+/// XADD ×64 pipelined / XREADGROUP COUNT 64 + XACK: a stream's acknowledged batch.
+fn bare_stream_batch(url: &str, key: &str, n: usize) -> f64 {
+    let (mut p, mut c) = (bare(url), bare(url));
+    let _: () = redis::cmd("XGROUP")
+        .arg(&["CREATE", key, "g", "$", "MKSTREAM"])
+        .query(&mut p)
+        .expect("xgroup");
+    pair(
+        n,
+        || {
+            for b in (0..n as u64).collect::<Vec<_>>().chunks(BATCH) {
+                let mut pipe = redis::pipe();
+                for v in b {
+                    pipe.cmd("XADD").arg(key).arg("*").arg("v").arg(*v).ignore();
+                }
+                pipe.query::<()>(&mut p).expect("xadd");
+            }
+        },
+        || {
+            let mut got = 0;
+            while got < n {
+                let r: redis::Value = redis::cmd("XREADGROUP")
+                    .arg(&["GROUP", "g", "c", "COUNT"])
+                    .arg(BATCH)
+                    .arg(&["BLOCK", "1000", "STREAMS", key, ">"])
+                    .query(&mut c)
+                    .expect("xreadgroup");
+                let ids = stream_ids(&r);
+                got += ids.len();
+                if !ids.is_empty() {
+                    let _: i64 = redis::cmd("XACK")
+                        .arg(key)
+                        .arg("g")
+                        .arg(&ids)
+                        .query(&mut c)
+                        .expect("xack");
+                }
+            }
+        },
+    )
+}
+
+fn stream_ids(v: &redis::Value) -> Vec<String> {
+    use redis::Value::{Array, BulkString, Map};
+    let entries: Vec<&redis::Value> = match v {
+        Array(s) => s
+            .iter()
+            .filter_map(|s| match s {
+                Array(kv) => kv.get(1),
+                _ => None,
+            })
+            .collect(),
+        Map(m) => m.iter().map(|(_, e)| e).collect(),
+        _ => Vec::new(),
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| match e {
+            Array(es) => Some(es),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|e| match e {
+            Array(parts) => match parts.first() {
+                Some(BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn inc(x: u64) -> u64 {
+    x + 1
+}
+const INC: Task<u64, u64> = Task::new("inc", inc);
+
+/// A worker of the benchmark's remote pool, in a thread of this process (its local pool's
+/// two processes run the tasks).
+fn remote_map(url: &str, tasks: usize, rounds: usize) -> (f64, f64) {
+    let r = Redis::connect(url).expect("connect");
+    let worker = Worker::new(&r, "bench-pool").processes(2).register(&INC);
+    let stop = worker.stop_flag();
+    let w = std::thread::spawn(move || worker.run());
+    let pool = RemotePool::connect(&r, "bench-pool").expect("pool");
+    // Warm the worker up before timing.
+    pool.map(&INC, vec![1; 8]).expect("warm-up");
+    let t = Instant::now();
+    let out = pool.map(&INC, (0..tasks as u64).collect()).expect("map");
+    let map = per(t.elapsed(), tasks);
+    assert_eq!(out.len(), tasks);
+    let t = Instant::now();
+    for i in 0..rounds as u64 {
+        assert_eq!(pool.apply(&INC, i).expect("apply"), i + 1);
+    }
+    let apply = per(t.elapsed(), rounds);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = w.join();
+    drop(pool);
+    let _ = r.unlink_queue("bench-pool");
+    (map, apply)
+}
+
+/// The Redis rows. Without a `redis-server` to start, they say so (`cargo xtask deps`
+/// installs it).
+pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        eprintln!("mproc-bench: redis-server not found: Redis rows skipped");
+        return Vec::new();
+    }
+    let server = RedisServer::start();
+    let url = server.url();
+    let n = if quick { 500 } else { 20_000 };
+    let nb = if quick { 2_000 } else { 200_000 };
+    let mut k = 0;
+    let mut key = || {
+        k += 1;
+        format!("bench-{k}")
+    };
+    let rep = |f: &mut dyn FnMut() -> f64| Stat::repeat(reps, f);
+    let single = rep(&mut || mproc_single(&url, &key(), n));
+    let plain = rep(&mut || bare_list(&url, &key(), n));
+    let reliable = rep(&mut || bare_reliable(&url, &key(), n));
+    let batch = rep(&mut || mproc_batch(&url, &key(), nb));
+    let plain_batch = rep(&mut || bare_list_batch(&url, &key(), nb));
+    let stream_batch = rep(&mut || bare_stream_batch(&url, &key(), nb));
+    let (tasks, rounds) = if quick { (100, 20) } else { (5_000, 500) };
+    let remote: Vec<(f64, f64)> = (0..reps).map(|_| remote_map(&url, tasks, rounds)).collect();
+    let map = Stat::of(remote.iter().map(|r| r.0).collect());
+    let apply = Stat::of(remote.iter().map(|r| r.1).collect());
+    let q = "`RedisQueue<u64>` 1→1";
+    vec![
+        Row {
+            what: format!("{q}, one per call (acknowledged), µs/msg"),
+            mproc: single.clone(),
+            baseline_name: "bare redis-rs reliable list (BLMOVE + LREM), one at a time".into(),
+            baseline: reliable,
+            rule: Rule::FasterBy(0.8),
+        },
+        Row {
+            what: format!("{q}, one per call (acknowledged), µs/msg"),
+            mproc: single,
+            baseline_name: "bare redis-rs LPUSH / BRPOP, one per command (no ack)".into(),
+            baseline: plain,
+            rule: Rule::Info,
+        },
+        Row {
+            what: format!("{q}, `put_many`/`get_many` ×64 (acknowledged), µs/msg"),
+            mproc: batch.clone(),
+            baseline_name: "bare redis-rs stream: XADD ×64 pipelined / XREADGROUP 64 + XACK".into(),
+            baseline: stream_batch,
+            rule: Rule::FasterBy(0.7),
+        },
+        Row {
+            what: format!("{q}, `put_many`/`get_many` ×64 (acknowledged), µs/msg"),
+            mproc: batch,
+            baseline_name: "bare redis-rs LPUSH of 64 values / RPOP 64 (no ack)".into(),
+            baseline: plain_batch,
+            rule: Rule::FasterBy(0.5),
+        },
+        Row {
+            what: "`RemotePool.map` trivial fn, 1 worker host × 2 processes, chunksize 1, µs/task"
+                .into(),
+            mproc: map,
+            baseline_name: "(RQ and Celery: not measured yet)".into(),
+            baseline: None,
+            rule: Rule::Info,
+        },
+        Row {
+            what: "`RemotePool.apply` round trip, µs".into(),
+            mproc: apply,
+            baseline_name: "(Celery `delay→get`: not measured yet)".into(),
+            baseline: None,
+            rule: Rule::Info,
+        },
+    ]
+}
