@@ -226,7 +226,13 @@ const INC: Task<u64, u64> = Task::new("inc", inc);
 /// two processes run the tasks).
 fn remote_map(url: &str, tasks: usize, rounds: usize) -> (f64, f64) {
     let r = Redis::connect(url).expect("connect");
-    let worker = Worker::new(&r, "bench-pool").processes(2).register(&INC);
+    // The worker runs in a thread of this (threaded) process: its local pool forks anyway.
+    let launch =
+        mproc::prelude::LaunchOptions::default().threaded_fork(mproc::prelude::ThreadedFork::Allow);
+    let worker = Worker::new(&r, "bench-pool")
+        .processes(2)
+        .launch_options(launch)
+        .register(&INC);
     let stop = worker.stop_flag();
     let w = std::thread::spawn(move || worker.run());
     let pool = RemotePool::connect(&r, "bench-pool").expect("pool");

@@ -568,6 +568,30 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         self.take(wait.map(|w| Some(Instant::now() + w)), max)
     }
 
+    /// Acknowledges the messages `ids` taken through this handle, in one call: how many were
+    /// still this consumer's.
+    pub fn ack_items(&self, ids: &[String]) -> Result<usize, Unavailable> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        {
+            let mut held = lock(&self.core.held);
+            for q in held.values_mut() {
+                q.retain(|h| !ids.contains(h));
+            }
+        }
+        match self.acknowledge(ids, false) {
+            Ok(n) => Ok(n as usize),
+            Err(reason) => {
+                lock(&self.core.held)
+                    .entry(self.holder())
+                    .or_default()
+                    .extend(ids.iter().cloned());
+                Err(Unavailable { reason })
+            }
+        }
+    }
+
     /// Acknowledges the message `id` taken through this handle: it will not be delivered
     /// again. Whether it was still this consumer's (a message whose lease lapsed and which
     /// went to another consumer is not).

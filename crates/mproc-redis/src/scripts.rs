@@ -11,25 +11,45 @@
 
 use redis::Script;
 
-/// A Lua function the scripts that acknowledge share: acknowledges and deletes the entries
-/// `ARGV[first..last]` (every `step`-th) that consumer `ARGV[2]` of group `ARGV[1]` still
-/// holds in `stream`, pushes that many room tokens to `room`, returns how many.
+/// Lua functions the scripts that acknowledge share. `ack_owned` acknowledges and deletes the
+/// entries `ARGV[first..last]` (every `step`-th) that consumer `ARGV[2]` of group `ARGV[1]`
+/// still holds in `stream` (one `XPENDING` over their id range, filtered by consumer),
+/// pushes that many room tokens to `room`, and returns how many.
 const ACK_OWNED: &str = r"
-local function ack_owned(stream, room, first, last, step)
-  local acked = 0
+local function id_less(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am or 0), tonumber(as or 0), tonumber(bm or 0), tonumber(bs or 0)
+  return am < bm or (am == bm and as < bs)
+end
+local function owned(stream, first, last, step)
+  local want, lo, hi, n = {}, nil, nil, 0
   for i = first, last, step do
-    local p = redis.call('XPENDING', stream, ARGV[1], ARGV[i], ARGV[i], 1)
-    if p[1] and p[1][2] == ARGV[2] then
-      redis.call('XACK', stream, ARGV[1], ARGV[i])
-      redis.call('XDEL', stream, ARGV[i])
-      acked = acked + 1
-    end
+    want[ARGV[i]] = true
+    n = n + 1
+    if not lo or id_less(ARGV[i], lo) then lo = ARGV[i] end
+    if not hi or id_less(hi, ARGV[i]) then hi = ARGV[i] end
   end
-  if acked > 0 then
-    redis.call('RPUSH', room, acked)
+  local mine = {}
+  if n == 0 then return mine end
+  local p = redis.call('XPENDING', stream, ARGV[1], lo, hi, n * 4 + 16, ARGV[2])
+  for _, e in ipairs(p) do
+    if want[e[1]] then table.insert(mine, e[1]) end
+  end
+  return mine
+end
+local function ack_owned(stream, room, first, last, step)
+  local mine = owned(stream, first, last, step)
+  for i = 1, #mine, 1000 do
+    local part = {unpack(mine, i, math.min(i + 999, #mine))}
+    redis.call('XACK', stream, ARGV[1], unpack(part))
+    redis.call('XDEL', stream, unpack(part))
+  end
+  if #mine > 0 then
+    redis.call('RPUSH', room, #mine)
     redis.call('LTRIM', room, -64, -1)
   end
-  return acked
+  return #mine
 end
 local function count_done(n, done, k)
   local left = redis.call('DECRBY', n, k)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use mproc_pool::{AsyncResult, Pool, SubmitError, TaskError};
+use mproc_pool::{AsyncResult, LaunchOptions, Pool, SubmitError, TaskError};
 use mproc_queue::{GetError, codec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -135,6 +135,7 @@ pub struct Worker {
     lease: Duration,
     tasks: HashMap<&'static str, Box<dyn Dispatch>>,
     stop: Arc<AtomicBool>,
+    launch: LaunchOptions,
 }
 
 impl std::fmt::Debug for Worker {
@@ -164,12 +165,20 @@ impl Worker {
             lease: Duration::from_secs(30),
             tasks: HashMap::new(),
             stop: Arc::new(AtomicBool::new(false)),
+            launch: LaunchOptions::default(),
         }
     }
 
     /// How many local worker processes run tasks (at least 1).
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = n.max(1);
+        self
+    }
+
+    /// How the local pool starts its processes (mproc's `LaunchOptions`: start method, the
+    /// threaded-fork policy, ...).
+    pub fn launch_options(mut self, launch: LaunchOptions) -> Self {
+        self.launch = launch;
         self
     }
 
@@ -197,35 +206,42 @@ impl Worker {
 
     /// Runs tasks until the pool is closed and drained, or the stop flag is set.
     pub fn run(self) -> Result<WorkerReport, RemoteError> {
-        // The local pool first, while this process has one thread.
+        // The local pool first, while this process may still have one thread.
         let pool = Pool::builder()
             .processes(self.processes)
+            .launch_options(self.launch.clone())
             .build()
             .map_err(|e| RemoteError::Unavailable {
                 reason: format!("could not start the local pool: {e}"),
             })?;
         let tasks = tasks_queue(&self.redis, &self.name, self.lease)?;
-        let host = rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned();
-        let mut replies: HashMap<String, RedisQueue<ResultMsg>> = HashMap::new();
+        let mut out = Outbox {
+            host: rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+            replies: HashMap::new(),
+            answers: Vec::new(),
+        };
         let mut flight: Vec<InFlight> = Vec::new();
         let mut report = WorkerReport::default();
         let mut closed = false;
-        // Up to two chunks per local process: one running, one waiting.
-        let room = self.processes * 2;
+        // Up to four chunks per local process: one running, the rest waiting there.
+        let room = self.processes * 4;
         loop {
-            if self.stop.load(Ordering::Relaxed) && flight.is_empty() {
+            let stopping = self.stop.load(Ordering::Relaxed);
+            if (stopping || closed) && flight.is_empty() {
                 return Ok(report);
             }
-            if !closed && !self.stop.load(Ordering::Relaxed) && flight.len() < room {
+            let mut progress = false;
+            if !closed && !stopping && flight.len() < room {
                 let wait = flight.is_empty().then_some(Duration::from_millis(200));
                 match tasks.get_items(room - flight.len(), wait) {
                     Ok(got) => {
-                        for d in got {
-                            if let Some(f) =
-                                self.start(&pool, &tasks, d, &host, &mut replies, &mut report)
+                        progress = !got.is_empty();
+                        let cancelled = self.cancelled(&got);
+                        for (d, cancelled) in got.into_iter().zip(cancelled) {
+                            if let Some(f) = self.start(&pool, d, cancelled, &mut out, &mut report)
                             {
                                 flight.push(f);
                             }
@@ -238,43 +254,34 @@ impl Worker {
                     }
                 }
             }
-            if closed && flight.is_empty() {
-                return Ok(report);
-            }
-            let before = flight.len();
             let mut i = 0;
             while i < flight.len() {
                 if flight[i].running.ready() {
                     let f = flight.swap_remove(i);
-                    let outcome = Ok(f.running.finish());
-                    self.answer(
-                        &tasks,
-                        &mut replies,
-                        &f.delivery,
-                        f.id,
-                        &f.reply,
-                        &host,
-                        outcome,
-                    );
+                    out.answers
+                        .push((f.delivery, f.id, f.reply, Ok(f.running.finish())));
                     report.tasks += 1;
+                    progress = true;
                 } else {
                     i += 1;
                 }
             }
-            if flight.len() == before && !flight.is_empty() && (flight.len() >= room || closed) {
-                flight[0].running.wait_timeout(Duration::from_millis(20));
+            out.flush(&self.redis, &tasks);
+            if !progress && !flight.is_empty() {
+                // Nothing new: wait a little for the oldest task rather than ask the server
+                // again at once (a task that finishes ends the wait).
+                flight[0].running.wait_timeout(Duration::from_millis(2));
             }
         }
     }
 
-    /// Starts a delivered task, or answers it at once if it is not to run.
+    /// Starts a delivered task, or queues its answer at once if it is not to run.
     fn start(
         &self,
         pool: &Pool,
-        tasks: &RedisQueue<TaskMsg>,
         d: Delivery<TaskMsg>,
-        host: &str,
-        replies: &mut HashMap<String, RedisQueue<ResultMsg>>,
+        cancelled: bool,
+        out: &mut Outbox,
         report: &mut WorkerReport,
     ) -> Option<InFlight> {
         let msg = d.value;
@@ -282,7 +289,7 @@ impl Worker {
             Some(Failure::Lost {
                 deliveries: d.deliveries,
             })
-        } else if self.cancelled(&msg) {
+        } else if cancelled {
             Some(Failure::Cancelled)
         } else if !self.tasks.contains_key(msg.task.as_str()) {
             Some(Failure::UnknownTask {
@@ -292,7 +299,7 @@ impl Worker {
             None
         };
         if let Some(f) = refuse {
-            self.answer(tasks, replies, &d.id, msg.id, &msg.reply, host, Err(f));
+            out.answers.push((d.id, msg.id, msg.reply, Err(f)));
             report.tasks += 1;
             report.refused += 1;
             return None;
@@ -307,78 +314,90 @@ impl Worker {
                 running,
             }),
             Err(message) => {
-                self.answer(
-                    tasks,
-                    replies,
-                    &d.id,
-                    msg.id,
-                    &msg.reply,
-                    host,
-                    Err(Failure::BadArgs { message }),
-                );
+                out.answers
+                    .push((d.id, msg.id, msg.reply, Err(Failure::BadArgs { message })));
                 report.tasks += 1;
                 None
             }
         }
     }
 
-    fn cancelled(&self, msg: &TaskMsg) -> bool {
+    /// Which of `got` their callers cancelled (one `SMISMEMBER` for all of them).
+    fn cancelled(&self, got: &[Delivery<TaskMsg>]) -> Vec<bool> {
+        if got.is_empty() {
+            return Vec::new();
+        }
         let key = self.redis.key(&self.name, "cancel");
-        let member = format!("{}/{}", msg.reply, msg.id);
+        let members: Vec<String> = got
+            .iter()
+            .map(|d| format!("{}/{}", d.value.reply, d.value.id))
+            .collect();
         self.redis
             .run(COMMAND_TIMEOUT, |c| {
-                redis::cmd("SISMEMBER")
+                redis::cmd("SMISMEMBER")
                     .arg(&key)
-                    .arg(&member)
-                    .query::<bool>(c)
+                    .arg(&members)
+                    .query::<Vec<bool>>(c)
             })
-            .unwrap_or(false)
+            .unwrap_or_else(|_| vec![false; got.len()])
     }
+}
 
-    /// Sends an answer to the caller's result queue, then acknowledges the task. If the
-    /// caller is gone (its queue deleted), the answer is dropped. If this worker dies
-    /// between the two, the task runs again and the caller drops the second answer.
-    #[allow(clippy::too_many_arguments)]
-    fn answer(
-        &self,
-        tasks: &RedisQueue<TaskMsg>,
-        replies: &mut HashMap<String, RedisQueue<ResultMsg>>,
-        delivery: &str,
-        id: u64,
-        reply: &str,
-        host: &str,
-        outcome: Result<Vec<Result<Vec<u8>, TaskError>>, Failure>,
-    ) {
-        let delivered = match replies.get(reply) {
-            Some(_) => true,
-            None => match self.redis.queue(reply).open::<ResultMsg>() {
-                Ok(q) => {
-                    replies.insert(reply.to_string(), q);
-                    true
-                }
-                // The caller is gone: nobody to answer.
-                Err(crate::RedisError::NotFound { .. }) => {
-                    let _ = tasks.ack_item(delivery);
-                    return;
-                }
-                Err(_) => false,
-            },
-        };
-        let sent = delivered
-            && replies.get(reply).is_some_and(|q| {
-                let msg = ResultMsg {
-                    id,
-                    host: host.to_string(),
-                    outcome,
-                };
-                q.put_timeout(msg, Duration::from_secs(10)).is_ok()
-            });
-        if !sent {
-            // Not answered: the task is delivered again after its lease (to this worker
-            // or another), when the server or the caller can be reached again.
-            replies.remove(reply);
+type Outcome = Result<Vec<Result<Vec<u8>, TaskError>>, Failure>;
+
+/// Answers waiting to be sent, with the result queues they go to.
+struct Outbox {
+    host: String,
+    replies: HashMap<String, RedisQueue<ResultMsg>>,
+    /// (delivery id, task id, reply queue, outcome)
+    answers: Vec<(String, u64, String, Outcome)>,
+}
+
+impl Outbox {
+    /// Sends the answers (one `put_many` per caller), then acknowledges their tasks (one
+    /// call). A task is acknowledged once its answer is sent, or once its caller is gone
+    /// (its result queue deleted). One whose answer could not be sent is not: it is
+    /// delivered again after its lease (to this worker or another), and a caller that gets
+    /// two answers keeps the first.
+    fn flush(&mut self, redis: &Redis, tasks: &RedisQueue<TaskMsg>) {
+        if self.answers.is_empty() {
             return;
         }
-        let _ = tasks.ack_item(delivery);
+        let mut by_reply: HashMap<String, Vec<(String, ResultMsg)>> = HashMap::new();
+        for (delivery, id, reply, outcome) in self.answers.drain(..) {
+            let msg = ResultMsg {
+                id,
+                host: self.host.clone(),
+                outcome,
+            };
+            by_reply.entry(reply).or_default().push((delivery, msg));
+        }
+        let mut done = Vec::new();
+        for (reply, batch) in by_reply {
+            if !self.replies.contains_key(&reply) {
+                match redis.queue(&reply).open::<ResultMsg>() {
+                    Ok(q) => {
+                        self.replies.insert(reply.clone(), q);
+                    }
+                    // The caller is gone: nobody to answer.
+                    Err(crate::RedisError::NotFound { .. }) => {
+                        done.extend(batch.into_iter().map(|(d, _)| d));
+                        continue;
+                    }
+                    Err(_) => continue,
+                }
+            }
+            let (ids, msgs): (Vec<String>, Vec<ResultMsg>) = batch.into_iter().unzip();
+            let sent = self
+                .replies
+                .get(&reply)
+                .is_some_and(|q| q.put_many(msgs).is_ok());
+            if sent {
+                done.extend(ids);
+            } else {
+                self.replies.remove(&reply);
+            }
+        }
+        let _ = tasks.ack_items(&done);
     }
 }
