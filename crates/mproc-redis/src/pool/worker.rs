@@ -209,7 +209,7 @@ impl Worker {
         // The local pool first, while this process may still have one thread.
         let pool = Pool::builder()
             .processes(self.processes)
-            .launch_options(self.launch.clone())
+            .launch_options(self.launch)
             .build()
             .map_err(|e| RemoteError::Unavailable {
                 reason: format!("could not start the local pool: {e}"),
