@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use mproc::redis::{Redis, RemotePool, Task, Worker};
+use mproc::redis::{Redis, RedisQueue, RemotePool, Task, Worker};
 use mproc_testkit::RedisServer;
 use redis::Commands;
 
@@ -33,7 +33,12 @@ fn pair(n: usize, produce: impl FnOnce() + Send, consume: impl FnOnce() + Send) 
     per(t.elapsed(), n)
 }
 
-fn mproc_single(url: &str, name: &str, n: usize) -> f64 {
+/// A queue of its own for `f` (a producer handle and a consumer handle), removed after.
+fn with_queue(
+    url: &str,
+    name: &str,
+    f: impl FnOnce(&RedisQueue<u64>, &RedisQueue<u64>) -> f64,
+) -> f64 {
     let r = Redis::connect(url).expect("connect");
     let q = r
         .queue(name)
@@ -41,47 +46,45 @@ fn mproc_single(url: &str, name: &str, n: usize) -> f64 {
         .create::<u64>()
         .expect("queue");
     let c = q.try_clone().expect("clone");
-    let v = pair(
-        n,
-        || (0..n as u64).for_each(|i| q.put(i).expect("put")),
-        || {
-            for _ in 0..n {
-                c.get().expect("get");
-            }
-        },
-    );
+    let v = f(&q, &c);
     drop((q, c));
     r.unlink_queue(name).expect("unlink");
     v
 }
 
+fn mproc_single(url: &str, name: &str, n: usize) -> f64 {
+    with_queue(url, name, |q, c| {
+        pair(
+            n,
+            || (0..n as u64).for_each(|i| q.put(i).expect("put")),
+            || {
+                for _ in 0..n {
+                    c.get().expect("get");
+                }
+            },
+        )
+    })
+}
+
 fn mproc_batch(url: &str, name: &str, n: usize) -> f64 {
-    let r = Redis::connect(url).expect("connect");
-    let q = r
-        .queue(name)
-        .capacity(1 << 20)
-        .create::<u64>()
-        .expect("queue");
-    let c = q.try_clone().expect("clone");
-    let v = pair(
-        n,
-        || {
-            for b in (0..n as u64).collect::<Vec<_>>().chunks(BATCH) {
-                q.put_many(b.to_vec()).expect("put_many");
-            }
-        },
-        || {
-            let (mut got, mut buf) = (0, Vec::new());
-            while got < n {
-                buf.clear();
-                got += c.get_many(&mut buf, BATCH).expect("get_many");
-            }
-            c.ack().expect("ack");
-        },
-    );
-    drop((q, c));
-    r.unlink_queue(name).expect("unlink");
-    v
+    with_queue(url, name, |q, c| {
+        pair(
+            n,
+            || {
+                for b in (0..n as u64).collect::<Vec<_>>().chunks(BATCH) {
+                    q.put_many(b.to_vec()).expect("put_many");
+                }
+            },
+            || {
+                let (mut got, mut buf) = (0, Vec::new());
+                while got < n {
+                    buf.clear();
+                    got += c.get_many(&mut buf, BATCH).expect("get_many");
+                }
+                c.ack().expect("ack");
+            },
+        )
+    })
 }
 
 /// LPUSH / BRPOP, one item per command: no acknowledgement.

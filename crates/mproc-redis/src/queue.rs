@@ -254,6 +254,24 @@ impl RedisQueueOptions<'_> {
     }
 }
 
+impl Core {
+    /// Acknowledges `ids` (held by this consumer); with `done`, also counts them done.
+    fn acknowledge(&self, ids: &[String], done: bool) -> Result<i64, String> {
+        self.redis.run(COMMAND_TIMEOUT, |con| {
+            scripts::ack()
+                .key(&self.stream)
+                .key(&self.room)
+                .key(&self.n)
+                .key(&self.done)
+                .arg("mproc")
+                .arg(&self.consumer)
+                .arg(if done { "1" } else { "0" })
+                .arg(ids)
+                .invoke(con)
+        })
+    }
+}
+
 /// Who holds a taken entry until it is acknowledged: the thread that took it (a plain queue
 /// acknowledges it at that thread's next `get`), or the handle (a joinable queue's
 /// `task_done`, from any thread).
@@ -813,19 +831,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
 
     /// Acknowledges `ids` (held by this consumer); with `done`, also counts them done.
     fn acknowledge(&self, ids: &[String], done: bool) -> Result<i64, String> {
-        let c = &self.core;
-        c.redis.run(COMMAND_TIMEOUT, |con| {
-            scripts::ack()
-                .key(&c.stream)
-                .key(&c.room)
-                .key(&c.n)
-                .key(&c.done)
-                .arg("mproc")
-                .arg(&c.consumer)
-                .arg(if done { "1" } else { "0" })
-                .arg(ids)
-                .invoke(con)
-        })
+        self.core.acknowledge(ids, done)
     }
 
     /// Acknowledges the messages this thread took and still holds now, rather than at its
@@ -970,18 +976,7 @@ impl<T> Drop for RedisQueue<T> {
         let c = &self.core;
         let ids: Vec<String> = lock(&c.held).drain().flat_map(|(_, q)| q).collect();
         if !ids.is_empty() {
-            let _ = c.redis.run(COMMAND_TIMEOUT, |con| {
-                scripts::ack()
-                    .key(&c.stream)
-                    .key(&c.room)
-                    .key(&c.n)
-                    .key(&c.done)
-                    .arg("mproc")
-                    .arg(&c.consumer)
-                    .arg("0")
-                    .arg(&ids)
-                    .invoke::<i64>(con)
-            });
+            let _ = c.acknowledge(&ids, false);
         }
     }
 }
