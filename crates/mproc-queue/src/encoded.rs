@@ -93,23 +93,5 @@ impl EncodedQueue {
         })
     }
 
-    /// Closes the queue for every user.
-    pub fn close(&self) {
-        self.raw.close();
-    }
-
-    /// Whether it was closed.
-    pub fn is_closed(&self) -> bool {
-        self.raw.is_closed()
-    }
-
-    /// How many messages wait (a snapshot).
-    pub fn len(&self) -> usize {
-        self.raw.len()
-    }
-
-    /// Whether none waits (a snapshot).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+    queue_state_methods!();
 }

@@ -300,15 +300,25 @@ impl RedisLockGuard<'_> {
     /// `OwnerDied`.
     pub fn make_consistent(&self) -> Result<(), RedisLockError<()>> {
         let k = &self.lock.keys;
+        self.as_owner(consistent(), &[&k[0], &k[3]], &self.token)
+    }
+
+    /// Runs an owner-checked script (it returns 1 if `token` still owns the lock, else 0).
+    fn as_owner(
+        &self,
+        script: redis::Script,
+        keys: &[&String],
+        token: &str,
+    ) -> Result<(), RedisLockError<()>> {
         let n: i64 = self
             .lock
             .redis
             .run(COMMAND_TIMEOUT, |c| {
-                consistent()
-                    .key(&k[0])
-                    .key(&k[3])
-                    .arg(&self.token)
-                    .invoke(c)
+                let mut inv = script.prepare_invoke();
+                for k in keys {
+                    inv.key(*k);
+                }
+                inv.arg(token).invoke(c)
             })
             .map_err(|reason| RedisLockError::Unavailable { reason })?;
         if n == 1 {
@@ -334,23 +344,7 @@ impl RedisLockGuard<'_> {
         }
         let token = std::mem::take(&mut self.token);
         let k = &self.lock.keys;
-        let n: i64 = self
-            .lock
-            .redis
-            .run(COMMAND_TIMEOUT, |c| {
-                release()
-                    .key(&k[0])
-                    .key(&k[2])
-                    .key(&k[4])
-                    .arg(&token)
-                    .invoke(c)
-            })
-            .map_err(|reason| RedisLockError::Unavailable { reason })?;
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(RedisLockError::NotOwner)
-        }
+        self.as_owner(release(), &[&k[0], &k[2], &k[4]], &token)
     }
 }
 

@@ -426,7 +426,7 @@ impl RemotePool {
             if left.is_empty() {
                 return None;
             }
-            let (id, answer) = wait_any(&shared, &left);
+            let (id, answer) = wait_any(&shared, &left, None);
             let n = left.remove(&id).unwrap_or(1);
             Some(items::<R>(answer, n))
         })
@@ -502,32 +502,16 @@ fn answer_of(msg: ResultMsg) -> Answer {
 
 /// Waits for the answer to `id` until `deadline`.
 fn wait(shared: &Shared, id: u64, deadline: Option<Instant>) -> (Answer, String) {
-    let mut b = lock(&shared.board);
-    loop {
-        if let Some(msg) = b.answers.remove(&id) {
-            let host = msg.host.clone();
-            return (answer_of(msg), host);
-        }
-        if !b.open.contains(&id) {
-            return (Err(RemoteError::Cancelled), String::new());
-        }
-        let slice = match deadline {
-            None => Duration::from_millis(500),
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(l) if !l.is_zero() => l.min(Duration::from_millis(500)),
-                _ => return (Err(RemoteError::Timeout), String::new()),
-            },
-        };
-        b = shared
-            .answered
-            .wait_timeout(b, slice)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    }
+    wait_any(shared, &HashMap::from([(id, 1)]), deadline).1
 }
 
-/// Waits for the first answer among `ids`.
-fn wait_any(shared: &Shared, ids: &HashMap<u64, usize>) -> (u64, (Answer, String)) {
+/// Waits for the first answer among `ids` until `deadline` (then a `Timeout` for one of
+/// them). A cancelled id answers `Cancelled`.
+fn wait_any(
+    shared: &Shared,
+    ids: &HashMap<u64, usize>,
+    deadline: Option<Instant>,
+) -> (u64, (Answer, String)) {
     let mut b = lock(&shared.board);
     loop {
         if let Some(&id) = ids.keys().find(|id| b.answers.contains_key(id)) {
@@ -538,9 +522,19 @@ fn wait_any(shared: &Shared, ids: &HashMap<u64, usize>) -> (u64, (Answer, String
         if let Some(&id) = ids.keys().find(|id| !b.open.contains(id)) {
             return (id, (Err(RemoteError::Cancelled), String::new()));
         }
+        let slice = match deadline {
+            None => Duration::from_millis(500),
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(l) if !l.is_zero() => l.min(Duration::from_millis(500)),
+                _ => {
+                    let id = ids.keys().next().copied().unwrap_or_default();
+                    return (id, (Err(RemoteError::Timeout), String::new()));
+                }
+            },
+        };
         b = shared
             .answered
-            .wait_timeout(b, Duration::from_millis(500))
+            .wait_timeout(b, slice)
             .unwrap_or_else(|e| e.into_inner())
             .0;
     }
