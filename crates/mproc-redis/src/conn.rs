@@ -36,6 +36,7 @@ struct Inner {
     pool: Mutex<Vec<Connection>>,
     prefix: String,
     key: Option<AuthKey>,
+    connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for Redis {
@@ -48,12 +49,27 @@ impl std::fmt::Debug for Redis {
 }
 
 /// Settings for [`Redis::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisBuilder {
     url: String,
     prefix: String,
     key: Option<AuthKey>,
     connect_timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<redis::TlsCertificates>,
+}
+
+impl std::fmt::Debug for RedisBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Neither the URL (it may hold a password) nor key material.
+        let mut d = f.debug_struct("RedisBuilder");
+        d.field("prefix", &self.prefix)
+            .field("authenticated", &self.key.is_some())
+            .field("connect_timeout", &self.connect_timeout);
+        #[cfg(feature = "tls")]
+        d.field("tls_certificates", &self.tls.is_some());
+        d.finish_non_exhaustive()
+    }
 }
 
 /// The environment variable an auth key is read from when none is given: its bytes are the
@@ -75,10 +91,70 @@ impl RedisBuilder {
         self
     }
 
-    /// How long connecting may take (default 5 s).
+    /// How long connecting may take (default 5 s). A call that has to open a new
+    /// connection waits at most this long, or less if its own timeout is shorter.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// For `rediss://` URLs: trusts the CA certificate `root_pem` (PEM) instead of the
+    /// system's roots: a server with a private CA (feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn tls_root_cert(mut self, root_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls
+            .get_or_insert(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: None,
+            })
+            .root_cert = Some(root_pem.into());
+        self
+    }
+
+    /// For `rediss://` URLs: presents a client certificate and its key (PEM), for servers
+    /// that require mutual TLS (`tls-auth-clients yes`; feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls
+            .get_or_insert(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: None,
+            })
+            .client_tls = Some(redis::ClientTlsConfig {
+            client_cert: cert_pem.into(),
+            client_key: key_pem.into(),
+        });
+        self
+    }
+
+    fn client(&self) -> Result<Client, RedisError> {
+        use redis::IntoConnectionInfo;
+        let bad = |e: redis::RedisError| RedisError::Invalid {
+            reason: format!("bad Redis URL or TLS settings: {e}"),
+        };
+        // No CLIENT SETINFO after connecting: each of its two replies would wait the whole
+        // connect timeout on a server that hangs, so connecting would take twice as long.
+        let info = self.url.as_str().into_connection_info().map_err(bad)?;
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let info = info.set_redis_settings(settings);
+        #[cfg(feature = "tls")]
+        {
+            // rustls needs a process-wide crypto provider; ring is the one this crate builds
+            // with. An application that installed its own keeps it. Installing one here also
+            // keeps rustls from panicking when the build enables two providers. (ring's
+            // provider is marked deprecated for lacking post-quantum key exchange; Redis
+            // servers negotiate X25519 with it.)
+            #[allow(deprecated)]
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            if let Some(certs) = &self.tls {
+                return Client::build_with_tls(info, certs.clone()).map_err(bad);
+            }
+        }
+        Client::open(info).map_err(bad)
     }
 
     /// Connects (and checks the server answers, and that AUTH, if the URL has a password,
@@ -92,11 +168,11 @@ impl RedisBuilder {
                 ),
             });
         }
-        let client = Client::open(self.url.as_str()).map_err(|e| RedisError::Invalid {
-            reason: format!("bad Redis URL: {e}"),
-        })?;
+        let client = self.client()?;
         let mut con = client
             .get_connection_with_timeout(self.connect_timeout)
+            .map_err(unavailable)?;
+        con.set_read_timeout(Some(self.connect_timeout))
             .map_err(unavailable)?;
         redis::cmd("PING")
             .query::<String>(&mut con)
@@ -110,6 +186,7 @@ impl RedisBuilder {
                 pool: Mutex::new(vec![con]),
                 prefix: self.prefix,
                 key,
+                connect_timeout: self.connect_timeout,
             }),
         })
     }
@@ -135,6 +212,8 @@ impl Redis {
             prefix: "mproc".into(),
             key: None,
             connect_timeout: Duration::from_secs(5),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -152,23 +231,31 @@ impl Redis {
         format!("{}:{{{name}}}:{part}", self.inner.prefix)
     }
 
-    /// Runs `f` on a pooled connection whose reply may take up to `timeout`. A connection
-    /// that failed at the transport level is dropped, not pooled.
+    /// Runs `f` on a pooled connection whose reply may take up to `timeout`, counting the
+    /// time to open a new connection if one is needed. A connection that
+    /// failed at the transport level is dropped, not pooled.
     pub(crate) fn run<R>(
         &self,
         timeout: Duration,
         f: impl FnOnce(&mut Connection) -> RedisResult<R>,
     ) -> Result<R, String> {
+        let start = std::time::Instant::now();
         let pooled = self.lock_pool().pop();
         let mut con = match pooled {
             Some(c) => c,
             None => self
                 .inner
                 .client
-                .get_connection_with_timeout(Duration::from_secs(5))
+                .get_connection_with_timeout(self.inner.connect_timeout.min(timeout))
                 .map_err(|e| e.to_string())?,
         };
+        // Connecting counts against the same budget.
+        let timeout = timeout
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(1));
         con.set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        con.set_write_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
         let r = f(&mut con);
         let broken = matches!(&r, Err(e) if e.is_io_error() || e.is_connection_dropped()

@@ -449,7 +449,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
             });
         }
         loop {
-            match self.push(&args) {
+            match self.push(&args, wait.flatten()) {
                 Ok(1) => return Ok(()),
                 Ok(-1) => return Err(PutError::Closed(value)),
                 Ok(-2) => return Err(unavailable_put(value, self.gone())),
@@ -473,9 +473,10 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     }
 
     /// Runs PUT with `args` (value, mac pairs): how many were added, -1 closed, -2 gone.
-    fn push(&self, args: &[Vec<u8>]) -> Result<i64, String> {
+    /// The reply is awaited until shortly after `deadline`.
+    fn push(&self, args: &[Vec<u8>], deadline: Option<Instant>) -> Result<i64, String> {
         let c = &self.core;
-        c.redis.run(COMMAND_TIMEOUT, |con| {
+        c.redis.run(reply_timeout(deadline), |con| {
             scripts::put()
                 .key(&c.meta)
                 .key(&c.stream)
@@ -492,7 +493,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         let room = &self.core.room;
         self.core
             .redis
-            .run(block + COMMAND_TIMEOUT, |c| {
+            .run(block + GRACE, |c| {
                 redis::cmd("BLPOP")
                     .arg(room)
                     .arg(block.as_secs_f64())
@@ -524,7 +525,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         let mut done = 0;
         while done < values.len() {
             let unavailable = |reason: String| move |v| unavailable_put(v, reason.clone());
-            match self.push(&args[done * 2..]) {
+            match self.push(&args[done * 2..], None) {
                 Ok(n) if n > 0 => done += n as usize,
                 Ok(-1) => return stop(values, done, &PutError::Closed),
                 Ok(-2) => return stop(values, done, &unavailable(self.gone())),
@@ -672,7 +673,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                 .unwrap_or_default()
         };
         loop {
-            let reply: Result<Value, String> = c.redis.run(COMMAND_TIMEOUT, |con| {
+            let reply: Result<Value, String> = c.redis.run(reply_timeout(wait.flatten()), |con| {
                 scripts::take()
                     .key(&c.meta)
                     .key(&c.stream)
@@ -715,7 +716,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
             let block = block.min(c.lease / 4).max(Duration::from_millis(1));
             let reply: Value = c
                 .redis
-                .run(block + COMMAND_TIMEOUT, |con| {
+                .run(block + GRACE, |con| {
                     redis::cmd("XREADGROUP")
                         .arg(&["GROUP", "mproc"])
                         .arg(&c.consumer)
@@ -983,6 +984,20 @@ impl<T> Drop for RedisQueue<T> {
 
 /// How long the next blocking call may wait: at most [`MAX_BLOCK`], and not past
 /// `deadline` (`None`: it passed).
+/// How late past a caller's deadline a reply may come before the call fails as
+/// `Unavailable`: a server that stopped answering (paused, partitioned) costs a call with a
+/// timeout at most this much more.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// How long to wait for a reply: until `GRACE` past `deadline`, or [`COMMAND_TIMEOUT`]
+/// without one.
+fn reply_timeout(deadline: Option<Instant>) -> Duration {
+    match deadline {
+        None => COMMAND_TIMEOUT,
+        Some(d) => (d.saturating_duration_since(Instant::now()) + GRACE).min(COMMAND_TIMEOUT),
+    }
+}
+
 fn block_for(deadline: Option<Instant>) -> Option<Duration> {
     match deadline {
         None => Some(MAX_BLOCK),
@@ -1072,7 +1087,7 @@ impl<T: Serialize + DeserializeOwned> RedisJoinableQueue<T> {
             // The done token is put back for the next joiner while the count is still 0.
             let woke: i64 = c
                 .redis
-                .run(block + COMMAND_TIMEOUT, |con| {
+                .run(block + GRACE, |con| {
                     let got: Value = redis::cmd("BLPOP")
                         .arg(&c.done)
                         .arg(block.as_secs_f64())

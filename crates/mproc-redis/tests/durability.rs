@@ -48,3 +48,50 @@ fn no_acknowledged_put_is_lost_when_the_server_is_killed_and_restarted() {
         assert_eq!(q.get().unwrap(), 500);
     });
 }
+
+#[test]
+fn calls_with_a_timeout_return_soon_after_it_while_the_server_hangs() {
+    with_deadline(Duration::from_secs(60), || {
+        let s = RedisServer::start();
+        let r = Redis::connect(&s.url()).unwrap();
+        let q = r.queue("hung").capacity(4).create::<u32>().unwrap();
+        q.put(1).unwrap();
+        s.pause();
+        // The server accepts nothing and answers nothing: every call with a timeout fails
+        // as Unavailable within its timeout and a second of grace, and loses nothing.
+        let limit = Duration::from_millis(300) + Duration::from_secs(2);
+        let t = Instant::now();
+        assert!(matches!(
+            q.put_timeout(2, Duration::from_millis(300)),
+            Err(PutError::Unavailable { value: 2, .. })
+        ));
+        assert!(t.elapsed() < limit, "put_timeout took {:?}", t.elapsed());
+        let t = Instant::now();
+        assert!(matches!(
+            q.get_timeout(Duration::from_millis(300)),
+            Err(GetError::Unavailable { .. })
+        ));
+        assert!(t.elapsed() < limit, "get_timeout took {:?}", t.elapsed());
+        // A new client: connecting is bounded by its connect timeout.
+        let t = Instant::now();
+        let fresh = Redis::builder(&s.url())
+            .connect_timeout(Duration::from_millis(300))
+            .connect();
+        assert!(matches!(
+            fresh,
+            Err(mproc_redis::RedisError::Unavailable { .. })
+        ));
+        assert!(t.elapsed() < limit, "connect took {:?}", t.elapsed());
+
+        s.resume();
+        // The same handle goes on: the put that failed did not happen or did (at least
+        // once); the message put before the pause is there.
+        let mut got = Vec::new();
+        while let Ok(v) = q.try_get() {
+            got.push(v);
+        }
+        assert!(got == [1] || got == [1, 2], "{got:?}");
+        q.put(3).unwrap();
+        assert_eq!(q.get().unwrap(), 3);
+    });
+}

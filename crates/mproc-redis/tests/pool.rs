@@ -52,6 +52,19 @@ fn first_run_waits(url: String) -> i64 {
     }
     n
 }
+/// Stores its pid in "pid", sets "started" and hangs until its process is killed.
+fn hang_and_tell(url: String) -> i64 {
+    let r = Redis::connect(&url).unwrap();
+    let pid = i64::from(std::process::id());
+    RedisAtomic::<i64>::open(&r, "pid")
+        .unwrap()
+        .store(pid)
+        .unwrap();
+    r.event("started").unwrap().set().unwrap();
+    loop {
+        std::thread::park();
+    }
+}
 /// Counts its runs in "marks".
 fn mark(url: String) -> i64 {
     let r = Redis::connect(&url).unwrap();
@@ -68,6 +81,7 @@ const SPIN: Task<u64, u64> = Task::new("spin", spin);
 const HANGS: Task<String, i64> = Task::new("first_run_hangs", first_run_hangs);
 const MARK: Task<String, i64> = Task::new("mark", mark);
 const WAITS: Task<String, i64> = Task::new("first_run_waits", first_run_waits);
+const HANG_AND_TELL: Task<String, i64> = Task::new("hang_and_tell", hang_and_tell);
 const NOT_REGISTERED: Task<u64, u64> = Task::new("nobody_has_this", square);
 
 fn worker(url: &str, pool: &str, key: Option<&'static str>) -> Child {
@@ -87,6 +101,7 @@ fn worker(url: &str, pool: &str, key: Option<&'static str>) -> Child {
             .register(&HANGS)
             .register(&MARK)
             .register(&WAITS)
+            .register(&HANG_AND_TELL)
             .run()
             .map(|_| 0)
             .unwrap_or(3)
@@ -255,6 +270,37 @@ fn cancelled_and_forged_tasks_never_run() {
 }
 
 #[test]
+fn a_running_task_cancelled_by_its_caller_is_stopped_on_its_host() {
+    with_deadline(DEADLINE, || {
+        let s = RedisServer::start();
+        let r = Redis::connect(&s.url()).unwrap();
+        let pid = RedisAtomic::create(&r, "pid", 0i64).unwrap();
+        let pool = RemotePool::connect(&r, "p").unwrap();
+        let w = worker(&s.url(), "p", None);
+        let running = pool.apply_async(&HANG_AND_TELL, s.url()).unwrap();
+        r.event("started").unwrap().wait().unwrap();
+        let pid = pid.load().unwrap() as i32;
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+        assert!(running.cancel().unwrap());
+        assert_eq!(running.get(), Err(RemoteError::Cancelled));
+        // The process running it on the worker host is killed (and reaped by that host's
+        // pool), and its answer, `Cancelled`, reaches the caller and is dropped.
+        let t = std::time::Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() || pool.dropped_answers() == 0
+        {
+            assert!(t.elapsed() < Duration::from_secs(20), "the task still runs");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The worker goes on with a replacement process.
+        assert_eq!(pool.apply(&SQUARE, 12).unwrap(), 144);
+        assert_eq!(pool.map(&SQUARE, (0..10).collect()).unwrap()[9], 81);
+        pool.close().unwrap();
+        w.assert_success();
+    });
+}
+
+#[test]
 fn a_worker_paused_past_its_lease_has_its_late_answer_dropped() {
     with_deadline(DEADLINE, || {
         let s = RedisServer::start();
@@ -284,5 +330,23 @@ fn a_worker_paused_past_its_lease_has_its_late_answer_dropped() {
         pool.close().unwrap();
         a.assert_success();
         b.assert_success();
+    });
+}
+
+#[cfg(feature = "progress")]
+#[test]
+fn map_with_a_progress_bar_gives_the_same_results() {
+    with_deadline(DEADLINE, || {
+        let s = RedisServer::start();
+        let r = Redis::connect(&s.url()).unwrap();
+        let pool = RemotePool::connect(&r, "p")
+            .unwrap()
+            .chunksize(7)
+            .progress(true);
+        let w = worker(&s.url(), "p", None);
+        let expected: Vec<u64> = (0..300).map(square).collect();
+        assert_eq!(pool.map(&SQUARE, (0..300).collect()).unwrap(), expected);
+        pool.close().unwrap();
+        w.assert_success();
     });
 }

@@ -21,6 +21,8 @@ pub struct RedisServer {
     dir: PathBuf,
     killed: bool,
     extra: Vec<String>,
+    /// Listens with TLS only (`--tls-port`), the plain port closed.
+    tls: bool,
 }
 
 /// The server binary: `$MPROC_REDIS_SERVER`, else `redis-server` on the `PATH`.
@@ -37,9 +39,20 @@ impl RedisServer {
     /// Starts a server with extra configuration directives (`["--requirepass", "pw"]`).
     /// Panics, with the reason, if none can be started within 10 s.
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_mode(extra, false)
+    }
+
+    /// Starts a server that speaks only TLS on its port, with extra directives (at least
+    /// `--tls-cert-file`, `--tls-key-file` and `--tls-ca-cert-file`). Clients use
+    /// [`tls_url`](Self::tls_url).
+    pub fn start_tls(extra: &[&str]) -> RedisServer {
+        RedisServer::start_mode(extra, true)
+    }
+
+    fn start_mode(extra: &[&str], tls: bool) -> RedisServer {
         let mut last = String::new();
         for _ in 0..5 {
-            match RedisServer::try_start(extra) {
+            match RedisServer::try_start(extra, tls) {
                 Ok(s) => return s,
                 Err(e) => last = e,
             }
@@ -51,7 +64,7 @@ impl RedisServer {
         )
     }
 
-    fn try_start(extra: &[&str]) -> Result<RedisServer, String> {
+    fn try_start(extra: &[&str], tls: bool) -> Result<RedisServer, String> {
         // A free port: bind port 0, read what the kernel chose, close it. Another process could
         // take it in between; the caller then tries again with a new one.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -61,7 +74,7 @@ impl RedisServer {
         let dir = std::env::temp_dir().join(crate::unique_name("redis"));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = RedisServer::spawn(port, &dir, &extra).inspect_err(|_| {
+        let child = RedisServer::spawn(port, &dir, &extra, tls).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&dir);
         })?;
         Ok(RedisServer {
@@ -70,6 +83,7 @@ impl RedisServer {
             dir,
             killed: false,
             extra,
+            tls,
         })
     }
 
@@ -80,7 +94,7 @@ impl RedisServer {
         self.kill();
         let mut last = String::new();
         for _ in 0..50 {
-            match RedisServer::spawn(self.port, &self.dir, &self.extra) {
+            match RedisServer::spawn(self.port, &self.dir, &self.extra, self.tls) {
                 Ok(child) => {
                     self.child = child;
                     self.killed = false;
@@ -95,9 +109,29 @@ impl RedisServer {
     }
 
     /// Starts the server and waits until it accepts connections.
-    fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Result<Child, String> {
+    fn spawn(
+        port: u16,
+        dir: &std::path::Path,
+        extra: &[String],
+        tls: bool,
+    ) -> Result<Child, String> {
+        let port_args = match tls {
+            false => [
+                "--port".to_string(),
+                port.to_string(),
+                String::new(),
+                String::new(),
+            ],
+            true => [
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+            ],
+        };
         let mut cmd = Command::new(binary());
-        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        cmd.args(["--bind", "127.0.0.1"])
+            .args(port_args.iter().filter(|a| !a.is_empty()))
             .arg("--dir")
             .arg(dir)
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -127,6 +161,22 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `rediss://127.0.0.1:PORT/`, for a server started with [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stops the server (SIGSTOP): connections stay open and go unanswered, as with a
+    /// server that hangs or a network that drops packets.
+    pub fn pause(&self) {
+        self.child.signal(Signal::STOP);
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.child.signal(Signal::CONT);
     }
 
     /// The server's pid (to stop or kill it in a test of an unreachable server).

@@ -1,8 +1,9 @@
 //! `cargo xtask test [ARGS]`: the README's test command.
 //!
 //! It makes sure what the suites need is on the machine, installing what is missing, and then
-//! runs every suite (`cargo test --workspace ARGS`). The suites start and stop their own
-//! services (a `redis-server` per test, on a free port of 127.0.0.1).
+//! runs every suite (`cargo test --workspace ARGS`, then the suites behind optional features:
+//! TLS, the progress bar). The suites start and stop their own services (a `redis-server` per
+//! test, on a free port of 127.0.0.1).
 //!
 //! Needed, and installed when missing:
 //! - `redis-server` (Debian's package, with `apt-get`; as root, or through `sudo`). A
@@ -37,19 +38,58 @@ fn main() -> ExitCode {
     }
 }
 
+/// Suites behind optional features, run after the workspace's (they build the crate again
+/// with the feature on).
+const FEATURE_SUITES: &[&[&str]] = &[
+    // rediss:// against a TLS-only redis-server, with a CA made by the test.
+    &["-p", "mproc-redis", "--features", "tls", "--test", "tls"],
+    // The indicatif bar during Pool::map and RemotePool::map.
+    &[
+        "-p",
+        "mproc-pool",
+        "--features",
+        "progress",
+        "--test",
+        "pool",
+        "progress",
+    ],
+    &[
+        "-p",
+        "mproc-redis",
+        "--features",
+        "progress",
+        "--test",
+        "pool",
+        "progress",
+    ],
+];
+
 fn test(extra: &[String]) -> Result<ExitCode, String> {
     ensure_redis()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["test", "--workspace"])
-        .args(extra)
-        .status()
-        .map_err(|e| format!("could not run cargo: {e}"))?;
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let run = |args: &[&str], extra: &[String]| {
+        Command::new(&cargo)
+            .arg("test")
+            .args(args)
+            .args(extra)
+            .status()
+            .map_err(|e| format!("could not run cargo: {e}"))
+            .map(|s| s.success())
+    };
+    if !run(&["--workspace"], extra)? {
+        return Ok(ExitCode::FAILURE);
+    }
+    // Extra arguments (a test name filter, say) apply to the workspace run only.
+    for suite in FEATURE_SUITES {
+        if !extra.is_empty() {
+            break;
+        }
+        eprintln!("xtask: cargo test {}", suite.join(" "));
+        if !run(suite, &[])? {
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Whether `cmd --version` runs.

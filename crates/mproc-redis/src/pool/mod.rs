@@ -206,6 +206,7 @@ pub struct RemotePool {
     retries: u32,
     task_timeout: Option<Duration>,
     chunksize: usize,
+    progress: bool,
 }
 
 impl std::fmt::Debug for RemotePool {
@@ -260,6 +261,7 @@ impl RemotePool {
             retries: 2,
             task_timeout: None,
             chunksize: 1,
+            progress: false,
         })
     }
 
@@ -279,6 +281,14 @@ impl RemotePool {
     /// How many arguments of a `map` or `imap` travel in one task (default 1).
     pub fn chunksize(mut self, n: usize) -> Self {
         self.chunksize = n.max(1);
+        self
+    }
+
+    /// Shows a progress bar on stderr while `map` waits (feature `progress`; drawn only
+    /// when stderr is a terminal).
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self, on: bool) -> Self {
+        self.progress = on;
         self
     }
 
@@ -379,6 +389,7 @@ impl RemotePool {
         Ok(RemoteMap {
             shared: Arc::clone(&self.shared),
             chunks,
+            progress: self.progress,
             _r: PhantomData,
         })
     }
@@ -601,9 +612,10 @@ impl<R: DeserializeOwned> RemoteResult<R> {
             }))
     }
 
-    /// Cancels the task if no worker has started it: the worker that takes it answers
-    /// `Cancelled` without running it. A task already running goes on, and its answer is
-    /// dropped. Whether the task was still unanswered.
+    /// Cancels the task: a worker that has not started it answers `Cancelled` without
+    /// running it, and one running it stops it within about 100 ms (the local process
+    /// running it is killed and replaced; no other task is affected). Waiting for it gives
+    /// [`RemoteError::Cancelled`] at once. Whether the task was still unanswered.
     pub fn cancel(&self) -> Result<bool, RemoteError> {
         let was_open = lock(&self.shared.board).open.remove(&self.id);
         if was_open {
@@ -633,6 +645,8 @@ impl<R: DeserializeOwned> RemoteResult<R> {
 pub struct RemoteMap<R> {
     shared: Arc<Shared>,
     chunks: Vec<(u64, usize)>,
+    #[cfg_attr(not(feature = "progress"), allow(dead_code))]
+    progress: bool,
     _r: PhantomData<fn() -> R>,
 }
 
@@ -650,8 +664,27 @@ impl<R: DeserializeOwned> RemoteMap<R> {
         // Every chunk's answer is collected, also after an error, so none is left behind.
         let mut out = Vec::new();
         let mut first_error = None;
+        #[cfg(feature = "progress")]
+        let bar = self.progress.then(|| {
+            let total = self.chunks.iter().map(|c| c.1 as u64).sum();
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} items, {per_sec}, eta {eta} {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
         for &(id, n) in &self.chunks {
-            for r in items::<R>(wait(&self.shared, id, None), n) {
+            let answer = wait(&self.shared, id, None);
+            #[cfg(feature = "progress")]
+            if let Some(bar) = &bar {
+                bar.inc(n as u64);
+                if answer.0.is_err() {
+                    bar.set_message("(some tasks failed)");
+                }
+            }
+            for r in items::<R>(answer, n) {
                 match r {
                     Ok(v) => out.push(v),
                     Err(e) => {
@@ -659,6 +692,10 @@ impl<R: DeserializeOwned> RemoteMap<R> {
                     }
                 }
             }
+        }
+        #[cfg(feature = "progress")]
+        if let Some(bar) = bar {
+            bar.finish();
         }
         match first_error {
             Some(e) => Err(e),

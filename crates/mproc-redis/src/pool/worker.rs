@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mproc_pool::{AsyncResult, LaunchOptions, Pool, SubmitError, TaskError};
 use mproc_queue::{GetError, codec};
@@ -30,6 +30,8 @@ trait Dispatch: Send + Sync {
 trait Pending {
     fn ready(&self) -> bool;
     fn wait_timeout(&self, d: Duration);
+    /// Stops what is still running or waiting (its local process is killed and replaced).
+    fn cancel(&self);
     fn finish(self: Box<Self>) -> Vec<Result<Vec<u8>, TaskError>>;
 }
 
@@ -85,6 +87,12 @@ impl<R: Serialize + DeserializeOwned> Pending for Chunk<R> {
         }
     }
 
+    fn cancel(&self) {
+        for r in self.0.iter().flatten() {
+            r.cancel();
+        }
+    }
+
     fn finish(self: Box<Self>) -> Vec<Result<Vec<u8>, TaskError>> {
         self.0
             .into_iter()
@@ -99,6 +107,9 @@ impl<R: Serialize + DeserializeOwned> Pending for Chunk<R> {
             .collect()
     }
 }
+
+/// How often a worker asks whether the tasks it runs were cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
 /// What a worker did before it returned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -228,6 +239,7 @@ impl Worker {
         let mut closed = false;
         // Up to four chunks per local process: one running, the rest waiting there.
         let room = self.processes * 4;
+        let mut checked = Instant::now();
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
             if (stopping || closed) && flight.is_empty() {
@@ -239,7 +251,11 @@ impl Worker {
                 match tasks.get_items(room - flight.len(), wait) {
                     Ok(got) => {
                         progress = !got.is_empty();
-                        let cancelled = self.cancelled(&got);
+                        let keys: Vec<(&str, u64)> = got
+                            .iter()
+                            .map(|d| (d.value.reply.as_str(), d.value.id))
+                            .collect();
+                        let cancelled = self.cancelled(&keys);
                         for (d, cancelled) in got.into_iter().zip(cancelled) {
                             if let Some(f) = self.start(&pool, d, cancelled, &mut out, &mut report)
                             {
@@ -267,6 +283,17 @@ impl Worker {
                 }
             }
             out.flush(&self.redis, &tasks);
+            if !flight.is_empty() && checked.elapsed() >= CANCEL_CHECK {
+                // Tasks their callers cancelled while they ran: stopped here.
+                checked = Instant::now();
+                let keys: Vec<(&str, u64)> =
+                    flight.iter().map(|f| (f.reply.as_str(), f.id)).collect();
+                for (f, cancelled) in flight.iter().zip(self.cancelled(&keys)) {
+                    if cancelled {
+                        f.running.cancel();
+                    }
+                }
+            }
             if !progress && !flight.is_empty() {
                 // Nothing new: wait a little for the oldest task rather than ask the server
                 // again at once (a task that finishes ends the wait).
@@ -322,15 +349,16 @@ impl Worker {
         }
     }
 
-    /// Which of `got` their callers cancelled (one `SMISMEMBER` for all of them).
-    fn cancelled(&self, got: &[Delivery<TaskMsg>]) -> Vec<bool> {
-        if got.is_empty() {
+    /// Which of the tasks (reply queue, task id) their callers cancelled (one `SMISMEMBER`
+    /// for all of them; none if the server cannot say).
+    fn cancelled(&self, tasks: &[(&str, u64)]) -> Vec<bool> {
+        if tasks.is_empty() {
             return Vec::new();
         }
         let key = self.redis.key(&self.name, "cancel");
-        let members: Vec<String> = got
+        let members: Vec<String> = tasks
             .iter()
-            .map(|d| format!("{}/{}", d.value.reply, d.value.id))
+            .map(|(reply, id)| format!("{reply}/{id}"))
             .collect();
         self.redis
             .run(COMMAND_TIMEOUT, |c| {
@@ -339,7 +367,7 @@ impl Worker {
                     .arg(&members)
                     .query::<Vec<bool>>(c)
             })
-            .unwrap_or_else(|_| vec![false; got.len()])
+            .unwrap_or_else(|_| vec![false; tasks.len()])
     }
 }
 
