@@ -662,6 +662,12 @@ pub fn python(quick: bool) -> Result<HashMap<String, Stat>, String> {
     if quick {
         cmd.arg("--quick");
     }
+    parse_python(cmd)
+}
+
+/// Runs a baselines script and reads its `name<TAB>median<TAB>unit<TAB>min<TAB>max` lines.
+pub fn parse_python(mut cmd: std::process::Command) -> Result<HashMap<String, Stat>, String> {
+    let script = format!("{:?}", cmd.get_args().next().unwrap_or_default());
     let out = cmd
         .output()
         .map_err(|e| format!("python3 could not be run ({e})"))?;

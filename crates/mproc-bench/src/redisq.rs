@@ -257,6 +257,69 @@ fn remote_map(url: &str, tasks: usize, rounds: usize) -> (f64, f64) {
     (map, apply)
 }
 
+/// A virtual environment under `target/` with RQ, Celery and redis-py, made (and filled from
+/// PyPI) on first use: the Python baselines' interpreter.
+fn python_env() -> Result<std::path::PathBuf, String> {
+    let dir = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/bench-venv"
+    ));
+    let python = dir.join("bin/python");
+    let ready = || {
+        std::process::Command::new(&python)
+            .args(["-c", "import rq, celery, redis, packaging"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready() {
+        return Ok(python);
+    }
+    eprintln!(
+        "  installing RQ and Celery from PyPI into {}",
+        dir.display()
+    );
+    let run = |cmd: &mut std::process::Command| {
+        cmd.output()
+            .map_err(|e| e.to_string())
+            .and_then(|o| match o.status.success() {
+                true => Ok(()),
+                false => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            })
+    };
+    run(std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(dir))?;
+    run(std::process::Command::new(dir.join("bin/pip")).args([
+        "install",
+        "-q",
+        "rq>=2,<4",
+        "celery>=5.3,<6",
+        "redis>=5",
+        "packaging",
+    ]))?;
+    if ready() {
+        Ok(python)
+    } else {
+        Err("RQ or Celery does not import after installing them".into())
+    }
+}
+
+/// BaseManager's queue, RQ and Celery, on `url` (benches/python/redis_baselines.py).
+fn python_refs(url: &str, quick: bool) -> Result<std::collections::HashMap<String, Stat>, String> {
+    let python = python_env()?;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../benches/python/redis_baselines.py"
+    );
+    eprintln!("  python baselines on Redis (BaseManager, RQ, Celery)");
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(script).args(["--url", url]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    crate::figures::parse_python(cmd)
+}
+
 /// The Redis rows. Without a `redis-server` to start, they say so (`cargo xtask deps`
 /// installs it).
 pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {
@@ -288,7 +351,24 @@ pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {
     let remote: Vec<(f64, f64)> = (0..reps).map(|_| remote_map(&url, tasks, rounds)).collect();
     let map = Stat::of(remote.iter().map(|r| r.0).collect());
     let apply = Stat::of(remote.iter().map(|r| r.1).collect());
+    let py = python_refs(&url, quick).unwrap_or_else(|why| {
+        eprintln!("mproc-bench: Python baselines on Redis skipped: {why}");
+        Default::default()
+    });
+    let pyref = |k: &str| py.get(k).cloned();
+    drop(server);
+
+    // A server that writes every command to disk before it answers.
+    let durable = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = durable.url();
+    let nd = if quick { 1_000 } else { 50_000 };
+    let durable_batch = rep(&mut || mproc_batch(&url, &key(), nd));
+    let durable_plain_batch = rep(&mut || bare_list_batch(&url, &key(), nd));
+    let durable_stream_batch = rep(&mut || bare_stream_batch(&url, &key(), nd));
+    drop(durable);
+
     let q = "`RedisQueue<u64>` 1→1";
+    let d = "durable server (`appendfsync always`)";
     vec![
         Row {
             what: format!("{q}, one per call (acknowledged), µs/msg"),
@@ -299,7 +379,7 @@ pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {
         },
         Row {
             what: format!("{q}, one per call (acknowledged), µs/msg"),
-            mproc: single,
+            mproc: single.clone(),
             baseline_name: "bare redis-rs LPUSH / BRPOP, one per command (no ack)".into(),
             baseline: plain,
             rule: Rule::Info,
@@ -313,24 +393,68 @@ pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {
         },
         Row {
             what: format!("{q}, `put_many`/`get_many` ×64 (acknowledged), µs/msg"),
-            mproc: batch,
+            mproc: batch.clone(),
             baseline_name: "bare redis-rs LPUSH of 64 values / RPOP 64 (no ack)".into(),
             baseline: plain_batch,
             rule: Rule::FasterBy(0.5),
         },
         Row {
+            what: format!("{q}, `put_many`/`get_many` ×64 (acknowledged), µs/msg"),
+            mproc: batch,
+            baseline_name: "Python `BaseManager` queue over TCP (authkey), one per call".into(),
+            baseline: pyref("manager_queue_1to1"),
+            rule: Rule::FasterBy(10.0),
+        },
+        Row {
+            what: format!("{q}, one per call (acknowledged), µs/msg"),
+            mproc: single,
+            baseline_name: "Python `BaseManager` queue over TCP (authkey), one per call".into(),
+            baseline: pyref("manager_queue_1to1"),
+            rule: Rule::Info,
+        },
+        Row {
+            what: format!("{q}, {d}, `put_many`/`get_many` ×64, µs/msg"),
+            mproc: durable_batch.clone(),
+            baseline_name: format!("bare redis-rs LPUSH of 64 values / RPOP 64, {d}"),
+            baseline: durable_plain_batch,
+            rule: Rule::FasterBy(0.7),
+        },
+        Row {
+            what: format!("{q}, {d}, `put_many`/`get_many` ×64, µs/msg"),
+            mproc: durable_batch,
+            baseline_name: format!("bare redis-rs stream XADD ×64 / XREADGROUP + XACK, {d}"),
+            baseline: durable_stream_batch,
+            rule: Rule::Info,
+        },
+        Row {
+            what: "`RemotePool.map` trivial fn, 1 worker host × 2 processes, chunksize 1, µs/task"
+                .into(),
+            mproc: map.clone(),
+            baseline_name: "RQ, 2 `SimpleWorker`s, enqueue → last result".into(),
+            baseline: pyref("rq_simpleworker_task"),
+            rule: Rule::FasterBy(10.0),
+        },
+        Row {
             what: "`RemotePool.map` trivial fn, 1 worker host × 2 processes, chunksize 1, µs/task"
                 .into(),
             mproc: map,
-            baseline_name: "(RQ and Celery: not measured yet)".into(),
-            baseline: None,
-            rule: Rule::Info,
+            baseline_name: "Celery, Redis broker and backend, `-c 2`, N × `delay` then `get`"
+                .into(),
+            baseline: pyref("celery_task"),
+            rule: Rule::FasterBy(4.0),
+        },
+        Row {
+            what: "`RemotePool.apply` round trip, µs".into(),
+            mproc: apply.clone(),
+            baseline_name: "Celery `delay(x).get()`".into(),
+            baseline: pyref("celery_delay_get"),
+            rule: Rule::FasterBy(5.0),
         },
         Row {
             what: "`RemotePool.apply` round trip, µs".into(),
             mproc: apply,
-            baseline_name: "(Celery `delay→get`: not measured yet)".into(),
-            baseline: None,
+            baseline_name: "RQ enqueue → result (polled every 0.2 ms)".into(),
+            baseline: pyref("rq_enqueue_to_result"),
             rule: Rule::Info,
         },
     ]

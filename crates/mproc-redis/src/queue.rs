@@ -19,7 +19,7 @@ use crate::reply::{Entry, int_of, parse_entries};
 use crate::scripts;
 
 /// The format version written in every queue's meta hash.
-const VERSION: &str = "1";
+const VERSION: &str = "2";
 /// The longest a blocked call waits on the server before it looks again (for a close, a
 /// lapsed lease, or its own deadline).
 const MAX_BLOCK: Duration = Duration::from_millis(200);
@@ -257,8 +257,11 @@ impl RedisQueueOptions<'_> {
 impl Core {
     /// Acknowledges `ids` (held by this consumer); with `done`, also counts them done.
     fn acknowledge(&self, ids: &[String], done: bool) -> Result<i64, String> {
+        let mut ids = ids.to_vec();
+        sort_ids(&mut ids);
         self.redis.run(COMMAND_TIMEOUT, |con| {
             scripts::ack()
+                .key(&self.meta)
                 .key(&self.stream)
                 .key(&self.room)
                 .key(&self.n)
@@ -266,7 +269,7 @@ impl Core {
                 .arg("mproc")
                 .arg(&self.consumer)
                 .arg(if done { "1" } else { "0" })
-                .arg(ids)
+                .arg(&ids)
                 .invoke(con)
         })
     }
@@ -672,6 +675,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                 .map(Vec::from)
                 .unwrap_or_default()
         };
+        sort_ids(&mut ack);
         loop {
             let reply: Result<Value, String> = c.redis.run(reply_timeout(wait.flatten()), |con| {
                 scripts::take()
@@ -797,12 +801,18 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     /// reason: out of the queue for good, kept for inspection ([`Self::dead_letters`]).
     fn set_aside(&self, refused: &[(Entry, String)]) -> Result<i64, String> {
         let c = &self.core;
+        let mut refused: Vec<&(Entry, String)> = refused.iter().collect();
+        refused.sort_by_key(|(e, _)| id_key(&e.id));
         c.redis.run(COMMAND_TIMEOUT, |con| {
             let script = scripts::dead_letter();
             let mut inv = script.key(&c.stream);
-            inv.key(&c.dead).key(&c.room).key(&c.n).key(&c.done);
+            inv.key(&c.dead)
+                .key(&c.room)
+                .key(&c.n)
+                .key(&c.done)
+                .key(&c.meta);
             inv.arg("mproc").arg(&c.consumer);
-            for (e, why) in refused {
+            for (e, why) in &refused {
                 inv.arg(&e.id).arg(&e.value).arg(&e.tag).arg(why);
             }
             inv.invoke(con)
@@ -984,6 +994,17 @@ impl<T> Drop for RedisQueue<T> {
 
 /// How long the next blocking call may wait: at most [`MAX_BLOCK`], and not past
 /// `deadline` (`None`: it passed).
+/// A stream id `MS-SEQ` as numbers, for sorting (a malformed one sorts first).
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Puts ids in stream order, as the acknowledging scripts expect them.
+fn sort_ids(ids: &mut [String]) {
+    ids.sort_by_key(|id| id_key(id));
+}
+
 /// How late past a caller's deadline a reply may come before the call fails as
 /// `Unavailable`: a server that stopped answering (paused, partitioned) costs a call with a
 /// timeout at most this much more.

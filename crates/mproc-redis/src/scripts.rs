@@ -3,18 +3,28 @@
 //!
 //! Queue keys (`K` = `PREFIX:{NAME}`; the braces keep a queue's keys in one cluster slot):
 //! - `K:s`: the stream of entries (fields `v`: the encoded value, `h`: its HMAC or empty),
-//!   with one consumer group, `mproc`. Its length is the queue's occupancy: an entry leaves the
-//!   stream only when it is acknowledged.
-//! - `K:meta`: a hash: `kind`, `type`, `cap`, `lease_ms`, `auth`, `closed`, `version`.
+//!   with one consumer group, `mproc`. Acknowledged entries are trimmed in whole stream nodes
+//!   (`XTRIM MINID ~` below the oldest entry still needed), not deleted one by one: `XDEL`
+//!   costs a scan of its node per entry, and was most of a batch's server time.
+//! - `K:meta`: a hash: `kind`, `type`, `cap`, `lease_ms`, `auth`, `closed`, `version`, and
+//!   `len`, the queue's occupancy (entries put and not yet acknowledged), which `put` checks
+//!   against `cap`.
 //! - `K:room`: a list of tokens pushed by acknowledgements, for `put`s waiting for room.
 //! - `K:n`: unfinished tasks (joinable queues). `K:done`: a token when it reaches 0.
 
 use redis::Script;
 
-/// Lua functions the scripts that acknowledge share. `ack_owned` acknowledges and deletes the
-/// entries `ARGV[first..last]` (every `step`-th) that consumer `ARGV[2]` of group `ARGV[1]`
-/// still holds in `stream` (one `XPENDING` over their id range, filtered by consumer),
-/// pushes that many room tokens to `room`, and returns how many.
+/// Lua functions the scripts that acknowledge share. `ack_owned` acknowledges the entries
+/// `ARGV[first..last]` (every `step`-th, in id order: the client sorts them, and an id out
+/// of order is at worst not acknowledged, so delivered again) that consumer `ARGV[2]` of
+/// group `ARGV[1]` still holds in `stream` (one `XPENDING` over their id range, filtered by
+/// consumer; no id is compared in Lua, which cost more than the commands), takes them
+/// off the occupancy in `meta`, trims the stream below the oldest entry still needed, pushes
+/// room tokens to `room`, and returns how many.
+///
+/// The trim is safe: entries are delivered in id order, so every entry older than both the
+/// oldest pending one and the newest one just acknowledged was delivered and is no longer
+/// pending, that is, acknowledged.
 const ACK_OWNED: &str = r"
 local function id_less(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
@@ -23,32 +33,36 @@ local function id_less(a, b)
   return am < bm or (am == bm and as < bs)
 end
 local function owned(stream, first, last, step)
-  local want, lo, hi, n = {}, nil, nil, 0
+  local want, n, hi = {}, 0, nil
   for i = first, last, step do
     want[ARGV[i]] = true
     n = n + 1
-    if not lo or id_less(ARGV[i], lo) then lo = ARGV[i] end
-    if not hi or id_less(hi, ARGV[i]) then hi = ARGV[i] end
+    hi = ARGV[i]
   end
   local mine = {}
   if n == 0 then return mine end
-  local p = redis.call('XPENDING', stream, ARGV[1], lo, hi, n * 4 + 16, ARGV[2])
+  local p = redis.call('XPENDING', stream, ARGV[1], ARGV[first], hi, n * 4 + 16, ARGV[2])
   for _, e in ipairs(p) do
     if want[e[1]] then table.insert(mine, e[1]) end
   end
   return mine
 end
-local function ack_owned(stream, room, first, last, step)
+local function ack_owned(meta, stream, room, first, last, step)
   local mine = owned(stream, first, last, step)
+  if #mine == 0 then return 0 end
   for i = 1, #mine, 1000 do
     local part = {unpack(mine, i, math.min(i + 999, #mine))}
     redis.call('XACK', stream, ARGV[1], unpack(part))
-    redis.call('XDEL', stream, unpack(part))
   end
-  if #mine > 0 then
-    redis.call('RPUSH', room, #mine)
-    redis.call('LTRIM', room, -64, -1)
-  end
+  -- XPENDING lists in id order: the last is the newest.
+  local newest = mine[#mine]
+  local left = redis.call('HINCRBY', meta, 'len', -#mine)
+  if left < 0 then redis.call('HSET', meta, 'len', 0) end
+  local oldest = redis.call('XPENDING', stream, ARGV[1])[2]
+  if oldest and id_less(oldest, newest) then newest = oldest end
+  redis.call('XTRIM', stream, 'MINID', '~', newest)
+  redis.call('RPUSH', room, #mine)
+  redis.call('LTRIM', room, -64, -1)
   return #mine
 end
 local function count_done(n, done, k)
@@ -76,7 +90,7 @@ pub(crate) fn create() -> Script {
 local m = redis.call('HMGET', KEYS[1], 'kind', 'type', 'cap', 'lease_ms', 'auth', 'version')
 if m[1] then return m end
 redis.call('HSET', KEYS[1], 'kind', ARGV[1], 'type', ARGV[2], 'cap', ARGV[3],
-  'lease_ms', ARGV[4], 'auth', ARGV[5], 'closed', '0', 'version', ARGV[6])
+  'lease_ms', ARGV[4], 'auth', ARGV[5], 'closed', '0', 'version', ARGV[6], 'len', 0)
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DEL', KEYS[2]) end
 redis.call('XGROUP', 'CREATE', KEYS[2], 'mproc', '$', 'MKSTREAM')
 return 1
@@ -89,11 +103,11 @@ return 1
 pub(crate) fn put() -> Script {
     Script::new(
         r"
-local m = redis.call('HMGET', KEYS[1], 'cap', 'closed', 'kind')
+local m = redis.call('HMGET', KEYS[1], 'cap', 'closed', 'kind', 'len')
 if not m[1] then return -2 end
 if m[2] == '1' then return -1 end
 local cap = tonumber(m[1])
-local len = redis.call('XLEN', KEYS[2])
+local len = tonumber(m[4]) or 0
 local n = 0
 local i = 1
 while i < #ARGV and len < cap do
@@ -102,6 +116,7 @@ while i < #ARGV and len < cap do
   len = len + 1
   n = n + 1
 end
+if n > 0 then redis.call('HINCRBY', KEYS[1], 'len', n) end
 if n > 0 and m[3] == 'joinable' then redis.call('INCRBY', KEYS[3], n) end
 return n
 ",
@@ -116,7 +131,7 @@ return n
 pub(crate) fn take() -> Script {
     with_ack(
         r"
-ack_owned(KEYS[2], KEYS[3], 5, #ARGV, 1)
+ack_owned(KEYS[1], KEYS[2], KEYS[3], 5, #ARGV, 1)
 local want = tonumber(ARGV[4])
 local out = {}
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
@@ -137,7 +152,7 @@ if #out < want then
   end
 end
 if #out == 0 and redis.call('HGET', KEYS[1], 'closed') == '1'
-   and redis.call('XLEN', KEYS[2]) == 0 then
+   and (tonumber(redis.call('HGET', KEYS[1], 'len')) or 0) <= 0 then
   return -1
 end
 return out
@@ -146,14 +161,14 @@ return out
 }
 
 /// Acknowledges entries this consumer holds; with `done` = '1', also counts each one done
-/// (joinable queues). KEYS: stream, room, n, done. ARGV: group, consumer, done, ids...
+/// (joinable queues). KEYS: meta, stream, room, n, done. ARGV: group, consumer, done, ids...
 /// Returns how many were acknowledged (an entry whose lease lapsed and which another
 /// consumer took is not this consumer's to acknowledge: it is skipped).
 pub(crate) fn ack() -> Script {
     with_ack(
         r"
-local acked = ack_owned(KEYS[1], KEYS[2], 4, #ARGV, 1)
-if acked > 0 and ARGV[3] == '1' then count_done(KEYS[3], KEYS[4], acked) end
+local acked = ack_owned(KEYS[1], KEYS[2], KEYS[3], 4, #ARGV, 1)
+if acked > 0 and ARGV[3] == '1' then count_done(KEYS[4], KEYS[5], acked) end
 return acked
 ",
     )
@@ -178,16 +193,15 @@ return lost
     )
 }
 
-/// Messages waiting to be taken: the stream's length minus the entries leased out. KEYS:
+/// Messages waiting to be taken: the occupancy minus the entries leased out. KEYS:
 /// meta, stream. Returns `{waiting, closed}`, or -2 if missing.
 pub(crate) fn state() -> Script {
     Script::new(
         r"
-local closed = redis.call('HGET', KEYS[1], 'closed')
-if not closed then return -2 end
-local len = redis.call('XLEN', KEYS[2])
+local m = redis.call('HMGET', KEYS[1], 'closed', 'len')
+if not m[1] then return -2 end
 local p = redis.call('XPENDING', KEYS[2], 'mproc')
-return {len - p[1], tonumber(closed)}
+return {math.max((tonumber(m[2]) or 0) - p[1], 0), tonumber(m[1])}
 ",
     )
 }
@@ -225,9 +239,9 @@ return 1
     )
 }
 
-/// Sets refused entries aside. KEYS: stream, dead, room, n, done. ARGV: group, consumer,
+/// Sets refused entries aside. KEYS: stream, dead, room, n, done, meta. ARGV: group, consumer,
 /// then (id, value, mac, reason) for each. An entry this consumer still holds is copied to
-/// the dead-letter stream (capped near 10,000), acknowledged and deleted; a joinable queue
+/// the dead-letter stream (capped near 10,000) and acknowledged; a joinable queue
 /// counts it done (it will never be processed). Returns how many.
 pub(crate) fn dead_letter() -> Script {
     with_ack(
@@ -239,7 +253,7 @@ for i = 3, #ARGV, 4 do
       'h', ARGV[i + 2], 'reason', ARGV[i + 3])
   end
 end
-local moved = ack_owned(KEYS[1], KEYS[3], 3, #ARGV, 4)
+local moved = ack_owned(KEYS[6], KEYS[1], KEYS[3], 3, #ARGV, 4)
 if moved > 0 and redis.call('EXISTS', KEYS[4]) == 1 then count_done(KEYS[4], KEYS[5], moved) end
 return moved
 ",

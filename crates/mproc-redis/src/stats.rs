@@ -10,10 +10,10 @@ use crate::reply::{int_of, string_of};
 fn stats_script() -> Script {
     Script::new(
         r"
-local m = redis.call('HMGET', KEYS[1], 'kind', 'type', 'cap', 'closed')
+local m = redis.call('HMGET', KEYS[1], 'kind', 'type', 'cap', 'closed', 'len')
 if not m[1] then return false end
 if redis.call('EXISTS', KEYS[2]) == 0 then return {m[1], m[2], m[3], m[4], 0, 0, 0, 0} end
-local len = redis.call('XLEN', KEYS[2])
+local len = tonumber(m[5]) or 0
 local pend = redis.call('XPENDING', KEYS[2], 'mproc')[1]
 local added, read = 0, 0
 local info = redis.call('XINFO', 'STREAM', KEYS[2])

@@ -450,3 +450,65 @@ fn eight_producers_and_eight_consumers_account_for_every_item_once() {
         );
     });
 }
+
+#[test]
+fn acknowledged_entries_leave_the_server_and_capacity_holds_after_many_rounds() {
+    with_deadline(DEADLINE, || {
+        let s = RedisServer::start();
+        let r = connect(&s);
+        let q = r
+            .queue("rounds")
+            .capacity(100)
+            .lease(Duration::from_millis(500))
+            .create::<u64>()
+            .unwrap();
+        let c = q.try_clone().unwrap();
+        let mut buf = Vec::new();
+        for round in 0..200u64 {
+            q.put_many((round * 100..round * 100 + 100).collect())
+                .unwrap();
+            assert!(
+                matches!(q.try_put(0), Err(PutError::Full(0))),
+                "round {round}"
+            );
+            let mut got = 0;
+            while got < 100 {
+                buf.clear();
+                got += c.get_many(&mut buf, 64).unwrap();
+            }
+            c.ack().unwrap();
+        }
+        assert_eq!(q.len().unwrap(), 0);
+        // 20,000 entries went through: the stream keeps only about one node of them (it is
+        // trimmed in whole nodes), and none is pending.
+        let mut con = redis::Client::open(s.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let len: usize = redis::cmd("XLEN")
+            .arg("mproc:{rounds}:s")
+            .query(&mut con)
+            .unwrap();
+        assert!(len <= 300, "the stream still holds {len} entries");
+        // An entry held by a consumer that went away without acknowledging it is kept (not
+        // trimmed with the acknowledged ones after it) until it is delivered again.
+        q.put_many((0..50).collect()).unwrap();
+        let held = r.queue("rounds").manual_ack().open::<u64>().unwrap();
+        assert_eq!(held.get_item().unwrap().value, 0);
+        drop(held);
+        q.put_many((50..100).collect()).unwrap();
+        let mut rest = Vec::new();
+        while rest.len() < 99 {
+            buf.clear();
+            c.get_many(&mut buf, 64).unwrap();
+            rest.extend(buf.drain(..));
+        }
+        c.ack().unwrap();
+        assert_eq!(rest, (1..100).collect::<Vec<_>>());
+        assert_eq!(q.len().unwrap(), 0, "taken or leased: none waits");
+        let again = c.get_item().unwrap();
+        assert_eq!((again.value, again.redelivered), (0, true));
+        c.ack().unwrap();
+        assert!(matches!(c.try_get(), Err(GetError::Empty)));
+    });
+}
