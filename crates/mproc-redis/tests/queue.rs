@@ -501,7 +501,7 @@ fn acknowledged_entries_leave_the_server_and_capacity_holds_after_many_rounds() 
         while rest.len() < 99 {
             buf.clear();
             c.get_many(&mut buf, 64).unwrap();
-            rest.extend(buf.drain(..));
+            rest.append(&mut buf);
         }
         c.ack().unwrap();
         assert_eq!(rest, (1..100).collect::<Vec<_>>());
