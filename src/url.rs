@@ -50,6 +50,7 @@ pub fn redact(url: &str) -> String {
 /// - `redis://[user:password@]host[:port][/db]?queue=NAME&capacity=N&lease_ms=M&prefix=P`
 ///   (also `rediss://` with the `tls` feature of `mproc-redis`, and `redis+unix:///path`):
 ///   a `RedisQueue`, with the `redis` feature. The auth key comes from `MPROC_AUTHKEY`.
+///   `&delivery=at_most_once` makes it at most once (a list, no leases) when creating it.
 ///
 /// ```
 /// let name = format!("mproc-doc-url-{}", std::process::id());
@@ -102,16 +103,28 @@ where
         let capacity = number(take(&mut params, "capacity"), "capacity", 1024)? as usize;
         let lease = number(take(&mut params, "lease_ms"), "lease_ms", 30_000)?;
         let prefix = take(&mut params, "prefix");
+        let at_most_once = match take(&mut params, "delivery").as_deref() {
+            None | Some("at_least_once") => false,
+            Some("at_most_once") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "delivery={other}: expected at_least_once or at_most_once"
+                )));
+            }
+        };
         let mut builder = mproc_redis::Redis::builder(&rebuild(base, &params));
         if let Some(p) = prefix {
             builder = builder.prefix(p);
         }
         let redis = builder.connect()?;
-        let q = redis
+        let mut opts = redis
             .queue(&name)
             .capacity(capacity)
-            .lease(std::time::Duration::from_millis(lease))
-            .create::<T>()?;
+            .lease(std::time::Duration::from_millis(lease));
+        if at_most_once {
+            opts = opts.at_most_once();
+        }
+        let q = opts.create::<T>()?;
         return Ok(Box::new(q));
     }
     Err(invalid(

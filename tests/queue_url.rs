@@ -36,6 +36,10 @@ fn the_same_program_runs_over_a_shm_url_and_a_redis_url() {
         let urls = [
             format!("shm:{name}?capacity=8"),
             format!("{}?queue=jobs&capacity=8&lease_ms=5000", server.url()),
+            format!(
+                "{}?queue=fast&capacity=8&delivery=at_most_once",
+                server.url()
+            ),
         ];
         for url in urls {
             let q = open_queue::<(u32, String)>(&url).unwrap();
@@ -60,6 +64,7 @@ fn bad_queue_urls_are_typed_errors_without_the_password() {
         "shm:q?colour=red",
         "shm:q?capacity",
         "redis://127.0.0.1:1/",
+        "redis://127.0.0.1:1/?queue=q&delivery=sometimes",
     ] {
         assert!(
             matches!(open_queue::<u8>(url), Err(QueueUrlError::Invalid { .. })),

@@ -33,18 +33,20 @@ fn pair(n: usize, produce: impl FnOnce() + Send, consume: impl FnOnce() + Send) 
     per(t.elapsed(), n)
 }
 
-/// A queue of its own for `f` (a producer handle and a consumer handle), removed after.
+/// A queue of its own for `f` (a producer handle and a consumer handle), removed after;
+/// acknowledged (a stream), or at most once (a list) if `plain`.
 fn with_queue(
     url: &str,
     name: &str,
+    plain: bool,
     f: impl FnOnce(&RedisQueue<u64>, &RedisQueue<u64>) -> f64,
 ) -> f64 {
     let r = Redis::connect(url).expect("connect");
-    let q = r
-        .queue(name)
-        .capacity(1 << 20)
-        .create::<u64>()
-        .expect("queue");
+    let mut opts = r.queue(name).capacity(1 << 20);
+    if plain {
+        opts = opts.at_most_once();
+    }
+    let q = opts.create::<u64>().expect("queue");
     let c = q.try_clone().expect("clone");
     let v = f(&q, &c);
     drop((q, c));
@@ -52,8 +54,8 @@ fn with_queue(
     v
 }
 
-fn mproc_single(url: &str, name: &str, n: usize) -> f64 {
-    with_queue(url, name, |q, c| {
+fn mproc_single(url: &str, name: &str, plain: bool, n: usize) -> f64 {
+    with_queue(url, name, plain, |q, c| {
         pair(
             n,
             || (0..n as u64).for_each(|i| q.put(i).expect("put")),
@@ -66,8 +68,8 @@ fn mproc_single(url: &str, name: &str, n: usize) -> f64 {
     })
 }
 
-fn mproc_batch(url: &str, name: &str, n: usize) -> f64 {
-    with_queue(url, name, |q, c| {
+fn mproc_batch(url: &str, name: &str, plain: bool, n: usize) -> f64 {
+    with_queue(url, name, plain, |q, c| {
         pair(
             n,
             || {
@@ -341,10 +343,12 @@ pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {
         format!("bench-{k}")
     };
     let rep = |f: &mut dyn FnMut() -> f64| Stat::repeat(reps, f);
-    let single = rep(&mut || mproc_single(&url, &key(), n));
+    let single = rep(&mut || mproc_single(&url, &key(), false, n));
+    let plain_single = rep(&mut || mproc_single(&url, &key(), true, n));
     let plain = rep(&mut || bare_list(&url, &key(), n));
     let reliable = rep(&mut || bare_reliable(&url, &key(), n));
-    let batch = rep(&mut || mproc_batch(&url, &key(), nb));
+    let batch = rep(&mut || mproc_batch(&url, &key(), false, nb));
+    let amo_batch = rep(&mut || mproc_batch(&url, &key(), true, nb));
     let plain_batch = rep(&mut || bare_list_batch(&url, &key(), nb));
     let stream_batch = rep(&mut || bare_stream_batch(&url, &key(), nb));
     let (tasks, rounds) = if quick { (100, 20) } else { (5_000, 500) };
@@ -362,7 +366,8 @@ pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {
     let durable = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     let url = durable.url();
     let nd = if quick { 1_000 } else { 50_000 };
-    let durable_batch = rep(&mut || mproc_batch(&url, &key(), nd));
+    let durable_batch = rep(&mut || mproc_batch(&url, &key(), false, nd));
+    let durable_amo_batch = rep(&mut || mproc_batch(&url, &key(), true, nd));
     let durable_plain_batch = rep(&mut || bare_list_batch(&url, &key(), nd));
     let durable_stream_batch = rep(&mut || bare_stream_batch(&url, &key(), nd));
     drop(durable);
@@ -378,11 +383,11 @@ pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {
             rule: Rule::FasterBy(0.8),
         },
         Row {
-            what: format!("{q}, one per call (acknowledged), µs/msg"),
-            mproc: single.clone(),
+            what: format!("{q}, one per call, at most once, µs/msg"),
+            mproc: plain_single,
             baseline_name: "bare redis-rs LPUSH / BRPOP, one per command (no ack)".into(),
             baseline: plain,
-            rule: Rule::Info,
+            rule: Rule::FasterBy(0.8),
         },
         Row {
             what: format!("{q}, `put_many`/`get_many` ×64 (acknowledged), µs/msg"),
@@ -392,18 +397,25 @@ pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {
             rule: Rule::FasterBy(0.7),
         },
         Row {
-            what: format!("{q}, `put_many`/`get_many` ×64 (acknowledged), µs/msg"),
-            mproc: batch.clone(),
+            what: format!("{q}, `put_many`/`get_many` ×64, at most once, µs/msg"),
+            mproc: amo_batch.clone(),
             baseline_name: "bare redis-rs LPUSH of 64 values / RPOP 64 (no ack)".into(),
             baseline: plain_batch,
             rule: Rule::FasterBy(0.5),
+        },
+        Row {
+            what: format!("{q}, `put_many`/`get_many` ×64, at most once, µs/msg"),
+            mproc: amo_batch,
+            baseline_name: "Python `BaseManager` queue over TCP (authkey), one per call".into(),
+            baseline: pyref("manager_queue_1to1"),
+            rule: Rule::FasterBy(10.0),
         },
         Row {
             what: format!("{q}, `put_many`/`get_many` ×64 (acknowledged), µs/msg"),
             mproc: batch,
             baseline_name: "Python `BaseManager` queue over TCP (authkey), one per call".into(),
             baseline: pyref("manager_queue_1to1"),
-            rule: Rule::FasterBy(10.0),
+            rule: Rule::Info,
         },
         Row {
             what: format!("{q}, one per call (acknowledged), µs/msg"),
@@ -413,14 +425,14 @@ pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {
             rule: Rule::Info,
         },
         Row {
-            what: format!("{q}, {d}, `put_many`/`get_many` ×64, µs/msg"),
-            mproc: durable_batch.clone(),
+            what: format!("{q}, {d}, `put_many`/`get_many` ×64, at most once, µs/msg"),
+            mproc: durable_amo_batch,
             baseline_name: format!("bare redis-rs LPUSH of 64 values / RPOP 64, {d}"),
             baseline: durable_plain_batch,
             rule: Rule::FasterBy(0.7),
         },
         Row {
-            what: format!("{q}, {d}, `put_many`/`get_many` ×64, µs/msg"),
+            what: format!("{q}, {d}, `put_many`/`get_many` ×64 (acknowledged), µs/msg"),
             mproc: durable_batch,
             baseline_name: format!("bare redis-rs stream XADD ×64 / XREADGROUP + XACK, {d}"),
             baseline: durable_stream_batch,

@@ -56,6 +56,7 @@ mod conn;
 mod error;
 mod event;
 mod lock;
+mod plain;
 mod pool;
 mod queue;
 mod reply;

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::conn::{COMMAND_TIMEOUT, Redis, check_name, identity};
 use crate::error::RedisError;
 use crate::reply::{Entry, int_of, parse_entries};
-use crate::scripts;
+use crate::{plain, scripts};
 
 /// The format version written in every queue's meta hash.
 const VERSION: &str = "2";
@@ -35,6 +35,7 @@ pub struct RedisQueueOptions<'r> {
     lease: Duration,
     manual_ack: bool,
     max_message: usize,
+    at_most_once: bool,
 }
 
 impl Redis {
@@ -47,6 +48,7 @@ impl Redis {
             lease: Duration::from_secs(30),
             manual_ack: false,
             max_message: 64 << 20,
+            at_most_once: false,
         }
     }
 
@@ -54,7 +56,7 @@ impl Redis {
     /// Whether it existed.
     pub fn unlink_queue(&self, name: &str) -> Result<bool, RedisError> {
         check_name(name)?;
-        let keys: Vec<String> = ["meta", "s", "room", "n", "done", "dead"]
+        let keys: Vec<String> = ["meta", "s", "l", "room", "n", "done", "dead"]
             .iter()
             .map(|p| self.key(name, p))
             .collect();
@@ -96,6 +98,16 @@ impl RedisQueueOptions<'_> {
     /// once and finishes them in any order.
     pub fn manual_ack(mut self) -> Self {
         self.manual_ack = true;
+        self
+    }
+
+    /// Makes the queue at most once (when creating it; an opener finds it as it was made):
+    /// a `get` removes what it takes at once, with no lease and no acknowledgement, so a
+    /// consumer that dies after a `get` loses what it took, and nothing is ever delivered
+    /// twice. It lives in a Redis list and costs the server what a bare `RPUSH`/`LPOP` loop
+    /// does. Deliveries carry no id (`Delivery::id` is empty). Not for joinable queues.
+    pub fn at_most_once(mut self) -> Self {
+        self.at_most_once = true;
         self
     }
 
@@ -159,16 +171,27 @@ impl RedisQueueOptions<'_> {
                     .into(),
             });
         }
+        if joinable && self.at_most_once {
+            return Err(RedisError::Invalid {
+                reason: "a joinable queue counts acknowledgements: it cannot be at most once"
+                    .into(),
+            });
+        }
         let r = self.redis;
-        let kind = if joinable { "joinable" } else { "queue" };
+        let kind = match (joinable, self.at_most_once) {
+            (true, _) => "joinable",
+            (false, true) => "plain",
+            (false, false) => "queue",
+        };
         let auth = if r.is_authenticated() { "1" } else { "0" };
         let (meta, stream) = (r.key(&self.name, "meta"), r.key(&self.name, "s"));
+        let list = r.key(&self.name, "l");
         let reply: Value = r
             .run(COMMAND_TIMEOUT, |c| {
                 if create {
                     scripts::create()
                         .key(&meta)
-                        .key(&stream)
+                        .key(if self.at_most_once { &list } else { &stream })
                         .arg(kind)
                         .arg(type_name)
                         .arg(self.capacity)
@@ -184,7 +207,7 @@ impl RedisQueueOptions<'_> {
                 }
             })
             .map_err(|reason| RedisError::Unavailable { reason })?;
-        let (mut capacity, mut lease) = (self.capacity, self.lease);
+        let (mut capacity, mut lease, mut plain) = (self.capacity, self.lease, self.at_most_once);
         if let Value::Array(fields) = reply {
             let s = |i: usize| match fields.get(i) {
                 Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -205,9 +228,14 @@ impl RedisQueueOptions<'_> {
             if s(5).as_deref() != Some(VERSION) {
                 return Err(mismatch("version", VERSION, s(5)));
             }
-            if found_kind != kind {
+            // An opener takes the queue as it was made, plain or acknowledged; a creator (and
+            // every joinable handle) must agree with it.
+            let plain_found = found_kind == "plain";
+            let agrees = found_kind == kind || (!create && !joinable && plain_found);
+            if !agrees {
                 return Err(mismatch("kind", kind, Some(found_kind)));
             }
+            plain = plain_found;
             if s(1).as_deref() != Some(type_name) {
                 return Err(mismatch("type", type_name, s(1)));
             }
@@ -243,6 +271,8 @@ impl RedisQueueOptions<'_> {
             name: self.name,
             meta,
             stream,
+            list,
+            plain,
             consumer: identity(),
             capacity,
             lease,
@@ -286,6 +316,10 @@ pub(crate) struct Core {
     name: String,
     meta: String,
     stream: String,
+    /// The list of an at-most-once queue.
+    list: String,
+    /// At most once: a list, no leases ([`crate::plain`]).
+    plain: bool,
     room: String,
     n: String,
     done: String,
@@ -306,7 +340,8 @@ pub(crate) struct Core {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery<T> {
     /// The entry's id on the server (`MILLIS-SEQ`), the same on every delivery of this
-    /// message: what a consumer dedupes by.
+    /// message: what a consumer dedupes by. Empty for an at-most-once queue (its messages
+    /// are never delivered twice).
     pub id: String,
     /// Whether the message was delivered before (to a consumer whose lease lapsed).
     pub redelivered: bool,
@@ -479,6 +514,19 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     /// The reply is awaited until shortly after `deadline`.
     fn push(&self, args: &[Vec<u8>], deadline: Option<Instant>) -> Result<i64, String> {
         let c = &self.core;
+        if c.plain {
+            let framed: Vec<Vec<u8>> = args
+                .chunks(2)
+                .map(|p| plain::frame(&p[0], p.get(1).map_or(&[][..], |t| &t[..])))
+                .collect();
+            return c.redis.run(reply_timeout(deadline), |con| {
+                plain::put()
+                    .key(&c.meta)
+                    .key(&c.list)
+                    .arg(&framed)
+                    .invoke(con)
+            });
+        }
         c.redis.run(reply_timeout(deadline), |con| {
             scripts::put()
                 .key(&c.meta)
@@ -593,7 +641,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     /// Acknowledges the messages `ids` taken through this handle, in one call: how many were
     /// still this consumer's.
     pub fn ack_items(&self, ids: &[String]) -> Result<usize, Unavailable> {
-        if ids.is_empty() {
+        if ids.is_empty() || self.core.plain {
             return Ok(0);
         }
         {
@@ -618,6 +666,9 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     /// again. Whether it was still this consumer's (a message whose lease lapsed and which
     /// went to another consumer is not).
     pub fn ack_item(&self, id: &str) -> Result<bool, Unavailable> {
+        if self.core.plain {
+            return Ok(false);
+        }
         let found = {
             let mut held = lock(&self.core.held);
             let mut found = false;
@@ -665,6 +716,9 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         count: usize,
     ) -> Result<Vec<Delivery<T>>, GetError> {
         let c = &self.core;
+        if c.plain {
+            return self.take_plain(wait, count);
+        }
         let holder = self.holder();
         // A plain queue acknowledges what this thread took before, in the same round trip.
         let mut ack: Vec<String> = if c.manual {
@@ -741,6 +795,68 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         }
     }
 
+    /// [`take`](Self::take) for an at-most-once queue.
+    fn take_plain(
+        &self,
+        wait: Option<Option<Instant>>,
+        count: usize,
+    ) -> Result<Vec<Delivery<T>>, GetError> {
+        let c = &self.core;
+        let unavailable = |reason| GetError::Unavailable { reason };
+        loop {
+            let reply: Value = c
+                .redis
+                .run(reply_timeout(wait.flatten()), |con| {
+                    plain::take()
+                        .key(&c.meta)
+                        .key(&c.list)
+                        .key(&c.room)
+                        .arg(count)
+                        .invoke(con)
+                })
+                .map_err(unavailable)?;
+            if plain::is(&reply, -1) {
+                return Err(GetError::Closed);
+            }
+            if plain::is(&reply, -2) {
+                return Err(unavailable(self.gone()));
+            }
+            let entries = plain::entries(reply);
+            if !entries.is_empty() {
+                return self.deliver(entries, None);
+            }
+            let Some(deadline) = wait else {
+                return Err(GetError::Empty);
+            };
+            let Some(block) = block_for(deadline) else {
+                return Err(GetError::Timeout);
+            };
+            // BLPOP takes the element it waited for: it is delivered, and its room token
+            // pushed by a second call.
+            let got: Value = c
+                .redis
+                .run(block + GRACE, |con| {
+                    redis::cmd("BLPOP")
+                        .arg(&c.list)
+                        .arg(block.as_secs_f64())
+                        .query(con)
+                })
+                .map_err(unavailable)?;
+            if let Value::Array(mut kv) = got
+                && kv.len() == 2
+            {
+                let element = kv.pop().unwrap_or(Value::Nil);
+                let _ = c.redis.run(COMMAND_TIMEOUT, |con| {
+                    redis::pipe()
+                        .rpush(&c.room, 1)
+                        .ltrim(&c.room, -64, -1)
+                        .query::<()>(con)
+                });
+                return self.deliver(plain::entries(Value::Array(vec![element])), None);
+            }
+        }
+    }
+
     /// Checks and decodes taken entries and records them as held. An entry that fails its
     /// HMAC or does not decode is acknowledged and dropped (it is never delivered again),
     /// and reported if nothing else was taken.
@@ -789,6 +905,9 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         if out.is_empty() {
             return Err(GetError::Unreadable { reason });
         }
+        if c.plain {
+            return Ok(out);
+        }
         lock(&c.held)
             .entry(holder)
             .or_default()
@@ -803,6 +922,25 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         let c = &self.core;
         let mut refused: Vec<&(Entry, String)> = refused.iter().collect();
         refused.sort_by_key(|(e, _)| id_key(&e.id));
+        if c.plain {
+            // Already out of the list: only copied aside.
+            return c.redis.run(COMMAND_TIMEOUT, |con| {
+                let mut p = redis::pipe();
+                for (e, why) in &refused {
+                    p.cmd("XADD")
+                        .arg(&c.dead)
+                        .arg(&["MAXLEN", "~", "10000", "*", "id", ""])
+                        .arg("v")
+                        .arg(&e.value)
+                        .arg("h")
+                        .arg(&e.tag)
+                        .arg("reason")
+                        .arg(why)
+                        .ignore();
+                }
+                p.query::<()>(con).map(|()| refused.len() as i64)
+            });
+        }
         c.redis.run(COMMAND_TIMEOUT, |con| {
             let script = scripts::dead_letter();
             let mut inv = script.key(&c.stream);
@@ -885,8 +1023,9 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         let c = &self.core;
         let v: Value = c
             .redis
-            .run(COMMAND_TIMEOUT, |con| {
-                scripts::state().key(&c.meta).key(&c.stream).invoke(con)
+            .run(COMMAND_TIMEOUT, |con| match c.plain {
+                true => plain::state().key(&c.meta).key(&c.list).invoke(con),
+                false => scripts::state().key(&c.meta).key(&c.stream).invoke(con),
             })
             .map_err(|reason| Unavailable { reason })?;
         match &v {
@@ -919,6 +1058,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     pub fn try_clone(&self) -> Result<RedisQueue<T>, RedisError> {
         let mut opts = self.core.redis.queue(&self.core.name);
         opts.manual_ack = self.core.manual;
+        opts.at_most_once = self.core.plain;
         let core = opts.attach_named(&self.core.type_name, self.core.joinable, false)?;
         Ok(RedisQueue::with_codec(core, self.encode, self.decode))
     }
@@ -992,8 +1132,6 @@ impl<T> Drop for RedisQueue<T> {
     }
 }
 
-/// How long the next blocking call may wait: at most [`MAX_BLOCK`], and not past
-/// `deadline` (`None`: it passed).
 /// A stream id `MS-SEQ` as numbers, for sorting (a malformed one sorts first).
 fn id_key(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
@@ -1019,6 +1157,8 @@ fn reply_timeout(deadline: Option<Instant>) -> Duration {
     }
 }
 
+/// How long the next blocking call may wait: at most [`MAX_BLOCK`], and not past
+/// `deadline` (`None`: it passed).
 fn block_for(deadline: Option<Instant>) -> Option<Duration> {
     match deadline {
         None => Some(MAX_BLOCK),

@@ -81,7 +81,8 @@ fn with_ack(body: &str) -> Script {
     Script::new(&format!("{ACK_OWNED}{body}"))
 }
 
-/// Creates a queue's keys unless its meta hash exists. KEYS: meta, stream. ARGV: kind, type,
+/// Creates a queue's keys unless its meta hash exists. KEYS: meta, stream (an at-most-once
+/// queue, kind `plain`: its list, left empty). ARGV: kind, type,
 /// cap, lease_ms, auth, version. Returns 1 if created, else the existing
 /// `{kind, type, cap, lease_ms, auth, version}`.
 pub(crate) fn create() -> Script {
@@ -92,7 +93,7 @@ if m[1] then return m end
 redis.call('HSET', KEYS[1], 'kind', ARGV[1], 'type', ARGV[2], 'cap', ARGV[3],
   'lease_ms', ARGV[4], 'auth', ARGV[5], 'closed', '0', 'version', ARGV[6], 'len', 0)
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DEL', KEYS[2]) end
-redis.call('XGROUP', 'CREATE', KEYS[2], 'mproc', '$', 'MKSTREAM')
+if ARGV[1] ~= 'plain' then redis.call('XGROUP', 'CREATE', KEYS[2], 'mproc', '$', 'MKSTREAM') end
 return 1
 ",
     )

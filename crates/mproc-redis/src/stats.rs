@@ -6,12 +6,14 @@ use crate::conn::{COMMAND_TIMEOUT, Redis};
 use crate::error::RedisError;
 use crate::reply::{int_of, string_of};
 
-/// KEYS: meta, stream. The queue's numbers, or false if it has no meta hash.
+/// KEYS: meta, stream, list. The queue's numbers, or false if it has no meta hash. An
+/// at-most-once queue (a list) counts what it holds; it keeps no totals.
 fn stats_script() -> Script {
     Script::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'kind', 'type', 'cap', 'closed', 'len')
 if not m[1] then return false end
+if m[1] == 'plain' then return {m[1], m[2], m[3], m[4], redis.call('LLEN', KEYS[3]), 0, 0, 0} end
 if redis.call('EXISTS', KEYS[2]) == 0 then return {m[1], m[2], m[3], m[4], 0, 0, 0, 0} end
 local len = tonumber(m[5]) or 0
 local pend = redis.call('XPENDING', KEYS[2], 'mproc')[1]
@@ -37,7 +39,7 @@ return {m[1], m[2], m[3], m[4], len, pend, added, read}
 pub struct QueueStats {
     /// The queue's name.
     pub name: String,
-    /// `queue` or `joinable`.
+    /// `queue`, `joinable`, or `plain` (at most once).
     pub kind: String,
     /// The message type's name.
     pub type_name: String,
@@ -49,9 +51,10 @@ pub struct QueueStats {
     pub leased: u64,
     /// Whether it was closed.
     pub closed: bool,
-    /// Messages ever put (the stream's `entries-added`).
+    /// Messages ever put (the stream's `entries-added`; 0 for an at-most-once queue).
     pub added: u64,
-    /// Messages ever delivered for the first time (the group's `entries-read`).
+    /// Messages ever delivered for the first time (the group's `entries-read`; 0 for an
+    /// at-most-once queue).
     pub read: u64,
 }
 
@@ -94,9 +97,10 @@ impl Redis {
                 continue;
             }
             let (meta, stream) = (self.key(&name, "meta"), self.key(&name, "s"));
+            let list = self.key(&name, "l");
             let v: Value = self
                 .run(COMMAND_TIMEOUT, |c| {
-                    stats_script().key(&meta).key(&stream).invoke(c)
+                    stats_script().key(&meta).key(&stream).key(&list).invoke(c)
                 })
                 .map_err(unavailable)?;
             let Value::Array(a) = v else { continue };
