@@ -145,6 +145,17 @@ fn capacity_close_timeouts_and_bad_entries() {
         assert_eq!(refused, 3);
         assert_eq!(q.dead_letters(10).unwrap().len(), 3);
 
+        // The list rewritten as another type by a hostile client: typed errors, no panic.
+        let _: () = redis::cmd("SET")
+            .arg("mproc:{amo}:l")
+            .arg("not a list")
+            .query(&mut con)
+            .unwrap();
+        assert!(matches!(q.try_get(), Err(GetError::Unavailable { .. })));
+        assert!(matches!(q.try_put("x".into()), Err(PutError::Unavailable { .. })));
+        assert!(q.len().is_err());
+        let _: () = redis::cmd("DEL").arg("mproc:{amo}:l").query(&mut con).unwrap();
+
         // Close: the rest drains, then Closed; put fails.
         q.put("f".into()).unwrap();
         q.close().unwrap();
