@@ -260,11 +260,16 @@ impl Redis {
         let r = f(&mut con);
         let broken = matches!(&r, Err(e) if e.is_io_error() || e.is_connection_dropped()
             || e.is_timeout() || e.is_unrecoverable_error());
+        let mut pool = self.lock_pool();
         if !broken {
-            let mut pool = self.lock_pool();
             if pool.len() < POOL_KEEP {
                 pool.push(con);
             }
+        } else {
+            // The server went away (or hangs): the idle connections went with it. Dropping
+            // them now means that after a restart only this call fails, not one per pooled
+            // connection.
+            pool.clear();
         }
         r.map_err(|e| e.to_string())
     }

@@ -152,9 +152,15 @@ fn capacity_close_timeouts_and_bad_entries() {
             .query(&mut con)
             .unwrap();
         assert!(matches!(q.try_get(), Err(GetError::Unavailable { .. })));
-        assert!(matches!(q.try_put("x".into()), Err(PutError::Unavailable { .. })));
+        assert!(matches!(
+            q.try_put("x".into()),
+            Err(PutError::Unavailable { .. })
+        ));
         assert!(q.len().is_err());
-        let _: () = redis::cmd("DEL").arg("mproc:{amo}:l").query(&mut con).unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg("mproc:{amo}:l")
+            .query(&mut con)
+            .unwrap();
 
         // Close: the rest drains, then Closed; put fails.
         q.put("f".into()).unwrap();

@@ -25,6 +25,16 @@ pub struct RedisServer {
     tls: bool,
 }
 
+/// Whether the server on `s` answers `PING` with `PONG`.
+fn pong(mut s: TcpStream) -> bool {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 64];
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+}
+
 /// The server binary: `$MPROC_REDIS_SERVER`, else `redis-server` on the `PATH`.
 fn binary() -> String {
     std::env::var("MPROC_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
@@ -143,7 +153,9 @@ impl RedisServer {
         let mut child = Child::spawn(&mut cmd).map_err(|e| format!("spawn: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            // Up means answering PING (not `-LOADING` while it reads its append-only file);
+            // a TLS-only server is taken as up once it accepts connections.
+            if TcpStream::connect(("127.0.0.1", port)).is_ok_and(|s| tls || pong(s)) {
                 return Ok(child);
             }
             if child.wait_timeout(Duration::from_millis(0)).is_some() || Instant::now() > deadline {
