@@ -25,14 +25,15 @@ pub struct RedisServer {
     tls: bool,
 }
 
-/// Whether the server on `s` answers `PING` with `PONG`.
+/// Whether the server on `s` answers `PING`, other than with `-LOADING` (a server with a
+/// password answers `-NOAUTH`: it is up).
 fn pong(mut s: TcpStream) -> bool {
     use std::io::{Read, Write};
     let mut buf = [0u8; 64];
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     s.write_all(b"PING\r\n").is_ok()
         && s.read(&mut buf)
-            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+            .is_ok_and(|n| n > 0 && !buf[..n].starts_with(b"-LOADING"))
 }
 
 /// The server binary: `$MPROC_REDIS_SERVER`, else `redis-server` on the `PATH`.
