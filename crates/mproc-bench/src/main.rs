@@ -332,6 +332,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
+    if let Some(reps) = reps_of(&args, "--redis-batch") {
+        redisq::batch_only(reps);
+        return Ok(());
+    }
     // `--redis REPS`: only the Redis rows (queues and the remote pool against bare redis-rs).
     if let Some(reps) = reps_of(&args, "--redis") {
         for r in redisq::rows(reps, quick) {

@@ -322,6 +322,45 @@ fn python_refs(url: &str, quick: bool) -> Result<std::collections::HashMap<Strin
     crate::figures::parse_python(cmd)
 }
 
+/// Only the acknowledged batch against the bare stream, alternating, `reps` rounds: for
+/// working on that row (`mproc-bench --redis-batch REPS`). Prints µs/msg of each round.
+pub(crate) fn batch_only(reps: usize) {
+    let server = RedisServer::start();
+    let url = server.url();
+    let nb = 200_000;
+    // MPROC_BENCH_ONLY=mproc or =bare runs one side (to profile it).
+    let only = std::env::var("MPROC_BENCH_ONLY").unwrap_or_default();
+    for i in 0..reps {
+        let m = if only == "bare" {
+            f64::NAN
+        } else {
+            mproc_batch(&url, &format!("ab-m{i}"), false, nb)
+        };
+        let b = if only == "mproc" {
+            f64::NAN
+        } else {
+            bare_stream_batch(&url, &format!("ab-b{i}"), nb)
+        };
+        if std::env::var_os("MPROC_BENCH_STATS").is_some() {
+            let mut c = bare(&url);
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut c)
+                .expect("info");
+            let cpu: String = redis::cmd("INFO").arg("cpu").query(&mut c).expect("info");
+            println!("{info}{cpu}");
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query(&mut c)
+                .expect("resetstat");
+        }
+        println!(
+            "round {i}: mproc {m:.3} µs/msg, bare stream {b:.3} µs/msg, {:.2}×",
+            b / m
+        );
+    }
+}
+
 /// The Redis rows. Without a `redis-server` to start, they say so (`cargo xtask deps`
 /// installs it).
 pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {

@@ -29,7 +29,9 @@
 //! While the consumer lives, a background thread renews its leases every third of the
 //! lease. If the consumer dies, hangs without its process, or loses the server for longer
 //! than the lease (30 s by default, [`RedisQueueOptions::lease`]), the message is delivered
-//! to another consumer, with the same [`Delivery::id`] and `redelivered` set. So a message
+//! to another consumer, with the same [`Delivery::id`] and `redelivered` set (a consumer
+//! looks for such messages whenever it finds nothing new, and at least every quarter lease
+//! while it is busy). So a message
 //! may be processed twice, never lost: a consumer whose effects must happen once dedupes by
 //! that id. A queue's capacity counts messages until they are acknowledged.
 //!
@@ -50,6 +52,16 @@
 //!
 //! Handles are not carried across `fork`: a child connects on its own.
 #![deny(unsafe_code)]
+
+/// A script built (and its SHA-1 computed) once, on first use: the hot paths send it by
+/// hash many thousand times a second.
+macro_rules! script {
+    ($src:expr) => {{
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| $src);
+        &*SCRIPT
+    }};
+}
+pub(crate) use script;
 
 mod auth;
 mod conn;

@@ -62,8 +62,8 @@ pub(crate) fn is(v: &Value, code: i64) -> bool {
 
 /// Appends elements while there is room. KEYS: meta, list. ARGV: the elements. Returns how
 /// many were added, -1 if closed, -2 if missing.
-pub(crate) fn put() -> Script {
-    Script::new(
+pub(crate) fn put() -> &'static Script {
+    crate::script!(Script::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'cap', 'closed')
 if not m[1] then return -2 end
@@ -75,13 +75,13 @@ for i = 1, n, 1000 do
 end
 return math.max(n, 0)
 ",
-    )
+    ))
 }
 
 /// Takes up to ARGV[1] elements and pushes room tokens for them. KEYS: meta, list, room.
 /// Returns the elements, -1 if closed and empty, -2 if missing, or an empty table.
-pub(crate) fn take() -> Script {
-    Script::new(
+pub(crate) fn take() -> &'static Script {
+    crate::script!(Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 local got = redis.call('LPOP', KEYS[2], ARGV[1])
@@ -93,16 +93,16 @@ end
 if redis.call('HGET', KEYS[1], 'closed') == '1' then return -1 end
 return {}
 ",
-    )
+    ))
 }
 
 /// `{waiting, closed}`, or -2 if missing. KEYS: meta, list.
-pub(crate) fn state() -> Script {
-    Script::new(
+pub(crate) fn state() -> &'static Script {
+    crate::script!(Script::new(
         r"
 local closed = redis.call('HGET', KEYS[1], 'closed')
 if not closed then return -2 end
 return {redis.call('LLEN', KEYS[2]), tonumber(closed)}
 ",
-    )
+    ))
 }

@@ -280,11 +280,20 @@ impl RedisQueueOptions<'_> {
             manual: joinable || self.manual_ack,
             type_name: type_name.to_string(),
             held: Mutex::new(HashMap::new()),
+            claimed: Mutex::new(None),
         })
     }
 }
 
 impl Core {
+    /// Whether `take` runs the take script, which claims entries whose lease lapsed, rather
+    /// than only reading new ones: at least every quarter lease, and whenever nothing new
+    /// is there. So an entry whose consumer died goes to a busy consumer at most a quarter
+    /// lease after its lease lapsed.
+    fn claim_due(&self) -> bool {
+        lock(&self.claimed).is_none_or(|t| t.elapsed() >= self.lease / 4)
+    }
+
     /// Acknowledges `ids` (held by this consumer); with `done`, also counts them done.
     fn acknowledge(&self, ids: &[String], done: bool) -> Result<i64, String> {
         let mut ids = ids.to_vec();
@@ -303,6 +312,13 @@ impl Core {
                 .invoke(con)
         })
     }
+}
+
+/// What [`RedisQueue::read_new`] did: whether the acknowledgement was done, and the new
+/// entries read (`None`: the server refused the read).
+struct Fast {
+    acked: bool,
+    read: Option<Vec<Entry>>,
 }
 
 /// Who holds a taken entry until it is acknowledged: the thread that took it (a plain queue
@@ -334,6 +350,9 @@ pub(crate) struct Core {
     manual: bool,
     type_name: String,
     held: Mutex<HashMap<Holder, VecDeque<String>>>,
+    /// When this handle last ran the take script, which claims entries whose lease lapsed
+    /// ([`Core::claim_due`]).
+    claimed: Mutex<Option<Instant>>,
 }
 
 /// A message with its delivery details: what [`RedisQueue::get_item`] returns.
@@ -730,6 +749,28 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                 .unwrap_or_default()
         };
         sort_ids(&mut ack);
+        if !c.claim_due() {
+            match self.read_new(&ack, count, wait.flatten()) {
+                Ok(fast) => {
+                    if fast.acked {
+                        ack.clear();
+                    }
+                    match fast.read {
+                        Some(entries) if !entries.is_empty() => {
+                            lock(&c.held).entry(holder).or_default().extend(ack);
+                            return self.deliver(entries, holder);
+                        }
+                        // Nothing new, or the read was refused (a missing queue): the take
+                        // script below claims, acknowledges, or reports.
+                        _ => {}
+                    }
+                }
+                Err(reason) => {
+                    lock(&c.held).entry(holder).or_default().extend(ack);
+                    return Err(GetError::Unavailable { reason });
+                }
+            }
+        }
         loop {
             let reply: Result<Value, String> = c.redis.run(reply_timeout(wait.flatten()), |con| {
                 scripts::take()
@@ -752,6 +793,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                 }
             };
             ack.clear();
+            *lock(&c.claimed) = Some(Instant::now());
             match int_of(&reply) {
                 Some(-1) => return Err(GetError::Closed),
                 Some(-2) => {
@@ -793,6 +835,70 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                 return self.deliver(entries, holder);
             }
         }
+    }
+
+    /// The fast path of [`take`](Self::take), one round trip: acknowledges `ack` (the ack
+    /// script) and reads up to `count` new entries with an `XREADGROUP` of its own. Reading
+    /// inside the take script made the server convert every entry to Lua and back, which cost
+    /// as much as the commands.
+    fn read_new(
+        &self,
+        ack: &[String],
+        count: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Fast, String> {
+        let c = &self.core;
+        c.redis.run(reply_timeout(deadline), |con| {
+            let script = scripts::ack();
+            let mut acking = script.prepare_invoke();
+            acking
+                .key(&c.meta)
+                .key(&c.stream)
+                .key(&c.room)
+                .key(&c.n)
+                .key(&c.done)
+                .arg("mproc")
+                .arg(&c.consumer)
+                .arg("0")
+                .arg(ack);
+            let mut p = redis::pipe();
+            p.ignore_errors();
+            if !ack.is_empty() {
+                p.invoke_script(&acking);
+            }
+            p.cmd("XREADGROUP")
+                .arg(&["GROUP", "mproc"])
+                .arg(&c.consumer)
+                .arg("COUNT")
+                .arg(count)
+                .arg("STREAMS")
+                .arg(&c.stream)
+                .arg(">");
+            let mut replies: Vec<Value> = p.query(con)?;
+            let read = replies.pop().unwrap_or(Value::Nil);
+            let refused = |v: &Value| match v {
+                Value::ServerError(e) => Some(e.kind() == Some(redis::ServerErrorKind::NoScript)),
+                _ => None,
+            };
+            let acked = match replies.first().and_then(refused) {
+                None => true,
+                Some(noscript) => {
+                    if noscript {
+                        // The server restarted (scripts are not persisted): load it.
+                        acking.load(con)?;
+                    }
+                    false
+                }
+            };
+            // What was read is leased to this consumer now: deliver it even if the
+            // acknowledgement failed (it is retried at the next call).
+            Ok(Fast {
+                acked,
+                read: refused(&read)
+                    .is_none()
+                    .then(|| crate::reply::parse_read(&read)),
+            })
+        })
     }
 
     /// [`take`](Self::take) for an at-most-once queue.

@@ -85,8 +85,8 @@ fn with_ack(body: &str) -> Script {
 /// queue, kind `plain`: its list, left empty). ARGV: kind, type,
 /// cap, lease_ms, auth, version. Returns 1 if created, else the existing
 /// `{kind, type, cap, lease_ms, auth, version}`.
-pub(crate) fn create() -> Script {
-    Script::new(
+pub(crate) fn create() -> &'static Script {
+    crate::script!(Script::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'kind', 'type', 'cap', 'lease_ms', 'auth', 'version')
 if m[1] then return m end
@@ -96,13 +96,13 @@ if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DEL', KEYS[2]) end
 if ARGV[1] ~= 'plain' then redis.call('XGROUP', 'CREATE', KEYS[2], 'mproc', '$', 'MKSTREAM') end
 return 1
 ",
-    )
+    ))
 }
 
 /// Appends entries while there is room. KEYS: meta, stream, n. ARGV: pairs of (value, mac).
 /// Returns how many were added, -1 if the queue is closed, -2 if it does not exist.
-pub(crate) fn put() -> Script {
-    Script::new(
+pub(crate) fn put() -> &'static Script {
+    crate::script!(Script::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'cap', 'closed', 'kind', 'len')
 if not m[1] then return -2 end
@@ -121,16 +121,17 @@ if n > 0 then redis.call('HINCRBY', KEYS[1], 'len', n) end
 if n > 0 and m[3] == 'joinable' then redis.call('INCRBY', KEYS[3], n) end
 return n
 ",
-    )
+    ))
 }
 
 /// Acknowledges (ARGV[3..]) the entries this consumer (ARGV[2]) still holds, then takes up to
 /// ARGV[5] entries: first those whose lease (ARGV[4] ms) lapsed, then new ones. KEYS: meta,
 /// stream, room. ARGV: group, consumer, lease_ms, count, ids to acknowledge...
 /// Returns `{ {id, fields, deliveries}, ... }`, or -1 if closed and empty, -2 if missing,
-/// or an empty table.
-pub(crate) fn take() -> Script {
-    with_ack(
+/// or an empty table. A consumer runs it when it found nothing new, and at least every
+/// quarter lease; otherwise it sends the ack script and an `XREADGROUP` of its own.
+pub(crate) fn take() -> &'static Script {
+    crate::script!(with_ack(
         r"
 ack_owned(KEYS[1], KEYS[2], KEYS[3], 5, #ARGV, 1)
 local want = tonumber(ARGV[4])
@@ -158,27 +159,27 @@ if #out == 0 and redis.call('HGET', KEYS[1], 'closed') == '1'
 end
 return out
 ",
-    )
+    ))
 }
 
 /// Acknowledges entries this consumer holds; with `done` = '1', also counts each one done
 /// (joinable queues). KEYS: meta, stream, room, n, done. ARGV: group, consumer, done, ids...
 /// Returns how many were acknowledged (an entry whose lease lapsed and which another
 /// consumer took is not this consumer's to acknowledge: it is skipped).
-pub(crate) fn ack() -> Script {
-    with_ack(
+pub(crate) fn ack() -> &'static Script {
+    crate::script!(with_ack(
         r"
 local acked = ack_owned(KEYS[1], KEYS[2], KEYS[3], 4, #ARGV, 1)
 if acked > 0 and ARGV[3] == '1' then count_done(KEYS[4], KEYS[5], acked) end
 return acked
 ",
-    )
+    ))
 }
 
 /// Renews the leases of entries this consumer still holds (resets their idle time). KEYS:
 /// stream. ARGV: group, consumer, ids... Returns the ids no longer held by this consumer.
-pub(crate) fn renew() -> Script {
-    Script::new(
+pub(crate) fn renew() -> &'static Script {
+    crate::script!(Script::new(
         r"
 local lost = {}
 for i = 3, #ARGV do
@@ -191,25 +192,25 @@ for i = 3, #ARGV do
 end
 return lost
 ",
-    )
+    ))
 }
 
 /// Messages waiting to be taken: the occupancy minus the entries leased out. KEYS:
 /// meta, stream. Returns `{waiting, closed}`, or -2 if missing.
-pub(crate) fn state() -> Script {
-    Script::new(
+pub(crate) fn state() -> &'static Script {
+    crate::script!(Script::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'closed', 'len')
 if not m[1] then return -2 end
 local p = redis.call('XPENDING', KEYS[2], 'mproc')
 return {math.max((tonumber(m[2]) or 0) - p[1], 0), tonumber(m[1])}
 ",
-    )
+    ))
 }
 
 /// Closes a queue and wakes its waiting producers. KEYS: meta, room. Returns 0 if missing.
-pub(crate) fn close() -> Script {
-    Script::new(
+pub(crate) fn close() -> &'static Script {
+    crate::script!(Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'closed', '1')
@@ -217,14 +218,14 @@ redis.call('RPUSH', KEYS[2], 1)
 redis.call('LTRIM', KEYS[2], -64, -1)
 return 1
 ",
-    )
+    ))
 }
 
 /// After a waiter took a wake-up token: if the condition still holds (ARGV[1] = `exists`:
 /// KEYS[1] exists; `zero`: KEYS[1] is missing or 0), puts the token back in KEYS[2] for the
 /// next waiter (for a second) and returns 1; else 0.
-pub(crate) fn pass_on() -> Script {
-    Script::new(
+pub(crate) fn pass_on() -> &'static Script {
+    crate::script!(Script::new(
         r"
 local holds
 if ARGV[1] == 'exists' then
@@ -237,15 +238,15 @@ redis.call('RPUSH', KEYS[2], 1)
 redis.call('PEXPIRE', KEYS[2], 1000)
 return 1
 ",
-    )
+    ))
 }
 
 /// Sets refused entries aside. KEYS: stream, dead, room, n, done, meta. ARGV: group, consumer,
 /// then (id, value, mac, reason) for each. An entry this consumer still holds is copied to
 /// the dead-letter stream (capped near 10,000) and acknowledged; a joinable queue
 /// counts it done (it will never be processed). Returns how many.
-pub(crate) fn dead_letter() -> Script {
-    with_ack(
+pub(crate) fn dead_letter() -> &'static Script {
+    crate::script!(with_ack(
         r"
 for i = 3, #ARGV, 4 do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
@@ -258,5 +259,5 @@ local moved = ack_owned(KEYS[6], KEYS[1], KEYS[3], 3, #ARGV, 4)
 if moved > 0 and redis.call('EXISTS', KEYS[4]) == 1 then count_done(KEYS[4], KEYS[5], moved) end
 return moved
 ",
-    )
+    ))
 }
