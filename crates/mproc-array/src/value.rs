@@ -91,6 +91,21 @@ impl<T: Pod> Value<T> {
         self.shared.lock().map(wrap).map_err(|e| e.map(wrap))
     }
 
+    /// The lock that guards the value, for bindings whose acquire and release are two calls
+    /// (Python's `get_lock()`): see [`RawLock::unlock`](mproc_sync::RawLock::unlock).
+    pub fn raw_lock(&self) -> &mproc_sync::RawLock {
+        self.shared.raw_lock()
+    }
+
+    /// Where the value starts in this process's mapping, for bindings that
+    /// read and write it in place (Python's ctypes views). Valid while this handle
+    /// lives; reading or writing through it is the caller's `unsafe`, under
+    /// [`raw_lock`](Self::raw_lock) or with the promise of
+    /// [`as_slice_unsync`](Array::as_slice_unsync).
+    pub fn as_ptr(&self) -> *mut T {
+        self.shared.data().as_ptr()
+    }
+
     /// Takes the lock for `?`: a holder's death is reported by `guard.owner_died()`, not as
     /// an error (see [`RawLock::lock_recover`](mproc_sync::RawLock::lock_recover)).
     pub fn lock_recover(&self) -> Result<ValueGuard<'_, T>, LockError<()>> {

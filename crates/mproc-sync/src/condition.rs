@@ -236,6 +236,56 @@ impl Condition {
         Ok((guard, false))
     }
 
+    /// [`wait_timeout`](Self::wait_timeout) without a guard, for bindings (Python's
+    /// `Condition.wait`): the calling thread holds this condition's lock, acquired through
+    /// [`raw_lock`](Self::raw_lock) with its guard forgotten. Releases it, sleeps until
+    /// notified, `timeout` passes, or `stop` (asked between naps of at most 50 ms) returns
+    /// `true`, then holds the lock again, in every case. `Ok(true)`: notified (or woken
+    /// spuriously); `Ok(false)`: timed out or stopped. `Err(OwnerDied)`: notified, and the
+    /// lock is held, but a holder died.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let cond = mproc_sync::Condition::new()?;
+    /// std::mem::forget(cond.raw_lock().lock().map_err(|e| e.to_string())?);
+    /// let notified = cond.wait_held(Some(Duration::from_millis(5)), || false)?;
+    /// assert!(!notified);
+    /// cond.raw_lock().unlock()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_held(
+        &self,
+        timeout: Option<Duration>,
+        mut stop: impl FnMut() -> bool,
+    ) -> Result<bool, LockError<()>> {
+        let raw = self.0.get();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let waiting = raw.parking.prepare();
+        raw.lock.unlock()?;
+        let notified = loop {
+            let nap = crate::Deadline::at(deadline).nap_end(Duration::from_millis(50));
+            if waiting.sleep(Some(nap)) {
+                break true;
+            }
+            if crate::Deadline::at(deadline).passed() || stop() {
+                break false;
+            }
+        };
+        drop(waiting);
+        match raw.lock.lock() {
+            Ok(g) => {
+                std::mem::forget(g);
+                Ok(notified)
+            }
+            Err(e) => Err(e.map(std::mem::forget)),
+        }
+    }
+
+    /// The condition's lock, for [`wait_held`](Self::wait_held).
+    pub fn raw_lock(&self) -> &RawLock {
+        &self.0.get().lock
+    }
+
     /// Wakes one waiter.
     pub fn notify_one(&self) {
         self.0.get().notify_one()

@@ -177,6 +177,30 @@ impl RawLock {
         Ok(self.guard(false))
     }
 
+    /// Releases the lock without a guard: for bindings whose acquire and release are two
+    /// calls (Python's `Lock.acquire()` / `release()`). The calling thread acquired it with
+    /// [`lock`](Self::lock), [`try_lock`](Self::try_lock) or
+    /// [`lock_timeout`](Self::lock_timeout) and `std::mem::forget` the guard (`OwnerDied`'s
+    /// included). `Err(NotOwner)` if this thread does not hold it (nothing changes).
+    ///
+    /// ```
+    /// let lock = mproc_sync::RawLock::new(false);
+    /// std::mem::forget(lock.lock().map_err(|e| e.to_string())?);
+    /// assert!(lock.try_lock().is_err());
+    /// lock.unlock()?;
+    /// assert!(lock.unlock().is_err());           // not held any more
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unlock(&self) -> Result<(), LockError<()>> {
+        self.release(false)
+    }
+
+    /// Declares the protected data consistent after an owner death, for a holder without a
+    /// guard (see [`unlock`](Self::unlock)); only meaningful while this thread holds the lock.
+    pub fn make_consistent(&self) {
+        self.set_consistent();
+    }
+
     /// [`lock`](Self::lock) for `?`: the death of a previous holder is not an error here.
     /// Whenever the lock is held the guard comes back, and [`RawGuard::owner_died`] says
     /// whether the protected data may be half-updated (check or repair it, then

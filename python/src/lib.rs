@@ -1,0 +1,101 @@
+//! `mproc._native`: the Rust half of the `mproc` Python package (the Python half, in
+//! `python/mproc/`, gives it multiprocessing's API).
+//!
+//! Every blocking call waits with the GIL released, in slices of at most [`SLICE`], and checks
+//! for signals between slices, so Ctrl-C interrupts a blocked `get` or `acquire` promptly
+//! (`KeyboardInterrupt`), as it does in `multiprocessing`.
+//!
+//! Shared memory is reached two ways, both zero-copy: as `memoryview`s over a queue's loans,
+//! released before the loan ends (a view that escaped is refused with `BufferError`, never
+//! left pointing at memory that is reused), and as addresses that the Python half wraps in
+//! ctypes objects holding the handle (arrays and values), so the mapping outlives every view.
+
+use std::time::{Duration, Instant};
+
+use pyo3::create_exception;
+use pyo3::exceptions::{
+    PyFileExistsError, PyFileNotFoundError, PyPermissionError, PyRuntimeError, PyValueError,
+};
+use pyo3::prelude::*;
+
+mod array;
+mod queue;
+mod sync;
+mod view;
+
+create_exception!(
+    _native,
+    OwnerDied,
+    PyRuntimeError,
+    "A lock was acquired, but its previous holder died holding it: the data it protects may \
+     be half-updated. The lock is held by the caller. Raised once: later acquisitions succeed."
+);
+
+/// The longest one GIL-free wait lasts before the caller checks for signals.
+pub(crate) const SLICE: Duration = Duration::from_millis(50);
+
+/// A Python `timeout` argument: `None` waits forever; a negative number is refused, as
+/// `multiprocessing` does.
+pub(crate) fn deadline(block: bool, timeout: Option<f64>) -> PyResult<Option<Option<Instant>>> {
+    if !block {
+        return Ok(None);
+    }
+    match timeout {
+        None => Ok(Some(None)),
+        Some(t) if t.is_nan() || t < 0.0 => Err(PyValueError::new_err(
+            "'timeout' must be a non-negative number",
+        )),
+        Some(t) => Ok(Some(Some(
+            Instant::now() + Duration::try_from_secs_f64(t).unwrap_or(Duration::from_secs(1 << 40)),
+        ))),
+    }
+}
+
+/// Runs `step(slice)` with the GIL released until it returns `Some`, checking signals between
+/// slices. `wait`: `None` tries once; `Some(None)` waits forever; `Some(Some(t))` until `t`.
+/// `Ok(None)` when the wait ended without a result.
+pub(crate) fn waiting<R: Send>(
+    py: Python<'_>,
+    wait: Option<Option<Instant>>,
+    mut step: impl FnMut(Duration) -> Option<R> + Send,
+) -> PyResult<Option<R>> {
+    let Some(until) = wait else {
+        return Ok(step(Duration::ZERO));
+    };
+    loop {
+        let slice = until.map_or(SLICE, |d| {
+            d.saturating_duration_since(Instant::now()).min(SLICE)
+        });
+        if let Some(r) = py.detach(|| step(slice)) {
+            return Ok(Some(r));
+        }
+        py.check_signals()?;
+        if until.is_some_and(|d| Instant::now() >= d) {
+            return Ok(None);
+        }
+    }
+}
+
+/// A segment error as the Python exception a user expects (`FileNotFoundError` for a name
+/// that does not exist, `ValueError` for a wrong type or size, ...).
+pub(crate) fn segment_error(e: mproc_segment::SegmentError) -> PyErr {
+    use mproc_segment::SegmentError as E;
+    let msg = e.to_string();
+    match e {
+        E::NotFound { .. } => PyFileNotFoundError::new_err(msg),
+        E::AlreadyExists { .. } => PyFileExistsError::new_err(msg),
+        E::PermissionDenied { .. } => PyPermissionError::new_err(msg),
+        E::Io { .. } => pyo3::exceptions::PyOSError::new_err(msg),
+        _ => PyValueError::new_err(msg),
+    }
+}
+
+/// The `mproc._native` module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("OwnerDied", m.py().get_type::<OwnerDied>())?;
+    queue::register(m)?;
+    sync::register(m)?;
+    array::register(m)?;
+    Ok(())
+}
