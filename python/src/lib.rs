@@ -34,19 +34,19 @@ create_exception!(
 /// The longest one GIL-free wait lasts before the caller checks for signals.
 pub(crate) const SLICE: Duration = Duration::from_millis(50);
 
-/// A Python `timeout` argument: `None` waits forever; a negative number is refused, as
-/// `multiprocessing` does.
+/// A Python `timeout` argument: `None` waits forever; a negative number is 0, as in
+/// `multiprocessing`.
 pub(crate) fn deadline(block: bool, timeout: Option<f64>) -> PyResult<Option<Option<Instant>>> {
     if !block {
         return Ok(None);
     }
     match timeout {
         None => Ok(Some(None)),
-        Some(t) if t.is_nan() || t < 0.0 => Err(PyValueError::new_err(
-            "'timeout' must be a non-negative number",
-        )),
+        Some(t) if t.is_nan() => Err(PyValueError::new_err("'timeout' must be a number")),
+        // multiprocessing treats a negative timeout as 0: one try.
         Some(t) => Ok(Some(Some(
-            Instant::now() + Duration::try_from_secs_f64(t).unwrap_or(Duration::from_secs(1 << 40)),
+            Instant::now()
+                + Duration::try_from_secs_f64(t.max(0.0)).unwrap_or(Duration::from_secs(1 << 40)),
         ))),
     }
 }

@@ -91,10 +91,21 @@ pub(crate) fn acquire(
             "the lock's previous holder died holding it: the data it protects may be \
              half-updated. The lock is now held by this thread (release it when done).",
         )),
-        Some(Ok(Took::Deadlock)) if wait.is_none() => Ok(false),
-        Some(Ok(Took::Deadlock)) => Err(PyRuntimeError::new_err(
-            "this thread already holds the lock, which is not re-entrant (use RLock)",
-        )),
+        Some(Ok(Took::Deadlock)) => match wait {
+            None => Ok(false),
+            // As multiprocessing: the lock stays held (by this thread) until the timeout.
+            Some(Some(until)) => {
+                waiting(py, Some(Some(until)), |slice| {
+                    std::thread::sleep(slice);
+                    None::<()>
+                })?;
+                Ok(false)
+            }
+            // multiprocessing would hang for good: say why instead.
+            Some(None) => Err(PyRuntimeError::new_err(
+                "this thread already holds the lock, which is not re-entrant (use RLock)",
+            )),
+        },
         Some(Err(e)) => Err(PyRuntimeError::new_err(e)),
     }
 }

@@ -1,0 +1,259 @@
+"""Queue, SimpleQueue, JoinableQueue and ByteQueue over mproc's shared-memory queues."""
+
+import queue as _queue
+
+from . import _codec, _native
+from ._names import new_name, reopen
+
+Empty = _queue.Empty
+Full = _queue.Full
+
+#: Slots of a queue made with ``maxsize <= 0`` (multiprocessing's "unbounded"): a queue in
+#: shared memory has a fixed number of slots, rounded up to a power of two.
+DEFAULT_CAPACITY = 1024
+
+
+class Queue:
+    """``multiprocessing.Queue`` in shared memory, robust to a killed producer or consumer.
+
+    ``put`` is synchronous (there is no feeder thread): an object that cannot be pickled
+    raises in the caller, and nothing is left to flush at exit. ``bytes``, ``bytearray`` and
+    ``memoryview`` travel without pickle; other objects are pickled with protocol 5, their
+    out-of-band buffers (numpy arrays) written straight into the queue's memory.
+
+    ``maxsize`` is rounded up to a power of two; ``maxsize <= 0`` gives ``DEFAULT_CAPACITY``
+    slots. ``name`` makes it a named queue that any process (Python or Rust) opens with
+    ``Queue.open(name)``; a handle passed to another process (any start method) is pickled
+    by name. The queue's name is removed when the handle that created it is collected.
+    """
+
+    _kind = "queue"
+
+    def __init__(self, maxsize=0, *, name=None, ctx=None):
+        self._h = _native.ByteQueue.create(
+            name or new_name(self._kind), maxsize if maxsize > 0 else DEFAULT_CAPACITY
+        )
+        self._closed = False
+
+    @classmethod
+    def open(cls, name):
+        """A handle to the named queue, created by another process."""
+        return reopen(cls, name)
+
+    def _open(self, name, state):
+        self._h = _native.ByteQueue.open(name)
+        self._closed = False
+
+    def __reduce__(self):
+        return (reopen, (type(self), self._h.name))
+
+    def __repr__(self):
+        return "<mproc.%s %r>" % (type(self).__name__, self._h.name)
+
+    @property
+    def name(self):
+        """The queue's name in shared memory."""
+        return self._h.name
+
+    def _check(self):
+        if self._closed:
+            raise ValueError("Queue %r is closed" % self._h.name)
+
+    def put(self, obj, block=True, timeout=None):
+        """Puts ``obj``, waiting for a free slot if ``block`` (at most ``timeout`` seconds);
+        raises ``queue.Full`` if none came."""
+        self._check()
+        tag, parts, total = _codec.encode(obj)
+        if total <= _codec.INLINE:
+            ok = self._h.put_bytes(_codec.frame(tag, parts), block, timeout)
+        else:
+            ok = self._h.put_with(total, _codec.filler(tag, parts), block, timeout)
+        if not ok:
+            raise Full
+
+    def get(self, block=True, timeout=None):
+        """Takes an object, waiting for one if ``block`` (at most ``timeout`` seconds); raises
+        ``queue.Empty`` if none came."""
+        self._check()
+        found, obj = self._h.get_with(_codec.decode, block, timeout)
+        if not found:
+            raise Empty
+        return obj
+
+    def put_nowait(self, obj):
+        """``put(obj, False)``."""
+        return self.put(obj, False)
+
+    def get_nowait(self):
+        """``get(False)``."""
+        return self.get(False)
+
+    def qsize(self):
+        """Objects waiting now."""
+        return self._h.qsize()
+
+    def empty(self):
+        """Whether no object waits now."""
+        return self._h.empty()
+
+    def full(self):
+        """Whether every slot is taken now."""
+        return self._h.full()
+
+    def close(self):
+        """This handle will put and get no more (the queue itself stays open for others)."""
+        self._closed = True
+
+    def join_thread(self):
+        """Nothing to join: there is no feeder thread. Kept for multiprocessing's API."""
+        if not self._closed:
+            raise ValueError("Queue %r not closed" % self._h.name)
+
+    def cancel_join_thread(self):
+        """Nothing to cancel: there is no feeder thread. Kept for multiprocessing's API."""
+
+
+class SimpleQueue(Queue):
+    """``multiprocessing.SimpleQueue``: :class:`Queue` without sizes or timeouts."""
+
+    _kind = "simplequeue"
+
+    def __init__(self, *, name=None, ctx=None):
+        super().__init__(0, name=name)
+
+    def get(self):
+        """Takes an object, waiting for one."""
+        return super().get()
+
+    def put(self, obj):
+        """Puts ``obj``, waiting for a free slot."""
+        return super().put(obj)
+
+
+class JoinableQueue(Queue):
+    """``multiprocessing.JoinableQueue``: a :class:`Queue` whose consumers report each object
+    done (``task_done``), so that a producer can ``join`` until all are.
+
+    A consumer killed between ``get`` and ``task_done`` leaves its object counted: use
+    ``join(timeout)`` where that can happen.
+    """
+
+    _kind = "joinable"
+
+    def __init__(self, maxsize=0, *, name=None, ctx=None):
+        self._h = _native.JoinableQueue.create(
+            name or new_name(self._kind), maxsize if maxsize > 0 else DEFAULT_CAPACITY
+        )
+        self._closed = False
+
+    def _open(self, name, state):
+        self._h = _native.JoinableQueue.open(name)
+        self._closed = False
+
+    def put(self, obj, block=True, timeout=None):
+        self._check()
+        tag, parts, _ = _codec.encode(obj)
+        if not self._h.put_bytes(_codec.frame(tag, parts), block, timeout):
+            raise Full
+
+    def get(self, block=True, timeout=None):
+        self._check()
+        data = self._h.get_bytes(block, timeout)
+        if data is None:
+            raise Empty
+        with memoryview(data) as view:
+            return _codec.decode(view)
+
+    def task_done(self):
+        """Reports one object taken from the queue as processed."""
+        self._h.task_done()
+
+    def join(self, timeout=None):
+        """Waits until every object put was reported done. With ``timeout`` (an mproc
+        addition), returns ``False`` if it passed first."""
+        return self._h.join(timeout)
+
+
+class ByteQueue:
+    """A queue of raw byte messages, shared with Rust's ``mproc_queue::ByteQueue`` of the
+    same name: no framing, no pickle.
+
+    ``put_with(n, fill)`` and ``get_with(consume)`` are zero-copy: ``fill`` writes the message
+    into a writable memoryview of the queue's memory, ``consume`` reads one in place. Views
+    must not outlive the call (release slices and casts before returning: a view that
+    escaped raises ``BufferError``).
+    """
+
+    def __init__(self, maxsize=0, *, name=None, arena_bytes=None):
+        self._h = _native.ByteQueue.create(
+            name or new_name("bytes"),
+            maxsize if maxsize > 0 else DEFAULT_CAPACITY,
+            arena_bytes,
+        )
+
+    @classmethod
+    def open(cls, name):
+        """A handle to the named byte queue (made by Python or Rust)."""
+        return reopen(cls, name)
+
+    def _open(self, name, state):
+        self._h = _native.ByteQueue.open(name)
+
+    def __reduce__(self):
+        return (reopen, (type(self), self._h.name))
+
+    @property
+    def name(self):
+        """The queue's name in shared memory."""
+        return self._h.name
+
+    def put(self, data, block=True, timeout=None):
+        """Puts ``data`` (``bytes``, or any buffer); raises ``queue.Full`` if no slot came."""
+        if type(data) is bytes:
+            ok = self._h.put_bytes(data, block, timeout)
+        else:
+            view = memoryview(data).cast("B")
+            ok = self._h.put_with(view.nbytes, _copy_from(view), block, timeout)
+        if not ok:
+            raise Full
+
+    def put_with(self, size, fill, block=True, timeout=None):
+        """Puts a message of ``size`` bytes that ``fill(view)`` writes in place."""
+        if not self._h.put_with(size, fill, block, timeout):
+            raise Full
+
+    def get(self, block=True, timeout=None):
+        """Takes a message as ``bytes``; raises ``queue.Empty`` if none came."""
+        return self.get_with(bytes, block, timeout)
+
+    def get_with(self, consume, block=True, timeout=None):
+        """Takes a message and returns ``consume(view)``, ``view`` a read-only memoryview of
+        it in place."""
+        found, value = self._h.get_with(consume, block, timeout)
+        if not found:
+            raise Empty
+        return value
+
+    def qsize(self):
+        """Messages waiting now."""
+        return self._h.qsize()
+
+    def empty(self):
+        """Whether no message waits now."""
+        return self._h.empty()
+
+    def full(self):
+        """Whether every slot is taken now."""
+        return self._h.full()
+
+    def close(self):
+        """Closes the queue for every user, Rust's ``close``: ``put`` raises
+        :class:`mproc.Closed`, and ``get`` does once the rest is drained."""
+        self._h.close()
+
+
+def _copy_from(source):
+    def fill(view):
+        view[:] = source
+
+    return fill

@@ -1,0 +1,306 @@
+"""Array, RawArray, Value and RawValue: typed shared memory with a robust lock, read and
+written in place through ctypes objects (so ``memoryview`` and ``numpy.frombuffer`` of
+``get_obj()`` share the memory, no copy). A Rust process opens the same name as
+``mproc_array::Array<T>`` / ``Value<T>``."""
+
+import ctypes
+import threading
+
+from . import _native
+from ._names import new_name, reopen
+from ._sync import OwnerDied
+
+_CTYPES = {
+    "c": ctypes.c_char,
+    "b": ctypes.c_byte,
+    "B": ctypes.c_ubyte,
+    "h": ctypes.c_short,
+    "H": ctypes.c_ushort,
+    "i": ctypes.c_int,
+    "I": ctypes.c_uint,
+    "l": ctypes.c_long,
+    "L": ctypes.c_ulong,
+    "q": ctypes.c_longlong,
+    "Q": ctypes.c_ulonglong,
+    "f": ctypes.c_float,
+    "d": ctypes.c_double,
+}
+_CODES = {}
+for _code, _t in _CTYPES.items():
+    _CODES.setdefault(_t, _code)
+
+
+def _typecode(typecode_or_type):
+    if isinstance(typecode_or_type, str):
+        if typecode_or_type not in _CTYPES:
+            raise ValueError(
+                "bad typecode %r (must be one of %s)" % (typecode_or_type, ", ".join(_CTYPES))
+            )
+        return typecode_or_type
+    code = _CODES.get(typecode_or_type)
+    if code is None:
+        raise TypeError("unsupported ctypes type %r" % (typecode_or_type,))
+    return code
+
+
+class _Lock:
+    """The lock of an :class:`Array` or :class:`Value` (``get_lock()``): re-entrant, like
+    multiprocessing's default ``RLock``, so ``with v.get_lock(): v.value += 1`` works."""
+
+    def __init__(self, h):
+        self._h = h
+        self._owner = None
+        self._depth = 0
+
+    def acquire(self, block=True, timeout=None):
+        """Acquires; ``False`` if it could not. Raises :class:`OwnerDied` once after a holder
+        died holding it (the caller then holds it)."""
+        me = threading.get_ident()
+        if self._owner == me:
+            self._depth += 1
+            return True
+        try:
+            if not self._h.acquire(block, timeout):
+                return False
+        except OwnerDied:
+            self._owner, self._depth = me, 1
+            raise
+        self._owner, self._depth = me, 1
+        return True
+
+    def release(self):
+        """Releases one level."""
+        if self._owner != threading.get_ident():
+            raise RuntimeError("cannot release un-acquired lock")
+        self._depth -= 1
+        if self._depth == 0:
+            self._owner = None
+            self._h.release()
+
+    def __enter__(self):
+        try:
+            return self.acquire()
+        except OwnerDied:
+            self.release()
+            raise
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+_RAW_CLASSES = {}
+
+
+def _reduce_raw(self):
+    h = self._mproc_handle
+    return (_open_raw, (type(h), h.typecode, h.name))
+
+
+def _raw_class(ctype, length):
+    """A ctypes type over shared memory that pickles by name."""
+    key = (ctype, length)
+    cls = _RAW_CLASSES.get(key)
+    if cls is None:
+        base = ctype if length is None else ctype * length
+        cls = type("mproc_" + base.__name__, (base,), {"__reduce__": _reduce_raw})
+        _RAW_CLASSES[key] = cls
+    return cls
+
+
+def _view(h, length):
+    """The ctypes object over ``h``'s memory; it holds ``h``, so the mapping outlives it."""
+    obj = _raw_class(_CTYPES[h.typecode], length).from_address(h.address)
+    obj._mproc_handle = h
+    return obj
+
+
+def _open_raw(native_type, typecode, name):
+    h = native_type.open(typecode, name)
+    return _view(h, len(h) if native_type is _native.SharedArray else None)
+
+
+def _initial(code, size_or_initializer):
+    if isinstance(size_or_initializer, int):
+        return size_or_initializer, None
+    init = size_or_initializer
+    if code != "c" or not isinstance(init, (bytes, bytearray)):
+        init = list(init)
+    return len(init), init
+
+
+def RawArray(typecode_or_type, size_or_initializer, *, name=None):
+    """``multiprocessing.RawArray``: a ctypes array in shared memory, no lock taken by its
+    accesses. It pickles by name (any start method)."""
+    code = _typecode(typecode_or_type)
+    n, init = _initial(code, size_or_initializer)
+    h = _native.SharedArray.create(code, name or new_name("array"), n)
+    obj = _view(h, n)
+    if init is not None:
+        obj[:] = init
+    return obj
+
+
+def RawValue(typecode_or_type, *args, name=None):
+    """``multiprocessing.RawValue``: a ctypes object in shared memory, no lock."""
+    code = _typecode(typecode_or_type)
+    h = _native.SharedValue.create(code, name or new_name("value"))
+    obj = _view(h, None)
+    if args:
+        obj.value = args[0]
+    return obj
+
+
+class Array:
+    """``multiprocessing.Array``: every item access under the array's robust lock (unless
+    ``lock=False``); ``get_obj()`` is the ctypes array itself (``memoryview``,
+    ``numpy.frombuffer``), ``get_lock()`` the lock for many accesses at once."""
+
+    def __init__(self, typecode_or_type, size_or_initializer, *, lock=True, name=None, ctx=None):
+        code = _typecode(typecode_or_type)
+        n, init = _initial(code, size_or_initializer)
+        h = _native.SharedArray.create(code, name or new_name("array"), n)
+        self._setup(h, lock)
+        if init is not None:
+            self._obj[:] = init
+
+    @classmethod
+    def open(cls, typecode_or_type, name, *, lock=True):
+        """A handle to the named array (made by Python or Rust, of this element type)."""
+        return reopen(cls, name, (_typecode(typecode_or_type), lock))
+
+    def _open(self, name, state):
+        code, lock = state
+        self._setup(_native.SharedArray.open(code, name), lock)
+
+    def _setup(self, h, lock):
+        self._h = h
+        self._obj = _view(h, len(h))
+        self._lock = _Lock(h)
+        self._locked = lock is not False
+
+    def __reduce__(self):
+        return (reopen, (type(self), self._h.name, (self._h.typecode, self._locked)))
+
+    @property
+    def name(self):
+        """The array's name in shared memory."""
+        return self._h.name
+
+    def __len__(self):
+        return len(self._obj)
+
+    def __getitem__(self, i):
+        if not self._locked:
+            return self._obj[i]
+        with self._lock:
+            return self._obj[i]
+
+    def __setitem__(self, i, value):
+        if not self._locked:
+            self._obj[i] = value
+            return
+        with self._lock:
+            self._obj[i] = value
+
+    def __iter__(self):
+        return iter(self[:])
+
+    def get_obj(self):
+        """The ctypes array over the shared memory."""
+        return self._obj
+
+    def get_lock(self):
+        """The array's lock."""
+        return self._lock
+
+    def acquire(self, block=True, timeout=None):
+        """Acquires the array's lock."""
+        return self._lock.acquire(block, timeout)
+
+    def release(self):
+        """Releases the array's lock."""
+        self._lock.release()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        self._lock.__exit__(*exc)
+
+    def __repr__(self):
+        return "<mproc.Array %r of %d %r>" % (self._h.name, len(self), self._h.typecode)
+
+
+class Value:
+    """``multiprocessing.Value``: ``.value`` read and written under its robust lock (unless
+    ``lock=False``)."""
+
+    def __init__(self, typecode_or_type, *args, lock=True, name=None, ctx=None):
+        code = _typecode(typecode_or_type)
+        self._setup(_native.SharedValue.create(code, name or new_name("value")), lock)
+        if args:
+            self._obj.value = args[0]
+
+    @classmethod
+    def open(cls, typecode_or_type, name, *, lock=True):
+        """A handle to the named value (made by Python or Rust, of this type)."""
+        return reopen(cls, name, (_typecode(typecode_or_type), lock))
+
+    def _open(self, name, state):
+        code, lock = state
+        self._setup(_native.SharedValue.open(code, name), lock)
+
+    def _setup(self, h, lock):
+        self._h = h
+        self._obj = _view(h, None)
+        self._lock = _Lock(h)
+        self._locked = lock is not False
+
+    def __reduce__(self):
+        return (reopen, (type(self), self._h.name, (self._h.typecode, self._locked)))
+
+    @property
+    def name(self):
+        """The value's name in shared memory."""
+        return self._h.name
+
+    @property
+    def value(self):
+        """The value."""
+        if not self._locked:
+            return self._obj.value
+        with self._lock:
+            return self._obj.value
+
+    @value.setter
+    def value(self, v):
+        if not self._locked:
+            self._obj.value = v
+            return
+        with self._lock:
+            self._obj.value = v
+
+    def get_obj(self):
+        """The ctypes object over the shared memory."""
+        return self._obj
+
+    def get_lock(self):
+        """The value's lock."""
+        return self._lock
+
+    def acquire(self, block=True, timeout=None):
+        """Acquires the value's lock."""
+        return self._lock.acquire(block, timeout)
+
+    def release(self):
+        """Releases the value's lock."""
+        self._lock.release()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        self._lock.__exit__(*exc)
+
+    def __repr__(self):
+        return "<mproc.Value %r %r>" % (self._h.name, self.value)
