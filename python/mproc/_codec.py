@@ -5,7 +5,7 @@
 - ``P`` a pickle (protocol 5).
 - ``O`` a pickle whose out-of-band buffers (``pickle.PickleBuffer``, e.g. numpy arrays) follow
   it: ``<u32 n> <u64 len(pickle)> <u64 len(buffer_i)>... <pickle> <buffer_1>...``, written
-  straight into the queue's memory and read back into writable ``bytearray`` objects.
+  straight into the queue's memory and read back as writable views of one ``bytearray``.
 
 A message of another shape (a Rust peer's raw bytes) raises :class:`UnreadableMessage`,
 which carries the bytes: nothing is lost.
@@ -72,38 +72,42 @@ def filler(tag, parts):
     return fill
 
 
-def decode(view):
-    """The object in a message (a memoryview of it, released by the caller afterwards).
-
-    Nothing returned refers to ``view``: everything is copied out or unpickled.
-    """
-    if len(view) == 0:
-        raise UnreadableMessage("an empty message (not written by mproc's Python queues)", b"")
-    tag = view[0]
-    with view[1:] as body:
-        if tag == BYTES:
-            return bytes(body)
-        if tag == PICKLE:
-            return pickle.loads(body)
-        if tag == BYTEARRAY:
-            return bytearray(body)
-        if tag == OUT_OF_BAND and len(body) >= 12:
-            (n,) = struct.unpack_from("<I", body, 0)
-            if n < (len(body) - 4) // 8:
-                sizes = struct.unpack_from("<%dQ" % (n + 1), body, 4)
-                start = 4 + 8 * (n + 1)
-                if start + sum(sizes) == len(body):
-                    buffers = []
-                    offset = start + sizes[0]
-                    for size in sizes[1:]:
-                        with body[offset : offset + size] as b:
-                            buffers.append(bytearray(b))
-                        offset += size
-                    with body[start : start + sizes[0]] as data:
-                        return pickle.loads(data, buffers=buffers)
-    data = bytes(view)
+def decode(tag, body):
+    """The object in a message, from its tag and its body (a ``bytes`` or, for the tags
+    ``A`` and ``O``, a ``bytearray`` the caller owns). Tag -1: a message of no known tag."""
+    if tag == BYTES or tag == BYTEARRAY:
+        return body
+    if tag == PICKLE:
+        return pickle.loads(body)
+    if tag == OUT_OF_BAND and len(body) >= 12:
+        view = memoryview(body)
+        (n,) = struct.unpack_from("<I", view, 0)
+        if n < (len(view) - 4) // 8:
+            sizes = struct.unpack_from("<%dQ" % (n + 1), view, 4)
+            start = 4 + 8 * (n + 1)
+            if start + sum(sizes) == len(view):
+                # Writable views of `body`, which nothing else holds: numpy arrays made from
+                # them own their memory in effect (and are writable, as after a copy).
+                buffers, offset = [], start + sizes[0]
+                for size in sizes[1:]:
+                    buffers.append(view[offset : offset + size])
+                    offset += size
+                return pickle.loads(view[start : start + sizes[0]], buffers=buffers)
+    data = bytes(body) if tag == -1 else bytes((tag,)) + bytes(body)
     raise UnreadableMessage(
-        "a message of %d bytes that mproc's Python queues did not write (tag %r): its bytes "
-        "are in .data" % (len(data), bytes(data[:1])),
+        "a message of %d bytes that mproc's Python queues did not write (first byte %r): its "
+        "bytes are in .data" % (len(data), data[:1]),
         data,
     )
+
+
+def decode_frame(frame):
+    """The object in a whole message (``bytes``)."""
+    if not frame:
+        return decode(-1, frame)
+    tag = frame[0]
+    if tag in (BYTEARRAY, OUT_OF_BAND):
+        return decode(tag, bytearray(frame[1:]))
+    if tag in (BYTES, PICKLE):
+        return decode(tag, frame[1:])
+    return decode(-1, frame)

@@ -13,6 +13,12 @@ Full = _queue.Full
 DEFAULT_CAPACITY = 1024
 
 
+#: Bytes of a queue's arena, where messages larger than a slot live while they wait (a
+#: message larger than the arena is refused with ``ValueError``). Memory is taken from
+#: ``/dev/shm`` as messages first use it.
+DEFAULT_ARENA = 64 << 20
+
+
 class Queue:
     """``multiprocessing.Queue`` in shared memory, robust to a killed producer or consumer.
 
@@ -22,16 +28,18 @@ class Queue:
     out-of-band buffers (numpy arrays) written straight into the queue's memory.
 
     ``maxsize`` is rounded up to a power of two; ``maxsize <= 0`` gives ``DEFAULT_CAPACITY``
-    slots. ``name`` makes it a named queue that any process (Python or Rust) opens with
+    slots. Messages larger than a slot wait in an arena of ``arena_bytes`` (``DEFAULT_ARENA``). ``name`` makes it a named queue that any process (Python or Rust) opens with
     ``Queue.open(name)``; a handle passed to another process (any start method) is pickled
     by name. The queue's name is removed when the handle that created it is collected.
     """
 
     _kind = "queue"
 
-    def __init__(self, maxsize=0, *, name=None, ctx=None):
+    def __init__(self, maxsize=0, *, name=None, arena_bytes=None, ctx=None):
         self._h = _native.ByteQueue.create(
-            name or new_name(self._kind), maxsize if maxsize > 0 else DEFAULT_CAPACITY
+            name or new_name(self._kind),
+            maxsize if maxsize > 0 else DEFAULT_CAPACITY,
+            arena_bytes or DEFAULT_ARENA,
         )
         self._closed = False
 
@@ -75,10 +83,10 @@ class Queue:
         """Takes an object, waiting for one if ``block`` (at most ``timeout`` seconds); raises
         ``queue.Empty`` if none came."""
         self._check()
-        found, obj = self._h.get_with(_codec.decode, block, timeout)
-        if not found:
+        got = self._h.get(True, block, timeout)
+        if got is None:
             raise Empty
-        return obj
+        return _codec.decode(*got)
 
     def put_nowait(self, obj):
         """``put(obj, False)``."""
@@ -118,8 +126,8 @@ class SimpleQueue(Queue):
 
     _kind = "simplequeue"
 
-    def __init__(self, *, name=None, ctx=None):
-        super().__init__(0, name=name)
+    def __init__(self, *, name=None, arena_bytes=None, ctx=None):
+        super().__init__(0, name=name, arena_bytes=arena_bytes)
 
     def get(self):
         """Takes an object, waiting for one."""
@@ -161,8 +169,7 @@ class JoinableQueue(Queue):
         data = self._h.get_bytes(block, timeout)
         if data is None:
             raise Empty
-        with memoryview(data) as view:
-            return _codec.decode(view)
+        return _codec.decode_frame(data)
 
     def task_done(self):
         """Reports one object taken from the queue as processed."""
@@ -176,19 +183,15 @@ class JoinableQueue(Queue):
 
 class ByteQueue:
     """A queue of raw byte messages, shared with Rust's ``mproc_queue::ByteQueue`` of the
-    same name: no framing, no pickle.
-
-    ``put_with(n, fill)`` and ``get_with(consume)`` are zero-copy: ``fill`` writes the message
-    into a writable memoryview of the queue's memory, ``consume`` reads one in place. Views
-    must not outlive the call (release slices and casts before returning: a view that
-    escaped raises ``BufferError``).
+    same name: no framing, no pickle. A message is copied once each way (``put`` from any
+    buffer straight into the queue's memory, ``get`` into a new ``bytes``).
     """
 
     def __init__(self, maxsize=0, *, name=None, arena_bytes=None):
         self._h = _native.ByteQueue.create(
             name or new_name("bytes"),
             maxsize if maxsize > 0 else DEFAULT_CAPACITY,
-            arena_bytes,
+            arena_bytes or DEFAULT_ARENA,
         )
 
     @classmethod
@@ -217,22 +220,12 @@ class ByteQueue:
         if not ok:
             raise Full
 
-    def put_with(self, size, fill, block=True, timeout=None):
-        """Puts a message of ``size`` bytes that ``fill(view)`` writes in place."""
-        if not self._h.put_with(size, fill, block, timeout):
-            raise Full
-
     def get(self, block=True, timeout=None):
         """Takes a message as ``bytes``; raises ``queue.Empty`` if none came."""
-        return self.get_with(bytes, block, timeout)
-
-    def get_with(self, consume, block=True, timeout=None):
-        """Takes a message and returns ``consume(view)``, ``view`` a read-only memoryview of
-        it in place."""
-        found, value = self._h.get_with(consume, block, timeout)
-        if not found:
+        data = self._h.get(False, block, timeout)
+        if data is None:
             raise Empty
-        return value
+        return data
 
     def qsize(self):
         """Messages waiting now."""

@@ -7,7 +7,7 @@ use mproc_queue::{ByteQueue, GetError, JoinableQueue, PutError, QueueOptions};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyByteArray, PyBytes};
 
 use crate::{deadline, segment_error, view, waiting};
 
@@ -18,6 +18,34 @@ create_exception!(
     "The queue was closed for every user (a Rust peer's `close`, or `ByteQueue.close`): \
      `put` fails, and `get` fails once what was left is drained."
 );
+
+/// The tags whose body is handed over as a (writable) `bytearray`: `A` (a `bytearray`) and
+/// `O` (a pickle with out-of-band buffers, which become writable views of it).
+const BYTEARRAY_TAGS: [u8; 2] = [b'A', b'O'];
+/// The tags mproc's Python queues write (`mproc._codec`).
+const TAGS: [u8; 4] = [b'B', b'A', b'P', b'O'];
+
+/// A message copied into a new Python object (see `ByteQueue.get`).
+fn copy_out(py: Python<'_>, msg: &[u8], tagged: bool) -> Py<PyAny> {
+    if !tagged {
+        return PyBytes::new(py, msg).into_any().unbind();
+    }
+    match msg.split_first() {
+        Some((&tag, body)) if TAGS.contains(&tag) => {
+            let body = if BYTEARRAY_TAGS.contains(&tag) {
+                PyByteArray::new(py, body).into_any()
+            } else {
+                PyBytes::new(py, body).into_any()
+            };
+            (tag, body)
+                .into_pyobject(py)
+                .map_or_else(|_| py.None(), |t| t.into_any().unbind())
+        }
+        _ => (-1i32, PyBytes::new(py, msg))
+            .into_pyobject(py)
+            .map_or_else(|_| py.None(), |t| t.into_any().unbind()),
+    }
+}
 
 /// What a put that did not succeed ran into, as the Python exception (`None`: full or timed
 /// out, which the Python half raises as `queue.Full`).
@@ -173,37 +201,25 @@ impl NativeByteQueue {
         r.transpose().map(|done| done.is_some())
     }
 
-    /// Takes a message and returns `(True, consume(view))`, `view` a read-only memoryview of
-    /// the message in place (released after `consume` returns: copy what must outlive it).
-    /// `(False, None)` if the queue stayed empty.
-    #[pyo3(signature = (consume, block=true, timeout=None))]
-    fn get_with(
-        slf: &Bound<'_, Self>,
-        consume: &Bound<'_, PyAny>,
+    /// Takes a message, copied once into a new Python object: `None` if the queue stayed
+    /// empty. Untagged (`tagged=False`): `bytes`. Tagged (mproc's Python queues, see
+    /// `mproc._codec`): `(tag, body)`, `body` a `bytearray` for the tags of `bytearray`
+    /// and of pickles with out-of-band buffers (which become writable), `bytes` otherwise;
+    /// `(-1, bytes)` holds a whole message of no known tag.
+    #[pyo3(signature = (tagged, block=true, timeout=None))]
+    fn get(
+        &self,
+        py: Python<'_>,
+        tagged: bool,
         block: bool,
         timeout: Option<f64>,
-    ) -> PyResult<(bool, Py<PyAny>)> {
-        let py = slf.py();
-        let me = slf.get();
-        let (owner, consume) = (slf.clone().unbind(), consume.clone().unbind());
-        let read = |loan: mproc_queue::ReadLoan<'_>| -> PyResult<Py<PyAny>> {
-            Python::attach(|py| {
-                // SAFETY: a read loan's bytes are not written by anyone until it is dropped,
-                // after the view was released (or the handle is kept alive for good).
-                let v = unsafe { view::over(py, loan.as_ptr(), loan.len(), false)? };
-                let called = consume.bind(py).call1((&v,));
-                match view::release(&v) {
-                    Ok(()) => called.map(Bound::unbind),
-                    Err(e) => {
-                        std::mem::forget(owner.clone_ref(py));
-                        Err(e)
-                    }
-                }
-            })
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let read = |loan: mproc_queue::ReadLoan<'_>| -> Py<PyAny> {
+            Python::attach(|py| copy_out(py, &loan, tagged))
         };
         // Most gets find a message: no GIL round trip for them.
-        match me.q.try_get_loan() {
-            Ok(loan) => return read(loan).map(|v| (true, v)),
+        match self.q.try_get_loan() {
+            Ok(loan) => return Ok(Some(copy_out(py, &loan, tagged))),
             Err(e) => {
                 if let Some(err) = get_failed(e) {
                     return Err(err);
@@ -212,15 +228,12 @@ impl NativeByteQueue {
         }
         let wait = deadline(block, timeout)?;
         if wait.is_none() {
-            return Ok((false, py.None()));
+            return Ok(None);
         }
         let got = waiting(py, wait, |slice| {
-            settle(me.q.get_loan_timeout(slice), get_failed).map(|r| r.and_then(read))
+            settle(self.q.get_loan_timeout(slice), get_failed).map(|r| r.map(read))
         })?;
-        match got.transpose()? {
-            Some(v) => Ok((true, v)),
-            None => Ok((false, py.None())),
-        }
+        got.transpose()
     }
 
     /// Messages waiting now.

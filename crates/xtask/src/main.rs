@@ -8,6 +8,10 @@
 //! Needed, and installed when missing:
 //! - `redis-server` (Debian's package, with `apt-get`; as root, or through `sudo`). A
 //!   different binary can be named with `MPROC_REDIS_SERVER`.
+//! - For the Python package's suite (`python/tests`, pytest): a virtual environment in
+//!   `target/py-venv` (made with the machine's `python3`, or `MPROC_PYTHON`) holding maturin,
+//!   pytest, pytest-timeout and numpy from PyPI; the package is built into it with
+//!   `maturin develop --release`, and the Rust peer of the interop tests with cargo.
 
 use std::process::{Command, ExitCode};
 
@@ -89,7 +93,106 @@ fn test(extra: &[String]) -> Result<ExitCode, String> {
             return Ok(ExitCode::FAILURE);
         }
     }
+    if extra.is_empty() && !python_suite(&cargo)? {
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the Python suite installs into its virtual environment.
+const PY_TEST_DEPS: &[&str] = &["maturin>=1.5,<2", "pytest", "pytest-timeout", "numpy"];
+
+/// The workspace's root (xtask lives in `crates/xtask`).
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| ".".into())
+}
+
+/// Builds the Python package into `target/py-venv` and runs its pytest suite.
+fn python_suite(cargo: &str) -> Result<bool, String> {
+    let root = root();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let venv = root.join("target/py-venv");
+    let py = venv.join("bin/python");
+    let status = |cmd: &mut Command, what: &str| -> Result<bool, String> {
+        cmd.status()
+            .map(|s| s.success())
+            .map_err(|e| format!("could not run {what}: {e}"))
+    };
+    if !py.exists() {
+        let python = std::env::var("MPROC_PYTHON").unwrap_or_else(|_| "python3".into());
+        eprintln!(
+            "xtask: making the Python test environment in {}",
+            venv.display()
+        );
+        let made = status(
+            Command::new(&python).args(["-m", "venv"]).arg(&venv),
+            &python,
+        )?;
+        if !made {
+            // Debian's python3 keeps venv in a package of its own.
+            apt_install(&["python3-venv"])?;
+            if !status(
+                Command::new(&python).args(["-m", "venv"]).arg(&venv),
+                &python,
+            )? {
+                return Err(format!("{python} -m venv failed"));
+            }
+        }
+    }
+    let ready = Command::new(&py)
+        .args(["-c", "import pytest, pytest_timeout, numpy, maturin"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        eprintln!("xtask: installing {} from PyPI", PY_TEST_DEPS.join(", "));
+        let mut pip = Command::new(&py);
+        pip.args(["-m", "pip", "install", "-q"]).args(PY_TEST_DEPS);
+        if !status(&mut pip, "pip")? {
+            return Err("pip could not install the Python test tools".into());
+        }
+    }
+    eprintln!("xtask: maturin develop --release (the mproc Python package)");
+    let mut develop = Command::new(venv.join("bin/maturin"));
+    develop
+        .args(["develop", "--release", "-q"])
+        .current_dir(root.join("python"))
+        .env("VIRTUAL_ENV", &venv)
+        .env("CARGO_TARGET_DIR", &target);
+    if !status(&mut develop, "maturin")? {
+        return Ok(false);
+    }
+    let mut peer = Command::new(cargo);
+    peer.args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "mproc-python",
+        "--example",
+        "peer",
+    ]);
+    if !status(&mut peer, "cargo build")? {
+        return Ok(false);
+    }
+    eprintln!("xtask: pytest python/tests");
+    let mut pytest = Command::new(&py);
+    pytest
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "python/tests",
+        ])
+        .current_dir(&root)
+        .env("MPROC_PEER", target.join("release/examples/peer"));
+    status(&mut pytest, "pytest")
 }
 
 /// Whether `cmd --version` runs.
