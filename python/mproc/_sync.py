@@ -13,9 +13,14 @@ class _Named:
 
     def _create(self, name, *args):
         self._h = self._native_type.create(name or new_name(self._kind), *args)
+        self._bind()
 
     def _open(self, name, state):
         self._h = self._native_type.open(name)
+        self._bind()
+
+    def _bind(self):
+        pass
 
     @classmethod
     def open(cls, name):
@@ -35,6 +40,12 @@ class _Named:
 
 
 class _Acquirable(_Named):
+    def _bind(self):
+        # The native methods themselves, not a Python wrapper around them: a lock's cost is
+        # mostly the call.
+        self.acquire = self._h.acquire
+        self.release = self._h.release
+
     def acquire(self, block=True, timeout=None):
         """Acquires; ``False`` if it could not (``block=False``, or ``timeout`` passed).
 

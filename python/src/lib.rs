@@ -1,7 +1,7 @@
 //! `mproc._native`: the Rust half of the `mproc` Python package (the Python half, in
 //! `python/mproc/`, gives it multiprocessing's API).
 //!
-//! Every blocking call waits with the GIL released, in slices of at most [`SLICE`], and checks
+//! Every blocking call waits with the GIL released, in slices of at most 50 ms (`SLICE`), and checks
 //! for signals between slices, so Ctrl-C interrupts a blocked `get` or `acquire` promptly
 //! (`KeyboardInterrupt`), as it does in `multiprocessing`.
 //!

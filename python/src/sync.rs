@@ -60,6 +60,16 @@ pub(crate) fn acquire(
     block: bool,
     timeout: Option<f64>,
 ) -> PyResult<bool> {
+    // An uncontended lock is taken without releasing the GIL (which costs more than the
+    // lock itself).
+    match raw.try_lock() {
+        Ok(g) => {
+            std::mem::forget(g);
+            return Ok(true);
+        }
+        Err(LockError::WouldBlock) => {}
+        Err(_) => {} // the slow path below reports it
+    }
     let wait = deadline(block, timeout)?;
     let took = waiting(py, wait, |slice| {
         let got = if slice.is_zero() {
@@ -219,6 +229,9 @@ macro_rules! semaphore_methods {
             /// Takes one unit; `False` if none came (`block=False`, or `timeout` passed).
             #[pyo3(signature = (block=true, timeout=None))]
             fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
+                if self.inner.try_acquire() {
+                    return Ok(true);
+                }
                 let wait = deadline(block, timeout)?;
                 let got = waiting(py, wait, |slice| {
                     let took = if slice.is_zero() {

@@ -101,7 +101,7 @@ impl<T: Pod> Value<T> {
     /// read and write it in place (Python's ctypes views). Valid while this handle
     /// lives; reading or writing through it is the caller's `unsafe`, under
     /// [`raw_lock`](Self::raw_lock) or with the promise of
-    /// [`as_slice_unsync`](Array::as_slice_unsync).
+    /// [`as_slice_unsync`](crate::Array::as_slice_unsync).
     pub fn as_ptr(&self) -> *mut T {
         self.shared.data().as_ptr()
     }
