@@ -22,6 +22,7 @@ mod figures;
 mod locks;
 mod pipes;
 mod pools;
+mod pypkg;
 mod redisq;
 mod stats;
 
@@ -332,6 +333,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
+    // `--python`: only the Python package's rows.
+    if args.iter().any(|a| a == "--python") {
+        for r in pypkg::rows(quick) {
+            println!(
+                "{}: {} | {}: {} | {}",
+                r.what,
+                fmt_stat(&r.mproc),
+                r.baseline_name,
+                fmt_stat(&r.baseline),
+                r.ratio().map_or("n/a".into(), |x| format!("{x:.2}×"))
+            );
+        }
+        return Ok(());
+    }
     if let Some(reps) = reps_of(&args, "--redis-batch") {
         redisq::batch_only(reps);
         return Ok(());
@@ -617,6 +632,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let b = bodies::measure(plan.reps, plan.rounds, quick);
     rows.extend(body_rows(&b, &pyv));
     rows.extend(redisq::rows(plan.reps, quick));
+    rows.extend(pypkg::rows(quick));
 
     let mut md = String::new();
     writeln!(md, "# mproc benchmarks\n")?;
