@@ -19,7 +19,36 @@ DEFAULT_CAPACITY = 1024
 DEFAULT_ARENA = 64 << 20
 
 
-class Queue:
+class _Shared:
+    """What every queue handle has: a name, opening by name, pickling by name, sizes."""
+
+    @classmethod
+    def open(cls, name):
+        """A handle to the named queue, made by another process (Python or Rust)."""
+        return reopen(cls, name)
+
+    def __reduce__(self):
+        return (reopen, (type(self), self._h.name))
+
+    @property
+    def name(self):
+        """The queue's name in shared memory."""
+        return self._h.name
+
+    def qsize(self):
+        """Messages waiting now."""
+        return self._h.qsize()
+
+    def empty(self):
+        """Whether no message waits now."""
+        return self._h.empty()
+
+    def full(self):
+        """Whether every slot is taken now."""
+        return self._h.full()
+
+
+class Queue(_Shared):
     """``multiprocessing.Queue`` in shared memory, robust to a killed producer or consumer.
 
     ``put`` is synchronous (there is no feeder thread): an object that cannot be pickled
@@ -43,25 +72,15 @@ class Queue:
         )
         self._closed = False
 
-    @classmethod
-    def open(cls, name):
-        """A handle to the named queue, created by another process."""
-        return reopen(cls, name)
 
     def _open(self, name, state):
         self._h = _native.ByteQueue.open(name)
         self._closed = False
 
-    def __reduce__(self):
-        return (reopen, (type(self), self._h.name))
 
     def __repr__(self):
         return "<mproc.%s %r>" % (type(self).__name__, self._h.name)
 
-    @property
-    def name(self):
-        """The queue's name in shared memory."""
-        return self._h.name
 
     def _check(self):
         if self._closed:
@@ -96,17 +115,6 @@ class Queue:
         """``get(False)``."""
         return self.get(False)
 
-    def qsize(self):
-        """Objects waiting now."""
-        return self._h.qsize()
-
-    def empty(self):
-        """Whether no object waits now."""
-        return self._h.empty()
-
-    def full(self):
-        """Whether every slot is taken now."""
-        return self._h.full()
 
     def close(self):
         """This handle will put and get no more (the queue itself stays open for others)."""
@@ -181,7 +189,7 @@ class JoinableQueue(Queue):
         return self._h.join(timeout)
 
 
-class ByteQueue:
+class ByteQueue(_Shared):
     """A queue of raw byte messages, shared with Rust's ``mproc_queue::ByteQueue`` of the
     same name: no framing, no pickle. A message is copied once each way (``put`` from any
     buffer straight into the queue's memory, ``get`` into a new ``bytes``).
@@ -194,21 +202,11 @@ class ByteQueue:
             arena_bytes or DEFAULT_ARENA,
         )
 
-    @classmethod
-    def open(cls, name):
-        """A handle to the named byte queue (made by Python or Rust)."""
-        return reopen(cls, name)
 
     def _open(self, name, state):
         self._h = _native.ByteQueue.open(name)
 
-    def __reduce__(self):
-        return (reopen, (type(self), self._h.name))
 
-    @property
-    def name(self):
-        """The queue's name in shared memory."""
-        return self._h.name
 
     def put(self, data, block=True, timeout=None):
         """Puts ``data`` (``bytes``, or any buffer); raises ``queue.Full`` if no slot came."""
@@ -227,17 +225,6 @@ class ByteQueue:
             raise Empty
         return data
 
-    def qsize(self):
-        """Messages waiting now."""
-        return self._h.qsize()
-
-    def empty(self):
-        """Whether no message waits now."""
-        return self._h.empty()
-
-    def full(self):
-        """Whether every slot is taken now."""
-        return self._h.full()
 
     def close(self):
         """Closes the queue for every user, Rust's ``close``: ``put`` raises

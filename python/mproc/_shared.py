@@ -150,7 +150,37 @@ def RawValue(typecode_or_type, *args, name=None):
     return obj
 
 
-class Array:
+class _Guarded:
+    """What :class:`Array` and :class:`Value` share: their lock."""
+
+    def get_lock(self):
+        """The lock (re-entrant)."""
+        return self._lock
+
+    def acquire(self, block=True, timeout=None):
+        """Acquires the lock."""
+        return self._lock.acquire(block, timeout)
+
+    def release(self):
+        """Releases the lock."""
+        self._lock.release()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        self._lock.__exit__(*exc)
+
+    @property
+    def name(self):
+        """The name in shared memory."""
+        return self._h.name
+
+    def __reduce__(self):
+        return (reopen, (type(self), self._h.name, (self._h.typecode, self._locked)))
+
+
+class Array(_Guarded):
     """``multiprocessing.Array``: every item access under the array's robust lock (unless
     ``lock=False``); ``get_obj()`` is the ctypes array itself (``memoryview``,
     ``numpy.frombuffer``), ``get_lock()`` the lock for many accesses at once."""
@@ -178,13 +208,6 @@ class Array:
         self._lock = _Lock(h)
         self._locked = lock is not False
 
-    def __reduce__(self):
-        return (reopen, (type(self), self._h.name, (self._h.typecode, self._locked)))
-
-    @property
-    def name(self):
-        """The array's name in shared memory."""
-        return self._h.name
 
     def __len__(self):
         return len(self._obj)
@@ -209,29 +232,12 @@ class Array:
         """The ctypes array over the shared memory."""
         return self._obj
 
-    def get_lock(self):
-        """The array's lock."""
-        return self._lock
-
-    def acquire(self, block=True, timeout=None):
-        """Acquires the array's lock."""
-        return self._lock.acquire(block, timeout)
-
-    def release(self):
-        """Releases the array's lock."""
-        self._lock.release()
-
-    def __enter__(self):
-        return self._lock.__enter__()
-
-    def __exit__(self, *exc):
-        self._lock.__exit__(*exc)
 
     def __repr__(self):
         return "<mproc.Array %r of %d %r>" % (self._h.name, len(self), self._h.typecode)
 
 
-class Value:
+class Value(_Guarded):
     """``multiprocessing.Value``: ``.value`` read and written under its robust lock (unless
     ``lock=False``)."""
 
@@ -256,13 +262,6 @@ class Value:
         self._lock = _Lock(h)
         self._locked = lock is not False
 
-    def __reduce__(self):
-        return (reopen, (type(self), self._h.name, (self._h.typecode, self._locked)))
-
-    @property
-    def name(self):
-        """The value's name in shared memory."""
-        return self._h.name
 
     @property
     def value(self):
@@ -284,23 +283,6 @@ class Value:
         """The ctypes object over the shared memory."""
         return self._obj
 
-    def get_lock(self):
-        """The value's lock."""
-        return self._lock
-
-    def acquire(self, block=True, timeout=None):
-        """Acquires the value's lock."""
-        return self._lock.acquire(block, timeout)
-
-    def release(self):
-        """Releases the value's lock."""
-        self._lock.release()
-
-    def __enter__(self):
-        return self._lock.__enter__()
-
-    def __exit__(self, *exc):
-        self._lock.__exit__(*exc)
 
     def __repr__(self):
         return "<mproc.Value %r %r>" % (self._h.name, self.value)

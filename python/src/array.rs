@@ -140,12 +140,6 @@ impl SharedArray {
         })
     }
 
-    /// Where the elements start in this process (valid while this handle lives).
-    #[getter]
-    fn address(&self) -> usize {
-        self.inner.address()
-    }
-
     /// The number of elements.
     fn __len__(&self) -> usize {
         self.inner.len()
@@ -155,29 +149,6 @@ impl SharedArray {
     #[getter]
     fn itemsize(&self) -> PyResult<usize> {
         itemsize(&self.typecode)
-    }
-
-    /// The typecode.
-    #[getter]
-    fn typecode(&self) -> &str {
-        &self.typecode
-    }
-
-    /// The name.
-    #[getter]
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Acquires the array's lock.
-    #[pyo3(signature = (block=true, timeout=None))]
-    fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
-        acquire(py, self.inner.raw_lock(), block, timeout)
-    }
-
-    /// Releases the array's lock.
-    fn release(&self) -> PyResult<()> {
-        release(self.inner.raw_lock())
     }
 }
 
@@ -210,36 +181,46 @@ impl SharedValue {
             typecode: typecode.to_owned(),
         })
     }
-
-    /// Where the value lives in this process (valid while this handle lives).
-    #[getter]
-    fn address(&self) -> usize {
-        self.inner.address()
-    }
-
-    /// The typecode.
-    #[getter]
-    fn typecode(&self) -> &str {
-        &self.typecode
-    }
-
-    /// The name.
-    #[getter]
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Acquires the value's lock.
-    #[pyo3(signature = (block=true, timeout=None))]
-    fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
-        acquire(py, self.inner.raw_lock(), block, timeout)
-    }
-
-    /// Releases the value's lock.
-    fn release(&self) -> PyResult<()> {
-        release(self.inner.raw_lock())
-    }
 }
+
+/// What arrays and values both have: their memory's address, typecode, name and lock.
+macro_rules! shared {
+    ($ty:ident) => {
+        #[pymethods]
+        impl $ty {
+            /// Where the data starts in this process (valid while this handle lives).
+            #[getter]
+            fn address(&self) -> usize {
+                self.inner.address()
+            }
+
+            /// The typecode.
+            #[getter]
+            fn typecode(&self) -> &str {
+                &self.typecode
+            }
+
+            /// The name.
+            #[getter]
+            fn name(&self) -> &str {
+                &self.name
+            }
+
+            /// Acquires the lock that guards the data.
+            #[pyo3(signature = (block=true, timeout=None))]
+            fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
+                acquire(py, self.inner.raw_lock(), block, timeout)
+            }
+
+            /// Releases the lock.
+            fn release(&self) -> PyResult<()> {
+                release(self.inner.raw_lock())
+            }
+        }
+    };
+}
+shared!(SharedArray);
+shared!(SharedValue);
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SharedArray>()?;

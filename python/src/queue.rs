@@ -110,12 +110,6 @@ impl NativeByteQueue {
         })
     }
 
-    /// The queue's name.
-    #[getter]
-    fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Puts `data` (one copy). `False` if the queue stayed full (`block`, `timeout`).
     #[pyo3(signature = (data, block=true, timeout=None))]
     fn put_bytes(
@@ -236,27 +230,6 @@ impl NativeByteQueue {
         got.transpose()
     }
 
-    /// Messages waiting now.
-    fn qsize(&self) -> usize {
-        self.q.len()
-    }
-
-    /// Whether no message waits now.
-    fn empty(&self) -> bool {
-        self.q.is_empty()
-    }
-
-    /// Whether every slot is taken now.
-    fn full(&self) -> bool {
-        self.q.is_full()
-    }
-
-    /// The number of slots.
-    #[getter]
-    fn capacity(&self) -> usize {
-        self.q.capacity()
-    }
-
     /// Closes the queue for every user (Rust's `close`).
     fn close(&self) {
         self.q.close()
@@ -297,12 +270,6 @@ impl NativeJoinable {
             q,
             name: name.to_owned(),
         })
-    }
-
-    /// The queue's name.
-    #[getter]
-    fn name(&self) -> &str {
-        &self.name
     }
 
     /// Puts `data`; `False` if the queue stayed full.
@@ -366,27 +333,6 @@ impl NativeJoinable {
         Ok(done.is_some())
     }
 
-    /// Messages waiting now.
-    fn qsize(&self) -> usize {
-        self.q.len()
-    }
-
-    /// Whether no message waits now.
-    fn empty(&self) -> bool {
-        self.q.is_empty()
-    }
-
-    /// Whether every slot is taken now.
-    fn full(&self) -> bool {
-        self.q.is_full()
-    }
-
-    /// The number of slots.
-    #[getter]
-    fn capacity(&self) -> usize {
-        self.q.capacity()
-    }
-
     /// Messages put and not yet reported done.
     fn unfinished_tasks(&self) -> u64 {
         self.q.unfinished_tasks()
@@ -397,6 +343,43 @@ impl NativeJoinable {
         self.q.close()
     }
 }
+
+/// The state accessors both queue classes have.
+macro_rules! sizes {
+    ($ty:ident) => {
+        #[pymethods]
+        impl $ty {
+            /// The queue's name.
+            #[getter]
+            fn name(&self) -> &str {
+                &self.name
+            }
+
+            /// Messages waiting now.
+            fn qsize(&self) -> usize {
+                self.q.len()
+            }
+
+            /// Whether no message waits now.
+            fn empty(&self) -> bool {
+                self.q.is_empty()
+            }
+
+            /// Whether every slot is taken now.
+            fn full(&self) -> bool {
+                self.q.is_full()
+            }
+
+            /// The number of slots.
+            #[getter]
+            fn capacity(&self) -> usize {
+                self.q.capacity()
+            }
+        }
+    };
+}
+sizes!(NativeByteQueue);
+sizes!(NativeJoinable);
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeByteQueue>()?;

@@ -261,6 +261,20 @@ fn reps_of(args: &[String], flag: &str) -> Option<usize> {
     args.get(i + 1)?.parse().ok()
 }
 
+/// Rows as lines on stdout (the `--redis` and `--python` runs).
+fn print_rows(rows: &[Row]) {
+    for r in rows {
+        println!(
+            "{}: {} | {}: {} | {}",
+            r.what,
+            fmt_stat(&r.mproc),
+            r.baseline_name,
+            fmt_stat(&r.baseline),
+            r.ratio().map_or("n/a".into(), |x| format!("{x:.2}×"))
+        );
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     mproc::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -335,16 +349,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // `--python`: only the Python package's rows.
     if args.iter().any(|a| a == "--python") {
-        for r in pypkg::rows(quick) {
-            println!(
-                "{}: {} | {}: {} | {}",
-                r.what,
-                fmt_stat(&r.mproc),
-                r.baseline_name,
-                fmt_stat(&r.baseline),
-                r.ratio().map_or("n/a".into(), |x| format!("{x:.2}×"))
-            );
-        }
+        print_rows(&pypkg::rows(quick));
         return Ok(());
     }
     if let Some(reps) = reps_of(&args, "--redis-batch") {
@@ -353,16 +358,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // `--redis REPS`: only the Redis rows (queues and the remote pool against bare redis-rs).
     if let Some(reps) = reps_of(&args, "--redis") {
-        for r in redisq::rows(reps, quick) {
-            println!(
-                "{}: {} | {}: {} | {}",
-                r.what,
-                fmt_stat(&r.mproc),
-                r.baseline_name,
-                fmt_stat(&r.baseline),
-                r.ratio().map_or("n/a".into(), |x| format!("{x:.2}×"))
-            );
-        }
+        print_rows(&redisq::rows(reps, quick));
         return Ok(());
     }
     // `--fair REPS`: the fair in-process references (one loop shape, pinned), ns per item.
