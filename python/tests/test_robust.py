@@ -152,8 +152,8 @@ def test_ctrl_c_interrupts_a_blocking_call_promptly(call):
             lock.release()
             p = multiprocessing.get_context("fork").Process(target=hold, args=(lock, ready))
             p.start(); ready.wait(10)
-        print("blocking", flush=True)
         try:
+            print("blocking", flush=True)
             {call}
         except KeyboardInterrupt:
             print("interrupted", flush=True)
@@ -169,7 +169,7 @@ def test_ctrl_c_interrupts_a_blocking_call_promptly(call):
     )
     try:
         assert child.stdout.readline().strip() == "blocking"
-        time.sleep(0.2)  # let it block (not synchronisation: the outcome is the same if not)
+        _wait_until_asleep(child.pid)
         sent = time.monotonic()
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=10)
@@ -180,6 +180,20 @@ def test_ctrl_c_interrupts_a_blocking_call_promptly(call):
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def _wait_until_asleep(pid):
+    """Waits until every thread of ``pid`` sleeps in the kernel (the blocking call began)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        states = []
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if states and all(s == "S" for s in states):
+            return
+        time.sleep(0.005)
+    raise AssertionError("the child never blocked")
 
 
 def test_an_unpicklable_object_raises_in_put_and_the_queue_is_unchanged():
