@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::{JoinHandle, ThreadId};
@@ -281,6 +282,7 @@ impl RedisQueueOptions<'_> {
             type_name: type_name.to_string(),
             held: Mutex::new(HashMap::new()),
             claimed: Mutex::new(None),
+            room_owed: AtomicU64::new(0),
         })
     }
 }
@@ -350,6 +352,9 @@ pub(crate) struct Core {
     manual: bool,
     type_name: String,
     held: Mutex<HashMap<Holder, VecDeque<String>>>,
+    /// Room tokens this handle owes producers for elements it took with BLPOP (an
+    /// at-most-once queue): sent with its next BLPOP.
+    room_owed: AtomicU64,
     /// When this handle last ran the take script, which claims entries whose lease lapsed
     /// ([`Core::claim_due`]).
     claimed: Mutex<Option<Instant>>,
@@ -909,27 +914,38 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     ) -> Result<Vec<Delivery<T>>, GetError> {
         let c = &self.core;
         let unavailable = |reason| GetError::Unavailable { reason };
+        // A blocking get of one message goes to BLPOP at once (one round trip when a message
+        // is there or comes, as a bare BLPOP loop): the take script, which reports a closed
+        // or missing queue, runs when BLPOP found nothing in its slice.
+        let mut pop_first = count == 1 && wait.flatten().is_none_or(|d| d > Instant::now());
+        if wait.is_none() {
+            pop_first = false;
+        }
         loop {
-            let reply: Value = c
-                .redis
-                .run(reply_timeout(wait.flatten()), |con| {
-                    plain::take()
-                        .key(&c.meta)
-                        .key(&c.list)
-                        .key(&c.room)
-                        .arg(count)
-                        .invoke(con)
-                })
-                .map_err(unavailable)?;
-            if plain::is(&reply, -1) {
-                return Err(GetError::Closed);
-            }
-            if plain::is(&reply, -2) {
-                return Err(unavailable(self.gone()));
-            }
-            let entries = plain::entries(reply);
-            if !entries.is_empty() {
-                return self.deliver(entries, None);
+            if pop_first {
+                pop_first = false;
+            } else {
+                let reply: Value = c
+                    .redis
+                    .run(reply_timeout(wait.flatten()), |con| {
+                        plain::take()
+                            .key(&c.meta)
+                            .key(&c.list)
+                            .key(&c.room)
+                            .arg(count)
+                            .invoke(con)
+                    })
+                    .map_err(unavailable)?;
+                if plain::is(&reply, -1) {
+                    return Err(GetError::Closed);
+                }
+                if plain::is(&reply, -2) {
+                    return Err(unavailable(self.gone()));
+                }
+                let entries = plain::entries(reply);
+                if !entries.is_empty() {
+                    return self.deliver(entries, None);
+                }
             }
             let Some(deadline) = wait else {
                 return Err(GetError::Empty);
@@ -937,27 +953,28 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
             let Some(block) = block_for(deadline) else {
                 return Err(GetError::Timeout);
             };
-            // BLPOP takes the element it waited for: it is delivered, and its room token
-            // pushed by a second call.
-            let got: Value = c
+            // BLPOP takes the element it waited for. Its room token (a wake-up for producers
+            // waiting on a full queue; they also look again every 200 ms) goes with this
+            // handle's next BLPOP, in the same round trip.
+            let owed = c.room_owed.swap(0, Ordering::Relaxed);
+            let got = c
                 .redis
                 .run(block + GRACE, |con| {
-                    redis::cmd("BLPOP")
-                        .arg(&c.list)
-                        .arg(block.as_secs_f64())
-                        .query(con)
+                    let mut p = redis::pipe();
+                    if owed > 0 {
+                        p.rpush(&c.room, owed).ignore();
+                        p.ltrim(&c.room, -64, -1).ignore();
+                    }
+                    p.cmd("BLPOP").arg(&c.list).arg(block.as_secs_f64());
+                    p.query::<Vec<Value>>(con)
                 })
-                .map_err(unavailable)?;
-            if let Value::Array(mut kv) = got
+                .map_err(unavailable)?
+                .pop();
+            if let Some(Value::Array(mut kv)) = got
                 && kv.len() == 2
             {
+                c.room_owed.fetch_add(1, Ordering::Relaxed);
                 let element = kv.pop().unwrap_or(Value::Nil);
-                let _ = c.redis.run(COMMAND_TIMEOUT, |con| {
-                    redis::pipe()
-                        .rpush(&c.room, 1)
-                        .ltrim(&c.room, -64, -1)
-                        .query::<()>(con)
-                });
                 return self.deliver(plain::entries(Value::Array(vec![element])), None);
             }
         }
@@ -1227,10 +1244,20 @@ impl<T> Drop for RedisQueue<T> {
         // unwinding from a panic (then the messages are delivered again after their lease).
         // A joinable or manual queue's messages wait for `task_done` or `ack_item`: theirs
         // lapse and are redelivered.
-        if std::thread::panicking() || self.core.manual {
+        let c = &self.core;
+        let owed = c.room_owed.swap(0, Ordering::Relaxed);
+        if owed > 0 {
+            // Best effort: producers waiting for room look again every 200 ms anyway.
+            let _ = c.redis.run(COMMAND_TIMEOUT, |con| {
+                redis::pipe()
+                    .rpush(&c.room, owed)
+                    .ltrim(&c.room, -64, -1)
+                    .query::<()>(con)
+            });
+        }
+        if std::thread::panicking() || c.manual {
             return;
         }
-        let c = &self.core;
         let ids: Vec<String> = lock(&c.held).drain().flat_map(|(_, q)| q).collect();
         if !ids.is_empty() {
             let _ = c.acknowledge(&ids, false);
