@@ -755,7 +755,12 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         };
         sort_ids(&mut ack);
         if !c.claim_due() {
-            match self.read_new(&ack, count, wait.flatten()) {
+            // A get that may wait blocks in this read (one round trip for an idle consumer
+            // too); the take script runs after it if nothing came.
+            let block = wait
+                .and_then(block_for)
+                .map(|b| b.min(c.lease / 4).max(Duration::from_millis(1)));
+            match self.read_new(&ack, count, wait.flatten(), block) {
                 Ok(fast) => {
                     if fast.acked {
                         ack.clear();
@@ -851,9 +856,11 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         ack: &[String],
         count: usize,
         deadline: Option<Instant>,
+        block: Option<Duration>,
     ) -> Result<Fast, String> {
         let c = &self.core;
-        c.redis.run(reply_timeout(deadline), |con| {
+        let budget = block.map_or(reply_timeout(deadline), |b| b + GRACE);
+        c.redis.run(budget, |con| {
             let script = scripts::ack();
             let mut acking = script.prepare_invoke();
             acking
@@ -875,10 +882,11 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                 .arg(&["GROUP", "mproc"])
                 .arg(&c.consumer)
                 .arg("COUNT")
-                .arg(count)
-                .arg("STREAMS")
-                .arg(&c.stream)
-                .arg(">");
+                .arg(count);
+            if let Some(b) = block {
+                p.arg("BLOCK").arg(b.as_millis() as u64);
+            }
+            p.arg("STREAMS").arg(&c.stream).arg(">");
             let mut replies: Vec<Value> = p.query(con)?;
             let read = replies.pop().unwrap_or(Value::Nil);
             let refused = |v: &Value| match v {
