@@ -53,13 +53,13 @@
 //! Handles are not carried across `fork`: a child connects on its own.
 #![deny(unsafe_code)]
 
-/// A script built (and its SHA-1 computed) once, on first use: the hot paths send it by
-/// hash many thousand times a second.
+/// A script, built (and its SHA-1 computed) at each use. Not cached in a `static`: a
+/// process forked while another thread held a lazy static's initialisation would wait for
+/// it forever, and handles are used in forked children.
 macro_rules! script {
-    ($src:expr) => {{
-        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| $src);
-        &*SCRIPT
-    }};
+    ($src:expr) => {
+        $src
+    };
 }
 pub(crate) use script;
 

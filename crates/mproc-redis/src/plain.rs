@@ -62,7 +62,7 @@ pub(crate) fn is(v: &Value, code: i64) -> bool {
 
 /// Appends elements while there is room. KEYS: meta, list. ARGV: the elements. Returns how
 /// many were added, -1 if closed, -2 if missing.
-pub(crate) fn put() -> &'static Script {
+pub(crate) fn put() -> Script {
     crate::script!(Script::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'cap', 'closed')
@@ -80,7 +80,7 @@ return math.max(n, 0)
 
 /// Takes up to ARGV[1] elements and pushes room tokens for them. KEYS: meta, list, room.
 /// Returns the elements, -1 if closed and empty, -2 if missing, or an empty table.
-pub(crate) fn take() -> &'static Script {
+pub(crate) fn take() -> Script {
     crate::script!(Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
@@ -97,7 +97,7 @@ return {}
 }
 
 /// `{waiting, closed}`, or -2 if missing. KEYS: meta, list.
-pub(crate) fn state() -> &'static Script {
+pub(crate) fn state() -> Script {
     crate::script!(Script::new(
         r"
 local closed = redis.call('HGET', KEYS[1], 'closed')

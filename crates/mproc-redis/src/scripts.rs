@@ -85,7 +85,7 @@ fn with_ack(body: &str) -> Script {
 /// queue, kind `plain`: its list, left empty). ARGV: kind, type,
 /// cap, lease_ms, auth, version. Returns 1 if created, else the existing
 /// `{kind, type, cap, lease_ms, auth, version}`.
-pub(crate) fn create() -> &'static Script {
+pub(crate) fn create() -> Script {
     crate::script!(Script::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'kind', 'type', 'cap', 'lease_ms', 'auth', 'version')
@@ -101,7 +101,7 @@ return 1
 
 /// Appends entries while there is room. KEYS: meta, stream, n. ARGV: pairs of (value, mac).
 /// Returns how many were added, -1 if the queue is closed, -2 if it does not exist.
-pub(crate) fn put() -> &'static Script {
+pub(crate) fn put() -> Script {
     crate::script!(Script::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'cap', 'closed', 'kind', 'len')
@@ -130,7 +130,7 @@ return n
 /// Returns `{ {id, fields, deliveries}, ... }`, or -1 if closed and empty, -2 if missing,
 /// or an empty table. A consumer runs it when it found nothing new, and at least every
 /// quarter lease; otherwise it sends the ack script and an `XREADGROUP` of its own.
-pub(crate) fn take() -> &'static Script {
+pub(crate) fn take() -> Script {
     crate::script!(with_ack(
         r"
 ack_owned(KEYS[1], KEYS[2], KEYS[3], 5, #ARGV, 1)
@@ -166,7 +166,7 @@ return out
 /// (joinable queues). KEYS: meta, stream, room, n, done. ARGV: group, consumer, done, ids...
 /// Returns how many were acknowledged (an entry whose lease lapsed and which another
 /// consumer took is not this consumer's to acknowledge: it is skipped).
-pub(crate) fn ack() -> &'static Script {
+pub(crate) fn ack() -> Script {
     crate::script!(with_ack(
         r"
 local acked = ack_owned(KEYS[1], KEYS[2], KEYS[3], 4, #ARGV, 1)
@@ -178,7 +178,7 @@ return acked
 
 /// Renews the leases of entries this consumer still holds (resets their idle time). KEYS:
 /// stream. ARGV: group, consumer, ids... Returns the ids no longer held by this consumer.
-pub(crate) fn renew() -> &'static Script {
+pub(crate) fn renew() -> Script {
     crate::script!(Script::new(
         r"
 local lost = {}
@@ -197,7 +197,7 @@ return lost
 
 /// Messages waiting to be taken: the occupancy minus the entries leased out. KEYS:
 /// meta, stream. Returns `{waiting, closed}`, or -2 if missing.
-pub(crate) fn state() -> &'static Script {
+pub(crate) fn state() -> Script {
     crate::script!(Script::new(
         r"
 local m = redis.call('HMGET', KEYS[1], 'closed', 'len')
@@ -209,7 +209,7 @@ return {math.max((tonumber(m[2]) or 0) - p[1], 0), tonumber(m[1])}
 }
 
 /// Closes a queue and wakes its waiting producers. KEYS: meta, room. Returns 0 if missing.
-pub(crate) fn close() -> &'static Script {
+pub(crate) fn close() -> Script {
     crate::script!(Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -224,7 +224,7 @@ return 1
 /// After a waiter took a wake-up token: if the condition still holds (ARGV[1] = `exists`:
 /// KEYS[1] exists; `zero`: KEYS[1] is missing or 0), puts the token back in KEYS[2] for the
 /// next waiter (for a second) and returns 1; else 0.
-pub(crate) fn pass_on() -> &'static Script {
+pub(crate) fn pass_on() -> Script {
     crate::script!(Script::new(
         r"
 local holds
@@ -245,7 +245,7 @@ return 1
 /// then (id, value, mac, reason) for each. An entry this consumer still holds is copied to
 /// the dead-letter stream (capped near 10,000) and acknowledged; a joinable queue
 /// counts it done (it will never be processed). Returns how many.
-pub(crate) fn dead_letter() -> &'static Script {
+pub(crate) fn dead_letter() -> Script {
     crate::script!(with_ack(
         r"
 for i = 3, #ARGV, 4 do
