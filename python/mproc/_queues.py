@@ -3,7 +3,7 @@
 import queue as _queue
 
 from . import _codec, _native
-from ._names import new_name, reopen
+from ._names import Handle, new_name
 
 Empty = _queue.Empty
 Full = _queue.Full
@@ -19,21 +19,8 @@ DEFAULT_CAPACITY = 1024
 DEFAULT_ARENA = 64 << 20
 
 
-class _Shared:
-    """What every queue handle has: a name, opening by name, pickling by name, sizes."""
-
-    @classmethod
-    def open(cls, name):
-        """A handle to the named queue, made by another process (Python or Rust)."""
-        return reopen(cls, name)
-
-    def __reduce__(self):
-        return (reopen, (type(self), self._h.name))
-
-    @property
-    def name(self):
-        """The queue's name in shared memory."""
-        return self._h.name
+class _Shared(Handle):
+    """What every queue handle has besides a name: its sizes."""
 
     def qsize(self):
         """Messages waiting now."""
@@ -77,9 +64,6 @@ class Queue(_Shared):
         self._h = _native.ByteQueue.open(name)
         self._closed = False
 
-
-    def __repr__(self):
-        return "<mproc.%s %r>" % (type(self).__name__, self._h.name)
 
 
     def _check(self):

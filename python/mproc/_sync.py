@@ -2,12 +2,12 @@
 killed mid-section, named so that Python and Rust processes share them."""
 
 from . import _native
-from ._names import new_name, reopen
+from ._names import Handle, new_name
 
 OwnerDied = _native.OwnerDied
 
 
-class _Named:
+class _Named(Handle):
     _native_type = None
     _kind = ""
 
@@ -21,22 +21,6 @@ class _Named:
 
     def _bind(self):
         pass
-
-    @classmethod
-    def open(cls, name):
-        """A handle to the named object, created by another process (Python or Rust)."""
-        return reopen(cls, name)
-
-    def __reduce__(self):
-        return (reopen, (type(self), self._h.name))
-
-    @property
-    def name(self):
-        """The object's name in shared memory."""
-        return self._h.name
-
-    def __repr__(self):
-        return "<mproc.%s %r>" % (type(self).__name__, self._h.name)
 
 
 class _Acquirable(_Named):
