@@ -352,6 +352,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         print_rows(&pypkg::rows(quick));
         return Ok(());
     }
+    if let Some(reps) = reps_of(&args, "--redis-apply") {
+        redisq::apply_only(reps);
+        return Ok(());
+    }
     if let Some(reps) = reps_of(&args, "--redis-batch") {
         redisq::batch_only(reps);
         return Ok(());

@@ -361,6 +361,48 @@ pub(crate) fn batch_only(reps: usize) {
     }
 }
 
+/// `--redis-apply N`: N rounds of 2,000 `RemotePool.apply` round trips, with the spread of
+/// single round trips (to find where a slow mode comes from).
+pub(crate) fn apply_only(reps: usize) {
+    let server = RedisServer::start();
+    let url = server.url();
+    for i in 0..reps {
+        let r = Redis::connect(&url).expect("connect");
+        let launch = mproc::prelude::LaunchOptions::default()
+            .threaded_fork(mproc::prelude::ThreadedFork::Allow);
+        let name = format!("apply-{i}");
+        let worker = Worker::new(&r, &name)
+            .processes(2)
+            .launch_options(launch)
+            .register(&INC);
+        let stop = worker.stop_flag();
+        let w = std::thread::spawn(move || worker.run());
+        let pool = RemotePool::connect(&r, &name).expect("pool");
+        pool.map(&INC, vec![1; 8]).expect("warm-up");
+        let mut each: Vec<f64> = (0..2000u64)
+            .map(|i| {
+                let t = Instant::now();
+                assert_eq!(pool.apply(&INC, i).expect("apply"), i + 1);
+                t.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        each.sort_by(f64::total_cmp);
+        let q = |f: f64| each[((each.len() - 1) as f64 * f) as usize];
+        println!(
+            "round {i}: apply µs p10 {:.0} p50 {:.0} p90 {:.0} p99 {:.0} max {:.0}",
+            q(0.1),
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(1.0)
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = w.join();
+        drop(pool);
+        let _ = r.unlink_queue(&name);
+    }
+}
+
 /// The Redis rows. Without a `redis-server` to start, they say so (`cargo xtask deps`
 /// installs it).
 pub(crate) fn rows(reps: usize, quick: bool) -> Vec<Row> {

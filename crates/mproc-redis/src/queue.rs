@@ -283,6 +283,7 @@ impl RedisQueueOptions<'_> {
             held: Mutex::new(HashMap::new()),
             claimed: Mutex::new(None),
             room_owed: AtomicU64::new(0),
+            later: Mutex::new(Vec::new()),
         })
     }
 }
@@ -321,7 +322,13 @@ impl Core {
 struct Fast {
     acked: bool,
     read: Option<Vec<Entry>>,
+    /// The probed key's value (`Some(None)`: no such key; `None`: no probe, or no answer).
+    probed: Probed,
 }
+
+/// A probed key's value read with a take: `Some(None)` when there is no such key, `None`
+/// when the take did not probe (or the server's answer was not a string).
+pub(crate) type Probed = Option<Option<String>>;
 
 /// Who holds a taken entry until it is acknowledged: the thread that took it (a plain queue
 /// acknowledges it at that thread's next `get`), or the handle (a joinable queue's
@@ -358,6 +365,9 @@ pub(crate) struct Core {
     /// When this handle last ran the take script, which claims entries whose lease lapsed
     /// ([`Core::claim_due`]).
     claimed: Mutex<Option<Instant>>,
+    /// A manual queue's acknowledgements waiting for the next read
+    /// ([`RedisQueue::ack_items_later`]).
+    later: Mutex<Vec<String>>,
 }
 
 /// A message with its delivery details: what [`RedisQueue::get_item`] returns.
@@ -662,6 +672,28 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         self.take(wait.map(|w| Some(Instant::now() + w)), max)
     }
 
+    /// [`get_items`](Self::get_items), and the string value of the key `probe`, asked in the
+    /// same round trip after the read (`Some(None)`: no such key; `None` when the read took
+    /// another path: ask separately). The remote pool's worker probes its cancel set's
+    /// version this way.
+    pub(crate) fn get_items_probing(
+        &self,
+        max: usize,
+        wait: Option<Duration>,
+        probe: &str,
+    ) -> (Result<Vec<Delivery<T>>, GetError>, Probed) {
+        if max == 0 {
+            return (Ok(Vec::new()), None);
+        }
+        let mut probed = None;
+        let got = self.take_probing(
+            wait.map(|w| Some(Instant::now() + w)),
+            max,
+            Some((probe, &mut probed)),
+        );
+        (got, probed)
+    }
+
     /// Acknowledges the messages `ids` taken through this handle, in one call: how many were
     /// still this consumer's.
     pub fn ack_items(&self, ids: &[String]) -> Result<usize, Unavailable> {
@@ -720,6 +752,40 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         }
     }
 
+    /// Acknowledges the messages `ids` taken through this handle with the next `get` (in its
+    /// round trip), or when the handle is dropped or [`ack`](Self::ack) is called, whichever
+    /// comes first. One round trip fewer than [`ack_items`](Self::ack_items) for a consumer
+    /// that reads again soon; until then the messages stay leased to this consumer, and if it
+    /// dies first they are delivered again.
+    pub fn ack_items_later(&self, ids: &[String]) {
+        if ids.is_empty() || self.core.plain {
+            return;
+        }
+        {
+            let mut held = lock(&self.core.held);
+            for q in held.values_mut() {
+                q.retain(|h| !ids.contains(h));
+            }
+        }
+        if self.core.manual {
+            lock(&self.core.later).extend(ids.iter().cloned());
+        } else {
+            lock(&self.core.held)
+                .entry(self.holder())
+                .or_default()
+                .extend(ids.iter().cloned());
+        }
+    }
+
+    /// Gives back acknowledgements a take could not send: the next one sends them.
+    fn keep(&self, holder: Holder, ack: Vec<String>) {
+        if self.core.manual {
+            lock(&self.core.later).extend(ack);
+        } else {
+            lock(&self.core.held).entry(holder).or_default().extend(ack);
+        }
+    }
+
     fn take_one(&self, wait: Option<Option<Instant>>) -> Result<Delivery<T>, GetError> {
         let mut got = self.take(wait, 1)?;
         got.pop().ok_or(GetError::Empty)
@@ -739,14 +805,25 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         wait: Option<Option<Instant>>,
         count: usize,
     ) -> Result<Vec<Delivery<T>>, GetError> {
+        self.take_probing(wait, count, None)
+    }
+
+    /// [`take`](Self::take), probing whether a key exists in the fast path's round trip.
+    fn take_probing(
+        &self,
+        wait: Option<Option<Instant>>,
+        count: usize,
+        probe: Option<(&str, &mut Probed)>,
+    ) -> Result<Vec<Delivery<T>>, GetError> {
         let c = &self.core;
         if c.plain {
             return self.take_plain(wait, count);
         }
         let holder = self.holder();
-        // A plain queue acknowledges what this thread took before, in the same round trip.
+        // A plain queue acknowledges what this thread took before, in the same round trip; a
+        // manual one what was acknowledged with `ack_items_later`.
         let mut ack: Vec<String> = if c.manual {
-            Vec::new()
+            std::mem::take(&mut *lock(&c.later))
         } else {
             lock(&c.held)
                 .remove(&holder)
@@ -760,14 +837,18 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
             let block = wait
                 .and_then(block_for)
                 .map(|b| b.min(c.lease / 4).max(Duration::from_millis(1)));
-            match self.read_new(&ack, count, wait.flatten(), block) {
+            let (key, out) = probe.unzip();
+            match self.read_new(&ack, count, wait.flatten(), block, key) {
                 Ok(fast) => {
+                    if let Some(out) = out {
+                        *out = fast.probed;
+                    }
                     if fast.acked {
                         ack.clear();
                     }
                     match fast.read {
                         Some(entries) if !entries.is_empty() => {
-                            lock(&c.held).entry(holder).or_default().extend(ack);
+                            self.keep(holder, ack);
                             return self.deliver(entries, holder);
                         }
                         // Nothing new, or the read was refused (a missing queue): the take
@@ -776,7 +857,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                     }
                 }
                 Err(reason) => {
-                    lock(&c.held).entry(holder).or_default().extend(ack);
+                    self.keep(holder, ack);
                     return Err(GetError::Unavailable { reason });
                 }
             }
@@ -798,7 +879,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                 Ok(r) => r,
                 Err(reason) => {
                     // Not acknowledged: keep holding them (the next call tries again).
-                    lock(&c.held).entry(holder).or_default().extend(ack);
+                    self.keep(holder, ack);
                     return Err(GetError::Unavailable { reason });
                 }
             };
@@ -857,6 +938,7 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
         count: usize,
         deadline: Option<Instant>,
         block: Option<Duration>,
+        probe: Option<&str>,
     ) -> Result<Fast, String> {
         let c = &self.core;
         let budget = block.map_or(reply_timeout(deadline), |b| b + GRACE);
@@ -887,7 +969,18 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
                 p.arg("BLOCK").arg(b.as_millis() as u64);
             }
             p.arg("STREAMS").arg(&c.stream).arg(">");
+            if let Some(key) = probe {
+                p.cmd("GET").arg(key);
+            }
             let mut replies: Vec<Value> = p.query(con)?;
+            let probed = match probe {
+                Some(_) => match replies.pop() {
+                    Some(Value::Nil) => Some(None),
+                    Some(Value::BulkString(v)) => Some(Some(String::from_utf8_lossy(&v).into())),
+                    _ => None,
+                },
+                None => None,
+            };
             let read = replies.pop().unwrap_or(Value::Nil);
             let refused = |v: &Value| match v {
                 Value::ServerError(e) => Some(e.kind() == Some(redis::ServerErrorKind::NoScript)),
@@ -895,17 +988,15 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
             };
             let acked = match replies.first().and_then(refused) {
                 None => true,
-                Some(noscript) => {
-                    if noscript {
-                        // The server restarted (scripts are not persisted): load it.
-                        acking.load(con)?;
-                    }
-                    false
-                }
+                // The server restarted or never ran it (scripts are not persisted): load
+                // it and acknowledge now (the read above is kept either way).
+                Some(true) => acking.invoke::<i64>(con).is_ok(),
+                Some(false) => false,
             };
             // What was read is leased to this consumer now: deliver it even if the
             // acknowledgement failed (it is retried at the next call).
             Ok(Fast {
+                probed,
                 acked,
                 read: refused(&read)
                     .is_none()
@@ -1119,17 +1210,24 @@ impl<T: Serialize + DeserializeOwned> RedisQueue<T> {
     /// lapsed and which went to another consumer is not counted).
     pub fn ack(&self) -> Result<usize, Unavailable> {
         let holder = self.holder();
-        let ids: Vec<String> = lock(&self.core.held)
-            .remove(&holder)
-            .map(Vec::from)
-            .unwrap_or_default();
+        let mut ids: Vec<String> = if self.core.manual {
+            // A manual queue's messages are acknowledged one by one: only those passed to
+            // `ack_items_later` are due.
+            std::mem::take(&mut *lock(&self.core.later))
+        } else {
+            lock(&self.core.held)
+                .remove(&holder)
+                .map(Vec::from)
+                .unwrap_or_default()
+        };
+        sort_ids(&mut ids);
         if ids.is_empty() {
             return Ok(0);
         }
         match self.acknowledge(&ids, false) {
             Ok(n) => Ok(n as usize),
             Err(reason) => {
-                lock(&self.core.held).entry(holder).or_default().extend(ids);
+                self.keep(holder, ids);
                 Err(Unavailable { reason })
             }
         }
@@ -1262,6 +1360,12 @@ impl<T> Drop for RedisQueue<T> {
                     .ltrim(&c.room, -64, -1)
                     .query::<()>(con)
             });
+        }
+        // Acknowledgements the program asked for (`ack_items_later`) are sent in any case.
+        let mut later = std::mem::take(&mut *lock(&c.later));
+        if !later.is_empty() {
+            sort_ids(&mut later);
+            let _ = c.acknowledge(&later, false);
         }
         if std::thread::panicking() || c.manual {
             return;

@@ -141,3 +141,65 @@ fn a_server_that_lost_its_scripts_delivers_every_entry_without_waiting_a_lease()
         assert_eq!(q.try_get(), Err(GetError::Empty));
     });
 }
+
+#[test]
+fn acknowledgements_sent_later_ride_on_the_next_read_and_are_lost_only_with_the_consumer() {
+    with_deadline(DEADLINE, || {
+        let s = RedisServer::start();
+        let r = Redis::connect(&s.url()).unwrap();
+        let lease = Duration::from_millis(300);
+        let q = r
+            .queue("later")
+            .lease(lease)
+            .manual_ack()
+            .create::<u64>()
+            .unwrap();
+        for i in 0..3 {
+            q.put(i).unwrap();
+        }
+        // Acknowledged later: still pending until the next read carries it.
+        let a = q.get_items(1, None).unwrap().remove(0);
+        q.ack_items_later(std::slice::from_ref(&a.id));
+        assert_eq!(pending(&s, "later"), 1);
+        let b = q.get_items(1, None).unwrap().remove(0);
+        assert_eq!(pending(&s, "later"), 1, "the read acknowledged the first");
+        // Dropping the handle sends what is still owed.
+        q.ack_items_later(std::slice::from_ref(&b.id));
+        drop(q);
+        assert_eq!(pending(&s, "later"), 0);
+
+        // A consumer killed before its next read: the message comes back after its lease.
+        let url = s.url();
+        let mut child = fork_child(move || {
+            let r = Redis::connect(&url).unwrap();
+            let q = r.queue("later").manual_ack().open::<u64>().unwrap();
+            let d = q.get_items(1, None).unwrap().remove(0);
+            q.ack_items_later(&[d.id]);
+            r.queue("said")
+                .create::<u64>()
+                .unwrap()
+                .put(d.value)
+                .unwrap();
+            let _ = r.queue("never").create::<u8>().unwrap().get();
+            0
+        });
+        let said = r.queue("said").create::<u64>().unwrap();
+        let v = said.get_timeout(WAIT).unwrap();
+        assert_eq!(v, 2);
+        child.signal(Signal::KILL);
+        child.wait();
+        let q = r.queue("later").manual_ack().open::<u64>().unwrap();
+        let t = Instant::now();
+        let again = loop {
+            match q.get_items(1, Some(Duration::from_millis(100))) {
+                Ok(mut got) if !got.is_empty() => break got.remove(0),
+                Ok(_) | Err(GetError::Timeout | GetError::Empty) => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(t.elapsed() < WAIT, "not delivered again");
+        };
+        assert_eq!((again.value, again.redelivered), (2, true));
+        q.ack_item(&again.id).unwrap();
+        assert_eq!(pending(&s, "later"), 0);
+    });
+}

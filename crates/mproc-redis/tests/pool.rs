@@ -75,6 +75,14 @@ fn mark(url: String) -> i64 {
         + 1
 }
 
+/// Waits for the event named in its argument (at the URL in its argument), then answers 0.
+fn hold(args: (String, String)) -> i64 {
+    let r = Redis::connect(&args.0).unwrap();
+    r.event(&args.1).unwrap().wait().unwrap();
+    0
+}
+
+const HOLD: Task<(String, String), i64> = Task::new("hold", hold);
 const SQUARE: Task<u64, u64> = Task::new("square", square);
 const BOOM: Task<u64, u64> = Task::new("boom", boom);
 const SPIN: Task<u64, u64> = Task::new("spin", spin);
@@ -85,6 +93,16 @@ const HANG_AND_TELL: Task<String, i64> = Task::new("hang_and_tell", hang_and_tel
 const NOT_REGISTERED: Task<u64, u64> = Task::new("nobody_has_this", square);
 
 fn worker(url: &str, pool: &str, key: Option<&'static str>) -> Child {
+    worker_with(url, pool, key, 2, Duration::from_millis(500))
+}
+
+fn worker_with(
+    url: &str,
+    pool: &str,
+    key: Option<&'static str>,
+    processes: usize,
+    lease: Duration,
+) -> Child {
     let (url, pool) = (url.to_string(), pool.to_string());
     fork_child(move || {
         let mut b = Redis::builder(&url);
@@ -93,8 +111,9 @@ fn worker(url: &str, pool: &str, key: Option<&'static str>) -> Child {
         }
         let r = b.connect().unwrap();
         Worker::new(&r, &pool)
-            .processes(2)
-            .lease(Duration::from_millis(500))
+            .processes(processes)
+            .lease(lease)
+            .register(&HOLD)
             .register(&SQUARE)
             .register(&BOOM)
             .register(&SPIN)
@@ -266,6 +285,87 @@ fn cancelled_and_forged_tasks_never_run() {
         pool.close().unwrap();
         w.assert_success();
         assert_eq!(marks.load().unwrap(), 1);
+    });
+}
+
+/// How many entries of the pool `pool`'s task stream no worker has read yet.
+fn unread(url: &str, pool: &str) -> i64 {
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(format!("mproc:{{{pool}}}:s"))
+        .query(&mut con)
+        .unwrap();
+    match groups.first().and_then(|g| g.get("lag")) {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("no lag in XINFO GROUPS: {other:?}"),
+    }
+}
+
+/// Queues `hold` tasks until the worker (one local process, room for four tasks) has read
+/// four of them and reads no more: what is queued next stays unread until `event` is set.
+fn fill_worker(pool: &RemotePool, url: &str, event: &str) -> Vec<mproc_redis::RemoteResult<i64>> {
+    let holds: Vec<_> = (0..4)
+        .map(|_| {
+            pool.apply_async(&HOLD, (url.to_string(), event.to_string()))
+                .unwrap()
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    while unread(url, "p") > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the worker reads nothing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    holds
+}
+
+#[test]
+fn tasks_cancelled_while_queued_behind_a_busy_worker_never_run() {
+    // The worker reads new tasks in its fast path (a long lease: no claim pass) and knows
+    // the cancel set by its version: each cancellation must reach it anyway.
+    with_deadline(DEADLINE, || {
+        let s = RedisServer::start();
+        let url = s.url();
+        let r = Redis::connect(&url).unwrap();
+        let marks = RedisAtomic::create(&r, "marks", 0i64).unwrap();
+        let pool = RemotePool::connect(&r, "p").unwrap();
+        let w = worker_with(&url, "p", None, 1, Duration::from_secs(30));
+        assert_eq!(pool.apply(&SQUARE, 3).unwrap(), 9);
+        let mut cancelled = Vec::new();
+        let mut ran = Vec::new();
+        for round in 0..4 {
+            let event = format!("release{round}");
+            let holds = fill_worker(&pool, &url, &event);
+            let before = pool.apply_async(&MARK, url.clone()).unwrap();
+            let c = pool.apply_async(&MARK, url.clone()).unwrap();
+            let after = pool.apply_async(&MARK, url.clone()).unwrap();
+            assert_eq!(unread(&url, "p"), 3, "round {round}: queued, not read");
+            assert!(c.cancel().unwrap());
+            r.event(&event).unwrap().set().unwrap();
+            for h in holds {
+                assert_eq!(h.get(), Ok(0));
+            }
+            ran.push(before.get().unwrap());
+            ran.push(after.get().unwrap());
+            cancelled.push(c);
+            // A task queued after the cancellation, with the set unchanged, runs.
+            ran.push(pool.apply(&MARK, url.clone()).unwrap());
+        }
+        for c in cancelled {
+            assert_eq!(c.get(), Err(RemoteError::Cancelled));
+        }
+        ran.sort_unstable();
+        assert_eq!(
+            ran,
+            (1..=12).collect::<Vec<i64>>(),
+            "every other task ran once"
+        );
+        assert_eq!(marks.load().unwrap(), 12, "no cancelled task ran");
+        pool.close().unwrap();
+        w.assert_success();
     });
 }
 

@@ -468,6 +468,9 @@ fn tasks_queue(
         .create::<TaskMsg>()
 }
 
+/// How long, in seconds, a pool's cancel set outlives its last cancellation.
+pub(crate) const CANCEL_KEEP: u64 = 86_400;
+
 /// The result thread: reads the caller's result queue and posts each first answer.
 fn receive(shared: &Shared, results: &RedisQueue<ResultMsg>) {
     while !shared.stop.load(Ordering::Relaxed) {
@@ -620,18 +623,27 @@ impl<R: DeserializeOwned> RemoteResult<R> {
         let was_open = lock(&self.shared.board).open.remove(&self.id);
         if was_open {
             let key = self.shared.redis.key(&self.shared.name, "cancel");
-            let id = self.id;
-            let reply = self.shared.reply.clone();
+            let version = self.shared.redis.key(&self.shared.name, "cancel.v");
+            let member = format!("{}/{}", self.shared.reply, self.id);
+            // The set's version changes after the member is in (one transaction): a worker
+            // that sees the new version and then reads the set finds the member. Workers
+            // cache the set until its version changes.
             self.shared
                 .redis
                 .run(COMMAND_TIMEOUT, |c| {
                     redis::pipe()
+                        .atomic()
                         .cmd("SADD")
                         .arg(&key)
-                        .arg(format!("{reply}/{id}"))
+                        .arg(&member)
                         .cmd("EXPIRE")
                         .arg(&key)
-                        .arg(86_400)
+                        .arg(CANCEL_KEEP)
+                        .cmd("SET")
+                        .arg(&version)
+                        .arg(&member)
+                        .arg("EX")
+                        .arg(CANCEL_KEEP)
                         .query::<()>(c)
                 })
                 .map_err(|reason| RemoteError::Unavailable { reason })?;

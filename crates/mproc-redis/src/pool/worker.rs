@@ -111,6 +111,10 @@ impl<R: Serialize + DeserializeOwned> Pending for Chunk<R> {
 /// How often a worker asks whether the tasks it runs were cancelled.
 const CANCEL_CHECK: Duration = Duration::from_millis(100);
 
+/// How long the worker waits for tasks it has just started before it asks the server for
+/// more (an answer that is ready goes out first).
+const SETTLE: Duration = Duration::from_millis(1);
+
 /// What a worker did before it returned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkerReport {
@@ -240,22 +244,38 @@ impl Worker {
         // Up to four chunks per local process: one running, the rest waiting there.
         let room = self.processes * 4;
         let mut checked = Instant::now();
+        // Tasks started in the last pass: waited for before the next read.
+        let mut settle = false;
+        let mut cancels = CancelCache::default();
+        let version = self.redis.key(&self.name, "cancel.v");
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
             if (stopping || closed) && flight.is_empty() {
                 return Ok(report);
             }
             let mut progress = false;
-            if !closed && !stopping && flight.len() < room {
+            let mut started = false;
+            if settle && !flight.is_empty() {
+                // Most tasks finish within microseconds: asking the server for more first
+                // would put a round trip before their answers.
+                flight[0].running.wait_timeout(SETTLE);
+            } else if !closed && !stopping && flight.len() < room {
                 let wait = flight.is_empty().then_some(Duration::from_millis(200));
-                match tasks.get_items(room - flight.len(), wait) {
+                let (got, probed) = tasks.get_items_probing(room - flight.len(), wait, &version);
+                match got {
                     Ok(got) => {
                         progress = !got.is_empty();
+                        started = progress;
                         let keys: Vec<(&str, u64)> = got
                             .iter()
                             .map(|d| (d.value.reply.as_str(), d.value.id))
                             .collect();
-                        let cancelled = self.cancelled(&keys);
+                        let cancelled = match probed {
+                            Some(v) if !keys.is_empty() => {
+                                self.cancelled_cached(&keys, v, &mut cancels)
+                            }
+                            _ => self.cancelled(&keys),
+                        };
                         for (d, cancelled) in got.into_iter().zip(cancelled) {
                             if let Some(f) = self.start(&pool, d, cancelled, &mut out, &mut report)
                             {
@@ -283,6 +303,7 @@ impl Worker {
                 }
             }
             out.flush(&self.redis, &tasks);
+            settle = started;
             if !flight.is_empty() && checked.elapsed() >= CANCEL_CHECK {
                 // Tasks their callers cancelled while they ran: stopped here.
                 checked = Instant::now();
@@ -349,6 +370,40 @@ impl Worker {
         }
     }
 
+    /// Which of the tasks (reply queue, task id) their callers cancelled, from the cached
+    /// cancel set while `version` (read with the tasks) is the one it was read at: no round
+    /// trip unless something was cancelled since.
+    fn cancelled_cached(
+        &self,
+        tasks: &[(&str, u64)],
+        version: Option<String>,
+        cache: &mut CancelCache,
+    ) -> Vec<bool> {
+        let Some(version) = version else {
+            // Nothing cancelled in the pool's last day.
+            return vec![false; tasks.len()];
+        };
+        if cache.version.as_deref() != Some(version.as_str()) {
+            let key = self.redis.key(&self.name, "cancel");
+            match self.redis.run(COMMAND_TIMEOUT, |c| {
+                redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query::<std::collections::HashSet<String>>(c)
+            }) {
+                // Read after the version: it holds every member that version announced.
+                Ok(set) => {
+                    cache.version = Some(version);
+                    cache.members = set;
+                }
+                Err(_) => return self.cancelled(tasks),
+            }
+        }
+        tasks
+            .iter()
+            .map(|(reply, id)| cache.members.contains(&format!("{reply}/{id}")))
+            .collect()
+    }
+
     /// Which of the tasks (reply queue, task id) their callers cancelled (one `SMISMEMBER`
     /// for all of them; none if the server cannot say).
     fn cancelled(&self, tasks: &[(&str, u64)]) -> Vec<bool> {
@@ -371,6 +426,13 @@ impl Worker {
     }
 }
 
+/// A worker's copy of its pool's cancel set, with the version it was read at.
+#[derive(Default)]
+struct CancelCache {
+    version: Option<String>,
+    members: std::collections::HashSet<String>,
+}
+
 type Outcome = Result<Vec<Result<Vec<u8>, TaskError>>, Failure>;
 
 /// Answers waiting to be sent, with the result queues they go to.
@@ -382,8 +444,8 @@ struct Outbox {
 }
 
 impl Outbox {
-    /// Sends the answers (one `put_many` per caller), then acknowledges their tasks (one
-    /// call). A task is acknowledged once its answer is sent, or once its caller is gone
+    /// Sends the answers (one `put_many` per caller), then acknowledges their tasks (with the
+    /// next read of the tasks queue). A task is acknowledged once its answer is sent, or once its caller is gone
     /// (its result queue deleted). One whose answer could not be sent is not: it is
     /// delivered again after its lease (to this worker or another), and a caller that gets
     /// two answers keeps the first.
@@ -426,6 +488,8 @@ impl Outbox {
                 self.replies.remove(&reply);
             }
         }
-        let _ = tasks.ack_items(&done);
+        // Acknowledged with the next read (one round trip fewer per answer; if this worker
+        // dies first, the tasks are delivered again and their callers keep one answer).
+        tasks.ack_items_later(&done);
     }
 }
