@@ -12,8 +12,8 @@
 //! - [`array`](mod@array) (`mproc-array`): `Array`, `Value`, `AtomicValue`, `RawArray`, readable from
 //!   Python by name.
 //! - [`queue`] (`mproc-queue`): lock-free `PodQueue`, `Queue` (any serde type), `ByteQueue`
-//!   (byte messages, zero-copy loans), `JoinableQueue`; large messages travel in each
-//!   queue's own shared arena.
+//!   (byte messages, zero-copy loans), `JoinableQueue`, and `pipe()`'s two `Connection`s;
+//!   large messages travel in each queue's own shared arena.
 //! - [`pool`] (`mproc-pool`): `Process` and `Pool` with fork and spawn start methods; a
 //!   worker that dies fails only its own task.
 //!
@@ -77,7 +77,8 @@ pub mod prelude {
         StartError, StartMethod, SubmitError, TaskError, ThreadedFork, WaitError,
     };
     pub use mproc_queue::{
-        ByteQueue, GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions,
+        ByteQueue, Connection, GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions,
+        pipe,
     };
     pub use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
     pub use mproc_sync::{

@@ -35,7 +35,7 @@ fn options() -> SegmentOptions {
 /// ```
 #[derive(Debug)]
 pub struct ByteQueue {
-    raw: RawQueue,
+    pub(crate) raw: RawQueue,
 }
 
 impl ByteQueue {
@@ -83,7 +83,7 @@ impl ByteQueue {
         Self::checked(self.raw.try_clone()?)
     }
 
-    fn put_with<B: AsRef<[u8]>>(&self, bytes: B, wait: Wait) -> Result<(), PutError<B>> {
+    pub(crate) fn put_with<B: AsRef<[u8]>>(&self, bytes: B, wait: Wait) -> Result<(), PutError<B>> {
         let b = bytes.as_ref();
         let sent = if b.len() <= body::inline_room(&self.raw) {
             body::send_inline(&self.raw, b, wait)
@@ -117,7 +117,7 @@ impl ByteQueue {
         self.put_with(bytes, Wait::after(timeout))
     }
 
-    fn get_with(&self, wait: Wait, buf: &mut Vec<u8>) -> Result<usize, GetError> {
+    pub(crate) fn get_with(&self, wait: Wait, buf: &mut Vec<u8>) -> Result<usize, GetError> {
         body::receive(&self.raw, wait, |b| {
             buf.clear();
             buf.extend_from_slice(b);

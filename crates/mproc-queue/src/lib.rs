@@ -209,6 +209,8 @@ mod loan;
 #[cfg(not(loom))]
 mod message;
 #[cfg(not(loom))]
+mod pipe;
+#[cfg(not(loom))]
 mod pod;
 #[cfg(not(loom))]
 mod queue;
@@ -233,6 +235,10 @@ pub use joinable::JoinableQueue;
 pub use loan::{Loan, PodLoan, PodReadLoan, ReadLoan};
 #[cfg(not(loom))]
 pub use message::{JoinableMessageQueue, MessageQueue};
+#[cfg(all(feature = "async", not(loom)))]
+pub use pipe::ConnectionReady;
+#[cfg(not(loom))]
+pub use pipe::{Connection, PEER_CHECK, pipe};
 #[cfg(not(loom))]
 pub use pod::PodQueue;
 #[cfg(not(loom))]

@@ -43,6 +43,7 @@ macro_rules! slow_path_event {
 
 mod atomic_copy;
 mod create;
+mod ends;
 mod error;
 mod header;
 pub mod liveness;
@@ -56,6 +57,7 @@ mod segment;
 mod shm_dir;
 mod view;
 
+pub use ends::End;
 pub use error::{Errno, SegmentError, errno_of};
 pub use header::{FORMAT_VERSION, HEADER_LEN, Header, Kind, MAGIC, TYPE_NAME_CAP, TypeTag};
 pub use name::{MAX_NAME_LEN, validate_name};
