@@ -12,8 +12,9 @@
 //! - [`array`](mod@array) (`mproc-array`): `Array`, `Value`, `AtomicValue`, `RawArray`, readable from
 //!   Python by name.
 //! - [`queue`] (`mproc-queue`): lock-free `PodQueue`, `Queue` (any serde type), `ByteQueue`
-//!   (byte messages, zero-copy loans), `JoinableQueue`, and `pipe()`'s two `Connection`s;
-//!   large messages travel in each queue's own shared arena.
+//!   (byte messages, zero-copy loans), `JoinableQueue`, `pipe()`'s two `Connection`s, and
+//!   `Broadcast` (every subscriber reads every message); large messages travel in each
+//!   queue's own shared arena.
 //! - [`pool`] (`mproc-pool`): `Process` and `Pool` with fork and spawn start methods; a
 //!   worker that dies fails only its own task.
 //!
@@ -77,8 +78,8 @@ pub mod prelude {
         StartError, StartMethod, SubmitError, TaskError, ThreadedFork, WaitError,
     };
     pub use mproc_queue::{
-        ByteQueue, Connection, GetError, JoinableQueue, PodQueue, PutError, Queue, QueueOptions,
-        pipe,
+        Broadcast, ByteQueue, Connection, GetError, JoinableQueue, Lagging, PodQueue, PutError,
+        Queue, QueueOptions, Subscriber, pipe,
     };
     pub use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
     pub use mproc_sync::{

@@ -199,6 +199,8 @@ mod whole;
 #[cfg(not(loom))]
 mod body;
 #[cfg(not(loom))]
+mod broadcast;
+#[cfg(not(loom))]
 mod bytes;
 #[cfg(not(loom))]
 mod encoded;
@@ -225,6 +227,11 @@ pub use arena::ArenaHeader;
 pub use error::{GetError, OpenError, PutError, TaskDoneError, Unavailable};
 pub use ring::{HIGH_WATER_EVERY, RingHeader, RingSnapshot};
 
+#[cfg(not(loom))]
+pub use broadcast::{
+    Broadcast, BroadcastOptions, DEFAULT_SUBSCRIBERS, Lagging, RecvError, SendError,
+    SubscribeError, Subscriber, WRITING,
+};
 #[cfg(not(loom))]
 pub use bytes::ByteQueue;
 #[cfg(not(loom))]

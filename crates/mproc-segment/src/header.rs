@@ -171,6 +171,8 @@ impl Kind {
     // shows as `kind#12` rather than as something it is not.
     /// An `AtomicValue` (mproc-array): an integer every access to which is atomic.
     pub const ATOMIC_VALUE: Kind = Kind(13);
+    /// A broadcast ring (mproc-queue's `Broadcast`): every subscriber reads every message.
+    pub const BROADCAST: Kind = Kind(14);
 
     /// A short human-readable name (`"queue"`, `"array"`, ...; `"kind#N"` for unknown tags).
     pub fn name(self) -> Cow<'static, str> {
@@ -187,6 +189,7 @@ impl Kind {
             Kind::BARRIER => "barrier",
             Kind::POOL => "pool",
             Kind::ATOMIC_VALUE => "atomic",
+            Kind::BROADCAST => "broadcast",
             Kind(n) => return Cow::Owned(format!("kind#{n}")),
         })
     }

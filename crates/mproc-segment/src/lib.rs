@@ -41,7 +41,7 @@ macro_rules! slow_path_event {
     };
 }
 
-mod atomic_copy;
+pub mod atomic_copy;
 mod create;
 mod ends;
 mod error;

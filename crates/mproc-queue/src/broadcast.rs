@@ -1,0 +1,749 @@
+//! `Broadcast<T: Pod>`: one ring in shared memory that every subscriber reads in full, each
+//! through its own cursor (a publish/subscribe channel, like tokio's `broadcast` across
+//! processes).
+//!
+//! # Layout (payload of a `Kind::BROADCAST` segment; offsets, never pointers)
+//! - [`BroadcastHeader`] (128 bytes): geometry, `head` (messages published so far), the
+//!   producers' robust lock, and where subscribers and a blocked producer sleep.
+//! - The subscriber table: [`SubSlot`]s of 32 bytes. A slot's `owner` word is 0 when free,
+//!   else the subscriber's process token (the liveness roll's: decided by the kernel, valid
+//!   across pid namespaces), its lagging policy and a claimed bit. `cursor` is the next
+//!   message the subscriber reads (the producer reads it to know what a blocking subscriber
+//!   still needs), `lagged` how many it lost.
+//! - The ring: `capacity` slots of one stamp word (message index + 1 once published,
+//!   [`WRITING`] while being written) and the message's bytes.
+//!
+//! Producers take turns under the robust lock: a producer killed mid-write leaves the slot
+//! stamped [`WRITING`] and `head` unmoved, and the next producer (told `OwnerDied`) writes that
+//! message index again. Readers copy a slot between two reads of its stamp (a seqlock): a
+//! copy whose stamp moved was overwritten and is never returned.
+//!
+//! Everything read from shared memory is treated as written by someone who may be lying:
+//! indices are masked, counters compared with wrapping arithmetic, and a reader that meets a
+//! stamp it cannot explain skips at least that message (reported as lag), so no value of any
+//! shared word makes a call panic or spin forever.
+
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, ShmSafe, TypeTag, liveness};
+use mproc_sync::{LockError, Parking, RawLock};
+
+/// A slot's stamp while a producer writes it.
+pub const WRITING: u64 = u64::MAX;
+/// How many subscribers a broadcast has room for unless set (`BroadcastOptions`).
+pub const DEFAULT_SUBSCRIBERS: usize = 64;
+/// How often a blocked call looks for dead peers (a dead blocking subscriber, a producer).
+const PEER_CHECK: Duration = Duration::from_millis(50);
+
+const HEADER_BYTES: usize = 128;
+const SUB_BYTES: usize = 32;
+const CLAIMED: u64 = 1 << 40;
+const BLOCKS: u64 = 1 << 41;
+const PEER_BITS: u64 = 0xffff_ffff;
+
+/// What a subscriber that falls a whole ring behind does to the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lagging {
+    /// The producer waits for it (no message is ever lost to it while it lives).
+    Block,
+    /// The producer overwrites the oldest messages; the subscriber's next `recv` reports how
+    /// many it lost ([`RecvError::Lagged`]) and goes on from the oldest one still there.
+    DropOldest,
+}
+
+/// Errors of [`Subscriber::recv`] and friends.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RecvError {
+    /// Nothing new now (`try_recv`).
+    #[error("no new message")]
+    Empty,
+    /// Nothing new within the timeout.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// The broadcast is closed and this subscriber has read everything sent before.
+    #[error("broadcast is closed")]
+    Closed,
+    /// This many messages were overwritten before this subscriber read them; the next call
+    /// returns the oldest one still in the ring.
+    #[error("subscriber lagged: {0} messages lost")]
+    Lagged(u64),
+}
+
+/// Errors of [`Broadcast::send`].
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SendError<T> {
+    /// The broadcast is closed.
+    #[error("broadcast is closed")]
+    Closed(T),
+    /// A blocking subscriber is a whole ring behind and did not move within the timeout.
+    #[error("timed out waiting for a blocking subscriber")]
+    Timeout(T),
+    /// A blocking subscriber is a whole ring behind (`try_send`).
+    #[error("a blocking subscriber is a whole ring behind")]
+    Full(T),
+}
+
+/// Errors of [`Broadcast::subscribe`].
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// Every subscriber slot is taken by a live subscriber.
+    #[error("all {0} subscriber slots are taken by live subscribers")]
+    NoRoom(usize),
+}
+
+#[repr(C)]
+#[derive(Debug)]
+struct BroadcastHeader {
+    capacity: AtomicU64,
+    item: AtomicU64,
+    stride: AtomicU64,
+    subscribers: AtomicU64,
+    head: AtomicU64,
+    closed: AtomicU64,
+    lock: RawLock,
+    new_message: Parking,
+    room: Parking,
+}
+
+const _: () = assert!(std::mem::size_of::<BroadcastHeader>() <= HEADER_BYTES);
+
+// SAFETY: `#[repr(C)]`, atomics and mproc-sync's shared-memory types only: valid for every
+// bit pattern, no pointers.
+unsafe impl ShmSafe for BroadcastHeader {}
+
+#[repr(C)]
+#[derive(Debug)]
+struct SubSlot {
+    owner: AtomicU64,
+    cursor: AtomicU64,
+    lagged: AtomicU64,
+    _reserved: AtomicU64,
+}
+
+// SAFETY: `#[repr(C)]` atomics only.
+unsafe impl ShmSafe for SubSlot {}
+
+/// The geometry of a mapped broadcast, copied out of shared memory once and checked.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    capacity: u64,
+    item: usize,
+    stride: usize,
+    subscribers: usize,
+}
+
+impl Geometry {
+    fn new(capacity: usize, item: usize, subscribers: usize) -> Result<Geometry, SegmentError> {
+        let capacity = capacity.max(2).checked_next_power_of_two();
+        let stride = (8 + item).checked_next_multiple_of(8);
+        match (capacity, stride) {
+            (Some(c), Some(s)) if c <= 1 << 30 && subscribers <= 4096 && subscribers > 0 => {
+                Ok(Geometry {
+                    capacity: c as u64,
+                    item,
+                    stride: s,
+                    subscribers,
+                })
+            }
+            _ => Err(SegmentError::InvalidSize {
+                reason: "broadcast capacity, item size or subscriber count out of range",
+            }),
+        }
+    }
+
+    fn ring_offset(&self) -> usize {
+        HEADER_BYTES + self.subscribers * SUB_BYTES
+    }
+
+    fn payload_len(&self) -> Option<usize> {
+        (self.capacity as usize)
+            .checked_mul(self.stride)?
+            .checked_add(self.ring_offset())
+    }
+}
+
+/// A mapped broadcast ring: what producers and subscribers share.
+#[derive(Debug)]
+struct Ring {
+    seg: Segment,
+    hdr: NonNull<BroadcastHeader>,
+    geo: Geometry,
+}
+
+// SAFETY: the pointer is into a shared mapping owned by `seg`, accessed only through atomics.
+unsafe impl Send for Ring {}
+// SAFETY: as above.
+unsafe impl Sync for Ring {}
+
+impl Ring {
+    fn wrap(seg: Segment, item: usize) -> Result<Ring, SegmentError> {
+        let corrupt = |reason| SegmentError::CorruptHeader { reason };
+        let hdr: &BroadcastHeader = seg.view(0)?;
+        let geo = Geometry {
+            capacity: hdr.capacity.load(Ordering::Relaxed),
+            item: hdr.item.load(Ordering::Relaxed) as usize,
+            stride: hdr.stride.load(Ordering::Relaxed) as usize,
+            subscribers: hdr.subscribers.load(Ordering::Relaxed) as usize,
+        };
+        let expect = Geometry::new(geo.capacity as usize, geo.item, geo.subscribers)
+            .map_err(|_| corrupt("broadcast geometry out of range"))?;
+        if geo.item != item {
+            return Err(corrupt("broadcast message size differs from this type's"));
+        }
+        if expect.capacity != geo.capacity || expect.stride != geo.stride {
+            return Err(corrupt("broadcast geometry is inconsistent"));
+        }
+        if geo.payload_len().is_none_or(|n| n > seg.len()) {
+            return Err(corrupt("broadcast ring does not fit its segment"));
+        }
+        if (seg.as_ptr() as usize) % 8 != 0 {
+            return Err(corrupt("broadcast segment is misaligned"));
+        }
+        let hdr = NonNull::from(hdr);
+        Ok(Ring { seg, hdr, geo })
+    }
+
+    fn header(&self) -> &BroadcastHeader {
+        // SAFETY: a checked view of the mapping `seg` owns (ShmSafe, in bounds, aligned).
+        unsafe { self.hdr.as_ref() }
+    }
+
+    fn sub(&self, i: usize) -> &SubSlot {
+        let i = i % self.geo.subscribers;
+        // SAFETY: `i` < subscribers, so the slot lies inside the payload (`wrap` checked the
+        // length); 8-aligned (128 + 32 i from an 8-aligned base); SubSlot is atomics only.
+        unsafe {
+            &*self
+                .seg
+                .as_ptr()
+                .add(HEADER_BYTES + i * SUB_BYTES)
+                .cast::<SubSlot>()
+        }
+    }
+
+    /// Slot `index`'s stamp word and the first byte of its message (masked: any index names
+    /// a slot inside the payload).
+    fn slot(&self, index: u64) -> (&AtomicU64, *mut u8) {
+        let i = (index & (self.geo.capacity - 1)) as usize;
+        // SAFETY: `i` < capacity, so stamp and message lie inside the payload (`wrap`); the
+        // stamp is 8-aligned (ring offset and stride are multiples of 8).
+        unsafe {
+            let base = self
+                .seg
+                .as_ptr()
+                .add(self.geo.ring_offset() + i * self.geo.stride);
+            (&*base.cast::<AtomicU64>(), base.add(8))
+        }
+    }
+}
+
+/// Options of a new [`Broadcast`]: capacity and subscriber slots.
+#[derive(Debug, Clone)]
+pub struct BroadcastOptions {
+    capacity: usize,
+    subscribers: usize,
+}
+
+impl Default for BroadcastOptions {
+    fn default() -> Self {
+        BroadcastOptions {
+            capacity: 1024,
+            subscribers: DEFAULT_SUBSCRIBERS,
+        }
+    }
+}
+
+impl BroadcastOptions {
+    /// Default options: 1024 messages, 64 subscriber slots.
+    pub fn new() -> BroadcastOptions {
+        BroadcastOptions::default()
+    }
+
+    /// How many messages the ring keeps (rounded up to a power of two).
+    pub fn capacity(mut self, n: usize) -> Self {
+        self.capacity = n;
+        self
+    }
+
+    /// How many subscribers may be subscribed at once (1 to 4096).
+    pub fn subscribers(mut self, n: usize) -> Self {
+        self.subscribers = n;
+        self
+    }
+
+    fn segment<T: Pod>(&self, tag: TypeTag) -> Result<(SegmentOptions, Geometry), SegmentError> {
+        let geo = Geometry::new(self.capacity, std::mem::size_of::<T>(), self.subscribers)?;
+        let len = geo.payload_len().ok_or(SegmentError::InvalidSize {
+            reason: "broadcast too large",
+        })?;
+        let opts = SegmentOptions::new(Kind::BROADCAST)
+            .type_tag(tag)
+            .capacity(geo.capacity)
+            .payload_len(len);
+        Ok((opts, geo))
+    }
+
+    fn make<T: Pod>(&self, name: Option<&str>) -> Result<Broadcast<T>, SegmentError> {
+        let (opts, geo) = self.segment::<T>(TypeTag::of::<T>())?;
+        let init = |seg: &Segment| {
+            let h: &BroadcastHeader = seg.view(0)?;
+            h.capacity.store(geo.capacity, Ordering::Relaxed);
+            h.item.store(geo.item as u64, Ordering::Relaxed);
+            h.stride.store(geo.stride as u64, Ordering::Relaxed);
+            h.subscribers
+                .store(geo.subscribers as u64, Ordering::Relaxed);
+            h.lock.init(false);
+            Ok::<(), SegmentError>(())
+        };
+        let seg = match name {
+            Some(n) => opts.create_with(n, init)?,
+            None => opts.anonymous_with(init)?,
+        };
+        Broadcast::wrap(seg)
+    }
+
+    /// Creates a named broadcast of `T`.
+    pub fn create<T: Pod>(&self, name: &str) -> Result<Broadcast<T>, SegmentError> {
+        self.make(Some(name))
+    }
+
+    /// Makes an anonymous broadcast of `T` (shared with children by fork).
+    pub fn anonymous<T: Pod>(&self) -> Result<Broadcast<T>, SegmentError> {
+        self.make(None)
+    }
+}
+
+/// A broadcast channel of `Pod` messages in shared memory: any number of producers, and up
+/// to 64 subscribers (by default), each of which receives every message sent after it
+/// subscribed, in order.
+///
+/// A subscriber chooses at [`subscribe`](Self::subscribe) what happens when it falls a whole
+/// ring behind: the producer waits for it ([`Lagging::Block`]) or overwrites the oldest
+/// messages and the subscriber is told how many it lost ([`Lagging::DropOldest`]). A
+/// subscriber whose process dies gives its slot back: a producer waiting for it goes on, and
+/// a new subscriber may take the slot.
+///
+/// ```
+/// use mproc_queue::{Broadcast, Lagging};
+/// let b = Broadcast::<u64>::new(8)?;
+/// let mut fast = b.subscribe(Lagging::Block).unwrap();
+/// let mut slow = b.subscribe(Lagging::DropOldest).unwrap();
+/// for i in 0..8 {
+///     b.send(i).unwrap();
+/// }
+/// assert_eq!(fast.recv().unwrap(), 0);          // every subscriber gets every message
+/// assert_eq!(slow.recv().unwrap(), 0);
+/// for i in 1..8 {
+///     assert_eq!(fast.recv().unwrap(), i);
+/// }
+/// b.send(8).unwrap();                             // `slow` is 7 behind: fine, it fits
+/// # Ok::<(), mproc_segment::SegmentError>(())
+/// ```
+#[derive(Debug)]
+pub struct Broadcast<T> {
+    ring: std::sync::Arc<Ring>,
+    /// Messages up to this index (exclusive) may be written without looking at the blocking
+    /// subscribers again (the slowest one's cursor + capacity when last looked).
+    room_until: AtomicU64,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T: Pod> Broadcast<T> {
+    fn wrap(seg: Segment) -> Result<Broadcast<T>, SegmentError> {
+        Ok(Broadcast {
+            ring: std::sync::Arc::new(Ring::wrap(seg, std::mem::size_of::<T>())?),
+            room_until: AtomicU64::new(0),
+            _t: PhantomData,
+        })
+    }
+
+    /// An anonymous broadcast keeping `capacity` messages (rounded up to a power of two).
+    pub fn new(capacity: usize) -> Result<Broadcast<T>, SegmentError> {
+        BroadcastOptions::new().capacity(capacity).anonymous()
+    }
+
+    /// A named broadcast keeping `capacity` messages.
+    pub fn create(name: &str, capacity: usize) -> Result<Broadcast<T>, SegmentError> {
+        BroadcastOptions::new().capacity(capacity).create(name)
+    }
+
+    /// Opens a named broadcast, checking the message type.
+    pub fn open(name: &str) -> Result<Broadcast<T>, SegmentError> {
+        let opts = SegmentOptions::new(Kind::BROADCAST).type_tag(TypeTag::of::<T>());
+        Broadcast::wrap(opts.open(name)?)
+    }
+
+    /// Attaches through a file descriptor (an anonymous broadcast passed to an `exec`ed
+    /// child), checking the message type.
+    pub fn from_fd(fd: OwnedFd) -> Result<Broadcast<T>, SegmentError> {
+        let opts = SegmentOptions::new(Kind::BROADCAST).type_tag(TypeTag::of::<T>());
+        Broadcast::wrap(opts.from_fd(fd)?)
+    }
+
+    /// The segment.
+    pub fn segment(&self) -> &Segment {
+        &self.ring.seg
+    }
+
+    /// How many messages the ring keeps.
+    pub fn capacity(&self) -> usize {
+        self.ring.geo.capacity as usize
+    }
+
+    /// How many messages were sent so far.
+    pub fn sent(&self) -> u64 {
+        self.ring.header().head.load(Ordering::Acquire)
+    }
+
+    /// Closes the broadcast: sends fail, and subscribers get [`RecvError::Closed`] once
+    /// they have read what was sent before.
+    pub fn close(&self) {
+        let h = self.ring.header();
+        h.closed.store(1, Ordering::SeqCst);
+        h.new_message.wake_all();
+        h.room.wake_all();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.ring.header().closed.load(Ordering::Acquire) != 0
+    }
+
+    /// How many subscribers are subscribed now (slots held by live processes).
+    pub fn subscribers(&self) -> usize {
+        (0..self.ring.geo.subscribers)
+            .filter(|&i| {
+                let o = self.ring.sub(i).owner.load(Ordering::Acquire);
+                o & CLAIMED != 0 && liveness::peer_alive((o & PEER_BITS) as u32)
+            })
+            .count()
+    }
+
+    /// A new subscriber that receives every message sent from now on. Takes a free slot, or
+    /// one whose process died. `NoRoom` if every slot is held by a live subscriber.
+    pub fn subscribe(&self, lagging: Lagging) -> Result<Subscriber<T>, SubscribeError> {
+        let ring = &self.ring;
+        let me = u64::from(liveness::me()) & PEER_BITS;
+        let mine = me | CLAIMED | if lagging == Lagging::Block { BLOCKS } else { 0 };
+        for pass in 0..2 {
+            for i in 0..ring.geo.subscribers {
+                let s = ring.sub(i);
+                let o = s.owner.load(Ordering::Acquire);
+                let free = o == 0
+                    || (pass == 1
+                        && (o & CLAIMED == 0 || !liveness::peer_alive((o & PEER_BITS) as u32)));
+                // Claimed first without the blocking bit, so no producer waits on the cursor
+                // before it is set.
+                if free
+                    && s.owner
+                        .compare_exchange(o, me | CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    let start = ring.header().head.load(Ordering::SeqCst);
+                    s.cursor.store(start, Ordering::SeqCst);
+                    s.lagged.store(0, Ordering::Relaxed);
+                    s.owner.store(mine, Ordering::SeqCst);
+                    return Ok(Subscriber {
+                        ring: std::sync::Arc::clone(ring),
+                        at: Cursor {
+                            index: i,
+                            owner: mine,
+                            next: start,
+                            lagged: 0,
+                        },
+                        _t: PhantomData,
+                    });
+                }
+            }
+        }
+        Err(SubscribeError::NoRoom(ring.geo.subscribers))
+    }
+
+    /// Sends `value` to every subscriber, waiting while a blocking subscriber is a whole
+    /// ring behind. `Closed` once closed.
+    pub fn send(&self, value: T) -> Result<(), SendError<T>> {
+        self.send_with(value, None, false)
+    }
+
+    /// As [`send`](Self::send), waiting at most `timeout` for a blocking subscriber.
+    pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), SendError<T>> {
+        self.send_with(value, Some(Instant::now() + timeout), false)
+    }
+
+    /// As [`send`](Self::send) without waiting: `Full` if a blocking subscriber is a whole
+    /// ring behind.
+    pub fn try_send(&self, value: T) -> Result<(), SendError<T>> {
+        self.send_with(value, None, true)
+    }
+
+    fn send_with(
+        &self,
+        value: T,
+        deadline: Option<Instant>,
+        no_wait: bool,
+    ) -> Result<(), SendError<T>> {
+        let ring = &self.ring;
+        let h = ring.header();
+        if h.closed.load(Ordering::Acquire) != 0 {
+            return Err(SendError::Closed(value));
+        }
+        let _guard = match deadline {
+            _ if no_wait => h.lock.try_lock(),
+            Some(d) => h
+                .lock
+                .lock_timeout(d.saturating_duration_since(Instant::now())),
+            None => h.lock.lock(),
+        };
+        let _guard = match _guard {
+            Ok(g) => g,
+            // A producer died holding the lock: the message it was writing was never counted
+            // (`head` moves only after the stamp); it is written again below.
+            Err(LockError::OwnerDied(g)) => {
+                h.lock.make_consistent();
+                g
+            }
+            Err(LockError::WouldBlock) => return Err(SendError::Full(value)),
+            Err(_) => return Err(SendError::Timeout(value)),
+        };
+        let index = h.head.load(Ordering::Acquire);
+        if index >= self.room_until.load(Ordering::Relaxed) {
+            self.wait_for_room(index, deadline, no_wait)
+                .map_err(|e| e.with(value))?;
+        }
+        let (stamp, bytes) = ring.slot(index);
+        stamp.store(WRITING, Ordering::Relaxed);
+        fence(Ordering::Release);
+        // SAFETY: `bytes` points at `item` bytes inside the ring (`Ring::slot`), accessed by
+        // every process only through `atomic_copy`.
+        unsafe { mproc_segment::atomic_copy::store(bytes, bytemuck::bytes_of(&value)) };
+        stamp.store(index.wrapping_add(1), Ordering::Release);
+        h.head.store(index.wrapping_add(1), Ordering::SeqCst);
+        h.new_message.wake_all();
+        Ok(())
+    }
+
+    /// Waits until every live blocking subscriber is less than a ring behind `index`;
+    /// frees the slots of dead ones on the way.
+    fn wait_for_room(
+        &self,
+        index: u64,
+        deadline: Option<Instant>,
+        no_wait: bool,
+    ) -> Result<(), Stop> {
+        let ring = &self.ring;
+        let h = ring.header();
+        let cap = ring.geo.capacity;
+        let mut checked = Instant::now();
+        loop {
+            let waiting = h.room.prepare();
+            if h.closed.load(Ordering::Acquire) != 0 {
+                return Err(Stop::Closed);
+            }
+            let look_at_peers = checked.elapsed() >= PEER_CHECK;
+            if look_at_peers {
+                checked = Instant::now();
+            }
+            let mut slowest = index;
+            for i in 0..ring.geo.subscribers {
+                let s = ring.sub(i);
+                let o = s.owner.load(Ordering::Acquire);
+                if o & (CLAIMED | BLOCKS) != CLAIMED | BLOCKS {
+                    continue;
+                }
+                let c = s.cursor.load(Ordering::Acquire);
+                // A cursor past `index` (a lying peer) counts as caught up.
+                // Behind by a whole ring: if its process is dead, its slot is free again and
+                // nobody waits for it.
+                if index.wrapping_sub(c) >= cap
+                    && c <= index
+                    && look_at_peers
+                    && !liveness::peer_alive((o & PEER_BITS) as u32)
+                {
+                    let _ = s
+                        .owner
+                        .compare_exchange(o, 0, Ordering::AcqRel, Ordering::Relaxed);
+                    continue;
+                }
+                if c <= index {
+                    slowest = slowest.min(c);
+                }
+            }
+            if index - slowest < cap {
+                self.room_until
+                    .store(slowest.saturating_add(cap), Ordering::Relaxed);
+                return Ok(());
+            }
+            if no_wait {
+                return Err(Stop::Full);
+            }
+            let nap = Instant::now() + PEER_CHECK;
+            let until = deadline.map_or(nap, |d| d.min(nap));
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Stop::Timeout);
+            }
+            waiting.sleep(Some(until));
+        }
+    }
+}
+
+/// Why a send stopped waiting.
+enum Stop {
+    Closed,
+    Timeout,
+    Full,
+}
+
+impl Stop {
+    fn with<T>(self, value: T) -> SendError<T> {
+        match self {
+            Stop::Closed => SendError::Closed(value),
+            Stop::Timeout => SendError::Timeout(value),
+            Stop::Full => SendError::Full(value),
+        }
+    }
+}
+
+/// A subscriber of a [`Broadcast`]: receives every message sent since it subscribed.
+/// Dropping it gives its slot back (so does its process's death).
+#[derive(Debug)]
+pub struct Subscriber<T> {
+    ring: std::sync::Arc<Ring>,
+    at: Cursor,
+    _t: PhantomData<fn() -> T>,
+}
+
+/// Where a subscriber is: its slot, its owner word, the next message it reads, and what it
+/// lost.
+#[derive(Debug)]
+struct Cursor {
+    index: usize,
+    owner: u64,
+    next: u64,
+    lagged: u64,
+}
+
+impl<T: Pod> Subscriber<T> {
+    /// How many messages this subscriber lost to lagging so far.
+    pub fn lagged(&self) -> u64 {
+        self.at.lagged
+    }
+
+    /// How many messages are waiting for this subscriber.
+    pub fn pending(&self) -> u64 {
+        let head = self.ring.header().head.load(Ordering::Acquire);
+        head.saturating_sub(self.at.next)
+    }
+
+    /// Receives the next message, waiting for one.
+    pub fn recv(&mut self) -> Result<T, RecvError> {
+        self.recv_with(None, false)
+    }
+
+    /// Receives the next message if there is one now: `Empty` otherwise.
+    pub fn try_recv(&mut self) -> Result<T, RecvError> {
+        self.recv_with(None, true)
+    }
+
+    /// Receives the next message, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvError> {
+        self.recv_with(Some(Instant::now() + timeout), false)
+    }
+
+    fn recv_with(&mut self, deadline: Option<Instant>, no_wait: bool) -> Result<T, RecvError> {
+        let ring = &*self.ring;
+        let at = &mut self.at;
+        let h = ring.header();
+        loop {
+            match at.take(ring) {
+                Some(r) => return r,
+                None if h.closed.load(Ordering::Acquire) != 0 => {
+                    // Closed: whatever was sent before the close is read first.
+                    return at.take(ring).unwrap_or(Err(RecvError::Closed));
+                }
+                None if no_wait => return Err(RecvError::Empty),
+                None => {}
+            }
+            let waiting = h.new_message.prepare();
+            if h.head.load(Ordering::SeqCst) > at.next || h.closed.load(Ordering::SeqCst) != 0 {
+                continue;
+            }
+            let nap = Instant::now() + PEER_CHECK;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(RecvError::Timeout);
+            }
+            waiting.sleep(Some(deadline.map_or(nap, |d| d.min(nap))));
+        }
+    }
+}
+
+impl Cursor {
+    /// The next message if one was sent (or the lag to report), without waiting.
+    fn take<T: Pod>(&mut self, ring: &Ring) -> Option<Result<T, RecvError>> {
+        let cap = ring.geo.capacity;
+        let head = ring.header().head.load(Ordering::Acquire);
+        if head <= self.next {
+            // Nothing new (or a `head` that went backwards: a lying peer; wait for it).
+            return None;
+        }
+        if head - self.next > cap {
+            return Some(Err(self.skip_to(ring, head - cap)));
+        }
+        let (stamp, bytes) = ring.slot(self.next);
+        let before = stamp.load(Ordering::Acquire);
+        let mut value = T::zeroed();
+        // SAFETY: `bytes` points at `item` (= size_of::<T>(), checked on attach) bytes inside
+        // the ring, written by every process only through `atomic_copy`.
+        unsafe {
+            mproc_segment::atomic_copy::load(bytes, bytemuck::bytes_of_mut(&mut value));
+        }
+        fence(Ordering::Acquire);
+        let after = stamp.load(Ordering::Relaxed);
+        if before != self.next.wrapping_add(1) || after != before {
+            // Overwritten (a lap ahead), being overwritten, or never written as it should
+            // have been: skip at least this message, reported as lag.
+            let oldest = ring
+                .header()
+                .head
+                .load(Ordering::Acquire)
+                .saturating_sub(cap)
+                .max(self.next.saturating_add(1));
+            return Some(Err(self.skip_to(ring, oldest)));
+        }
+        self.advance(ring, self.next.wrapping_add(1));
+        Some(Ok(value))
+    }
+
+    fn skip_to(&mut self, ring: &Ring, to: u64) -> RecvError {
+        let lost = to - self.next;
+        self.lagged = self.lagged.saturating_add(lost);
+        ring.sub(self.index)
+            .lagged
+            .fetch_add(lost, Ordering::Relaxed);
+        self.advance(ring, to);
+        RecvError::Lagged(lost)
+    }
+
+    fn advance(&mut self, ring: &Ring, to: u64) {
+        self.next = to;
+        ring.sub(self.index).cursor.store(to, Ordering::SeqCst);
+        if self.owner & BLOCKS != 0 {
+            ring.header().room.wake_all();
+        }
+    }
+}
+
+impl<T> Drop for Subscriber<T> {
+    fn drop(&mut self) {
+        let s = self.ring.sub(self.at.index);
+        // Only if the slot is still ours (not freed as dead and taken by someone else).
+        let _ = s
+            .owner
+            .compare_exchange(self.at.owner, 0, Ordering::AcqRel, Ordering::Relaxed);
+        self.ring.header().room.wake_all();
+    }
+}
