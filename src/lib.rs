@@ -78,8 +78,8 @@ pub mod prelude {
         StartError, StartMethod, SubmitError, TaskError, ThreadedFork, WaitError,
     };
     pub use mproc_queue::{
-        Broadcast, ByteQueue, Connection, GetError, JoinableQueue, Lagging, PodQueue, PutError,
-        Queue, QueueOptions, Subscriber, pipe,
+        Broadcast, BroadcastOptions, ByteQueue, Connection, GetError, JoinableQueue, Lagging,
+        PodQueue, PutError, Queue, QueueOptions, Subscriber, pipe,
     };
     pub use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
     pub use mproc_sync::{

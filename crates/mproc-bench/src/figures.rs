@@ -98,6 +98,8 @@ pub struct Figures {
     pub rtt_busy: Option<Stat>,
     pub rtt_1k: Option<Stat>,
     pub pipe_rtt_8: Option<Stat>,
+    pub conn_rtt: Option<Stat>,
+    pub bcast_1to4: Option<Stat>,
     pub pipe_rtt_1k: Option<Stat>,
     pub sock_rtt_8: Option<Stat>,
     pub sock_rtt_1k: Option<Stat>,
@@ -625,6 +627,9 @@ pub fn measure_all(plan: &Plan) -> Result<Figures, Box<dyn std::error::Error>> {
     f.pipe_rtt_1k = Stat::repeat(r, || pipe_rtt(1024, plan.rounds));
     f.sock_rtt_8 = Stat::repeat(r, || sock_rtt(8, plan.rounds));
     f.sock_rtt_1k = Stat::repeat(r, || sock_rtt(1024, plan.rounds));
+    step("pipe() and Broadcast");
+    f.conn_rtt = Stat::repeat(r, || crate::vocab::conn_rtt(plan.rounds));
+    f.bcast_1to4 = Stat::repeat(r, || crate::vocab::bcast_1ton(plan.items, 4));
     step("async");
     f.async_rtt = Stat::repeat(r, || crate::asyncs::async_rtt(plan.rounds));
     f.tokio_unix_rtt = Stat::repeat(r, || crate::asyncs::tokio_unix_rtt(plan.rounds));

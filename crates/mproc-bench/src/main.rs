@@ -25,6 +25,7 @@ mod pools;
 mod pypkg;
 mod redisq;
 mod stats;
+mod vocab;
 
 use stats::Stat;
 
@@ -352,6 +353,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         print_rows(&pypkg::rows(quick));
         return Ok(());
     }
+    // `--vocab REPS`: `pipe()` round trip and `Broadcast` 1→4 against `PodQueue` 1→1.
+    if let Some(reps) = reps_of(&args, "--vocab") {
+        for _ in 0..reps {
+            println!(
+                "pipe() rtt {:.2} µs | Broadcast 1→4 {:.1} ns/item/subscriber | PodQueue 1→1 \
+                 {:.1} ns/item",
+                vocab::conn_rtt(plan.rounds),
+                vocab::bcast_1ton(
+                    plan.items,
+                    std::env::var("SUBS")
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(4)
+                ),
+                figures::pod_1to1(plan.items),
+            );
+        }
+        return Ok(());
+    }
     if let Some(reps) = reps_of(&args, "--redis-apply") {
         redisq::apply_only(reps);
         return Ok(());
@@ -499,6 +519,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             baseline_name: "blocking `PodQueue<u64>` pair".into(),
             baseline: f.rtt.clone(),
             rule: Rule::Info,
+        },
+        Row {
+            what: "`pipe()` round trip, 8 B (`send_bytes`/`recv_bytes_into`), µs".into(),
+            mproc: f.conn_rtt.clone(),
+            baseline_name: "Python `multiprocessing.Pipe` `send_bytes`/`recv_bytes`".into(),
+            baseline: pyv("pipe_rtt_8b"),
+            rule: Rule::FasterBy(20.0),
+        },
+        Row {
+            what: "`Broadcast<u64>` 1→4 blocking subscribers, ns/item per subscriber".into(),
+            mproc: f.bcast_1to4.clone(),
+            baseline_name: "`PodQueue<u64>` 1→1".into(),
+            baseline: f.pod_1to1.clone(),
+            rule: Rule::FasterBy(0.5),
         },
         Row {
             what: "async `PodQueue<u64>` 1→1 (`put_async`/`get_async`), ns/item".into(),

@@ -3,7 +3,7 @@
 //! processes).
 //!
 //! # Layout (payload of a `Kind::BROADCAST` segment; offsets, never pointers)
-//! - [`BroadcastHeader`] (128 bytes): geometry, `head` (messages published so far), the
+//! - [`BroadcastHeader`] (256 bytes, a cache line per writer): geometry, `head` (messages published so far), the
 //!   producers' robust lock, and where subscribers and a blocked producer sleep.
 //! - The subscriber table: [`SubSlot`]s of 32 bytes. A slot's `owner` word is 0 when free,
 //!   else the subscriber's process token (the liveness roll's: decided by the kernel, valid
@@ -26,7 +26,7 @@
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
@@ -40,11 +40,16 @@ pub const DEFAULT_SUBSCRIBERS: usize = 64;
 /// How often a blocked call looks for dead peers (a dead blocking subscriber, a producer).
 const PEER_CHECK: Duration = Duration::from_millis(50);
 
-const HEADER_BYTES: usize = 128;
+const HEADER_BYTES: usize = 256;
 const SUB_BYTES: usize = 32;
 const CLAIMED: u64 = 1 << 40;
 const BLOCKS: u64 = 1 << 41;
 const PEER_BITS: u64 = 0xffff_ffff;
+/// How long a subscriber that caught up yields its CPU, looking for the next message, before
+/// it sleeps.
+const YIELD_FOR: Duration = Duration::from_micros(50);
+/// How many messages a subscriber reads between two publications of its cursor.
+const PUBLISH_EVERY: u64 = 64;
 
 /// What a subscriber that falls a whole ring behind does to the producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +101,9 @@ pub enum SubscribeError {
     NoRoom(usize),
 }
 
+/// The header, one cache line per writer: the geometry (written once), the producers' line,
+/// the subscribers' sleeping line and the producers' sleeping line, so that nobody's
+/// writes make another's reads miss on every message.
 #[repr(C)]
 #[derive(Debug)]
 struct BroadcastHeader {
@@ -103,14 +111,30 @@ struct BroadcastHeader {
     item: AtomicU64,
     stride: AtomicU64,
     subscribers: AtomicU64,
-    head: AtomicU64,
     closed: AtomicU64,
+    _pad0: [u8; 24],
+    /// Messages sent so far (written by the producer holding `lock`).
+    head: AtomicU64,
     lock: RawLock,
+    _pad1: [u8; 8],
     new_message: Parking,
+    /// Set by a subscriber about to sleep on `new_message`: the next send wakes it (once
+    /// per sleep, not once per message).
+    msg_sleepers: AtomicU32,
+    _pad2: [u8; 52],
     room: Parking,
+    /// Set by a producer about to sleep on `room`: the next subscriber to publish its cursor
+    /// wakes it.
+    room_sleepers: AtomicU32,
+    _pad3: [u8; 52],
 }
 
-const _: () = assert!(std::mem::size_of::<BroadcastHeader>() <= HEADER_BYTES);
+const _: () = {
+    assert!(std::mem::size_of::<BroadcastHeader>() == HEADER_BYTES);
+    assert!(std::mem::offset_of!(BroadcastHeader, head) == 64);
+    assert!(std::mem::offset_of!(BroadcastHeader, new_message) == 128);
+    assert!(std::mem::offset_of!(BroadcastHeader, room) == 192);
+};
 
 // SAFETY: `#[repr(C)]`, atomics and mproc-sync's shared-memory types only: valid for every
 // bit pattern, no pointers.
@@ -216,7 +240,7 @@ impl Ring {
     fn sub(&self, i: usize) -> &SubSlot {
         let i = i % self.geo.subscribers;
         // SAFETY: `i` < subscribers, so the slot lies inside the payload (`wrap` checked the
-        // length); 8-aligned (128 + 32 i from an 8-aligned base); SubSlot is atomics only.
+        // length); 8-aligned (256 + 32 i from an 8-aligned base); SubSlot is atomics only.
         unsafe {
             &*self
                 .seg
@@ -523,7 +547,13 @@ impl<T: Pod> Broadcast<T> {
         unsafe { mproc_segment::atomic_copy::store(bytes, bytemuck::bytes_of(&value)) };
         stamp.store(index.wrapping_add(1), Ordering::Release);
         h.head.store(index.wrapping_add(1), Ordering::SeqCst);
-        h.new_message.wake_all();
+        // A subscriber sets the flag before it looks at `head` a last time and sleeps: either
+        // it sees this message, or this sees its flag (both SeqCst).
+        if h.msg_sleepers.load(Ordering::SeqCst) != 0
+            && h.msg_sleepers.swap(0, Ordering::SeqCst) != 0
+        {
+            h.new_message.wake_all();
+        }
         Ok(())
     }
 
@@ -540,6 +570,7 @@ impl<T: Pod> Broadcast<T> {
         let cap = ring.geo.capacity;
         let mut checked = Instant::now();
         loop {
+            h.room_sleepers.store(1, Ordering::SeqCst);
             let waiting = h.room.prepare();
             if h.closed.load(Ordering::Acquire) != 0 {
                 return Err(Stop::Closed);
@@ -665,9 +696,30 @@ impl<T: Pod> Subscriber<T> {
                     // Closed: whatever was sent before the close is read first.
                     return at.take(ring).unwrap_or(Err(RecvError::Closed));
                 }
-                None if no_wait => return Err(RecvError::Empty),
+                None if no_wait => {
+                    at.publish(ring);
+                    return Err(RecvError::Empty);
+                }
                 None => {}
             }
+            // Caught up: the producer may be waiting for this cursor.
+            at.publish(ring);
+            // A producer in full flow sends again within microseconds: give it the CPU for
+            // a moment and look again before paying a sleep and a wake-up.
+            let spin_until = Instant::now() + YIELD_FOR;
+            // It watches the stamp of the slot the next message goes to, not `head`.
+            let (stamp, _) = ring.slot(at.next);
+            let want = at.next.wrapping_add(1);
+            while stamp.load(Ordering::Acquire) != want
+                && h.closed.load(Ordering::Relaxed) == 0
+                && Instant::now() < spin_until
+            {
+                std::thread::yield_now();
+            }
+            if stamp.load(Ordering::Acquire) == want {
+                continue;
+            }
+            h.msg_sleepers.store(1, Ordering::SeqCst);
             let waiting = h.new_message.prepare();
             if h.head.load(Ordering::SeqCst) > at.next || h.closed.load(Ordering::SeqCst) != 0 {
                 continue;
@@ -682,19 +734,31 @@ impl<T: Pod> Subscriber<T> {
 }
 
 impl Cursor {
-    /// The next message if one was sent (or the lag to report), without waiting.
+    /// The next message if one was sent (or the lag to report), without waiting. The fast
+    /// path reads only the slot's stamp: `head`, a cache line the producer writes at every
+    /// send, is read when the stamp is not the one expected.
     fn take<T: Pod>(&mut self, ring: &Ring) -> Option<Result<T, RecvError>> {
         let cap = ring.geo.capacity;
-        let head = ring.header().head.load(Ordering::Acquire);
-        if head <= self.next {
-            // Nothing new (or a `head` that went backwards: a lying peer; wait for it).
-            return None;
-        }
-        if head - self.next > cap {
-            return Some(Err(self.skip_to(ring, head - cap)));
-        }
+        let want = self.next.wrapping_add(1);
         let (stamp, bytes) = ring.slot(self.next);
-        let before = stamp.load(Ordering::Acquire);
+        let mut before = stamp.load(Ordering::Acquire);
+        if before != want {
+            let head = ring.header().head.load(Ordering::Acquire);
+            if head <= self.next {
+                // Not sent yet (or a `head` that went backwards: a lying peer; wait for it).
+                return None;
+            }
+            if head - self.next > cap {
+                return Some(Err(self.skip_to(ring, head - cap)));
+            }
+            // Sent by `head`: the stamp, written before `head`, says so now unless the slot
+            // was overwritten since or never written as it should have been.
+            before = stamp.load(Ordering::Acquire);
+            if before != want {
+                let oldest = head.saturating_sub(cap).max(want);
+                return Some(Err(self.skip_to(ring, oldest)));
+            }
+        }
         let mut value = T::zeroed();
         // SAFETY: `bytes` points at `item` (= size_of::<T>(), checked on attach) bytes inside
         // the ring, written by every process only through `atomic_copy`.
@@ -702,19 +766,18 @@ impl Cursor {
             mproc_segment::atomic_copy::load(bytes, bytemuck::bytes_of_mut(&mut value));
         }
         fence(Ordering::Acquire);
-        let after = stamp.load(Ordering::Relaxed);
-        if before != self.next.wrapping_add(1) || after != before {
-            // Overwritten (a lap ahead), being overwritten, or never written as it should
-            // have been: skip at least this message, reported as lag.
+        if stamp.load(Ordering::Relaxed) != before {
+            // Overwritten while it was copied (a lap ahead): skip at least this message,
+            // reported as lag.
             let oldest = ring
                 .header()
                 .head
                 .load(Ordering::Acquire)
                 .saturating_sub(cap)
-                .max(self.next.saturating_add(1));
+                .max(want);
             return Some(Err(self.skip_to(ring, oldest)));
         }
-        self.advance(ring, self.next.wrapping_add(1));
+        self.advance(ring, want);
         Some(Ok(value))
     }
 
@@ -730,9 +793,24 @@ impl Cursor {
 
     fn advance(&mut self, ring: &Ring, to: u64) {
         self.next = to;
-        ring.sub(self.index).cursor.store(to, Ordering::SeqCst);
-        if self.owner & BLOCKS != 0 {
-            ring.header().room.wake_all();
+        // Published every 64 messages and whenever it catches up (`publish`): a producer
+        // waiting for this subscriber waits at most that much longer than it must.
+        if to % PUBLISH_EVERY == 0 {
+            self.publish(ring);
+        }
+    }
+
+    /// Writes the cursor where producers read it, and wakes a producer waiting for room.
+    fn publish(&self, ring: &Ring) {
+        ring.sub(self.index)
+            .cursor
+            .store(self.next, Ordering::SeqCst);
+        let h = ring.header();
+        if self.owner & BLOCKS != 0
+            && h.room_sleepers.load(Ordering::SeqCst) != 0
+            && h.room_sleepers.swap(0, Ordering::SeqCst) != 0
+        {
+            h.room.wake_all();
         }
     }
 }

@@ -333,3 +333,28 @@ fn opening_as_another_type_or_a_queue_as_a_broadcast_is_refused() {
     drop((b, _queue));
     assert!(shm_entries(&name).is_empty() && shm_entries(&q).is_empty());
 }
+
+#[test]
+fn an_idle_subscriber_sleeps() {
+    with_deadline(LONG, || {
+        let b = Broadcast::<u64>::new(64).unwrap();
+        let idle = Duration::from_secs(2);
+        let mut child = fork_child(|| {
+            let mut sub = match b.subscribe(Lagging::Block) {
+                Ok(s) => s,
+                Err(_) => return 1,
+            };
+            match sub.recv_timeout(idle) {
+                Err(RecvError::Timeout) => 0,
+                _ => 2,
+            }
+        });
+        let r = child.wait_deadline(LONG);
+        assert_eq!(r.exit, Exit::Code(0));
+        assert!(
+            r.cpu < idle / 100,
+            "an idle subscriber used {:?} of CPU in {idle:?}",
+            r.cpu
+        );
+    });
+}
