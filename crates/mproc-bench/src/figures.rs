@@ -70,6 +70,12 @@ pub const DEFINITIONS: &str = "
   the same with `write`/`read` of the whole message; the `memcpy` row copies the body once in
   one process (the physical reference: a queue copies it twice, in and out). Each queue's
   arena holds four messages (at least 4 MiB).
+- **`pipe()` round trip**: 8 bytes over a duplex `pipe()` to a forked process that echoes
+  them (`send_bytes` / `recv_bytes_into`, both sides blocking); Python's is the same with
+  `multiprocessing.Pipe`.
+- **Broadcast 1→4**: one producer sends N `u64`s into a `Broadcast` of 4,096 slots; four
+  subscriber processes (`Lagging::Block`) each time their N messages from the first to the
+  last; the row shows the median subscriber per message. Five processes share the two CPUs.
 - **Loan round trip**: a process loans a body of the given size from one `ByteQueue`, writes
   its first word and sends it; the other reads it in place, answers with a loan of the same
   size on a second queue; per round. No body is copied, so the time should not grow with size.
