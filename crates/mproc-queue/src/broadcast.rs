@@ -5,7 +5,7 @@
 //! # Layout (payload of a `Kind::BROADCAST` segment; offsets, never pointers)
 //! - [`BroadcastHeader`] (256 bytes, a cache line per writer): geometry, `head` (messages published so far), the
 //!   producers' robust lock, and where subscribers and a blocked producer sleep.
-//! - The subscriber table: [`SubSlot`]s of 32 bytes. A slot's `owner` word is 0 when free,
+//! - The subscriber table: [`SubSlot`]s of 64 bytes (a cache line each). A slot's `owner` word is 0 when free,
 //!   else the subscriber's process token (the liveness roll's: decided by the kernel, valid
 //!   across pid namespaces), its lagging policy and a claimed bit. `cursor` is the next
 //!   message the subscriber reads (the producer reads it to know what a blocking subscriber
@@ -41,15 +41,15 @@ pub const DEFAULT_SUBSCRIBERS: usize = 64;
 const PEER_CHECK: Duration = Duration::from_millis(50);
 
 const HEADER_BYTES: usize = 256;
-const SUB_BYTES: usize = 32;
+const SUB_BYTES: usize = 64;
 const CLAIMED: u64 = 1 << 40;
 const BLOCKS: u64 = 1 << 41;
 const PEER_BITS: u64 = 0xffff_ffff;
+/// A blocking subscriber wakes a producer waiting for room every this many messages it reads.
+const WAKE_EVERY: u64 = 64;
 /// How long a subscriber that caught up yields its CPU, looking for the next message, before
 /// it sleeps.
 const YIELD_FOR: Duration = Duration::from_micros(50);
-/// How many messages a subscriber reads between two publications of its cursor.
-const PUBLISH_EVERY: u64 = 64;
 
 /// What a subscriber that falls a whole ring behind does to the producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +112,9 @@ struct BroadcastHeader {
     stride: AtomicU64,
     subscribers: AtomicU64,
     closed: AtomicU64,
-    _pad0: [u8; 24],
+    /// One past the highest subscriber slot ever taken: producers look at no slot beyond.
+    in_use: AtomicU64,
+    _pad0: [u8; 16],
     /// Messages sent so far (written by the producer holding `lock`).
     head: AtomicU64,
     lock: RawLock,
@@ -140,14 +142,18 @@ const _: () = {
 // bit pattern, no pointers.
 unsafe impl ShmSafe for BroadcastHeader {}
 
+/// One subscriber's line (64 bytes: subscribers write their cursors at every message, and
+/// two on one line would make each other's writes miss).
 #[repr(C)]
 #[derive(Debug)]
 struct SubSlot {
     owner: AtomicU64,
     cursor: AtomicU64,
     lagged: AtomicU64,
-    _reserved: AtomicU64,
+    _reserved: [AtomicU64; 5],
 }
+
+const _: () = assert!(std::mem::size_of::<SubSlot>() == SUB_BYTES);
 
 // SAFETY: `#[repr(C)]` atomics only.
 unsafe impl ShmSafe for SubSlot {}
@@ -240,7 +246,7 @@ impl Ring {
     fn sub(&self, i: usize) -> &SubSlot {
         let i = i % self.geo.subscribers;
         // SAFETY: `i` < subscribers, so the slot lies inside the payload (`wrap` checked the
-        // length); 8-aligned (256 + 32 i from an 8-aligned base); SubSlot is atomics only.
+        // length); 8-aligned (256 + 64 i from an 8-aligned base); SubSlot is atomics only.
         unsafe {
             &*self
                 .seg
@@ -468,6 +474,9 @@ impl<T: Pod> Broadcast<T> {
                         .compare_exchange(o, me | CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
                         .is_ok()
                 {
+                    ring.header()
+                        .in_use
+                        .fetch_max(i as u64 + 1, Ordering::SeqCst);
                     let start = ring.header().head.load(Ordering::SeqCst);
                     s.cursor.store(start, Ordering::SeqCst);
                     s.lagged.store(0, Ordering::Relaxed);
@@ -569,9 +578,11 @@ impl<T: Pod> Broadcast<T> {
         let h = ring.header();
         let cap = ring.geo.capacity;
         let mut checked = Instant::now();
+        // Whether the flag is up and this producer counted on `room`: only after a look that
+        // found no room (a flag left up would make every subscriber's read wake nobody).
+        let mut armed = false;
         loop {
-            h.room_sleepers.store(1, Ordering::SeqCst);
-            let waiting = h.room.prepare();
+            let waiting = armed.then(|| h.room.prepare());
             if h.closed.load(Ordering::Acquire) != 0 {
                 return Err(Stop::Closed);
             }
@@ -580,7 +591,8 @@ impl<T: Pod> Broadcast<T> {
                 checked = Instant::now();
             }
             let mut slowest = index;
-            for i in 0..ring.geo.subscribers {
+            let in_use = (h.in_use.load(Ordering::Acquire) as usize).min(ring.geo.subscribers);
+            for i in 0..in_use {
                 let s = ring.sub(i);
                 let o = s.owner.load(Ordering::Acquire);
                 if o & (CLAIMED | BLOCKS) != CLAIMED | BLOCKS {
@@ -612,6 +624,14 @@ impl<T: Pod> Broadcast<T> {
             if no_wait {
                 return Err(Stop::Full);
             }
+            let Some(waiting) = waiting else {
+                // Raise the flag, then look once more before sleeping (the handshake with
+                // `Cursor::publish`).
+                h.room_sleepers.store(1, Ordering::SeqCst);
+                armed = true;
+                continue;
+            };
+            armed = false;
             let nap = Instant::now() + PEER_CHECK;
             let until = deadline.map_or(nap, |d| d.min(nap));
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -793,14 +813,19 @@ impl Cursor {
 
     fn advance(&mut self, ring: &Ring, to: u64) {
         self.next = to;
-        // Published every 64 messages and whenever it catches up (`publish`): a producer
-        // waiting for this subscriber waits at most that much longer than it must.
-        if to % PUBLISH_EVERY == 0 {
+        if self.owner & BLOCKS != 0 && to % WAKE_EVERY == 0 {
+            // Every `WAKE_EVERY` messages, the full handshake: a producer asleep waiting for
+            // room wakes to room for many messages, not one.
             self.publish(ring);
+        } else {
+            // Otherwise a plain store (on x86): a producer about to wait reads it and sees
+            // how far this subscriber got, even while it is not in `recv`.
+            ring.sub(self.index).cursor.store(to, Ordering::Release);
         }
     }
 
-    /// Writes the cursor where producers read it, and wakes a producer waiting for room.
+    /// Writes the cursor where producers read it, and wakes a producer waiting for room
+    /// (the SeqCst handshake with `wait_for_room`'s flag: no wake-up is missed).
     fn publish(&self, ring: &Ring) {
         ring.sub(self.index)
             .cursor

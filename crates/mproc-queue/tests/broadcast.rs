@@ -358,3 +358,20 @@ fn an_idle_subscriber_sleeps() {
         );
     });
 }
+
+#[test]
+fn what_a_blocking_subscriber_has_read_never_holds_up_the_producer() {
+    // The subscriber reads a whole ring and then does something else (it is not in `recv`):
+    // the producer must see how far it got, at once.
+    let b = Broadcast::<u64>::new(8).unwrap();
+    let mut sub = b.subscribe(Lagging::Block).unwrap();
+    for round in 0..4u64 {
+        for i in 0..8 {
+            b.try_send(round * 8 + i).unwrap();
+        }
+        assert_eq!(b.try_send(99), Err(SendError::Full(99)), "a ring ahead");
+        for i in 0..8 {
+            assert_eq!(sub.try_recv().unwrap(), round * 8 + i);
+        }
+    }
+}
