@@ -27,9 +27,13 @@ pub(crate) fn handler(shared: Arc<Shared>) {
         }
         let busy = shared.lock().busy();
         let wait = if busy { WATCH_BUSY } else { WATCH_IDLE };
+        // A reply taken here is in nobody else's sight until it is recorded under the state
+        // lock: `reading` keeps dead workers from being settled meanwhile.
+        let reading = shared.reading.lock().unwrap_or_else(|e| e.into_inner());
         let first = shared.results.get_timeout(wait);
         let mut st = shared.lock();
         let took = st.take_reply(first);
+        drop(reading);
         shared.round(&mut st, took);
         let stop = st.stopping;
         drop(st);

@@ -162,6 +162,7 @@ impl Pool {
             sleepers: std::sync::atomic::AtomicUsize::new(0),
             drivers: std::sync::atomic::AtomicUsize::new(0),
             results,
+            reading: Mutex::new(()),
             config,
             board,
             wakers: Default::default(),

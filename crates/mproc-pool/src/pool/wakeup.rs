@@ -30,6 +30,11 @@ pub(crate) struct Shared {
     /// Callers reading the results queue themselves right now (see `wait_until`).
     pub drivers: AtomicUsize,
     pub results: Queue<Reply>,
+    /// Held by the handler thread from before it reads the results queue outside the state
+    /// lock until it holds the state lock: while it is held, a reply may be in the
+    /// handler's hands and in neither the queue nor the state, so nobody settles a dead
+    /// worker (which would report its finished job as lost). `round` only tries it.
+    pub reading: Mutex<()>,
     pub config: Config,
     /// The status board, if the pool has a name.
     pub board: Option<super::board::Board>,
@@ -210,7 +215,11 @@ impl Shared {
             st.drain_replies(self);
         }
         if st.last_watch.is_none_or(|t| t.elapsed() >= WATCH_BUSY) {
-            st.watch(self);
+            // Not while the handler may hold a reply outside the lock (see `reading`): it
+            // watches itself as soon as it has recorded that reply.
+            if let Ok(_reading) = self.reading.try_lock() {
+                st.watch(self);
+            }
         }
         st.dispatch(&self.config);
         if let Some(board) = &self.board {
