@@ -203,6 +203,8 @@ mod broadcast;
 #[cfg(not(loom))]
 mod bytes;
 #[cfg(not(loom))]
+pub mod dict;
+#[cfg(not(loom))]
 mod encoded;
 #[cfg(not(loom))]
 mod joinable;
@@ -234,6 +236,8 @@ pub use broadcast::{
 };
 #[cfg(not(loom))]
 pub use bytes::ByteQueue;
+#[cfg(not(loom))]
+pub use dict::{BytesDict, Dict, DictError, DictOptions, DictStats, Repair};
 #[cfg(not(loom))]
 pub use encoded::EncodedQueue;
 #[cfg(not(loom))]

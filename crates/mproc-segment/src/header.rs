@@ -173,6 +173,8 @@ impl Kind {
     pub const ATOMIC_VALUE: Kind = Kind(13);
     /// A broadcast ring (mproc-queue's `Broadcast`): every subscriber reads every message.
     pub const BROADCAST: Kind = Kind(14);
+    /// A shared hash map (mproc-queue's `Dict` and `BytesDict`).
+    pub const DICT: Kind = Kind(15);
 
     /// A short human-readable name (`"queue"`, `"array"`, ...; `"kind#N"` for unknown tags).
     pub fn name(self) -> Cow<'static, str> {
@@ -190,6 +192,7 @@ impl Kind {
             Kind::POOL => "pool",
             Kind::ATOMIC_VALUE => "atomic",
             Kind::BROADCAST => "broadcast",
+            Kind::DICT => "dict",
             Kind(n) => return Cow::Owned(format!("kind#{n}")),
         })
     }
