@@ -162,6 +162,22 @@ def value_inc():
     return (time.perf_counter() - t) / n * 1e9
 
 
+def manager_dict():
+    """µs per `d[k]` and per `d[k] = v` on a `Manager().dict()` of 1000 int keys."""
+    n = 20_000 // SCALE
+    with mp.Manager() as m:
+        d = m.dict({i: i for i in range(1000)})
+        t = time.perf_counter()
+        for i in range(n):
+            d[(i * 7919) % 1000]
+        get = (time.perf_counter() - t) / n * 1e6
+        t = time.perf_counter()
+        for i in range(n):
+            d[(i * 7919) % 1000] = i
+        put = (time.perf_counter() - t) / n * 1e6
+    return get, put
+
+
 def main():
     report("queue_1to1", "ns/item", repeat(queue_1to1))
     report("queue_rtt", "us", repeat(queue_rtt))
@@ -175,6 +191,9 @@ def main():
     report("process_spawn", "us", repeat(lambda: process_start("spawn")))
     report("lock", "ns", repeat(lock_cycle))
     report("value_inc", "ns", repeat(value_inc))
+    dicts = repeat(manager_dict)
+    report("manager_dict_get", "us", [g for g, _ in dicts])
+    report("manager_dict_set", "us", [p for _, p in dicts])
 
 
 if __name__ == "__main__":

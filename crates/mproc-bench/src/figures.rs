@@ -76,12 +76,16 @@ pub const DEFINITIONS: &str = "
 - **Broadcast 1→4**: one producer sends N `u64`s into a `Broadcast` of 4,096 slots; four
   subscriber processes (`Lagging::Block`) each time their N messages from the first to the
   last; the row shows the median subscriber per message. Five processes share the two CPUs.
+- **`Dict` get and insert**: a `Dict<u64, u64>` of 1,000 keys; `get` of keys in a scrambled
+  order while a writer process overwrites keys all along (so reads also pay for the validation
+  and its retries), and `insert` overwriting keys from one process. Python's is a
+  `Manager().dict()` of 1,000 int keys: `d[k]` and `d[k] = v` from the parent process.
 - **Loan round trip**: a process loans a body of the given size from one `ByteQueue`, writes
   its first word and sends it; the other reads it in place, answers with a loan of the same
   size on a second queue; per round. No body is copied, so the time should not grow with size.
 - **Python**: `benches/python/baselines.py` does the same with `multiprocessing` (Queue of a
   small tuple, Queue of `bytes` of each size, Pipe, Pool with the fork context, Process, Lock,
-  Value).
+  Value, `Manager().dict()`).
 ";
 
 /// All mproc and Rust-baseline figures.
@@ -106,6 +110,8 @@ pub struct Figures {
     pub pipe_rtt_8: Option<Stat>,
     pub conn_rtt: Option<Stat>,
     pub bcast_1to4: Option<Stat>,
+    pub dict_get: Option<Stat>,
+    pub dict_insert: Option<Stat>,
     pub pipe_rtt_1k: Option<Stat>,
     pub sock_rtt_8: Option<Stat>,
     pub sock_rtt_1k: Option<Stat>,
@@ -636,6 +642,9 @@ pub fn measure_all(plan: &Plan) -> Result<Figures, Box<dyn std::error::Error>> {
     step("pipe() and Broadcast");
     f.conn_rtt = Stat::repeat(r, || crate::vocab::conn_rtt(plan.rounds));
     f.bcast_1to4 = Stat::repeat(r, || crate::vocab::bcast_1ton(plan.items, 4));
+    step("Dict");
+    f.dict_get = Stat::repeat(r, || crate::vocab::dict_get(plan.items) / 1000.0);
+    f.dict_insert = Stat::repeat(r, || crate::vocab::dict_insert(plan.items / 4) / 1000.0);
     step("async");
     f.async_rtt = Stat::repeat(r, || crate::asyncs::async_rtt(plan.rounds));
     f.tokio_unix_rtt = Stat::repeat(r, || crate::asyncs::tokio_unix_rtt(plan.rounds));

@@ -358,7 +358,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..reps {
             println!(
                 "pipe() rtt {:.2} µs | Broadcast 1→4 {:.1} ns/item/subscriber | PodQueue 1→1 \
-                 {:.1} ns/item",
+                 {:.1} ns/item | Dict get {:.0} ns, insert {:.0} ns",
                 vocab::conn_rtt(plan.rounds),
                 vocab::bcast_1ton(
                     plan.items,
@@ -368,6 +368,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .unwrap_or(4)
                 ),
                 figures::pod_1to1(plan.items),
+                vocab::dict_get(plan.items),
+                vocab::dict_insert(plan.items / 4),
             );
         }
         return Ok(());
@@ -533,6 +535,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             baseline_name: "`PodQueue<u64>` 1→1".into(),
             baseline: f.pod_1to1.clone(),
             rule: Rule::FasterBy(0.5),
+        },
+        Row {
+            what: "`Dict<u64, u64>` `get`, 1000 keys, a writer in another process, µs".into(),
+            mproc: f.dict_get.clone(),
+            baseline_name: "Python `Manager().dict()` `d[k]`".into(),
+            baseline: pyv("manager_dict_get"),
+            rule: Rule::FasterBy(100.0),
+        },
+        Row {
+            what: "`Dict<u64, u64>` `insert` (overwrite), 1000 keys, µs".into(),
+            mproc: f.dict_insert.clone(),
+            baseline_name: "Python `Manager().dict()` `d[k] = v`".into(),
+            baseline: pyv("manager_dict_set"),
+            rule: Rule::FasterBy(50.0),
         },
         Row {
             what: "async `PodQueue<u64>` 1→1 (`put_async`/`get_async`), ns/item".into(),

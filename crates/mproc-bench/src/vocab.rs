@@ -1,4 +1,5 @@
-//! The rest of the vocabulary: `pipe()`'s round trip and `Broadcast` 1 → 4 subscribers.
+//! The rest of the vocabulary: `pipe()`'s round trip, `Broadcast` 1 → 4 subscribers, and
+//! `Dict`'s get and insert.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -80,4 +81,61 @@ pub fn bcast_1ton(n: u64, subs: usize) -> f64 {
     let mut each: Vec<f64> = children.into_iter().map(join).collect();
     each.sort_by(f64::total_cmp);
     each[each.len() / 2]
+}
+
+/// Keys the `Dict` benchmarks use (as `baselines.py` does for `Manager().dict()`).
+pub const DICT_KEYS: u64 = 1000;
+
+fn dict_of_keys(name: &str) -> Dict<u64, u64> {
+    let d = DictOptions::new()
+        .entries(DICT_KEYS as usize)
+        .create(name)
+        .expect("dict");
+    for k in 0..DICT_KEYS {
+        d.insert(k, k).expect("insert");
+    }
+    d
+}
+
+/// Overwrites keys of the dict named `name` until the key `u64::MAX` appears.
+fn dict_writer(name: String) -> u64 {
+    let d = Dict::<u64, u64>::open(&name).expect("open");
+    let mut i = 0u64;
+    while !d.contains_key(&u64::MAX).expect("get") {
+        for _ in 0..64 {
+            d.insert(i % DICT_KEYS, i).expect("insert");
+            i += 1;
+        }
+    }
+    i
+}
+
+/// ns per `get` of a `Dict<u64, u64>` of 1000 keys (keys in a scrambled order), while a
+/// writer in another process overwrites keys all along (the reads validate and retry).
+pub fn dict_get(n: u64) -> f64 {
+    let name = name("dict");
+    let d = dict_of_keys(&name);
+    let writer = start(dict_writer, name);
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for i in 0..n {
+        let k = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % DICT_KEYS;
+        sum = sum.wrapping_add(d.get(&k).expect("get").expect("present"));
+    }
+    let ns = per(t.elapsed(), n, 1.0);
+    std::hint::black_box(sum);
+    d.insert(u64::MAX, 0).expect("insert");
+    join(writer);
+    ns
+}
+
+/// ns per `insert` (overwriting) into a `Dict<u64, u64>` of 1000 keys, from one process.
+pub fn dict_insert(n: u64) -> f64 {
+    let d = dict_of_keys(&name("dict"));
+    let t = Instant::now();
+    for i in 0..n {
+        let k = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % DICT_KEYS;
+        d.insert(k, i).expect("insert");
+    }
+    per(t.elapsed(), n, 1.0)
 }
