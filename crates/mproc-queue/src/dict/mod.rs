@@ -2,7 +2,7 @@
 //! at once, and that stays consistent when a writer is SIGKILLed in the middle of a write
 //! (Python's `Manager().dict()` without the manager process).
 //!
-//! Keys and values are serde types, stored as their postcard bytes (the [`codec`](crate::codec)
+//! Keys and values are serde types, stored as their postcard bytes (the [`codec`]
 //! every queue uses); [`BytesDict`] is the same map over raw bytes. Reads take no lock;
 //! writers take turns under a robust lock, write each new entry into a fresh block and link
 //! it in with one 8-byte store. How that survives a writer's death, and how readers validate
