@@ -9,12 +9,15 @@
 //! peer hold-lock NAME          takes Lock NAME, prints "held", then waits to be killed
 //! peer make-array NAME N       creates Array<f64> NAME = [0, 1, .., N-1], prints "ready",
 //!                              keeps it until stdin closes
+//! peer dict-set NAME K V        sets str key K to bytes V in Python Dict NAME
+//! peer dict-die NAME STEP       starts setting a key of Python Dict NAME and SIGKILLs itself
+//!                              at the STEPth store of that write (`crash-points`)
 //! ```
 
 use std::io::{BufRead, Write};
 
 use mproc_array::{Array, Value};
-use mproc_queue::ByteQueue;
+use mproc_queue::{ByteQueue, DictOptions};
 use mproc_sync::Lock;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -68,6 +71,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             writeln!(out.lock(), "ready")?;
             // Kept (and unlinked on drop) until the test closes stdin.
             for _ in std::io::stdin().lock().lines() {}
+        }
+        "dict-set" => {
+            let d = DictOptions::new()
+                .type_name("dict:py")
+                .open_bytes(&arg(1)?)?;
+            // The Python package's encoding: b"S" + a str key; b"B" + bytes as a value.
+            let key = [b"S", arg(2)?.as_bytes()].concat();
+            d.insert(&key, &[b"B", arg(3)?.as_bytes()].concat())?;
+        }
+        "dict-die" => {
+            let d = DictOptions::new()
+                .type_name("dict:py")
+                .open_bytes(&arg(1)?)?;
+            mproc_queue::dict::crash_points::arm(arg(2)?.parse()?);
+            d.insert(b"Sdying", b"Bnever seen whole")?;
+            return Err("the crash point was never reached".into());
         }
         other => return Err(format!("unknown command {other:?}").into()),
     }

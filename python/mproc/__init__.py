@@ -10,10 +10,13 @@ by name). What changes:
 - a process killed in the middle of ``put`` or ``get`` loses at most its own message, and
   the queue goes on;
 - ``put`` is synchronous (no feeder thread): an unpicklable object raises in the caller;
-- every object can be named and opened by name from another Python or Rust process.
+- every object can be named and opened by name from another Python or Rust process;
+- :class:`Dict` is ``Manager().dict()`` without the manager process, safe when a writer is
+  killed mid-write.
 """
 
 from ._codec import UnreadableMessage
+from ._dict import Dict
 from ._native import Closed, OwnerDied
 from ._queues import ByteQueue, Empty, Full, JoinableQueue, Queue, SimpleQueue
 from ._shared import Array, RawArray, RawValue, Value
@@ -26,6 +29,7 @@ __all__ = [
     "ByteQueue",
     "Closed",
     "Condition",
+    "Dict",
     "Empty",
     "Event",
     "Full",

@@ -19,6 +19,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 
 mod array;
+mod dict;
 mod queue;
 mod sync;
 mod view;
@@ -97,5 +98,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     queue::register(m)?;
     sync::register(m)?;
     array::register(m)?;
+    dict::register(m)?;
     Ok(())
 }

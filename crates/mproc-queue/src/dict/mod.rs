@@ -310,6 +310,30 @@ impl BytesDict {
         self.write(key, Change::Remove)
     }
 
+    /// Sets `key` to `new` (`None`: removes it) only if its value is `current` now (`None`:
+    /// absent). Whether it did.
+    pub fn compare_and_swap(
+        &self,
+        key: &[u8],
+        current: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, DictError> {
+        let (_, swapped) = self.write_with(
+            key,
+            |old| {
+                if old != current {
+                    return (Change::Keep, false);
+                }
+                match new {
+                    Some(n) => (Change::Set(Cow::Borrowed(n)), true),
+                    None => (Change::Remove, true),
+                }
+            },
+            false,
+        )?;
+        Ok(swapped)
+    }
+
     /// Entries now (exact when no write is in flight).
     pub fn len(&self) -> usize {
         self.map.len() as usize
