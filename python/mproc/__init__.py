@@ -16,6 +16,7 @@ by name). What changes:
 """
 
 from ._codec import UnreadableMessage
+from ._connection import Connection, Pipe
 from ._dict import Dict
 from ._native import Closed, OwnerDied
 from ._queues import ByteQueue, Empty, Full, JoinableQueue, Queue, SimpleQueue
@@ -29,6 +30,7 @@ __all__ = [
     "ByteQueue",
     "Closed",
     "Condition",
+    "Connection",
     "Dict",
     "Empty",
     "Event",
@@ -36,6 +38,7 @@ __all__ = [
     "JoinableQueue",
     "Lock",
     "OwnerDied",
+    "Pipe",
     "Queue",
     "RLock",
     "RawArray",

@@ -19,6 +19,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 
 mod array;
+mod conn;
 mod dict;
 mod queue;
 mod sync;
@@ -99,5 +100,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sync::register(m)?;
     array::register(m)?;
     dict::register(m)?;
+    conn::register(m)?;
     Ok(())
 }

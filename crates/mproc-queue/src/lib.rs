@@ -249,7 +249,7 @@ pub use message::{JoinableMessageQueue, MessageQueue};
 #[cfg(all(feature = "async", not(loom)))]
 pub use pipe::ConnectionReady;
 #[cfg(not(loom))]
-pub use pipe::{Connection, PEER_CHECK, pipe};
+pub use pipe::{Connection, ConnectionFds, PEER_CHECK, pipe};
 #[cfg(not(loom))]
 pub use pod::PodQueue;
 #[cfg(not(loom))]

@@ -6,6 +6,7 @@
 //! nothing and the other end closed returns `Closed` (Python's `EOFError`), after every
 //! message sent before the close was received.
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mproc_segment::{End, SegmentError};
@@ -44,6 +45,17 @@ pub struct Connection {
     rx: Option<ByteQueue>,
     tx: Option<ByteQueue>,
     end: End,
+}
+
+/// The descriptors of a [`Connection`] ([`Connection::fds`], [`Connection::from_fds`]).
+#[derive(Debug)]
+pub struct ConnectionFds<F> {
+    /// The segment of the ring this end receives from (`None`: it only sends).
+    pub inbox: Option<F>,
+    /// The segment of the ring this end sends into (`None`: it only receives).
+    pub outbox: Option<F>,
+    /// The end's liveness mark (`mproc_segment::End`).
+    pub end: F,
 }
 
 /// A connected pair of [`Connection`]s with the default queue options. With `duplex`, both
@@ -108,6 +120,33 @@ impl Connection {
             rx: self.rx.as_ref().map(ByteQueue::try_clone).transpose()?,
             tx: self.tx.as_ref().map(ByteQueue::try_clone).transpose()?,
             end: self.end.try_clone()?,
+        })
+    }
+
+    /// The descriptors this end is made of, borrowed: its inbox's and outbox's segments
+    /// (`None` on a one-way end) and the end's own. Passed to a process that is not a fork
+    /// of this one (with `SCM_RIGHTS`, or inherited across `exec`), they become the same end
+    /// there with [`from_fds`](Self::from_fds), which then counts as one more copy of it.
+    pub fn fds(&self) -> ConnectionFds<BorrowedFd<'_>> {
+        ConnectionFds {
+            inbox: self.rx.as_ref().map(|q| q.raw.segment().as_fd()),
+            outbox: self.tx.as_ref().map(|q| q.raw.segment().as_fd()),
+            end: self.end.as_fd(),
+        }
+    }
+
+    /// Takes back an end from its descriptors (see [`fds`](Self::fds)): checks that the
+    /// segments are byte queues and that the end is an end of a channel, in the right order.
+    pub fn from_fds(fds: ConnectionFds<OwnedFd>) -> Result<Connection, SegmentError> {
+        if fds.inbox.is_none() && fds.outbox.is_none() {
+            return Err(SegmentError::InvalidArgument {
+                reason: "a connection needs an inbox, an outbox or both",
+            });
+        }
+        Ok(Connection {
+            rx: fds.inbox.map(ByteQueue::from_fd).transpose()?,
+            tx: fds.outbox.map(ByteQueue::from_fd).transpose()?,
+            end: End::from_fd(fds.end)?,
         })
     }
 
