@@ -261,3 +261,39 @@ fn select_and_the_futures_see_messages_and_end_of_file() {
         child.wait_deadline(LONG);
     });
 }
+
+#[test]
+fn an_end_rebuilt_from_its_descriptors_is_the_same_end() {
+    use mproc_queue::{Connection, ConnectionFds};
+    let (a, b) = pipe(true).unwrap();
+    let owned = |f: Option<std::os::fd::BorrowedFd<'_>>| f.map(|f| f.try_clone_to_owned().unwrap());
+    let f = b.fds();
+    let copy = ConnectionFds {
+        inbox: owned(f.inbox),
+        outbox: owned(f.outbox),
+        end: f.end.try_clone_to_owned().unwrap(),
+    };
+    let b2 = Connection::from_fds(copy).unwrap();
+    drop(b);
+    assert!(a.peer_open(), "the rebuilt copy keeps the end open");
+    a.send_bytes(b"there").unwrap();
+    assert_eq!(b2.recv_bytes().unwrap(), b"there");
+    b2.send_bytes(b"back").unwrap();
+    assert_eq!(a.recv_bytes().unwrap(), b"back");
+    drop(b2);
+    assert_eq!(a.recv_bytes(), Err(mproc_queue::GetError::Closed));
+    // Descriptors of the wrong things are refused, not misread.
+    let f = a.fds();
+    let wrong = ConnectionFds {
+        inbox: Some(f.end.try_clone_to_owned().unwrap()),
+        outbox: None,
+        end: f.end.try_clone_to_owned().unwrap(),
+    };
+    assert!(Connection::from_fds(wrong).is_err());
+    let no_rings = ConnectionFds {
+        inbox: None,
+        outbox: None,
+        end: f.end.try_clone_to_owned().unwrap(),
+    };
+    assert!(Connection::from_fds(no_rings).is_err());
+}
