@@ -117,7 +117,40 @@ def numpy_sum():
         report(f"{who}_numpy_sum", "ms", samples)
 
 
+def dicts():
+    """ns per `d[k]` and per `d[k] = v`, 1000 int keys: mproc.Dict, a Manager().dict() and
+    UltraDict (if it installed)."""
+    n = 2_000 if QUICK else 100_000
+    makers = {"mproc": lambda: mproc.Dict(entries=1000)}
+    try:
+        from UltraDict import UltraDict
+
+        makers["ultra"] = lambda: UltraDict(shared_lock=True, buffer_size=1 << 20)
+    except ImportError:
+        pass
+    manager = ctx.Manager()
+    makers["mp"] = manager.dict
+    for who, make in makers.items():
+        d = make()
+        for i in range(1000):
+            d[i] = i
+
+        def get(n, d=d):
+            for i in range(n):
+                d[(i * 7919) % 1000]
+
+        def put(n, d=d):
+            for i in range(n):
+                d[(i * 7919) % 1000] = i
+
+        m = n // 20 if who == "mp" else n
+        report(f"{who}_dict_get", "ns/op", [per_op(get, m) for _ in range(REPS)])
+        report(f"{who}_dict_set", "ns/op", [per_op(put, m) for _ in range(REPS)])
+    manager.shutdown()
+
+
 if __name__ == "__main__":
+    dicts()
     queues()
     locks()
     values()

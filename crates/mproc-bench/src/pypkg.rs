@@ -45,6 +45,14 @@ fn env() -> Result<PathBuf, String> {
             "numpy",
         ]))?;
     }
+    if !has("UltraDict") || !has("atomics") {
+        // A reference only, as faster-fifo.
+        if let Err(e) =
+            run(Command::new(&python).args(["-m", "pip", "install", "-q", "UltraDict", "atomics"]))
+        {
+            eprintln!("mproc-bench: UltraDict not installed ({e}): its rows are empty");
+        }
+    }
     if !has("faster_fifo") {
         // A reference only: without it (no wheel, no compiler) its rows say so.
         if let Err(e) =
@@ -127,6 +135,34 @@ pub(crate) fn rows(quick: bool) -> Vec<Row> {
             "`multiprocessing.Queue`",
             "mp_queue_1m",
             Rule::FasterBy(20.0),
+        ),
+        row(
+            "Python `mproc.Dict` `d[k]`, 1000 int keys, ns",
+            "mproc_dict_get",
+            "`Manager().dict()`",
+            "mp_dict_get",
+            Rule::Info,
+        ),
+        row(
+            "Python `mproc.Dict` `d[k] = v`, 1000 int keys, ns",
+            "mproc_dict_set",
+            "`Manager().dict()`",
+            "mp_dict_set",
+            Rule::Info,
+        ),
+        row(
+            "Python `mproc.Dict` `d[k]`, 1000 int keys, ns",
+            "mproc_dict_get",
+            "UltraDict (`shared_lock=True`)",
+            "ultra_dict_get",
+            Rule::Info,
+        ),
+        row(
+            "Python `mproc.Dict` `d[k] = v`, 1000 int keys, ns",
+            "mproc_dict_set",
+            "UltraDict (`shared_lock=True`)",
+            "ultra_dict_set",
+            Rule::Info,
         ),
         row(
             "Python `mproc.Lock` acquire + release, ns",
