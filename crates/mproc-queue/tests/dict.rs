@@ -621,19 +621,14 @@ fn writers_in_other_pid_namespaces_share_one_dict_and_their_deaths_are_repaired(
                 Ok(d) => d,
                 Err(_) => return 1,
             };
-            // (A raw fork: `fork_child`'s lock is held in this copy of the test process.)
-            // SAFETY: this process has one thread; the child ends with `exit_now`.
-            match unsafe { mproc_testkit::fork() } {
-                Ok(mproc_testkit::Forked::Child) => {
-                    crash_points::arm(2);
-                    let _ = d.insert(77, 77);
-                    mproc_testkit::exit_now(3)
-                }
-                Ok(mproc_testkit::Forked::Parent(pid)) => match mproc_testkit::waitpid(pid) {
-                    Some(Exit::Signaled(9)) => 0,
-                    _ => 4,
-                },
-                Err(_) => 5,
+            let mut writer = fork_child(|| {
+                crash_points::arm(2);
+                let _ = d.insert(77, 77);
+                3
+            });
+            match writer.wait_deadline(LONG).exit {
+                Exit::Signaled(9) => 0,
+                _ => 4,
             }
         });
         let exit = victim.wait_deadline(LONG).exit;

@@ -154,6 +154,9 @@ pub fn fork_child(f: impl FnOnce() -> i32) -> Child {
     let result = unsafe { fork() }.expect("fork failed");
     match result {
         Forked::Child => {
+            // This process's copy of the lock is held by its only thread: let it go, so that
+            // `f` may fork children of its own.
+            drop(guard);
             let code = match catch_unwind(AssertUnwindSafe(f)) {
                 Ok(code) => code,
                 Err(_) => PANIC_EXIT,
