@@ -450,10 +450,7 @@ impl Map {
                 }
                 continue;
             }
-            let found = self.find(key, hash).and_then(|p| match p {
-                Some(p) => self.read_value(p.at, out).map(|()| true),
-                None => Ok(false),
-            });
+            let found = self.lookup(key, hash, out);
             fence(Ordering::Acquire);
             if seq.load(Ordering::Relaxed) == s1 {
                 match found {
@@ -465,11 +462,17 @@ impl Map {
             }
         }
         let guard = self.lock()?;
-        let found = self.find(key, hash).and_then(|p| match p {
+        self.lookup(key, hash, out)
+            .map_err(|Broken| self.broken(guard))
+    }
+
+    /// Finds `key` and copies its value into `out`: `Ok(false)` if absent. Unvalidated
+    /// without the lock (`get` checks `seq` around it).
+    fn lookup(&self, key: &[u8], hash: u64, out: &mut Vec<u8>) -> Result<bool, Broken> {
+        match self.find(key, hash)? {
             Some(p) => self.read_value(p.at, out).map(|()| true),
             None => Ok(false),
-        });
-        found.map_err(|Broken| self.broken(guard))
+        }
     }
 
     /// Takes the writers' lock. A holder that died: rebuild, and `OwnerDied`.
