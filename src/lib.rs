@@ -78,9 +78,9 @@ pub mod prelude {
         StartError, StartMethod, SubmitError, TaskError, ThreadedFork, WaitError,
     };
     pub use mproc_queue::{
-        Broadcast, BroadcastOptions, ByteQueue, BytesDict, Connection, Dict, DictError,
-        DictOptions, GetError, JoinableQueue, Lagging, PodQueue, PutError, Queue, QueueOptions,
-        Subscriber, pipe,
+        Broadcast, BroadcastOptions, ByteBroadcast, ByteQueue, BytesDict, Connection, Dict,
+        DictError, DictOptions, GetError, JoinableQueue, Lagging, PodBroadcast, PodQueue, PutError,
+        Queue, QueueOptions, Subscriber, pipe,
     };
     pub use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, TypeTag};
     pub use mproc_sync::{

@@ -73,7 +73,7 @@ pub const DEFINITIONS: &str = "
 - **`pipe()` round trip**: 8 bytes over a duplex `pipe()` to a forked process that echoes
   them (`send_bytes` / `recv_bytes_into`, both sides blocking); Python's is the same with
   `multiprocessing.Pipe`.
-- **Broadcast 1→4**: one producer sends N `u64`s into a `Broadcast` of 4,096 slots; four
+- **Broadcast 1→4**: one producer sends N `u64`s into a `PodBroadcast` of 4,096 slots; four
   subscriber processes (`Lagging::Block`) each time their N messages from the first to the
   last; the row shows the median subscriber per message. Five processes share the two CPUs.
 - **`Dict` get and insert**: a `Dict<u64, u64>` of 1,000 keys; `get` of keys in a scrambled

@@ -530,7 +530,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rule: Rule::FasterBy(20.0),
         },
         Row {
-            what: "`Broadcast<u64>` 1→4 blocking subscribers, ns/item per subscriber".into(),
+            what: "`PodBroadcast<u64>` 1→4 blocking subscribers, ns/item per subscriber".into(),
             mproc: f.bcast_1to4.clone(),
             baseline_name: "`PodQueue<u64>` 1→1".into(),
             baseline: f.pod_1to1.clone(),

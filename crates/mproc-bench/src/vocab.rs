@@ -47,7 +47,7 @@ pub fn conn_rtt(rounds: u64) -> f64 {
 }
 
 fn bcast_subscriber(args: (String, String, u64)) -> f64 {
-    let b = Broadcast::<u64>::open(&args.0).expect("open");
+    let b = PodBroadcast::<u64>::open(&args.0).expect("open");
     let ready = PodQueue::<u64>::open(&args.1).expect("open");
     let mut sub = b.subscribe(Lagging::Block).expect("subscribe");
     ready.put(1).expect("ready");
@@ -66,7 +66,7 @@ pub fn bcast_1ton(n: u64, subs: usize) -> f64 {
     let (bn, rn) = (name("bcast"), name("bcast-ready"));
     let b = BroadcastOptions::new()
         .capacity(4096)
-        .create::<u64>(&bn)
+        .create_pod::<u64>(&bn)
         .expect("create");
     let ready = PodQueue::<u64>::create(&rn, 64).expect("create");
     let children: Vec<_> = (0..subs)

@@ -231,7 +231,8 @@ pub use ring::{HIGH_WATER_EVERY, RingHeader, RingSnapshot};
 
 #[cfg(not(loom))]
 pub use broadcast::{
-    Broadcast, BroadcastOptions, DEFAULT_SUBSCRIBERS, Lagging, RecvError, SendError,
+    Broadcast, BroadcastOptions, ByteBroadcast, ByteSubscriber, DEFAULT_MAX_MESSAGE,
+    DEFAULT_SUBSCRIBERS, Lagging, PodBroadcast, PodSubscriber, RecvError, SendError,
     SubscribeError, Subscriber, WRITING,
 };
 #[cfg(not(loom))]

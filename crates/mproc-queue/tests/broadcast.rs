@@ -1,11 +1,14 @@
-//! `Broadcast` across real processes: every subscriber gets every message (or an exact lag
+//! `PodBroadcast`, `Broadcast` and `ByteBroadcast` across real processes: every subscriber gets every message (or an exact lag
 //! count), subscribers join, lag and die under load, producers die mid-send, and a hostile
 //! peer scribbles over the shared words.
 
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
-use mproc_queue::{Broadcast, BroadcastOptions, Lagging, PodQueue, RecvError, SendError};
+use mproc_queue::{
+    Broadcast, BroadcastOptions, ByteBroadcast, Lagging, PodBroadcast, PodQueue, RecvError,
+    SendError,
+};
 use mproc_segment::SegmentError;
 use mproc_testkit::{
     Exit, Rng, Signal, fork_child, fork_in_pid_namespace, shm_entries, unique_name, with_deadline,
@@ -39,7 +42,7 @@ fn valid(m: &Msg) -> bool {
 type Report = [u64; 3];
 
 /// Reads until `Closed`, checking order and integrity; reports what it saw.
-fn consume(b: &Broadcast<Msg>, lagging: Lagging, reports: &PodQueue<Report>) -> i32 {
+fn consume(b: &PodBroadcast<Msg>, lagging: Lagging, reports: &PodQueue<Report>) -> i32 {
     let mut sub = match b.subscribe(lagging) {
         Ok(s) => s,
         Err(_) => return 1,
@@ -74,7 +77,7 @@ fn every_subscriber_gets_every_message_or_an_exact_lag_count() {
     with_deadline(LONG, || {
         let b = BroadcastOptions::new()
             .capacity(64)
-            .anonymous::<Msg>()
+            .anonymous_pod::<Msg>()
             .unwrap();
         let reports = PodQueue::<Report>::new(16).unwrap();
         let modes = [
@@ -114,7 +117,7 @@ fn every_subscriber_gets_every_message_or_an_exact_lag_count() {
 #[test]
 fn a_subscriber_sees_exactly_what_was_sent_after_it_joined() {
     with_deadline(LONG, || {
-        let b = Broadcast::<u64>::new(1024).unwrap();
+        let b = PodBroadcast::<u64>::new(1024).unwrap();
         for i in 0..10 {
             b.send(i).unwrap();
         }
@@ -143,13 +146,13 @@ fn a_blocking_subscriber_killed_while_the_producer_waits_for_it_frees_its_slot()
         let b = BroadcastOptions::new()
             .capacity(8)
             .subscribers(2)
-            .create::<u64>(&name)
+            .create_pod::<u64>(&name)
             .unwrap();
         let ready = PodQueue::<u64>::new(4).unwrap();
         for round in 0..5u64 {
             // A subscriber in its own pid namespace on odd rounds.
             let body = || {
-                let b = match Broadcast::<u64>::open(&name) {
+                let b = match PodBroadcast::<u64>::open(&name) {
                     Ok(b) => b,
                     Err(_) => return 1,
                 };
@@ -202,7 +205,7 @@ fn producers_killed_mid_send_never_leave_a_torn_message() {
     with_deadline(LONG, || {
         let b = BroadcastOptions::new()
             .capacity(256)
-            .anonymous::<Msg>()
+            .anonymous_pod::<Msg>()
             .unwrap();
         let mut sub = b.subscribe(Lagging::DropOldest).unwrap();
         let mut rng = Rng(7);
@@ -261,7 +264,7 @@ fn scribbled_shared_words_give_typed_results_never_a_panic_or_a_hang() {
         let b = BroadcastOptions::new()
             .capacity(16)
             .subscribers(4)
-            .anonymous::<Msg>()
+            .anonymous_pod::<Msg>()
             .unwrap();
         let mut subs = [
             b.subscribe(Lagging::DropOldest).unwrap(),
@@ -305,6 +308,7 @@ fn scribbled_shared_words_give_typed_results_never_a_panic_or_a_hang() {
                     | Err(RecvError::Timeout)
                     | Err(RecvError::Closed)
                     | Err(RecvError::Empty) => {}
+                    Err(e @ RecvError::Unreadable { .. }) => panic!("a Pod message is {e}"),
                 }
             }
             let _ = b.subscribers();
@@ -319,15 +323,15 @@ fn scribbled_shared_words_give_typed_results_never_a_panic_or_a_hang() {
 #[test]
 fn opening_as_another_type_or_a_queue_as_a_broadcast_is_refused() {
     let name = unique_name("bcast-type");
-    let b = Broadcast::<u64>::create(&name, 16).unwrap();
+    let b = PodBroadcast::<u64>::create(&name, 16).unwrap();
     assert!(matches!(
-        Broadcast::<u32>::open(&name),
+        PodBroadcast::<u32>::open(&name),
         Err(SegmentError::TypeMismatch { .. }) | Err(SegmentError::CorruptHeader { .. })
     ));
     let q = unique_name("bcast-q");
     let _queue = PodQueue::<u64>::create(&q, 16).unwrap();
     assert!(matches!(
-        Broadcast::<u64>::open(&q),
+        PodBroadcast::<u64>::open(&q),
         Err(SegmentError::KindMismatch { .. })
     ));
     drop((b, _queue));
@@ -337,7 +341,7 @@ fn opening_as_another_type_or_a_queue_as_a_broadcast_is_refused() {
 #[test]
 fn an_idle_subscriber_sleeps() {
     with_deadline(LONG, || {
-        let b = Broadcast::<u64>::new(64).unwrap();
+        let b = PodBroadcast::<u64>::new(64).unwrap();
         let idle = Duration::from_secs(2);
         let mut child = fork_child(|| {
             let mut sub = match b.subscribe(Lagging::Block) {
@@ -363,7 +367,7 @@ fn an_idle_subscriber_sleeps() {
 fn what_a_blocking_subscriber_has_read_never_holds_up_the_producer() {
     // The subscriber reads a whole ring and then does something else (it is not in `recv`):
     // the producer must see how far it got, at once.
-    let b = Broadcast::<u64>::new(8).unwrap();
+    let b = PodBroadcast::<u64>::new(8).unwrap();
     let mut sub = b.subscribe(Lagging::Block).unwrap();
     for round in 0..4u64 {
         for i in 0..8 {

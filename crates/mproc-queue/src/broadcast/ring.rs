@@ -1,17 +1,19 @@
-//! `Broadcast<T: Pod>`: one ring in shared memory that every subscriber reads in full, each
-//! through its own cursor (a publish/subscribe channel, like tokio's `broadcast` across
-//! processes).
+//! The shared ring under every broadcast flavour: one ring in shared memory that every
+//! subscriber reads in full, each through its own cursor.
 //!
 //! # Layout (payload of a `Kind::BROADCAST` segment; offsets, never pointers)
-//! - [`BroadcastHeader`] (256 bytes, a cache line per writer): geometry, `head` (messages published so far), the
-//!   producers' robust lock, and where subscribers and a blocked producer sleep.
-//! - The subscriber table: [`SubSlot`]s of 64 bytes (a cache line each). A slot's `owner` word is 0 when free,
-//!   else the subscriber's process token (the liveness roll's: decided by the kernel, valid
-//!   across pid namespaces), its lagging policy and a claimed bit. `cursor` is the next
-//!   message the subscriber reads (the producer reads it to know what a blocking subscriber
-//!   still needs), `lagged` how many it lost.
+//! - [`BroadcastHeader`] (256 bytes, a cache line per writer): geometry, `head` (messages
+//!   published so far), the producers' robust lock, and where subscribers and a blocked
+//!   producer sleep.
+//! - The subscriber table: [`SubSlot`]s of 64 bytes (a cache line each). A slot's `owner`
+//!   word is 0 when free, else the subscriber's process token (the liveness roll's: decided
+//!   by the kernel, valid across pid namespaces), its lagging policy and a claimed bit.
+//!   `cursor` is the next message the subscriber reads (the producer reads it to know what a
+//!   blocking subscriber still needs), `lagged` how many it lost.
 //! - The ring: `capacity` slots of one stamp word (message index + 1 once published,
-//!   [`WRITING`] while being written) and the message's bytes.
+//!   [`WRITING`] while being written) and `item` bytes of message. A `PodBroadcast`'s item
+//!   is its type's size; a `Broadcast`'s or `ByteBroadcast`'s is an 8-byte length followed
+//!   by room for the longest message.
 //!
 //! Producers take turns under the robust lock: a producer killed mid-write leaves the slot
 //! stamped [`WRITING`] and `head` unmoved, and the next producer (told `OwnerDied`) writes that
@@ -19,19 +21,20 @@
 //! copy whose stamp moved was overwritten and is never returned.
 //!
 //! Everything read from shared memory is treated as written by someone who may be lying:
-//! indices are masked, counters compared with wrapping arithmetic, and a reader that meets a
-//! stamp it cannot explain skips at least that message (reported as lag), so no value of any
-//! shared word makes a call panic or spin forever.
+//! indices are masked, counters compared with wrapping arithmetic, lengths bounded, and a
+//! reader that meets a stamp it cannot explain skips at least that message (reported as
+//! lag), so no value of any shared word makes a call panic or spin forever.
 
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
-use bytemuck::Pod;
-use mproc_segment::{Kind, Segment, SegmentError, SegmentOptions, ShmSafe, TypeTag, liveness};
+use mproc_segment::{Segment, SegmentError, SegmentOptions, ShmSafe, liveness};
 use mproc_sync::{LockError, Parking, RawLock};
+
+use super::{Lagging, RecvError, SubscribeError};
 
 /// A slot's stamp while a producer writes it.
 pub const WRITING: u64 = u64::MAX;
@@ -47,59 +50,11 @@ const BLOCKS: u64 = 1 << 41;
 const PEER_BITS: u64 = 0xffff_ffff;
 /// A blocking subscriber wakes a producer waiting for room every this many messages it reads.
 const WAKE_EVERY: u64 = 64;
+/// The length word in front of a length-prefixed message.
+pub(super) const LEN_BYTES: usize = 8;
 /// How long a subscriber that caught up yields its CPU, looking for the next message, before
 /// it sleeps.
 const YIELD_FOR: Duration = Duration::from_micros(50);
-
-/// What a subscriber that falls a whole ring behind does to the producer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lagging {
-    /// The producer waits for it (no message is ever lost to it while it lives).
-    Block,
-    /// The producer overwrites the oldest messages; the subscriber's next `recv` reports how
-    /// many it lost ([`RecvError::Lagged`]) and goes on from the oldest one still there.
-    DropOldest,
-}
-
-/// Errors of [`Subscriber::recv`] and friends.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum RecvError {
-    /// Nothing new now (`try_recv`).
-    #[error("no new message")]
-    Empty,
-    /// Nothing new within the timeout.
-    #[error("timed out waiting for a message")]
-    Timeout,
-    /// The broadcast is closed and this subscriber has read everything sent before.
-    #[error("broadcast is closed")]
-    Closed,
-    /// This many messages were overwritten before this subscriber read them; the next call
-    /// returns the oldest one still in the ring.
-    #[error("subscriber lagged: {0} messages lost")]
-    Lagged(u64),
-}
-
-/// Errors of [`Broadcast::send`].
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum SendError<T> {
-    /// The broadcast is closed.
-    #[error("broadcast is closed")]
-    Closed(T),
-    /// A blocking subscriber is a whole ring behind and did not move within the timeout.
-    #[error("timed out waiting for a blocking subscriber")]
-    Timeout(T),
-    /// A blocking subscriber is a whole ring behind (`try_send`).
-    #[error("a blocking subscriber is a whole ring behind")]
-    Full(T),
-}
-
-/// Errors of [`Broadcast::subscribe`].
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum SubscribeError {
-    /// Every subscriber slot is taken by a live subscriber.
-    #[error("all {0} subscriber slots are taken by live subscribers")]
-    NoRoom(usize),
-}
 
 /// The header, one cache line per writer: the geometry (written once), the producers' line,
 /// the subscribers' sleeping line and the producers' sleeping line, so that nobody's
@@ -160,7 +115,7 @@ unsafe impl ShmSafe for SubSlot {}
 
 /// The geometry of a mapped broadcast, copied out of shared memory once and checked.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
+pub(super) struct Geometry {
     capacity: u64,
     item: usize,
     stride: usize,
@@ -168,11 +123,17 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(capacity: usize, item: usize, subscribers: usize) -> Result<Geometry, SegmentError> {
+    pub(super) fn new(
+        capacity: usize,
+        item: usize,
+        subscribers: usize,
+    ) -> Result<Geometry, SegmentError> {
         let capacity = capacity.max(2).checked_next_power_of_two();
         let stride = (8 + item).checked_next_multiple_of(8);
         match (capacity, stride) {
-            (Some(c), Some(s)) if c <= 1 << 30 && subscribers <= 4096 && subscribers > 0 => {
+            (Some(c), Some(s))
+                if c <= 1 << 30 && subscribers <= 4096 && subscribers > 0 && item <= 1 << 30 =>
+            {
                 Ok(Geometry {
                     capacity: c as u64,
                     item,
@@ -190,7 +151,7 @@ impl Geometry {
         HEADER_BYTES + self.subscribers * SUB_BYTES
     }
 
-    fn payload_len(&self) -> Option<usize> {
+    pub(super) fn payload_len(&self) -> Option<usize> {
         (self.capacity as usize)
             .checked_mul(self.stride)?
             .checked_add(self.ring_offset())
@@ -211,7 +172,9 @@ unsafe impl Send for Ring {}
 unsafe impl Sync for Ring {}
 
 impl Ring {
-    fn wrap(seg: Segment, item: usize) -> Result<Ring, SegmentError> {
+    /// Checks the geometry written in `seg`. `item` is the message size this type needs, or
+    /// `None` for a length-prefixed flavour (any size of at least the 8-byte length).
+    fn wrap(seg: Segment, item: Option<usize>) -> Result<Ring, SegmentError> {
         let corrupt = |reason| SegmentError::CorruptHeader { reason };
         let hdr: &BroadcastHeader = seg.view(0)?;
         let geo = Geometry {
@@ -222,8 +185,16 @@ impl Ring {
         };
         let expect = Geometry::new(geo.capacity as usize, geo.item, geo.subscribers)
             .map_err(|_| corrupt("broadcast geometry out of range"))?;
-        if geo.item != item {
-            return Err(corrupt("broadcast message size differs from this type's"));
+        match item {
+            Some(item) if geo.item != item => {
+                return Err(corrupt("broadcast message size differs from this type's"));
+            }
+            None if geo.item < LEN_BYTES => {
+                return Err(corrupt(
+                    "broadcast slots too small for a length-prefixed message",
+                ));
+            }
+            _ => {}
         }
         if expect.capacity != geo.capacity || expect.stride != geo.stride {
             return Err(corrupt("broadcast geometry is inconsistent"));
@@ -256,9 +227,9 @@ impl Ring {
         }
     }
 
-    /// Slot `index`'s stamp word and the first byte of its message (masked: any index names
-    /// a slot inside the payload).
-    fn slot(&self, index: u64) -> (&AtomicU64, *mut u8) {
+    /// Slot `index`'s stamp word and its message bytes (masked: any index names a slot
+    /// inside the payload).
+    fn slot(&self, index: u64) -> (&AtomicU64, SlotBytes<'_>) {
         let i = (index & (self.geo.capacity - 1)) as usize;
         // SAFETY: `i` < capacity, so stamp and message lie inside the payload (`wrap`); the
         // stamp is 8-aligned (ring offset and stride are multiples of 8).
@@ -267,59 +238,106 @@ impl Ring {
                 .seg
                 .as_ptr()
                 .add(self.geo.ring_offset() + i * self.geo.stride);
-            (&*base.cast::<AtomicU64>(), base.add(8))
+            let bytes = SlotBytes {
+                ptr: base.add(8),
+                len: self.geo.item,
+                _ring: PhantomData,
+            };
+            (&*base.cast::<AtomicU64>(), bytes)
         }
     }
 }
 
-/// Options of a new [`Broadcast`]: capacity and subscriber slots.
-#[derive(Debug, Clone)]
-pub struct BroadcastOptions {
-    capacity: usize,
-    subscribers: usize,
+/// The message bytes of one slot: what a producer writes and a subscriber copies, only
+/// through `atomic_copy` (other processes read and write the same bytes concurrently).
+pub(super) struct SlotBytes<'a> {
+    ptr: *mut u8,
+    len: usize,
+    _ring: PhantomData<&'a Ring>,
 }
 
-impl Default for BroadcastOptions {
-    fn default() -> Self {
-        BroadcastOptions {
-            capacity: 1024,
-            subscribers: DEFAULT_SUBSCRIBERS,
+impl SlotBytes<'_> {
+    /// How many bytes the slot holds.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Writes `data` at `at`; false (nothing written) if it does not fit.
+    pub(super) fn store(&self, at: usize, data: &[u8]) -> bool {
+        if at.checked_add(data.len()).is_none_or(|end| end > self.len) {
+            return false;
         }
+        // SAFETY: `at..at + data.len()` lies inside the slot's `len` bytes (checked above),
+        // inside the mapping the borrowed ring keeps alive; every process accesses these
+        // bytes only through `atomic_copy`.
+        unsafe { mproc_segment::atomic_copy::store(self.ptr.add(at), data) };
+        true
+    }
+
+    /// Copies `out.len()` bytes from `at`; false (nothing copied) if they lie outside.
+    pub(super) fn load(&self, at: usize, out: &mut [u8]) -> bool {
+        if at.checked_add(out.len()).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        // SAFETY: as in `store`: in bounds of the slot, accessed only through `atomic_copy`.
+        unsafe { mproc_segment::atomic_copy::load(self.ptr.add(at), out) };
+        true
     }
 }
 
-impl BroadcastOptions {
-    /// Default options: 1024 messages, 64 subscriber slots.
-    pub fn new() -> BroadcastOptions {
-        BroadcastOptions::default()
-    }
+/// Writes a length-prefixed message (`LEN_BYTES` little-endian length, then the bytes);
+/// false if it does not fit.
+pub(super) fn store_prefixed(slot: &SlotBytes<'_>, message: &[u8]) -> bool {
+    slot.len() - LEN_BYTES >= message.len()
+        && slot.store(LEN_BYTES, message)
+        && slot.store(0, &(message.len() as u64).to_le_bytes())
+}
 
-    /// How many messages the ring keeps (rounded up to a power of two).
-    pub fn capacity(mut self, n: usize) -> Self {
-        self.capacity = n;
-        self
+/// Copies a length-prefixed message into `out` (cleared first). `Err(length)` if the length
+/// word is more than the slot holds (a lying peer: the caller reports it once the stamp
+/// shows the copy was not overwritten).
+pub(super) fn load_prefixed(slot: &SlotBytes<'_>, out: &mut Vec<u8>) -> Result<(), u64> {
+    let mut len = [0u8; LEN_BYTES];
+    slot.load(0, &mut len);
+    let n = u64::from_le_bytes(len);
+    let room = (slot.len() - LEN_BYTES) as u64;
+    if n > room {
+        return Err(n);
     }
+    out.clear();
+    out.resize(n as usize, 0);
+    slot.load(LEN_BYTES, out);
+    Ok(())
+}
 
-    /// How many subscribers may be subscribed at once (1 to 4096).
-    pub fn subscribers(mut self, n: usize) -> Self {
-        self.subscribers = n;
-        self
-    }
+/// Why a send stopped waiting.
+pub(super) enum Stop {
+    Closed,
+    Timeout,
+    Full,
+}
 
-    fn segment<T: Pod>(&self, tag: TypeTag) -> Result<(SegmentOptions, Geometry), SegmentError> {
-        let geo = Geometry::new(self.capacity, std::mem::size_of::<T>(), self.subscribers)?;
+/// The producer side every flavour shares: the mapped ring and this handle's knowledge of
+/// how far it may write without looking at the blocking subscribers again.
+#[derive(Debug)]
+pub(super) struct Core {
+    ring: Arc<Ring>,
+    /// Messages up to this index (exclusive) may be written without looking at the blocking
+    /// subscribers again (the slowest one's cursor + capacity when last looked).
+    room_until: AtomicU64,
+}
+
+impl Core {
+    /// Makes a new ring: named if `name` is given, else anonymous.
+    pub(super) fn create(
+        opts: SegmentOptions,
+        geo: Geometry,
+        name: Option<&str>,
+    ) -> Result<Core, SegmentError> {
         let len = geo.payload_len().ok_or(SegmentError::InvalidSize {
             reason: "broadcast too large",
         })?;
-        let opts = SegmentOptions::new(Kind::BROADCAST)
-            .type_tag(tag)
-            .capacity(geo.capacity)
-            .payload_len(len);
-        Ok((opts, geo))
-    }
-
-    fn make<T: Pod>(&self, name: Option<&str>) -> Result<Broadcast<T>, SegmentError> {
-        let (opts, geo) = self.segment::<T>(TypeTag::of::<T>())?;
+        let opts = opts.capacity(geo.capacity).payload_len(len);
         let init = |seg: &Segment| {
             let h: &BroadcastHeader = seg.view(0)?;
             h.capacity.store(geo.capacity, Ordering::Relaxed);
@@ -334,118 +352,46 @@ impl BroadcastOptions {
             Some(n) => opts.create_with(n, init)?,
             None => opts.anonymous_with(init)?,
         };
-        Broadcast::wrap(seg)
+        Core::wrap(seg, Some(geo.item))
     }
 
-    /// Creates a named broadcast of `T`.
-    pub fn create<T: Pod>(&self, name: &str) -> Result<Broadcast<T>, SegmentError> {
-        self.make(Some(name))
-    }
-
-    /// Makes an anonymous broadcast of `T` (shared with children by fork).
-    pub fn anonymous<T: Pod>(&self) -> Result<Broadcast<T>, SegmentError> {
-        self.make(None)
-    }
-}
-
-/// A broadcast channel of `Pod` messages in shared memory: any number of producers, and up
-/// to 64 subscribers (by default), each of which receives every message sent after it
-/// subscribed, in order.
-///
-/// A subscriber chooses at [`subscribe`](Self::subscribe) what happens when it falls a whole
-/// ring behind: the producer waits for it ([`Lagging::Block`]) or overwrites the oldest
-/// messages and the subscriber is told how many it lost ([`Lagging::DropOldest`]). A
-/// subscriber whose process dies gives its slot back: a producer waiting for it goes on, and
-/// a new subscriber may take the slot.
-///
-/// ```
-/// use mproc_queue::{Broadcast, Lagging};
-/// let b = Broadcast::<u64>::new(8)?;
-/// let mut fast = b.subscribe(Lagging::Block).unwrap();
-/// let mut slow = b.subscribe(Lagging::DropOldest).unwrap();
-/// for i in 0..8 {
-///     b.send(i).unwrap();
-/// }
-/// assert_eq!(fast.recv().unwrap(), 0);          // every subscriber gets every message
-/// assert_eq!(slow.recv().unwrap(), 0);
-/// for i in 1..8 {
-///     assert_eq!(fast.recv().unwrap(), i);
-/// }
-/// b.send(8).unwrap();                             // `slow` is 7 behind: fine, it fits
-/// # Ok::<(), mproc_segment::SegmentError>(())
-/// ```
-#[derive(Debug)]
-pub struct Broadcast<T> {
-    ring: std::sync::Arc<Ring>,
-    /// Messages up to this index (exclusive) may be written without looking at the blocking
-    /// subscribers again (the slowest one's cursor + capacity when last looked).
-    room_until: AtomicU64,
-    _t: PhantomData<fn(T) -> T>,
-}
-
-impl<T: Pod> Broadcast<T> {
-    fn wrap(seg: Segment) -> Result<Broadcast<T>, SegmentError> {
-        Ok(Broadcast {
-            ring: std::sync::Arc::new(Ring::wrap(seg, std::mem::size_of::<T>())?),
+    /// Wraps an opened segment, checking its geometry (`item` as in [`Ring::wrap`]).
+    pub(super) fn wrap(seg: Segment, item: Option<usize>) -> Result<Core, SegmentError> {
+        Ok(Core {
+            ring: Arc::new(Ring::wrap(seg, item)?),
             room_until: AtomicU64::new(0),
-            _t: PhantomData,
         })
     }
 
-    /// An anonymous broadcast keeping `capacity` messages (rounded up to a power of two).
-    pub fn new(capacity: usize) -> Result<Broadcast<T>, SegmentError> {
-        BroadcastOptions::new().capacity(capacity).anonymous()
-    }
-
-    /// A named broadcast keeping `capacity` messages.
-    pub fn create(name: &str, capacity: usize) -> Result<Broadcast<T>, SegmentError> {
-        BroadcastOptions::new().capacity(capacity).create(name)
-    }
-
-    /// Opens a named broadcast, checking the message type.
-    pub fn open(name: &str) -> Result<Broadcast<T>, SegmentError> {
-        let opts = SegmentOptions::new(Kind::BROADCAST).type_tag(TypeTag::of::<T>());
-        Broadcast::wrap(opts.open(name)?)
-    }
-
-    /// Attaches through a file descriptor (an anonymous broadcast passed to an `exec`ed
-    /// child), checking the message type.
-    pub fn from_fd(fd: OwnedFd) -> Result<Broadcast<T>, SegmentError> {
-        let opts = SegmentOptions::new(Kind::BROADCAST).type_tag(TypeTag::of::<T>());
-        Broadcast::wrap(opts.from_fd(fd)?)
-    }
-
-    /// The segment.
-    pub fn segment(&self) -> &Segment {
+    pub(super) fn segment(&self) -> &Segment {
         &self.ring.seg
     }
 
-    /// How many messages the ring keeps.
-    pub fn capacity(&self) -> usize {
+    pub(super) fn capacity(&self) -> usize {
         self.ring.geo.capacity as usize
     }
 
-    /// How many messages were sent so far.
-    pub fn sent(&self) -> u64 {
+    /// The message bytes of a slot (for length-prefixed flavours, the length word included).
+    pub(super) fn item(&self) -> usize {
+        self.ring.geo.item
+    }
+
+    pub(super) fn sent(&self) -> u64 {
         self.ring.header().head.load(Ordering::Acquire)
     }
 
-    /// Closes the broadcast: sends fail, and subscribers get [`RecvError::Closed`] once
-    /// they have read what was sent before.
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         let h = self.ring.header();
         h.closed.store(1, Ordering::SeqCst);
         h.new_message.wake_all();
         h.room.wake_all();
     }
 
-    /// Whether [`close`](Self::close) was called.
-    pub fn is_closed(&self) -> bool {
+    pub(super) fn is_closed(&self) -> bool {
         self.ring.header().closed.load(Ordering::Acquire) != 0
     }
 
-    /// How many subscribers are subscribed now (slots held by live processes).
-    pub fn subscribers(&self) -> usize {
+    pub(super) fn subscribers(&self) -> usize {
         (0..self.ring.geo.subscribers)
             .filter(|&i| {
                 let o = self.ring.sub(i).owner.load(Ordering::Acquire);
@@ -454,9 +400,9 @@ impl<T: Pod> Broadcast<T> {
             .count()
     }
 
-    /// A new subscriber that receives every message sent from now on. Takes a free slot, or
-    /// one whose process died. `NoRoom` if every slot is held by a live subscriber.
-    pub fn subscribe(&self, lagging: Lagging) -> Result<Subscriber<T>, SubscribeError> {
+    /// Takes a free slot, or one whose process died, for a new subscriber that reads every
+    /// message sent from now on.
+    pub(super) fn subscribe(&self, lagging: Lagging) -> Result<Reader, SubscribeError> {
         let ring = &self.ring;
         let me = u64::from(liveness::me()) & PEER_BITS;
         let mine = me | CLAIMED | if lagging == Lagging::Block { BLOCKS } else { 0 };
@@ -481,15 +427,14 @@ impl<T: Pod> Broadcast<T> {
                     s.cursor.store(start, Ordering::SeqCst);
                     s.lagged.store(0, Ordering::Relaxed);
                     s.owner.store(mine, Ordering::SeqCst);
-                    return Ok(Subscriber {
-                        ring: std::sync::Arc::clone(ring),
+                    return Ok(Reader {
+                        ring: Arc::clone(ring),
                         at: Cursor {
                             index: i,
                             owner: mine,
                             next: start,
                             lagged: 0,
                         },
-                        _t: PhantomData,
                     });
                 }
             }
@@ -497,33 +442,18 @@ impl<T: Pod> Broadcast<T> {
         Err(SubscribeError::NoRoom(ring.geo.subscribers))
     }
 
-    /// Sends `value` to every subscriber, waiting while a blocking subscriber is a whole
-    /// ring behind. `Closed` once closed.
-    pub fn send(&self, value: T) -> Result<(), SendError<T>> {
-        self.send_with(value, None, false)
-    }
-
-    /// As [`send`](Self::send), waiting at most `timeout` for a blocking subscriber.
-    pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), SendError<T>> {
-        self.send_with(value, Some(Instant::now() + timeout), false)
-    }
-
-    /// As [`send`](Self::send) without waiting: `Full` if a blocking subscriber is a whole
-    /// ring behind.
-    pub fn try_send(&self, value: T) -> Result<(), SendError<T>> {
-        self.send_with(value, None, true)
-    }
-
-    fn send_with(
+    /// Publishes one message written by `write` into its slot, waiting (unless `no_wait`,
+    /// until `deadline`) while a blocking subscriber is a whole ring behind.
+    pub(super) fn send(
         &self,
-        value: T,
         deadline: Option<Instant>,
         no_wait: bool,
-    ) -> Result<(), SendError<T>> {
+        write: impl FnOnce(&SlotBytes<'_>),
+    ) -> Result<(), Stop> {
         let ring = &self.ring;
         let h = ring.header();
         if h.closed.load(Ordering::Acquire) != 0 {
-            return Err(SendError::Closed(value));
+            return Err(Stop::Closed);
         }
         let _guard = match deadline {
             _ if no_wait => h.lock.try_lock(),
@@ -540,20 +470,17 @@ impl<T: Pod> Broadcast<T> {
                 h.lock.make_consistent();
                 g
             }
-            Err(LockError::WouldBlock) => return Err(SendError::Full(value)),
-            Err(_) => return Err(SendError::Timeout(value)),
+            Err(LockError::WouldBlock) => return Err(Stop::Full),
+            Err(_) => return Err(Stop::Timeout),
         };
         let index = h.head.load(Ordering::Acquire);
         if index >= self.room_until.load(Ordering::Relaxed) {
-            self.wait_for_room(index, deadline, no_wait)
-                .map_err(|e| e.with(value))?;
+            self.wait_for_room(index, deadline, no_wait)?;
         }
         let (stamp, bytes) = ring.slot(index);
         stamp.store(WRITING, Ordering::Relaxed);
         fence(Ordering::Release);
-        // SAFETY: `bytes` points at `item` bytes inside the ring (`Ring::slot`), accessed by
-        // every process only through `atomic_copy`.
-        unsafe { mproc_segment::atomic_copy::store(bytes, bytemuck::bytes_of(&value)) };
+        write(&bytes);
         stamp.store(index.wrapping_add(1), Ordering::Release);
         h.head.store(index.wrapping_add(1), Ordering::SeqCst);
         // A subscriber sets the flag before it looks at `head` a last time and sleeps: either
@@ -565,7 +492,6 @@ impl<T: Pod> Broadcast<T> {
         }
         Ok(())
     }
-
     /// Waits until every live blocking subscriber is less than a ring behind `index`;
     /// frees the slots of dead ones on the way.
     fn wait_for_room(
@@ -642,30 +568,12 @@ impl<T: Pod> Broadcast<T> {
     }
 }
 
-/// Why a send stopped waiting.
-enum Stop {
-    Closed,
-    Timeout,
-    Full,
-}
-
-impl Stop {
-    fn with<T>(self, value: T) -> SendError<T> {
-        match self {
-            Stop::Closed => SendError::Closed(value),
-            Stop::Timeout => SendError::Timeout(value),
-            Stop::Full => SendError::Full(value),
-        }
-    }
-}
-
-/// A subscriber of a [`Broadcast`]: receives every message sent since it subscribed.
-/// Dropping it gives its slot back (so does its process's death).
+/// The subscriber side every flavour shares: its slot in the table and where it is.
+/// Dropping it gives the slot back (so does its process's death).
 #[derive(Debug)]
-pub struct Subscriber<T> {
-    ring: std::sync::Arc<Ring>,
+pub(super) struct Reader {
+    ring: Arc<Ring>,
     at: Cursor,
-    _t: PhantomData<fn() -> T>,
 }
 
 /// Where a subscriber is: its slot, its owner word, the next message it reads, and what it
@@ -678,43 +586,34 @@ struct Cursor {
     lagged: u64,
 }
 
-impl<T: Pod> Subscriber<T> {
-    /// How many messages this subscriber lost to lagging so far.
-    pub fn lagged(&self) -> u64 {
+impl Reader {
+    pub(super) fn lagged(&self) -> u64 {
         self.at.lagged
     }
 
-    /// How many messages are waiting for this subscriber.
-    pub fn pending(&self) -> u64 {
+    pub(super) fn pending(&self) -> u64 {
         let head = self.ring.header().head.load(Ordering::Acquire);
         head.saturating_sub(self.at.next)
     }
 
-    /// Receives the next message, waiting for one.
-    pub fn recv(&mut self) -> Result<T, RecvError> {
-        self.recv_with(None, false)
-    }
-
-    /// Receives the next message if there is one now: `Empty` otherwise.
-    pub fn try_recv(&mut self) -> Result<T, RecvError> {
-        self.recv_with(None, true)
-    }
-
-    /// Receives the next message, waiting at most `timeout`.
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvError> {
-        self.recv_with(Some(Instant::now() + timeout), false)
-    }
-
-    fn recv_with(&mut self, deadline: Option<Instant>, no_wait: bool) -> Result<T, RecvError> {
+    /// Receives the next message, copied out of its slot by `read` (which may be called more
+    /// than once: a copy the producer overwrote meanwhile is thrown away). Waits (unless
+    /// `no_wait`, until `deadline`) for one.
+    pub(super) fn recv<R>(
+        &mut self,
+        deadline: Option<Instant>,
+        no_wait: bool,
+        mut read: impl FnMut(&SlotBytes<'_>) -> R,
+    ) -> Result<R, RecvError> {
         let ring = &*self.ring;
         let at = &mut self.at;
         let h = ring.header();
         loop {
-            match at.take(ring) {
+            match at.take(ring, &mut read) {
                 Some(r) => return r,
                 None if h.closed.load(Ordering::Acquire) != 0 => {
                     // Closed: whatever was sent before the close is read first.
-                    return at.take(ring).unwrap_or(Err(RecvError::Closed));
+                    return at.take(ring, &mut read).unwrap_or(Err(RecvError::Closed));
                 }
                 None if no_wait => {
                     at.publish(ring);
@@ -757,7 +656,11 @@ impl Cursor {
     /// The next message if one was sent (or the lag to report), without waiting. The fast
     /// path reads only the slot's stamp: `head`, a cache line the producer writes at every
     /// send, is read when the stamp is not the one expected.
-    fn take<T: Pod>(&mut self, ring: &Ring) -> Option<Result<T, RecvError>> {
+    fn take<R>(
+        &mut self,
+        ring: &Ring,
+        read: &mut impl FnMut(&SlotBytes<'_>) -> R,
+    ) -> Option<Result<R, RecvError>> {
         let cap = ring.geo.capacity;
         let want = self.next.wrapping_add(1);
         let (stamp, bytes) = ring.slot(self.next);
@@ -779,12 +682,7 @@ impl Cursor {
                 return Some(Err(self.skip_to(ring, oldest)));
             }
         }
-        let mut value = T::zeroed();
-        // SAFETY: `bytes` points at `item` (= size_of::<T>(), checked on attach) bytes inside
-        // the ring, written by every process only through `atomic_copy`.
-        unsafe {
-            mproc_segment::atomic_copy::load(bytes, bytemuck::bytes_of_mut(&mut value));
-        }
+        let value = read(&bytes);
         fence(Ordering::Acquire);
         if stamp.load(Ordering::Relaxed) != before {
             // Overwritten while it was copied (a lap ahead): skip at least this message,
@@ -800,7 +698,6 @@ impl Cursor {
         self.advance(ring, want);
         Some(Ok(value))
     }
-
     fn skip_to(&mut self, ring: &Ring, to: u64) -> RecvError {
         let lost = to - self.next;
         self.lagged = self.lagged.saturating_add(lost);
@@ -840,7 +737,7 @@ impl Cursor {
     }
 }
 
-impl<T> Drop for Subscriber<T> {
+impl Drop for Reader {
     fn drop(&mut self) {
         let s = self.ring.sub(self.at.index);
         // Only if the slot is still ours (not freed as dead and taken by someone else).
