@@ -13,8 +13,8 @@
 //!   Python by name.
 //! - [`queue`] (`mproc-queue`): lock-free `PodQueue`, `Queue` (any serde type), `ByteQueue`
 //!   (byte messages, zero-copy loans), `JoinableQueue`, `pipe()`'s two `Connection`s, and
-//!   `Broadcast` (every subscriber reads every message); large messages travel in each
-//!   queue's own shared arena.
+//!   `Broadcast`, `ByteBroadcast` and `PodBroadcast` (every subscriber reads every message);
+//!   large messages travel in each queue's own shared arena.
 //! - [`pool`] (`mproc-pool`): `Process` and `Pool` with fork and spawn start methods; a
 //!   worker that dies fails only its own task.
 //!
