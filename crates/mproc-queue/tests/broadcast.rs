@@ -816,3 +816,73 @@ fn each_flavour_opens_only_as_itself_and_with_the_creators_geometry() {
     drop((b, other, sub, t, opened));
     assert!(shm_entries(&name).is_empty() && shm_entries(&tagged).is_empty());
 }
+
+#[test]
+fn a_subscriber_that_stops_reading_part_way_does_not_hold_up_a_waiting_send() {
+    // A waiting `send` is woken when half a ring is free. A subscriber that stops reading
+    // with less free must not hold it up for long: the room it made is used.
+    with_deadline(LONG, || {
+        let b = PodBroadcast::<u64>::new(64).unwrap();
+        let ready = PodQueue::<u64>::new(4).unwrap();
+        let mut child = fork_child(|| {
+            let Ok(mut sub) = b.subscribe(Lagging::Block) else {
+                return 1;
+            };
+            let _ = ready.put(0);
+            // It reads whatever comes for a while, 16 messages at most, then stops.
+            for _ in 0..16 {
+                if sub.recv_timeout(LONG).is_err() {
+                    return 2;
+                }
+            }
+            let _ = ready.put(16);
+            loop {
+                std::thread::park();
+            }
+        });
+        assert_eq!(ready.get_timeout(LONG), Ok(0));
+        std::thread::scope(|s| {
+            // 64 + 16 messages fit; the 81st waits for the subscriber until it dies.
+            let sender = s.spawn(|| (0..81).try_for_each(|i| b.send(i)));
+            assert_eq!(ready.get_timeout(LONG), Ok(16));
+            let t = Instant::now();
+            while b.sent() < 80 {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "held up at {}",
+                    b.sent()
+                );
+                std::thread::yield_now();
+            }
+            assert!(!sender.is_finished());
+            child.signal(Signal::KILL);
+            assert_eq!(sender.join().unwrap(), Ok(()));
+        });
+        child.wait_deadline(LONG);
+        assert_eq!(b.sent(), 81);
+        assert_eq!(b.subscribers(), 0);
+    });
+}
+
+#[test]
+fn a_waiting_send_timeout_goes_as_soon_as_its_one_message_fits() {
+    with_deadline(LONG, || {
+        let b = PodBroadcast::<u64>::new(64).unwrap();
+        let mut sub = b.subscribe(Lagging::Block).unwrap();
+        for i in 0..64 {
+            b.send(i).unwrap();
+        }
+        std::thread::scope(|s| {
+            let t = Instant::now();
+            let sender = s.spawn(|| b.send_timeout(64, LONG));
+            while !sender.is_finished() && t.elapsed() < Duration::from_millis(100) {
+                std::thread::yield_now();
+            }
+            assert!(!sender.is_finished(), "a ring ahead: it waits");
+            // One message read makes room for one: the send goes, well before its timeout.
+            assert_eq!(sub.recv().unwrap(), 0);
+            assert_eq!(sender.join().unwrap(), Ok(()));
+            assert!(t.elapsed() < LONG / 2);
+        });
+    });
+}

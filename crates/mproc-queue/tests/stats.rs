@@ -180,13 +180,18 @@ fn fail_if_exists_keeps_a_stale_queue_and_its_messages() {
         refused,
         Err(mproc_segment::SegmentError::AlreadyExists { .. })
     ));
-    let q = mproc_queue::Queue::<u32>::open(&name).unwrap();
-    assert_eq!(
-        q.try_get().unwrap(),
-        7,
-        "the stale queue's message is still there"
-    );
-    drop(q);
+    // The stale queue's message is still there. A child looks: a descriptor open in this
+    // process would be inherited by any child another test thread forks meanwhile, and its
+    // hold on the segment would keep `create` below from reclaiming it (this test failed
+    // that way once).
+    let n = name.clone();
+    mproc_testkit::fork_child(move || {
+        match mproc_queue::Queue::<u32>::open(&n).map(|q| q.try_get()) {
+            Ok(Ok(7)) => 0,
+            _ => 1,
+        }
+    })
+    .assert_success();
     // Without the opt-out, create reclaims it.
     let fresh = mproc_queue::QueueOptions::new()
         .create::<u32>(&name)

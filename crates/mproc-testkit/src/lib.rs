@@ -146,9 +146,12 @@ pub struct Child {
 /// Forks a child that runs `f` and exits with its return value (or [`PANIC_EXIT`] if it
 /// panics). The child never returns into the test harness.
 ///
-/// The child should stay small: no printing, no locks another test thread could hold.
+/// The child should stay small: no printing, no locks another test thread could hold. It is
+/// SIGKILLed when the thread that forked it ends (`PR_SET_PDEATHSIG`), so a test aborted by
+/// its deadline leaves no child behind: wait for a child on the thread that forked it.
 pub fn fork_child(f: impl FnOnce() -> i32) -> Child {
     let guard = FORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let parent = rustix::process::getpid();
     // SAFETY: the child only runs `f` and then `_exit`s; it never returns into the harness's
     // threads, which do not exist in the child.
     let result = unsafe { fork() }.expect("fork failed");
@@ -157,6 +160,14 @@ pub fn fork_child(f: impl FnOnce() -> i32) -> Child {
             // This process's copy of the lock is held by its only thread: let it go, so that
             // `f` may fork children of its own.
             drop(guard);
+            // A test that fails by its deadline aborts: its children die with it rather than
+            // live on as orphans (a child parked forever would never exit). The kernel sends
+            // the signal when the forking thread ends; tests wait for their children on the
+            // thread that forked them.
+            let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+            if rustix::process::getppid() != Some(parent) {
+                exit_now(PANIC_EXIT);
+            }
             let code = match catch_unwind(AssertUnwindSafe(f)) {
                 Ok(code) => code,
                 Err(_) => PANIC_EXIT,

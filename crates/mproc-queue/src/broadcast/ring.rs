@@ -80,10 +80,19 @@ struct BroadcastHeader {
     msg_sleepers: AtomicU32,
     _pad2: [u8; 52],
     room: Parking,
-    /// Set by a producer about to sleep on `room`: the next subscriber to publish its cursor
-    /// wakes it.
+    /// Set by a producer about to sleep on `room`: the next blocking subscriber whose cursor
+    /// reaches `room_at` wakes it.
     room_sleepers: AtomicU32,
-    _pad3: [u8; 52],
+    _pad3: [u8; 4],
+    /// The cursor a blocking subscriber must reach to wake a producer waiting for room: half
+    /// a ring behind the message it waits to write (0, as in a segment made before this
+    /// word was used, wakes it at any cursor).
+    room_at: AtomicU64,
+    /// Which subscriber (slot index + 1) that is: the slowest when the producer looked.
+    /// Others reaching `room_at` would wake it for nothing, at every message they read
+    /// (0 wakes it for anyone).
+    room_for: AtomicU64,
+    _pad4: [u8; 32],
 }
 
 const _: () = {
@@ -91,6 +100,7 @@ const _: () = {
     assert!(std::mem::offset_of!(BroadcastHeader, head) == 64);
     assert!(std::mem::offset_of!(BroadcastHeader, new_message) == 128);
     assert!(std::mem::offset_of!(BroadcastHeader, room) == 192);
+    assert!(std::mem::offset_of!(BroadcastHeader, room_at) == 208);
 };
 
 // SAFETY: `#[repr(C)]`, atomics and mproc-sync's shared-memory types only: valid for every
@@ -504,6 +514,19 @@ impl Core {
         let h = ring.header();
         let cap = ring.geo.capacity;
         let mut checked = Instant::now();
+        // Once it has had to wait, a `send` is woken by the slowest blocking subscriber when
+        // half a ring is free, not at every slot: woken for every message a slow subscriber
+        // reads, it would pay a sleep and a wake-up per message (per 64 at best) in
+        // lock-step with it; woken at half a ring, it writes half a ring while the
+        // subscribers read. Any room does once its nap ends (a subscriber that stopped
+        // reading part way never holds it up for longer), and at once for a `send_timeout`,
+        // as its caller expects.
+        let half = if deadline.is_none() {
+            (cap / 2).max(1)
+        } else {
+            1
+        };
+        let mut woken = false;
         // Whether the flag is up and this producer counted on `room`: only after a look that
         // found no room (a flag left up would make every subscriber's read wake nobody).
         let mut armed = false;
@@ -516,7 +539,9 @@ impl Core {
             if look_at_peers {
                 checked = Instant::now();
             }
-            let mut slowest = index;
+            // Room for `half` messages after a wake-up, for one otherwise.
+            let need = if woken { cap + 1 - half } else { cap };
+            let (mut slowest, mut slowest_slot) = (index, 0);
             let in_use = (h.in_use.load(Ordering::Acquire) as usize).min(ring.geo.subscribers);
             for i in 0..in_use {
                 let s = ring.sub(i);
@@ -526,9 +551,9 @@ impl Core {
                 }
                 let c = s.cursor.load(Ordering::Acquire);
                 // A cursor past `index` (a lying peer) counts as caught up.
-                // Behind by a whole ring: if its process is dead, its slot is free again and
+                // Holding this send back: if its process is dead, its slot is free again and
                 // nobody waits for it.
-                if index.wrapping_sub(c) >= cap
+                if index.wrapping_sub(c) >= need
                     && c <= index
                     && look_at_peers
                     && !liveness::peer_alive((o & PEER_BITS) as u32)
@@ -538,11 +563,11 @@ impl Core {
                         .compare_exchange(o, 0, Ordering::AcqRel, Ordering::Relaxed);
                     continue;
                 }
-                if c <= index {
-                    slowest = slowest.min(c);
+                if c <= index && c < slowest {
+                    (slowest, slowest_slot) = (c, i);
                 }
             }
-            if index - slowest < cap {
+            if index - slowest < need {
                 self.room_until
                     .store(slowest.saturating_add(cap), Ordering::Relaxed);
                 return Ok(());
@@ -551,8 +576,13 @@ impl Core {
                 return Err(Stop::Full);
             }
             let Some(waiting) = waiting else {
-                // Raise the flag, then look once more before sleeping (the handshake with
-                // `Cursor::publish`).
+                // Say how far the subscribers must get, raise the flag, then look once more
+                // before sleeping (the handshake with `Cursor::publish`).
+                h.room_at.store(
+                    index.saturating_add(half).saturating_sub(cap),
+                    Ordering::Relaxed,
+                );
+                h.room_for.store(slowest_slot as u64 + 1, Ordering::Relaxed);
                 h.room_sleepers.store(1, Ordering::SeqCst);
                 armed = true;
                 continue;
@@ -563,7 +593,8 @@ impl Core {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Stop::Timeout);
             }
-            waiting.sleep(Some(until));
+            // Woken by a subscriber (or spuriously) rather than at the end of the nap.
+            woken = waiting.sleep(Some(until)) && Instant::now() < until;
         }
     }
 }
@@ -710,9 +741,13 @@ impl Cursor {
 
     fn advance(&mut self, ring: &Ring, to: u64) {
         self.next = to;
-        if self.owner & BLOCKS != 0 && to % WAKE_EVERY == 0 {
-            // Every `WAKE_EVERY` messages, the full handshake: a producer asleep waiting for
-            // room wakes to room for many messages, not one.
+        if self.owner & BLOCKS != 0
+            && (to % WAKE_EVERY == 0
+                || (ring.header().room_sleepers.load(Ordering::Relaxed) != 0 && self.awaited(ring)))
+        {
+            // A producer waits for this subscriber to reach `room_at`, and it has: the full
+            // handshake, which wakes it. Also every `WAKE_EVERY` messages, in case the plain
+            // load above missed the flag.
             self.publish(ring);
         } else {
             // Otherwise a plain store (on x86): a producer about to wait reads it and sees
@@ -721,15 +756,27 @@ impl Cursor {
         }
     }
 
-    /// Writes the cursor where producers read it, and wakes a producer waiting for room
-    /// (the SeqCst handshake with `wait_for_room`'s flag: no wake-up is missed).
+    /// Whether a producer waiting for room waits for this subscriber, and it got far enough.
+    fn awaited(&self, ring: &Ring) -> bool {
+        let h = ring.header();
+        let whom = h.room_for.load(Ordering::Relaxed);
+        (whom == 0 || whom == self.index as u64 + 1)
+            && self.next >= h.room_at.load(Ordering::Relaxed)
+    }
+
+    /// Writes the cursor where producers read it, and wakes a producer waiting for room if
+    /// this cursor reached `room_at` (the SeqCst handshake with `wait_for_room`'s flag: no
+    /// wake-up is missed).
     fn publish(&self, ring: &Ring) {
         ring.sub(self.index)
             .cursor
             .store(self.next, Ordering::SeqCst);
         let h = ring.header();
+        // The flag's SeqCst load orders the load of `room_at` after it: the producer stored
+        // `room_at` before raising the flag.
         if self.owner & BLOCKS != 0
             && h.room_sleepers.load(Ordering::SeqCst) != 0
+            && self.awaited(ring)
             && h.room_sleepers.swap(0, Ordering::SeqCst) != 0
         {
             h.room.wake_all();
