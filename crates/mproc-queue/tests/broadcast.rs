@@ -886,3 +886,38 @@ fn a_waiting_send_timeout_goes_as_soon_as_its_one_message_fits() {
         });
     });
 }
+
+/// A value whose encoding sends on another broadcast (a `Serialize` impl with side effects).
+#[derive(Debug, PartialEq)]
+struct Chatty;
+
+static SIDE: std::sync::OnceLock<Broadcast<u32>> = std::sync::OnceLock::new();
+
+impl serde::Serialize for Chatty {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let sent = SIDE.get().map(|side| side.send(5).is_ok());
+        s.serialize_bool(sent == Some(true))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Chatty {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ok = <bool as serde::Deserialize>::deserialize(d)?;
+        if ok {
+            Ok(Chatty)
+        } else {
+            Err(serde::de::Error::custom("the side message was not sent"))
+        }
+    }
+}
+
+#[test]
+fn a_send_from_inside_a_serialize_impl_works() {
+    let side = SIDE.get_or_init(|| Broadcast::<u32>::new(4).unwrap());
+    let mut side_sub = side.subscribe(Lagging::Block).unwrap();
+    let b = Broadcast::<Chatty>::new(4).unwrap();
+    let mut sub = b.subscribe(Lagging::Block).unwrap();
+    b.send(Chatty).unwrap();
+    assert_eq!(sub.recv().unwrap(), Chatty);
+    assert_eq!(side_sub.recv().unwrap(), 5);
+}

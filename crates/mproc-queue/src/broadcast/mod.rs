@@ -591,7 +591,15 @@ impl<T: Serialize + DeserializeOwned> Broadcast<T> {
         deadline: Option<Instant>,
         no_wait: bool,
     ) -> Result<(), SendError<T>> {
-        ENCODED.with_borrow_mut(|buf| {
+        ENCODED.with(|cell| {
+            // A send from inside a `Serialize` impl finds the buffer borrowed and uses a
+            // fresh one.
+            let mut own = Vec::new();
+            let mut guard = cell.try_borrow_mut();
+            let buf = match guard.as_deref_mut() {
+                Ok(b) => b,
+                Err(_) => &mut own,
+            };
             buf.clear();
             if let Err(e) = codec::encode_into(&value, buf) {
                 return Err(SendError::Unsendable {
