@@ -77,6 +77,8 @@ pub mod prelude {
         AsyncResult, JoinError, LaunchOptions, Pool, PoolBroken, PoolError, Process, ProcessError,
         StartError, StartMethod, SubmitError, TaskError, ThreadedFork, WaitError,
     };
+    #[cfg(feature = "cbor")]
+    pub use mproc_queue::CborQueue;
     pub use mproc_queue::{
         Broadcast, BroadcastOptions, ByteBroadcast, ByteQueue, BytesDict, Connection, Dict,
         DictError, DictOptions, GetError, JoinableQueue, Lagging, PodBroadcast, PodQueue, PutError,

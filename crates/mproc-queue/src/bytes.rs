@@ -18,6 +18,20 @@ fn options() -> SegmentOptions {
     SegmentOptions::new(Kind::QUEUE).type_tag(TypeTag::named::<u8>("mproc:bytes+arena"))
 }
 
+/// Sends one message of bytes: inline if it fits its slot, else through the arena (one copy
+/// either way). The error carries `()`, for the caller to put its value back in.
+pub(crate) fn send_bytes(raw: &RawQueue, b: &[u8], wait: Wait) -> Result<(), PutError<()>> {
+    let sent = if b.len() <= body::inline_room(raw) {
+        body::send_inline(raw, b, wait)
+    } else {
+        body::send_arena(raw, b.len(), wait, |body| {
+            body.copy_from_slice(b);
+            Ok(())
+        })
+    };
+    sent.map_err(|e| e.with((), b.len()))
+}
+
 /// A bounded multi-producer multi-consumer queue of byte messages of any length, in shared
 /// memory. A message that fits its slot travels inline; a larger one in the queue's body
 /// arena: `put` is one copy in, `get` one copy out, and the loans none at all
@@ -84,17 +98,8 @@ impl ByteQueue {
     }
 
     pub(crate) fn put_with<B: AsRef<[u8]>>(&self, bytes: B, wait: Wait) -> Result<(), PutError<B>> {
-        let b = bytes.as_ref();
-        let sent = if b.len() <= body::inline_room(&self.raw) {
-            body::send_inline(&self.raw, b, wait)
-        } else {
-            body::send_arena(&self.raw, b.len(), wait, |body| {
-                body.copy_from_slice(b);
-                Ok(())
-            })
-        };
-        let size = b.len();
-        sent.map_err(|e| e.with(bytes, size))
+        let sent = send_bytes(&self.raw, bytes.as_ref(), wait);
+        sent.map_err(|e| e.map(|()| bytes))
     }
 
     /// Appends a message, waiting while the queue (or its arena) is full. The bytes come

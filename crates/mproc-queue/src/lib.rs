@@ -202,6 +202,8 @@ mod body;
 mod broadcast;
 #[cfg(not(loom))]
 mod bytes;
+#[cfg(all(feature = "cbor", not(loom)))]
+pub mod cbor;
 #[cfg(not(loom))]
 pub mod dict;
 #[cfg(not(loom))]
@@ -237,6 +239,8 @@ pub use broadcast::{
 };
 #[cfg(not(loom))]
 pub use bytes::ByteQueue;
+#[cfg(all(feature = "cbor", not(loom)))]
+pub use cbor::CborQueue;
 #[cfg(not(loom))]
 pub use dict::{BytesDict, Dict, DictError, DictOptions, DictStats, Repair};
 #[cfg(not(loom))]
