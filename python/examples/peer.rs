@@ -10,6 +10,10 @@
 //! peer make-array NAME N       creates Array<f64> NAME = [0, 1, .., N-1], prints "ready",
 //!                              keeps it until stdin closes
 //! peer dict-set NAME K V        sets str key K to bytes V in Python Dict NAME
+//! peer cbor-put NAME N        puts N `Record`s (see below) on CborQueue NAME
+//! peer cbor-echo IN OUT N      takes N `Record`s from CborQueue IN, puts each on OUT with
+//!                              `id` + 1000 and `tags` reversed; a message that is not a
+//!                              Record prints "unreadable: REASON" and does not count
 //! peer dict-die NAME STEP       starts setting a key of Python Dict NAME and SIGKILLs itself
 //!                              at the STEPth store of that write (`crash-points`)
 //! ```
@@ -17,8 +21,36 @@
 use std::io::{BufRead, Write};
 
 use mproc_array::{Array, Value};
-use mproc_queue::{ByteQueue, DictOptions};
+use mproc_queue::{ByteQueue, CborQueue, DictOptions, GetError};
 use mproc_sync::Lock;
+
+/// What `cbor-put` sends and `cbor-echo` reads: a struct with a field of every CBOR kind
+/// Python's `mproc.Queue(codec="cbor")` maps (test_rust.py builds the same as dicts).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Record {
+    id: u64,
+    delta: i64,
+    name: String,
+    tags: Vec<String>,
+    score: f64,
+    #[serde(with = "serde_bytes")]
+    raw: Vec<u8>,
+    extra: Option<std::collections::BTreeMap<String, i64>>,
+    ok: bool,
+}
+
+fn record(i: u64) -> Record {
+    Record {
+        id: i,
+        delta: -(i as i64) * 1_000_003,
+        name: format!("récord-{i}"),
+        tags: (0..i % 4).map(|t| format!("t{t}")).collect(),
+        score: i as f64 / 4.0,
+        raw: vec![i as u8; (i % 5) as usize],
+        extra: (i % 3 == 0).then(|| [("k".to_string(), i as i64)].into()),
+        ok: i % 2 == 0,
+    }
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,6 +72,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .get_timeout(std::time::Duration::from_secs(30))
                     .map_err(|e| e.to_string())?;
                 writeln!(out, "{}", String::from_utf8_lossy(&msg))?;
+            }
+        }
+        "cbor-put" => {
+            let q = CborQueue::<Record>::open(&arg(1)?)?;
+            for i in 0..arg(2)?.parse::<u64>()? {
+                q.put(record(i)).map_err(|e| e.to_string())?;
+            }
+        }
+        "cbor-echo" => {
+            let (from, to) = (
+                CborQueue::<Record>::open(&arg(1)?)?,
+                CborQueue::open(&arg(2)?)?,
+            );
+            let mut out = out.lock();
+            let mut n = arg(3)?.parse::<usize>()?;
+            while n > 0 {
+                match from.get_timeout(std::time::Duration::from_secs(30)) {
+                    Ok(mut r) => {
+                        r.id += 1000;
+                        r.tags.reverse();
+                        to.put(r).map_err(|e| e.to_string())?;
+                        n -= 1;
+                    }
+                    Err(GetError::Unreadable { reason }) => {
+                        writeln!(out, "unreadable: {reason}")?;
+                        out.flush()?;
+                    }
+                    Err(e) => return Err(e.to_string().into()),
+                }
             }
         }
         "array-add" => {

@@ -3,18 +3,29 @@
 - ``B`` ``bytes`` (and ``memoryview``, which arrives as ``bytes``), ``A`` ``bytearray``: the
   bytes themselves, no pickle.
 - ``P`` a pickle (protocol 5).
+- ``C`` one CBOR data item (RFC 8949): what ``Queue(codec="cbor")`` writes and a Rust
+  ``CborQueue<T>`` reads and writes. ``None``, ``bool``, ``int`` (64-bit), ``float``, ``str``,
+  ``bytes``, ``list``, ``tuple`` and ``dict`` travel; ``bytearray`` and ``memoryview`` come
+  back as ``bytes``, ``tuple`` as ``list``.
 - ``O`` a pickle whose out-of-band buffers (``pickle.PickleBuffer``, e.g. numpy arrays) follow
   it: ``<u32 n> <u64 len(pickle)> <u64 len(buffer_i)>... <pickle> <buffer_1>...``, written
   straight into the queue's memory and read back as writable views of one ``bytearray``.
 
-A message of another shape (a Rust peer's raw bytes) raises :class:`UnreadableMessage`,
+Every queue reads every tag, whatever codec it writes with. A message of another shape (a
+Rust peer's raw bytes, or CBOR that does not parse) raises :class:`UnreadableMessage`,
 which carries the bytes: nothing is lost.
 """
 
 import pickle
 import struct
 
-BYTES, BYTEARRAY, PICKLE, OUT_OF_BAND = 0x42, 0x41, 0x50, 0x4F
+from . import _native
+
+BYTES, BYTEARRAY, PICKLE, OUT_OF_BAND, CBOR = 0x42, 0x41, 0x50, 0x4F, 0x43
+
+#: The codecs a queue writes with: ``"pickle"`` (any picklable object; bytes raw) and
+#: ``"cbor"`` (plain data, readable by Rust's ``CborQueue<T>`` and any CBOR reader).
+CODECS = ("pickle", "cbor")
 
 # Messages up to this size are built as one ``bytes`` object and copied once; larger ones are
 # written in place through a loan (no intermediate copy).
@@ -53,6 +64,22 @@ def encode(obj):
     return OUT_OF_BAND, parts, 1 + len(header) + len(data) + sum(sizes)
 
 
+def encode_cbor(obj):
+    """The CBOR message for ``obj``, as :func:`encode` returns it; ``TypeError`` for an
+    object CBOR cannot carry."""
+    data = _native.cbor_encode(obj)
+    return CBOR, (data,), len(data) + 1
+
+
+def encoder(codec):
+    """The encoding function of the codec named ``codec`` (``ValueError`` if unknown)."""
+    if codec == "pickle":
+        return encode
+    if codec == "cbor":
+        return encode_cbor
+    raise ValueError("codec must be one of %r, not %r" % (CODECS, codec))
+
+
 def frame(tag, parts):
     """One ``bytes`` object holding a small message."""
     return bytes((tag,)) + b"".join(parts)
@@ -79,6 +106,13 @@ def decode(tag, body):
         return body
     if tag == PICKLE:
         return pickle.loads(body)
+    if tag == CBOR:
+        try:
+            return _native.cbor_decode(body)
+        except ValueError as e:
+            data = bytes((tag,)) + bytes(body)
+            raise UnreadableMessage("a CBOR message that does not parse (%s): its bytes are "
+                                    "in .data" % e, data) from None
     if tag == OUT_OF_BAND and len(body) >= 12:
         view = memoryview(body)
         (n,) = struct.unpack_from("<I", view, 0)
@@ -108,6 +142,6 @@ def decode_frame(frame):
     tag = frame[0]
     if tag in (BYTEARRAY, OUT_OF_BAND):
         return decode(tag, bytearray(frame[1:]))
-    if tag in (BYTES, PICKLE):
+    if tag in (BYTES, PICKLE, CBOR):
         return decode(tag, frame[1:])
     return decode(-1, frame)

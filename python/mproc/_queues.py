@@ -3,7 +3,7 @@
 import queue as _queue
 
 from . import _codec, _native
-from ._names import Handle, new_name
+from ._names import Handle, new_name, reopen
 
 Empty = _queue.Empty
 Full = _queue.Full
@@ -43,6 +43,11 @@ class Queue(_Shared):
     ``memoryview`` travel without pickle; other objects are pickled with protocol 5, their
     out-of-band buffers (numpy arrays) written straight into the queue's memory.
 
+    ``codec="cbor"`` (an mproc addition) writes CBOR instead, which a Rust ``CborQueue<T>``
+    (and any CBOR reader) decodes: plain data only (``None``, ``bool``, ``int``, ``float``,
+    ``str``, ``bytes``, ``list``, ``tuple``, ``dict``). Every queue reads both, whatever it
+    writes with. A handle passed to another process keeps its codec.
+
     ``maxsize`` is rounded up to a power of two; ``maxsize <= 0`` gives ``DEFAULT_CAPACITY``
     slots. Messages larger than a slot wait in an arena of ``arena_bytes`` (``DEFAULT_ARENA``). ``name`` makes it a named queue that any process (Python or Rust) opens with
     ``Queue.open(name)``; a handle passed to another process (any start method) is pickled
@@ -51,7 +56,8 @@ class Queue(_Shared):
 
     _kind = "queue"
 
-    def __init__(self, maxsize=0, *, name=None, arena_bytes=None, ctx=None):
+    def __init__(self, maxsize=0, *, name=None, arena_bytes=None, ctx=None, codec="pickle"):
+        self._set_codec(codec)
         self._h = _native.ByteQueue.create(
             name or new_name(self._kind),
             maxsize if maxsize > 0 else DEFAULT_CAPACITY,
@@ -59,11 +65,28 @@ class Queue(_Shared):
         )
         self._closed = False
 
+    @classmethod
+    def open(cls, name, *, codec="pickle"):
+        """A handle to the named queue, made by another process (Python or Rust), writing
+        with ``codec``."""
+        return reopen(cls, name, codec)
+
+    def _set_codec(self, codec):
+        self._encode = _codec.encoder(codec)
+        self._codec = codec
 
     def _open(self, name, state):
+        self._set_codec(state or "pickle")
         self._h = _native.ByteQueue.open(name)
         self._closed = False
 
+    def __reduce__(self):
+        return (reopen, (type(self), self._h.name, self._codec))
+
+    @property
+    def codec(self):
+        """The codec this handle writes with (``"pickle"`` or ``"cbor"``)."""
+        return self._codec
 
 
     def _check(self):
@@ -74,7 +97,7 @@ class Queue(_Shared):
         """Puts ``obj``, waiting for a free slot if ``block`` (at most ``timeout`` seconds);
         raises ``queue.Full`` if none came."""
         self._check()
-        tag, parts, total = _codec.encode(obj)
+        tag, parts, total = self._encode(obj)
         if total <= _codec.INLINE:
             ok = self._h.put_bytes(_codec.frame(tag, parts), block, timeout)
         else:
@@ -118,8 +141,8 @@ class SimpleQueue(Queue):
 
     _kind = "simplequeue"
 
-    def __init__(self, *, name=None, arena_bytes=None, ctx=None):
-        super().__init__(0, name=name, arena_bytes=arena_bytes)
+    def __init__(self, *, name=None, arena_bytes=None, ctx=None, codec="pickle"):
+        super().__init__(0, name=name, arena_bytes=arena_bytes, codec=codec)
 
     def get(self):
         """Takes an object, waiting for one."""
@@ -140,19 +163,21 @@ class JoinableQueue(Queue):
 
     _kind = "joinable"
 
-    def __init__(self, maxsize=0, *, name=None, ctx=None):
+    def __init__(self, maxsize=0, *, name=None, ctx=None, codec="pickle"):
+        self._set_codec(codec)
         self._h = _native.JoinableQueue.create(
             name or new_name(self._kind), maxsize if maxsize > 0 else DEFAULT_CAPACITY
         )
         self._closed = False
 
     def _open(self, name, state):
+        self._set_codec(state or "pickle")
         self._h = _native.JoinableQueue.open(name)
         self._closed = False
 
     def put(self, obj, block=True, timeout=None):
         self._check()
-        tag, parts, _ = _codec.encode(obj)
+        tag, parts, _ = self._encode(obj)
         if not self._h.put_bytes(_codec.frame(tag, parts), block, timeout):
             raise Full
 

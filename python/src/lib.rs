@@ -19,6 +19,7 @@ use pyo3::exceptions::{
 use pyo3::prelude::*;
 
 mod array;
+mod cbor;
 mod conn;
 mod dict;
 mod queue;
@@ -101,5 +102,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     array::register(m)?;
     dict::register(m)?;
     conn::register(m)?;
+    cbor::register(m)?;
     Ok(())
 }

@@ -22,8 +22,8 @@ create_exception!(
 /// The tags whose body is handed over as a (writable) `bytearray`: `A` (a `bytearray`) and
 /// `O` (a pickle with out-of-band buffers, which become writable views of it).
 const BYTEARRAY_TAGS: [u8; 2] = [b'A', b'O'];
-/// The tags mproc's Python queues write (`mproc._codec`).
-const TAGS: [u8; 4] = [b'B', b'A', b'P', b'O'];
+/// The tags mproc's Python queues write (`mproc._codec`); `C` is also a Rust `CborQueue`'s.
+const TAGS: [u8; 5] = [b'B', b'A', b'P', b'O', b'C'];
 
 /// A message copied into a new Python object (see `ByteQueue.get`).
 fn copy_out(py: Python<'_>, msg: &[u8], tagged: bool) -> Py<PyAny> {

@@ -18,7 +18,7 @@ def python_blocks():
 
 
 def test_the_readme_program_prints_its_total_and_no_warning():
-    (program,) = python_blocks()
+    program = python_blocks()[0]
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "readme_example.py")
         with open(path, "w") as f:
@@ -43,3 +43,14 @@ import multiprocessing, os, runpy
 multiprocessing.set_start_method(os.environ["MPROC_TEST_START"])
 runpy.run_path(%r, run_name="__main__")
 """
+
+
+def test_the_readme_snippets_run_as_printed_without_output():
+    # The section's other Python blocks (the CBOR one) are whole programs too.
+    snippets = python_blocks()[1:]
+    assert snippets
+    for snippet in snippets:
+        r = subprocess.run(
+            [sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60
+        )
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", ""), snippet
