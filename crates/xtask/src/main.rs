@@ -10,7 +10,7 @@
 //!   different binary can be named with `MPROC_REDIS_SERVER`.
 //! - For the Python package's suite (`python/tests`, pytest): a virtual environment in
 //!   `target/py-venv` (made with the machine's `python3`, or `MPROC_PYTHON`) holding maturin,
-//!   pytest, pytest-timeout and numpy from PyPI; the package is built into it with
+//!   pytest, pytest-timeout, numpy and mypy from PyPI; the package is built into it with
 //!   `maturin develop --release`, and the Rust peer of the interop tests with cargo.
 
 use std::process::{Command, ExitCode};
@@ -100,7 +100,13 @@ fn test(extra: &[String]) -> Result<ExitCode, String> {
 }
 
 /// What the Python suite installs into its virtual environment.
-const PY_TEST_DEPS: &[&str] = &["maturin>=1.5,<2", "pytest", "pytest-timeout", "numpy"];
+const PY_TEST_DEPS: &[&str] = &[
+    "maturin>=1.5,<2",
+    "pytest",
+    "pytest-timeout",
+    "numpy",
+    "mypy",
+];
 
 /// The workspace's root (xtask lives in `crates/xtask`).
 fn root() -> std::path::PathBuf {
@@ -145,7 +151,7 @@ fn python_suite(cargo: &str) -> Result<bool, String> {
         }
     }
     let ready = Command::new(&py)
-        .args(["-c", "import pytest, pytest_timeout, numpy, maturin"])
+        .args(["-c", "import pytest, pytest_timeout, numpy, maturin, mypy"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ready {
