@@ -6,6 +6,7 @@
 //! peer get-bytes NAME N        takes N messages from ByteQueue NAME, prints each on a line
 //! peer array-add NAME X        adds X to every f64 of Array NAME, under its lock
 //! peer value-add NAME K        adds 1 to the i64 Value NAME, K times, each under its lock
+//! peer atomic-add NAME K      adds 1 to the i64 AtomicValue NAME, K times (fetch_add)
 //! peer hold-lock NAME          takes Lock NAME, prints "held", then waits to be killed
 //! peer make-array NAME N       creates Array<f64> NAME = [0, 1, .., N-1], prints "ready",
 //!                              keeps it until stdin closes
@@ -20,7 +21,7 @@
 
 use std::io::{BufRead, Write};
 
-use mproc_array::{Array, Value};
+use mproc_array::{Array, AtomicValue, Value};
 use mproc_queue::{ByteQueue, CborQueue, DictOptions, GetError};
 use mproc_sync::Lock;
 
@@ -115,6 +116,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let v = Value::<i64>::open(&arg(1)?)?;
             for _ in 0..arg(2)?.parse::<usize>()? {
                 v.update(|x| *x += 1)?;
+            }
+        }
+        "atomic-add" => {
+            let v = AtomicValue::<i64>::open(&arg(1)?)?;
+            for _ in 0..arg(2)?.parse::<usize>()? {
+                v.fetch_add(1);
             }
         }
         "hold-lock" => {

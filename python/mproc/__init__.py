@@ -20,11 +20,12 @@ from ._connection import Connection, Pipe
 from ._dict import Dict
 from ._native import Closed, OwnerDied
 from ._queues import ByteQueue, Empty, Full, JoinableQueue, Queue, SimpleQueue
-from ._shared import Array, RawArray, RawValue, Value
+from ._shared import Array, AtomicValue, RawArray, RawValue, Value
 from ._sync import Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore
 
 __all__ = [
     "Array",
+    "AtomicValue",
     "Barrier",
     "BoundedSemaphore",
     "ByteQueue",

@@ -286,3 +286,75 @@ class Value(_Guarded):
 
     def __repr__(self):
         return "<mproc.Value %r %r>" % (self._h.name, self.value)
+
+
+class AtomicValue:
+    """One integer in shared memory whose every access is atomic, with no lock at all (an
+    mproc addition; Rust's ``mproc_array::AtomicValue<T>`` of the same name).
+
+    ``value`` reads and writes it; ``fetch_add``, ``fetch_sub``, ``swap`` and
+    ``compare_exchange`` change it in one step, so concurrent processes never lose an update
+    (``v.value += 1`` is a read then a write: use ``fetch_add(1)``). Arithmetic wraps around
+    at the type's bounds, as in C; a value that does not fit the type raises
+    ``OverflowError``. Integer typecodes only (``"q"`` by default).
+    """
+
+    _CODES = "bBhHiIlLqQ"
+
+    def __init__(self, typecode_or_type="q", value=0, *, name=None):
+        code = _typecode(typecode_or_type)
+        if code not in self._CODES:
+            raise ValueError(
+                "bad typecode %r for an atomic value (must be one of the integer typecodes "
+                "%s)" % (code, ", ".join(self._CODES))
+            )
+        self._h = _native.SharedAtomic.create(code, name or new_name("atomic"), value)
+
+    @classmethod
+    def open(cls, typecode_or_type, name):
+        """A handle to the named atomic value (made by Python or Rust, of this type)."""
+        return reopen(cls, name, _typecode(typecode_or_type))
+
+    def _open(self, name, state):
+        self._h = _native.SharedAtomic.open(state, name)
+
+    def __reduce__(self):
+        return (reopen, (type(self), self._h.name, self._h.typecode))
+
+    @property
+    def name(self):
+        """The object's name in shared memory."""
+        return self._h.name
+
+    @property
+    def typecode(self):
+        """The typecode."""
+        return self._h.typecode
+
+    @property
+    def value(self):
+        """The value now."""
+        return self._h.load()
+
+    @value.setter
+    def value(self, v):
+        self._h.store(v)
+
+    def fetch_add(self, n=1):
+        """Adds ``n`` in one step; returns the value before."""
+        return self._h.fetch_add(n)
+
+    def fetch_sub(self, n=1):
+        """Subtracts ``n`` in one step; returns the value before."""
+        return self._h.fetch_sub(n)
+
+    def swap(self, v):
+        """Sets ``v``; returns the value before."""
+        return self._h.swap(v)
+
+    def compare_exchange(self, current, new):
+        """Sets ``new`` if the value is ``current``: ``(whether it did, the value before)``."""
+        return self._h.compare_exchange(current, new)
+
+    def __repr__(self):
+        return "<mproc.AtomicValue %r %r>" % (self._h.name, self.value)

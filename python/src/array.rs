@@ -3,7 +3,7 @@
 //! objects built on [`SharedArray::address`], which keep the handle (and so the mapping)
 //! alive.
 
-use mproc_array::{Array, Value};
+use mproc_array::{Array, AtomicValue, Value};
 use mproc_sync::RawLock;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -222,8 +222,172 @@ macro_rules! shared {
 shared!(SharedArray);
 shared!(SharedValue);
 
+macro_rules! atomic_typecodes {
+    ($($code:literal => $t:ty, $var:ident;)*) => {
+        /// An `AtomicValue` of the integer type of a typecode.
+        enum AnyAtomic {
+            $($var(AtomicValue<$t>),)*
+        }
+
+        fn bad_atomic_code(code: &str) -> PyErr {
+            PyValueError::new_err(format!(
+                "bad typecode {code:?} for an atomic value (must be one of the integer \
+                 typecodes {})",
+                [$($code),*].join(", ")
+            ))
+        }
+
+        fn out_of_range(v: i128, code: &str) -> PyErr {
+            pyo3::exceptions::PyOverflowError::new_err(format!(
+                "{v} does not fit typecode {code:?}"
+            ))
+        }
+
+        impl AnyAtomic {
+            fn make(code: &str, name: &str, init: Option<i128>) -> PyResult<AnyAtomic> {
+                match code {
+                    $($code => Ok(AnyAtomic::$var(match init {
+                        Some(v) => {
+                            let v = <$t>::try_from(v).map_err(|_| out_of_range(v, code))?;
+                            AtomicValue::<$t>::create(name, v)
+                        }
+                        None => AtomicValue::<$t>::open(name),
+                    }.map_err(segment_error)?)),)*
+                    _ => Err(bad_atomic_code(code)),
+                }
+            }
+
+            fn load(&self) -> i128 {
+                match self {
+                    $(AnyAtomic::$var(a) => i128::from(a.load()),)*
+                }
+            }
+
+            /// Runs `op` on the value with `v` (and `w`) converted to its type.
+            fn apply(&self, code: &str, v: i128, w: i128, op: Op) -> PyResult<(bool, i128)> {
+                match self {
+                    $(AnyAtomic::$var(a) => {
+                        let conv = |x: i128| <$t>::try_from(x).map_err(|_| out_of_range(x, code));
+                        let v = conv(v)?;
+                        Ok(match op {
+                            Op::Store => { a.store(v); (true, 0) }
+                            Op::Swap => (true, i128::from(a.swap(v))),
+                            Op::Add => (true, i128::from(a.fetch_add(v))),
+                            Op::Sub => (true, i128::from(a.fetch_sub(v))),
+                            Op::Cas => match a.compare_exchange(v, conv(w)?) {
+                                Ok(old) => (true, i128::from(old)),
+                                Err(old) => (false, i128::from(old)),
+                            },
+                        })
+                    })*
+                }
+            }
+        }
+    };
+}
+
+/// What `SharedAtomic::apply` does.
+#[derive(Clone, Copy)]
+enum Op {
+    Store,
+    Swap,
+    Add,
+    Sub,
+    Cas,
+}
+
+atomic_typecodes! {
+    "b" => i8, I8;
+    "B" => u8, U8;
+    "h" => i16, I16;
+    "H" => u16, U16;
+    "i" => i32, I32;
+    "I" => u32, U32;
+    "l" => i64, L64;
+    "L" => u64, UL64;
+    "q" => i64, I64;
+    "Q" => u64, U64;
+}
+
+/// One integer in shared memory, every access atomic and without a lock (mproc-array's
+/// `AtomicValue<T>`; a Rust process opens the same name).
+#[pyclass(module = "mproc._native", frozen, name = "SharedAtomic")]
+pub struct SharedAtomic {
+    inner: AnyAtomic,
+    name: String,
+    typecode: String,
+}
+
+#[pymethods]
+impl SharedAtomic {
+    /// Creates the named atomic value holding `value`.
+    #[staticmethod]
+    fn create(typecode: &str, name: &str, value: i128) -> PyResult<Self> {
+        Ok(SharedAtomic {
+            inner: AnyAtomic::make(typecode, name, Some(value))?,
+            name: name.to_owned(),
+            typecode: typecode.to_owned(),
+        })
+    }
+
+    /// Opens the named atomic value; its type must be `typecode`'s.
+    #[staticmethod]
+    fn open(typecode: &str, name: &str) -> PyResult<Self> {
+        Ok(SharedAtomic {
+            inner: AnyAtomic::make(typecode, name, None)?,
+            name: name.to_owned(),
+            typecode: typecode.to_owned(),
+        })
+    }
+
+    /// The typecode.
+    #[getter]
+    fn typecode(&self) -> &str {
+        &self.typecode
+    }
+
+    /// The name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The value now.
+    fn load(&self) -> i128 {
+        self.inner.load()
+    }
+
+    /// Sets the value.
+    fn store(&self, v: i128) -> PyResult<()> {
+        self.inner
+            .apply(&self.typecode, v, 0, Op::Store)
+            .map(|_| ())
+    }
+
+    /// Sets the value; returns the one before.
+    fn swap(&self, v: i128) -> PyResult<i128> {
+        Ok(self.inner.apply(&self.typecode, v, 0, Op::Swap)?.1)
+    }
+
+    /// Adds `v` (wrapping around at the type's bounds); returns the value before.
+    fn fetch_add(&self, v: i128) -> PyResult<i128> {
+        Ok(self.inner.apply(&self.typecode, v, 0, Op::Add)?.1)
+    }
+
+    /// Subtracts `v` (wrapping around); returns the value before.
+    fn fetch_sub(&self, v: i128) -> PyResult<i128> {
+        Ok(self.inner.apply(&self.typecode, v, 0, Op::Sub)?.1)
+    }
+
+    /// Sets `new` if the value is `current`: `(whether it did, the value before)`.
+    fn compare_exchange(&self, current: i128, new: i128) -> PyResult<(bool, i128)> {
+        self.inner.apply(&self.typecode, current, new, Op::Cas)
+    }
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SharedArray>()?;
     m.add_class::<SharedValue>()?;
+    m.add_class::<SharedAtomic>()?;
     Ok(())
 }
