@@ -58,11 +58,6 @@ pub fn decode<T: DeserializeOwned>(message: &[u8]) -> Result<T, String> {
     Ok(value)
 }
 
-thread_local! {
-    /// A message's encoding between `Serialize` and the copy into the queue.
-    static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// A queue of serde values encoded as CBOR: readable by Python's `mproc.Queue` (and anything
 /// that reads CBOR), and reading what a Python `mproc.Queue(codec="cbor")` writes. It is a
 /// [`ByteQueue`] underneath: both open the same segment, and Python opens it by name.
@@ -119,14 +114,7 @@ impl<T: Serialize + DeserializeOwned> CborQueue<T> {
     queue_state_methods!();
 
     fn put_with(&self, value: T, wait: Wait) -> Result<(), PutError<T>> {
-        ENCODED.with(|cell| {
-            // A put from inside a `Serialize` impl finds the buffer borrowed: a fresh one.
-            let mut own = Vec::new();
-            let mut guard = cell.try_borrow_mut();
-            let buf = match guard.as_deref_mut() {
-                Ok(b) => b,
-                Err(_) => &mut own,
-            };
+        crate::codec::with_scratch(|buf| {
             if let Err(reason) = encode(&value, buf) {
                 return Err(PutError::Unsendable { value, reason });
             }

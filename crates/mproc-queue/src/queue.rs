@@ -33,11 +33,6 @@ pub const MIN_DEFAULT_ARENA: usize = 4 << 20;
 
 const _: () = assert!(MIN_SLOT_SIZE >= MIN_MESSAGE_SLOT);
 
-thread_local! {
-    /// Per-thread buffer that small messages are encoded into before being copied to a slot.
-    static ENCODE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// How to create or open a [`Queue`] or [`JoinableQueue`](crate::JoinableQueue).
 ///
 /// ```
@@ -384,15 +379,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             value
         };
         let room = body::inline_room(&self.raw);
-        let inline = ENCODE_BUF.with(|cell| {
-            // A re-entrant put from inside a Serialize impl finds the buffer borrowed and
-            // uses a fresh one.
-            let mut own = Vec::new();
-            let mut guard = cell.try_borrow_mut();
-            let buf = match guard.as_deref_mut() {
-                Ok(b) => b,
-                Err(_) => &mut own,
-            };
+        let inline = crate::codec::with_scratch(|buf| {
             if buf.len() < room {
                 buf.resize(room, 0);
             }

@@ -14,7 +14,6 @@
 
 mod ring;
 
-use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -498,11 +497,6 @@ impl<T: Pod> PodSubscriber<T> {
     }
 }
 
-thread_local! {
-    /// A message's encoding between `Serialize` and the copy into its slot.
-    static ENCODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
 /// A broadcast channel of serde values in shared memory: each message is encoded once by
 /// its producer, and every subscriber decodes its own copy. Otherwise as [`PodBroadcast`]:
 /// many producers, up to 64 subscribers by default, each choosing at subscribe time whether
@@ -591,15 +585,7 @@ impl<T: Serialize + DeserializeOwned> Broadcast<T> {
         deadline: Option<Instant>,
         no_wait: bool,
     ) -> Result<(), SendError<T>> {
-        ENCODED.with(|cell| {
-            // A send from inside a `Serialize` impl finds the buffer borrowed and uses a
-            // fresh one.
-            let mut own = Vec::new();
-            let mut guard = cell.try_borrow_mut();
-            let buf = match guard.as_deref_mut() {
-                Ok(b) => b,
-                Err(_) => &mut own,
-            };
+        codec::with_scratch(|buf| {
             buf.clear();
             if let Err(e) = codec::encode_into(&value, buf) {
                 return Err(SendError::Unsendable {

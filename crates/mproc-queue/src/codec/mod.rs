@@ -105,3 +105,20 @@ pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, Error> {
 
 #[cfg(test)]
 mod tests;
+
+thread_local! {
+    /// Each thread's buffer that messages are encoded into before being copied to shared
+    /// memory (reused: no allocation per message).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's encoding buffer (contents unspecified). A call made from
+/// inside another's `f` (a `put` from inside a `Serialize` impl) gets a fresh buffer instead
+/// of a borrow error.
+#[cfg_attr(loom, allow(dead_code))]
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
