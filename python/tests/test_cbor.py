@@ -103,12 +103,16 @@ def test_python_dicts_reach_rust_as_records_and_come_back(peer):
         [peer, "cbor-echo", to_rust.name, back.name, "200"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    # A pickle first: Rust reports it unreadable and goes on.
-    mproc.Queue.open(to_rust.name).put({"not": "cbor"})
-    for i in range(200):
-        to_rust.put(record(i))
-    got = [back.get(timeout=30) for _ in range(200)]
-    out, err = p.communicate(timeout=60)
+    try:
+        # A pickle first: Rust reports it unreadable and goes on.
+        mproc.Queue.open(to_rust.name).put({"not": "cbor"})
+        for i in range(200):
+            to_rust.put(record(i), timeout=30)
+        got = [back.get(timeout=30) for _ in range(200)]
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()  # a failed test leaves no peer behind
+        p.wait()
     assert p.returncode == 0, err
     assert out.startswith("unreadable: a pickle from Python"), out
     for i, r in enumerate(got):
