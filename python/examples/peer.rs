@@ -4,6 +4,11 @@
 //! ```text
 //! peer put-bytes NAME N        puts b"rust-0" .. b"rust-{N-1}" on ByteQueue NAME
 //! peer get-bytes NAME N        takes N messages from ByteQueue NAME, prints each on a line
+//! peer loan-put NAME N SIZE     puts N messages of SIZE bytes on ByteQueue NAME, each written
+//!                              in place through a loan: byte j of message k is (k + j) % 251
+//! peer loan-check NAME N        takes N messages from ByteQueue NAME through read loans and
+//!                              prints "LEN ok" for one whose bytes follow that pattern
+//!                              (k counted from 0), "LEN bad" otherwise
 //! peer array-add NAME X        adds X to every f64 of Array NAME, under its lock
 //! peer value-add NAME K        adds 1 to the i64 Value NAME, K times, each under its lock
 //! peer atomic-add NAME K      adds 1 to the i64 AtomicValue NAME, K times (fetch_add)
@@ -73,6 +78,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .get_timeout(std::time::Duration::from_secs(30))
                     .map_err(|e| e.to_string())?;
                 writeln!(out, "{}", String::from_utf8_lossy(&msg))?;
+            }
+        }
+        "loan-put" => {
+            let q = ByteQueue::open(&arg(1)?)?;
+            let size = arg(3)?.parse::<usize>()?;
+            for k in 0..arg(2)?.parse::<usize>()? {
+                let mut loan = q.loan(size).map_err(|e| e.to_string())?;
+                for (j, b) in loan.iter_mut().enumerate() {
+                    *b = ((k + j) % 251) as u8;
+                }
+                loan.send().map_err(|e| e.to_string())?;
+            }
+        }
+        "loan-check" => {
+            let q = ByteQueue::open(&arg(1)?)?;
+            let mut out = out.lock();
+            for k in 0..arg(2)?.parse::<usize>()? {
+                let msg = q
+                    .get_loan_timeout(std::time::Duration::from_secs(30))
+                    .map_err(|e| e.to_string())?;
+                let ok = msg
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &b)| b == ((k + j) % 251) as u8);
+                writeln!(out, "{} {}", msg.len(), if ok { "ok" } else { "bad" })?;
             }
         }
         "cbor-put" => {

@@ -18,6 +18,7 @@ by name). What changes:
 from ._codec import UnreadableMessage
 from ._connection import Connection, Pipe
 from ._dict import Dict
+from ._loans import ReadLoan, WriteLoan
 from ._native import Closed, OwnerDied
 from ._queues import ByteQueue, Empty, Full, JoinableQueue, Queue, SimpleQueue
 from ._shared import Array, AtomicValue, RawArray, RawValue, Value
@@ -44,8 +45,10 @@ __all__ = [
     "RLock",
     "RawArray",
     "RawValue",
+    "ReadLoan",
     "Semaphore",
     "SimpleQueue",
     "UnreadableMessage",
     "Value",
+    "WriteLoan",
 ]

@@ -2,7 +2,7 @@
 
 import queue as _queue
 
-from . import _codec, _native
+from . import _codec, _loans, _native
 from ._names import Handle, new_name, reopen
 
 Empty = _queue.Empty
@@ -101,7 +101,7 @@ class Queue(_Shared):
         if total <= _codec.INLINE:
             ok = self._h.put_bytes(_codec.frame(tag, parts), block, timeout)
         else:
-            ok = self._h.put_with(total, _codec.filler(tag, parts), block, timeout)
+            ok = _loans.fill(self._h, total, _codec.filler(tag, parts), block, timeout)
         if not ok:
             raise Full
 
@@ -201,7 +201,8 @@ class JoinableQueue(Queue):
 class ByteQueue(_Shared):
     """A queue of raw byte messages, shared with Rust's ``mproc_queue::ByteQueue`` of the
     same name: no framing, no pickle. A message is copied once each way (``put`` from any
-    buffer straight into the queue's memory, ``get`` into a new ``bytes``).
+    buffer straight into the queue's memory, ``get`` into a new ``bytes``), or not at all with
+    loans (``loan`` to write a message in place, ``get_loan`` to read one in place).
     """
 
     def __init__(self, maxsize=0, *, name=None, arena_bytes=None):
@@ -223,7 +224,7 @@ class ByteQueue(_Shared):
             ok = self._h.put_bytes(data, block, timeout)
         else:
             view = memoryview(data).cast("B")
-            ok = self._h.put_with(view.nbytes, _copy_from(view), block, timeout)
+            ok = _loans.fill(self._h, view.nbytes, _copy_from(view), block, timeout)
         if not ok:
             raise Full
 
@@ -234,6 +235,48 @@ class ByteQueue(_Shared):
             raise Empty
         return data
 
+
+    def put_nowait(self, data):
+        """``put(data, False)``."""
+        return self.put(data, False)
+
+    def get_nowait(self):
+        """``get(False)``."""
+        return self.get(False)
+
+    def loan(self, size, block=True, timeout=None):
+        """Lends ``size`` bytes of the queue's memory to write a message in place (zero copy):
+        a :class:`WriteLoan`, whose ``with`` block yields a writable ``memoryview`` and sends
+        the message at its end (or frees it, if the block raised)::
+
+            with q.loan(len(frame)) as buf:
+                buf[:] = frame                  # or numpy.frombuffer(buf, ...)[...] = ...
+
+        Waits for room if ``block`` (at most ``timeout`` seconds, which also bounds the wait
+        for a slot when it is sent); ``queue.Full`` if none came. Delete every view made from
+        the ``memoryview`` (slices, numpy arrays) before the block ends: ``BufferError``
+        otherwise, and the message is not sent."""
+        native = self._h.loan(size, block, timeout)
+        if native is None:
+            raise Full
+        return _loans.WriteLoan(native, False)
+
+    def get_loan(self, block=True, timeout=None):
+        """Takes a message to read in place (zero copy): a :class:`ReadLoan`, whose ``with``
+        block yields a read-only ``memoryview`` of the message in the queue's memory and
+        frees it at its end::
+
+            with q.get_loan() as msg:
+                total = sum(msg)                # or numpy.frombuffer(msg, ...).sum()
+
+        Waits for a message if ``block`` (at most ``timeout`` seconds); ``queue.Empty`` if
+        none came. The message's memory and slot stay held until the loan ends: keep loans
+        short, and delete every view made from the ``memoryview`` before the block ends
+        (``BufferError`` otherwise; the memory then stays held until the last view goes)."""
+        native = self._h.get_loan(block, timeout)
+        if native is None:
+            raise Empty
+        return _loans.ReadLoan(native, True)
 
     def close(self):
         """Closes the queue for every user, Rust's ``close``: ``put`` raises

@@ -5,10 +5,10 @@
 //! for signals between slices, so Ctrl-C interrupts a blocked `get` or `acquire` promptly
 //! (`KeyboardInterrupt`), as it does in `multiprocessing`.
 //!
-//! Shared memory is reached two ways, both zero-copy: as `memoryview`s over a queue's loans,
-//! released before the loan ends (a view that escaped is refused with `BufferError`, never
-//! left pointing at memory that is reused), and as addresses that the Python half wraps in
-//! ctypes objects holding the handle (arrays and values), so the mapping outlives every view.
+//! Shared memory is reached zero-copy through addresses that the Python half wraps in ctypes
+//! objects, whose memoryviews Python code uses: arrays and values hold their handle, so the
+//! mapping outlives every view; a queue's loans end only once no view of their memory is
+//! left (`mproc._loans`), so no view ever points at memory the queue reuses.
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,6 @@ mod conn;
 mod dict;
 mod queue;
 mod sync;
-mod view;
 
 create_exception!(
     _native,

@@ -1,15 +1,16 @@
 //! Queues: a `ByteQueue` (messages of bytes, read and written in place through memoryviews)
 //! and a `JoinableQueue` of bytes. The Python half frames and pickles the messages.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use mproc_queue::{ByteQueue, GetError, JoinableQueue, PutError, QueueOptions};
+use mproc_queue::{ByteQueue, GetError, JoinableQueue, Loan, PutError, QueueOptions, ReadLoan};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
 
-use crate::{deadline, segment_error, view, waiting};
+use crate::{deadline, segment_error, waiting};
 
 create_exception!(
     _native,
@@ -140,59 +141,75 @@ impl NativeByteQueue {
         r.transpose().map(|done| done.is_some())
     }
 
-    /// Puts a message of `len` bytes written in place: `fill(view)` gets a writable
-    /// memoryview of the message's memory, writes all of it and releases every view it made.
-    /// `False` if the queue stayed full.
-    #[pyo3(signature = (len, fill, block=true, timeout=None))]
-    fn put_with(
+    /// Lends `len` bytes of the queue's memory to write a message in place: a [`NativeLoan`]
+    /// (`None` if no room came before the deadline). Its `send` waits for a slot until the
+    /// same deadline.
+    #[pyo3(signature = (len, block=true, timeout=None))]
+    fn loan(
         slf: &Bound<'_, Self>,
         len: usize,
-        fill: &Bound<'_, PyAny>,
         block: bool,
         timeout: Option<f64>,
-    ) -> PyResult<bool> {
-        let py = slf.py();
+    ) -> PyResult<Option<NativeLoan>> {
         let me = slf.get();
         let wait = deadline(block, timeout)?;
-        let (owner, fill) = (slf.clone().unbind(), fill.clone().unbind());
-        // A loan borrows the queue: it is taken and sent in one GIL-free closure, which takes
-        // the GIL back to let Python fill it.
-        let r = waiting(py, wait, |slice| {
-            let loan = match me.q.loan_timeout(len, slice) {
-                Ok(l) => l,
-                Err(e) => return put_failed(e).map(Err),
-            };
-            let mut loan = loan;
-            let filled = Python::attach(|py| -> PyResult<()> {
-                // SAFETY: the loan's bytes are this process's alone until it is sent or
-                // dropped, which happens below, after the view was released — or never, if
-                // it was not (the handle is then kept alive for good).
-                let v = unsafe { view::over(py, loan.as_mut_ptr(), loan.len(), true)? };
-                let called = fill.bind(py).call1((&v,));
-                match view::release(&v) {
-                    Ok(()) => called.map(drop),
-                    Err(e) => {
-                        // Keep the mapping for the escaped view: leak a reference to the
-                        // handle that owns it.
-                        std::mem::forget(owner.clone_ref(py));
-                        Err(e)
-                    }
-                }
-            });
-            if let Err(e) = filled {
-                // Dropped unsent: nothing reaches the queue.
-                return Some(Err(e));
-            }
-            let mut loan = Some(loan);
-            loop {
-                match loan.take()?.send_timeout(crate::SLICE) {
-                    Ok(()) => return Some(Ok(())),
-                    Err(PutError::Full(l) | PutError::Timeout(l)) => loan = Some(l),
-                    Err(e) => return put_failed(e).map(Err),
-                }
-            }
+        let got = waiting(slf.py(), wait, |slice| {
+            settle(me.q.loan_timeout(len, slice), put_failed)
         })?;
-        r.transpose().map(|done| done.is_some())
+        let Some(loan) = got.transpose()? else {
+            return Ok(None);
+        };
+        // SAFETY: the loan borrows `me.q`, which lives in the Python object `slf` (frozen:
+        // never moved or mutated) that the `NativeLoan` keeps alive in `_queue`, a field
+        // dropped after `loan`; the loan never leaves the `NativeLoan`.
+        let loan = unsafe { std::mem::transmute::<Loan<'_>, Loan<'static>>(loan) };
+        let mut loan = loan;
+        Ok(Some(NativeLoan {
+            address: loan.as_mut_ptr() as usize,
+            len,
+            until: wait.flatten(),
+            block,
+            loan: Mutex::new(Some(loan)),
+            _queue: slf.clone().unbind(),
+        }))
+    }
+
+    /// Takes a message to read in place: a [`NativeReadLoan`] (`None` if the queue stayed
+    /// empty). The message's memory is held until the loan is released.
+    #[pyo3(signature = (block=true, timeout=None))]
+    fn get_loan(
+        slf: &Bound<'_, Self>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<NativeReadLoan>> {
+        let me = slf.get();
+        let got = match me.q.try_get_loan() {
+            Ok(loan) => Some(loan),
+            Err(e) => {
+                if let Some(err) = get_failed(e) {
+                    return Err(err);
+                }
+                let wait = deadline(block, timeout)?;
+                if wait.is_none() {
+                    return Ok(None);
+                }
+                let got = waiting(slf.py(), wait, |slice| {
+                    settle(me.q.get_loan_timeout(slice), get_failed)
+                })?;
+                got.transpose()?
+            }
+        };
+        let Some(loan) = got else {
+            return Ok(None);
+        };
+        // SAFETY: as in `loan`: the queue outlives the loan (`_queue`, dropped after it).
+        let loan = unsafe { std::mem::transmute::<ReadLoan<'_>, ReadLoan<'static>>(loan) };
+        Ok(Some(NativeReadLoan {
+            address: loan.as_ptr() as usize,
+            len: loan.len(),
+            loan: Mutex::new(Some(loan)),
+            _queue: slf.clone().unbind(),
+        }))
     }
 
     /// Takes a message, copied once into a new Python object: `None` if the queue stayed
@@ -239,6 +256,102 @@ impl NativeByteQueue {
     #[getter]
     fn closed(&self) -> bool {
         self.q.is_closed()
+    }
+}
+
+/// Locks a loan's cell (a panic while it was held leaves nothing half-done: take it anyway).
+fn cell<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `len` bytes of a queue's memory lent to this process to write one message in place
+/// (`ByteQueue.loan`). The Python half wraps `address` in a ctypes object whose memoryviews
+/// it hands out, and calls `send` only once no view of it is left (`mproc._loans`).
+/// Dropped unsent, its memory is freed.
+#[pyclass(module = "mproc._native", frozen, name = "Loan")]
+pub struct NativeLoan {
+    address: usize,
+    len: usize,
+    /// The deadline of the `loan` call, which `send` keeps to.
+    until: Option<Instant>,
+    block: bool,
+    loan: Mutex<Option<Loan<'static>>>,
+    /// The queue the loan borrows: declared after `loan`, so dropped after it.
+    _queue: Py<NativeByteQueue>,
+}
+
+#[pymethods]
+impl NativeLoan {
+    /// Where the lent bytes are, in this process.
+    #[getter]
+    fn address(&self) -> usize {
+        self.address
+    }
+
+    /// How many bytes are lent.
+    #[getter]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Enqueues the message, waiting for a slot until the deadline of the `loan` call.
+    /// `False` if none came (the loan is kept: `send` again, or `drop`); `ValueError` if the
+    /// loan was already sent or dropped.
+    fn send(&self, py: Python<'_>) -> PyResult<bool> {
+        let mut held = cell(&self.loan).take();
+        if held.is_none() {
+            return Err(PyValueError::new_err(
+                "the loan was already sent or dropped",
+            ));
+        }
+        let wait = if self.block { Some(self.until) } else { None };
+        let r = waiting(py, wait, |slice| match held.take()?.send_timeout(slice) {
+            Ok(()) => Some(Ok(())),
+            Err(PutError::Full(l) | PutError::Timeout(l)) => {
+                held = Some(l);
+                None
+            }
+            Err(e) => put_failed(e).map(Err),
+        });
+        // Not sent (no slot came, or Ctrl-C): the loan stays this handle's.
+        *cell(&self.loan) = held;
+        r?.transpose().map(|done| done.is_some())
+    }
+
+    /// Frees the lent memory unsent (nothing reaches the queue). Does nothing once sent.
+    fn drop(&self) {
+        drop(cell(&self.loan).take());
+    }
+}
+
+/// A message held in the queue's memory for this process to read in place
+/// (`ByteQueue.get_loan`), until `release` (or until the object is dropped).
+#[pyclass(module = "mproc._native", frozen, name = "ReadLoan")]
+pub struct NativeReadLoan {
+    address: usize,
+    len: usize,
+    loan: Mutex<Option<ReadLoan<'static>>>,
+    /// The queue the loan borrows: declared after `loan`, so dropped after it.
+    _queue: Py<NativeByteQueue>,
+}
+
+#[pymethods]
+impl NativeReadLoan {
+    /// Where the message's bytes are, in this process.
+    #[getter]
+    fn address(&self) -> usize {
+        self.address
+    }
+
+    /// The message's length.
+    #[getter]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Frees the message's memory (the queue may reuse it at once).
+    fn release(&self) {
+        drop(cell(&self.loan).take());
     }
 }
 
@@ -384,6 +497,8 @@ sizes!(NativeJoinable);
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeByteQueue>()?;
     m.add_class::<NativeJoinable>()?;
+    m.add_class::<NativeLoan>()?;
+    m.add_class::<NativeReadLoan>()?;
     m.add("Closed", m.py().get_type::<Closed>())?;
     Ok(())
 }
