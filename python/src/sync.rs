@@ -2,8 +2,7 @@
 //! process, Rust or Python, opens them.
 
 use mproc_sync::{
-    Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, LockError, RLock, RawLock,
-    Semaphore,
+    Barrier, BoundedSemaphore, Condition, Event, Lock, LockError, RLock, RawLock, Semaphore,
 };
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -397,17 +396,16 @@ impl NativeBarrier {
     /// `timeout` passed, or `abort`).
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<u32> {
-        let timeout = match deadline(true, timeout)? {
-            Some(Some(d)) => Some(d.saturating_duration_since(std::time::Instant::now())),
-            _ => None,
-        };
-        let r = py.detach(|| match timeout {
-            Some(t) => self.inner.wait_timeout(t),
-            None => self.inner.wait(),
-        });
+        let wait = deadline(true, timeout)?;
+        // Arrive once, then wait in slices, checking for signals between them: Ctrl-C
+        // drops the arrival, which breaks the barrier (as an exception in
+        // `threading.Barrier.wait` does), and so does a timeout.
+        let mut arrival = self.inner.arrive_then();
+        let r = waiting(py, wait, |slice| arrival.wait_timeout(slice))?;
         match r {
-            Ok(i) => Ok(i),
-            Err(BarrierError::Broken | BarrierError::Timeout) => {
+            Some(Ok(i)) => Ok(i),
+            Some(Err(_)) | None => {
+                arrival.give_up();
                 let broken = py.import("threading")?.getattr("BrokenBarrierError")?;
                 Err(PyErr::from_value(broken.call0()?))
             }

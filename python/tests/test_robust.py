@@ -132,12 +132,27 @@ def _produce_forever(q, k):
         i += 1
 
 
-@pytest.mark.parametrize("call", ["q.get()", "lock.acquire()", "event.wait()", "cond.wait()"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        "q.get()",
+        "lock.acquire()",
+        "event.wait()",
+        "cond.wait()",
+        "barrier.wait()",
+        "sem.acquire()",
+        "jq.join()",
+        "bq.get_loan()",
+    ],
+)
 def test_ctrl_c_interrupts_a_blocking_call_promptly(call):
     code = textwrap.dedent(
         f"""
         import sys, time, mproc
         q, lock, event, cond = mproc.Queue(), mproc.Lock(), mproc.Event(), mproc.Condition()
+        barrier, sem, bq = mproc.Barrier(2), mproc.Semaphore(0), mproc.ByteQueue()
+        jq = mproc.JoinableQueue()
+        jq.put(1)
         lock.acquire()
         cond.acquire()
         import threading
@@ -156,6 +171,8 @@ def test_ctrl_c_interrupts_a_blocking_call_promptly(call):
             print("blocking", flush=True)
             {call}
         except KeyboardInterrupt:
+            # An interrupted party breaks the barrier, as in threading.Barrier.
+            assert "{call}" != "barrier.wait()" or barrier.broken
             print("interrupted", flush=True)
             if p is not None:
                 p.kill()

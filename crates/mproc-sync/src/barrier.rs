@@ -94,6 +94,21 @@ impl RawBarrier {
         self.passed(index)
     }
 
+    /// Arrives at the barrier and returns the arrival, to wait for the barrier to open in
+    /// steps ([`BarrierArrival::wait_timeout`]) without breaking it between them: a caller
+    /// that must look at something else while it waits (signals, a cancel flag) uses this.
+    /// Dropping the arrival before the barrier opened breaks it, as a timed-out
+    /// [`wait_timeout`](Self::wait_timeout) does.
+    pub fn arrive_then(&self) -> BarrierArrival<'_> {
+        BarrierArrival {
+            barrier: self,
+            state: match self.arrive() {
+                Ok(done) => Arrival::Done(done),
+                Err((generation, index)) => Arrival::Waiting { generation, index },
+            },
+        }
+    }
+
     /// Waits for all parties without blocking a thread (the `async` feature): completes with
     /// what [`wait`](Self::wait) returns.
     ///
@@ -144,6 +159,80 @@ impl RawBarrier {
     /// How many parties are waiting now.
     pub fn n_waiting(&self) -> u32 {
         self.arrived.load(Ordering::Relaxed)
+    }
+}
+
+/// Where an arrival stands.
+#[derive(Debug, Clone, Copy)]
+enum Arrival {
+    /// Waiting for `generation` to pass; `index` is the arrival index.
+    Waiting { generation: u32, index: u32 },
+    /// The outcome, reported or not yet.
+    Done(Result<u32, BarrierError>),
+    /// The outcome was reported (or the barrier broken by `give_up`).
+    Over,
+}
+
+/// A party that arrived at a barrier and waits for it to open, from
+/// [`Barrier::arrive_then`] (or [`RawBarrier::arrive_then`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use mproc_sync::Barrier;
+/// let b = Barrier::new(1)?;
+/// let mut arrival = b.arrive_then();
+/// // One party: open at once.
+/// assert_eq!(arrival.wait_timeout(Duration::from_millis(10)), Some(Ok(0)));
+/// # Ok::<(), mproc_segment::SegmentError>(())
+/// ```
+#[derive(Debug)]
+pub struct BarrierArrival<'a> {
+    barrier: &'a RawBarrier,
+    state: Arrival,
+}
+
+impl BarrierArrival<'_> {
+    /// Waits at most `timeout` for the barrier to open: `Some` with what
+    /// [`RawBarrier::wait`] returns, or `None` if it is still closed (the barrier stays
+    /// whole: call again). After the outcome was returned once, `Some(Err(Broken))`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Result<u32, BarrierError>> {
+        let b = self.barrier;
+        let outcome = match self.state {
+            Arrival::Waiting { generation, index } => {
+                let passed = b.parking.block_on(Some(Instant::now() + timeout), || {
+                    (b.generation.load(Ordering::SeqCst) != generation).then_some(())
+                });
+                passed?;
+                b.passed(index)
+            }
+            Arrival::Done(done) => done,
+            Arrival::Over => Err(BarrierError::Broken),
+        };
+        self.state = Arrival::Over;
+        Some(outcome)
+    }
+
+    /// Stops waiting: the barrier breaks (the other parties get `Broken`), as when a
+    /// [`wait_timeout`](RawBarrier::wait_timeout) times out. Dropping a waiting arrival
+    /// does the same.
+    pub fn give_up(mut self) {
+        self.leave();
+    }
+
+    fn leave(&mut self) {
+        if let Arrival::Waiting { generation, .. } = self.state {
+            // Already open (the last party arrived after our last look): nothing to break.
+            if self.barrier.generation.load(Ordering::SeqCst) == generation {
+                self.barrier.break_barrier();
+            }
+        }
+        self.state = Arrival::Over;
+    }
+}
+
+impl Drop for BarrierArrival<'_> {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -220,6 +309,11 @@ mod handle {
         /// Waits until all parties have arrived; returns this party's arrival index.
         pub fn wait(&self) -> Result<u32, BarrierError> {
             self.0.get().wait()
+        }
+
+        /// Arrives, to wait in steps; see [`RawBarrier::arrive_then`].
+        pub fn arrive_then(&self) -> super::BarrierArrival<'_> {
+            self.0.get().arrive_then()
         }
 
         /// Waits for all parties without blocking a thread (the `async` feature); see

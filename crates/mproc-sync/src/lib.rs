@@ -69,7 +69,7 @@ pub mod __private {
     pub use crate::reactor::FdWatch;
 }
 
-pub use barrier::RawBarrier;
+pub use barrier::{BarrierArrival, RawBarrier};
 pub use deadline::Deadline;
 pub use error::{BarrierError, LockError, SemaphoreError};
 pub use event::RawEvent;

@@ -155,3 +155,65 @@ fn a_barrier_timeout_breaks_it_for_everyone_until_reset() {
         k.assert_success();
     }
 }
+
+#[test]
+fn an_arrival_waits_in_steps_without_breaking_and_breaks_when_dropped() {
+    let barrier = Barrier::new(2).unwrap();
+    let mem = Segment::anonymous(64).unwrap();
+    let steps: &AtomicU32 = mem.view(0).unwrap();
+    // The child waits in 10 ms steps; the parent arrives only after it saw several of them
+    // time out, which must not have broken the barrier.
+    let child = fork_child(|| {
+        let mut arrival = barrier.arrive_then();
+        for _ in 0..3000 {
+            match arrival.wait_timeout(Duration::from_millis(10)) {
+                None => {
+                    steps.fetch_add(1, Ordering::SeqCst);
+                }
+                Some(Ok(0)) => return 0,
+                Some(_) => return 1,
+            }
+        }
+        2
+    });
+    let deadline = std::time::Instant::now() + LONG;
+    while steps.load(Ordering::SeqCst) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never waited"
+        );
+        std::thread::yield_now();
+    }
+    assert!(!barrier.is_broken());
+    assert_eq!(barrier.wait_timeout(LONG), Ok(1));
+    child.assert_success();
+
+    // The child's arrival, dropped after the barrier opened, broke nothing.
+    assert!(!barrier.is_broken());
+
+    // An arrival dropped while waiting breaks the barrier for the party that waits with it.
+    let barrier = Barrier::new(3).unwrap();
+    let arrived = Signal1::new();
+    let child = fork_child(|| {
+        arrived.notify();
+        match barrier.wait_timeout(LONG) {
+            Err(BarrierError::Broken) => 0,
+            _ => 1,
+        }
+    });
+    arrived.wait();
+    let deadline = std::time::Instant::now() + LONG;
+    while barrier.n_waiting() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never arrived"
+        );
+        std::thread::yield_now();
+    }
+    let mut arrival = barrier.arrive_then();
+    assert_eq!(arrival.wait_timeout(Duration::from_millis(1)), None);
+    assert!(!barrier.is_broken());
+    drop(arrival);
+    assert!(barrier.is_broken());
+    child.assert_success();
+}
