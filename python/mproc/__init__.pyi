@@ -76,6 +76,7 @@ class JoinableQueue(Queue):
         maxsize: int = 0,
         *,
         name: str | None = None,
+        arena_bytes: int | None = None,
         ctx: Any = None,
         codec: _Codec = "pickle",
     ) -> None: ...

@@ -14,9 +14,11 @@ DEFAULT_CAPACITY = 1024
 
 
 #: Bytes of a queue's arena, where messages larger than a slot live while they wait (a
-#: message larger than the arena is refused with ``ValueError``). Memory is taken from
-#: ``/dev/shm`` as messages first use it.
-DEFAULT_ARENA = 64 << 20
+#: message larger than the arena is refused with ``ValueError``). Its pages are taken from
+#: ``/dev/shm`` as messages first reach them (a queue costs about 1 MiB until then), so a
+#: container's small ``/dev/shm`` takes it; a message that finds ``/dev/shm`` full raises
+#: ``OSError`` (``ENOSPC``) and nothing is put.
+DEFAULT_ARENA = 256 << 20
 
 
 class _Shared(Handle):
@@ -163,10 +165,12 @@ class JoinableQueue(Queue):
 
     _kind = "joinable"
 
-    def __init__(self, maxsize=0, *, name=None, ctx=None, codec="pickle"):
+    def __init__(self, maxsize=0, *, name=None, arena_bytes=None, ctx=None, codec="pickle"):
         self._set_codec(codec)
         self._h = _native.JoinableQueue.create(
-            name or new_name(self._kind), maxsize if maxsize > 0 else DEFAULT_CAPACITY
+            name or new_name(self._kind),
+            maxsize if maxsize > 0 else DEFAULT_CAPACITY,
+            arena_bytes or DEFAULT_ARENA,
         )
         self._closed = False
 

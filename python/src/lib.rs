@@ -88,8 +88,14 @@ pub(crate) fn segment_error(e: mproc_segment::SegmentError) -> PyErr {
         E::AlreadyExists { .. } => PyFileExistsError::new_err(msg),
         E::PermissionDenied { .. } => PyPermissionError::new_err(msg),
         E::Io { .. } => pyo3::exceptions::PyOSError::new_err(msg),
+        E::OutOfSpace { .. } => no_space(msg),
         _ => PyValueError::new_err(msg),
     }
+}
+
+/// `OSError(ENOSPC)`: shared memory (`/dev/shm`, or its size limit) is full.
+pub(crate) fn no_space(msg: String) -> PyErr {
+    pyo3::exceptions::PyOSError::new_err((28, msg))
 }
 
 /// The `mproc._native` module.

@@ -54,6 +54,7 @@ fn put_failed<T>(e: PutError<T>) -> Option<PyErr> {
     match e {
         PutError::Full(_) | PutError::Timeout(_) => None,
         PutError::Closed(_) => Some(Closed::new_err("queue is closed")),
+        e @ PutError::OutOfSpace { .. } => Some(crate::no_space(e.to_string())),
         other => Some(PyValueError::new_err(other.to_string())),
     }
 }
@@ -367,8 +368,13 @@ pub struct NativeJoinable {
 impl NativeJoinable {
     /// Creates the named joinable queue.
     #[staticmethod]
-    fn create(name: &str, capacity: usize) -> PyResult<Self> {
-        let q = JoinableQueue::create(name, capacity.max(1)).map_err(segment_error)?;
+    #[pyo3(signature = (name, capacity, arena_bytes=None))]
+    fn create(name: &str, capacity: usize, arena_bytes: Option<usize>) -> PyResult<Self> {
+        let mut opts = QueueOptions::new().capacity(capacity.max(1));
+        if let Some(b) = arena_bytes {
+            opts = opts.arena_bytes(b);
+        }
+        let q = JoinableQueue::create_with(name, opts).map_err(segment_error)?;
         Ok(NativeJoinable {
             q,
             name: name.to_owned(),

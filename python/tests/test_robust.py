@@ -277,3 +277,44 @@ def test_messages_larger_than_a_slot_and_than_the_arena():
         q.put(b"x" * (2 << 20))
     q.put("still works")
     assert q.get(timeout=5) == "still works"
+
+
+_SMALL_SHM = r"""
+import errno, mproc, multiprocessing as mp
+# A container's /dev/shm (Docker's default is 64 MiB): every queue kind is made, with
+# multiprocessing's sizes, and costs only what it holds.
+queues = [mproc.Queue(), mproc.JoinableQueue(), mproc.SimpleQueue(), mproc.ByteQueue()]
+big = bytes(40 << 20)
+q = queues[0]
+q.put(big)
+try:
+    q.put(big)  # a second 40 MiB message finds /dev/shm full
+except OSError as e:
+    assert e.errno == errno.ENOSPC, e
+    print("full:", e.strerror)
+else:
+    raise SystemExit("no error")
+assert q.qsize() == 1 and q.get() == big
+# The room comes back once the first message was taken.
+q.put(big)
+assert q.get(timeout=10) == big
+for j in queues[1:]:
+    j.put(b"x" * 5_000_000)
+    assert j.get() == b"x" * 5_000_000
+print("ok")
+"""
+
+
+def test_a_containers_small_dev_shm_takes_queues_and_a_full_one_is_enospc():
+    # A mount namespace of its own with a 64 MiB tmpfs on /dev/shm (as root, as in CI).
+    r = subprocess.run(
+        [
+            "unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$0" -c "$1"',
+            sys.executable, _SMALL_SHM,
+        ],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("full: shared memory is full") and r.stdout.endswith("ok\n")
+    assert r.stderr == ""

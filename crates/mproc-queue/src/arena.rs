@@ -174,8 +174,16 @@ pub struct ArenaHeader {
     /// Units the tail was moved over because the chunk word there failed validation (a
     /// scribbled length, state or lap tag): the message in them is lost, the arena is not.
     pub(crate) corrupt_skipped: AtomicU64,
-    _pad2: [u64; 14],
+    /// How much of the body area is reserved in the shared-memory filesystem: 0 means all of
+    /// it (an anonymous queue, or one made before this word existed); otherwise
+    /// [`RESERVED_LAZY`] | the bytes reserved from the body area's start, which producers
+    /// extend (`fallocate`, then `fetch_max`) before they touch a chunk past it.
+    pub(crate) reserved: AtomicU64,
+    _pad2: [u64; 13],
 }
+
+/// The flag of a lazily reserved body area in [`ArenaHeader::reserved`].
+pub(crate) const RESERVED_LAZY: u64 = 1 << 63;
 
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<ArenaHeader>() == 384);

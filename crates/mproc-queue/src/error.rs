@@ -33,6 +33,21 @@ pub enum PutError<T> {
         /// What went wrong.
         reason: String,
     },
+    /// The shared-memory filesystem (`/dev/shm`, its size limit, or a memory cgroup's) had
+    /// no room for the arena pages this message needed: a named queue reserves its arena's
+    /// pages as messages first use them, and this one could not. Nothing was enqueued. Room
+    /// comes back as other segments are removed (`mproc ls` shows them, `mproc gc` removes
+    /// dead processes' ones); a smaller `arena_bytes` or an anonymous queue needs none.
+    #[error(
+        "shared memory is full: no room for {requested} more bytes of the queue's arena \
+         (/dev/shm or its size limit)"
+    )]
+    OutOfSpace {
+        /// The value.
+        value: T,
+        /// The bytes the reservation asked for.
+        requested: u64,
+    },
     /// The queue's store could not be reached or refused the call (a queue on a server,
     /// such as `mproc-redis`'s: the server is down, the connection broke, or it denied
     /// access). Whether the value was enqueued is unknown only if the connection broke after
@@ -54,6 +69,7 @@ impl<T> PutError<T> {
             PutError::Full(v) | PutError::Timeout(v) | PutError::Closed(v) => v,
             PutError::Unsendable { value, .. }
             | PutError::TooLarge { value, .. }
+            | PutError::OutOfSpace { value, .. }
             | PutError::Unavailable { value, .. } => value,
         }
     }
@@ -72,6 +88,10 @@ impl<T> PutError<T> {
             PutError::Unsendable { value, reason } => PutError::Unsendable {
                 value: f(value),
                 reason,
+            },
+            PutError::OutOfSpace { value, requested } => PutError::OutOfSpace {
+                value: f(value),
+                requested,
             },
             PutError::Unavailable { value, reason } => PutError::Unavailable {
                 value: f(value),

@@ -22,6 +22,9 @@
 use mproc_segment::SegmentError;
 
 use crate::arena::{ArenaHeader, MAX_UNITS, MIN_UNIT, MIN_UNITS};
+
+/// The most units a new arena is given (larger arenas get larger units).
+const TARGET_UNITS: u64 = 1 << 16;
 use crate::ring::RingHeader;
 
 pub(crate) const HEADER_BYTES: usize = std::mem::size_of::<RingHeader>();
@@ -76,7 +79,12 @@ impl Layout {
                 .checked_next_power_of_two()
                 .ok_or(bad("arena size overflows"))?
                 .max(MIN_UNIT * MIN_UNITS);
-            let unit = (total / MAX_UNITS).max(MIN_UNIT);
+            // At most TARGET_UNITS units: their entries (16 bytes each) are reserved with
+            // the queue, whatever the arena holds, so a 64 MiB arena keeps 1 MiB of them and
+            // a 1 GiB one 1 MiB too, not 8 and 128 MiB. A chunk is whole units, so a message
+            // wastes less than one unit; every message also takes a ring slot, so a queue
+            // never holds more chunks than its capacity.
+            let unit = (total / TARGET_UNITS).max(MIN_UNIT);
             if unit > MAX_UNIT {
                 return Err(bad("arena size must be at most 2^54 bytes"));
             }

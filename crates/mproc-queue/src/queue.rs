@@ -90,9 +90,15 @@ impl QueueOptions {
     /// both the largest message (a larger one is [`PutError::TooLarge`]) and how many bytes
     /// of large messages can wait in the queue (a `put` that finds no room waits like one
     /// that finds no slot). Default: twice the slots' bytes (capacity × slot size), at least
-    /// [`MIN_DEFAULT_ARENA`] (4 MiB). A named queue reserves all of it at creation (a full
-    /// `/dev/shm` fails `create`, never a later `put`); an anonymous one gets pages as they
-    /// are first used.
+    /// [`MIN_DEFAULT_ARENA`] (4 MiB).
+    ///
+    /// A named queue reserves its ring and the arena's first MiB in `/dev/shm` at creation,
+    /// and the rest of the arena as messages first reach it (`fallocate`, in doubling steps,
+    /// before any byte is touched): a large arena costs only what it holds, and a
+    /// container's small `/dev/shm` takes it. A message that finds `/dev/shm` full is
+    /// [`PutError::OutOfSpace`] with the value handed back (never SIGBUS). Arenas over 8 MiB
+    /// get units larger than 128 bytes, so that their bookkeeping stays at 1 MiB. An
+    /// anonymous queue's pages come as they are first used.
     pub fn arena_bytes(mut self, bytes: usize) -> Self {
         self.arena_bytes = Some(bytes);
         self

@@ -10,7 +10,7 @@ use mproc_segment::{Segment, SegmentError, SegmentOptions, ShmSafe};
 #[cfg(feature = "async")]
 use mproc_sync::Parking;
 
-use crate::arena::{Arena, ArenaHeader, Entries};
+use crate::arena::{Arena, ArenaHeader, Entries, RESERVED_LAZY};
 use crate::atomic::{AtomicU64, Ordering};
 use crate::layout::{ARENA_HEADER_BYTES, ENTRY_BYTES, Layout};
 use crate::ring::{Ring, RingHeader, Slots};
@@ -22,6 +22,10 @@ unsafe impl ShmSafe for RingHeader {}
 // SAFETY: as for RingHeader: #[repr(C)] atomics and unused padding; the arena's methods bound
 // every position by the unit count copied at open.
 unsafe impl ShmSafe for ArenaHeader {}
+
+/// Bytes of a named queue's body arena reserved at creation, and the smallest step by which
+/// the reservation grows.
+pub(crate) const INITIAL_RESERVE: u64 = 1 << 20;
 
 /// A ring (and arena) in a segment. Owns the segment; cheap to turn into a [`Ring`] or an
 /// [`Arena`] per operation.
@@ -175,10 +179,26 @@ impl RawQueue {
         name: Option<&str>,
         layout: Layout,
     ) -> Result<RawQueue, SegmentError> {
-        let options = options
+        let body = layout.units * layout.unit;
+        // A named queue reserves its ring, its arena's bookkeeping and the first part of its
+        // body area now, and the rest of the body as messages first reach it (see
+        // `reserve_chunk`): a large arena costs only what it holds, and a small /dev/shm (a
+        // container's 64 MiB) takes queues whose arena is larger than it.
+        let upfront = body.min(INITIAL_RESERVE);
+        let lazy = name.is_some() && upfront < body;
+        let mut options = options
             .capacity(layout.capacity as u64)
             .payload_len(layout.payload_len);
+        if lazy {
+            options = options.reserve_upfront(layout.body_offset + upfront as usize);
+        }
         let init = |seg: &Segment| {
+            if lazy {
+                let arena: &ArenaHeader = seg.view(layout.arena_offset)?;
+                arena
+                    .reserved
+                    .store(RESERVED_LAZY | upfront, Ordering::Relaxed);
+            }
             let hdr: &RingHeader = seg.view(0)?;
             hdr.capacity
                 .store(layout.capacity as u64, Ordering::Relaxed);
@@ -303,6 +323,57 @@ impl RawQueue {
             mask: self.layout.capacity as u64 - 1,
             shift: self.shift,
         }
+    }
+
+    /// Reserves the pages of the arena chunk of `units` units at position `pos` (just
+    /// allocated, not yet touched) unless they are; `Err(bytes asked for)` if the
+    /// shared-memory filesystem has no room. Reservations grow by doubling (at least
+    /// [`INITIAL_RESERVE`]), so a queue makes a few `fallocate` calls in its life.
+    pub(crate) fn reserve_chunk(&self, pos: u64, units: u64) -> Result<(), u64> {
+        let Some(arena) = self.arena() else {
+            return Ok(());
+        };
+        // SYNC POINT: pairs with the Release `fetch_max` below (in any process): bytes below
+        // the word were reserved before it was raised.
+        let word = arena.hdr.reserved.load(Ordering::Acquire);
+        if word & RESERVED_LAZY == 0 {
+            // 0: reserved in full at creation. (A peer that cleared the flag can make us
+            // skip reserving; so could one that truncated the file. Either way it can only
+            // make this process fault on a full /dev/shm, as any writer of the file can.)
+            return Ok(());
+        }
+        let l = &self.layout;
+        let body = l.units * l.unit;
+        let have = (word & !RESERVED_LAZY).min(body);
+        let end = ((pos & (l.units - 1)) + units)
+            .saturating_mul(l.unit)
+            .min(body);
+        if end <= have {
+            return Ok(());
+        }
+        let want = end
+            .max(have.saturating_mul(2))
+            .max(INITIAL_RESERVE)
+            .next_multiple_of(4096)
+            .min(body);
+        let reserve = |to: u64| {
+            self.seg
+                .reserve(l.body_offset + have as usize, (to - have) as usize)
+        };
+        // Short of room for the doubled step: just this chunk's pages, which may still fit.
+        let got = match reserve(want) {
+            Ok(()) => want,
+            Err(_) => {
+                let need = end.next_multiple_of(4096).min(body);
+                reserve(need).map_err(|_| need - have)?;
+                need
+            }
+        };
+        arena
+            .hdr
+            .reserved
+            .fetch_max(RESERVED_LAZY | got, Ordering::Release);
+        Ok(())
     }
 
     /// The body arena, if the queue has one.

@@ -109,6 +109,10 @@ pub(crate) enum Refused {
     },
     /// Anything else (encoding failed, a peer rewrote our chunk).
     Unsendable(String),
+    /// The shared-memory filesystem had no room for `requested` more bytes of the arena.
+    OutOfSpace {
+        requested: u64,
+    },
 }
 
 impl Refused {
@@ -120,6 +124,7 @@ impl Refused {
             Refused::Closed => PutError::Closed(value),
             Refused::TooLarge { max } => PutError::TooLarge { value, size, max },
             Refused::Unsendable(reason) => PutError::Unsendable { value, reason },
+            Refused::OutOfSpace { requested } => PutError::OutOfSpace { value, requested },
         }
     }
 }
@@ -177,6 +182,16 @@ impl Wait {
     /// Allocates an arena chunk of `units` units and returns its position. A non-blocking
     /// wait reclaims what dead peers left at the tail before it gives up.
     pub fn alloc(self, raw: &RawQueue, units: u64) -> Result<u64, Refused> {
+        let pos = self.alloc_units(raw, units)?;
+        // The chunk's pages must be reserved before anyone touches them.
+        if let Err(requested) = raw.reserve_chunk(pos, units) {
+            crate::body::free_unsent(raw, pos);
+            return Err(Refused::OutOfSpace { requested });
+        }
+        Ok(pos)
+    }
+
+    fn alloc_units(self, raw: &RawQueue, units: u64) -> Result<u64, Refused> {
         let Some(arena) = raw.arena() else {
             return Err(self.no_room());
         };

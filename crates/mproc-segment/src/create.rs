@@ -190,16 +190,17 @@ impl SegmentOptions {
             e => SegmentError::io("posix_fallocate", e),
         };
         if name.is_some() {
-            // Reserve every page now so that a full /dev/shm fails here and not with SIGBUS
-            // later.
+            // Reserve the pages now (every one, or the first `reserve` of the payload) so that
+            // a full /dev/shm fails here and not with SIGBUS later. The file gets its whole
+            // length first, in one call: an opener that sees a length sees all of it.
             let len = total as u64;
-            match rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, len) {
-                // A filesystem without fallocate (glibc's posix_fallocate would write zeros
-                // instead; tmpfs has had it since Linux 3.5, so this is for the exotic).
-                Err(Errno::OPNOTSUPP) => rustix::fs::ftruncate(&fd, len),
-                r => r,
+            let upfront = self
+                .reserve
+                .map_or(len, |r| (offset.saturating_add(r) as u64).min(len));
+            if upfront < len {
+                rustix::fs::ftruncate(&fd, len).map_err(out_of_space)?;
             }
-            .map_err(out_of_space)?;
+            crate::segment::reserve_range(&fd, 0, upfront).map_err(out_of_space)?;
         } else {
             // A memfd lives on the kernel's internal tmpfs, which has no size limit: a page
             // first touched later cannot fail for want of space (only for want of memory,

@@ -29,6 +29,7 @@ pub struct SegmentOptions {
     pub(crate) check_type: bool,
     pub(crate) allow_foreign: bool,
     pub(crate) reclaim_stale: bool,
+    pub(crate) reserve: Option<usize>,
 }
 
 impl SegmentOptions {
@@ -44,6 +45,7 @@ impl SegmentOptions {
             check_type: true,
             allow_foreign: false,
             reclaim_stale: true,
+            reserve: None,
         }
     }
 
@@ -76,6 +78,18 @@ impl SegmentOptions {
     /// Payload length in bytes, when it is not simply `capacity` elements.
     pub fn payload_len(mut self, len: usize) -> Self {
         self.payload_len = Some(len);
+        self
+    }
+
+    /// Reserves only the first `bytes` of the payload when a named segment is created; the
+    /// object reserves the rest as it first uses it, with [`Segment::reserve`]
+    /// (crate::Segment::reserve). By default every page is reserved at creation, so that a
+    /// full `/dev/shm` fails `create` rather than raise SIGBUS at a later first touch; an
+    /// object that reserves before it touches gets the same guarantee while holding only
+    /// what it uses (a queue's body arena). Anonymous segments reserve nothing up front
+    /// whatever this says: their pages cannot run out of room, only of memory.
+    pub fn reserve_upfront(mut self, bytes: usize) -> Self {
+        self.reserve = Some(bytes);
         self
     }
 

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 
 use memmap2::MmapRaw;
 use rustix::fs::fstat;
+use rustix::io::Errno;
 use rustix::shm::unlink as shm_unlink;
 
 use crate::atomic_copy;
@@ -144,6 +145,42 @@ impl Segment {
     /// element alignment up to 256, 0 for raw ones).
     pub fn payload_offset(&self) -> usize {
         self.payload_offset
+    }
+
+    /// Reserves the pages of payload bytes `offset .. offset + len` in the shared-memory
+    /// filesystem, so that touching them can never raise SIGBUS for want of room: for an
+    /// object created with [`SegmentOptions::reserve_upfront`](crate::SegmentOptions::reserve_upfront),
+    /// call it before the first touch of a byte past what was reserved. Reserving again what
+    /// is reserved does nothing. A range past the payload is refused with `InvalidSize`;
+    /// a full `/dev/shm` (or its size limit, or a memory cgroup's) is `OutOfSpace`. Anonymous
+    /// segments need no reservation (their pages cannot run out of room); reserving their
+    /// pages allocates them.
+    ///
+    /// ```
+    /// use mproc_segment::{Kind, SegmentOptions};
+    /// let name = format!("doc-reserve-{}", std::process::id());
+    /// let seg = SegmentOptions::new(Kind::RAW)
+    ///     .payload_len(1 << 20)
+    ///     .reserve_upfront(4096)
+    ///     .create(&name)?;
+    /// seg.reserve(4096, 64 << 10)?;                  // before writing those bytes
+    /// assert!(seg.reserve(1 << 20, 1).is_err());     // past the payload
+    /// # Ok::<(), mproc_segment::SegmentError>(())
+    /// ```
+    pub fn reserve(&self, offset: usize, len: usize) -> Result<(), SegmentError> {
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.payload_len)
+            .ok_or(SegmentError::InvalidSize {
+                reason: "reserved range past the payload",
+            })?;
+        let start = (self.payload_offset + offset) as u64;
+        reserve_range(&self.fd, start, (end - offset) as u64).map_err(|e| match e {
+            Errno::NOSPC | Errno::NOMEM | Errno::FBIG | Errno::DQUOT => SegmentError::OutOfSpace {
+                requested: len as u64,
+            },
+            e => SegmentError::io("fallocate", e),
+        })
     }
 
     /// Pointer to the first payload byte, valid for [`len`](Segment::len) bytes while `self`
@@ -352,5 +389,31 @@ impl<'a> SegmentInfo<'a> {
 impl AsFd for SegmentInfo<'_> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
+    }
+}
+
+/// Reserves file bytes `start .. start + len` (`fallocate`, extending the file if needed); on a
+/// filesystem without `fallocate`, only extends the file (as glibc's `posix_fallocate` would
+/// not: it writes zeros; tmpfs has had `fallocate` since Linux 3.5, so this is for the exotic).
+pub(crate) fn reserve_range(fd: &OwnedFd, start: u64, len: u64) -> Result<(), Errno> {
+    if len == 0 {
+        return Ok(());
+    }
+    let reserved = loop {
+        // A signal may interrupt the reservation of a large range: it is simply done again.
+        match rustix::fs::fallocate(fd, rustix::fs::FallocateFlags::empty(), start, len) {
+            Err(Errno::INTR) => continue,
+            r => break r,
+        }
+    };
+    match reserved {
+        Err(Errno::OPNOTSUPP) => {
+            let size = rustix::fs::fstat(fd)?.st_size as u64;
+            if size < start + len {
+                rustix::fs::ftruncate(fd, start + len)?;
+            }
+            Ok(())
+        }
+        r => r,
     }
 }

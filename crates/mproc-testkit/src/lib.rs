@@ -226,8 +226,17 @@ pub fn fork_in_pid_namespace(own_proc: bool, f: impl FnOnce() -> i32) -> Child {
 /// roll). Needs root (CI runs as root); a namespace that cannot be made ends the child with
 /// code 94.
 pub fn fork_with_own_shm(f: impl FnOnce() -> i32) -> Child {
+    fork_with_shm_limit(None, f)
+}
+
+/// As [`fork_with_own_shm`], with a `/dev/shm` of at most `limit` bytes (`None`: tmpfs's
+/// default, half of memory), as a container's (Docker gives 64 MiB): for tests of what a
+/// full `/dev/shm` does.
+pub fn fork_with_shm_limit(limit: Option<u64>, f: impl FnOnce() -> i32) -> Child {
     use rustix::mount::{MountFlags, MountPropagationFlags, mount, mount_change};
     use rustix::thread::UnshareFlags;
+    // Made before the fork: the child allocates nothing before it runs `f`.
+    let data = limit.map(|l| std::ffi::CString::new(format!("size={l}")).expect("no NUL"));
     fork_child(move || {
         // SAFETY: no `FILES` flag; this forked child has one thread.
         let own = unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS) }.is_ok()
@@ -241,7 +250,7 @@ pub fn fork_with_own_shm(f: impl FnOnce() -> i32) -> Child {
                 "/dev/shm",
                 "tmpfs",
                 MountFlags::NOSUID | MountFlags::NODEV,
-                None,
+                data.as_deref(),
             )
             .is_ok();
         if !own {
