@@ -82,8 +82,8 @@ impl SegmentOptions {
     }
 
     /// Reserves only the first `bytes` of the payload when a named segment is created; the
-    /// object reserves the rest as it first uses it, with [`Segment::reserve`]
-    /// (crate::Segment::reserve). By default every page is reserved at creation, so that a
+    /// object reserves the rest as it first uses it, with
+    /// [`Segment::reserve`](crate::Segment::reserve). By default every page is reserved at creation, so that a
     /// full `/dev/shm` fails `create` rather than raise SIGBUS at a later first touch; an
     /// object that reserves before it touches gets the same guarantee while holding only
     /// what it uses (a queue's body arena). Anonymous segments reserve nothing up front
