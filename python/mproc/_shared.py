@@ -4,11 +4,9 @@ written in place through ctypes objects (so ``memoryview`` and ``numpy.frombuffe
 ``mproc_array::Array<T>`` / ``Value<T>``."""
 
 import ctypes
-import threading
 
 from . import _native
 from ._names import new_name, reopen
-from ._sync import OwnerDied
 
 _CTYPES = {
     "c": ctypes.c_char,
@@ -41,51 +39,6 @@ def _typecode(typecode_or_type):
     if code is None:
         raise TypeError("unsupported ctypes type %r" % (typecode_or_type,))
     return code
-
-
-class _Lock:
-    """The lock of an :class:`Array` or :class:`Value` (``get_lock()``): re-entrant, like
-    multiprocessing's default ``RLock``, so ``with v.get_lock(): v.value += 1`` works."""
-
-    def __init__(self, h):
-        self._h = h
-        self._owner = None
-        self._depth = 0
-
-    def acquire(self, block=True, timeout=None):
-        """Acquires; ``False`` if it could not. Raises :class:`OwnerDied` once after a holder
-        died holding it (the caller then holds it)."""
-        me = threading.get_ident()
-        if self._owner == me:
-            self._depth += 1
-            return True
-        try:
-            if not self._h.acquire(block, timeout):
-                return False
-        except OwnerDied:
-            self._owner, self._depth = me, 1
-            raise
-        self._owner, self._depth = me, 1
-        return True
-
-    def release(self):
-        """Releases one level."""
-        if self._owner != threading.get_ident():
-            raise RuntimeError("cannot release un-acquired lock")
-        self._depth -= 1
-        if self._depth == 0:
-            self._owner = None
-            self._h.release()
-
-    def __enter__(self):
-        try:
-            return self.acquire()
-        except OwnerDied:
-            self.release()
-            raise
-
-    def __exit__(self, *exc):
-        self.release()
 
 
 _RAW_CLASSES = {}
@@ -205,7 +158,7 @@ class Array(_Guarded):
     def _setup(self, h, lock):
         self._h = h
         self._obj = _view(h, len(h))
-        self._lock = _Lock(h)
+        self._lock = _native.GuardLock.of_array(h)
         self._locked = lock is not False
 
 
@@ -215,15 +168,13 @@ class Array(_Guarded):
     def __getitem__(self, i):
         if not self._locked:
             return self._obj[i]
-        with self._lock:
-            return self._obj[i]
+        return self._lock.get_item(self._obj, i)
 
     def __setitem__(self, i, value):
         if not self._locked:
             self._obj[i] = value
             return
-        with self._lock:
-            self._obj[i] = value
+        self._lock.set_item(self._obj, i, value)
 
     def __iter__(self):
         return iter(self[:])
@@ -259,7 +210,7 @@ class Value(_Guarded):
     def _setup(self, h, lock):
         self._h = h
         self._obj = _view(h, None)
-        self._lock = _Lock(h)
+        self._lock = _native.GuardLock.of_value(h)
         self._locked = lock is not False
 
 
@@ -268,16 +219,14 @@ class Value(_Guarded):
         """The value."""
         if not self._locked:
             return self._obj.value
-        with self._lock:
-            return self._obj.value
+        return self._lock.get_attr(self._obj, "value")
 
     @value.setter
     def value(self, v):
         if not self._locked:
             self._obj.value = v
             return
-        with self._lock:
-            self._obj.value = v
+        self._lock.set_attr(self._obj, "value", v)
 
     def get_obj(self):
         """The ctypes object over the shared memory."""

@@ -5,11 +5,14 @@
 
 use mproc_array::{Array, AtomicValue, Value};
 use mproc_sync::RawLock;
-use pyo3::exceptions::PyValueError;
-use pyo3::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::segment_error;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
 use crate::sync::{acquire, release};
+use crate::{OwnerDied, segment_error};
 
 macro_rules! typecodes {
     ($($code:literal => $t:ty, $var:ident;)*) => {
@@ -385,7 +388,185 @@ impl SharedAtomic {
     }
 }
 
+/// The handle whose lock a [`GuardLock`] is.
+enum Guarded {
+    Array(Py<SharedArray>),
+    Value(Py<SharedValue>),
+}
+
+thread_local! {
+    /// This thread's number in this process (never 0), for re-entrancy.
+    static THREAD: u64 = {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    };
+}
+
+fn this_thread() -> u64 {
+    THREAD.with(|t| *t)
+}
+
+/// The lock of an `Array` or `Value` (`get_lock()`): re-entrant within a thread, like
+/// multiprocessing's default `RLock`, so `with v.get_lock(): v.value += 1` works (the
+/// accesses take it again). Every method is native: the lock's cost is mostly the call.
+#[pyclass(module = "mproc._native", frozen, name = "GuardLock")]
+pub struct GuardLock {
+    handle: Guarded,
+    /// The thread of this process that holds it (0: none), and how many times.
+    owner: AtomicU64,
+    depth: AtomicU64,
+}
+
+impl GuardLock {
+    fn raw(&self) -> &RawLock {
+        match &self.handle {
+            Guarded::Array(a) => a.get().inner.raw_lock(),
+            Guarded::Value(v) => v.get().inner.raw_lock(),
+        }
+    }
+
+    /// Acquires (re-entrantly); `Ok(false)` if it stayed held. After `OwnerDied` the caller
+    /// holds it.
+    fn take(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
+        let me = this_thread();
+        if self.owner.load(Ordering::Relaxed) == me {
+            self.depth.fetch_add(1, Ordering::Relaxed);
+            return Ok(true);
+        }
+        let r = acquire(py, self.raw(), block, timeout);
+        if matches!(r, Ok(true)) || r.as_ref().is_err_and(|e| e.is_instance_of::<OwnerDied>(py)) {
+            self.owner.store(me, Ordering::Relaxed);
+            self.depth.store(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// `take` for a `with` block or one access: after `OwnerDied`, lets go before raising
+    /// (the block never runs, so it would never release).
+    fn enter(&self, py: Python<'_>) -> PyResult<()> {
+        match self.take(py, true, None) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if e.is_instance_of::<OwnerDied>(py) {
+                    self.give()?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn give(&self) -> PyResult<()> {
+        if self.owner.load(Ordering::Relaxed) != this_thread() {
+            return Err(PyRuntimeError::new_err("cannot release un-acquired lock"));
+        }
+        if self.depth.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.owner.store(0, Ordering::Relaxed);
+            release(self.raw())?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` holding the lock.
+    fn locked<R>(&self, py: Python<'_>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
+        self.enter(py)?;
+        let r = f();
+        self.give()?;
+        r
+    }
+}
+
+#[pymethods]
+impl GuardLock {
+    /// The lock of array handle `h`.
+    #[staticmethod]
+    fn of_array(h: Py<SharedArray>) -> Self {
+        GuardLock {
+            handle: Guarded::Array(h),
+            owner: AtomicU64::new(0),
+            depth: AtomicU64::new(0),
+        }
+    }
+
+    /// The lock of value handle `h`.
+    #[staticmethod]
+    fn of_value(h: Py<SharedValue>) -> Self {
+        GuardLock {
+            handle: Guarded::Value(h),
+            owner: AtomicU64::new(0),
+            depth: AtomicU64::new(0),
+        }
+    }
+
+    /// Acquires; `False` if it could not (`block=False`, or `timeout` passed). Raises
+    /// `OwnerDied` once if the previous holder died holding it (the caller then holds it).
+    #[pyo3(signature = (block=true, timeout=None))]
+    fn acquire(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<bool> {
+        self.take(py, block, timeout)
+    }
+
+    /// Releases one level (from the thread that acquired it).
+    fn release(&self) -> PyResult<()> {
+        self.give()
+    }
+
+    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+        self.enter(py).map(|()| true)
+    }
+
+    fn __exit__(
+        &self,
+        _ty: &Bound<'_, PyAny>,
+        _value: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        self.give().map(|()| false)
+    }
+
+    /// `obj.<name>` read under the lock (a `Value`'s `value`).
+    fn get_attr(
+        &self,
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        name: &Bound<'_, PyString>,
+    ) -> PyResult<Py<PyAny>> {
+        self.locked(py, || obj.getattr(name).map(Bound::unbind))
+    }
+
+    /// `obj.<name> = value` under the lock.
+    fn set_attr(
+        &self,
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        name: &Bound<'_, PyString>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.locked(py, || obj.setattr(name, value))
+    }
+
+    /// `obj[key]` read under the lock (an `Array`'s items).
+    fn get_item(
+        &self,
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        self.locked(py, || obj.get_item(key).map(Bound::unbind))
+    }
+
+    /// `obj[key] = value` under the lock.
+    fn set_item(
+        &self,
+        py: Python<'_>,
+        obj: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.locked(py, || obj.set_item(key, value))
+    }
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<GuardLock>()?;
     m.add_class::<SharedArray>()?;
     m.add_class::<SharedValue>()?;
     m.add_class::<SharedAtomic>()?;
