@@ -318,3 +318,37 @@ def test_a_containers_small_dev_shm_takes_queues_and_a_full_one_is_enospc():
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("full: shared memory is full") and r.stdout.endswith("ok\n")
     assert r.stderr == ""
+
+
+_IN_NAMESPACE = r"""
+import os, sys, time, mproc
+lock, q = mproc.Lock.open(sys.argv[1]), mproc.Queue.open(sys.argv[2])
+got = [q.get(timeout=30) for _ in range(3)]
+lock.acquire()
+# Process 1 of its own pid namespace: its pid says nothing to the processes outside.
+print("held", os.getpid(), got, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_holder_in_another_pid_namespace_killed_is_owner_died_and_loses_nothing():
+    lock, q = mproc.Lock(), mproc.Queue()
+    for i in range(10):
+        q.put(i)
+    # `--kill-child`: the namespace dies with `unshare`, whatever kills it.
+    p = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-c", _IN_NAMESPACE,
+         lock.name, q.name],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert p.stdout.readline() == "held 1 [0, 1, 2]\n", p.stderr.read()
+    finally:
+        p.kill()
+        p.wait(30)
+    with pytest.raises(mproc.OwnerDied):
+        lock.acquire(timeout=10)
+    lock.release()
+    assert [q.get(timeout=10) for _ in range(7)] == list(range(3, 10))
+    assert lock.acquire(timeout=10)
+    lock.release()
