@@ -98,9 +98,18 @@ class Queue(_Shared):
     def put(self, obj, block=True, timeout=None):
         """Puts ``obj``, waiting for a free slot if ``block`` (at most ``timeout`` seconds);
         raises ``queue.Full`` if none came."""
-        self._check()
+        if self._closed:
+            self._check()
+        if type(obj) is bytes and self._codec == "pickle":
+            # The common case first: tag and bytes go into the queue's memory in one copy.
+            ok = self._h.put_tagged(_codec.BYTES, obj, block, timeout)
+            if not ok:
+                raise Full
+            return
         tag, parts, total = self._encode(obj)
-        if total <= _codec.INLINE:
+        if len(parts) == 1 and type(parts[0]) is bytes:
+            ok = self._h.put_tagged(tag, parts[0], block, timeout)
+        elif total <= _codec.INLINE:
             ok = self._h.put_bytes(_codec.frame(tag, parts), block, timeout)
         else:
             ok = _loans.fill(self._h, total, _codec.filler(tag, parts), block, timeout)
@@ -110,11 +119,14 @@ class Queue(_Shared):
     def get(self, block=True, timeout=None):
         """Takes an object, waiting for one if ``block`` (at most ``timeout`` seconds); raises
         ``queue.Empty`` if none came."""
-        self._check()
-        got = self._h.get(True, block, timeout)
-        if got is None:
-            raise Empty
-        return _codec.decode(*got)
+        if self._closed:
+            self._check()
+        # Bytes, bytearrays and pickles come back decoded (raising queue.Empty if none came);
+        # the rest (CBOR, out-of-band buffers, a foreign message) is decoded here.
+        got = self._h.get_obj(block, timeout)
+        if type(got) is _native.Tagged:
+            return _codec.decode(got.tag, got.body)
+        return got
 
     def put_nowait(self, obj):
         """``put(obj, False)``."""

@@ -48,6 +48,42 @@ fn copy_out(py: Python<'_>, msg: &[u8], tagged: bool) -> Py<PyAny> {
     }
 }
 
+/// A message `get_obj` leaves to the Python half (`mproc._codec.decode`): its tag (-1 for a
+/// message of no known tag, whose `body` is then all of it) and body.
+#[pyclass(module = "mproc._native", frozen, name = "Tagged")]
+pub struct Tagged {
+    #[pyo3(get)]
+    tag: i32,
+    #[pyo3(get)]
+    body: Py<PyAny>,
+}
+
+/// `pickle.loads`, looked up once.
+static LOADS: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+
+/// The object of a message read in place: `bytes`/`bytearray` bodies and pickles here,
+/// everything else as a [`Tagged`].
+fn decode_fast(py: Python<'_>, msg: &[u8]) -> PyResult<Py<PyAny>> {
+    match msg.split_first() {
+        Some((b'B', body)) => Ok(PyBytes::new(py, body).into_any().unbind()),
+        Some((b'A', body)) => Ok(PyByteArray::new(py, body).into_any().unbind()),
+        Some((b'P', body)) => {
+            let loads = LOADS.get_or_try_init(py, || {
+                py.import("pickle")?.getattr("loads").map(Bound::unbind)
+            })?;
+            loads
+                .bind(py)
+                .call1((PyBytes::new(py, body),))
+                .map(Bound::unbind)
+        }
+        _ => {
+            let t = copy_out(py, msg, true);
+            let (tag, body): (i32, Py<PyAny>) = t.extract(py)?;
+            Ok(Py::new(py, Tagged { tag, body })?.into_any())
+        }
+    }
+}
+
 /// What a put that did not succeed ran into, as the Python exception (`None`: full or timed
 /// out, which the Python half raises as `queue.Full`).
 fn put_failed<T>(e: PutError<T>) -> Option<PyErr> {
@@ -85,6 +121,40 @@ pub struct NativeByteQueue {
     name: String,
 }
 
+impl NativeByteQueue {
+    /// `put_bytes` of any bytes the caller keeps alive and unchanged while the GIL is
+    /// released.
+    fn put_bytes_inner(
+        &self,
+        py: Python<'_>,
+        bytes: &[u8],
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        // Most puts find room: no GIL round trip for them.
+        match self.q.try_put(bytes) {
+            Ok(()) => return Ok(true),
+            Err(e) => {
+                if let Some(err) = put_failed(e) {
+                    return Err(err);
+                }
+            }
+        }
+        let wait = deadline(block, timeout)?;
+        if wait.is_none() {
+            return Ok(false);
+        }
+        // The caller keeps `bytes` alive and unchanged while the GIL is released.
+        let r = waiting(py, wait, |slice| {
+            settle(self.q.put_timeout(bytes, slice), put_failed)
+        })?;
+        r.transpose().map(|done| done.is_some())
+    }
+}
+
+/// The largest message `put_tagged` frames on the stack.
+const SMALL: usize = 256;
+
 #[pymethods]
 impl NativeByteQueue {
     /// Creates the named queue (a stale one of a dead creator is reclaimed).
@@ -121,23 +191,74 @@ impl NativeByteQueue {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<bool> {
-        let bytes = data.as_bytes();
+        self.put_bytes_inner(py, data.as_bytes(), block, timeout)
+    }
+
+    /// Puts the message `tag` + `data` (one copy, straight into the queue's memory: no
+    /// joined `bytes` is made first). `False` if the queue stayed full.
+    #[pyo3(signature = (tag, data, block=true, timeout=None))]
+    fn put_tagged(
+        &self,
+        py: Python<'_>,
+        tag: u8,
+        data: &Bound<'_, PyBytes>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        let body = data.as_bytes();
+        let len = body.len() + 1;
+        if len <= SMALL {
+            // Small enough for the stack: framed there, put as one message.
+            let mut buf = [0u8; SMALL];
+            buf[0] = tag;
+            buf[1..len].copy_from_slice(body);
+            return self.put_bytes_inner(py, &buf[..len], block, timeout);
+        }
+        let write = |loan: &mut Loan<'_>| {
+            loan[0] = tag;
+            loan[1..].copy_from_slice(body);
+        };
         // Most puts find room: no GIL round trip for them.
-        match self.q.try_put(bytes) {
-            Ok(()) => return Ok(true),
+        let mut held = match self.q.try_loan(len) {
+            Ok(mut loan) => {
+                write(&mut loan);
+                match loan.try_send() {
+                    Ok(()) => return Ok(true),
+                    Err(PutError::Full(l)) => Some(l),
+                    Err(e) => return put_failed(e).map_or(Ok(false), Err),
+                }
+            }
             Err(e) => {
                 if let Some(err) = put_failed(e) {
                     return Err(err);
                 }
+                None
             }
-        }
+        };
         let wait = deadline(block, timeout)?;
         if wait.is_none() {
             return Ok(false);
         }
-        // `bytes` is immutable and `data` keeps it alive while the GIL is released.
+        // `body` is immutable and `data` keeps it alive while the GIL is released.
         let r = waiting(py, wait, |slice| {
-            settle(self.q.put_timeout(bytes, slice), put_failed)
+            let loan = match held.take() {
+                Some(l) => l,
+                None => match self.q.loan_timeout(len, slice) {
+                    Ok(mut l) => {
+                        write(&mut l);
+                        l
+                    }
+                    Err(e) => return put_failed(e).map(Err),
+                },
+            };
+            match loan.send_timeout(slice) {
+                Ok(()) => Some(Ok(())),
+                Err(PutError::Full(l) | PutError::Timeout(l)) => {
+                    held = Some(l);
+                    None
+                }
+                Err(e) => put_failed(e).map(Err),
+            }
         })?;
         r.transpose().map(|done| done.is_some())
     }
@@ -246,6 +367,39 @@ impl NativeByteQueue {
             settle(self.q.get_loan_timeout(slice), get_failed).map(|r| r.map(read))
         })?;
         got.transpose()
+    }
+
+    /// Takes a message of mproc's Python queues and returns its object: `bytes` and
+    /// `bytearray` messages as they are, pickles unpickled; any other message as a
+    /// [`Tagged`] for the Python half to decode. Raises `queue.Empty` if none came.
+    #[pyo3(signature = (block=true, timeout=None))]
+    fn get_obj(&self, py: Python<'_>, block: bool, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        let got = match self.q.try_get_loan() {
+            Ok(loan) => Some(decode_fast(py, &loan)),
+            Err(e) => {
+                if let Some(err) = get_failed(e) {
+                    return Err(err);
+                }
+                let wait = deadline(block, timeout)?;
+                if wait.is_some() {
+                    // The loan is copied out (with the GIL) before it is dropped.
+                    let got = waiting(py, wait, |slice| {
+                        settle(self.q.get_loan_timeout(slice), get_failed)
+                            .map(|r| r.map(|loan| Python::attach(|py| decode_fast(py, &loan))))
+                    })?;
+                    got.transpose()?
+                } else {
+                    None
+                }
+            }
+        };
+        match got {
+            Some(r) => r,
+            None => Err(PyErr::from_type(
+                py.import("queue")?.getattr("Empty")?.cast_into()?,
+                (),
+            )),
+        }
     }
 
     /// Closes the queue for every user (Rust's `close`).
@@ -504,6 +658,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeByteQueue>()?;
     m.add_class::<NativeJoinable>()?;
     m.add_class::<NativeLoan>()?;
+    m.add_class::<Tagged>()?;
     m.add_class::<NativeReadLoan>()?;
     m.add("Closed", m.py().get_type::<Closed>())?;
     Ok(())

@@ -21,9 +21,11 @@
 //!
 //! A chunk is a run of units starting at some position; only its first unit's word is used.
 //! A chunk never wraps around the end of the arena: an allocation that would is preceded by a
-//! free *padding* chunk up to the end of the lap. When the arena is empty, the next allocation
-//! pads to the end of the lap too, so a queue whose consumers keep up reuses the first units
-//! (warm in cache, and untouched pages stay unallocated for memfd segments).
+//! free *padding* chunk up to the end of the lap. When the arena is empty, or when the head is
+//! far into its lap compared with what is live (four times it, and at least 64 units), the
+//! next allocation pads to the end of the lap too, so a queue whose consumers keep up cycles
+//! through its first units (warm in cache, already mapped, and untouched pages stay
+//! unreserved and unallocated).
 //!
 //! # The chunk word
 //! `state (3 bits) | lap tag (15) | peer (22) | length - 1 (24)`, where the lap tag is the
@@ -64,6 +66,13 @@
 
 use crate::atomic::{AtomicU64, Ordering};
 use mproc_sync::Parking;
+
+/// The fewest units into a lap at which an allocation starts the next lap early, and how
+/// many times what is live it must be (see `try_alloc`). The loom models' arenas have four
+/// units: there, any position past what is live starts the next lap, so that the models
+/// go through early wraps too.
+const EARLY_WRAP: u64 = if cfg!(loom) { 1 } else { 64 };
+const EARLY_FACTOR: u64 = if cfg!(loom) { 1 } else { 4 };
 
 /// The most units an arena has (the chunk word's length field).
 pub(crate) const MAX_UNITS: u64 = 1 << LEN_BITS;
@@ -271,8 +280,12 @@ impl<E: Entries> Arena<'_, E> {
             }
             let room = self.units - u as u64;
             // Pad to the end of the lap when the chunk would wrap, or when the arena is empty
-            // (start again at unit 0).
-            let pad = len > room || (h == t && u != 0);
+            // (start again at unit 0), or when this lap's position is far past what is live
+            // (four times it and the chunk, and at least `EARLY_WRAP` units): the log then
+            // cycles through memory a few times the size of what it holds, warm in cache and
+            // already mapped and reserved, rather than through the whole arena.
+            let early = u as u64 >= EARLY_WRAP && u as u64 >= EARLY_FACTOR * (h - t + len);
+            let pad = len > room || (u != 0 && (h == t || early));
             let need = if pad { room } else { len };
             if h + need > t + self.units {
                 return Alloc::NoSpace;
