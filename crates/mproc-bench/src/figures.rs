@@ -86,6 +86,17 @@ pub const DEFINITIONS: &str = "
 - **Python**: `benches/python/baselines.py` does the same with `multiprocessing` (Queue of a
   small tuple, Queue of `bytes` of each size, Pipe, Pool with the fork context, Process, Lock,
   Value, `Manager().dict()`).
+- **The Python package** (`benches/python/py_package.py`, against `multiprocessing` and
+  faster-fifo in the same run): Queue 1→1 as above from Python (a producer and a forked
+  consumer), `Lock` acquire + release, `with v.get_lock(): v.value += 1`, and
+  `numpy.frombuffer` of an `Array` summed. Why two targets stand missed:
+  `mproc.Lock`'s pair is two calls into an extension module, each 25–30 ns of call
+  machinery before the 15 ns lock, while multiprocessing's `SemLock` is CPython's own C type
+  (about 20 ns a call): no extension-module lock reaches 2× of it. A `Value` increment is
+  the same calls as multiprocessing's (a lock, a read and a write of `.value`), so it can be
+  as fast, not 10× faster. The numpy sum reads 80 MB through 4 KiB pages: this kernel has
+  huge pages off for shared memory (`shmem_enabled` = never), while numpy asks for them for
+  its own arrays (`madvise`), so the shared array pays TLB misses the local one does not.
 ";
 
 /// All mproc and Rust-baseline figures.
