@@ -251,14 +251,7 @@ impl NativeByteQueue {
                     Err(e) => return put_failed(e).map(Err),
                 },
             };
-            match loan.send_timeout(slice) {
-                Ok(()) => Some(Ok(())),
-                Err(PutError::Full(l) | PutError::Timeout(l)) => {
-                    held = Some(l);
-                    None
-                }
-                Err(e) => put_failed(e).map(Err),
-            }
+            send_step(loan, slice, &mut held)
         })?;
         r.transpose().map(|done| done.is_some())
     }
@@ -414,6 +407,23 @@ impl NativeByteQueue {
     }
 }
 
+/// One slice of a blocking loan send: done, an error, or nothing yet (the loan is back in
+/// `held` for the next slice).
+fn send_step<'q>(
+    loan: Loan<'q>,
+    slice: Duration,
+    held: &mut Option<Loan<'q>>,
+) -> Option<PyResult<()>> {
+    match loan.send_timeout(slice) {
+        Ok(()) => Some(Ok(())),
+        Err(PutError::Full(l) | PutError::Timeout(l)) => {
+            *held = Some(l);
+            None
+        }
+        Err(e) => put_failed(e).map(Err),
+    }
+}
+
 /// Locks a loan's cell (a panic while it was held leaves nothing half-done: take it anyway).
 fn cell<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -460,14 +470,7 @@ impl NativeLoan {
             ));
         }
         let wait = if self.block { Some(self.until) } else { None };
-        let r = waiting(py, wait, |slice| match held.take()?.send_timeout(slice) {
-            Ok(()) => Some(Ok(())),
-            Err(PutError::Full(l) | PutError::Timeout(l)) => {
-                held = Some(l);
-                None
-            }
-            Err(e) => put_failed(e).map(Err),
-        });
+        let r = waiting(py, wait, |slice| send_step(held.take()?, slice, &mut held));
         // Not sent (no slot came, or Ctrl-C): the loan stays this handle's.
         *cell(&self.loan) = held;
         r?.transpose().map(|done| done.is_some())
