@@ -88,7 +88,7 @@ pub(crate) fn run_chunk<A: DeserializeOwned, R: Serialize>(
                 })
             }
         };
-        if let Err(e) = encode_into(&outcome, out) {
+        if let Err(e) = encode_outcome(&outcome, out) {
             let failed: Result<R, TaskError> = Err(TaskError::Encode {
                 message: format!("result: {}", encode_message(e)),
             });
@@ -97,6 +97,52 @@ pub(crate) fn run_chunk<A: DeserializeOwned, R: Serialize>(
         }
     }
     panics
+}
+
+/// Postcard's tags of `Result`'s variants (a varint of the variant's index: one byte).
+const OK_TAG: u8 = 0;
+const ERR_TAG: u8 = 1;
+
+/// Appends one outcome: exactly postcard's encoding of the `Result`, written as its tag and
+/// then its payload (serde's `Result` impl cost the workers of a trivial `map` 7 %, and its
+/// nested return values the decoding caller a quarter, in `perf`). On error `out` is left as
+/// it was.
+fn encode_outcome<R: Serialize>(
+    outcome: &Result<R, TaskError>,
+    out: &mut Vec<u8>,
+) -> Result<(), TaskError> {
+    let mark = out.len();
+    let done = match outcome {
+        Ok(r) => {
+            out.push(OK_TAG);
+            encode_into(r, out)
+        }
+        Err(e) => {
+            out.push(ERR_TAG);
+            encode_into(e, out)
+        }
+    };
+    if done.is_err() {
+        out.truncate(mark);
+    }
+    done
+}
+
+/// Reads one outcome written by [`encode_outcome`] (or postcard's own `Result`), returning
+/// the bytes after it.
+fn take_outcome<R: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(Result<R, TaskError>, &[u8]), String> {
+    match bytes.split_first() {
+        Some((&OK_TAG, rest)) => mproc_queue::codec::take_from_bytes::<R>(rest)
+            .map(|(r, rest)| (Ok(r), rest))
+            .map_err(|e| e.to_string()),
+        Some((&ERR_TAG, rest)) => mproc_queue::codec::take_from_bytes::<TaskError>(rest)
+            .map(|(e, rest)| (Err(e), rest))
+            .map_err(|e| e.to_string()),
+        Some((tag, _)) => Err(format!("not an outcome (tag {tag})")),
+        None => Err("the results end early".into()),
+    }
 }
 
 /// The message of an encoding error, without the variant's own prefix.
@@ -113,18 +159,16 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     count: usize,
 ) -> impl Iterator<Item = Result<R, TaskError>> + '_ {
     let mut rest = body;
-    (0..count).map(move |_| {
-        match mproc_queue::codec::take_from_bytes::<Result<R, TaskError>>(rest) {
-            Ok((outcome, tail)) => {
-                rest = tail;
-                outcome
-            }
-            Err(e) => {
-                rest = &[];
-                Err(TaskError::Encode {
-                    message: format!("result: {e}"),
-                })
-            }
+    (0..count).map(move |_| match take_outcome::<R>(rest) {
+        Ok((outcome, tail)) => {
+            rest = tail;
+            outcome
+        }
+        Err(e) => {
+            rest = &[];
+            Err(TaskError::Encode {
+                message: format!("result: {e}"),
+            })
         }
     })
 }
@@ -137,5 +181,55 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "panic with a non-string payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The outcomes written tag first are byte for byte postcard's `Result`, so either side
+    /// may be the older build of a rolling upgrade.
+    #[test]
+    fn outcomes_are_postcards_results() {
+        let cases: [Result<Vec<u8>, TaskError>; 3] = [
+            Ok(vec![1, 2, 3]),
+            Ok(vec![7; 300]),
+            Err(TaskError::Panicked {
+                message: "boom".into(),
+            }),
+        ];
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for c in &cases {
+            encode_outcome(c, &mut ours).unwrap();
+            theirs.extend(postcard::to_allocvec(c).unwrap());
+        }
+        assert_eq!(ours, theirs);
+        let back: Vec<_> = decode_outcomes::<Vec<u8>>(&theirs, 3).collect();
+        assert_eq!(back, cases);
+    }
+
+    /// A body that ends early or holds a tag no `Result` has fails that item and every item
+    /// after it with an `Encode` error (their boundaries are lost); the items before stand.
+    #[test]
+    fn a_malformed_outcome_fails_it_and_the_rest() {
+        let mut body = Vec::new();
+        encode_outcome::<u64>(&Ok(5), &mut body).unwrap();
+        let good = body.len();
+        body.push(9);
+        let r: Vec<_> = decode_outcomes::<u64>(&body, 3).collect();
+        assert_eq!(r[0], Ok(5));
+        assert!(
+            matches!(&r[1], Err(TaskError::Encode { message }) if message.contains("tag 9")),
+            "{r:?}"
+        );
+        assert!(matches!(&r[2], Err(TaskError::Encode { .. })), "{r:?}");
+        let r: Vec<_> = decode_outcomes::<u64>(&body[..good], 2).collect();
+        assert_eq!(r[0], Ok(5));
+        assert!(
+            matches!(&r[1], Err(TaskError::Encode { message }) if message.contains("end early")),
+            "{r:?}"
+        );
     }
 }

@@ -15,6 +15,26 @@ use crate::call::FnRef;
 use crate::codec::decode_outcomes;
 use crate::{PoolError, SubmitError, TaskError, WaitError};
 
+/// Decodes the `count` results of a finished job straight onto the end of `out`, stopping
+/// at the first failed item (a failed job fails at its first).
+pub(crate) fn push_outcomes<R: DeserializeOwned>(
+    outcome: Outcome,
+    count: usize,
+    out: &mut Vec<R>,
+) -> Result<(), TaskError> {
+    match outcome {
+        Outcome::Body(body) => {
+            out.reserve(count);
+            for r in decode_outcomes(&body, count) {
+                out.push(r?);
+            }
+            Ok(())
+        }
+        Outcome::Failed(e) if count > 0 => Err(e),
+        Outcome::Failed(_) => Ok(()),
+    }
+}
+
 /// The `count` results of a finished job, decoded (a failed job fails every item).
 pub(crate) fn outcome_items<R: DeserializeOwned>(
     outcome: Outcome,

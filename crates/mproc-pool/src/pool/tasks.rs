@@ -128,14 +128,9 @@ impl Pool {
                     bar.set_message(format!("({lost} workers lost, replaced)"));
                 }
             }
-            for r in super::results::outcome_items::<R>(outcome, len) {
-                match r {
-                    Ok(v) => out.push(v),
-                    Err(e) => {
-                        self.abandon(ids[k + 1..].iter().map(|j| j.0));
-                        return Err(e.into());
-                    }
-                }
+            if let Err(e) = super::results::push_outcomes::<R>(outcome, len, &mut out) {
+                self.abandon(ids[k + 1..].iter().map(|j| j.0));
+                return Err(e.into());
             }
         }
         #[cfg(feature = "progress")]
