@@ -597,14 +597,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             mproc: f.pool_apply.clone(),
             baseline_name: "Python `apply_async(..).get()`".into(),
             baseline: pyv("pool_apply"),
-            rule: Rule::FasterBy(20.0),
+            rule: Rule::FasterBy(50.0),
         },
         Row {
             what: "`Pool` of 2: start + join, µs".into(),
             mproc: f.pool_start.clone(),
             baseline_name: "Python `Pool(2)` + close + join".into(),
             baseline: pyv("pool_start"),
-            rule: Rule::Info,
+            rule: Rule::FasterBy(10.0),
         },
         Row {
             what: "`Process` start + join, fork, µs".into(),
