@@ -30,6 +30,7 @@
 
 mod de;
 mod ser;
+mod small;
 
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +71,9 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
 /// Appends the encoding of `value` to `out` (on error, `out` may hold part of it).
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
+    if small::encode(value, out) {
+        return Ok(());
+    }
     let mut s = postcard::Serializer {
         output: Append(out),
     };
@@ -82,6 +86,9 @@ pub fn encode_to_slice<'b, T: Serialize + ?Sized>(
     value: &T,
     buf: &'b mut [u8],
 ) -> Result<&'b mut [u8], Error> {
+    if let Some(n) = small::encode_to_slice(value, buf) {
+        return Ok(&mut buf[..n]);
+    }
     let mut s = postcard::Serializer {
         output: postcard::ser_flavors::Slice::new(buf),
     };
@@ -102,6 +109,9 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, Error> {
 pub fn take_from_bytes<'de, T: Deserialize<'de>>(
     bytes: &'de [u8],
 ) -> Result<(T, &'de [u8]), Error> {
+    if let Some(done) = small::take(bytes) {
+        return Ok(done);
+    }
     let mut d = postcard::Deserializer::from_bytes(bytes);
     let value = T::deserialize(De(&mut d))?;
     Ok((value, d.finalize()?))

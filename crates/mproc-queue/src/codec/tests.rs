@@ -266,3 +266,79 @@ fn bytes_bytes_fields_are_one_copy_too() {
     p.serialize(Ser(&mut s)).unwrap();
     assert!(count.0 < 16, "{} one-byte writes", count.0);
 }
+
+/// Whole integers take the short way (`small.rs`) below 2^14 and postcard's above: the bytes
+/// and values are postcard's on both sides of every boundary, for every integer type it
+/// writes as a varint.
+#[test]
+fn small_integers_are_postcards_bytes() {
+    let edges: [i64; 14] = [
+        0,
+        1,
+        63,
+        64,
+        127,
+        128,
+        8191,
+        8192,
+        16383,
+        16384,
+        65535,
+        1 << 20,
+        i32::MAX as i64,
+        -1,
+    ];
+    for &e in &edges {
+        for v in [e, -e, e.saturating_add(1), e.saturating_sub(1)] {
+            same_as_postcard(&v);
+            same_as_postcard(&(v as isize));
+            same_as_postcard(&(v as i32));
+            same_as_postcard(&(v as i16));
+            same_as_postcard(&(v as u64));
+            same_as_postcard(&(v as usize));
+            same_as_postcard(&(v as u32));
+            same_as_postcard(&(v as u16));
+        }
+    }
+    for v in [u64::MAX, u64::MAX - 1, 1 << 63, 1 << 35] {
+        same_as_postcard(&v);
+    }
+    for v in [i64::MIN, i64::MAX, i64::MIN + 1] {
+        same_as_postcard(&v);
+    }
+    // Integers inside other values still go through postcard (and agree).
+    same_as_postcard(&(5u64, -3i32, Some(200u16)));
+}
+
+/// Malformed or short input for a small integer is postcard's error, never a panic or a
+/// value postcard would refuse; a non-canonical 2-byte form postcard accepts is accepted.
+#[test]
+fn small_integers_refuse_what_postcard_refuses() {
+    let cases: [&[u8]; 7] = [
+        &[],
+        &[0x80],
+        &[0xff, 0xff],
+        &[0xff, 0xff, 0xff],
+        &[0x80, 0x00],
+        &[0xff, 0x7f, 9],
+        &[0xff, 0xff, 0x03],
+    ];
+    for bytes in cases {
+        macro_rules! agree {
+            ($($t:ty),*) => {$(
+                let ours = take_from_bytes::<$t>(bytes).map(|(v, rest)| (v, rest.to_vec()));
+                let theirs = postcard::take_from_bytes::<$t>(bytes).map(|(v, rest)| (v, rest.to_vec()));
+                assert_eq!(ours, theirs, "{} from {bytes:?}", stringify!($t));
+            )*};
+        }
+        agree!(u16, u32, u64, usize, i16, i32, i64, isize);
+    }
+    // A buffer too small for the varint gets postcard's error, and an exact one the bytes.
+    let mut one = [0u8; 1];
+    assert_eq!(
+        encode_to_slice(&300u64, &mut one),
+        Err(Error::SerializeBufferFull)
+    );
+    let mut two = [0u8; 2];
+    assert_eq!(encode_to_slice(&300u64, &mut two).unwrap(), &[0xac, 0x02]);
+}
