@@ -324,7 +324,17 @@ impl Pool {
 
     /// Stops the handler, then the workers: closes their inboxes (graceful) or signals them.
     fn stop(&self, terminate: bool) {
-        self.shared.lock().stopping = true;
+        {
+            let mut st = self.shared.lock();
+            st.stopping = true;
+            // A graceful stop lets the workers start leaving now: their exits overlap the
+            // handler's (a stopping pool replaces no worker, see `settle.rs`).
+            if !terminate {
+                for w in &st.workers {
+                    w.io.close_inbox();
+                }
+            }
+        }
         // Wakes the handler if it sleeps on the results queue; nothing is read from it after
         // this (a worker's late reply is dropped with the queue).
         self.shared.results.close();
