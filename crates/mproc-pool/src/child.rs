@@ -132,6 +132,50 @@ impl ChildProc {
         Self::adopt(pid)
     }
 
+    /// Forks one child per function, all in one visit to the forker thread (a pool's
+    /// workers: one hand-over between threads instead of one per worker), each as
+    /// [`fork`](Self::fork) forks one. Stops at the first failed fork: the result then holds
+    /// the children started so far, and the error last.
+    pub(crate) fn fork_all(
+        die_with_parent: bool,
+        fs: Vec<Box<dyn FnOnce() -> i32 + Send + '_>>,
+    ) -> Vec<Result<ChildProc, StartError>> {
+        let parent = std::process::id();
+        let mut pids: Vec<Result<i32, Errno>> = Vec::with_capacity(fs.len());
+        let out = &mut pids;
+        let visit = on_forker(move || {
+            for f in fs {
+                // SAFETY: as in `fork`: the child runs only `f` and `_exit`, never returning
+                // into the forker's loop. `out` has room for every pid (no allocation here).
+                match unsafe { fork() } {
+                    Ok(Forked::Child) => {
+                        if die_with_parent {
+                            arm_parent_death(parent);
+                        }
+                        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                            .unwrap_or(EXIT_PANIC);
+                        exit_now(code)
+                    }
+                    Ok(Forked::Parent(child)) => out.push(Ok(child)),
+                    Err(e) => {
+                        out.push(Err(e));
+                        break;
+                    }
+                }
+            }
+            Ok(0)
+        });
+        if let Err(e) = visit {
+            return vec![Err(e)];
+        }
+        pids.into_iter()
+            .map(|r| {
+                r.map_err(|e| StartError::os("fork", e))
+                    .and_then(Self::adopt)
+            })
+            .collect()
+    }
+
     /// Re-executes this binary (`/proc/self/exe`, so a binary replaced on disk since we
     /// started is not picked up) with `env` set, keeping `keep_fds` open across `exec`.
     pub(crate) fn spawn(

@@ -122,9 +122,88 @@ fn starve_and_restore() -> i32 {
     0
 }
 
+/// Both tests count user `nobody`'s processes: one at a time.
+static NOBODY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_pool_out_of_processes_for_a_while_recovers() {
+    let _one_at_a_time = NOBODY.lock().unwrap_or_else(|e| e.into_inner());
     with_deadline(Duration::from_secs(60), || {
         fork_child(starve_and_restore).assert_success();
+    });
+}
+
+/// Threads of user `nobody` now, all processes together (what `RLIMIT_NPROC` counts).
+fn nobody_tasks() -> u64 {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+        };
+        if field("Uid:").as_deref() == Some("65534") {
+            n += field("Threads:").and_then(|t| t.parse().ok()).unwrap_or(1);
+        }
+    }
+    n
+}
+
+/// Runs as `nobody` with room for two more tasks than it has: the forker thread and one
+/// worker. Returns 0 when a pool of four failed to start with the failed fork's error and
+/// left no child behind.
+fn start_with_room_for_one_worker() -> i32 {
+    if !mproc_testkit::become_nobody() {
+        return 2;
+    }
+    if !mproc_testkit::set_limit(rustix::process::Resource::Nproc, nobody_tasks() + 2) {
+        return 3;
+    }
+    let started = Pool::builder()
+        .processes(4)
+        .start_method(StartMethod::Fork)
+        .threaded_fork(ThreadedFork::Allow)
+        .build();
+    let Err(e) = started else {
+        return 4;
+    };
+    if !matches!(&e, mproc_pool::StartError::Os(os)
+        if os.errno == rustix::io::Errno::AGAIN && os.call == "fork")
+    {
+        eprintln!("unexpected error: {e}");
+        return 5;
+    }
+    // The worker that was forked was killed and reaped with the failed start.
+    if let Ok(left) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {
+        eprintln!("a child is left: {left:?}");
+        return 6;
+    }
+    // Its slot is free again: a pool of one fits exactly.
+    let Ok(pool) = Pool::builder()
+        .processes(1)
+        .start_method(StartMethod::Fork)
+        .threaded_fork(ThreadedFork::Allow)
+        .build()
+    else {
+        return 7;
+    };
+    if pool.apply(square, 6) != Ok(36) || pool.join().is_err() {
+        return 8;
+    }
+    0
+}
+
+/// The pool's workers are forked in one visit to the forker thread; when the user's process
+/// limit stops that midway, the start fails with the fork's error and the workers already
+/// forked do not outlive it.
+#[test]
+fn a_pool_that_cannot_fork_all_its_workers_fails_and_leaves_none() {
+    let _one_at_a_time = NOBODY.lock().unwrap_or_else(|e| e.into_inner());
+    with_deadline(Duration::from_secs(60), || {
+        fork_child(start_with_room_for_one_worker).assert_success();
     });
 }

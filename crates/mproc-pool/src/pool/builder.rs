@@ -25,7 +25,9 @@ use crate::launch::{LaunchOptions, launch_setters};
 /// ```
 #[derive(Debug, Clone)]
 pub struct PoolBuilder {
-    pub(super) processes: usize,
+    /// `None`: one per CPU, counted at `build` (reading the cgroup's CPU limit takes a few
+    /// file reads, wasted when `processes` is then set).
+    pub(super) processes: Option<usize>,
     pub(super) launch: LaunchOptions,
     pub(super) initializer: Option<Result<(FnRef, Vec<u8>), String>>,
     pub(super) max_tasks_per_child: Option<u64>,
@@ -43,7 +45,7 @@ pub struct PoolBuilder {
 impl Default for PoolBuilder {
     fn default() -> Self {
         PoolBuilder {
-            processes: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            processes: None,
             launch: LaunchOptions::default(),
             initializer: None,
             max_tasks_per_child: None,
@@ -62,7 +64,7 @@ impl Default for PoolBuilder {
 impl PoolBuilder {
     /// Number of worker processes (default: the number of CPUs; at least 1).
     pub fn processes(mut self, n: usize) -> Self {
-        self.processes = n.max(1);
+        self.processes = Some(n.max(1));
         self
     }
 

@@ -14,6 +14,7 @@ use crate::call::layout_check;
 use crate::child::{ChildProc, ExitStatus};
 use crate::launch::{StartMethod, start_worker};
 use crate::protocol::{Boot, Reply, Request, inbox_options};
+use crate::worker::worker_main;
 
 /// A real worker: a child process and the inbox the parent sends it requests through.
 #[derive(Debug)]
@@ -46,14 +47,12 @@ impl WorkerIo for Live {
     }
 }
 
-/// Starts worker `index`: its inbox, then the process, which maps the inbox and the shared
-/// results queue from the fds it inherits.
-pub(crate) fn start_one(
+/// Worker `index`'s inbox and boot record.
+fn prepare(
     shared_results: &Queue<Reply>,
     config: &Config,
     index: u32,
-    replacement: bool,
-) -> Result<Worker<Live>, StartError> {
+) -> Result<(Queue<Request>, Boot), StartError> {
     let inbox: Queue<Request> = inbox_options(PREFETCH, config.arena).anonymous()?;
     let boot = Boot {
         index,
@@ -66,6 +65,55 @@ pub(crate) fn start_one(
         die_with_parent: true,
         max_rss: config.max_memory,
     };
+    Ok((inbox, boot))
+}
+
+/// Starts a pool's first `n` workers. By fork, all in one visit to the forker thread
+/// ([`ChildProc::fork_all`]); otherwise one by one, as [`start_one`].
+pub(crate) fn start_all(
+    shared_results: &Queue<Reply>,
+    config: &Config,
+    n: usize,
+) -> Result<Vec<Worker<Live>>, StartError> {
+    if config.method != StartMethod::Fork {
+        return (0..n as u32)
+            .map(|i| start_one(shared_results, config, i, false))
+            .collect();
+    }
+    let prepared = (0..n as u32)
+        .map(|i| prepare(shared_results, config, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fs = prepared
+        .iter()
+        .map(|(_, boot)| {
+            let boot = boot.clone();
+            Box::new(move || worker_main(&boot)) as Box<dyn FnOnce() -> i32 + Send>
+        })
+        .collect();
+    let children = ChildProc::fork_all(true, fs);
+    // A failed fork fails the start; the children already started are dropped (killed and
+    // reaped) with the workers made so far.
+    prepared
+        .into_iter()
+        .zip(children)
+        .map(|((inbox, _), child)| {
+            Ok(Worker::new(Live {
+                child: child?.group_of_tasks(),
+                inbox,
+            }))
+        })
+        .collect()
+}
+
+/// Starts worker `index`: its inbox, then the process, which maps the inbox and the shared
+/// results queue from the fds it inherits.
+pub(crate) fn start_one(
+    shared_results: &Queue<Reply>,
+    config: &Config,
+    index: u32,
+    replacement: bool,
+) -> Result<Worker<Live>, StartError> {
+    let (inbox, boot) = prepare(shared_results, config, index)?;
     // A replacement is started by the pool's handler thread, while the parent has other
     // threads (the caller's at least): forking it from here could leave it a lock another
     // thread holds. It comes from the fork server instead, which has one thread.

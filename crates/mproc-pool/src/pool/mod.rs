@@ -56,7 +56,7 @@ pub use board::{
 };
 pub use builder::{PoolBuilder, PoolStats, Restarts, WorkerStats};
 use handler::handler;
-use io::start_one;
+use io::start_all;
 pub use results::{AsyncResult, Imap, MapResult};
 use seam::WorkerIo;
 use state::{Config, State};
@@ -131,6 +131,9 @@ impl Pool {
 
     fn start(b: PoolBuilder) -> Result<Pool, StartError> {
         b.launch.check()?;
+        let processes = b
+            .processes
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let initializer = match b.initializer {
             None => None,
             Some(Ok(init)) => Some(init),
@@ -146,15 +149,12 @@ impl Pool {
             max_memory: b.max_memory,
         };
         let board = match &b.board {
-            Some(name) => Some(board::Board::create(name, b.processes)?),
+            Some(name) => Some(board::Board::create(name, processes)?),
             None => None,
         };
-        let capacity = (b.processes * (PREFETCH + 4)).max(64);
+        let capacity = (processes * (PREFETCH + 4)).max(64);
         let results: Queue<Reply> = results_options(capacity, b.arena_bytes).anonymous()?;
-        let mut workers = Vec::with_capacity(b.processes);
-        for i in 0..b.processes {
-            workers.push(start_one(&results, &config, i as u32, false)?);
-        }
+        let workers = start_all(&results, &config, processes)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(workers)),
             changed: Condvar::new(),
@@ -183,7 +183,7 @@ impl Pool {
         Ok(Pool {
             shared,
             handler: Mutex::new(Some(handler)),
-            processes: b.processes,
+            processes,
             chunksize: b.chunksize,
             progress: b.progress,
         })
