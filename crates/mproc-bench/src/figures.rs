@@ -97,6 +97,67 @@ pub const DEFINITIONS: &str = "
   as fast, not 10× faster. The numpy sum reads 80 MB through 4 KiB pages: this kernel has
   huge pages off for shared memory (`shmem_enabled` = never), while numpy asks for them for
   its own arrays (`madvise`), so the shared array pays TLB misses the local one does not.
+
+## Why the missed targets stand
+
+Measured apart from the table (2026-12-08), each by alternating two builds in one run.
+
+- **`PodQueue<u64>` 1→1 against std's `sync_channel` (target 1×).** std's channel (crossbeam's
+  algorithm) makes one read-modify-write per item on each side, the CAS that moves its index.
+  A `PodQueue` makes two: the CAS of the slot's word, which writes the claimer's peer token
+  into the slot in the same instruction (how a survivor tells a dead claimer's slot from a
+  live one, `ring.rs`), and the CAS that moves the index. Over five alternating rounds of
+  `mproc-bench --fair`, a build with both CASes made plain stores (wrong with two producers or
+  two consumers; measured, never shipped) did 16–32 ns/item (median 18.8) against 22–31
+  (median 29.6) for the real queue, and std 12.5–14; making only the index CAS a store
+  changed nothing (median 29.2), nor did Release instead of SeqCst stores when a slot is
+  published or freed. The slot's CAS, the price of crash recovery, is most of the gap, and
+  without it the queue would still trail std. `put_many`/`get_many` claim a run of slots at
+  once and meet their target.
+- **Async 1→1 (target 0.5× the blocking 1→1).** A future that is ready at once costs more
+  than a blocking call: in one process, 4,000 `put_async` then 4,000 `get_async` on a tokio
+  current-thread runtime take 41–42 ns an operation against 25 ns for `put`/`get` (the same
+  ring calls; the rest is the poll). Between processes, a consumer future that finds nothing
+  looks again for 10 µs (`naps::ASYNC_SPIN`), then sleeps through the reactor thread. Looking
+  for 50 µs (tried) brought the async round trip from 1.5–5.8 µs to 0.8 µs but slowed this
+  1→1 from 67–73 to 102–117 ns: the looking consumer keeps pulling the producer's cache
+  lines. The 10 µs stays, for the round trip.
+- **`Pool.map` (target 20×).** At chunksize 1 each item is a task of its own (a request in a
+  worker's inbox, a reply in the results queue, the job table under a lock): about 1 µs a
+  task, which reads 17–21× Python's from run to run, Python's own figure moving between 15
+  and 34 µs. At the default chunksize what is left is work: every
+  argument encoded and every result decoded by the caller, the calls run by two workers,
+  three processes on two CPUs. A map of n items costs about 10 µs plus 9–15 ns an item
+  (n from 1,000 to 100,000). This session removed the rest: results are written tag first and
+  decoded straight into the caller's `Vec` (28–31 → 13.5–14.5 ns/task), and a small integer
+  is written and read as its varint without postcard's machinery (→ 8.8–11.4 ns/task).
+  Python's figure for the same map moves between 0.14 and 0.44 µs from run to run.
+- **`Pool(2)` start + join (target 10×).** Both workers are forked in one visit to the
+  forker thread, and `join` lets them exit while the handler thread stops; what is left is two
+  forks of the calling process, each worker's start (its liveness token, its two queues) and
+  exit, and `build` waiting until both workers report ready, so that a failing initializer
+  fails `build` (Python's `Pool` returns before its workers run, and reports nothing).
+  In a small program: `build` 460–517 µs, `join` 295–316 µs.
+- **`Process` start + join by fork (targets 20× Python, within 1.5× a bare fork).** 20×
+  Python is about 120 µs, below the bare fork itself: no start by fork can reach it. Against
+  the bare fork, in a small program (2,000 starts): bare fork 115 µs, `Process` 278 µs. A child
+  that `_exit`s at once, right after the fork, already costs 250–268 µs through mproc's forker
+  thread and 185 µs when forked on the calling thread (the forker exists so that a child's
+  parent-death signal follows the process, not the thread that called `spawn`); forking on
+  the calling thread with the real child (tried) gave the same 278–300 µs, the child's run
+  then being the critical path. The child's own work (its liveness token: two opens of the
+  roll, four `fstat`s, two `fcntl` locks; the call; the result through the results queue)
+  takes 25–50 µs, and the child takes 42 page faults against the bare child's 10, most of
+  them copy-on-write. The fork server adds a request over its socket.
+- **`ByteQueue` of 1 MiB against one `memcpy` (target 0.5×).** A queue copies a body twice
+  (in, then out), so 0.5× is the ceiling, reached only when both copies run as fast as a
+  cache-hot `memcpy` in one process, while the consumer's copy reads lines another core
+  wrote. The row reads 0.42–0.66× from run to run; five rounds alternating this build with
+  7be3ce1 (before the lazy arena) measured 62.7–68.9 against 63.3–77.4 µs a message.
+- **Rows that flip between runs, with nothing changed in their paths**: Redis at most once,
+  one message per call, 0.74–0.9× a bare LPUSH/BRPOP (the bare loop's own spread within one
+  run is up to 58–84 µs); the Python package's 1 KiB `bytes`, 9.9–11.5× `mp.Queue`;
+  `Process` by fork, 0.54–0.69× a bare fork.
 ";
 
 /// All mproc and Rust-baseline figures.
