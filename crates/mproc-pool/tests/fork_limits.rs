@@ -15,6 +15,15 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+/// A pool of `n` workers started by fork.
+fn forked_pool(n: usize) -> Result<Pool, mproc_pool::StartError> {
+    Pool::builder()
+        .processes(n)
+        .start_method(StartMethod::Fork)
+        .threaded_fork(ThreadedFork::Allow)
+        .build()
+}
+
 /// Runs as user `nobody` with a process limit; returns 0 when the pool recovered.
 fn starve_and_restore() -> i32 {
     use mproc_testkit::{Forked, exit_now, fork};
@@ -25,12 +34,7 @@ fn starve_and_restore() -> i32 {
     if !mproc_testkit::set_limit(rustix::process::Resource::Nproc, 64) {
         return 3;
     }
-    let Ok(pool) = Pool::builder()
-        .processes(1)
-        .start_method(StartMethod::Fork)
-        .threaded_fork(ThreadedFork::Allow)
-        .build()
-    else {
+    let Ok(pool) = forked_pool(1) else {
         return 4;
     };
     let Ok(worker) = pool.apply(my_pid, ()) else {
@@ -169,11 +173,7 @@ fn start_with_room_for_one_worker() -> i32 {
     if !mproc_testkit::set_limit(rustix::process::Resource::Nproc, nobody_tasks() + 2) {
         return 3;
     }
-    let started = Pool::builder()
-        .processes(4)
-        .start_method(StartMethod::Fork)
-        .threaded_fork(ThreadedFork::Allow)
-        .build();
+    let started = forked_pool(4);
     let Err(e) = started else {
         return MORE_ROOM;
     };
@@ -189,12 +189,7 @@ fn start_with_room_for_one_worker() -> i32 {
         return 6;
     }
     // Its slot is free again: a pool of one fits exactly.
-    let Ok(pool) = Pool::builder()
-        .processes(1)
-        .start_method(StartMethod::Fork)
-        .threaded_fork(ThreadedFork::Allow)
-        .build()
-    else {
+    let Ok(pool) = forked_pool(1) else {
         return 7;
     };
     if pool.apply(square, 6) != Ok(36) || pool.join().is_err() {
