@@ -137,7 +137,11 @@ Measured apart from the table (2026-12-08), each by alternating two builds in on
   forks of the calling process, each worker's start (its liveness token, its two queues) and
   exit, and `build` waiting until both workers report ready, so that a failing initializer
   fails `build` (Python's `Pool` returns before its workers run, and reports nothing).
-  In a small program: `build` 460–517 µs, `join` 295–316 µs.
+  In a small program: `build` 460–517 µs, `join` 295–316 µs. 10× Python's is 600–750 µs
+  from run to run, about 1.2× the cost of two bare forks of the benchmark process with their
+  exits (2 × 190–272 µs): all the rest a pool does (two queues per worker, a handler thread,
+  each worker's start and its reply that it is ready, a graceful exit) would have to fit in
+  the remaining fifth.
 - **`Process` start + join by fork (targets 20× Python, within 1.5× a bare fork).** 20×
   Python is about 120 µs, below the bare fork itself: no start by fork can reach it. Against
   the bare fork, in a small program (2,000 starts): bare fork 115 µs, `Process` 278 µs. A child
